@@ -1,0 +1,226 @@
+//! OAuth machine-to-machine: host metadata, OIDC discovery, the client-credentials token endpoint,
+//! and the bearer check in front of every `/api/` route.
+//!
+//! Assumptions: unauthenticated API calls get 401 with `error_code` `UNAUTHENTICATED` (the
+//! documented mapping; real workspaces have also been seen answering a numeric `error_code` and
+//! 403 for bad tokens). Token endpoint errors use the OAuth shape (`error`, `error_description`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::{App, BaseUrl};
+use crate::error::ApiError;
+use crate::stats::bump;
+
+const SCOPE: &str = "all-apis";
+
+/// Credentials the emulator accepts and tokens it has issued.
+pub struct TokenStore {
+    principals: HashMap<String, String>,
+    personal_tokens: Vec<String>,
+    issued: Mutex<HashMap<String, Instant>>,
+    lifetime_millis: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("principals", &self.principals.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenStore {
+    pub fn new(
+        principals: &[(String, String)],
+        personal_tokens: &[String],
+        lifetime: Duration,
+    ) -> Self {
+        Self {
+            principals: principals.iter().cloned().collect(),
+            personal_tokens: personal_tokens.to_vec(),
+            issued: Mutex::new(HashMap::new()),
+            lifetime_millis: AtomicU64::new(millis(lifetime)),
+        }
+    }
+
+    pub fn set_lifetime(&self, lifetime: Duration) {
+        self.lifetime_millis
+            .store(millis(lifetime), Ordering::Relaxed);
+    }
+
+    fn lifetime(&self) -> Duration {
+        Duration::from_millis(self.lifetime_millis.load(Ordering::Relaxed))
+    }
+
+    fn authenticate_client(&self, client_id: &str, client_secret: &str) -> bool {
+        self.principals
+            .get(client_id)
+            .is_some_and(|secret| secret == client_secret)
+    }
+
+    fn issue(&self) -> (String, Duration) {
+        let token = format!("emu{}", uuid::Uuid::new_v4().simple());
+        let lifetime = self.lifetime();
+        let now = Instant::now();
+        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        issued.retain(|_, expires| *expires > now);
+        issued.insert(token.clone(), now + lifetime);
+        (token, lifetime)
+    }
+
+    fn check(&self, token: &str) -> bool {
+        if self.personal_tokens.iter().any(|t| t == token) {
+            return true;
+        }
+        let issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        issued
+            .get(token)
+            .is_some_and(|expires| Instant::now() < *expires)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `GET /.well-known/databricks-config`: newer SDKs read the OIDC root from here.
+pub async fn host_metadata(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
+    Json(json!({
+        "oidc_endpoint": format!("{url}/oidc"),
+        "workspace_id": "1",
+        "cloud": "AWS",
+        "host_type": "workspace",
+    }))
+}
+
+/// `GET /oidc/.well-known/oauth-authorization-server` (RFC 8414).
+pub async fn discovery(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
+    Json(json!({
+        "issuer": format!("{url}/oidc"),
+        "authorization_endpoint": format!("{url}/oidc/v1/authorize"),
+        "token_endpoint": format!("{url}/oidc/v1/token"),
+        "jwks_uri": format!("{url}/oidc/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": ["code"],
+        "scopes_supported": [SCOPE],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct TokenForm {
+    grant_type: Option<String>,
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// `POST /oidc/v1/token`: client credentials by HTTP Basic or in the form body.
+pub async fn token(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Response {
+    bump(&app.stats.token_requests);
+    if app.faults.take_token_failure() {
+        let mut response = oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The token service is temporarily unavailable.",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return response;
+    }
+    let Ok(Form(form)) = form else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request body must be application/x-www-form-urlencoded.",
+        );
+    };
+    let credentials = basic_credentials(&headers)
+        .or_else(|| Some((form.client_id.clone()?, form.client_secret.clone()?)));
+    let Some((client_id, client_secret)) = credentials else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed: no client credentials were sent.",
+        );
+    };
+    if !app.tokens.authenticate_client(&client_id, &client_secret) {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed.",
+        );
+    }
+    if form.grant_type.as_deref() != Some("client_credentials") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Only grant_type=client_credentials is supported.",
+        );
+    }
+    let (access_token, lifetime) = app.tokens.issue();
+    bump(&app.stats.tokens_issued);
+    let body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs(),
+        "scope": form.scope.as_deref().unwrap_or(SCOPE),
+    });
+    Json(body).into_response()
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// Middleware on `/api/`: requires a valid `Authorization: Bearer` token.
+pub async fn require_bearer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match bearer {
+        None => ApiError::unauthenticated(
+            "Credential was not sent or was of an unsupported type for this API.",
+        )
+        .into_response(),
+        Some(token) if !app.tokens.check(token.trim()) => {
+            ApiError::unauthenticated("Invalid access token.").into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}

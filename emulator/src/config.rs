@@ -1,0 +1,91 @@
+//! Emulator settings, shared by the CLI and in-process tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How an emulator instance is set up. `Debug` leaves out secrets and tokens.
+#[derive(Clone)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    /// Service principals as `(client_id, client_secret)`.
+    pub service_principals: Vec<(String, String)>,
+    /// Accepted personal access tokens; they never expire.
+    pub tokens: Vec<String>,
+    pub warehouse_id: String,
+    /// Where catalogs and tables persist; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Lifetime of issued OAuth tokens.
+    pub token_lifetime: Duration,
+    /// Rows per result chunk.
+    pub rows_per_chunk: usize,
+    /// Lifetime of external (presigned-style) result links.
+    pub link_lifetime: Duration,
+    pub faults: Faults,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            service_principals: Vec::new(),
+            tokens: Vec::new(),
+            warehouse_id: "emulator".to_string(),
+            data_dir: None,
+            token_lifetime: Duration::from_secs(3600),
+            rows_per_chunk: 10_000,
+            link_lifetime: Duration::from_secs(15 * 60),
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EmulatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client_ids: Vec<&str> = self
+            .service_principals
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        f.debug_struct("EmulatorConfig")
+            .field("listen", &self.listen)
+            .field("service_principals", &client_ids)
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("warehouse_id", &self.warehouse_id)
+            .field("data_dir", &self.data_dir)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("rows_per_chunk", &self.rows_per_chunk)
+            .field("link_lifetime", &self.link_lifetime)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+/// Injected failures and latency; replaceable at run time with [`crate::Emulator::set_faults`].
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Extra time every statement spends RUNNING (cancellable).
+    pub statement_latency: Duration,
+    /// Share (0.0..=1.0) of `/api/` requests answered 429 REQUEST_LIMIT_EXCEEDED.
+    pub throttle_share: f64,
+    /// `Retry-After` on those 429s.
+    pub throttle_retry_after_secs: u64,
+    /// A window of 503 TEMPORARILY_UNAVAILABLE on `/api/`, starting when the faults are set.
+    pub unavailable_for: Option<Duration>,
+    pub unavailable_retry_after_secs: u64,
+    /// The next N token-endpoint calls answer 503 (with `Retry-After: 1`).
+    pub token_failures: u32,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            statement_latency: Duration::ZERO,
+            throttle_share: 0.0,
+            throttle_retry_after_secs: 1,
+            unavailable_for: None,
+            unavailable_retry_after_secs: 1,
+            token_failures: 0,
+        }
+    }
+}

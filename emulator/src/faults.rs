@@ -1,0 +1,101 @@
+//! Fault injection: throttling and an unavailability window on `/api/`, failing token calls,
+//! and statement latency.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::App;
+use crate::config::Faults;
+use crate::error::ApiError;
+use crate::stats::bump;
+
+pub struct FaultState {
+    active: Mutex<Active>,
+}
+
+struct Active {
+    faults: Faults,
+    unavailable_until: Option<Instant>,
+    token_failures_left: u32,
+}
+
+impl FaultState {
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            active: Mutex::new(Active::from(faults)),
+        }
+    }
+
+    pub fn set(&self, faults: Faults) {
+        *self.lock() = Active::from(faults);
+    }
+
+    pub fn statement_latency(&self) -> Duration {
+        self.lock().faults.statement_latency
+    }
+
+    /// Whether this token call must fail; counts the failure down.
+    pub fn take_token_failure(&self) -> bool {
+        let mut active = self.lock();
+        let fail = active.token_failures_left > 0;
+        active.token_failures_left = active.token_failures_left.saturating_sub(1);
+        fail
+    }
+
+    /// The injected answer for an `/api/` request, if any.
+    fn api_fault(&self, app: &App) -> Option<ApiError> {
+        let active = self.lock();
+        if active
+            .unavailable_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            bump(&app.stats.unavailable);
+            let error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TEMPORARILY_UNAVAILABLE",
+                "The service is temporarily unavailable. Please try again later.",
+            );
+            return Some(error.retry_after(active.faults.unavailable_retry_after_secs));
+        }
+        if active.faults.throttle_share > 0.0
+            && rand::random::<f64>() < active.faults.throttle_share
+        {
+            bump(&app.stats.throttled);
+            let error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "REQUEST_LIMIT_EXCEEDED",
+                "The request rate limit was exceeded. Please retry later.",
+            );
+            return Some(error.retry_after(active.faults.throttle_retry_after_secs));
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Active> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl From<Faults> for Active {
+    fn from(faults: Faults) -> Self {
+        Self {
+            unavailable_until: faults.unavailable_for.map(|d| Instant::now() + d),
+            token_failures_left: faults.token_failures,
+            faults,
+        }
+    }
+}
+
+/// Middleware on `/api/`: counts the request and answers injected faults before anything else.
+pub async fn inject(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    bump(&app.stats.api_requests);
+    match app.faults.api_fault(&app) {
+        Some(error) => error.into_response(),
+        None => next.run(request).await,
+    }
+}

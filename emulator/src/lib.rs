@@ -1,0 +1,152 @@
+//! # lakegate-emulator
+//!
+//! A local fake Databricks workspace that speaks Databricks' wire format, for tests and offline
+//! development. The official Databricks SDKs work against it unmodified. SQL runs on DataFusion.
+//!
+//! ## What it serves
+//!
+//! - **Host metadata and OAuth M2M**: `GET /.well-known/databricks-config`,
+//!   `GET /oidc/.well-known/oauth-authorization-server`, and `POST /oidc/v1/token`
+//!   (`grant_type=client_credentials`, client credentials by HTTP Basic or in the form body).
+//!   Every `/api/` call needs `Authorization: Bearer` with an issued, unexpired token or a
+//!   configured personal access token; otherwise 401 `UNAUTHENTICATED`.
+//! - **Secrets** (`/api/2.0/secrets/...`): scopes create/list/delete, put (`string_value` or
+//!   `bytes_value`), get, list, delete, with Databricks' name rules, limits and error codes.
+//! - **SQL Statement Execution** (`/api/2.0/sql/statements`): a real state machine with
+//!   `wait_timeout`/`on_wait_timeout`, cancel, parameters (`:name`), `row_limit`, INLINE +
+//!   JSON_ARRAY results in chunks, and EXTERNAL_LINKS with JSON_ARRAY, ARROW_STREAM (Arrow IPC
+//!   stream per chunk) or CSV, served from presigned-style links under `/external/`.
+//! - **SQL**: three-part names (default `main.default`; the request's `catalog`/`schema` set the
+//!   defaults), `CREATE CATALOG`, `CREATE SCHEMA`, `CREATE [OR REPLACE] TABLE [IF NOT EXISTS]` with
+//!   Delta clauses accepted and ignored (`USING DELTA`, `CLUSTER BY`, `PARTITIONED BY`, `COMMENT`,
+//!   `TBLPROPERTIES`, `OPTIONS`, `LOCATION`), `CREATE TABLE ... AS SELECT`, `INSERT INTO ... VALUES`
+//!   and `INSERT INTO ... SELECT` with NOT NULL enforcement, `SELECT` with what DataFusion offers
+//!   (joins, aggregates, `date_trunc('HOUR', ts)`, `current_timestamp()`, ...), `DROP TABLE`,
+//!   `DROP SCHEMA`, `SHOW TABLES`, `DESCRIBE`. Types: STRING, BIGINT, INT, SMALLINT, TINYINT,
+//!   DOUBLE, FLOAT, BOOLEAN, DATE, TIMESTAMP (UTC microseconds), TIMESTAMP_NTZ, DECIMAL(p,s),
+//!   BINARY.
+//! - **Persistence** with `--data-dir`: catalogs and schemas as directories, each table as an
+//!   Arrow IPC file rewritten after every successful write, all loaded at start.
+//! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
+//!   of 503 `TEMPORARILY_UNAVAILABLE` (both with `Retry-After`), failing token calls, and extra
+//!   statement latency (cancellable), all changeable at run time from Rust.
+//!
+//! ## Command line
+//!
+//! ```text
+//! lakegate-emulator [--listen 127.0.0.1:8787] [--service-principal CLIENT_ID:SECRET]...
+//!                   [--token PAT]... [--warehouse-id emulator] [--data-dir DIR]
+//!                   [--token-lifetime-secs 3600] [--rows-per-chunk 10000]
+//!                   [--link-lifetime-secs 900] [--statement-latency-ms 0]
+//!                   [--throttle-share 0.0] [--throttle-retry-after-secs 1]
+//!                   [--token-failures 0]
+//! ```
+//!
+//! It prints `lakegate-emulator listening on http://ADDR` once listening and stops gracefully on
+//! SIGINT or SIGTERM. From Rust, [`Emulator::start`] takes the same settings as
+//! [`EmulatorConfig`] (use port 0 in tests).
+//!
+//! ## Not supported
+//!
+//! - `MERGE`, `UPDATE`, `DELETE`, Delta time travel, `COPY INTO`, volumes and the Files API.
+//! - Databricks-only functions DataFusion lacks (`from_json`, `inline`, `explode`, ...) and
+//!   ARRAY/MAP/STRUCT columns and parameters.
+//! - Transactions: a write that fails midway may leave rows behind; writes are serialized.
+//! - Permissions and ACLs (every authenticated caller may do everything), PAT management,
+//!   secret ACLs, Azure Key Vault scopes; secrets are not persisted.
+//! - Result expiry (CLOSED), `byte_limit`, statement purging; multiple statements per request.
+//! - Other REST APIs (clusters, jobs, warehouses, Unity Catalog REST, ...): 404 `ENDPOINT_NOT_FOUND`.
+//! - TLS: the emulator speaks plain HTTP.
+
+mod app;
+mod auth;
+mod config;
+mod error;
+mod faults;
+mod secrets;
+mod sql;
+mod statements;
+mod stats;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{EmulatorConfig, Faults};
+pub use stats::Stats;
+
+/// A running emulator. Dropping it without [`Emulator::shutdown`] leaves the server running
+/// until the runtime stops.
+pub struct Emulator {
+    addr: SocketAddr,
+    app: Arc<app::App>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<io::Result<()>>,
+}
+
+impl Emulator {
+    /// Binds `config.listen`, loads `config.data_dir` and starts serving.
+    pub async fn start(config: EmulatorConfig) -> io::Result<Emulator> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let engine = sql::Engine::open(config.data_dir.as_deref())?;
+        let app = Arc::new(app::App::new(config, engine, format!("http://{addr}")));
+        let router = app::router(Arc::clone(&app));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Emulator {
+            addr,
+            app,
+            stop,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR:PORT`, the workspace host for clients.
+    pub fn url(&self) -> String {
+        self.app.url.clone()
+    }
+
+    pub fn warehouse_id(&self) -> &str {
+        &self.app.warehouse_id
+    }
+
+    /// Replaces the injected faults; an unavailability window starts now.
+    pub fn set_faults(&self, faults: Faults) {
+        self.app.faults.set(faults);
+    }
+
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.app.tokens.set_lifetime(lifetime);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.app.stats.snapshot()
+    }
+
+    /// Stops accepting connections and waits for open requests to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "emulator server stopped with an error"),
+            Err(err) => tracing::warn!(error = %err, "emulator server task failed"),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The Secrets API (`/api/2.0/secrets/...`) with Databricks' validation rules and error codes:
+//! scope and key names `[A-Za-z0-9-_.]{1,128}`, values up to 128 KB, at most 1000 secrets per
+//! scope and 1000 scopes per workspace. Secrets live in memory only.
+//!
+//! Assumptions: empty lists are answered as `{}` (Databricks omits empty repeated fields);
+//! messages follow the wording the Databricks CLI shows ("Scope x does not exist!").
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::error::{ApiError, ApiJson};
+
+const MAX_NAME_LEN: usize = 128;
+const MAX_VALUE_BYTES: usize = 128 * 1024;
+const MAX_SECRETS_PER_SCOPE: usize = 1000;
+const MAX_SCOPES: usize = 1000;
+
+#[derive(Default)]
+pub struct SecretStore {
+    scopes: Mutex<BTreeMap<String, BTreeMap<String, Secret>>>,
+}
+
+struct Secret {
+    value: Vec<u8>,
+    last_updated_ms: i64,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretStore { .. }")
+    }
+}
+
+impl SecretStore {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, BTreeMap<String, Secret>>> {
+        self.scopes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Reply = Result<Json<Value>, ApiError>;
+
+#[derive(Deserialize)]
+pub struct ScopeBody {
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct PutBody {
+    scope: Option<String>,
+    key: Option<String>,
+    string_value: Option<String>,
+    bytes_value: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct KeyBody {
+    scope: Option<String>,
+    key: Option<String>,
+}
+
+pub async fn create_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<ScopeBody>) -> Reply {
+    let scope = valid_name(body.scope, "scope")?;
+    let mut scopes = app.secrets.lock();
+    if scopes.contains_key(&scope) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "RESOURCE_ALREADY_EXISTS",
+            format!("Scope {scope} already exists!"),
+        ));
+    }
+    if scopes.len() >= MAX_SCOPES {
+        return Err(limit_exceeded(format!(
+            "The maximum number of scopes ({MAX_SCOPES}) has been reached."
+        )));
+    }
+    scopes.insert(scope, BTreeMap::new());
+    Ok(Json(json!({})))
+}
+
+pub async fn list_scopes(State(app): State<Arc<App>>) -> Reply {
+    let scopes: Vec<Value> = app
+        .secrets
+        .lock()
+        .keys()
+        .map(|name| json!({"name": name, "backend_type": "DATABRICKS"}))
+        .collect();
+    Ok(Json(non_empty("scopes", scopes)))
+}
+
+pub async fn delete_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<ScopeBody>) -> Reply {
+    let scope = required(body.scope, "scope")?;
+    app.secrets
+        .lock()
+        .remove(&scope)
+        .ok_or_else(|| no_scope(&scope))?;
+    Ok(Json(json!({})))
+}
+
+pub async fn put(State(app): State<Arc<App>>, ApiJson(body): ApiJson<PutBody>) -> Reply {
+    let scope = required(body.scope, "scope")?;
+    let key = valid_name(body.key, "key")?;
+    let value = match (body.string_value, body.bytes_value) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => STANDARD
+            .decode(encoded)
+            .map_err(|_| ApiError::invalid_parameter("bytes_value must be base64-encoded."))?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::malformed(
+                "Exactly one of string_value and bytes_value must be specified.",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid_parameter(
+                "Exactly one of string_value and bytes_value must be specified.",
+            ));
+        }
+    };
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::invalid_parameter(format!(
+            "Size of the secret value ({} bytes) exceeds the limit of {MAX_VALUE_BYTES} bytes.",
+            value.len()
+        )));
+    }
+    let mut scopes = app.secrets.lock();
+    let secrets = scopes.get_mut(&scope).ok_or_else(|| no_scope(&scope))?;
+    if !secrets.contains_key(&key) && secrets.len() >= MAX_SECRETS_PER_SCOPE {
+        return Err(limit_exceeded(format!(
+            "The maximum number of secrets ({MAX_SECRETS_PER_SCOPE}) in scope {scope} has been reached."
+        )));
+    }
+    let last_updated_ms = chrono::Utc::now().timestamp_millis();
+    secrets.insert(
+        key,
+        Secret {
+            value,
+            last_updated_ms,
+        },
+    );
+    Ok(Json(json!({})))
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Reply {
+    let scope = required(query.get("scope").cloned(), "scope")?;
+    let key = required(query.get("key").cloned(), "key")?;
+    let scopes = app.secrets.lock();
+    let secret = scopes
+        .get(&scope)
+        .ok_or_else(|| no_scope(&scope))?
+        .get(&key)
+        .ok_or_else(|| no_secret(&scope, &key))?;
+    Ok(Json(
+        json!({"key": key, "value": STANDARD.encode(&secret.value)}),
+    ))
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Reply {
+    let scope = required(query.get("scope").cloned(), "scope")?;
+    let scopes = app.secrets.lock();
+    let secrets: Vec<Value> = scopes
+        .get(&scope)
+        .ok_or_else(|| no_scope(&scope))?
+        .iter()
+        .map(|(key, secret)| json!({"key": key, "last_updated_timestamp": secret.last_updated_ms}))
+        .collect();
+    Ok(Json(non_empty("secrets", secrets)))
+}
+
+pub async fn delete(State(app): State<Arc<App>>, ApiJson(body): ApiJson<KeyBody>) -> Reply {
+    let scope = required(body.scope, "scope")?;
+    let key = required(body.key, "key")?;
+    let mut scopes = app.secrets.lock();
+    let secrets = scopes.get_mut(&scope).ok_or_else(|| no_scope(&scope))?;
+    secrets
+        .remove(&key)
+        .ok_or_else(|| no_secret(&scope, &key))?;
+    Ok(Json(json!({})))
+}
+
+fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::missing(field))
+}
+
+fn valid_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
+    let name = required(value, field)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.len() > MAX_NAME_LEN || !name.chars().all(allowed) {
+        return Err(ApiError::invalid_parameter(format!(
+            "Invalid {field} name '{name}': it must consist of alphanumeric characters, dashes, underscores, and periods, and may not exceed {MAX_NAME_LEN} characters."
+        )));
+    }
+    Ok(name)
+}
+
+fn no_scope(scope: &str) -> ApiError {
+    ApiError::not_found(format!("Scope {scope} does not exist!"))
+}
+
+fn no_secret(scope: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "Secret does not exist with scope: {scope} and key: {key}"
+    ))
+}
+
+fn limit_exceeded(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "RESOURCE_LIMIT_EXCEEDED", message)
+}
+
+fn non_empty(field: &str, items: Vec<Value>) -> Value {
+    if items.is_empty() {
+        json!({})
+    } else {
+        json!({ field: items })
+    }
+}

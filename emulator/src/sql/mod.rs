@@ -1,0 +1,542 @@
+//! The SQL engine: Databricks SQL on DataFusion.
+//!
+//! A statement is parsed with sqlparser's Databricks dialect (plus [`ddl`] for the Delta
+//! clauses sqlparser lacks), its parameters are bound in the syntax tree ([`params`]), Databricks
+//! type spellings are rewritten for DataFusion ([`types`]), and the tree goes to DataFusion's
+//! planner directly, never back through SQL text. Tables are in-memory Arrow tables that accept
+//! INSERT; NOT NULL columns are enforced by DataFusion's insert path. Writes are serialized by
+//! one lock and, with a data directory, persisted by [`store`].
+
+mod ddl;
+mod error;
+mod params;
+mod store;
+mod types;
+
+use std::io;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Int64Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, TableProvider,
+};
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionState;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as EngineStatement;
+use datafusion::sql::sqlparser::ast::{
+    self, Expr, Ident, ObjectName, Statement, visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::DatabricksDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+pub use error::SqlError;
+pub use params::Parameter;
+pub use types::column_type;
+
+pub const DEFAULT_CATALOG: &str = "main";
+pub const DEFAULT_SCHEMA: &str = "default";
+const INFORMATION_SCHEMA: &str = "information_schema";
+
+/// A statement as the Statement Execution API receives it.
+pub struct Request<'a> {
+    pub statement: &'a str,
+    pub parameters: &'a [Parameter],
+    pub catalog: Option<&'a str>,
+    pub schema: Option<&'a str>,
+}
+
+/// What a statement produced: its result set, empty for most DDL.
+pub struct Output {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Output {
+    fn empty() -> Self {
+        Self {
+            schema: Arc::new(Schema::empty()),
+            batches: Vec::new(),
+        }
+    }
+}
+
+pub struct Engine {
+    ctx: SessionContext,
+    store: Option<store::Store>,
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// A parsed and bound statement, ready to run.
+pub struct Prepared {
+    kind: Kind,
+    state: SessionState,
+}
+
+enum Kind {
+    CreateTable(Box<ddl::CreateTable>),
+    CreateCatalog {
+        name: String,
+        if_not_exists: bool,
+    },
+    Sql {
+        statement: Box<Statement>,
+        effect: Effect,
+    },
+}
+
+/// What a successful statement changed, i.e. what to persist.
+enum Effect {
+    None,
+    Table(TableName),
+    Catalog,
+}
+
+/// A fully qualified, normalized table name.
+pub struct TableName {
+    pub catalog: String,
+    pub schema: String,
+    pub table: String,
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.catalog, self.schema, self.table)
+    }
+}
+
+impl Engine {
+    /// An engine with the `main.default` schema, plus whatever `data_dir` holds.
+    pub fn open(data_dir: Option<&Path>) -> io::Result<Self> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA)
+            .with_information_schema(true)
+            .set_str("datafusion.execution.time_zone", types::UTC);
+        let ctx = SessionContext::new_with_config(config);
+        let store = data_dir.map(store::Store::new).transpose()?;
+        if let Some(store) = &store {
+            store.load(&ctx)?;
+        }
+        Ok(Self {
+            ctx,
+            store,
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Parses the statement and binds its parameters.
+    pub fn prepare(&self, request: &Request<'_>) -> Result<Prepared, SqlError> {
+        let mut state = self.ctx.state();
+        let options = state.config_mut().options_mut();
+        if let Some(catalog) = request.catalog.filter(|c| !c.is_empty()) {
+            options.catalog.default_catalog = catalog.to_string();
+        }
+        if let Some(schema) = request.schema.filter(|s| !s.is_empty()) {
+            options.catalog.default_schema = schema.to_string();
+        }
+        let kind = match ddl::parse(request.statement)? {
+            Some(ddl::Ddl::CreateTable(mut create)) => {
+                if let Some(query) = &mut create.query {
+                    bind(query.as_mut(), request.parameters)?;
+                }
+                Kind::CreateTable(Box::new(create))
+            }
+            Some(ddl::Ddl::CreateCatalog {
+                name,
+                if_not_exists,
+            }) => Kind::CreateCatalog {
+                name: normalize(last_part(&name)?),
+                if_not_exists,
+            },
+            None => {
+                let mut statements = Parser::parse_sql(&DatabricksDialect {}, request.statement)?;
+                if statements.len() != 1 {
+                    return Err(SqlError::syntax("exactly one statement is expected"));
+                }
+                let mut statement = statements.remove(0);
+                bind(&mut statement, request.parameters)?;
+                let effect = effect(&statement, &state)?;
+                Kind::Sql {
+                    statement: Box::new(statement),
+                    effect,
+                }
+            }
+        };
+        Ok(Prepared { kind, state })
+    }
+
+    /// Runs a prepared statement. Dropping the future cancels a read; a write is short and
+    /// callers let it finish (see [`Prepared::is_read_only`]).
+    pub async fn run(&self, prepared: Prepared) -> Result<Output, SqlError> {
+        let Prepared { kind, state } = prepared;
+        if let Kind::Sql {
+            statement,
+            effect: Effect::None,
+        } = kind
+        {
+            return execute(&state, *statement).await;
+        }
+        let _write = self.writes.lock().await;
+        let (output, effect) = match kind {
+            Kind::CreateTable(create) => {
+                let name = resolve(&create.name, &state)?;
+                create_table(&state, *create, &name).await?;
+                (Output::empty(), Effect::Table(name))
+            }
+            Kind::CreateCatalog {
+                name,
+                if_not_exists,
+            } => {
+                create_catalog(&self.ctx, &name, if_not_exists)?;
+                (Output::empty(), Effect::Catalog)
+            }
+            Kind::Sql { statement, effect } => {
+                let insert_columns = match statement.as_ref() {
+                    Statement::Insert(insert) => {
+                        Some(insert.columns.iter().map(column_name).collect::<Vec<_>>())
+                    }
+                    _ => None,
+                };
+                let output = execute(&state, *statement).await.map_err(|err| {
+                    name_not_null_column(
+                        err,
+                        &effect,
+                        insert_columns.as_deref().unwrap_or_default(),
+                        &state,
+                    )
+                })?;
+                (
+                    if insert_columns.is_some() {
+                        insert_counts(output)
+                    } else {
+                        output
+                    },
+                    effect,
+                )
+            }
+        };
+        self.persist(&effect).await?;
+        Ok(output)
+    }
+
+    async fn persist(&self, effect: &Effect) -> Result<(), SqlError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let result = match effect {
+            Effect::None => Ok(()),
+            Effect::Table(name) => store.save_table(&self.ctx, name).await,
+            Effect::Catalog => store.sync(&self.ctx).await,
+        };
+        result.map_err(|err| SqlError {
+            class: None,
+            sql_state: None,
+            detail: format!("persisting failed: {err}"),
+        })
+    }
+}
+
+impl Prepared {
+    /// Whether the statement only reads, so cancelling it midway leaves nothing half done.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Sql {
+                effect: Effect::None,
+                ..
+            }
+        )
+    }
+}
+
+fn bind<N: ast::VisitMut>(node: &mut N, parameters: &[Parameter]) -> Result<(), SqlError> {
+    params::bind(node, parameters)?;
+    let _ = visit_expressions_mut(node, |expr| {
+        let data_type = match expr {
+            Expr::Cast { data_type, .. } => data_type,
+            Expr::TypedString(typed) => &mut typed.data_type,
+            _ => return ControlFlow::<()>::Continue(()),
+        };
+        if let Some(engine_type) = types::engine_type(data_type) {
+            *data_type = engine_type;
+        }
+        ControlFlow::Continue(())
+    });
+    Ok(())
+}
+
+async fn execute(state: &SessionState, statement: Statement) -> Result<Output, SqlError> {
+    let plan = state
+        .statement_to_plan(EngineStatement::Statement(Box::new(statement)))
+        .await?;
+    let frame = SessionContext::new_with_state(state.clone())
+        .execute_logical_plan(plan)
+        .await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await?;
+    Ok(Output { schema, batches })
+}
+
+fn effect(statement: &Statement, state: &SessionState) -> Result<Effect, SqlError> {
+    Ok(match statement {
+        Statement::Query(_)
+        | Statement::Explain { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowCatalogs { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowFunctions { .. } => Effect::None,
+        Statement::Insert(insert) => match &insert.table {
+            ast::TableObject::TableName(name) => Effect::Table(resolve(name, state)?),
+            _ => Effect::Catalog,
+        },
+        _ => Effect::Catalog,
+    })
+}
+
+/// Databricks answers an INSERT with the affected and inserted row counts.
+fn insert_counts(output: Output) -> Output {
+    let count: u64 = output
+        .batches
+        .iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .map(|a| a.values().iter().sum::<u64>())
+        })
+        .sum();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("num_affected_rows", DataType::Int64, false),
+        Field::new("num_inserted_rows", DataType::Int64, false),
+    ]));
+    let column = Arc::new(Int64Array::from(vec![count as i64])) as Arc<dyn Array>;
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::clone(&column), column])
+        .expect("two Int64 columns");
+    Output {
+        schema,
+        batches: vec![batch],
+    }
+}
+
+/// DataFusion reports a NULL in a NOT NULL column by position (`Invalid batch column at '1'`)
+/// or by the name of the VALUES column (`Column 'column2' is declared as non-nullable`).
+fn name_not_null_column(
+    err: SqlError,
+    effect: &Effect,
+    insert_columns: &[String],
+    state: &SessionState,
+) -> SqlError {
+    let between_quotes = |prefix: &str| {
+        err.detail
+            .find(prefix)
+            .and_then(|at| err.detail[at + prefix.len()..].split('\'').next())
+    };
+    let position = if let Some(index) = between_quotes("Invalid batch column at '") {
+        index.parse::<usize>().ok()
+    } else if let Some(name) =
+        between_quotes("Column '").filter(|_| err.detail.contains("declared as non-nullable"))
+    {
+        name.strip_prefix("column")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+    } else {
+        return err;
+    };
+    let Effect::Table(table) = effect else {
+        return err;
+    };
+    let column = position.and_then(|i| match insert_columns.get(i) {
+        Some(name) => Some(name.clone()),
+        None if insert_columns.is_empty() => {
+            table_now(state, table).map(|t| t.schema().field(i).name().clone())
+        }
+        None => None,
+    });
+    SqlError::new(
+        "DELTA_NOT_NULL_CONSTRAINT_VIOLATED",
+        "23502",
+        format!(
+            "NOT NULL constraint violated for column: {}.",
+            column.as_deref().unwrap_or("?")
+        ),
+    )
+}
+
+async fn create_table(
+    state: &SessionState,
+    create: ddl::CreateTable,
+    name: &TableName,
+) -> Result<(), SqlError> {
+    let catalog = state.catalog_list().catalog(&name.catalog).ok_or_else(|| {
+        SqlError::new(
+            "NO_SUCH_CATALOG_EXCEPTION",
+            "42704",
+            format!("Catalog '{}' was not found.", name.catalog),
+        )
+    })?;
+    let schema = catalog.schema(&name.schema).ok_or_else(|| {
+        SqlError::new(
+            "SCHEMA_NOT_FOUND",
+            "42704",
+            format!(
+                "The schema `{}`.`{}` cannot be found.",
+                name.catalog, name.schema
+            ),
+        )
+    })?;
+    if schema.table_exist(&name.table) {
+        if create.if_not_exists {
+            return Ok(());
+        }
+        if !create.or_replace {
+            return Err(SqlError::new(
+                "TABLE_OR_VIEW_ALREADY_EXISTS",
+                "42P07",
+                format!(
+                    "Cannot create table or view `{}` because it already exists.",
+                    name.to_string().replace('.', "`.`")
+                ),
+            ));
+        }
+    }
+    let (table_schema, batches) = match create.query {
+        Some(query) => {
+            let output = execute(state, Statement::Query(query)).await?;
+            (output.schema, output.batches)
+        }
+        None => (Arc::new(Schema::new(columns(&create.columns)?)), Vec::new()),
+    };
+    let table = MemTable::try_new(table_schema, vec![batches])?;
+    schema.register_table(name.table.clone(), Arc::new(table))?;
+    Ok(())
+}
+
+fn columns(definitions: &[ast::ColumnDef]) -> Result<Vec<Field>, SqlError> {
+    definitions
+        .iter()
+        .map(|column| {
+            let not_null = column
+                .options
+                .iter()
+                .any(|o| matches!(o.option, ast::ColumnOption::NotNull));
+            Ok(Field::new(
+                normalize(&column.name),
+                types::arrow_type(&column.data_type)?,
+                !not_null,
+            ))
+        })
+        .collect()
+}
+
+fn create_catalog(ctx: &SessionContext, name: &str, if_not_exists: bool) -> Result<(), SqlError> {
+    if ctx.catalog(name).is_some() {
+        return if if_not_exists {
+            Ok(())
+        } else {
+            Err(SqlError::new(
+                "CATALOG_ALREADY_EXISTS",
+                "42P04",
+                format!("Cannot create catalog `{name}` because it already exists."),
+            ))
+        };
+    }
+    // Databricks creates every catalog with a `default` schema.
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(DEFAULT_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
+    ctx.register_catalog(name, Arc::new(catalog));
+    Ok(())
+}
+
+/// Looks a table up in the catalog.
+async fn table(ctx: &SessionContext, name: &TableName) -> Option<Arc<dyn TableProvider>> {
+    let schema = ctx.catalog(&name.catalog)?.schema(&name.schema)?;
+    schema.table(&name.table).await.ok().flatten()
+}
+
+fn table_now(state: &SessionState, name: &TableName) -> Option<Arc<dyn TableProvider>> {
+    let schema = state
+        .catalog_list()
+        .catalog(&name.catalog)?
+        .schema(&name.schema)?;
+    futures_lite_block_on(schema.table(&name.table))
+        .ok()
+        .flatten()
+}
+
+/// Memory schemas answer `table` without awaiting anything, so polling once suffices.
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => unreachable!("in-memory schemas resolve tables immediately"),
+    }
+}
+
+/// Resolves a one-, two- or three-part name against the session's default catalog and schema.
+fn resolve(name: &ObjectName, state: &SessionState) -> Result<TableName, SqlError> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| {
+            part.as_ident()
+                .map(normalize)
+                .ok_or_else(|| SqlError::syntax(format!("invalid name {name}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let defaults = &state.config_options().catalog;
+    let (catalog, schema, table) = match parts.as_slice() {
+        [table] => (
+            defaults.default_catalog.clone(),
+            defaults.default_schema.clone(),
+            table.clone(),
+        ),
+        [schema, table] => (
+            defaults.default_catalog.clone(),
+            schema.clone(),
+            table.clone(),
+        ),
+        [catalog, schema, table] => (catalog.clone(), schema.clone(), table.clone()),
+        _ => return Err(SqlError::syntax(format!("invalid table name {name}"))),
+    };
+    Ok(TableName {
+        catalog,
+        schema,
+        table,
+    })
+}
+
+fn last_part(name: &ObjectName) -> Result<&Ident, SqlError> {
+    match name.0.as_slice() {
+        [part] => part
+            .as_ident()
+            .ok_or_else(|| SqlError::syntax(format!("invalid name {name}"))),
+        _ => Err(SqlError::syntax(format!("invalid catalog name {name}"))),
+    }
+}
+
+/// Unquoted identifiers are case-insensitive: DataFusion folds them to lower case, and so do we.
+fn normalize(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The column an INSERT column list names (its last part).
+fn column_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .map(normalize)
+        .unwrap_or_default()
+}
