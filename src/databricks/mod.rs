@@ -1,0 +1,76 @@
+//! Our Databricks workspace client, behaving like the official SDKs: unified
+//! configuration, PAT or OAuth M2M with a shared token cache, retries on 429 and
+//! 503 honouring `Retry-After`, Secrets and SQL Statement Execution.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod results;
+pub mod retry;
+pub mod secrets;
+pub mod statements;
+
+use std::sync::Arc;
+
+pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenSource};
+pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
+pub use error::{ApiError, Error, StatementError};
+pub use http::ApiClient;
+pub use results::{Column, Manifest, Row, StatementResult, Value};
+pub use retry::RetryPolicy;
+pub use secrets::{SecretMetadata, Secrets};
+pub use statements::{
+    Disposition, Format, OnWaitTimeout, Param, StatementRequest, StatementState, Statements,
+};
+
+/// Entry point: one per workspace, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    api: ApiClient,
+    warehouse_id: Option<String>,
+}
+
+impl Client {
+    pub fn new(config: &Config) -> Result<Client, Error> {
+        let http = http::http_client()?;
+        let tokens: Arc<dyn TokenSource> = match &config.credentials {
+            Credentials::Pat { token } => Arc::new(Pat::new(token.clone())),
+            Credentials::OAuthM2m {
+                client_id,
+                client_secret,
+            } => Arc::new(OAuthM2m::new(
+                http.clone(),
+                &config.host,
+                client_id,
+                client_secret.clone(),
+                config.oauth.clone(),
+                config.http_timeout,
+            )),
+        };
+        let api = ApiClient::new(
+            http,
+            &config.host,
+            tokens,
+            config.retry.clone(),
+            config.http_timeout,
+        );
+        Ok(Client {
+            api,
+            warehouse_id: config.warehouse_id.clone(),
+        })
+    }
+
+    pub fn secrets(&self) -> Secrets {
+        Secrets::new(self.api.clone())
+    }
+
+    pub fn statements(&self) -> Statements {
+        Statements::new(self.api.clone(), self.warehouse_id.clone())
+    }
+
+    /// For calls without a dedicated wrapper, and for the token source.
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+}
