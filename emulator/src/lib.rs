@@ -25,6 +25,18 @@
 //!   `DROP SCHEMA`, `SHOW TABLES`, `DESCRIBE`. Types: STRING, BIGINT, INT, SMALLINT, TINYINT,
 //!   DOUBLE, FLOAT, BOOLEAN, DATE, TIMESTAMP (UTC microseconds), TIMESTAMP_NTZ, DECIMAL(p,s),
 //!   BINARY.
+//! - **Insert-only MERGE**, the exactly-once append: `MERGE INTO target [AS t] USING table or
+//!   (subquery) [AS s] ON cond WHEN NOT MATCHED [AND cond] THEN INSERT (cols) VALUES (...)` or
+//!   `INSERT *`. The check and the insert are one atomic step, so concurrent MERGEs never
+//!   duplicate a row; source rows that duplicate each other are all inserted, as on Databricks.
+//!   The result row is `num_affected_rows`, `num_updated_rows`, `num_deleted_rows`,
+//!   `num_inserted_rows`.
+//! - **Databricks functions** DataFusion lacks: `from_json(json, schema)` with a literal schema in
+//!   Databricks type syntax (`ARRAY<STRUCT<a: STRING, b BIGINT>>`, `STRUCT<...>`, `a INT, ...`;
+//!   scalar types as above), which returns NULL for malformed JSON (a struct of NULLs for a STRUCT
+//!   schema) like Spark's default PERMISSIVE mode; `explode(array)` in the select list (as
+//!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
+//!   `timestamp_micros`.
 //! - **Persistence** with `--data-dir`: catalogs and schemas as directories, each table as an
 //!   Arrow IPC file rewritten after every successful write, all loaded at start.
 //! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
@@ -48,9 +60,13 @@
 //!
 //! ## Not supported
 //!
-//! - `MERGE`, `UPDATE`, `DELETE`, Delta time travel, `COPY INTO`, volumes and the Files API.
-//! - Databricks-only functions DataFusion lacks (`from_json`, `inline`, `explode`, ...) and
-//!   ARRAY/MAP/STRUCT columns and parameters.
+//! - `MERGE` with `WHEN MATCHED` or `WHEN NOT MATCHED BY SOURCE` clauses, or with more than one
+//!   `WHEN NOT MATCHED` clause (FAILED with `UNSUPPORTED_FEATURE`); `UPDATE`, `DELETE`, Delta
+//!   time travel, `COPY INTO`, volumes and the Files API.
+//! - Other Databricks-only functions (`inline`, `posexplode`, `get_json_object`, ...),
+//!   `from_json` options, `explode` of a map or in FROM, field access on a function result
+//!   (`from_json(...).a`; alias it in a subquery first), and ARRAY/MAP/STRUCT columns and
+//!   parameters; nested values in results are printed Arrow's way, not as JSON.
 //! - Transactions: a write that fails midway may leave rows behind; writes are serialized.
 //! - Permissions and ACLs (every authenticated caller may do everything), PAT management,
 //!   secret ACLs, Azure Key Vault scopes; secrets are not persisted.

@@ -1,14 +1,17 @@
 //! The SQL engine: Databricks SQL on DataFusion.
 //!
 //! A statement is parsed with sqlparser's Databricks dialect (plus [`ddl`] for the Delta
-//! clauses sqlparser lacks), its parameters are bound in the syntax tree ([`params`]), Databricks
-//! type spellings are rewritten for DataFusion ([`types`]), and the tree goes to DataFusion's
-//! planner directly, never back through SQL text. Tables are in-memory Arrow tables that accept
-//! INSERT; NOT NULL columns are enforced by DataFusion's insert path. Writes are serialized by
-//! one lock and, with a data directory, persisted by [`store`].
+//! clauses sqlparser lacks), an insert-only MERGE becomes an INSERT ([`merge`]), its parameters
+//! are bound in the syntax tree ([`params`]), Databricks type spellings and function names are
+//! rewritten for DataFusion ([`types`], [`functions`], which also adds Databricks-only functions),
+//! and the tree goes to DataFusion's planner directly, never back through SQL text. Tables are
+//! in-memory Arrow tables that accept INSERT; NOT NULL columns are enforced by DataFusion's insert
+//! path. Writes are serialized by one lock and, with a data directory, persisted by [`store`].
 
 mod ddl;
 mod error;
+mod functions;
+mod merge;
 mod params;
 mod store;
 mod types;
@@ -32,7 +35,8 @@ use datafusion::sql::sqlparser::ast::{
     self, Expr, Ident, ObjectName, Statement, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::DatabricksDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
 pub use error::SqlError;
 pub use params::Parameter;
@@ -86,7 +90,15 @@ enum Kind {
     Sql {
         statement: Box<Statement>,
         effect: Effect,
+        counts: Option<Counts>,
     },
+}
+
+/// The row counts Databricks answers a DML statement with.
+#[derive(Clone, Copy)]
+enum Counts {
+    Insert,
+    Merge,
 }
 
 /// What a successful statement changed, i.e. what to persist.
@@ -117,6 +129,7 @@ impl Engine {
             .with_information_schema(true)
             .set_str("datafusion.execution.time_zone", types::UTC);
         let ctx = SessionContext::new_with_config(config);
+        functions::register(&ctx);
         let store = data_dir.map(store::Store::new).transpose()?;
         if let Some(store) = &store {
             store.load(&ctx)?;
@@ -153,16 +166,24 @@ impl Engine {
                 if_not_exists,
             },
             None => {
-                let mut statements = Parser::parse_sql(&DatabricksDialect {}, request.statement)?;
+                let mut statements = parse(request.statement)?;
                 if statements.len() != 1 {
                     return Err(SqlError::syntax("exactly one statement is expected"));
                 }
-                let mut statement = statements.remove(0);
+                let (mut statement, counts) = match statements.remove(0) {
+                    Statement::Merge(merge) => (
+                        merge::to_insert(merge, |name| table_columns(name, &state))?,
+                        Some(Counts::Merge),
+                    ),
+                    insert @ Statement::Insert(_) => (insert, Some(Counts::Insert)),
+                    statement => (statement, None),
+                };
                 bind(&mut statement, request.parameters)?;
                 let effect = effect(&statement, &state)?;
                 Kind::Sql {
                     statement: Box::new(statement),
                     effect,
+                    counts,
                 }
             }
         };
@@ -176,6 +197,7 @@ impl Engine {
         if let Kind::Sql {
             statement,
             effect: Effect::None,
+            ..
         } = kind
         {
             return execute(&state, *statement).await;
@@ -194,29 +216,22 @@ impl Engine {
                 create_catalog(&self.ctx, &name, if_not_exists)?;
                 (Output::empty(), Effect::Catalog)
             }
-            Kind::Sql { statement, effect } => {
+            Kind::Sql {
+                statement,
+                effect,
+                counts,
+            } => {
                 let insert_columns = match statement.as_ref() {
-                    Statement::Insert(insert) => {
-                        Some(insert.columns.iter().map(column_name).collect::<Vec<_>>())
-                    }
-                    _ => None,
+                    Statement::Insert(insert) => insert.columns.iter().map(column_name).collect(),
+                    _ => Vec::new(),
                 };
-                let output = execute(&state, *statement).await.map_err(|err| {
-                    name_not_null_column(
-                        err,
-                        &effect,
-                        insert_columns.as_deref().unwrap_or_default(),
-                        &state,
-                    )
-                })?;
-                (
-                    if insert_columns.is_some() {
-                        insert_counts(output)
-                    } else {
-                        output
-                    },
-                    effect,
-                )
+                let output = execute(&state, *statement)
+                    .await
+                    .map_err(|err| name_not_null_column(err, &effect, &insert_columns, &state))?;
+                match counts {
+                    Some(counts) => (counts.output(&output), effect),
+                    None => (output, effect),
+                }
             }
         };
         self.persist(&effect).await?;
@@ -253,12 +268,28 @@ impl Prepared {
     }
 }
 
+/// Parses statements, first spelling out the MERGE forms sqlparser lacks.
+fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
+    let dialect = DatabricksDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(ParserError::from)?;
+    Ok(Parser::new(&dialect)
+        .with_tokens_with_locations(merge::spell_out_stars(tokens))
+        .parse_statements()?)
+}
+
+/// Binds the parameters and rewrites Databricks spellings of types and functions.
 fn bind<N: ast::VisitMut>(node: &mut N, parameters: &[Parameter]) -> Result<(), SqlError> {
     params::bind(node, parameters)?;
     let _ = visit_expressions_mut(node, |expr| {
         let data_type = match expr {
             Expr::Cast { data_type, .. } => data_type,
             Expr::TypedString(typed) => &mut typed.data_type,
+            Expr::Function(function) => {
+                functions::rename(function);
+                return ControlFlow::<()>::Continue(());
+            }
             _ => return ControlFlow::<()>::Continue(()),
         };
         if let Some(engine_type) = types::engine_type(data_type) {
@@ -301,28 +332,48 @@ fn effect(statement: &Statement, state: &SessionState) -> Result<Effect, SqlErro
     })
 }
 
-/// Databricks answers an INSERT with the affected and inserted row counts.
-fn insert_counts(output: Output) -> Output {
-    let count: u64 = output
-        .batches
-        .iter()
-        .filter_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .map(|a| a.values().iter().sum::<u64>())
-        })
-        .sum();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("num_affected_rows", DataType::Int64, false),
-        Field::new("num_inserted_rows", DataType::Int64, false),
-    ]));
-    let column = Arc::new(Int64Array::from(vec![count as i64])) as Arc<dyn Array>;
-    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::clone(&column), column])
-        .expect("two Int64 columns");
-    Output {
-        schema,
-        batches: vec![batch],
+impl Counts {
+    /// Turns DataFusion's inserted-row count into Databricks' result row; the emulator's DML
+    /// only inserts, so nothing is updated or deleted.
+    fn output(self, insert: &Output) -> Output {
+        let inserted = insert
+            .batches
+            .iter()
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.values().iter().sum::<u64>())
+            })
+            .sum::<u64>() as i64;
+        let counts: &[(&str, i64)] = match self {
+            Counts::Insert => &[
+                ("num_affected_rows", inserted),
+                ("num_inserted_rows", inserted),
+            ],
+            Counts::Merge => &[
+                ("num_affected_rows", inserted),
+                ("num_updated_rows", 0),
+                ("num_deleted_rows", 0),
+                ("num_inserted_rows", inserted),
+            ],
+        };
+        let schema = Arc::new(Schema::new(
+            counts
+                .iter()
+                .map(|(name, _)| Field::new(*name, DataType::Int64, false))
+                .collect::<Vec<_>>(),
+        ));
+        let columns = counts
+            .iter()
+            .map(|(_, count)| Arc::new(Int64Array::from(vec![*count])) as Arc<dyn Array>)
+            .collect();
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), columns).expect("one Int64 per field");
+        Output {
+            schema,
+            batches: vec![batch],
+        }
     }
 }
 
@@ -459,6 +510,19 @@ fn create_catalog(ctx: &SessionContext, name: &str, if_not_exists: bool) -> Resu
 async fn table(ctx: &SessionContext, name: &TableName) -> Option<Arc<dyn TableProvider>> {
     let schema = ctx.catalog(&name.catalog)?.schema(&name.schema)?;
     schema.table(&name.table).await.ok().flatten()
+}
+
+/// The column names of a table, for `INSERT *`.
+fn table_columns(name: &ObjectName, state: &SessionState) -> Result<Vec<String>, SqlError> {
+    let name = resolve(name, state)?;
+    let table =
+        table_now(state, &name).ok_or_else(|| SqlError::table_not_found(&name.to_string()))?;
+    Ok(table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect())
 }
 
 fn table_now(state: &SessionState, name: &TableName) -> Option<Arc<dyn TableProvider>> {

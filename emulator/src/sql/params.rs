@@ -8,9 +8,6 @@ use std::ops::ControlFlow;
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::sql::sqlparser::ast::{self, CastKind, Expr, Value, visit_expressions_mut};
-use datafusion::sql::sqlparser::dialect::DatabricksDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::Token;
 use serde::Deserialize;
 
 use super::{SqlError, types};
@@ -63,7 +60,7 @@ fn unbound(marker: &str) -> SqlError {
 
 fn bound_expr(parameter: &Parameter) -> Result<Expr, SqlError> {
     let type_text = parameter.type_name.as_deref().unwrap_or("STRING");
-    let data_type = parse_type(type_text).map_err(|detail| {
+    let data_type = types::parse(type_text).map_err(|detail| {
         SqlError::new(
             "INVALID_PARAMETER_VALUE",
             "22023",
@@ -102,17 +99,6 @@ fn bound_expr(parameter: &Parameter) -> Result<Expr, SqlError> {
         array: false,
         format: None,
     })
-}
-
-fn parse_type(text: &str) -> Result<ast::DataType, String> {
-    let mut parser = Parser::new(&DatabricksDialect {})
-        .try_with_sql(text)
-        .map_err(|e| e.to_string())?;
-    let data_type = parser.parse_data_type().map_err(|e| e.to_string())?;
-    match parser.peek_token().token {
-        Token::EOF => Ok(data_type),
-        other => Err(format!("unexpected '{other}'")),
-    }
 }
 
 /// Casts the value the way the engine will, so a bad value fails with a message that names the

@@ -7,8 +7,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo, TimezoneInfo};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use datafusion::sql::sqlparser::ast::{self, ArrayElemTypeDef, ExactNumberInfo, TimezoneInfo};
+use datafusion::sql::sqlparser::dialect::DatabricksDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::SqlError;
 
@@ -58,6 +61,46 @@ pub fn arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
         },
         _ => return Err(unsupported_type(data_type)),
     })
+}
+
+/// Like [`arrow_type`], plus `ARRAY<...>` and `STRUCT<...>` (all nullable, as Spark makes them),
+/// for the values `from_json` produces; tables and parameters stay scalar.
+pub fn nested_arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
+    use ast::DataType as T;
+    Ok(match data_type {
+        T::Array(ArrayElemTypeDef::AngleBracket(item)) => {
+            DataType::new_list(nested_arrow_type(item)?, true)
+        }
+        T::Struct(fields, _) => DataType::Struct(
+            fields
+                .iter()
+                .map(|field| {
+                    let name = field
+                        .field_name
+                        .as_ref()
+                        .ok_or_else(|| unsupported_type(data_type))?;
+                    Ok(Field::new(
+                        &name.value,
+                        nested_arrow_type(&field.field_type)?,
+                        true,
+                    ))
+                })
+                .collect::<Result<Fields, SqlError>>()?,
+        ),
+        _ => arrow_type(data_type)?,
+    })
+}
+
+/// Parses a type in Databricks' SQL spelling, e.g. `DECIMAL(10,2)` or `ARRAY<STRUCT<a: INT>>`.
+pub fn parse(text: &str) -> Result<ast::DataType, String> {
+    let mut parser = Parser::new(&DatabricksDialect {})
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    let data_type = parser.parse_data_type().map_err(|e| e.to_string())?;
+    match parser.peek_token().token {
+        Token::EOF => Ok(data_type),
+        other => Err(format!("unexpected '{other}'")),
+    }
 }
 
 fn unsupported_type(data_type: &ast::DataType) -> SqlError {

@@ -1,0 +1,208 @@
+//! Databricks functions DataFusion lacks: `from_json`, `timestamp_millis` and `timestamp_micros`
+//! as UDFs, and `explode`, which is DataFusion's `unnest` under another name.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StructArray};
+use datafusion::arrow::array::{new_empty_array, new_null_array};
+use datafusion::arrow::compute::kernels::numeric::mul;
+use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::Decoder;
+use datafusion::common::types::logical_string;
+use datafusion::common::utils::take_function_args;
+use datafusion::common::{Result, ScalarValue, plan_datafusion_err, plan_err};
+use datafusion::logical_expr::{
+    Coercion, ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, TypeSignatureClass, Volatility,
+};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{self, Ident, ObjectNamePart};
+
+use super::types;
+
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::from(FromJson::new()));
+    ctx.register_udf(ScalarUDF::from(TimestampFrom::new(
+        "timestamp_millis",
+        1_000,
+    )));
+    ctx.register_udf(ScalarUDF::from(TimestampFrom::new("timestamp_micros", 1)));
+}
+
+/// Renames a call to a Databricks function that DataFusion knows by another name.
+pub fn rename(function: &mut ast::Function) {
+    if let [part] = function.name.0.as_mut_slice()
+        && part
+            .as_ident()
+            .is_some_and(|name| name.value.eq_ignore_ascii_case("explode"))
+    {
+        *part = ObjectNamePart::Identifier(Ident::new("unnest"));
+    }
+}
+
+/// `from_json(json, schema)`: the schema is a literal in Databricks' type syntax
+/// (`ARRAY<STRUCT<a: INT, b STRING>>`, `STRUCT<...>`, or a bare `a INT, b STRING`), and it fixes
+/// the result type. Malformed input is handled as Spark's default PERMISSIVE mode does: NULL,
+/// or for a STRUCT schema a struct whose fields are all NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FromJson {
+    signature: Signature,
+}
+
+impl FromJson {
+    fn new() -> Self {
+        let string = || Coercion::new_exact(TypeSignatureClass::Native(logical_string()));
+        Self {
+            signature: Signature::coercible(vec![string(), string()], Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for FromJson {
+    fn name(&self) -> &str {
+        "from_json"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        plan_err!("from_json derives its type from the schema argument")
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let [_, schema] = take_function_args(self.name(), args.scalar_arguments)?;
+        let Some(schema) = schema.and_then(|s| s.try_as_str().flatten()) else {
+            return plan_err!("the schema of from_json must be a string literal");
+        };
+        // Spark also takes a schema as a bare field list.
+        let parsed = types::parse(schema).or_else(|_| types::parse(&format!("STRUCT<{schema}>")));
+        let data_type = parsed
+            .map_err(|err| plan_datafusion_err!("invalid from_json schema '{schema}': {err}"))
+            .and_then(|t| {
+                types::nested_arrow_type(&t).map_err(|err| plan_datafusion_err!("{}", err.detail))
+            })?;
+        Ok(Arc::new(Field::new(self.name(), data_type, true)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let target = args.return_field.data_type().clone();
+        let [json, _] = take_function_args(self.name(), args.args)?;
+        map_values(json, |array| decode_json(array, &target))
+    }
+}
+
+/// Applies `f` to a column, or to a scalar as a one-row column so it stays a scalar.
+fn map_values(
+    value: ColumnarValue,
+    f: impl Fn(&ArrayRef) -> Result<ArrayRef>,
+) -> Result<ColumnarValue> {
+    Ok(match value {
+        ColumnarValue::Array(array) => ColumnarValue::Array(f(&array)?),
+        ColumnarValue::Scalar(scalar) => {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&f(&scalar.to_array()?)?, 0)?)
+        }
+    })
+}
+
+/// Decodes each string as `{"v": <string>}` with arrow-json, so any JSON value (array, object,
+/// scalar) maps onto the schema's type.
+fn decode_json(array: &ArrayRef, target: &DataType) -> Result<ArrayRef> {
+    if array.is_empty() {
+        return Ok(new_empty_array(target));
+    }
+    let schema = Arc::new(Schema::new(vec![Field::new("v", target.clone(), true)]));
+    let strings = cast(array, &DataType::Utf8)?;
+    let mut decoder = fresh_decoder(&schema)?;
+    let mut values = Vec::with_capacity(strings.len());
+    for text in strings.as_string::<i32>() {
+        let value = match text.map(|text| decode_one(&mut decoder, text)) {
+            None => new_null_array(target, 1),
+            Some(Ok(Some(value))) => value,
+            Some(Ok(None)) => malformed(target),
+            Some(Err(_)) => {
+                // A decoder that failed midway holds a partial record.
+                decoder = fresh_decoder(&schema)?;
+                malformed(target)
+            }
+        };
+        values.push(value);
+    }
+    let values: Vec<&dyn Array> = values.iter().map(|v| v.as_ref()).collect();
+    Ok(concat(&values)?)
+}
+
+fn fresh_decoder(schema: &SchemaRef) -> Result<Decoder> {
+    Ok(ReaderBuilder::new(Arc::clone(schema)).build_decoder()?)
+}
+
+/// One value, or `None` when the text held something other than exactly one JSON value.
+fn decode_one(
+    decoder: &mut Decoder,
+    text: &str,
+) -> Result<Option<ArrayRef>, datafusion::arrow::error::ArrowError> {
+    let wrapped = format!("{{\"v\": {text}}}");
+    decoder.decode(wrapped.as_bytes())?;
+    Ok(decoder
+        .flush()?
+        .filter(|batch| batch.num_rows() == 1)
+        .map(|batch| Arc::clone(batch.column(0))))
+}
+
+fn malformed(target: &DataType) -> ArrayRef {
+    match target {
+        DataType::Struct(fields) => Arc::new(StructArray::new(
+            fields.clone(),
+            fields
+                .iter()
+                .map(|f| new_null_array(f.data_type(), 1))
+                .collect(),
+            None,
+        )),
+        _ => new_null_array(target, 1),
+    }
+}
+
+/// `timestamp_millis(n)` and `timestamp_micros(n)`: the instant `n` units after the epoch.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TimestampFrom {
+    name: &'static str,
+    micros_per_unit: i64,
+    signature: Signature,
+}
+
+impl TimestampFrom {
+    fn new(name: &'static str, micros_per_unit: i64) -> Self {
+        Self {
+            name,
+            micros_per_unit,
+            signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for TimestampFrom {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(types::timestamp())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [count] = take_function_args(self.name, args.args)?;
+        let factor = Int64Array::new_scalar(self.micros_per_unit);
+        // `mul` fails on overflow, as Spark does.
+        map_values(count, |count| {
+            Ok(cast(&mul(count, &factor)?, &types::timestamp())?)
+        })
+    }
+}

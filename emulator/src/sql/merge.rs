@@ -1,0 +1,208 @@
+//! `MERGE INTO` in its insert-only form, the exactly-once append:
+//!
+//! ```sql
+//! MERGE INTO target [AS t] USING source [AS s] ON <on>
+//! WHEN NOT MATCHED [AND <cond>] THEN INSERT (cols) VALUES (values) | INSERT *
+//! ```
+//!
+//! becomes `INSERT INTO target (cols) SELECT values FROM source [AS s] WHERE [<cond> AND]
+//! NOT EXISTS (SELECT TRUE FROM target [AS t] WHERE <on>)`. The engine runs it under its write lock,
+//! so the check and the insert are one atomic step, as Delta's conflict detection makes them:
+//! concurrent MERGEs never duplicate a row. As on Databricks, source rows that duplicate each
+//! other are all inserted. Other clauses (WHEN MATCHED, WHEN NOT MATCHED BY SOURCE) fail.
+
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, Ident, Merge, MergeAction, MergeClause, MergeClauseKind, MergeInsertExpr,
+    MergeInsertKind, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
+    Value, Values,
+};
+use datafusion::sql::sqlparser::dialect::DatabricksDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
+
+use super::SqlError;
+
+/// sqlparser lacks Databricks' `INSERT *` and `UPDATE SET *`, so they are spelled with a column
+/// named `*`, which no real table has: `INSERT VALUES (`*`)` and `UPDATE SET `*` = `*``.
+pub fn spell_out_stars(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut spelled: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        match (token.token == Token::Mul)
+            .then(|| star_spelling(&spelled))
+            .flatten()
+        {
+            Some(replacement) => spelled.extend(
+                replacement
+                    .into_iter()
+                    .map(|t| TokenWithSpan::new(t, token.span)),
+            ),
+            None => spelled.push(token),
+        }
+    }
+    spelled
+}
+
+/// What a `*` following `before` stands for, when it is a MERGE action's.
+fn star_spelling(before: &[TokenWithSpan]) -> Option<Vec<Token>> {
+    let mut keywords = before
+        .iter()
+        .rev()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|t| match &t.token {
+            Token::Word(word) => word.keyword,
+            _ => Keyword::NoKeyword,
+        });
+    match (keywords.next(), keywords.next()) {
+        (Some(Keyword::INSERT), Some(Keyword::THEN)) => Some(vec![
+            Token::make_keyword("VALUES"),
+            Token::LParen,
+            star(),
+            Token::RParen,
+        ]),
+        (Some(Keyword::SET), Some(Keyword::UPDATE)) => Some(vec![star(), Token::Eq, star()]),
+        _ => None,
+    }
+}
+
+fn star() -> Token {
+    Token::make_word("*", Some('`'))
+}
+
+fn is_star(expr: &Expr) -> bool {
+    matches!(expr, Expr::Identifier(ident) if ident.value == "*" && ident.quote_style == Some('`'))
+}
+
+/// Rewrites an insert-only MERGE into the equivalent INSERT; `target_columns` lists the target
+/// table's columns, for `INSERT *`.
+pub fn to_insert(
+    merge: Merge,
+    target_columns: impl FnOnce(&ObjectName) -> Result<Vec<String>, SqlError>,
+) -> Result<Statement, SqlError> {
+    if merge.output.is_some() {
+        return Err(unsupported("MERGE ... OUTPUT"));
+    }
+    let TableFactor::Table { name: target, .. } = &merge.table else {
+        return Err(SqlError::syntax("MERGE INTO expects a table name"));
+    };
+    let (condition, insert) = only_insert(merge.clauses)?;
+    let (columns, row) = insert_values(insert, || target_columns(target))?;
+    let absent = Expr::Exists {
+        subquery: select(
+            vec![SelectItem::UnnamedExpr(Expr::value(Value::Boolean(true)))],
+            merge.table.clone(),
+            *merge.on,
+        ),
+        negated: true,
+    };
+    let selection = match condition {
+        Some(condition) => Expr::BinaryOp {
+            left: Box::new(Expr::Nested(Box::new(condition))),
+            op: BinaryOperator::And,
+            right: Box::new(absent),
+        },
+        None => absent,
+    };
+    let Statement::Insert(mut insert_into) = template("INSERT INTO t SELECT 1").remove(0) else {
+        unreachable!("the template is an INSERT");
+    };
+    insert_into.table = TableObject::TableName(target.clone());
+    insert_into.columns = columns;
+    insert_into.source = Some(select(
+        row.into_iter().map(SelectItem::UnnamedExpr).collect(),
+        merge.source,
+        selection,
+    ));
+    Ok(Statement::Insert(insert_into))
+}
+
+/// The one `WHEN NOT MATCHED [AND <condition>] THEN INSERT` clause, with its condition.
+fn only_insert(clauses: Vec<MergeClause>) -> Result<(Option<Expr>, MergeInsertExpr), SqlError> {
+    let mut inserts = Vec::with_capacity(1);
+    for clause in clauses {
+        let kind = clause.clause_kind;
+        let action = match clause.action {
+            MergeAction::Insert(insert)
+                if matches!(
+                    kind,
+                    MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget
+                ) && insert.insert_predicate.is_none() =>
+            {
+                inserts.push((clause.predicate, insert));
+                continue;
+            }
+            MergeAction::Insert(_) => "INSERT ... WHERE",
+            MergeAction::Update(_) => "UPDATE",
+            MergeAction::Delete { .. } => "DELETE",
+        };
+        return Err(unsupported(&format!("WHEN {kind} THEN {action}")));
+    }
+    match <[_; 1]>::try_from(inserts) {
+        Ok([only]) => Ok(only),
+        Err(inserts) => Err(unsupported(&format!(
+            "A MERGE with {} WHEN NOT MATCHED clauses",
+            inserts.len()
+        ))),
+    }
+}
+
+/// The INSERT's column names (unqualified) and values, with `INSERT *` taking each target column
+/// from the source column of the same name.
+fn insert_values(
+    insert: MergeInsertExpr,
+    target_columns: impl FnOnce() -> Result<Vec<String>, SqlError>,
+) -> Result<(Vec<ObjectName>, Vec<Expr>), SqlError> {
+    let MergeInsertKind::Values(Values { mut rows, .. }) = insert.kind else {
+        return Err(SqlError::syntax("INSERT in MERGE expects VALUES or *"));
+    };
+    if rows.len() != 1 {
+        return Err(SqlError::syntax(
+            "INSERT in MERGE expects one row of VALUES",
+        ));
+    }
+    let row = rows.remove(0).content;
+    if insert.columns.is_empty() && matches!(row.as_slice(), [only] if is_star(only)) {
+        let names: Vec<Ident> = target_columns()?
+            .into_iter()
+            .map(|name| Ident::with_quote('`', name))
+            .collect();
+        let row = names.iter().cloned().map(Expr::Identifier).collect();
+        let columns = names
+            .into_iter()
+            .map(|n| ObjectName::from(vec![n]))
+            .collect();
+        return Ok((columns, row));
+    }
+    let columns = insert
+        .columns
+        .into_iter()
+        .map(|name| ObjectName(name.0.into_iter().last().into_iter().collect()))
+        .collect();
+    Ok((columns, row))
+}
+
+/// `SELECT <projection> FROM <from> WHERE <selection>`, built from a parsed template since
+/// sqlparser's nodes have no constructors.
+fn select(projection: Vec<SelectItem>, from: TableFactor, selection: Expr) -> Box<Query> {
+    let Statement::Query(mut query) = template("SELECT 1 FROM t WHERE TRUE").remove(0) else {
+        unreachable!("the template is a query");
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        unreachable!("the template is a SELECT");
+    };
+    select.projection = projection;
+    select.from[0].relation = from;
+    select.selection = Some(selection);
+    query
+}
+
+fn template(sql: &str) -> Vec<Statement> {
+    Parser::parse_sql(&DatabricksDialect {}, sql).expect("the template parses")
+}
+
+fn unsupported(what: &str) -> SqlError {
+    SqlError::unsupported(format!(
+        "{what} is not supported by the emulator: MERGE supports only \
+         WHEN NOT MATCHED [AND <condition>] THEN INSERT."
+    ))
+}
