@@ -17,8 +17,20 @@ use super::retry::{self, RetryPolicy};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Hands out the bearer token for the next request.
-pub trait TokenSource: Send + Sync {
+pub trait TokenSource: Send + Sync + std::fmt::Debug {
     fn token(&self) -> BoxFuture<'_, Result<SecretString, Error>>;
+
+    /// Token fetches so far, for metrics; a static token never fetches.
+    fn fetches(&self) -> TokenFetches {
+        TokenFetches::default()
+    }
+}
+
+/// How many token fetches succeeded and failed (each after its own retries).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenFetches {
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
 /// A personal access token: never refreshed.
@@ -79,6 +91,7 @@ struct Inner {
     call_timeout: Duration,
     token_endpoint: OnceCell<String>,
     cache: Mutex<Cache>,
+    fetches: Mutex<TokenFetches>,
 }
 
 /// One fetch of a token, awaited by everyone who needs its result.
@@ -141,6 +154,7 @@ impl OAuthM2m {
                 call_timeout,
                 token_endpoint: OnceCell::new(),
                 cache: Mutex::new(Cache::default()),
+                fetches: Mutex::default(),
             }),
         }
     }
@@ -181,6 +195,10 @@ impl TokenSource for OAuthM2m {
     fn token(&self) -> BoxFuture<'_, Result<SecretString, Error>> {
         Box::pin(self.current_token())
     }
+
+    fn fetches(&self) -> TokenFetches {
+        *self.inner.fetches.lock().expect("fetch counters poisoned")
+    }
 }
 
 impl Inner {
@@ -193,6 +211,13 @@ impl Inner {
     async fn refresh(&self, flight: &Arc<Flight>) -> Result<SecretString, Error> {
         let requested_at = Instant::now();
         let fetched = self.fetch().await;
+        {
+            let mut fetches = self.fetches.lock().expect("fetch counters poisoned");
+            match fetched {
+                Ok(_) => fetches.succeeded += 1,
+                Err(_) => fetches.failed += 1,
+            }
+        }
         let mut cache = self.cache.lock().expect("token cache poisoned");
         if cache
             .flight

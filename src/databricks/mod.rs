@@ -13,7 +13,7 @@ pub mod statements;
 
 use std::sync::Arc;
 
-pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenSource};
+pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenFetches, TokenSource};
 pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
 pub use error::{ApiError, Error, StatementError};
 pub use http::ApiClient;
@@ -28,6 +28,7 @@ pub use statements::{
 #[derive(Debug, Clone)]
 pub struct Client {
     api: ApiClient,
+    tokens: Arc<dyn TokenSource>,
     warehouse_id: Option<String>,
 }
 
@@ -51,12 +52,13 @@ impl Client {
         let api = ApiClient::new(
             http,
             &config.host,
-            tokens,
+            tokens.clone(),
             config.retry.clone(),
             config.http_timeout,
         );
         Ok(Client {
             api,
+            tokens,
             warehouse_id: config.warehouse_id.clone(),
         })
     }
@@ -67,6 +69,11 @@ impl Client {
 
     pub fn statements(&self) -> Statements {
         Statements::new(self.api.clone(), self.warehouse_id.clone())
+    }
+
+    /// Token fetches of this client's token source.
+    pub fn token_fetches(&self) -> TokenFetches {
+        self.tokens.fetches()
     }
 
     /// For calls without a dedicated wrapper, and for the token source.
