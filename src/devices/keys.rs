@@ -1,0 +1,179 @@
+//! Device keys: generation, hashing and the hash type the registry is indexed by.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use secrecy::zeroize::Zeroize;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+const KEY_PREFIX: &str = "lgk_";
+const HASH_PREFIX: &str = "sha256:";
+
+/// SHA-256 of a key string. The registry holds these, never keys.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    pub(super) fn of(key: &str) -> KeyHash {
+        KeyHash(Sha256::digest(key.as_bytes()).into())
+    }
+}
+
+/// `sha256:<64 lowercase hex>`.
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{HASH_PREFIX}{}", hex::encode(self.0))
+    }
+}
+
+/// Short: enough to tell hashes apart in a log.
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{HASH_PREFIX}{}…", hex::encode(&self.0[..4]))
+    }
+}
+
+/// Why a registry entry is not a key hash; never echoes the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BadHash {
+    RawKey,
+    Format,
+}
+
+impl fmt::Display for BadHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadHash::RawKey => {
+                "is a key, not its hash: the registry holds \"sha256:<hex>\" (see `lakegate keys new`)"
+            }
+            BadHash::Format => "is not \"sha256:<64 lowercase hex digits>\"",
+        })
+    }
+}
+
+impl FromStr for KeyHash {
+    type Err = BadHash;
+
+    fn from_str(s: &str) -> Result<KeyHash, BadHash> {
+        if looks_like_key(s) {
+            return Err(BadHash::RawKey);
+        }
+        let digits = s.strip_prefix(HASH_PREFIX).ok_or(BadHash::Format)?;
+        // hex::decode also takes upper case; the registry format is lower case only.
+        if !digits
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(BadHash::Format);
+        }
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(digits, &mut bytes).map_err(|_| BadHash::Format)?;
+        Ok(KeyHash(bytes))
+    }
+}
+
+/// Whether a registry string may hold a key, so must not be accepted or echoed.
+pub(super) fn looks_like_key(s: &str) -> bool {
+    s.contains(KEY_PREFIX)
+}
+
+/// A freshly generated key and the hash to put in the registry.
+pub struct NewKey {
+    pub key: SecretString,
+    pub hash: String,
+}
+
+impl fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewKey")
+            .field("key", &"[REDACTED]")
+            .field("hash", &KeyHash::of(self.key.expose_secret()))
+            .finish()
+    }
+}
+
+/// `lgk_` + base64url (no padding) of 32 bytes from the thread-local CSPRNG.
+pub fn generate_key() -> NewKey {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    bytes.zeroize();
+    let hash = hash_key(&key);
+    NewKey {
+        key: SecretString::from(key),
+        hash,
+    }
+}
+
+/// `sha256:<64 lowercase hex>` of the key string.
+pub fn hash_key(key: &str) -> String {
+    KeyHash::of(key).to_string()
+}
+
+/// Text printed by `lakegate keys new <device-id>`: the key once, and the registry entry to add.
+pub fn new_key_instructions(device_id: &str, key: &NewKey) -> String {
+    let entry = serde_json::json!({ device_id: { "keys": [key.hash] } });
+    format!(
+        "New key for device {device_id:?}. It is shown only this once; store it on the device:\n\
+         \n    {}\n\n\
+         Add its hash to the device's \"keys\" in the registry, e.g.:\n\
+         \n    {entry}\n\n\
+         To rotate, list the old and the new hash together until the device uses the new key,\n\
+         then remove the old one.\n",
+        key.key.expose_secret(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_prefixed_lowercase_sha256_hex() {
+        // SHA-256("abc"), from FIPS 180-2.
+        assert_eq!(
+            hash_key("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let parsed: KeyHash = hash_key("abc").parse().unwrap();
+        assert_eq!(parsed, KeyHash::of("abc"));
+        assert_eq!(format!("{parsed:?}"), "sha256:ba7816bf…");
+    }
+
+    #[test]
+    fn malformed_hashes_are_rejected() {
+        let upper = hash_key("abc").to_uppercase().replace("SHA256", "sha256");
+        for bad in ["", "sha256:", "sha256:abc", &upper, &hash_key("abc")[7..]] {
+            assert_eq!(bad.parse::<KeyHash>(), Err(BadHash::Format), "{bad}");
+        }
+        let key = generate_key();
+        assert_eq!(
+            key.key.expose_secret().parse::<KeyHash>(),
+            Err(BadHash::RawKey)
+        );
+    }
+
+    #[test]
+    fn generated_key_has_documented_format() {
+        let new = generate_key();
+        let key = new.key.expose_secret();
+        let encoded = key.strip_prefix("lgk_").unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(encoded).unwrap().len(), 32);
+        assert_eq!(new.hash, hash_key(key));
+        assert_ne!(key, generate_key().key.expose_secret());
+    }
+
+    #[test]
+    fn debug_and_instructions_show_the_key_only_where_meant_to() {
+        let new = generate_key();
+        let key = new.key.expose_secret();
+        assert!(!format!("{new:?}").contains(key));
+        let text = new_key_instructions("pump-7", &new);
+        assert!(text.contains(key));
+        assert!(text.contains(&format!(r#"{{"pump-7":{{"keys":["{}"]}}}}"#, new.hash)));
+    }
+}

@@ -1,0 +1,137 @@
+//! The live registry and its periodic reload.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use super::{KeySource, Registry, RegistryError};
+use crate::databricks::Secrets;
+
+/// The registry in use. A reload swaps the whole `Arc`, so a request that
+/// already took `current()` finishes against the registry it started with.
+#[derive(Clone)]
+pub struct DeviceKeys {
+    current: Arc<RwLock<Arc<Registry>>>,
+}
+
+impl DeviceKeys {
+    pub fn new(registry: Registry) -> Self {
+        DeviceKeys {
+            current: Arc::new(RwLock::new(Arc::new(registry))),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Registry> {
+        // Poisoning cannot leave a half-written value: the only write is one assignment.
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, registry: Registry) {
+        let registry = Arc::new(registry);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = registry;
+    }
+}
+
+impl fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DeviceKeys").field(&self.current()).finish()
+    }
+}
+
+/// Reloads forever every `interval` until `shutdown` resolves; a failed load keeps the last good registry,
+/// logs a warning (no secrets) and calls on_outcome(Err(..)); success calls on_outcome(Ok(device_count)).
+pub async fn reload_loop(
+    keys: DeviceKeys,
+    source: KeySource,
+    secrets: Option<Secrets>,
+    interval: Duration,
+    on_outcome: impl Fn(Result<usize, &RegistryError>) + Send + 'static,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let reload = async {
+            tokio::time::sleep(interval).await;
+            match source.load(secrets.as_ref()).await {
+                Ok(registry) => {
+                    let count = registry.device_count();
+                    keys.replace(registry);
+                    on_outcome(Ok(count));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "device registry reload failed; keeping the last good registry");
+                    on_outcome(Err(&error));
+                }
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = reload => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::devices::{AuthFailure, hash_key};
+
+    fn registry_json(devices: &[(&str, &str)]) -> String {
+        let devices: serde_json::Map<_, _> = devices
+            .iter()
+            .map(|(id, key)| {
+                (
+                    id.to_string(),
+                    serde_json::json!({ "keys": [hash_key(key)] }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "devices": devices }).to_string()
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_and_keeps_the_last_good_registry() {
+        let path =
+            std::env::temp_dir().join(format!("lakegate-reload-{}.json", std::process::id()));
+        std::fs::write(&path, registry_json(&[("a", "ka"), ("b", "kb")])).unwrap();
+        let source = KeySource::File(path.clone());
+        let keys = DeviceKeys::new(source.load(None).await.unwrap());
+
+        let (outcomes, mut outcome) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let reloading = tokio::spawn(reload_loop(
+            keys.clone(),
+            source,
+            None,
+            Duration::from_millis(5),
+            move |result| drop(outcomes.send(result.map_err(|e| e.to_string()))),
+            async { drop(stopped.await) },
+        ));
+
+        std::fs::write(&path, "{ broken").unwrap();
+        while outcome.recv().await.unwrap().is_ok() {}
+        let held = keys.current();
+        assert_eq!(&*held.authenticate("kb").unwrap().id, "b");
+
+        std::fs::write(&path, registry_json(&[("a", "ka")])).unwrap();
+        while outcome.recv().await.unwrap() != Ok(1) {}
+        assert_eq!(
+            keys.current().authenticate("kb").unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+        assert_eq!(&*keys.current().authenticate("ka").unwrap().id, "a");
+        // A request that took the registry before the swap still sees it.
+        assert_eq!(&*held.authenticate("kb").unwrap().id, "b");
+
+        stop.send(()).unwrap();
+        reloading.await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+}
