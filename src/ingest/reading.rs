@@ -1,0 +1,866 @@
+//! One reading: validation of the JSON a device sent, and its reading id.
+//!
+//! ```json
+//! {"id": "r-17", "ts": "2025-06-01T12:00:00Z", "metrics": {"temp_c": 21.5, "door_open": false, "fw": "1.4.2"}}
+//! ```
+//! `id` and `device_id` are optional; `ts` may also be epoch milliseconds.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde_json::{Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+use super::body::BodyLimits;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub reading_id: String,
+    pub ts: DateTime<Utc>,
+    /// Sorted by name; names are unique.
+    pub metrics: Vec<(String, MetricValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricValue {
+    /// Always finite.
+    Number(f64),
+    Bool(bool),
+    Text(String),
+}
+
+/// Why one reading was refused; `message` names the field and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn not_an_object(found: &Value) -> Rejection {
+        Rejection::new(
+            RejectReason::NotAnObject,
+            format!(
+                "a reading must be a JSON object, found {}",
+                type_name(found)
+            ),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    InvalidJson,
+    NotAnObject,
+    UnknownField,
+    InvalidId,
+    MissingTs,
+    InvalidTs,
+    TsOutOfRange,
+    MissingMetrics,
+    NoMetrics,
+    TooManyMetrics,
+    InvalidMetricName,
+    InvalidMetricValue,
+    NonFiniteNumber,
+    StringTooLong,
+    DeviceMismatch,
+    DuplicateId,
+}
+
+impl RejectReason {
+    /// Every reason, e.g. to register metric labels up front.
+    pub const ALL: [RejectReason; 16] = [
+        RejectReason::InvalidJson,
+        RejectReason::NotAnObject,
+        RejectReason::UnknownField,
+        RejectReason::InvalidId,
+        RejectReason::MissingTs,
+        RejectReason::InvalidTs,
+        RejectReason::TsOutOfRange,
+        RejectReason::MissingMetrics,
+        RejectReason::NoMetrics,
+        RejectReason::TooManyMetrics,
+        RejectReason::InvalidMetricName,
+        RejectReason::InvalidMetricValue,
+        RejectReason::NonFiniteNumber,
+        RejectReason::StringTooLong,
+        RejectReason::DeviceMismatch,
+        RejectReason::DuplicateId,
+    ];
+
+    /// The same snake_case name as in JSON reports; used as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::UnknownField => "unknown_field",
+            RejectReason::InvalidId => "invalid_id",
+            RejectReason::MissingTs => "missing_ts",
+            RejectReason::InvalidTs => "invalid_ts",
+            RejectReason::TsOutOfRange => "ts_out_of_range",
+            RejectReason::MissingMetrics => "missing_metrics",
+            RejectReason::NoMetrics => "no_metrics",
+            RejectReason::TooManyMetrics => "too_many_metrics",
+            RejectReason::InvalidMetricName => "invalid_metric_name",
+            RejectReason::InvalidMetricValue => "invalid_metric_value",
+            RejectReason::NonFiniteNumber => "non_finite_number",
+            RejectReason::StringTooLong => "string_too_long",
+            RejectReason::DeviceMismatch => "device_mismatch",
+            RejectReason::DuplicateId => "duplicate_id",
+        }
+    }
+}
+
+const FIELDS: [&str; 4] = ["id", "ts", "metrics", "device_id"];
+
+/// Readings older than this are almost certainly a device with an unset clock.
+const EARLIEST_TS: DateTime<Utc> = DateTime::from_timestamp(946_684_800, 0).unwrap();
+
+/// How far ahead of our clock a device's clock may run.
+const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::days(1);
+
+/// Validates one reading for an authenticated device. `now` injected for tests.
+pub fn validate(
+    value: Value,
+    device_id: &str,
+    limits: &BodyLimits,
+    now: DateTime<Utc>,
+) -> Result<Reading, Rejection> {
+    let mut fields = match value {
+        Value::Object(fields) => fields,
+        other => return Err(Rejection::not_an_object(&other)),
+    };
+    reject_unknown_fields(&fields)?;
+    if let Some(claimed) = fields.get("device_id") {
+        check_device_id(claimed, device_id)?;
+    }
+    let given_id = fields
+        .remove("id")
+        .map(|id| parse_id(id, limits.max_id_len))
+        .transpose()?;
+    let ts = parse_ts(fields.remove("ts"), now)?;
+    let metrics = parse_metrics(fields.remove("metrics"), limits)?;
+    let reading_id = given_id.unwrap_or_else(|| derived_id(device_id, ts, &metrics));
+    Ok(Reading {
+        reading_id,
+        ts,
+        metrics,
+    })
+}
+
+/// Marks later readings in one request that repeat an earlier reading_id as DuplicateId.
+pub fn reject_duplicate_ids(results: &mut [Result<Reading, Rejection>]) {
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut duplicates = Vec::new();
+    for (index, result) in results.iter().enumerate() {
+        if let Ok(reading) = result {
+            if let Some(&first) = first_seen.get(reading.reading_id.as_str()) {
+                duplicates.push((index, first));
+            } else {
+                first_seen.insert(&reading.reading_id, index);
+            }
+        }
+    }
+    for (index, first) in duplicates {
+        results[index] = Err(Rejection::new(
+            RejectReason::DuplicateId,
+            format!("reading id repeats the id of reading {first} in this request"),
+        ));
+    }
+}
+
+fn reject_unknown_fields(fields: &Map<String, Value>) -> Result<(), Rejection> {
+    match fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+        Some(unknown) => Err(Rejection::new(
+            RejectReason::UnknownField,
+            format!(
+                "unknown field {}; a reading has {}",
+                excerpt(unknown),
+                FIELDS.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_device_id(claimed: &Value, authenticated: &str) -> Result<(), Rejection> {
+    if claimed.as_str() == Some(authenticated) {
+        return Ok(());
+    }
+    // Never echo the claimed id: the report goes to whoever holds this key.
+    Err(Rejection::new(
+        RejectReason::DeviceMismatch,
+        format!("device_id must be omitted or equal the authenticated device {authenticated:?}"),
+    ))
+}
+
+fn parse_id(id: Value, max_len: usize) -> Result<String, Rejection> {
+    let invalid =
+        |problem: String| Rejection::new(RejectReason::InvalidId, format!("id {problem}"));
+    let Value::String(id) = id else {
+        return Err(invalid(format!(
+            "must be a string, found {}",
+            type_name(&id)
+        )));
+    };
+    if id.is_empty() || exceeds_chars(&id, max_len) {
+        return Err(invalid(format!("must be 1 to {max_len} characters long")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters".to_owned()));
+    }
+    Ok(id)
+}
+
+fn parse_ts(ts: Option<Value>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
+    let ts = match ts {
+        None => return Err(Rejection::new(RejectReason::MissingTs, "ts is missing")),
+        Some(Value::String(text)) => parse_rfc3339(&text)?,
+        Some(Value::Number(number)) => from_epoch_millis(&number)?,
+        Some(other) => {
+            return Err(invalid_ts(format!(
+                "ts must be an RFC 3339 string or epoch milliseconds, found {}",
+                type_name(&other)
+            )));
+        }
+    };
+    check_ts_range(ts, now)
+}
+
+fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|ts| ts.with_timezone(&Utc))
+        .map_err(|err| {
+            invalid_ts(format!(
+                "ts {} is not an RFC 3339 timestamp ({err})",
+                excerpt(text)
+            ))
+        })
+}
+
+fn from_epoch_millis(number: &Number) -> Result<DateTime<Utc>, Rejection> {
+    if number.is_f64() {
+        return Err(invalid_ts(format!(
+            "ts {number} must be whole epoch milliseconds, without fraction or exponent"
+        )));
+    }
+    match number.as_i64() {
+        Some(millis) if millis < 0 => Err(invalid_ts(format!(
+            "ts {number} is negative; epoch milliseconds count from 1970"
+        ))),
+        millis => millis
+            .and_then(DateTime::from_timestamp_millis)
+            .ok_or_else(|| invalid_ts(format!("ts {number} is too large for epoch milliseconds"))),
+    }
+}
+
+fn check_ts_range(ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
+    let show = |at: DateTime<Utc>| at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let problem = if ts < EARLIEST_TS {
+        format!(
+            "is before {} (numeric ts are epoch milliseconds, not seconds)",
+            show(EARLIEST_TS)
+        )
+    } else if ts > now + MAX_CLOCK_AHEAD {
+        format!(
+            "is more than a day ahead of the gateway's clock ({})",
+            show(now)
+        )
+    } else {
+        return Ok(ts);
+    };
+    Err(Rejection::new(
+        RejectReason::TsOutOfRange,
+        format!("ts {} {problem}", show(ts)),
+    ))
+}
+
+fn invalid_ts(message: String) -> Rejection {
+    Rejection::new(RejectReason::InvalidTs, message)
+}
+
+/// Metrics sorted by name, so that the derived id does not depend on field order.
+fn parse_metrics(
+    metrics: Option<Value>,
+    limits: &BodyLimits,
+) -> Result<Vec<(String, MetricValue)>, Rejection> {
+    let metrics = match metrics {
+        Some(Value::Object(metrics)) => metrics,
+        None => {
+            return Err(Rejection::new(
+                RejectReason::MissingMetrics,
+                "metrics is missing",
+            ));
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::MissingMetrics,
+                format!(
+                    "metrics must be an object of name to value, found {}",
+                    type_name(&other)
+                ),
+            ));
+        }
+    };
+    if metrics.is_empty() {
+        return Err(Rejection::new(RejectReason::NoMetrics, "metrics is empty"));
+    }
+    if metrics.len() > limits.max_metrics {
+        return Err(Rejection::new(
+            RejectReason::TooManyMetrics,
+            format!(
+                "{} metrics, at most {} are allowed per reading",
+                metrics.len(),
+                limits.max_metrics
+            ),
+        ));
+    }
+    let mut parsed = metrics
+        .into_iter()
+        .map(|(name, value)| {
+            check_metric_name(&name, limits.max_name_len)?;
+            let value = metric_value(&name, value, limits.max_string_len)?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, Rejection>>()?;
+    parsed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    Ok(parsed)
+}
+
+fn check_metric_name(name: &str, max_len: usize) -> Result<(), Rejection> {
+    let problem = if name.is_empty() {
+        "is empty".to_owned()
+    } else if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
+        format!("contains {bad:?}; allowed are A-Z a-z 0-9 _ . : / -")
+    } else if name.len() > max_len {
+        // Only ASCII is left, so bytes are characters.
+        format!("is longer than {max_len} characters")
+    } else {
+        return Ok(());
+    };
+    Err(Rejection::new(
+        RejectReason::InvalidMetricName,
+        format!("metric name {} {problem}", excerpt(name)),
+    ))
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
+}
+
+fn metric_value(name: &str, value: Value, max_string_len: usize) -> Result<MetricValue, Rejection> {
+    match value {
+        Value::Number(number) => finite(name, number.as_f64()),
+        Value::Bool(flag) => Ok(MetricValue::Bool(flag)),
+        Value::String(text) if exceeds_chars(&text, max_string_len) => Err(Rejection::new(
+            RejectReason::StringTooLong,
+            format!("metric {name:?} is longer than {max_string_len} characters"),
+        )),
+        Value::String(text) => Ok(MetricValue::Text(text)),
+        other => Err(Rejection::new(
+            RejectReason::InvalidMetricValue,
+            format!(
+                "metric {name:?} must be a number, boolean or string, found {}",
+                type_name(&other)
+            ),
+        )),
+    }
+}
+
+/// serde_json refuses 1e999 outright, but with its `arbitrary_precision` feature
+/// (which any dependency may switch on) it would parse as infinity.
+fn finite(name: &str, number: Option<f64>) -> Result<MetricValue, Rejection> {
+    match number {
+        Some(number) if number.is_finite() => Ok(MetricValue::Number(number)),
+        _ => Err(Rejection::new(
+            RejectReason::NonFiniteNumber,
+            format!("metric {name:?} is not a finite number"),
+        )),
+    }
+}
+
+/// Compares in bytes first: a string is never longer in characters than in bytes.
+fn exceeds_chars(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().count() > max
+}
+
+/// "h-" + 32 hex chars of SHA-256 over an unambiguous encoding of the reading, so
+/// that an identical resend gets the same id. Each variable-length field is
+/// length-prefixed and each value carries a type tag: no two different readings
+/// encode to the same bytes.
+fn derived_id(
+    device_id: &str,
+    ts: DateTime<Utc>,
+    sorted_metrics: &[(String, MetricValue)],
+) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"lakegate reading v1\0");
+    put_str(&mut hasher, device_id);
+    // Micros: the table's TIMESTAMP precision, so ids agree with stored rows.
+    hasher.update(ts.timestamp_micros().to_be_bytes());
+    for (name, value) in sorted_metrics {
+        put_str(&mut hasher, name);
+        match value {
+            MetricValue::Number(number) => {
+                hasher.update(b"n");
+                hasher.update(number.to_bits().to_be_bytes());
+            }
+            MetricValue::Bool(flag) => hasher.update([b'b', u8::from(*flag)]),
+            MetricValue::Text(text) => {
+                hasher.update(b"s");
+                put_str(&mut hasher, text);
+            }
+        }
+    }
+    format!("h-{}", hex::encode(&hasher.finalize()[..16]))
+}
+
+fn put_str(hasher: &mut Sha256, text: &str) {
+    hasher.update((text.len() as u64).to_be_bytes());
+    hasher.update(text.as_bytes());
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Quotes a client-supplied string for a message, cut short so that a huge value
+/// cannot bloat the report; control characters come out escaped.
+pub(crate) fn excerpt(text: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const DEVICE: &str = "dev-1";
+
+    fn now() -> DateTime<Utc> {
+        "2025-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn check(value: Value) -> Result<Reading, Rejection> {
+        validate(value, DEVICE, &BodyLimits::for_tests(), now())
+    }
+
+    fn valid() -> Value {
+        json!({"ts": "2025-06-01T11:00:00Z", "metrics": {"t": 1}})
+    }
+
+    /// A valid reading with `field` set to `value`.
+    fn with(field: &str, value: Value) -> Value {
+        let mut reading = valid();
+        reading[field] = value;
+        reading
+    }
+
+    fn without(field: &str) -> Value {
+        let mut reading = valid();
+        reading.as_object_mut().unwrap().remove(field);
+        reading
+    }
+
+    #[track_caller]
+    fn rejected(value: Value, reason: RejectReason, needle: &str) {
+        let rejection = check(value).expect_err("expected a rejection");
+        assert_eq!(rejection.reason, reason, "{}", rejection.message);
+        assert!(
+            rejection.message.contains(needle),
+            "{:?} does not contain {needle:?}",
+            rejection.message
+        );
+    }
+
+    fn id_of(value: Value) -> String {
+        check(value).unwrap().reading_id
+    }
+
+    #[test]
+    fn valid_reading() {
+        let reading = check(json!({
+            "id": "r-17",
+            "device_id": DEVICE,
+            "ts": "2025-06-01T13:00:00.123456+02:00",
+            "metrics": {"temp_c": 21.5, "door_open": false, "fw": "1.4.2", "count": 7}
+        }))
+        .unwrap();
+        assert_eq!(reading.reading_id, "r-17");
+        assert_eq!(
+            reading.ts,
+            "2025-06-01T11:00:00.123456Z"
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+        );
+        assert_eq!(
+            reading.metrics,
+            vec![
+                ("count".to_owned(), MetricValue::Number(7.0)),
+                ("door_open".to_owned(), MetricValue::Bool(false)),
+                ("fw".to_owned(), MetricValue::Text("1.4.2".to_owned())),
+                ("temp_c".to_owned(), MetricValue::Number(21.5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn reason_names_match_serde() {
+        for reason in RejectReason::ALL {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                json!(reason.as_str())
+            );
+        }
+        let distinct: std::collections::HashSet<_> = RejectReason::ALL.iter().collect();
+        assert_eq!(distinct.len(), RejectReason::ALL.len());
+        assert_eq!(
+            serde_json::to_value(Rejection::new(RejectReason::NoMetrics, "m")).unwrap(),
+            json!({"reason": "no_metrics", "message": "m"})
+        );
+    }
+
+    #[test]
+    fn not_an_object() {
+        rejected(json!([1]), RejectReason::NotAnObject, "found an array");
+        rejected(json!("x"), RejectReason::NotAnObject, "found a string");
+    }
+
+    #[test]
+    fn unknown_field() {
+        rejected(
+            with("temp", json!(1)),
+            RejectReason::UnknownField,
+            "unknown field \"temp\"",
+        );
+        let long_name = "x".repeat(10_000);
+        let rejection = check(with(&long_name, json!(1))).unwrap_err();
+        assert!(rejection.message.len() < 200, "{}", rejection.message);
+    }
+
+    #[test]
+    fn invalid_id() {
+        rejected(
+            with("id", json!("")),
+            RejectReason::InvalidId,
+            "1 to 128 characters",
+        );
+        rejected(
+            with("id", json!("x".repeat(129))),
+            RejectReason::InvalidId,
+            "1 to 128",
+        );
+        rejected(
+            with("id", json!(17)),
+            RejectReason::InvalidId,
+            "must be a string, found a number",
+        );
+        rejected(
+            with("id", json!(null)),
+            RejectReason::InvalidId,
+            "found null",
+        );
+        rejected(
+            with("id", json!("a\nb")),
+            RejectReason::InvalidId,
+            "control characters",
+        );
+    }
+
+    #[test]
+    fn id_length_counts_characters() {
+        let id = "é".repeat(128);
+        assert_eq!(id_of(with("id", json!(id))), id);
+        rejected(
+            with("id", json!("é".repeat(129))),
+            RejectReason::InvalidId,
+            "1 to 128",
+        );
+    }
+
+    #[test]
+    fn missing_ts() {
+        rejected(without("ts"), RejectReason::MissingTs, "ts is missing");
+    }
+
+    #[test]
+    fn invalid_ts() {
+        for (ts, needle) in [
+            (json!("yesterday"), "not an RFC 3339 timestamp"),
+            (json!("2025-06-01 11:00"), "not an RFC 3339 timestamp"),
+            (json!(1.7e12), "without fraction or exponent"),
+            (json!(1_748_775_600_000.5), "without fraction or exponent"),
+            (json!(-1), "negative"),
+            (json!(u64::MAX), "too large"),
+            (json!(i64::MAX), "too large"),
+            (json!(null), "found null"),
+            (json!(true), "found a boolean"),
+        ] {
+            rejected(with("ts", ts), RejectReason::InvalidTs, needle);
+        }
+    }
+
+    #[test]
+    fn ts_out_of_range() {
+        rejected(
+            with("ts", json!("1999-12-31T23:59:59Z")),
+            RejectReason::TsOutOfRange,
+            "before 2000-01-01T00:00:00Z",
+        );
+        // Epoch seconds by mistake: 1970.
+        rejected(
+            with("ts", json!(1_748_775_600)),
+            RejectReason::TsOutOfRange,
+            "not seconds",
+        );
+        rejected(
+            with("ts", json!("2025-06-02T12:00:00.001Z")),
+            RejectReason::TsOutOfRange,
+            "more than a day ahead",
+        );
+        for edge in ["2000-01-01T00:00:00Z", "2025-06-02T12:00:00Z"] {
+            assert!(check(with("ts", json!(edge))).is_ok(), "{edge}");
+        }
+    }
+
+    #[test]
+    fn metrics_missing_or_empty_or_too_many() {
+        rejected(
+            without("metrics"),
+            RejectReason::MissingMetrics,
+            "metrics is missing",
+        );
+        rejected(
+            with("metrics", json!([1])),
+            RejectReason::MissingMetrics,
+            "found an array",
+        );
+        rejected(with("metrics", json!({})), RejectReason::NoMetrics, "empty");
+        rejected(
+            with("metrics", json!({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5})),
+            RejectReason::TooManyMetrics,
+            "5 metrics, at most 4",
+        );
+        assert!(check(with("metrics", json!({"a": 1, "b": 2, "c": 3, "d": 4}))).is_ok());
+    }
+
+    #[test]
+    fn invalid_metric_name() {
+        for (name, needle) in [
+            ("", "is empty"),
+            ("temp c", "contains ' '"),
+            ("température", "contains 'é'"),
+            ("a\u{0}", "contains '\\0'"),
+            ("abcdefghijklmnopq", "longer than 16"),
+        ] {
+            rejected(
+                with("metrics", json!({ name: 1 })),
+                RejectReason::InvalidMetricName,
+                needle,
+            );
+        }
+        assert!(check(with("metrics", json!({"S-2/t_c:a.1": 1}))).is_ok());
+    }
+
+    #[test]
+    fn invalid_metric_value_names_the_metric() {
+        for (value, found) in [
+            (json!(null), "null"),
+            (json!([1]), "an array"),
+            (json!({"v": 1}), "an object"),
+        ] {
+            rejected(
+                with("metrics", json!({"ok": 1, "temp": value})),
+                RejectReason::InvalidMetricValue,
+                &format!("metric \"temp\" must be a number, boolean or string, found {found}"),
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_number() {
+        // JSON text cannot carry these without serde_json's arbitrary_precision.
+        for number in [
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            Some(f64::NAN),
+            None,
+        ] {
+            let rejection = finite("temp", number).unwrap_err();
+            assert_eq!(rejection.reason, RejectReason::NonFiniteNumber);
+            assert!(
+                rejection.message.contains("\"temp\""),
+                "{}",
+                rejection.message
+            );
+        }
+        assert_eq!(finite("temp", Some(-0.5)), Ok(MetricValue::Number(-0.5)));
+        let big = check(with("metrics", json!({"n": u64::MAX}))).unwrap();
+        assert_eq!(big.metrics[0].1, MetricValue::Number(u64::MAX as f64));
+    }
+
+    #[test]
+    fn string_too_long_counts_characters() {
+        // The test limit is 8 characters; each of these is 3 bytes.
+        assert!(check(with("metrics", json!({"s": "日本語日本語日本"}))).is_ok());
+        rejected(
+            with("metrics", json!({"s": "日本語日本語日本語"})),
+            RejectReason::StringTooLong,
+            "metric \"s\" is longer than 8 characters",
+        );
+    }
+
+    #[test]
+    fn device_mismatch() {
+        assert!(check(with("device_id", json!(DEVICE))).is_ok());
+        for claimed in [json!("dev-2"), json!(1), json!(null)] {
+            rejected(
+                with("device_id", claimed),
+                RejectReason::DeviceMismatch,
+                "authenticated device \"dev-1\"",
+            );
+        }
+    }
+
+    #[test]
+    fn derived_id_is_stable_across_ts_notations() {
+        let from_rfc3339 = id_of(with("ts", json!("2025-06-01T11:00:00.250Z")));
+        let from_offset = id_of(with("ts", json!("2025-06-01T13:00:00.25+02:00")));
+        let from_millis = id_of(with("ts", json!(1_748_775_600_250_i64)));
+        assert_eq!(from_rfc3339, from_millis);
+        assert_eq!(from_rfc3339, from_offset);
+        assert!(from_rfc3339.starts_with("h-"));
+        assert_eq!(from_rfc3339.len(), 34);
+        assert!(
+            from_rfc3339[2..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+    }
+
+    #[test]
+    fn derived_id_ignores_metric_order() {
+        let ordered = id_of(
+            serde_json::from_str(r#"{"ts": 1748775600000, "metrics": {"a": 1, "b": "x"}}"#)
+                .unwrap(),
+        );
+        let swapped = id_of(
+            serde_json::from_str(r#"{"metrics": {"b": "x", "a": 1}, "ts": 1748775600000}"#)
+                .unwrap(),
+        );
+        assert_eq!(ordered, swapped);
+    }
+
+    #[test]
+    fn derived_id_differs_when_anything_differs() {
+        let base = id_of(with("metrics", json!({"t": 1})));
+        let variants = [
+            with("metrics", json!({"t": 2})),
+            with("metrics", json!({"t": true})),
+            with("metrics", json!({"t": "1"})),
+            with("metrics", json!({"u": 1})),
+            with("metrics", json!({"t": 1, "u": 1})),
+            with("ts", json!("2025-06-01T11:00:00.000001Z")),
+        ];
+        for variant in variants {
+            assert_ne!(id_of(variant.clone()), base, "{variant}");
+        }
+        let other_device = validate(
+            with("metrics", json!({"t": 1})),
+            "dev-2",
+            &BodyLimits::for_tests(),
+            now(),
+        );
+        assert_ne!(other_device.unwrap().reading_id, base);
+    }
+
+    #[test]
+    fn derived_id_has_no_concatenation_ambiguity() {
+        // Same bytes when naively concatenated: "a" + "bc" vs "ab" + "c", and a string
+        // value swallowing the next metric's name.
+        let pairs = [
+            (json!({"a": "bc"}), json!({"ab": "c"})),
+            (json!({"a": "s", "b": "t"}), json!({"a": "sbt"})),
+        ];
+        for (left, right) in pairs {
+            assert_ne!(id_of(with("metrics", left)), id_of(with("metrics", right)));
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_are_marked_after_the_first() {
+        let reading = |id: Option<&str>, t: i64| {
+            let mut value = with("metrics", json!({ "t": t }));
+            if let Some(id) = id {
+                value["id"] = json!(id);
+            }
+            check(value)
+        };
+        let mut results = vec![
+            reading(Some("r-1"), 1),
+            reading(None, 5),
+            Err(Rejection::new(RejectReason::InvalidTs, "bad")),
+            reading(Some("r-1"), 2),
+            reading(None, 5),
+            reading(Some("r-2"), 1),
+            reading(Some("r-1"), 3),
+        ];
+        reject_duplicate_ids(&mut results);
+        let reasons: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.reason))
+            .collect();
+        use RejectReason::{DuplicateId, InvalidTs};
+        assert_eq!(
+            reasons,
+            [
+                None,
+                None,
+                Some(InvalidTs),
+                Some(DuplicateId),
+                Some(DuplicateId),
+                None,
+                Some(DuplicateId)
+            ]
+        );
+        assert_eq!(
+            results[4].as_ref().unwrap_err().message,
+            "reading id repeats the id of reading 1 in this request"
+        );
+        assert!(
+            results[6]
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("reading 0")
+        );
+    }
+
+    #[test]
+    fn excerpt_shortens_and_escapes() {
+        assert_eq!(excerpt("a\"b"), r#""a\"b""#);
+        assert_eq!(excerpt(&"é".repeat(41)), format!("{:?}...", "é".repeat(40)));
+        assert_eq!(excerpt(&"é".repeat(40)), format!("{:?}", "é".repeat(40)));
+    }
+}
