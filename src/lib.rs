@@ -1,3 +1,12 @@
 //! lakegate: ingests readings from field devices into Delta tables on Databricks.
 
+pub mod app;
+pub mod config;
 pub mod databricks;
+pub mod devices;
+pub mod ingest;
+pub mod limits;
+#[cfg(feature = "local")]
+pub mod local;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,418 @@
+//! Gateway settings, read from the environment and validated at start-up: a
+//! bad or missing setting stops the process with a message naming it.
+//!
+//! Databricks' own names where they exist (`DATABRICKS_*`, resolved by the
+//! client's unified configuration), ours prefixed `LAKEGATE_`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::databricks;
+use crate::devices::KeySource;
+use crate::ingest::body::BodyLimits;
+use crate::limits::LimitSettings;
+
+/// Where the gateway writes.
+#[derive(Debug, Clone)]
+pub enum Workspace {
+    /// A real workspace (or an emulator started separately).
+    Remote {
+        client: Box<databricks::Config>,
+        warehouse_id: String,
+    },
+    /// The embedded emulator, with data under this folder (`cargo run` with no workspace).
+    Local { data_dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub workspace: Workspace,
+    pub table: TableName,
+    /// `None` only in local mode, where a demo registry is created.
+    pub device_keys: Option<KeySource>,
+    pub keys_refresh: Duration,
+    pub batch: BatchSettings,
+    pub body: BodyLimits,
+    pub limits: LimitSettings,
+    /// Take the client address from `X-Forwarded-For` / `X-Real-Ip` (behind the Apps proxy).
+    pub trust_proxy_headers: bool,
+    /// How long a request with the default acknowledgement waits for its commit.
+    pub ack_timeout: Duration,
+    /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// Longest time a reading waits in a batch before it is written.
+    pub flush_interval: Duration,
+    /// Rows (one per metric) per statement.
+    pub max_rows: usize,
+    /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
+    pub max_bytes: usize,
+    /// Rows queued and not yet committed; beyond it requests get 503.
+    pub queue_rows: usize,
+}
+
+/// `catalog.schema.table`, each part a plain identifier so it can stand in SQL text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub catalog: String,
+    pub schema: String,
+    pub table: String,
+}
+
+impl FromStr for TableName {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = value.split('.').collect();
+        let [catalog, schema, table] = parts[..] else {
+            return Err(format!("{value:?} is not of the form catalog.schema.table"));
+        };
+        for part in [catalog, schema, table] {
+            let plain = part.len() <= 255
+                && part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                return Err(format!(
+                    "{part:?} in {value:?} is not a plain identifier (letters, digits, _)"
+                ));
+            }
+        }
+        Ok(TableName {
+            catalog: catalog.to_owned(),
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.catalog, self.schema, self.table)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {problem}")]
+    Invalid { name: &'static str, problem: String },
+    #[error("Databricks workspace: {0}")]
+    Workspace(#[from] databricks::ConfigError),
+}
+
+fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        problem: problem.into(),
+    }
+}
+
+/// Reads typed settings from an environment map; empty values count as unset.
+struct Env<'a>(&'a HashMap<String, String>);
+
+impl Env<'_> {
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|err| invalid(name, format!("{raw:?} is not valid: {err}"))),
+        }
+    }
+
+    fn positive(&self, name: &'static str, default: u32) -> Result<NonZeroU32, ConfigError> {
+        let value: u32 = self.parse(name, default)?;
+        NonZeroU32::new(value).ok_or_else(|| invalid(name, "must be at least 1"))
+    }
+
+    fn count(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+        match self.parse(name, default)? {
+            0 => Err(invalid(name, "must be at least 1")),
+            value => Ok(value),
+        }
+    }
+
+    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(
+            self.count(name, default as usize)? as u64
+        ))
+    }
+
+    fn secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(
+            self.count(name, default as usize)? as u64
+        ))
+    }
+}
+
+/// Most a batch's JSON may take: the statement limit is 16 MiB, SQL text included.
+const MAX_BATCH_BYTES: usize = 12 * 1024 * 1024;
+
+impl GatewayConfig {
+    /// From the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Env(vars);
+        let workspace = workspace(&env, vars)?;
+        let local = matches!(workspace, Workspace::Local { .. });
+
+        let table = match env.raw("LAKEGATE_TABLE") {
+            Some(raw) => raw.parse().map_err(|p| invalid("LAKEGATE_TABLE", p))?,
+            None if local => "main.lakegate.readings".parse().expect("valid default"),
+            None => {
+                return Err(invalid(
+                    "LAKEGATE_TABLE",
+                    "is required (catalog.schema.table)",
+                ));
+            }
+        };
+        let device_keys = device_keys(&env)?;
+        if device_keys.is_none() && !local {
+            return Err(invalid(
+                "LAKEGATE_DEVICE_KEYS",
+                "one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET or LAKEGATE_DEVICE_KEYS_FILE is required",
+            ));
+        }
+
+        let batch = BatchSettings {
+            flush_interval: env.millis("LAKEGATE_FLUSH_MS", 1000)?,
+            max_rows: env.count("LAKEGATE_BATCH_MAX_ROWS", 10_000)?,
+            max_bytes: env.count("LAKEGATE_BATCH_MAX_BYTES", 4 * 1024 * 1024)?,
+            queue_rows: env.count("LAKEGATE_QUEUE_MAX_ROWS", 200_000)?,
+        };
+        if batch.max_bytes > MAX_BATCH_BYTES {
+            return Err(invalid(
+                "LAKEGATE_BATCH_MAX_BYTES",
+                format!(
+                    "must be at most {MAX_BATCH_BYTES} (Databricks' statement limit is 16 MiB)"
+                ),
+            ));
+        }
+        let body = BodyLimits {
+            max_body_bytes: env.count("LAKEGATE_MAX_BODY_BYTES", 1024 * 1024)?,
+            max_readings: env.count("LAKEGATE_MAX_READINGS_PER_REQUEST", 1000)?,
+            max_metrics: env.count("LAKEGATE_MAX_METRICS_PER_READING", 100)?,
+            max_name_len: env.count("LAKEGATE_MAX_NAME_LEN", 128)?,
+            max_string_len: env.count("LAKEGATE_MAX_STRING_LEN", 1024)?,
+            max_id_len: 128,
+        };
+        let limits = LimitSettings {
+            device_rate_per_sec: env.positive("LAKEGATE_DEVICE_RATE_PER_SEC", 50)?,
+            device_burst: env.positive("LAKEGATE_DEVICE_BURST", 1000)?,
+            global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 20_000)?,
+            global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 40_000)?,
+            auth_failures_per_min: env.positive("LAKEGATE_AUTH_FAILURES_PER_MIN", 30)?,
+            auth_failure_burst: env.positive("LAKEGATE_AUTH_FAILURE_BURST", 10)?,
+        };
+        // Behind the Apps proxy the peer is always the proxy; elsewhere headers could be forged.
+        let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some();
+
+        Ok(GatewayConfig {
+            listen: SocketAddr::new(
+                env.parse("LAKEGATE_LISTEN_ADDR", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
+                env.parse("DATABRICKS_APP_PORT", 8000u16)?,
+            ),
+            workspace,
+            table,
+            device_keys,
+            keys_refresh: env.secs("LAKEGATE_KEYS_REFRESH_SECS", 60)?,
+            batch,
+            body,
+            limits,
+            trust_proxy_headers: env.parse("LAKEGATE_TRUST_PROXY_HEADERS", on_databricks_apps)?,
+            ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
+            shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
+        })
+    }
+}
+
+/// A workspace is configured by `DATABRICKS_HOST` or a profile; without one a
+/// build with the `local` feature runs on the embedded emulator.
+fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, ConfigError> {
+    let configured =
+        env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some();
+    if !configured {
+        if cfg!(feature = "local") {
+            let data_dir = env.parse("LAKEGATE_LOCAL_DIR", PathBuf::from(".lakegate-local"))?;
+            return Ok(Workspace::Local { data_dir });
+        }
+        return Err(invalid(
+            "DATABRICKS_HOST",
+            "is required: this build has no embedded emulator (built without the `local` feature)",
+        ));
+    }
+    let client = databricks::Config::resolve(databricks::Settings::default(), vars)?;
+    let warehouse_id = client
+        .warehouse_id
+        .clone()
+        .ok_or_else(|| invalid("DATABRICKS_WAREHOUSE_ID", "is required"))?;
+    Ok(Workspace::Remote {
+        client: Box::new(client),
+        warehouse_id,
+    })
+}
+
+fn device_keys(env: &Env) -> Result<Option<KeySource>, ConfigError> {
+    let inline = env.raw("LAKEGATE_DEVICE_KEYS");
+    let secret = env.raw("LAKEGATE_DEVICE_KEYS_SECRET");
+    let file = env.raw("LAKEGATE_DEVICE_KEYS_FILE");
+    match (inline, secret, file) {
+        (None, None, None) => Ok(None),
+        (Some(json), None, None) => Ok(Some(KeySource::Inline(SecretString::from(json)))),
+        (None, Some(reference), None) => KeySource::parse_secret_ref(reference)
+            .map(Some)
+            .map_err(|err| invalid("LAKEGATE_DEVICE_KEYS_SECRET", err.to_string())),
+        (None, None, Some(path)) => Ok(Some(KeySource::File(PathBuf::from(path)))),
+        _ => Err(invalid(
+            "LAKEGATE_DEVICE_KEYS",
+            "set only one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET and LAKEGATE_DEVICE_KEYS_FILE",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn remote() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DATABRICKS_HOST", "adb-1.azuredatabricks.net"),
+            ("DATABRICKS_CLIENT_ID", "sp"),
+            ("DATABRICKS_CLIENT_SECRET", "s3cr3t"),
+            ("DATABRICKS_WAREHOUSE_ID", "wh"),
+            ("LAKEGATE_TABLE", "iot.raw.readings"),
+            ("LAKEGATE_DEVICE_KEYS_SECRET", "lakegate/devices"),
+        ]
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> String {
+        GatewayConfig::from_map(&vars(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn remote_settings_resolve_with_defaults() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(config.table.to_string(), "iot.raw.readings");
+        assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
+        assert!(!config.trust_proxy_headers);
+        assert!(matches!(config.device_keys, Some(KeySource::Secret { .. })));
+        let Workspace::Remote {
+            client,
+            warehouse_id,
+        } = config.workspace
+        else {
+            panic!("expected a remote workspace");
+        };
+        assert_eq!(client.host, "https://adb-1.azuredatabricks.net");
+        assert_eq!(warehouse_id, "wh");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_FLUSH_MS", "soon"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_FLUSH_MS:"));
+
+        let mut pairs = remote();
+        pairs.push(("DATABRICKS_APP_PORT", "70000"));
+        assert!(error_of(&pairs).starts_with("DATABRICKS_APP_PORT:"));
+
+        let mut pairs = remote();
+        pairs.retain(|(k, _)| *k != "LAKEGATE_TABLE");
+        assert!(error_of(&pairs).starts_with("LAKEGATE_TABLE: is required"));
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TABLE", "readings"));
+        let message = error_of(&pairs);
+        assert!(message.contains("catalog.schema.table"), "{message}");
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_DEVICE_KEYS_FILE", "/etc/keys.json"));
+        assert!(error_of(&pairs).contains("set only one"));
+
+        let mut pairs = remote();
+        pairs.retain(|(k, _)| *k != "DATABRICKS_WAREHOUSE_ID");
+        assert!(error_of(&pairs).starts_with("DATABRICKS_WAREHOUSE_ID:"));
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_BATCH_MAX_ROWS", "0"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_BATCH_MAX_ROWS: must be at least 1"));
+    }
+
+    #[test]
+    fn table_names_must_be_plain_identifiers() {
+        assert!("main.lakegate.readings".parse::<TableName>().is_ok());
+        assert!("main.lake-gate.readings".parse::<TableName>().is_err());
+        assert!(
+            "main.x.readings; DROP TABLE y"
+                .parse::<TableName>()
+                .is_err()
+        );
+        assert!("a.b.c.d".parse::<TableName>().is_err());
+    }
+
+    #[test]
+    fn apps_runtime_trusts_proxy_headers() {
+        let mut pairs = remote();
+        pairs.push(("DATABRICKS_APP_NAME", "lakegate"));
+        assert!(
+            GatewayConfig::from_map(&vars(&pairs))
+                .unwrap()
+                .trust_proxy_headers
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_client_secret_and_inline_keys() {
+        let mut pairs = remote();
+        pairs.retain(|(k, _)| *k != "LAKEGATE_DEVICE_KEYS_SECRET");
+        pairs.push((
+            "LAKEGATE_DEVICE_KEYS",
+            r#"{"devices":{"d":{"keys":["sha256:abc"]}}}"#,
+        ));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("sha256:abc"),
+            "{debug}"
+        );
+    }
+
+    #[cfg(feature = "local")]
+    #[test]
+    fn no_workspace_means_local_mode() {
+        let config = GatewayConfig::from_map(&HashMap::new()).unwrap();
+        assert!(matches!(config.workspace, Workspace::Local { .. }));
+        assert_eq!(config.table.to_string(), "main.lakegate.readings");
+    }
+}

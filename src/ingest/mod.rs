@@ -1,0 +1,8 @@
+//! Device readings on their way in: request bodies and per-reading validation.
+
+pub mod body;
+pub mod queue;
+pub mod reading;
+pub mod request;
+pub mod sql;
+pub mod writer;

@@ -1,0 +1,99 @@
+//! The table contract and the statements that write it.
+//!
+//! Values never appear in SQL text: a batch travels as ONE string parameter
+//! holding a JSON array, expanded on the warehouse with `from_json`. That keeps
+//! a batch of thousands of rows under the API's 255-parameter limit, bounded
+//! only by the statement size (see `BatchSettings::max_bytes`).
+
+use std::time::Duration;
+
+use chrono::DateTime;
+
+use super::writer::{BatchSink, EncodedBatch};
+use crate::config::TableName;
+use crate::databricks::{self, OnWaitTimeout, Param, StatementRequest, Statements};
+
+/// The row layout dashboards depend on.
+const COLUMNS: &str = "device_id STRING NOT NULL COMMENT 'Device that sent the reading', \
+    reading_id STRING NOT NULL COMMENT 'The device''s reading id, or one derived from its content', \
+    ts TIMESTAMP NOT NULL COMMENT 'When the device measured', \
+    metric STRING NOT NULL, \
+    value DOUBLE COMMENT 'Numbers, and booleans as 1.0 / 0.0', \
+    value_str STRING COMMENT 'String values', \
+    ingested_at TIMESTAMP NOT NULL COMMENT 'When lakegate committed the row'";
+
+/// Inserts only rows whose (device, reading, metric) key is not in the table yet,
+/// so a retried batch or a device's resend is a no-op. The `ts` bounds keep the
+/// match to the batch's time range (the table is clustered by device and time).
+fn merge_sql(table: &TableName) -> String {
+    format!(
+        "MERGE INTO {table} AS t \
+         USING (SELECT r.device_id AS device_id, r.reading_id AS reading_id, \
+                timestamp_micros(r.ts_us) AS ts, r.metric AS metric, r.value AS value, \
+                r.value_str AS value_str \
+                FROM (SELECT explode(from_json(:rows, 'ARRAY<STRUCT<device_id: STRING, \
+                reading_id: STRING, ts_us: BIGINT, metric: STRING, value: DOUBLE, \
+                value_str: STRING>>')) AS r)) AS s \
+         ON t.device_id = s.device_id AND t.reading_id = s.reading_id AND t.metric = s.metric \
+            AND t.ts >= :ts_min AND t.ts <= :ts_max \
+         WHEN NOT MATCHED THEN INSERT (device_id, reading_id, ts, metric, value, value_str, ingested_at) \
+            VALUES (s.device_id, s.reading_id, s.ts, s.metric, s.value, s.value_str, current_timestamp())"
+    )
+}
+
+/// Writes batches to the table through the Statement Execution API.
+pub struct StatementSink {
+    statements: Statements,
+    merge_sql: String,
+}
+
+impl StatementSink {
+    pub fn new(statements: Statements, table: &TableName) -> Self {
+        StatementSink {
+            statements,
+            merge_sql: merge_sql(table),
+        }
+    }
+}
+
+/// A statement stuck longer than this is cancelled and the batch tried again.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(300);
+
+impl BatchSink for StatementSink {
+    async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+        let bound = |name: &str, micros: i64| {
+            let ts = DateTime::from_timestamp_micros(micros).expect("validated timestamps");
+            Param::timestamp(name, ts)
+        };
+        let request = StatementRequest::new(self.merge_sql.as_str())
+            .param(Param::string("rows", batch.json.as_str()))
+            .param(bound("ts_min", batch.ts_min_us))
+            .param(bound("ts_max", batch.ts_max_us))
+            .wait_timeout(Duration::from_secs(30), OnWaitTimeout::Continue)
+            .deadline(STATEMENT_DEADLINE);
+        self.statements.execute(request).await.map(drop)
+    }
+}
+
+/// Creates the schema and the table when missing. A service principal that may
+/// write the table but not create schemas only gets a warning for the first step.
+pub async fn ensure_table(
+    statements: &Statements,
+    table: &TableName,
+) -> Result<(), databricks::Error> {
+    let schema = format!(
+        "CREATE SCHEMA IF NOT EXISTS {}.{}",
+        table.catalog, table.schema
+    );
+    if let Err(err) = statements.execute(StatementRequest::new(schema)).await {
+        tracing::warn!(error = %err, "could not create the schema; assuming it exists");
+    }
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({COLUMNS}) USING DELTA CLUSTER BY (device_id, ts) \
+         COMMENT 'Device readings ingested by lakegate, one row per metric'"
+    );
+    statements
+        .execute(StatementRequest::new(create))
+        .await
+        .map(drop)
+}

@@ -1,0 +1,323 @@
+//! The batch writer: collects queued rows for at most the flush interval (or
+//! until a batch is full) and writes them with one statement per batch,
+//! retrying until the warehouse commits.
+//!
+//! Retrying is safe because the sink writes exactly once (a MERGE keyed on
+//! device, reading and metric), even when an earlier attempt's outcome was never
+//! observed and that attempt is still running.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{Row, Submission};
+use crate::config::BatchSettings;
+use crate::databricks;
+use crate::metrics::Metrics;
+
+/// Rows of one statement, encoded as the JSON array the statement expands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedBatch {
+    pub json: String,
+    pub rows: usize,
+    pub ts_min_us: i64,
+    pub ts_max_us: i64,
+}
+
+/// Where batches go: the Databricks table in production.
+pub trait BatchSink: Send + Sync + 'static {
+    /// Must be idempotent: the writer calls it again with the same batch after a failure.
+    fn write(
+        &self,
+        batch: &EncodedBatch,
+    ) -> impl Future<Output = Result<(), databricks::Error>> + Send;
+}
+
+/// Splits rows into statement-sized batches, dropping rows that repeat a
+/// (device, reading, metric) key already in this set: a MERGE that inserts
+/// only unmatched rows would otherwise insert both copies.
+pub fn encode_batches<'a>(
+    rows: impl IntoIterator<Item = &'a Row>,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<EncodedBatch> {
+    let mut seen = HashSet::new();
+    let mut batches = Vec::new();
+    let mut current: Option<EncodedBatch> = None;
+    for row in rows {
+        if !seen.insert((&*row.device_id, &*row.reading_id, row.metric.as_str())) {
+            continue;
+        }
+        let encoded = serde_json::to_string(row).expect("rows serialize");
+        let full = current.as_ref().is_some_and(|batch| {
+            batch.rows >= max_rows || batch.json.len() + 1 + encoded.len() + 1 > max_bytes
+        });
+        if full {
+            batches.extend(current.take().map(close));
+        }
+        match &mut current {
+            Some(batch) => {
+                batch.json.push(',');
+                batch.json.push_str(&encoded);
+                batch.rows += 1;
+                batch.ts_min_us = batch.ts_min_us.min(row.ts_us);
+                batch.ts_max_us = batch.ts_max_us.max(row.ts_us);
+            }
+            None => {
+                current = Some(EncodedBatch {
+                    json: format!("[{encoded}"),
+                    rows: 1,
+                    ts_min_us: row.ts_us,
+                    ts_max_us: row.ts_us,
+                })
+            }
+        }
+    }
+    batches.extend(current.map(close));
+    batches
+}
+
+fn close(mut batch: EncodedBatch) -> EncodedBatch {
+    batch.json.push(']');
+    batch
+}
+
+pub struct Writer<S> {
+    receiver: mpsc::UnboundedReceiver<Submission>,
+    sink: S,
+    settings: BatchSettings,
+    metrics: Arc<Metrics>,
+    /// Cancelled once no request can queue rows any more: flush what is left and stop.
+    closing: CancellationToken,
+}
+
+impl<S: BatchSink> Writer<S> {
+    pub fn new(
+        receiver: mpsc::UnboundedReceiver<Submission>,
+        sink: S,
+        settings: BatchSettings,
+        metrics: Arc<Metrics>,
+        closing: CancellationToken,
+    ) -> Self {
+        Writer {
+            receiver,
+            sink,
+            settings,
+            metrics,
+            closing,
+        }
+    }
+
+    /// Runs until `closing` is cancelled and every queued row is committed.
+    pub async fn run(mut self) {
+        while let Some(submissions) = self.collect().await {
+            self.commit(submissions).await;
+        }
+    }
+
+    /// The next batch's submissions, or `None` when closing with nothing left.
+    async fn collect(&mut self) -> Option<Vec<Submission>> {
+        let first = tokio::select! {
+            biased;
+            next = self.receiver.recv() => next?,
+            () = self.closing.cancelled() => {
+                let rest = self.drain();
+                return (!rest.is_empty()).then_some(rest);
+            }
+        };
+        let flush_at = tokio::time::Instant::now() + self.settings.flush_interval;
+        let mut rows = first.rows.len();
+        let mut submissions = vec![first];
+        while rows < self.settings.max_rows {
+            tokio::select! {
+                next = self.receiver.recv() => match next {
+                    Some(submission) => {
+                        rows += submission.rows.len();
+                        submissions.push(submission);
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(flush_at) => break,
+                () = self.closing.cancelled() => {
+                    submissions.extend(self.drain());
+                    break;
+                }
+            }
+        }
+        Some(submissions)
+    }
+
+    fn drain(&mut self) -> Vec<Submission> {
+        std::iter::from_fn(|| self.receiver.try_recv().ok()).collect()
+    }
+
+    /// Writes every row of `submissions`, then tells waiting requests and frees queue space.
+    async fn commit(&self, submissions: Vec<Submission>) {
+        let rows = submissions.iter().flat_map(|s| &s.rows);
+        for batch in encode_batches(rows, self.settings.max_rows, self.settings.max_bytes) {
+            self.write_until_committed(&batch).await;
+        }
+        for submission in submissions {
+            if let Some(committed) = submission.committed {
+                // The request may have stopped waiting; its rows are committed all the same.
+                let _ = committed.send(());
+            }
+        }
+    }
+
+    async fn write_until_committed(&self, batch: &EncodedBatch) {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let started = Instant::now();
+            match self.sink.write(batch).await {
+                Ok(()) => {
+                    self.metrics
+                        .statement_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.batch_rows.observe(batch.rows as f64);
+                    Metrics::outcome(&self.metrics.batches, "committed");
+                    tracing::debug!(rows = batch.rows, "batch committed");
+                    return;
+                }
+                Err(err) => {
+                    Metrics::outcome(&self.metrics.batches, "failed_attempt");
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(error = %err, rows = batch.rows, retry_in = ?delay, "batch write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(device: &str, reading: &str, metric: &str, ts_us: i64) -> Row {
+        Row {
+            device_id: device.into(),
+            reading_id: reading.into(),
+            ts_us,
+            metric: metric.into(),
+            value: Some(1.5),
+            value_str: None,
+        }
+    }
+
+    #[test]
+    fn batches_respect_row_and_byte_caps_and_drop_repeated_keys() {
+        let rows = vec![
+            row("d1", "r1", "t", 30),
+            row("d1", "r1", "t", 99), // same key: dropped
+            row("d1", "r1", "h", 10),
+            row("d2", "r1", "t", 20),
+        ];
+        let batches = encode_batches(&rows, 2, 1 << 20);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].rows, 2);
+        assert_eq!((batches[0].ts_min_us, batches[0].ts_max_us), (10, 30));
+        assert_eq!(batches[1].rows, 1);
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(&batches[0].json).unwrap();
+        assert_eq!(parsed[0]["reading_id"], "r1");
+        assert_eq!(parsed[0]["ts_us"], 30);
+        assert!(parsed[0]["value_str"].is_null());
+
+        let one_row = serde_json::to_string(&rows[0]).unwrap().len();
+        let by_bytes = encode_batches(&rows, 100, one_row * 2 + 3);
+        assert_eq!(by_bytes.len(), 2);
+        assert!(by_bytes.iter().all(|b| b.json.len() <= one_row * 2 + 3));
+    }
+
+    /// Fails its first `failures` writes, then records what it was given.
+    #[derive(Default)]
+    struct FlakySink {
+        failures: std::sync::Mutex<u32>,
+        written: std::sync::Mutex<Vec<EncodedBatch>>,
+    }
+
+    impl BatchSink for Arc<FlakySink> {
+        async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(databricks::Error::InvalidRequest("injected".into()));
+            }
+            self.written.lock().unwrap().push(batch.clone());
+            Ok(())
+        }
+    }
+
+    fn settings(flush_ms: u64) -> BatchSettings {
+        BatchSettings {
+            flush_interval: Duration::from_millis(flush_ms),
+            max_rows: 100,
+            max_bytes: 1 << 20,
+            queue_rows: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_retried_before_the_request_hears_committed() {
+        let sink = Arc::new(FlakySink {
+            failures: 2.into(),
+            ..FlakySink::default()
+        });
+        let (queue, receiver) = super::super::queue::IngestQueue::new(100);
+        let closing = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::new(
+            receiver,
+            sink.clone(),
+            settings(10),
+            metrics,
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+
+        let committed = queue
+            .submit(vec![row("d", "r", "t", 1)], true)
+            .unwrap()
+            .unwrap();
+        committed.await.expect("committed after the retries");
+        assert_eq!(sink.written.lock().unwrap().len(), 1);
+        assert_eq!(queue.depth(), 0, "queue space is returned");
+        closing.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_flushes_queued_rows_without_waiting_for_the_interval() {
+        let sink = Arc::new(FlakySink::default());
+        let (queue, receiver) = super::super::queue::IngestQueue::new(100);
+        let closing = CancellationToken::new();
+        let writer = Writer::new(
+            receiver,
+            sink.clone(),
+            settings(60_000),
+            Arc::new(Metrics::default()),
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+        queue.submit(vec![row("d", "r1", "t", 1)], false).unwrap();
+        queue.submit(vec![row("d", "r2", "t", 2)], false).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        closing.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the writer stops promptly")
+            .unwrap();
+        let written = sink.written.lock().unwrap();
+        assert_eq!(written.iter().map(|b| b.rows).sum::<usize>(), 2);
+    }
+}

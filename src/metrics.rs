@@ -1,0 +1,155 @@
+//! Prometheus metrics of one gateway. Each `Metrics` owns its registry (no
+//! globals), so tests can run several gateways in one process.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::databricks::TokenFetches;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub readings_accepted: Counter,
+    pub readings_rejected: Family<ReasonLabels, Counter>,
+    pub batches: Family<OutcomeLabels, Counter>,
+    pub batch_rows: Histogram,
+    pub statement_seconds: Histogram,
+    pub queue_rows: Gauge,
+    pub registry_reloads: Family<OutcomeLabels, Counter>,
+    pub registry_devices: Gauge,
+    token_fetches: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::default();
+        let readings_accepted = Counter::default();
+        let readings_rejected = Family::default();
+        let batches = Family::default();
+        let batch_rows = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        let statement_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let queue_rows = Gauge::default();
+        let registry_reloads = Family::default();
+        let registry_devices = Gauge::default();
+        let token_fetches = Family::default();
+
+        let mut registry = Registry::with_prefix("lakegate");
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "readings_accepted",
+            "Readings accepted into the write queue",
+            readings_accepted.clone(),
+        );
+        registry.register(
+            "readings_rejected",
+            "Readings rejected, by reason",
+            readings_rejected.clone(),
+        );
+        registry.register(
+            "batches",
+            "Batch write attempts by outcome",
+            batches.clone(),
+        );
+        registry.register(
+            "batch_rows",
+            "Rows (one per metric) in each committed batch",
+            batch_rows.clone(),
+        );
+        registry.register(
+            "statement_seconds",
+            "Latency of one batch statement",
+            statement_seconds.clone(),
+        );
+        registry.register(
+            "queue_rows",
+            "Rows queued and not yet committed",
+            queue_rows.clone(),
+        );
+        registry.register(
+            "registry_reloads",
+            "Device registry reloads by outcome",
+            registry_reloads.clone(),
+        );
+        registry.register(
+            "registry_devices",
+            "Devices in the live registry",
+            registry_devices.clone(),
+        );
+        registry.register(
+            "token_fetches",
+            "OAuth token fetches by outcome",
+            token_fetches.clone(),
+        );
+
+        Metrics {
+            registry,
+            requests,
+            readings_accepted,
+            readings_rejected,
+            batches,
+            batch_rows,
+            statement_seconds,
+            queue_rows,
+            registry_reloads,
+            registry_devices,
+            token_fetches,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &str) {
+        self.readings_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn outcome(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
+        family.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Prometheus text exposition; token fetch counts are read from the client at scrape time.
+    pub fn render(&self, tokens: TokenFetches) -> String {
+        set_counter(&self.token_fetches, "succeeded", tokens.succeeded);
+        set_counter(&self.token_fetches, "failed", tokens.failed);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Raises a counter to a total kept elsewhere (counters only go up).
+fn set_counter(family: &Family<OutcomeLabels, Counter>, outcome: &'static str, total: u64) {
+    let counter = family.get_or_create(&OutcomeLabels { outcome });
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}

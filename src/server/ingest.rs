@@ -1,0 +1,107 @@
+//! `POST /ingest` (also `/api/ingest`, the path the Apps proxy documents for token access).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::auth::AuthenticatedDevice;
+use super::error::ApiError;
+use crate::ingest::body::{BodyFormat, Encoding, decode};
+use crate::ingest::queue::Row;
+use crate::ingest::request::parse_request;
+
+/// `?ack=commit` (default): answer 200 once the readings are committed to the
+/// table. `?ack=accept`: answer 202 as soon as they are queued.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    #[default]
+    Commit,
+    Accept,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestParams {
+    #[serde(default)]
+    ack: Ack,
+}
+
+/// A header's text; one that is not visible ASCII becomes a value no parser accepts (415).
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers
+        .get(name)
+        .map(|value| value.to_str().unwrap_or("(not visible ASCII)"))
+}
+
+pub async fn ingest(
+    State(app): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    params: Result<Query<IngestParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("{err}; use ack=commit or ack=accept"),
+        )
+    })?;
+    let limits = &app.config.body;
+    let format = BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE))?;
+    let encoding = Encoding::from_header(header_str(&headers, header::CONTENT_ENCODING))?;
+    let raw = axum::body::to_bytes(body, limits.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::body_too_large(limits.max_body_bytes))?;
+    let decoded = decode(raw, encoding, limits)?;
+    let parsed = parse_request(&decoded, format, &device.id, limits, Utc::now())?;
+    for rejected in &parsed.rejected {
+        app.metrics.reject(rejected.reason.as_str());
+    }
+    if parsed.readings.is_empty() {
+        return Err(ApiError::all_rejected(parsed.rejected));
+    }
+
+    let accepted = parsed.readings.len();
+    app.limits.admit(&device, accepted as u32)?;
+    let rows: Vec<Row> = parsed
+        .readings
+        .into_iter()
+        .flat_map(|reading| Row::from_reading(&device.id, reading))
+        .collect();
+    let committed = app.queue.submit(rows, params.ack == Ack::Commit)?;
+    app.metrics.readings_accepted.inc_by(accepted as u64);
+
+    let Some(committed) = committed else {
+        let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": false});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    };
+    let shutdown_bound = async {
+        app.shutting_down.cancelled().await;
+        tokio::time::sleep(app.config.shutdown_grace / 2).await;
+    };
+    tokio::select! {
+        done = tokio::time::timeout(app.config.ack_timeout, committed) => {
+            if matches!(done, Ok(Ok(()))) {
+                let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": true});
+                return Ok((StatusCode::OK, Json(body)).into_response());
+            }
+        }
+        () = shutdown_bound => {}
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_yet_committed",
+        "the readings are queued but not committed yet; they will still be written, and \
+         resending them is safe because repeated readings are dropped",
+    )
+    .retry_after(std::time::Duration::from_secs(5)))
+}

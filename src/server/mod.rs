@@ -1,0 +1,150 @@
+//! The HTTP surface: routes, the shared state, and the layers around them.
+
+pub mod auth;
+pub mod error;
+pub mod ingest;
+pub mod ops;
+
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::GatewayConfig;
+use crate::databricks;
+use crate::devices::DeviceKeys;
+use crate::ingest::queue::IngestQueue;
+use crate::limits::Limits;
+use crate::metrics::{Metrics, RequestLabels};
+use error::ApiError;
+
+/// Everything a request may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+pub struct App {
+    pub config: GatewayConfig,
+    pub client: databricks::Client,
+    pub keys: DeviceKeys,
+    pub limits: Limits,
+    pub queue: IngestQueue,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown signal arrives.
+    pub shutting_down: CancellationToken,
+    readiness: Mutex<Option<(Instant, ops::Readiness)>>,
+}
+
+impl AppState {
+    pub fn new(
+        config: GatewayConfig,
+        client: databricks::Client,
+        keys: DeviceKeys,
+        queue: IngestQueue,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AppState(Arc::new(App {
+            limits: Limits::new(config.limits.clone()),
+            config,
+            client,
+            keys,
+            queue,
+            metrics,
+            shutting_down: CancellationToken::new(),
+            readiness: Mutex::new(None),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    // Longest a request may take: a body trickling in, or waiting for its commit.
+    let request_timeout = state.config.ack_timeout + Duration::from_secs(30);
+    Router::new()
+        .route("/ingest", post(ingest::ingest))
+        .route("/api/ingest", post(ingest::ingest))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|id| id.to_str().ok())
+                    .unwrap_or_default();
+                // The path only: query strings and headers (keys, tokens) are never logged.
+                tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Behind the Apps proxy X-Request-Id is already set and kept.
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// Requests by matched route and status.
+async fn count_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = format!("{:032x}", rand::random::<u128>());
+        Some(RequestId::new(
+            id.parse().expect("hex is a valid header value"),
+        ))
+    }
+}

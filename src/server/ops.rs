@@ -1,0 +1,83 @@
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::databricks::StatementRequest;
+
+/// The process is up and serving.
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// A token was obtained and the warehouse ran `SELECT 1`.
+    pub warehouse: String,
+    pub devices: usize,
+}
+
+/// Readiness is cached this long so that probes don't keep a warehouse busy.
+const READINESS_TTL: Duration = Duration::from_secs(5);
+
+/// Ready when a token is obtainable, the warehouse answers and the registry is loaded.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let cached = app
+        .readiness
+        .lock()
+        .expect("readiness cache poisoned")
+        .clone()
+        .filter(|(at, _)| at.elapsed() < READINESS_TTL);
+    let readiness = match cached {
+        Some((_, readiness)) => readiness,
+        None => {
+            let readiness = check(&app).await;
+            *app.readiness.lock().expect("readiness cache poisoned") =
+                Some((Instant::now(), readiness.clone()));
+            readiness
+        }
+    };
+    let status = match readiness.ready {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(readiness)).into_response()
+}
+
+async fn check(app: &AppState) -> Readiness {
+    let probe = StatementRequest::new("SELECT 1").deadline(Duration::from_secs(10));
+    let warehouse = match app.client.statements().execute(probe).await {
+        Ok(_) => "ok".to_owned(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness: warehouse check failed");
+            err.to_string()
+        }
+    };
+    let devices = app.keys.current().device_count();
+    Readiness {
+        ready: warehouse == "ok" && devices > 0,
+        warehouse,
+        devices,
+    }
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    app.metrics.queue_rows.set(app.queue.depth() as i64);
+    let text = app.metrics.render(app.client.token_fetches());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

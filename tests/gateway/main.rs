@@ -1,0 +1,8 @@
+//! The gateway end to end: a real socket in front, the in-process workspace
+//! emulator behind, readings checked in the table through the SQL API.
+
+mod harness;
+mod ingest;
+mod keys;
+mod operations;
+mod resilience;

@@ -1,0 +1,211 @@
+//! Back-pressure, workspace faults and shutdown: every acknowledged reading
+//! ends up in the table exactly once.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lakegate_emulator::{Emulator, Faults};
+use serde_json::json;
+
+use crate::harness::{self, Harness, TABLE, emulator_config, reading, respond};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
+    let mut config = emulator_config();
+    config.faults.statement_latency = Duration::from_millis(1500);
+    let mut gateway = Harness::start_with(config, &[("LAKEGATE_QUEUE_MAX_ROWS", "4")]).await;
+    let url = format!("{}/ingest?ack=accept", gateway.url);
+    let post = |id: &str| {
+        gateway
+            .http
+            .post(&url)
+            .header("X-API-Key", &gateway.keys.sensor)
+            .json(&json!({"id": id, "ts": "2026-11-29T12:00:00Z", "metrics": {"a": 1, "b": 2, "c": 3}}))
+            .send()
+    };
+    assert_eq!(post("first").await.unwrap().status(), 202);
+    let refused = post("second").await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    let (status, answer) = respond(refused).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "unavailable");
+
+    gateway.wait_for_rows(3, Duration::from_secs(10)).await;
+    // Space is back once the batch is committed.
+    assert_eq!(post("second").await.unwrap().status(), 202);
+    gateway.wait_for_rows(6, Duration::from_secs(10)).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttling_short_tokens_and_slow_statements_write_each_reading_once() {
+    let mut config = emulator_config();
+    config.token_lifetime = Duration::from_secs(3);
+    let mut gateway = Harness::start_with(config, &[("LAKEGATE_FLUSH_MS", "200")]).await;
+    // A storm: every workspace call is refused for a while, then a third of them.
+    let storm = |share| Faults {
+        throttle_share: share,
+        throttle_retry_after_secs: 1,
+        statement_latency: Duration::from_millis(300),
+        ..Faults::default()
+    };
+    gateway.emulator.set_faults(storm(1.0));
+
+    let started = Instant::now();
+    let mut acknowledged = HashSet::new();
+    let devices = [gateway.keys.sensor.clone(), gateway.keys.other.clone()];
+    let mut tasks = Vec::new();
+    for (d, key) in devices.iter().enumerate() {
+        for client in 0..4 {
+            let http = gateway.http.clone();
+            let url = format!("{}/ingest", gateway.url);
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                for request in 0..5 {
+                    let ids: Vec<String> = (0..4)
+                        .map(|i| format!("d{d}-c{client}-r{request}-{i}"))
+                        .collect();
+                    let body = json!(ids.iter().map(|id| reading(id, 1.0)).collect::<Vec<_>>());
+                    // A device resends until it gets its 200, as real devices do.
+                    loop {
+                        let response = http
+                            .post(&url)
+                            .header("X-API-Key", &key)
+                            .json(&body)
+                            .send()
+                            .await
+                            .unwrap();
+                        match response.status().as_u16() {
+                            200 => break,
+                            429 | 503 => tokio::time::sleep(Duration::from_millis(500)).await,
+                            other => {
+                                panic!("unexpected {other}: {}", response.text().await.unwrap())
+                            }
+                        }
+                    }
+                    done.extend(ids.into_iter().map(|id| (d, id)));
+                }
+                done
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gateway.emulator.set_faults(storm(0.3));
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    assert_eq!(acknowledged.len(), 2 * 4 * 5 * 4);
+    let stats = gateway.emulator.stats();
+    assert!(stats.throttled > 0, "no 429 was injected: {stats:?}");
+    assert!(
+        stats.tokens_issued >= 2 || started.elapsed() < Duration::from_secs(3),
+        "tokens were not refreshed: {stats:?}"
+    );
+
+    let rows = gateway
+        .query(&format!(
+            "SELECT count(*), count(DISTINCT reading_id) FROM {TABLE}"
+        ))
+        .await;
+    let expected = lakegate::databricks::Value::Int(acknowledged.len() as i64);
+    assert_eq!(
+        rows[0],
+        [expected.clone(), expected],
+        "each reading exactly once"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_flushes_every_queued_reading() {
+    let mut config = emulator_config();
+    config.faults.statement_latency = Duration::from_millis(300);
+    let emulator = Emulator::start(config).await.unwrap();
+    let keys = harness::new_keys();
+    let registry =
+        json!({"devices": {"sensor-1": {"keys": [lakegate::devices::hash_key(&keys.sensor)]}}});
+    let mut env = harness::gateway_env(
+        &emulator,
+        &std::path::PathBuf::new(),
+        &[
+            // Long flush interval: the readings are surely still queued at SIGTERM.
+            ("LAKEGATE_FLUSH_MS", "20000"),
+            ("DATABRICKS_APP_PORT", "0"),
+            ("LAKEGATE_LOG_FORMAT", "json"),
+        ],
+    );
+    env.remove("LAKEGATE_DEVICE_KEYS_FILE");
+    env.insert("LAKEGATE_DEVICE_KEYS".into(), registry.to_string());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .env_clear()
+        .envs(&env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("lakegate printed its address").unwrap();
+        let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if log["message"] == "lakegate listening" {
+            break log["address"].as_str().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let http = lakegate::databricks::http::http_client().unwrap();
+    for request in 0..10 {
+        let body = json!(
+            (0..3)
+                .map(|i| reading(&format!("t-{request}-{i}"), 1.0))
+                .collect::<Vec<_>>()
+        );
+        let response = http
+            .post(format!("http://{address}/ingest?ack=accept"))
+            .header("X-API-Key", &keys.sensor)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let reader = lakegate::databricks::Client::new(
+        &lakegate::databricks::Config::resolve(Default::default(), &env).unwrap(),
+    )
+    .unwrap();
+    let rows = reader
+        .statements()
+        .execute(lakegate::databricks::StatementRequest::new(format!(
+            "SELECT count(*) FROM {TABLE}"
+        )))
+        .await
+        .unwrap()
+        .collect_rows()
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0], lakegate::databricks::Value::Int(30));
+}
