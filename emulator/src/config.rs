@@ -75,6 +75,9 @@ pub struct Faults {
     pub unavailable_retry_after_secs: u64,
     /// The next N token-endpoint calls answer 503 (with `Retry-After: 1`).
     pub token_failures: u32,
+    /// The next N statement submissions run to the end, then their answer is lost
+    /// (the connection breaks mid-response): an outcome the caller cannot observe.
+    pub lost_statement_responses: u32,
 }
 
 impl Default for Faults {
@@ -86,6 +89,7 @@ impl Default for Faults {
             unavailable_for: None,
             unavailable_retry_after_secs: 1,
             token_failures: 0,
+            lost_statement_responses: 0,
         }
     }
 }

@@ -22,6 +22,7 @@ struct Active {
     faults: Faults,
     unavailable_until: Option<Instant>,
     token_failures_left: u32,
+    lost_responses_left: u32,
 }
 
 impl FaultState {
@@ -41,10 +42,12 @@ impl FaultState {
 
     /// Whether this token call must fail; counts the failure down.
     pub fn take_token_failure(&self) -> bool {
-        let mut active = self.lock();
-        let fail = active.token_failures_left > 0;
-        active.token_failures_left = active.token_failures_left.saturating_sub(1);
-        fail
+        take(&mut self.lock().token_failures_left)
+    }
+
+    /// Whether this statement's answer must be lost; counts down.
+    pub fn take_lost_response(&self) -> bool {
+        take(&mut self.lock().lost_responses_left)
     }
 
     /// The injected answer for an `/api/` request, if any.
@@ -81,11 +84,19 @@ impl FaultState {
     }
 }
 
+/// Counts a "next N calls" fault down; true while any is left.
+fn take(left: &mut u32) -> bool {
+    let fail = *left > 0;
+    *left = left.saturating_sub(1);
+    fail
+}
+
 impl From<Faults> for Active {
     fn from(faults: Faults) -> Self {
         Self {
             unavailable_until: faults.unavailable_for.map(|d| Instant::now() + d),
             token_failures_left: faults.token_failures,
+            lost_responses_left: faults.lost_statement_responses,
             faults,
         }
     }

@@ -20,6 +20,8 @@ pub struct Stats {
     pub cancels: u64,
     /// External link downloads served.
     pub link_downloads: u64,
+    /// Statement answers lost by fault injection (the statement itself ran).
+    pub lost_responses: u64,
 }
 
 #[derive(Default)]
@@ -32,6 +34,7 @@ pub struct Counters {
     pub statements: AtomicU64,
     pub cancels: AtomicU64,
     pub link_downloads: AtomicU64,
+    pub lost_responses: AtomicU64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -50,6 +53,7 @@ impl Counters {
             statements: get(&self.statements),
             cancels: get(&self.cancels),
             link_downloads: get(&self.link_downloads),
+            lost_responses: get(&self.lost_responses),
         }
     }
 }

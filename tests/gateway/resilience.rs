@@ -120,6 +120,35 @@ async fn throttling_short_tokens_and_slow_statements_write_each_reading_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_whose_answer_was_lost_are_not_written_twice() {
+    let mut gateway = Harness::start().await;
+    // The warehouse commits, but the gateway never hears back: it must try again
+    // without knowing whether the first attempt went through.
+    gateway.emulator.set_faults(Faults {
+        lost_statement_responses: 3,
+        ..Faults::default()
+    });
+    for request in 0..4 {
+        let body = json!(
+            (0..5)
+                .map(|i| reading(&format!("l-{request}-{i}"), 1.0))
+                .collect::<Vec<_>>()
+        );
+        let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(gateway.emulator.stats().lost_responses, 3);
+    let rows = gateway
+        .query(&format!(
+            "SELECT count(*), count(DISTINCT reading_id) FROM {TABLE}"
+        ))
+        .await;
+    let twenty = lakegate::databricks::Value::Int(20);
+    assert_eq!(rows[0], [twenty.clone(), twenty]);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_flushes_every_queued_reading() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(300);

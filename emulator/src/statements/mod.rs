@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -137,7 +138,7 @@ pub async fn execute(
     State(app): State<Arc<App>>,
     BaseUrl(url): BaseUrl,
     ApiJson(request): ApiJson<ExecuteRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let (job, wait, cancel_on_timeout) = validate(&app, request)?;
     let statement = Arc::new(Statement {
         id: uuid::Uuid::new_v4().to_string(),
@@ -150,14 +151,28 @@ pub async fn execute(
     // Answer "0s" from the state before the task starts, so the caller always sees it pending.
     let immediate = wait.is_zero().then(|| response(&app, &url, &statement));
     tokio::spawn(run(Arc::clone(&app), Arc::clone(&statement), job));
+    if app.faults.take_lost_response() {
+        // The statement runs to its end; the caller never learns its id or outcome.
+        statement.finished().await;
+        bump(&app.stats.lost_responses);
+        return Ok(broken_response());
+    }
     if let Some(body) = immediate {
-        return Ok(Json(body));
+        return Ok(Json(body).into_response());
     }
     if !statement.wait(wait).await && cancel_on_timeout {
         statement.cancel.send_replace(true);
         statement.finished().await;
     }
-    Ok(Json(response(&app, &url, &statement)))
+    Ok(Json(response(&app, &url, &statement)).into_response())
+}
+
+/// A 200 whose body fails mid-stream, so the connection breaks before any answer arrives.
+fn broken_response() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<axum::body::Bytes, _>(std::io::Error::other("injected: answer lost"))
+    });
+    Response::new(axum::body::Body::from_stream(failing))
 }
 
 /// `GET /api/2.0/sql/statements/{id}`
