@@ -228,8 +228,16 @@ impl GatewayConfig {
         let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some();
 
         Ok(GatewayConfig {
+            // A local trial stays on this machine; an app must listen on every interface.
             listen: SocketAddr::new(
-                env.parse("LAKEGATE_LISTEN_ADDR", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
+                env.parse(
+                    "LAKEGATE_LISTEN_ADDR",
+                    IpAddr::V4(if local {
+                        Ipv4Addr::LOCALHOST
+                    } else {
+                        Ipv4Addr::UNSPECIFIED
+                    }),
+                )?,
                 env.parse("DATABRICKS_APP_PORT", 8000u16)?,
             ),
             workspace,
