@@ -196,6 +196,11 @@ impl Harness {
             .collect()
     }
 
+    /// A client of the workspace behind the gateway, for checking what was written.
+    pub fn reader(&self) -> &Client {
+        &self.reader
+    }
+
     pub async fn query(&self, sql: &str) -> Vec<Vec<Value>> {
         self.reader
             .statements()
