@@ -23,6 +23,13 @@ async fn run(gateway: &Harness, name: &str, params: Vec<Param>) -> Vec<Vec<Value
         .unwrap()
 }
 
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::Int(n) => *n,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
 fn text(value: &Value) -> &str {
     match value {
         Value::String(text) => text,
@@ -70,13 +77,7 @@ async fn dashboard_queries_run_on_ingested_data() {
         ],
     )
     .await;
-    let samples: i64 = series
-        .iter()
-        .map(|row| match row[4] {
-            Value::Int(n) => n,
-            ref other => panic!("{other:?}"),
-        })
-        .sum();
+    let samples: i64 = series.iter().map(|row| int(&row[4])).sum();
     assert_eq!(samples, 2);
 
     let latest = run(&gateway, "latest_values.sql", vec![]).await;
@@ -91,13 +92,7 @@ async fn dashboard_queries_run_on_ingested_data() {
     assert!(hourly.iter().any(|row| text(&row[1]) == "temperature"));
 
     let volume = run(&gateway, "ingestion_volume.sql", vec![]).await;
-    let rows: i64 = volume
-        .iter()
-        .map(|row| match row[1] {
-            Value::Int(n) => n,
-            ref other => panic!("{other:?}"),
-        })
-        .sum();
+    let rows: i64 = volume.iter().map(|row| int(&row[1])).sum();
     assert_eq!(rows, 5);
     gateway.stop().await;
 }

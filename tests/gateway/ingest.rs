@@ -219,90 +219,39 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
         ],
     )
     .await;
-    let key = gateway.keys.sensor.clone();
-    // Every refusal is JSON with a stable code and a message.
-    let send = |request: reqwest::RequestBuilder| async move {
-        let (status, answer) = respond(request.send().await.unwrap()).await;
-        assert!(
-            answer["error"].is_string() && answer["message"].is_string(),
-            "{answer}"
-        );
-        (status, answer)
-    };
-
-    let (status, answer) = send(
-        gateway
-            .post(&key)
-            .header("Content-Type", "application/json")
-            .body("{\"ts\": "),
-    )
-    .await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["message"].as_str().unwrap().contains("line 1"),
-        "{answer}"
-    );
-
-    let (status, answer) = send(
-        gateway
-            .post(&key)
-            .header("Content-Type", "text/csv")
-            .body("a,b"),
-    )
-    .await;
-    assert_eq!(status, 415, "{answer}");
-
-    let (status, answer) = send(
-        gateway
-            .post(&key)
-            .header("Content-Type", "application/json")
-            .header("Content-Encoding", "br")
-            .body("x"),
-    )
-    .await;
-    assert_eq!(status, 415, "{answer}");
-
-    let (status, answer) = send(
-        gateway
-            .post(&key)
-            .header("Content-Type", "application/json")
-            .header("Content-Encoding", "gzip")
-            .body("not gzip"),
-    )
-    .await;
-    assert_eq!(status, 400, "{answer}");
-
+    let json = "application/json";
     let big = format!("[{}]", vec![reading("x", 1.0).to_string(); 40].join(","));
-    let (status, answer) = send(
-        gateway
-            .post(&key)
-            .header("Content-Type", "application/json")
-            .body(big),
-    )
-    .await;
-    assert_eq!(status, 413, "{answer}");
-
     // A small gzip body that inflates past the cap.
     let mut bomb = GzEncoder::new(Vec::new(), Compression::best());
     bomb.write_all(&vec![b' '; 1_000_000]).unwrap();
-    let (status, answer) = send(
-        gateway
-            .post(&key)
-            .header("Content-Type", "application/json")
-            .header("Content-Encoding", "gzip")
-            .body(bomb.finish().unwrap()),
-    )
-    .await;
-    assert_eq!(status, 413, "{answer}");
-
     let many = json!(
         (0..6)
             .map(|i| reading(&format!("m-{i}"), 1.0))
             .collect::<Vec<_>>()
     );
-    let (status, answer) = send(gateway.post(&key).json(&many)).await;
-    assert_eq!(status, 413, "{answer}");
-
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (json, None, b"{\"ts\": ".to_vec(), 400, "line 1"),
+        ("text/csv", None, b"a,b".to_vec(), 415, "text/csv"),
+        (json, Some("br"), b"x".to_vec(), 415, "br"),
+        (json, Some("gzip"), b"not gzip".to_vec(), 400, "gzip"),
+        (json, None, big.into_bytes(), 413, "2000"),
+        (json, Some("gzip"), bomb.finish().unwrap(), 413, "2000"),
+        (json, None, many.to_string().into_bytes(), 413, "5"),
+    ];
+    for (content_type, encoding, body, expected, named) in cases {
+        let mut request = gateway
+            .post(&gateway.keys.sensor)
+            .header("Content-Type", content_type);
+        if let Some(encoding) = encoding {
+            request = request.header("Content-Encoding", encoding);
+        }
+        let (status, answer) = respond(request.body(body).send().await.unwrap()).await;
+        // Every refusal is JSON with a stable code and a message naming the problem.
+        assert_eq!(status, expected, "{content_type} {encoding:?}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(named), "{named:?} not in {message:?}");
+    }
     assert_eq!(gateway.row_count().await, 0);
     gateway.stop().await;
 }
