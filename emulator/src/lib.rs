@@ -36,7 +36,7 @@
 //!   scalar types as above), which returns NULL for malformed JSON (a struct of NULLs for a STRUCT
 //!   schema) like Spark's default PERMISSIVE mode; `explode(array)` in the select list (as
 //!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
-//!   `timestamp_micros`.
+//!   `timestamp_micros`; `unix_seconds`, `unix_millis` and `unix_micros` (rounded down).
 //! - **Persistence** with `--data-dir`: catalogs and schemas as directories, each table as an
 //!   Arrow IPC file rewritten after every successful write, all loaded at start.
 //! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
@@ -67,6 +67,8 @@
 //!   `from_json` options, `explode` of a map or in FROM, field access on a function result
 //!   (`from_json(...).a`; alias it in a subquery first), and ARRAY/MAP/STRUCT columns and
 //!   parameters; nested values in results are printed Arrow's way, not as JSON.
+//! - `/` between integers divides as integers (Databricks gives a DOUBLE); `floor(a / b)` of
+//!   non-negative numbers agrees.
 //! - Transactions: a write that fails midway may leave rows behind; writes are serialized.
 //! - Permissions and ACLs (every authenticated caller may do everything), PAT management,
 //!   secret ACLs, Azure Key Vault scopes; secrets are not persisted.

@@ -1,5 +1,6 @@
-//! Databricks functions DataFusion lacks: `from_json`, `timestamp_millis` and `timestamp_micros`
-//! as UDFs, and `explode`, which is DataFusion's `unnest` under another name.
+//! Databricks functions DataFusion lacks: `from_json`, `timestamp_millis`, `timestamp_micros`,
+//! `unix_seconds`, `unix_millis` and `unix_micros` as UDFs, and `explode`, which is DataFusion's
+//! `unnest` under another name.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StructArray
 use datafusion::arrow::array::{new_empty_array, new_null_array};
 use datafusion::arrow::compute::kernels::numeric::mul;
 use datafusion::arrow::compute::{cast, concat};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::Decoder;
 use datafusion::common::types::logical_string;
@@ -29,6 +30,9 @@ pub fn register(ctx: &SessionContext) {
         1_000,
     )));
     ctx.register_udf(ScalarUDF::from(TimestampFrom::new("timestamp_micros", 1)));
+    ctx.register_udf(ScalarUDF::from(UnixTime::new("unix_seconds", 1_000_000)));
+    ctx.register_udf(ScalarUDF::from(UnixTime::new("unix_millis", 1_000)));
+    ctx.register_udf(ScalarUDF::from(UnixTime::new("unix_micros", 1)));
 }
 
 /// Renames a call to a Databricks function that DataFusion knows by another name.
@@ -203,6 +207,54 @@ impl ScalarUDFImpl for TimestampFrom {
         // `mul` fails on overflow, as Spark does.
         map_values(count, |count| {
             Ok(cast(&mul(count, &factor)?, &types::timestamp())?)
+        })
+    }
+}
+
+/// `unix_seconds(ts)`, `unix_millis(ts)` and `unix_micros(ts)`: whole units since the epoch as a
+/// BIGINT, rounded down (Spark's `floorDiv`, so instants before 1970 round away from zero).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UnixTime {
+    name: &'static str,
+    micros_per_unit: i64,
+    signature: Signature,
+}
+
+impl UnixTime {
+    fn new(name: &'static str, micros_per_unit: i64) -> Self {
+        Self {
+            name,
+            micros_per_unit,
+            signature: Signature::coercible(
+                vec![Coercion::new_exact(TypeSignatureClass::Timestamp)],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for UnixTime {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [ts] = take_function_args(self.name, args.args)?;
+        map_values(ts, |ts| {
+            // Any timestamp unit or zone reads as UTC microseconds first.
+            let micros = cast(&cast(ts, &types::timestamp())?, &DataType::Int64)?;
+            let units = micros
+                .as_primitive::<Int64Type>()
+                .unary::<_, Int64Type>(|us| us.div_euclid(self.micros_per_unit));
+            Ok(Arc::new(units) as ArrayRef)
         })
     }
 }
