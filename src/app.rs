@@ -57,6 +57,18 @@ impl Gateway {
             #[cfg(not(feature = "local"))]
             Workspace::Local { .. } => anyhow::bail!("this build has no embedded emulator"),
         };
+        // The page link printed in local mode carries this run's reader token.
+        #[cfg(feature = "local")]
+        let config = {
+            let mut config = config;
+            if let Some(workspace) = &local {
+                config
+                    .read
+                    .reader_tokens
+                    .insert(workspace.reader_token_hash());
+            }
+            config
+        };
 
         let client =
             databricks::Client::new(&client_config).context("building the Databricks client")?;

@@ -4,10 +4,11 @@
 //! Databricks' own names where they exist (`DATABRICKS_*`, resolved by the
 //! client's unified configuration), ours prefixed `LAKEGATE_`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::databricks;
-use crate::devices::KeySource;
+use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::body::BodyLimits;
 use crate::limits::LimitSettings;
 
@@ -48,6 +49,22 @@ pub struct GatewayConfig {
     pub ack_timeout: Duration,
     /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
     pub shutdown_grace: Duration,
+    pub read: ReadSettings,
+}
+
+/// Who may use the read API and how much one query may return.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadSettings {
+    /// Hashes of the tokens readers send as `Authorization: Bearer`. Empty (and not
+    /// behind the Apps proxy): the read API is off.
+    pub reader_tokens: HashSet<KeyHash>,
+    /// Behind the Apps proxy, query with the signed-in user's token so Unity Catalog
+    /// permissions apply.
+    pub query_as_user: bool,
+    /// Devices listed by `GET /api/devices`.
+    pub max_devices: usize,
+    /// Points of one series.
+    pub max_points: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +164,22 @@ impl Env<'_> {
             0 => Err(invalid(name, "must be at least 1")),
             value => Ok(value),
         }
+    }
+
+    fn within(
+        &self,
+        name: &'static str,
+        default: usize,
+        range: RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let value = self.parse(name, default)?;
+        if !range.contains(&value) {
+            return Err(invalid(
+                name,
+                format!("must be from {} to {}", range.start(), range.end()),
+            ));
+        }
+        Ok(value)
     }
 
     fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
@@ -250,6 +283,13 @@ impl GatewayConfig {
             trust_proxy_headers: env.parse("LAKEGATE_TRUST_PROXY_HEADERS", on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
             shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
+            read: ReadSettings {
+                reader_tokens: reader_tokens(&env)?,
+                query_as_user: env.parse("LAKEGATE_QUERY_AS_USER", false)?,
+                max_devices: env.within("LAKEGATE_QUERY_MAX_DEVICES", 1000, 1..=100_000)?,
+                // The automatic bucket choice gives up to 500 points.
+                max_points: env.within("LAKEGATE_QUERY_MAX_POINTS", 2000, 500..=100_000)?,
+            },
         })
     }
 }
@@ -296,6 +336,32 @@ fn device_keys(env: &Env) -> Result<Option<KeySource>, ConfigError> {
             "set only one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET and LAKEGATE_DEVICE_KEYS_FILE",
         )),
     }
+}
+
+/// Comma-separated `sha256:<hex>` hashes; messages name the entry, never echo it.
+fn reader_tokens(env: &Env) -> Result<HashSet<KeyHash>, ConfigError> {
+    let Some(raw) = env.raw("LAKEGATE_READER_TOKENS") else {
+        return Ok(HashSet::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(index, entry)| {
+            entry.parse().map_err(|err| {
+                let problem = match err {
+                    BadHash::RawKey => {
+                        "is a token, not its hash (see `lakegate keys new-reader`)".to_owned()
+                    }
+                    BadHash::Format => err.to_string(),
+                };
+                invalid(
+                    "LAKEGATE_READER_TOKENS",
+                    format!("entry {} {problem}", index + 1),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -414,6 +480,67 @@ mod tests {
             !debug.contains("s3cr3t") && !debug.contains("sha256:abc"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn read_settings_default_and_validate() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        assert!(config.read.reader_tokens.is_empty());
+        assert!(!config.read.query_as_user);
+        assert_eq!(
+            (config.read.max_devices, config.read.max_points),
+            (1000, 2000)
+        );
+
+        let token = crate::devices::generate_key();
+        let other = crate::devices::hash_key("other");
+        let list = format!(" {} ,{other},", token.hash);
+        let mut pairs = remote();
+        pairs.extend([
+            ("LAKEGATE_READER_TOKENS", list.as_str()),
+            ("LAKEGATE_QUERY_AS_USER", "true"),
+            ("LAKEGATE_QUERY_MAX_DEVICES", "5"),
+            ("LAKEGATE_QUERY_MAX_POINTS", "500"),
+        ]);
+        let read = GatewayConfig::from_map(&vars(&pairs)).unwrap().read;
+        assert!(read.query_as_user);
+        assert_eq!((read.max_devices, read.max_points), (5, 500));
+        let expected: HashSet<KeyHash> =
+            [token.hash.parse().unwrap(), other.parse().unwrap()].into();
+        assert_eq!(read.reader_tokens, expected);
+
+        let raw = secrecy::ExposeSecret::expose_secret(&token.key).to_owned();
+        for (name, value, message) in [
+            (
+                "LAKEGATE_READER_TOKENS",
+                raw.as_str(),
+                "entry 1 is a token, not its hash",
+            ),
+            (
+                "LAKEGATE_READER_TOKENS",
+                "sha256:00",
+                "entry 1 is not \"sha256:",
+            ),
+            ("LAKEGATE_QUERY_AS_USER", "yes", "is not valid"),
+            (
+                "LAKEGATE_QUERY_MAX_DEVICES",
+                "0",
+                "must be from 1 to 100000",
+            ),
+            (
+                "LAKEGATE_QUERY_MAX_POINTS",
+                "499",
+                "must be from 500 to 100000",
+            ),
+            ("LAKEGATE_QUERY_MAX_POINTS", "many", "is not valid"),
+        ] {
+            let mut pairs = remote();
+            pairs.push((name, value));
+            let error = error_of(&pairs);
+            assert!(error.starts_with(&format!("{name}: ")), "{error}");
+            assert!(error.contains(message), "{error}");
+            assert!(!error.contains(&raw), "{error}");
+        }
     }
 
     #[cfg(feature = "local")]

@@ -1,5 +1,6 @@
 //! lakegate: ingests readings from field devices into Delta tables on Databricks.
 
+pub mod activity;
 pub mod app;
 pub mod config;
 pub mod databricks;
@@ -9,4 +10,5 @@ pub mod limits;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod metrics;
+pub mod query;
 pub mod server;

@@ -1,5 +1,6 @@
 //! `cargo run` with no workspace: the embedded emulator stands in for Databricks,
-//! with its data in a local folder, and a demo device gets a fresh key.
+//! with its data in a local folder, a demo device gets a fresh key and the page a
+//! fresh reader token.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::databricks;
-use crate::devices::{KeySource, NewKey, generate_key};
+use crate::devices::{KeyHash, KeySource, NewKey, generate_key};
 
 pub const DEMO_DEVICE: &str = "demo-sensor-1";
 const CLIENT_ID: &str = "lakegate-local";
@@ -21,6 +22,8 @@ pub struct LocalWorkspace {
     keys: KeySource,
     /// Set when lakegate manages the registry file and made a demo key this run.
     demo_key: Option<NewKey>,
+    /// A reader token for this run only, printed in the page's URL.
+    reader: NewKey,
 }
 
 impl LocalWorkspace {
@@ -55,6 +58,7 @@ impl LocalWorkspace {
             client_secret,
             keys,
             demo_key,
+            reader: generate_key(),
         })
     }
 
@@ -74,11 +78,18 @@ impl LocalWorkspace {
         self.keys.clone()
     }
 
+    /// To add to the accepted reader tokens.
+    pub fn reader_token_hash(&self) -> KeyHash {
+        KeyHash::of(self.reader.key.expose_secret())
+    }
+
     /// How to try the gateway listening at `gateway_url`, for the console.
     pub fn instructions(&self, gateway_url: &str) -> String {
         let mut text = format!(
-            "lakegate is running on the embedded workspace emulator ({}).\n",
-            self.emulator.url()
+            "lakegate is running on the embedded workspace emulator ({}).\n\
+             Dashboard (the token in the link is valid until lakegate stops): {gateway_url}/#token={}\n",
+            self.emulator.url(),
+            self.reader.key.expose_secret(),
         );
         if let Some(key) = &self.demo_key {
             let key = key.key.expose_secret();

@@ -1,5 +1,6 @@
 //! The lakegate binary: `lakegate` (or `lakegate serve`) runs the gateway;
-//! `lakegate keys new <device-id>` creates a device key.
+//! `lakegate keys new <device-id>` creates a device key, `lakegate keys new-reader`
+//! a token for the read API.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
-use lakegate::devices::{generate_key, new_key_instructions};
+use lakegate::devices::{generate_key, new_key_instructions, new_reader_instructions};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -35,6 +36,9 @@ enum Command {
 enum KeysCommand {
     /// Create a key for a device: prints the key once and the registry entry to add.
     New { device_id: String },
+    /// Create a reader token for the read API and the page: prints the token once and
+    /// the hash to add to LAKEGATE_READER_TOKENS.
+    NewReader,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             print!("{}", new_key_instructions(&device_id, &generate_key()));
+            ExitCode::SUCCESS
+        }
+        Command::Keys {
+            action: KeysCommand::NewReader,
+        } => {
+            print!("{}", new_reader_instructions(&generate_key()));
             ExitCode::SUCCESS
         }
         Command::Serve => {

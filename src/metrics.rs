@@ -1,5 +1,10 @@
 //! Prometheus metrics of one gateway. Each `Metrics` owns its registry (no
-//! globals), so tests can run several gateways in one process.
+//! globals), so tests can run several gateways in one process. `activity` keeps
+//! what `/api/stats` needs beyond the counters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,7 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::activity::Activity;
 use crate::databricks::TokenFetches;
+use crate::ingest::reading::RejectReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -38,6 +45,7 @@ pub struct Metrics {
     pub registry_reloads: Family<OutcomeLabels, Counter>,
     pub registry_devices: Gauge,
     token_fetches: Family<OutcomeLabels, Counter>,
+    pub activity: Activity,
 }
 
 impl Default for Metrics {
@@ -117,17 +125,54 @@ impl Default for Metrics {
             registry_reloads,
             registry_devices,
             token_fetches,
+            activity: Activity::default(),
         }
     }
 }
 
 impl Metrics {
-    pub fn reject(&self, reason: &str) {
+    pub fn reject(&self, device_id: &Arc<str>, reason: RejectReason) {
         self.readings_rejected
             .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
+        self.activity.rejected(device_id);
+    }
+
+    pub fn accept(&self, readings: u64) {
+        self.readings_accepted.inc_by(readings);
+        self.activity.accepted(readings);
+    }
+
+    pub fn batch_committed(&self, rows: usize, latency: Duration) {
+        self.statement_seconds.observe(latency.as_secs_f64());
+        self.batch_rows.observe(rows as f64);
+        Self::outcome(&self.batches, "committed");
+        self.activity.batch_committed(latency);
+    }
+
+    /// Rejections so far by reason, only the reasons that occurred.
+    pub fn rejected_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        RejectReason::ALL
+            .iter()
+            .filter_map(|reason| {
+                let label = ReasonLabels {
+                    reason: reason.as_str().to_owned(),
+                };
+                let count = self.readings_rejected.get(&label)?.get();
+                Some((reason.as_str(), count))
+            })
+            .collect()
+    }
+
+    /// Batch write attempts that failed (each is retried).
+    pub fn batch_failures(&self) -> u64 {
+        self.batches
+            .get(&OutcomeLabels {
+                outcome: "failed_attempt",
+            })
+            .map_or(0, |counter| counter.get())
     }
 
     pub fn outcome(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {

@@ -136,6 +136,14 @@ impl ApiClient {
         }
     }
 
+    /// The same connection pool, host and retry policy, authenticating with `tokens`.
+    pub fn with_tokens(&self, tokens: Arc<dyn TokenSource>) -> Self {
+        ApiClient {
+            tokens,
+            ..self.clone()
+        }
+    }
+
     pub fn token_source(&self) -> &Arc<dyn TokenSource> {
         &self.tokens
     }

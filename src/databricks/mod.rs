@@ -13,6 +13,8 @@ pub mod statements;
 
 use std::sync::Arc;
 
+use secrecy::SecretString;
+
 pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenFetches, TokenSource};
 pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
 pub use error::{ApiError, Error, StatementError};
@@ -61,6 +63,17 @@ impl Client {
             tokens,
             warehouse_id: config.warehouse_id.clone(),
         })
+    }
+
+    /// A client for the same workspace and warehouse that authenticates with `token`
+    /// (e.g. a user's, for on-behalf-of-user queries), sharing this client's connections.
+    pub fn with_token(&self, token: SecretString) -> Client {
+        let tokens: Arc<dyn TokenSource> = Arc::new(Pat::new(token));
+        Client {
+            api: self.api.with_tokens(tokens.clone()),
+            tokens,
+            warehouse_id: self.warehouse_id.clone(),
+        }
     }
 
     pub fn secrets(&self) -> Secrets {

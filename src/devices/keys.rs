@@ -13,12 +13,12 @@ use sha2::{Digest, Sha256};
 const KEY_PREFIX: &str = "lgk_";
 const HASH_PREFIX: &str = "sha256:";
 
-/// SHA-256 of a key string. The registry holds these, never keys.
+/// SHA-256 of a key string. The registry (and the reader token list) holds these, never keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct KeyHash([u8; 32]);
+pub struct KeyHash([u8; 32]);
 
 impl KeyHash {
-    pub(super) fn of(key: &str) -> KeyHash {
+    pub fn of(key: &str) -> KeyHash {
         KeyHash(Sha256::digest(key.as_bytes()).into())
     }
 }
@@ -39,7 +39,7 @@ impl fmt::Debug for KeyHash {
 
 /// Why a registry entry is not a key hash; never echoes the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BadHash {
+pub enum BadHash {
     RawKey,
     Format,
 }
@@ -128,6 +128,20 @@ pub fn new_key_instructions(device_id: &str, key: &NewKey) -> String {
     )
 }
 
+/// Text printed by `lakegate keys new-reader`: the token once, and the hash for `LAKEGATE_READER_TOKENS`.
+pub fn new_reader_instructions(token: &NewKey) -> String {
+    format!(
+        "New reader token. It is shown only this once; give it to the dashboard's users:\n\
+         \n    {}\n\n\
+         Add its hash to LAKEGATE_READER_TOKENS (comma-separated), e.g.:\n\
+         \n    LAKEGATE_READER_TOKENS={}\n\n\
+         Readers send it as `Authorization: Bearer <token>`, or open the page at\n\
+         https://<gateway>/#token=<token>.\n",
+        token.key.expose_secret(),
+        token.hash,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +189,9 @@ mod tests {
         let text = new_key_instructions("pump-7", &new);
         assert!(text.contains(key));
         assert!(text.contains(&format!(r#"{{"pump-7":{{"keys":["{}"]}}}}"#, new.hash)));
+
+        let text = new_reader_instructions(&new);
+        assert!(text.contains(key));
+        assert!(text.contains(&format!("LAKEGATE_READER_TOKENS={}\n", new.hash)));
     }
 }

@@ -9,7 +9,9 @@ mod source;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-pub use keys::{NewKey, generate_key, hash_key, new_key_instructions};
+pub use keys::{
+    BadHash, KeyHash, NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions,
+};
 pub use live::{DeviceKeys, reload_loop};
 pub use registry::{Registry, RegistryError, is_valid_device_id};
 pub use source::KeySource;

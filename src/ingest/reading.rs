@@ -353,7 +353,8 @@ fn check_metric_name(name: &str, max_len: usize) -> Result<(), Rejection> {
     ))
 }
 
-fn is_name_char(c: char) -> bool {
+/// The characters of a metric name.
+pub(crate) fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
 }
 

@@ -181,11 +181,7 @@ impl<S: BatchSink> Writer<S> {
             let started = Instant::now();
             match self.sink.write(batch).await {
                 Ok(()) => {
-                    self.metrics
-                        .statement_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.batch_rows.observe(batch.rows as f64);
-                    Metrics::outcome(&self.metrics.batches, "committed");
+                    self.metrics.batch_committed(batch.rows, started.elapsed());
                     tracing::debug!(rows = batch.rows, "batch committed");
                     return;
                 }

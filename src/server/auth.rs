@@ -20,11 +20,7 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-        let client = client_address(&parts.headers, peer, app.config.trust_proxy_headers);
+        let client = client_of(parts, app);
         // Refuse addresses that keep guessing before looking at their key.
         app.limits.check_auth_allowed(client)?;
         let key = parts
@@ -41,4 +37,13 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             Err(AuthFailure::Disabled { device_id }) => Err(ApiError::device_disabled(&device_id)),
         }
     }
+}
+
+/// The client's address: the peer's, or behind a trusted proxy the one it forwarded.
+pub(super) fn client_of(parts: &Parts, app: &AppState) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    client_address(&parts.headers, peer, app.config.trust_proxy_headers)
 }

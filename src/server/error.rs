@@ -12,6 +12,7 @@ use crate::ingest::body::BodyError;
 use crate::ingest::queue::QueueError;
 use crate::ingest::request::RejectedReading;
 use crate::limits::{LimitExceeded, LimitKind};
+use crate::query::ParamError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -92,6 +93,16 @@ impl From<BodyError> for ApiError {
     fn from(err: BodyError) -> Self {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
         ApiError::new(status, err.code(), err.to_string())
+    }
+}
+
+impl From<ParamError> for ApiError {
+    fn from(err: ParamError) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            err.to_string(),
+        )
     }
 }
 

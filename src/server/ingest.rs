@@ -64,7 +64,7 @@ pub async fn ingest(
     let decoded = decode(raw, encoding, limits)?;
     let parsed = parse_request(&decoded, format, &device.id, limits, Utc::now())?;
     for rejected in &parsed.rejected {
-        app.metrics.reject(rejected.reason.as_str());
+        app.metrics.reject(&device.id, rejected.reason);
     }
     if parsed.readings.is_empty() {
         return Err(ApiError::all_rejected(parsed.rejected));
@@ -78,7 +78,7 @@ pub async fn ingest(
         .flat_map(|reading| Row::from_reading(&device.id, reading))
         .collect();
     let committed = app.queue.submit(rows, params.ack == Ack::Commit)?;
-    app.metrics.readings_accepted.inc_by(accepted as u64);
+    app.metrics.accept(accepted as u64);
 
     let Some(committed) = committed else {
         let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": false});

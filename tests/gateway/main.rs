@@ -6,4 +6,5 @@ mod harness;
 mod ingest;
 mod keys;
 mod operations;
+mod query;
 mod resilience;

@@ -1,0 +1,188 @@
+//! What the running gateway has seen, kept in memory for `GET /api/stats` and the
+//! devices list: rejections per device, the accepted rate over the last minute and
+//! batch latencies. Prometheus counters stay in `metrics`; this holds what they can't
+//! answer cheaply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Devices whose rejections are counted one by one; the registry bounds the devices
+/// that can send at all, this bounds the memory if it is huge.
+const MAX_TRACKED_DEVICES: usize = 10_000;
+
+pub struct Activity {
+    started: Instant,
+    rejected_by_device: Mutex<HashMap<Arc<str>, u64>>,
+    accepted: Mutex<MinuteWindow>,
+    batches: Mutex<BatchLatency>,
+}
+
+/// Latencies of committed batch statements.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct BatchLatency {
+    pub committed: u64,
+    pub total: Duration,
+    pub last: Duration,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            started: Instant::now(),
+            rejected_by_device: Mutex::default(),
+            accepted: Mutex::default(),
+            batches: Mutex::default(),
+        }
+    }
+}
+
+impl Activity {
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn accepted(&self, readings: u64) {
+        let second = self.second();
+        lock(&self.accepted).add(second, readings);
+    }
+
+    /// Readings accepted per second, averaged over the last 60 seconds.
+    pub fn accepted_per_sec(&self) -> f64 {
+        lock(&self.accepted).per_sec(self.second())
+    }
+
+    pub fn rejected(&self, device_id: &Arc<str>) {
+        let mut counts = lock(&self.rejected_by_device);
+        if let Some(count) = counts.get_mut(device_id) {
+            *count += 1;
+        } else if counts.len() < MAX_TRACKED_DEVICES {
+            counts.insert(device_id.clone(), 1);
+        }
+    }
+
+    pub fn rejected_by(&self, device_id: &str) -> u64 {
+        lock(&self.rejected_by_device)
+            .get(device_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn batch_committed(&self, latency: Duration) {
+        let mut batches = lock(&self.batches);
+        batches.committed += 1;
+        batches.total += latency;
+        batches.last = latency;
+    }
+
+    pub fn batch_latency(&self) -> BatchLatency {
+        *lock(&self.batches)
+    }
+}
+
+/// Counters are plain numbers, so a panic elsewhere cannot leave them inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const WINDOW_SECS: u64 = 60;
+
+/// Counts of the last 60 seconds, one slot per second, reused as time moves on.
+struct MinuteWindow {
+    /// (second the slot counts, count) at index second % 60.
+    slots: [(u64, u64); WINDOW_SECS as usize],
+}
+
+impl Default for MinuteWindow {
+    fn default() -> Self {
+        MinuteWindow {
+            slots: [(0, 0); WINDOW_SECS as usize],
+        }
+    }
+}
+
+impl MinuteWindow {
+    fn add(&mut self, second: u64, count: u64) {
+        let slot = &mut self.slots[(second % WINDOW_SECS) as usize];
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        slot.1 += count;
+    }
+
+    fn per_sec(&self, now: u64) -> f64 {
+        let since = now.saturating_sub(WINDOW_SECS - 1);
+        let total: u64 = self
+            .slots
+            .iter()
+            .filter(|(second, _)| (since..=now).contains(second))
+            .map(|(_, count)| count)
+            .sum();
+        total as f64 / WINDOW_SECS as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minute_window_forgets_what_is_older_than_a_minute() {
+        let mut window = MinuteWindow::default();
+        window.add(0, 60);
+        window.add(30, 60);
+        window.add(30, 60);
+        assert_eq!(window.per_sec(30), 3.0);
+        assert_eq!(window.per_sec(59), 3.0);
+        assert_eq!(window.per_sec(60), 2.0);
+        // Second 60 reuses second 0's slot.
+        window.add(60, 6);
+        assert_eq!(window.per_sec(60), 2.1);
+        assert_eq!(window.per_sec(90), 0.1);
+        assert_eq!(window.per_sec(200), 0.0);
+    }
+
+    #[test]
+    fn rejections_are_counted_per_device_up_to_the_cap() {
+        let activity = Activity::default();
+        let pump: Arc<str> = "pump-7".into();
+        activity.rejected(&pump);
+        activity.rejected(&pump);
+        assert_eq!(activity.rejected_by("pump-7"), 2);
+        assert_eq!(activity.rejected_by("other"), 0);
+        for n in 0..MAX_TRACKED_DEVICES {
+            activity.rejected(&Arc::from(format!("d-{n}")));
+        }
+        assert_eq!(
+            activity.rejected_by(&format!("d-{}", MAX_TRACKED_DEVICES - 2)),
+            1
+        );
+        assert_eq!(
+            activity.rejected_by(&format!("d-{}", MAX_TRACKED_DEVICES - 1)),
+            0
+        );
+        activity.rejected(&pump);
+        assert_eq!(activity.rejected_by("pump-7"), 3);
+    }
+
+    #[test]
+    fn batch_latency_keeps_total_and_last() {
+        let activity = Activity::default();
+        activity.batch_committed(Duration::from_millis(30));
+        activity.batch_committed(Duration::from_millis(10));
+        assert_eq!(
+            activity.batch_latency(),
+            BatchLatency {
+                committed: 2,
+                total: Duration::from_millis(40),
+                last: Duration::from_millis(10),
+            }
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The read API under `/api/`: who may read (the `Reader` extractor) and thin
+//! handlers over `crate::query`. `/api/stats` answers from memory, without SQL.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use chrono::Utc;
+use secrecy::SecretString;
+use serde::Serialize;
+
+use super::auth::client_of;
+use super::error::ApiError;
+use super::{App, AppState};
+use crate::databricks;
+use crate::devices::KeyHash;
+use crate::query::{
+    DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
+};
+
+/// Set by the Databricks Apps proxy once it has signed the user in.
+const FORWARDED_EMAIL: &str = "x-forwarded-email";
+const FORWARDED_USER: &str = "x-forwarded-user";
+/// The signed-in user's token, with on-behalf-of-user authorization.
+const FORWARDED_ACCESS_TOKEN: &str = "x-forwarded-access-token";
+
+/// Someone allowed to read, and the client their queries run with.
+pub struct Reader {
+    client: databricks::Client,
+}
+
+impl Reader {
+    fn table<'a>(&self, app: &'a App) -> TableReader<'a> {
+        TableReader::new(self.client.statements(), &app.config.table)
+    }
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let headers = &parts.headers;
+        let settings = &app.config.read;
+        // Only the Apps proxy sets these; without it (trust_proxy_headers off) anyone could.
+        let signed_in =
+            headers.contains_key(FORWARDED_EMAIL) || headers.contains_key(FORWARDED_USER);
+        if app.config.trust_proxy_headers && signed_in {
+            let user_token = headers
+                .get(FORWARDED_ACCESS_TOKEN)
+                .and_then(|value| value.to_str().ok())
+                .filter(|token| !token.is_empty());
+            let client = match user_token {
+                Some(token) if settings.query_as_user => {
+                    app.client.with_token(SecretString::from(token))
+                }
+                _ => app.client.clone(),
+            };
+            return Ok(Reader { client });
+        }
+        if settings.reader_tokens.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "read_api_disabled",
+                "the read API is off: set LAKEGATE_READER_TOKENS to the hash of a reader token \
+                 (`lakegate keys new-reader`), or run behind the Databricks Apps proxy",
+            ));
+        }
+        let client = client_of(parts, app);
+        // Refuse addresses that keep guessing, as for device keys.
+        app.limits.check_auth_allowed(client)?;
+        if bearer_token(headers)
+            .is_some_and(|token| settings.reader_tokens.contains(&KeyHash::of(token)))
+        {
+            return Ok(Reader {
+                client: app.client.clone(),
+            });
+        }
+        app.limits.record_auth_failure(client);
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid reader token is required: Authorization: Bearer <token>",
+        ))
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub async fn devices(
+    State(app): State<AppState>,
+    reader: Reader,
+) -> Result<Json<DeviceList>, ApiError> {
+    let mut list = reader
+        .table(&app)
+        .devices(Utc::now(), app.config.read.max_devices)
+        .await
+        .map_err(query_failed)?;
+    for device in &mut list.devices {
+        device.rejected_since_start = app.metrics.activity.rejected_by(&device.device_id);
+    }
+    Ok(Json(list))
+}
+
+pub async fn series(
+    State(app): State<AppState>,
+    reader: Reader,
+    device_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<SeriesParams>, QueryRejection>,
+) -> Result<Json<Series>, ApiError> {
+    let (Path(device_id), Query(params)) = (
+        device_id.map_err(bad_request)?,
+        params.map_err(bad_request)?,
+    );
+    let query = SeriesQuery::new(device_id, params, Utc::now(), app.config.read.max_points)?;
+    let series = reader
+        .table(&app)
+        .series(query)
+        .await
+        .map_err(query_failed)?;
+    Ok(Json(series))
+}
+
+pub async fn latest(
+    State(app): State<AppState>,
+    reader: Reader,
+    device_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<LatestParams>, QueryRejection>,
+) -> Result<Json<Latest>, ApiError> {
+    let (Path(device_id), Query(params)) = (
+        device_id.map_err(bad_request)?,
+        params.map_err(bad_request)?,
+    );
+    let query = LatestQuery::new(device_id, params)?;
+    let latest = reader
+        .table(&app)
+        .latest(query, app.config.body.max_metrics)
+        .await
+        .map_err(query_failed)?;
+    Ok(Json(latest))
+}
+
+/// `GET /api/stats`: this gateway process since it started.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    uptime_secs: u64,
+    readings_accepted_total: u64,
+    readings_per_sec_1m: f64,
+    rejected_total: u64,
+    rejected_by_reason: BTreeMap<&'static str, u64>,
+    queue_rows: usize,
+    batches_committed: u64,
+    batch_failures: u64,
+    batch_latency_ms_avg: f64,
+    batch_latency_ms_last: f64,
+    devices_in_registry: usize,
+}
+
+pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> {
+    let metrics = &app.metrics;
+    let rejected_by_reason = metrics.rejected_by_reason();
+    let batches = metrics.activity.batch_latency();
+    let millis = |duration: std::time::Duration| duration.as_secs_f64() * 1000.0;
+    Json(Stats {
+        uptime_secs: metrics.activity.uptime().as_secs(),
+        readings_accepted_total: metrics.readings_accepted.get(),
+        readings_per_sec_1m: metrics.activity.accepted_per_sec(),
+        rejected_total: rejected_by_reason.values().sum(),
+        rejected_by_reason,
+        queue_rows: app.queue.depth(),
+        batches_committed: batches.committed,
+        batch_failures: metrics.batch_failures(),
+        batch_latency_ms_avg: match batches.committed {
+            0 => 0.0,
+            n => millis(batches.total) / n as f64,
+        },
+        batch_latency_ms_last: millis(batches.last),
+        devices_in_registry: app.keys.current().device_count(),
+    })
+}
+
+fn bad_request(err: impl Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+        err.to_string(),
+    )
+}
+
+/// Logged here; the reader gets a generic answer.
+fn query_failed(err: databricks::Error) -> ApiError {
+    tracing::error!(error = %err, "read query failed");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "query_failed",
+        "the warehouse could not answer the query; the error has been logged",
+    )
+}

@@ -1,0 +1,481 @@
+//! The read API: readings ingested through `POST /ingest`, read back route by
+//! route and value by value; every refusal; who may read.
+
+use chrono::{DateTime, DurationRound, SecondsFormat, TimeDelta, Utc};
+use lakegate::devices::{generate_key, hash_key};
+use secrecy::ExposeSecret;
+use serde_json::{Value as Json, json};
+
+use crate::harness::{Harness, emulator_config, respond};
+
+/// A gateway that accepts `token` as a reader token, with `extra` settings.
+async fn gateway_with_reader(extra: &[(&str, &str)]) -> (Harness, String) {
+    let token = generate_key().key.expose_secret().to_owned();
+    let hash = hash_key(&token);
+    let mut env = vec![("LAKEGATE_READER_TOKENS", hash.as_str())];
+    env.extend_from_slice(extra);
+    (Harness::start_with(emulator_config(), &env).await, token)
+}
+
+async fn read(gateway: &Harness, path: &str, token: &str) -> (u16, Json) {
+    let response = gateway
+        .http
+        .get(format!("{}{path}", gateway.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    respond(response).await
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn time(value: &Json) -> DateTime<Utc> {
+    value.as_str().expect("a time string").parse().unwrap()
+}
+
+fn reading(id: &str, ts: DateTime<Utc>, metrics: Json) -> Json {
+    json!({"id": id, "ts": rfc3339(ts), "metrics": metrics})
+}
+
+/// (t, min, avg, max, count) of each point.
+fn points(series: &Json) -> Vec<(DateTime<Utc>, f64, f64, f64, i64)> {
+    series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                time(&p["t"]),
+                p["min"].as_f64().unwrap(),
+                p["avg"].as_f64().unwrap(),
+                p["max"].as_f64().unwrap(),
+                p["count"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_reads_back_what_was_ingested() {
+    let (mut gateway, token) = gateway_with_reader(&[]).await;
+    let now = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap();
+    // Three 5-minute buckets two hours ago (A, B, and C after an empty one), plus the last hour.
+    let t0 = (now - TimeDelta::hours(2))
+        .duration_trunc(TimeDelta::minutes(5))
+        .unwrap();
+    let s = TimeDelta::seconds;
+    let sensor_1 = json!([
+        reading("a-1", t0 + s(10), json!({"temp": 1.0})),
+        reading("a-2", t0 + s(20), json!({"temp": "n/a"})),
+        reading("a-3", t0 + s(70), json!({"temp": 3.0})),
+        reading("a-4", t0 + s(290), json!({"temp": 5.0})),
+        reading("b-1", t0 + s(300), json!({"temp": 10.0})),
+        reading("c-1", t0 + s(900), json!({"temp": 2.0})),
+        reading("c-2", t0 + s(1199), json!({"temp": 4.0, "rpm": 900})),
+        reading("h-1", now - TimeDelta::minutes(10), json!({"temp": 7.0})),
+        reading(
+            "h-2",
+            now - TimeDelta::minutes(5),
+            json!({"temp": 8.0, "door_open": true, "state": "idle"})
+        ),
+    ]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &sensor_1).await;
+    assert_eq!((status, &answer["accepted"]), (200, &json!(9)), "{answer}");
+    let sensor_2 = json!([
+        reading("old-1", now - TimeDelta::days(2), json!({"level": 0.5})),
+        reading(
+            "new-1",
+            now - TimeDelta::minutes(30),
+            json!({"level": 0.75})
+        ),
+    ]);
+    assert_eq!(
+        gateway.post_json(&gateway.keys.other, &sensor_2).await.0,
+        200
+    );
+    // Rejections: one from sensor-1 (in a partly valid request), two from sensor-2.
+    let partly = json!([{"ts": "soon", "metrics": {"temp": 1}}, reading("a-1", t0 + s(10), json!({"temp": 1.0}))]);
+    assert_eq!(
+        gateway.post_json(&gateway.keys.sensor, &partly).await.0,
+        200
+    );
+    let bad = json!([{"ts": "x", "metrics": {"a": 1}}, {"ts": "y", "metrics": {"a": 1}}]);
+    assert_eq!(gateway.post_json(&gateway.keys.other, &bad).await.0, 400);
+
+    let (status, devices) = read(&gateway, "/api/devices", &token).await;
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(devices["truncated"], false);
+    assert!((time(&devices["generated_at"]) - Utc::now()).abs() < TimeDelta::minutes(1));
+    let listed = devices["devices"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{devices}");
+    let expected = [
+        (
+            "sensor-1",
+            now - TimeDelta::minutes(5),
+            2,
+            9,
+            json!(["door_open", "rpm", "state", "temp"]),
+            1,
+        ),
+        (
+            "sensor-2",
+            now - TimeDelta::minutes(30),
+            1,
+            1,
+            json!(["level"]),
+            2,
+        ),
+    ];
+    for (device, (id, last_seen, hour, day, metrics, rejected)) in listed.iter().zip(expected) {
+        assert_eq!(device["device_id"], id);
+        assert_eq!(time(&device["last_seen"]), last_seen, "{device}");
+        assert_eq!(device["readings_last_hour"], hour, "{device}");
+        assert_eq!(device["readings_last_day"], day, "{device}");
+        assert_eq!(device["metrics"], metrics, "{device}");
+        assert_eq!(device["rejected_since_start"], rejected, "{device}");
+    }
+
+    // Explicit 5-minute buckets over A, B, (empty), C: string values are left out.
+    let path = format!(
+        "/api/devices/sensor-1/series?metric=temp&bucket=5m&from={}&to={}",
+        rfc3339(t0),
+        rfc3339(t0 + TimeDelta::minutes(20))
+    );
+    let (status, series) = read(&gateway, &path, &token).await;
+    assert_eq!(status, 200, "{series}");
+    assert_eq!(
+        (&series["device_id"], &series["metric"], &series["bucket"]),
+        (&json!("sensor-1"), &json!("temp"), &json!("5m"))
+    );
+    assert_eq!(
+        (time(&series["from"]), time(&series["to"])),
+        (t0, t0 + TimeDelta::minutes(20))
+    );
+    assert_eq!(
+        points(&series),
+        [
+            (t0, 1.0, 3.0, 5.0, 3),
+            (t0 + TimeDelta::minutes(5), 10.0, 10.0, 10.0, 1),
+            (t0 + TimeDelta::minutes(15), 2.0, 3.0, 4.0, 2),
+        ]
+    );
+
+    // Without `to` and `from`: the last hour, in minutes.
+    let (_, series) = read(&gateway, "/api/devices/sensor-1/series?metric=temp", &token).await;
+    assert_eq!(series["bucket"], "1m");
+    let minute = |at: DateTime<Utc>| at.duration_trunc(TimeDelta::minutes(1)).unwrap();
+    assert_eq!(
+        points(&series),
+        [
+            (minute(now - TimeDelta::minutes(10)), 7.0, 7.0, 7.0, 1),
+            (minute(now - TimeDelta::minutes(5)), 8.0, 8.0, 8.0, 1),
+        ]
+    );
+    assert!(time(&series["to"]) - now < TimeDelta::minutes(1));
+    assert_eq!(
+        time(&series["to"]) - time(&series["from"]),
+        TimeDelta::hours(1)
+    );
+
+    // Automatic buckets: the smallest that gives at most 500 points.
+    for (range, bucket) in [
+        (TimeDelta::hours(8), "1m"),
+        (TimeDelta::hours(41), "5m"),
+        (TimeDelta::days(3), "1h"),
+        (TimeDelta::days(30), "1d"),
+    ] {
+        let path = format!(
+            "/api/devices/sensor-1/series?metric=temp&from={}",
+            rfc3339(now - range)
+        );
+        let (status, series) = read(&gateway, &path, &token).await;
+        assert_eq!(
+            (status, &series["bucket"]),
+            (200, &json!(bucket)),
+            "{series}"
+        );
+        let total: i64 = points(&series).iter().map(|p| p.4).sum();
+        assert_eq!(total, 8, "{bucket}: every numeric temp reading, once");
+    }
+
+    // Latest: newest first, one entry per reading with all its metrics.
+    let (status, latest) = read(&gateway, "/api/devices/sensor-1/latest?limit=3", &token).await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(latest["device_id"], "sensor-1");
+    let readings = latest["readings"].as_array().unwrap();
+    let ids: Vec<&str> = readings
+        .iter()
+        .map(|r| r["reading_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h-2", "h-1", "c-2"]);
+    assert_eq!(
+        readings[0]["metrics"],
+        json!({"door_open": 1.0, "state": "idle", "temp": 8.0})
+    );
+    assert_eq!(time(&readings[0]["ts"]), now - TimeDelta::minutes(5));
+    assert!((time(&readings[0]["ingested_at"]) - Utc::now()).abs() < TimeDelta::minutes(1));
+    assert_eq!(readings[2]["metrics"], json!({"rpm": 900.0, "temp": 4.0}));
+    let (_, latest) = read(&gateway, "/api/devices/sensor-1/latest", &token).await;
+    let readings = latest["readings"].as_array().unwrap();
+    assert_eq!(readings.len(), 9);
+    assert_eq!(readings[8]["reading_id"], "a-1");
+    assert_eq!(readings[7]["metrics"], json!({"temp": "n/a"}));
+
+    // Unknown devices and metrics: the table is the truth, so empty rather than 404.
+    let (status, series) = read(&gateway, "/api/devices/nobody/series?metric=temp", &token).await;
+    assert_eq!((status, &series["points"]), (200, &json!([])));
+    let (status, latest) = read(&gateway, "/api/devices/nobody/latest", &token).await;
+    assert_eq!((status, &latest["readings"]), (200, &json!([])));
+
+    let (status, stats) = read(&gateway, "/api/stats", &token).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["readings_accepted_total"], 12, "{stats}");
+    assert_eq!(stats["readings_per_sec_1m"], 12.0 / 60.0, "{stats}");
+    assert_eq!(stats["rejected_total"], 3);
+    assert_eq!(stats["rejected_by_reason"], json!({"invalid_ts": 3}));
+    assert_eq!(stats["queue_rows"], 0);
+    assert_eq!(stats["devices_in_registry"], 4);
+    assert_eq!(stats["batch_failures"], 0);
+    assert!(stats["batches_committed"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(
+        stats["batch_latency_ms_last"].as_f64().unwrap() > 0.0,
+        "{stats}"
+    );
+    assert!(
+        stats["batch_latency_ms_avg"].as_f64().unwrap() > 0.0,
+        "{stats}"
+    );
+    assert!(stats["uptime_secs"].as_u64().is_some());
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_parameters_are_400_naming_the_parameter() {
+    let (mut gateway, token) = gateway_with_reader(&[]).await;
+    let now = Utc::now();
+    let ago = |delta: TimeDelta| rfc3339(now - delta);
+    let series = "/api/devices/sensor-1/series?metric=temp";
+    let cases = [
+        (format!("{series}&from=yesterday"), "from"),
+        (format!("{series}&to=2026-11-29"), "to"),
+        (
+            format!(
+                "{series}&from={}&to={}",
+                ago(TimeDelta::zero()),
+                ago(TimeDelta::hours(1))
+            ),
+            "from",
+        ),
+        (
+            format!(
+                "{series}&from={}&to={}",
+                ago(TimeDelta::hours(1)),
+                ago(TimeDelta::hours(1))
+            ),
+            "from",
+        ),
+        (
+            format!("{series}&from={}", ago(TimeDelta::days(91))),
+            "from",
+        ),
+        (format!("{series}&bucket=2m"), "bucket"),
+        (
+            format!("{series}&bucket=1m&from={}", ago(TimeDelta::days(2))),
+            "bucket",
+        ),
+        ("/api/devices/sensor-1/series".to_owned(), "metric"),
+        ("/api/devices/sensor-1/series?metric=".to_owned(), "metric"),
+        ("/api/devices/sensor-1/latest?limit=0".to_owned(), "limit"),
+        ("/api/devices/sensor-1/latest?limit=501".to_owned(), "limit"),
+        (
+            "/api/devices/sensor-1/latest?limit=many".to_owned(),
+            "limit",
+        ),
+        ("/api/devices/bad%20id/latest".to_owned(), "device_id"),
+    ];
+    for (path, parameter) in cases {
+        let (status, body) = read(&gateway, &path, &token).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &json!("invalid_parameter")),
+            "{path}: {body}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{parameter}: ")),
+            "{path}: {message}"
+        );
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_readers_may_read() {
+    // Room for every refusal below before failed authentications are rate limited.
+    let (mut gateway, token) = gateway_with_reader(&[("LAKEGATE_AUTH_FAILURE_BURST", "100")]).await;
+    let routes = [
+        "/api/devices",
+        "/api/devices/sensor-1/series?metric=temp",
+        "/api/devices/sensor-1/latest",
+        "/api/stats",
+    ];
+    for route in routes {
+        let url = format!("{}{route}", gateway.url);
+        let (status, body) = respond(gateway.http.get(&url).send().await.unwrap()).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (401, &json!("unauthorized")),
+            "{route}"
+        );
+        assert_eq!(read(&gateway, route, "lgk_wrong").await.0, 401, "{route}");
+        // A device key grants writing only, in either header.
+        let device_key = gateway
+            .http
+            .get(&url)
+            .header("X-API-Key", &gateway.keys.sensor);
+        assert_eq!(device_key.send().await.unwrap().status(), 401, "{route}");
+        assert_eq!(
+            read(&gateway, route, &gateway.keys.sensor).await.0,
+            401,
+            "{route}"
+        );
+        // Not behind the Apps proxy, its headers mean nothing.
+        let forged = gateway
+            .http
+            .get(&url)
+            .header("X-Forwarded-Email", "eve@example.com");
+        assert_eq!(forged.send().await.unwrap().status(), 401, "{route}");
+        assert_eq!(read(&gateway, route, &token).await.0, 200, "{route}");
+    }
+    gateway.stop().await;
+
+    // No reader tokens and no proxy: the read API is off, and says how to turn it on.
+    let mut gateway = Harness::start().await;
+    let (status, body) = read(&gateway, "/api/devices", &token).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &json!("read_api_disabled")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("LAKEGATE_READER_TOKENS")
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_apps_proxy_signs_readers_in() {
+    const USER_PAT: &str = "dapi-user-token";
+    let emulator = lakegate_emulator::EmulatorConfig {
+        tokens: vec![USER_PAT.into()],
+        ..emulator_config()
+    };
+    let mut gateway = Harness::start_with(
+        emulator,
+        &[
+            ("LAKEGATE_TRUST_PROXY_HEADERS", "true"),
+            ("LAKEGATE_QUERY_AS_USER", "true"),
+        ],
+    )
+    .await;
+    let get = |headers: &[(&str, &str)]| {
+        let mut request = gateway.http.get(format!("{}/api/devices", gateway.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move { respond(request.send().await.unwrap()).await }
+    };
+    // No token configured: only users the proxy signed in may read.
+    assert_eq!(get(&[]).await.0, 404);
+    let (status, body) = get(&[("X-Forwarded-Email", "ana@example.com")]).await;
+    assert_eq!((status, &body["devices"]), (200, &json!([])), "{body}");
+    assert_eq!(get(&[("X-Forwarded-User", "1234@5678")]).await.0, 200);
+
+    // On behalf of the user: queries carry the user's token, which the workspace checks.
+    let user = [
+        ("X-Forwarded-Email", "ana@example.com"),
+        ("X-Forwarded-Access-Token", USER_PAT),
+    ];
+    assert_eq!(get(&user).await.0, 200);
+    let (status, body) = get(&[
+        ("X-Forwarded-Email", "ana@example.com"),
+        ("X-Forwarded-Access-Token", "expired"),
+    ])
+    .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (502, &json!("query_failed")),
+        "{body}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_series_come_as_arrow() {
+    let (mut gateway, token) = gateway_with_reader(&[
+        ("LAKEGATE_DEVICE_RATE_PER_SEC", "5000"),
+        ("LAKEGATE_DEVICE_BURST", "5000"),
+    ])
+    .await;
+    let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let from = now - TimeDelta::minutes(1100);
+    // One reading per minute: 1100 one-minute buckets.
+    let readings: Vec<Json> = (0..1100)
+        .map(|i| {
+            reading(
+                &format!("m-{i}"),
+                from + TimeDelta::minutes(i) + TimeDelta::seconds(30),
+                json!({"temp": i as f64}),
+            )
+        })
+        .collect();
+    for chunk in readings.chunks(550) {
+        let (status, answer) = gateway.post_json(&gateway.keys.sensor, &json!(chunk)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let downloads = gateway.emulator.stats().link_downloads;
+    let path = format!(
+        "/api/devices/sensor-1/series?metric=temp&bucket=1m&from={}&to={}",
+        rfc3339(from),
+        rfc3339(now)
+    );
+    let (status, series) = read(&gateway, &path, &token).await;
+    assert_eq!(status, 200, "{series}");
+    assert!(
+        gateway.emulator.stats().link_downloads > downloads,
+        "read through external links"
+    );
+    let points = points(&series);
+    assert_eq!(points.len(), 1100);
+    for (i, point) in points.iter().enumerate() {
+        let value = i as f64;
+        assert_eq!(
+            *point,
+            (from + TimeDelta::minutes(i as i64), value, value, value, 1)
+        );
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_device_list_is_capped() {
+    let (mut gateway, token) = gateway_with_reader(&[("LAKEGATE_QUERY_MAX_DEVICES", "1")]).await;
+    let now = Utc::now();
+    for key in [&gateway.keys.sensor, &gateway.keys.other] {
+        let body = reading("r-1", now, json!({"temp": 1.0}));
+        assert_eq!(gateway.post_json(key, &body).await.0, 200);
+    }
+    let (status, devices) = read(&gateway, "/api/devices", &token).await;
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(devices["truncated"], true);
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(devices["devices"][0]["device_id"], "sensor-1");
+    assert_eq!(devices["devices"][0]["metrics"], json!(["temp"]));
+    gateway.stop().await;
+}
