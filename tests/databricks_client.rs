@@ -68,10 +68,8 @@ async fn stale_token_is_refreshed_once_in_the_background() {
     let old = token(&client).await;
 
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let started = Instant::now();
     let seen = join_all((0..50).map(|_| token(&client))).await;
-    // Nobody waited for the refresh: all got the still-valid token at once.
-    assert!(started.elapsed() < Duration::from_millis(200));
+    // Nobody waited for the refresh: a caller that had would hold the new token.
     assert!(seen.iter().all(|t| same(t, &old)));
 
     eventually(Duration::from_secs(2), "background refresh", || {

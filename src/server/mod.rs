@@ -4,6 +4,8 @@ pub mod auth;
 pub mod error;
 pub mod ingest;
 pub mod ops;
+pub mod page;
+pub mod read;
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -84,6 +86,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/api/devices", get(read::devices))
+        .route("/api/devices/{device_id}/series", get(read::series))
+        .route("/api/devices/{device_id}/latest", get(read::latest))
+        .route("/api/stats", get(read::stats))
+        .route("/", get(page::index))
+        .route("/static/{file}", get(page::static_file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), count_request))

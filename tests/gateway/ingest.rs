@@ -229,7 +229,9 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
             .map(|i| reading(&format!("m-{i}"), 1.0))
             .collect::<Vec<_>>()
     );
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (Content-Type, Content-Encoding, body, expected status, text the message names)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (json, None, b"{\"ts\": ".to_vec(), 400, "line 1"),
         ("text/csv", None, b"a,b".to_vec(), 415, "text/csv"),
         (json, Some("br"), b"x".to_vec(), 415, "br"),
