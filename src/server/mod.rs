@@ -94,7 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/static/{file}", get(page::static_file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(state.clone(), count_request))
+        // A layer, not a route_layer: unmatched requests (404) are counted too.
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

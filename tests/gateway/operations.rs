@@ -50,5 +50,8 @@ async fn health_readiness_and_metrics() {
 
     let unknown = gateway.get("/nope").await;
     assert_eq!(unknown.status(), 404);
+    let metrics = gateway.get("/metrics").await.text().await.unwrap();
+    let counted = "lakegate_http_requests_total{route=\"unmatched\",status=\"404\"} 1";
+    assert!(metrics.contains(counted), "{metrics}");
     gateway.stop().await;
 }
