@@ -153,8 +153,13 @@ impl Harness {
     }
 
     pub fn post(&self, key: &str) -> reqwest::RequestBuilder {
+        self.post_to("/ingest", key)
+    }
+
+    /// A POST to `path` (with its query) carrying a device key.
+    pub fn post_to(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.http
-            .post(format!("{}/ingest", self.url))
+            .post(format!("{}{path}", self.url))
             .header("X-API-Key", key)
     }
 

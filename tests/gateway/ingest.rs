@@ -165,9 +165,7 @@ async fn valid_readings_are_written_when_others_are_bad() {
 async fn accept_mode_answers_202_and_writes_soon_after() {
     let mut gateway = Harness::start().await;
     let response = gateway
-        .http
-        .post(format!("{}/api/ingest?ack=accept", gateway.url))
-        .header("X-API-Key", &gateway.keys.sensor)
+        .post_to("/api/ingest?ack=accept", &gateway.keys.sensor)
         .json(&reading("q-1", 1.0))
         .send()
         .await
@@ -178,9 +176,7 @@ async fn accept_mode_answers_202_and_writes_soon_after() {
     gateway.wait_for_rows(1, Duration::from_secs(10)).await;
 
     let response = gateway
-        .http
-        .post(format!("{}/ingest?ack=whenever", gateway.url))
-        .header("X-API-Key", &gateway.keys.sensor)
+        .post_to("/ingest?ack=whenever", &gateway.keys.sensor)
         .json(&reading("q-2", 1.0))
         .send()
         .await
