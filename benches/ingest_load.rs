@@ -1,0 +1,684 @@
+//! Load benchmark of `POST /ingest`: `cargo bench --bench ingest_load`.
+//!
+//! Starts the workspace emulator in this process, the `lakegate` binary as a
+//! separate process in front of it, and drives the gateway over loopback from
+//! here with concurrent keep-alive connections. For each scenario it prints
+//! requests and readings per second and latency percentiles, next to the bare
+//! `GET /healthz` route of the same binary, then checks that the table holds
+//! exactly the rows of every acknowledged reading. See docs/benchmark.md.
+//!
+//! Settings (environment): `BENCH_CONCURRENCY` (32 connections), `BENCH_SECS`
+//! (5 s measured per scenario), `BENCH_WARMUP_SECS` (1 s, discarded),
+//! `BENCH_MAX_REQUESTS` (200000 per pass, a bound for fast machines).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use lakegate::databricks::{self, StatementRequest, Value};
+use lakegate_emulator::{Emulator, EmulatorConfig};
+use secrecy::ExposeSecret;
+
+const SP_ID: &str = "bench-sp";
+const SP_SECRET: &str = "bench-sp-secret";
+const TABLE: &str = "main.lakegate.bench_readings";
+const DEVICE_ID: &str = "bench-1";
+const BATCH: usize = 100;
+/// Every reading carries these metrics: one table row each.
+const METRICS: [&str; 2] = ["temperature", "humidity"];
+/// Longer than the gateway's commit wait (30 s), so its own 503 comes first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+
+struct Settings {
+    concurrency: usize,
+    measure: Duration,
+    warmup: Duration,
+    max_requests: u64,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        fn number(name: &str, default: u64) -> anyhow::Result<u64> {
+            match std::env::var(name) {
+                Ok(raw) => match raw.trim().parse() {
+                    Ok(value) if value > 0 => Ok(value),
+                    _ => bail!("{name}={raw:?} is not a positive whole number"),
+                },
+                Err(_) => Ok(default),
+            }
+        }
+        Ok(Settings {
+            concurrency: number("BENCH_CONCURRENCY", 32)? as usize,
+            measure: Duration::from_secs(number("BENCH_SECS", 5)?),
+            warmup: Duration::from_secs(number("BENCH_WARMUP_SECS", 1)?),
+            max_requests: number("BENCH_MAX_REQUESTS", 200_000)?,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Healthz,
+    Ingest {
+        wait_for_commit: bool,
+        readings: usize,
+    },
+}
+
+struct Scenario {
+    name: &'static str,
+    target: Target,
+}
+
+const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "GET /healthz (bare route)",
+        target: Target::Healthz,
+    },
+    Scenario {
+        name: "POST /ingest?ack=accept, 1 reading",
+        target: Target::Ingest {
+            wait_for_commit: false,
+            readings: 1,
+        },
+    },
+    Scenario {
+        name: "POST /ingest?ack=accept, 100 readings",
+        target: Target::Ingest {
+            wait_for_commit: false,
+            readings: BATCH,
+        },
+    },
+    Scenario {
+        name: "POST /ingest (ack=commit), 1 reading",
+        target: Target::Ingest {
+            wait_for_commit: true,
+            readings: 1,
+        },
+    },
+    Scenario {
+        name: "POST /ingest (ack=commit), 100 readings",
+        target: Target::Ingest {
+            wait_for_commit: true,
+            readings: BATCH,
+        },
+    },
+];
+
+/// What one pass of a scenario observed.
+#[derive(Default)]
+struct Tally {
+    /// Of every request, answered or not: failures cost the client time too.
+    latencies: Vec<Duration>,
+    /// Readings in 200/202 answers.
+    acknowledged: u64,
+    /// Readings the table must end up with: acknowledged ones, and those a
+    /// 503 `not_yet_committed` says are queued and will still be written.
+    to_be_written: u64,
+    /// Readings of requests that got no answer: they may or may not be written.
+    unknown_fate: u64,
+    /// Non-2xx answers and transport failures, by status and error code.
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.acknowledged += other.acknowledged;
+        self.to_be_written += other.to_be_written;
+        self.unknown_fate += other.unknown_fate;
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn record(&mut self, readings: usize, answer: reqwest::Result<(u16, bytes::Bytes)>) {
+        let readings = readings as u64;
+        let (status, body) = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                let kind = if err.is_timeout() {
+                    "timeout"
+                } else {
+                    "transport"
+                };
+                *self.errors.entry(kind.to_owned()).or_default() += 1;
+                self.unknown_fate += readings;
+                return;
+            }
+        };
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if (200..300).contains(&status) {
+            // /healthz has no `accepted`; a reading rejected inside a request is not counted.
+            let accepted = json["accepted"].as_u64().unwrap_or(0);
+            self.acknowledged += accepted;
+            self.to_be_written += accepted;
+            return;
+        }
+        let code = json["error"].as_str().unwrap_or("?");
+        if code == "not_yet_committed" {
+            self.to_be_written += readings;
+        }
+        *self.errors.entry(format!("{status} {code}")).or_default() += 1;
+    }
+}
+
+/// The load generator's view of the gateway.
+#[derive(Clone)]
+struct LoadClient {
+    http: reqwest::Client,
+    url: String,
+    key: Arc<str>,
+    /// Source of reading ids, unique across the run so that none is deduplicated.
+    next_id: Arc<AtomicU64>,
+}
+
+impl LoadClient {
+    /// A JSON array of `readings` readings, each with a fresh id.
+    fn body(&self, readings: usize) -> String {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis();
+        let first = self.next_id.fetch_add(readings as u64, Ordering::Relaxed);
+        let items: Vec<String> = (first..first + readings as u64)
+            .map(|id| {
+                let value = (id % 1000) as f64 / 10.0;
+                let metrics: Vec<String> = METRICS
+                    .iter()
+                    .map(|name| format!("\"{name}\":{value}"))
+                    .collect();
+                format!(
+                    "{{\"id\":\"r{id}\",\"ts\":{ts},\"metrics\":{{{}}}}}",
+                    metrics.join(",")
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(","))
+    }
+
+    fn request(&self, target: Target) -> (reqwest::RequestBuilder, usize) {
+        match target {
+            Target::Healthz => (self.http.get(format!("{}/healthz", self.url)), 0),
+            Target::Ingest {
+                wait_for_commit,
+                readings,
+            } => {
+                let ack = if wait_for_commit { "" } else { "?ack=accept" };
+                let request = self
+                    .http
+                    .post(format!("{}/ingest{ack}", self.url))
+                    .header("X-API-Key", &*self.key)
+                    .header("Content-Type", "application/json")
+                    .body(self.body(readings));
+                (request, readings)
+            }
+        }
+    }
+}
+
+/// One connection's loop: a request, its whole answer, the next request.
+async fn worker(
+    gateway: LoadClient,
+    target: Target,
+    deadline: Instant,
+    budget: Arc<AtomicU64>,
+) -> Tally {
+    let mut tally = Tally::default();
+    while Instant::now() < deadline && take_one(&budget) {
+        // The body is built before the clock starts: it is the device's work, not the gateway's.
+        let (request, readings) = gateway.request(target);
+        let started = Instant::now();
+        let answer = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            Ok((status, response.bytes().await?))
+        }
+        .await;
+        tally.latencies.push(started.elapsed());
+        tally.record(readings, answer);
+    }
+    tally
+}
+
+fn take_one(budget: &AtomicU64) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+}
+
+/// Runs `concurrency` workers for `length` (or until the request budget is
+/// spent) and waits for their last answers; returns the tally and the time taken.
+async fn pass(
+    gateway: &LoadClient,
+    target: Target,
+    settings: &Settings,
+    length: Duration,
+) -> (Tally, Duration) {
+    let budget = Arc::new(AtomicU64::new(settings.max_requests));
+    let started = Instant::now();
+    let deadline = started + length;
+    let workers: Vec<_> = (0..settings.concurrency)
+        .map(|_| tokio::spawn(worker(gateway.clone(), target, deadline, budget.clone())))
+        .collect();
+    let mut tally = Tally::default();
+    for worker in workers {
+        tally.merge(worker.await.expect("worker task"));
+    }
+    (tally, started.elapsed())
+}
+
+/// The gateway's batch figures, read from its Prometheus endpoint.
+#[derive(Default, Clone, Copy)]
+struct BatchStats {
+    statements: f64,
+    statement_seconds: f64,
+    rows: f64,
+    /// Rows queued and not yet committed.
+    queued: f64,
+}
+
+async fn batch_stats(gateway: &LoadClient) -> anyhow::Result<BatchStats> {
+    let text = gateway
+        .http
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(BatchStats {
+        statements: value("lakegate_statement_seconds_count"),
+        statement_seconds: value("lakegate_statement_seconds_sum"),
+        rows: value("lakegate_batch_rows_sum"),
+        queued: value("lakegate_queue_rows"),
+    })
+}
+
+struct Figures {
+    name: &'static str,
+    requests_per_sec: f64,
+    readings_per_sec: Option<f64>,
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+    statements: f64,
+    statement_mean: Duration,
+    rows_per_statement: f64,
+    /// Time to commit the backlog left when the pass ended.
+    drain: Duration,
+}
+
+/// Nearest-rank percentile of sorted latencies.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn print_table(rows: &[Figures], settings: &Settings) {
+    let bare = rows.first().map_or(1.0, |row| row.requests_per_sec);
+    println!(
+        "\n{} connections, {} s measured per scenario after {} s of warm-up; latency in ms, \
+         from sending a request to reading the whole answer\n",
+        settings.concurrency,
+        settings.measure.as_secs(),
+        settings.warmup.as_secs()
+    );
+    println!(
+        "| scenario | requests/s | readings/s | p50 | p90 | p99 | max | errors | requests/s vs /healthz |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let errors: u64 = row.errors.values().sum();
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.3} |",
+            row.name,
+            row.requests_per_sec,
+            row.readings_per_sec
+                .map_or("-".to_owned(), |r| format!("{r:.0}")),
+            ms(percentile(&row.latencies, 0.50)),
+            ms(percentile(&row.latencies, 0.90)),
+            ms(percentile(&row.latencies, 0.99)),
+            ms(row.latencies.last().copied().unwrap_or_default()),
+            errors,
+            row.requests_per_sec / bare,
+        );
+    }
+    println!("\nBatch statements the gateway ran during each measured pass (from its /metrics):\n");
+    println!(
+        "| scenario | statements | mean statement time (ms) | rows per statement | backlog committed after the pass in (s) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for row in rows.iter().skip(1) {
+        println!(
+            "| {} | {:.0} | {} | {:.0} | {:.1} |",
+            row.name,
+            row.statements,
+            ms(row.statement_mean),
+            row.rows_per_statement,
+            row.drain.as_secs_f64()
+        );
+    }
+    let failing: Vec<_> = rows.iter().filter(|row| !row.errors.is_empty()).collect();
+    if !failing.is_empty() {
+        println!("\nErrors by kind:");
+        for row in failing {
+            println!("  {}: {:?}", row.name, row.errors);
+        }
+    }
+}
+
+/// The gateway process; killed if still running when dropped (an early error).
+struct GatewayProcess {
+    child: Child,
+    /// Warnings and errors the gateway logged, counted by level, message and
+    /// classification (tower-http's), for the report.
+    complaints: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl GatewayProcess {
+    fn spawn(emulator: &Emulator, registry: &Path) -> anyhow::Result<(GatewayProcess, String)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+            .env_clear()
+            .envs([
+                ("DATABRICKS_HOST", emulator.url().as_str()),
+                ("DATABRICKS_CLIENT_ID", SP_ID),
+                ("DATABRICKS_CLIENT_SECRET", SP_SECRET),
+                ("DATABRICKS_WAREHOUSE_ID", emulator.warehouse_id()),
+                ("LAKEGATE_TABLE", TABLE),
+                (
+                    "LAKEGATE_DEVICE_KEYS_FILE",
+                    registry.display().to_string().as_str(),
+                ),
+                ("LAKEGATE_LISTEN_ADDR", "127.0.0.1"),
+                ("DATABRICKS_APP_PORT", "0"),
+                // Info level as deployed; the address comes from the "lakegate listening" line.
+                ("LAKEGATE_LOG_FORMAT", "json"),
+                ("LAKEGATE_FLUSH_MS", "100"),
+                // Limits far above what one box can send: we measure the path, not the quotas.
+                ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1000000000"),
+                ("LAKEGATE_GLOBAL_BURST", "1000000000"),
+                ("LAKEGATE_QUEUE_MAX_ROWS", "2000000"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the lakegate binary")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let complaints = Arc::new(Mutex::new(BTreeMap::new()));
+        let process = GatewayProcess {
+            child,
+            complaints: complaints.clone(),
+        };
+
+        // A thread reads the log for the whole run, so the gateway never blocks on a full pipe.
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if log["message"] == "lakegate listening" {
+                    let _ = address_tx.send(log["address"].as_str().unwrap_or("").to_owned());
+                } else if let Some(level @ ("WARN" | "ERROR")) = log["level"].as_str() {
+                    let kind = format!(
+                        "{level} {} {}",
+                        log["message"].as_str().unwrap_or("?"),
+                        log["classification"].as_str().unwrap_or("")
+                    );
+                    *complaints.lock().unwrap().entry(kind).or_insert(0) += 1;
+                }
+            }
+        });
+        let address = address_rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("lakegate did not log its address within 60 s")?;
+        Ok((process, address))
+    }
+
+    /// SIGTERM, as Databricks Apps stops an app, and waits for the drain.
+    fn terminate(mut self) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !sent.success() {
+            bail!("kill -TERM failed");
+        }
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, started.elapsed()));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("lakegate still running 30 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn row_count(reader: &databricks::Client) -> anyhow::Result<i64> {
+    let rows = reader
+        .statements()
+        .execute(StatementRequest::new(format!(
+            "SELECT count(*) FROM {TABLE}"
+        )))
+        .await?
+        .collect_rows()
+        .await?;
+    match rows.first().and_then(|row| row.first()) {
+        Some(Value::Int(count)) => Ok(*count),
+        other => bail!("count(*) returned {other:?}"),
+    }
+}
+
+/// Waits until the gateway has committed everything queued, so that one
+/// scenario's backlog does not slow down the next; returns how long it took.
+async fn wait_for_empty_queue(gateway: &LoadClient) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while batch_stats(gateway).await?.queued > 0.0 {
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the write queue did not drain within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(started.elapsed())
+}
+
+async fn wait_until_ready(gateway: &LoadClient) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let ready = gateway
+            .http
+            .get(format!("{}/readyz", gateway.url))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("lakegate not ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("lakegate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let registry = dir.join("devices.json");
+    let key = lakegate::devices::generate_key()
+        .key
+        .expose_secret()
+        .to_owned();
+    // One device whose quota never binds.
+    let devices = serde_json::json!({"devices": {DEVICE_ID: {
+        "keys": [lakegate::devices::hash_key(&key)],
+        "rate_per_sec": 1_000_000_000,
+        "burst": 1_000_000_000,
+    }}});
+    std::fs::write(&registry, devices.to_string())?;
+
+    let (process, address) = GatewayProcess::spawn(emulator, &registry)?;
+    // reqwest is built without a default TLS provider; it needs one even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(settings.concurrency)
+        .build()?;
+    let gateway = LoadClient {
+        http,
+        url: format!("http://{address}"),
+        key: key.into(),
+        next_id: Arc::new(AtomicU64::new(0)),
+    };
+    wait_until_ready(&gateway).await?;
+    println!(
+        "lakegate (pid {}) on {}; emulator on {}",
+        process.child.id(),
+        gateway.url,
+        emulator.url()
+    );
+
+    let mut rows = Vec::new();
+    let mut total = Tally::default();
+    for scenario in &SCENARIOS {
+        eprintln!("running: {}", scenario.name);
+        wait_for_empty_queue(&gateway).await?;
+        let (warmup, _) = pass(&gateway, scenario.target, &settings, settings.warmup).await;
+        total.merge(warmup);
+        let before = batch_stats(&gateway).await?;
+        let (mut tally, elapsed) =
+            pass(&gateway, scenario.target, &settings, settings.measure).await;
+        let after = batch_stats(&gateway).await?;
+        let drain = wait_for_empty_queue(&gateway).await?;
+        tally.latencies.sort_unstable();
+        let secs = elapsed.as_secs_f64();
+        let statements = after.statements - before.statements;
+        rows.push(Figures {
+            name: scenario.name,
+            requests_per_sec: tally.latencies.len() as f64 / secs,
+            readings_per_sec: matches!(scenario.target, Target::Ingest { .. })
+                .then_some(tally.acknowledged as f64 / secs),
+            latencies: std::mem::take(&mut tally.latencies),
+            errors: tally.errors.clone(),
+            statements,
+            statement_mean: Duration::from_secs_f64(
+                (after.statement_seconds - before.statement_seconds) / statements.max(1.0),
+            ),
+            rows_per_statement: (after.rows - before.rows) / statements.max(1.0),
+            drain,
+        });
+        total.merge(tally);
+    }
+    print_table(&rows, &settings);
+
+    // Every acknowledged reading must reach the table exactly once.
+    let reader = databricks::Client::new(&databricks::Config::resolve(
+        databricks::Settings::default(),
+        &[
+            ("DATABRICKS_HOST".to_owned(), emulator.url()),
+            ("DATABRICKS_CLIENT_ID".to_owned(), SP_ID.to_owned()),
+            ("DATABRICKS_CLIENT_SECRET".to_owned(), SP_SECRET.to_owned()),
+            (
+                "DATABRICKS_WAREHOUSE_ID".to_owned(),
+                emulator.warehouse_id().to_owned(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    )?)?;
+    let expected = (total.to_be_written * METRICS.len() as u64) as i64;
+    let waited = Instant::now();
+    let mut count = row_count(&reader).await?;
+    while count != expected && waited.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = row_count(&reader).await?;
+    }
+    println!(
+        "\nCheck: {} readings acknowledged ({} more queued behind a 503 not_yet_committed, \
+         {} with no answer) x {} metrics = {expected} rows expected; the table holds {count} \
+         (after waiting {:.1} s for the last flush): {}",
+        total.acknowledged,
+        total.to_be_written - total.acknowledged,
+        total.unknown_fate,
+        METRICS.len(),
+        waited.elapsed().as_secs_f64(),
+        if count == expected { "OK" } else { "MISMATCH" }
+    );
+
+    let complaints = process.complaints.clone();
+    let (status, took) = process.terminate()?;
+    let after_stop = row_count(&reader).await?;
+    println!(
+        "lakegate stopped on SIGTERM in {:.2} s ({status}); rows after the stop: {after_stop}",
+        took.as_secs_f64()
+    );
+    let complaints = complaints.lock().unwrap();
+    println!(
+        "lakegate logged {} warnings or errors",
+        complaints.values().sum::<u64>()
+    );
+    for (kind, count) in complaints.iter() {
+        println!("  {count} x {kind}");
+    }
+    let all_errors = total.error_count();
+    let stats = emulator.stats();
+    println!(
+        "emulator: {} statements, {} token requests; {all_errors} non-2xx or failed requests in all",
+        stats.statements, stats.token_requests
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if count != expected || after_stop != expected || !status.success() {
+        bail!("the final check failed");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; there is nothing to filter, so arguments are ignored.
+    let settings = Settings::from_env()?;
+    // The emulator gets its own runtime: DataFusion runs statements on its
+    // worker threads, and must not stall the load generator's timers and sockets.
+    let workspace = tokio::runtime::Runtime::new()?;
+    let emulator = workspace.block_on(Emulator::start(EmulatorConfig {
+        listen: "127.0.0.1:0".parse()?,
+        service_principals: vec![(SP_ID.into(), SP_SECRET.into())],
+        ..EmulatorConfig::default()
+    }))?;
+    let outcome = tokio::runtime::Runtime::new()?.block_on(run(settings, &emulator));
+    workspace.block_on(emulator.shutdown());
+    outcome
+}
