@@ -75,18 +75,6 @@ impl ApiError {
             )
         }
     }
-
-    pub fn internal() -> Self {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; it has been logged",
-        )
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl From<BodyError> for ApiError {

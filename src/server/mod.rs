@@ -22,7 +22,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::GatewayConfig;
 use crate::databricks;
@@ -102,15 +102,19 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
         ))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let request_id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|id| id.to_str().ok())
-                    .unwrap_or_default();
-                // The path only: query strings and headers (keys, tokens) are never logged.
-                tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|id| id.to_str().ok())
+                        .unwrap_or_default();
+                    // The path only: query strings and headers (keys, tokens) are never logged.
+                    tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
+                })
+                // 503s are deliberate push-back, and come in floods exactly when the gateway
+                // is overloaded; real failures are logged where they happen.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         // Behind the Apps proxy X-Request-Id is already set and kept.
