@@ -58,6 +58,10 @@ pub struct ReadSettings {
     /// Hashes of the tokens readers send as `Authorization: Bearer`. Empty (and not
     /// behind the Apps proxy): the read API is off.
     pub reader_tokens: HashSet<KeyHash>,
+    /// Trust the Apps proxy's `X-Forwarded-User` / `X-Forwarded-Email` as a sign-in.
+    /// Separate from `trust_proxy_headers`: a generic reverse proxy passes a client's own
+    /// copies of these headers through.
+    pub apps_proxy_auth: bool,
     /// Behind the Apps proxy, query with the signed-in user's token so Unity Catalog
     /// permissions apply.
     pub query_as_user: bool,
@@ -285,6 +289,7 @@ impl GatewayConfig {
             shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
             read: ReadSettings {
                 reader_tokens: reader_tokens(&env)?,
+                apps_proxy_auth: env.parse("LAKEGATE_APPS_PROXY_AUTH", on_databricks_apps)?,
                 query_as_user: env.parse("LAKEGATE_QUERY_AS_USER", false)?,
                 max_devices: env.within("LAKEGATE_QUERY_MAX_DEVICES", 1000, 1..=100_000)?,
                 // The automatic bucket choice gives up to 500 points.

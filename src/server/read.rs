@@ -45,21 +45,31 @@ impl FromRequestParts<AppState> for Reader {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let headers = &parts.headers;
         let settings = &app.config.read;
-        // Only the Apps proxy sets these; without it (trust_proxy_headers off) anyone could.
+        // Only the Apps proxy may vouch for a user: elsewhere anyone could send these.
         let signed_in =
             headers.contains_key(FORWARDED_EMAIL) || headers.contains_key(FORWARDED_USER);
-        if app.config.trust_proxy_headers && signed_in {
+        if settings.apps_proxy_auth && signed_in {
+            if !settings.query_as_user {
+                return Ok(Reader {
+                    client: app.client.clone(),
+                });
+            }
+            // Never fall back to the service principal: Unity Catalog must decide.
             let user_token = headers
                 .get(FORWARDED_ACCESS_TOKEN)
                 .and_then(|value| value.to_str().ok())
-                .filter(|token| !token.is_empty());
-            let client = match user_token {
-                Some(token) if settings.query_as_user => {
-                    app.client.with_token(SecretString::from(token))
-                }
-                _ => app.client.clone(),
-            };
-            return Ok(Reader { client });
+                .filter(|token| !token.is_empty())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "no_user_token",
+                        "queries run as the signed-in user, but the proxy sent no user token: \
+                         enable on-behalf-of-user authorization for the app",
+                    )
+                })?;
+            return Ok(Reader {
+                client: app.client.with_token(SecretString::from(user_token)),
+            });
         }
         if settings.reader_tokens.is_empty() {
             return Err(ApiError::new(

@@ -369,8 +369,48 @@ async fn only_readers_may_read() {
     gateway.stop().await;
 }
 
+/// `GET /api/devices` with these headers only.
+async fn devices_with(gateway: &Harness, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut request = gateway.http.get(format!("{}/api/devices", gateway.url));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    respond(request.send().await.unwrap()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_apps_proxy_signs_readers_in() {
+    let mut gateway =
+        Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    // No token configured: only users the proxy signed in may read.
+    assert_eq!(devices_with(&gateway, &[]).await.0, 404);
+    let (status, body) = devices_with(&gateway, &[("X-Forwarded-Email", "ana@example.com")]).await;
+    assert_eq!((status, &body["devices"]), (200, &json!([])), "{body}");
+    assert_eq!(
+        devices_with(&gateway, &[("X-Forwarded-User", "1234@5678")])
+            .await
+            .0,
+        200
+    );
+    gateway.stop().await;
+
+    // Behind some other reverse proxy, the same headers are only the client's claims.
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[("LAKEGATE_TRUST_PROXY_HEADERS", "true")],
+    )
+    .await;
+    let (status, body) = devices_with(&gateway, &[("X-Forwarded-Email", "ana@example.com")]).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &json!("read_api_disabled")),
+        "{body}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_behalf_of_user_queries_carry_the_users_token() {
     const USER_PAT: &str = "dapi-user-token";
     let emulator = lakegate_emulator::EmulatorConfig {
         tokens: vec![USER_PAT.into()],
@@ -379,38 +419,28 @@ async fn the_apps_proxy_signs_readers_in() {
     let mut gateway = Harness::start_with(
         emulator,
         &[
-            ("LAKEGATE_TRUST_PROXY_HEADERS", "true"),
+            ("LAKEGATE_APPS_PROXY_AUTH", "true"),
             ("LAKEGATE_QUERY_AS_USER", "true"),
         ],
     )
     .await;
-    let get = |headers: &[(&str, &str)]| {
-        let mut request = gateway.http.get(format!("{}/api/devices", gateway.url));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        async move { respond(request.send().await.unwrap()).await }
-    };
-    // No token configured: only users the proxy signed in may read.
-    assert_eq!(get(&[]).await.0, 404);
-    let (status, body) = get(&[("X-Forwarded-Email", "ana@example.com")]).await;
-    assert_eq!((status, &body["devices"]), (200, &json!([])), "{body}");
-    assert_eq!(get(&[("X-Forwarded-User", "1234@5678")]).await.0, 200);
-
-    // On behalf of the user: queries carry the user's token, which the workspace checks.
-    let user = [
-        ("X-Forwarded-Email", "ana@example.com"),
-        ("X-Forwarded-Access-Token", USER_PAT),
-    ];
-    assert_eq!(get(&user).await.0, 200);
-    let (status, body) = get(&[
-        ("X-Forwarded-Email", "ana@example.com"),
-        ("X-Forwarded-Access-Token", "expired"),
-    ])
-    .await;
+    let email = ("X-Forwarded-Email", "ana@example.com");
+    // The workspace checks the user's token: a valid one reads, a bad one is refused there.
+    let (status, body) =
+        devices_with(&gateway, &[email, ("X-Forwarded-Access-Token", USER_PAT)]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        devices_with(&gateway, &[email, ("X-Forwarded-Access-Token", "expired")]).await;
     assert_eq!(
         (status, &body["error"]),
         (502, &json!("query_failed")),
+        "{body}"
+    );
+    // Without a user token there is no falling back to the app's own identity.
+    let (status, body) = devices_with(&gateway, &[email]).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (403, &json!("no_user_token")),
         "{body}"
     );
     gateway.stop().await;
