@@ -16,6 +16,8 @@ pub struct Activity {
     rejected_by_device: Mutex<HashMap<Arc<str>, u64>>,
     accepted: Mutex<MinuteWindow>,
     batches: Mutex<BatchLatency>,
+    /// Since when batch writes have been failing (none committed since); `None` when healthy.
+    failing_since: Mutex<Option<Instant>>,
 }
 
 /// Latencies of committed batch statements.
@@ -33,6 +35,7 @@ impl Default for Activity {
             rejected_by_device: Mutex::default(),
             accepted: Mutex::default(),
             batches: Mutex::default(),
+            failing_since: Mutex::default(),
         }
     }
 }
@@ -77,6 +80,16 @@ impl Activity {
         batches.committed += 1;
         batches.total += latency;
         batches.last = latency;
+        *lock(&self.failing_since) = None;
+    }
+
+    pub fn batch_failed(&self) {
+        lock(&self.failing_since).get_or_insert_with(Instant::now);
+    }
+
+    /// How long batch writes have been failing without one committing.
+    pub fn writes_failing_for(&self) -> Option<Duration> {
+        lock(&self.failing_since).map(|since| since.elapsed())
     }
 
     pub fn batch_latency(&self) -> BatchLatency {

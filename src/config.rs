@@ -253,6 +253,16 @@ impl GatewayConfig {
             max_string_len: env.count("LAKEGATE_MAX_STRING_LEN", 1024)?,
             max_id_len: 128,
         };
+        let largest_request = body.max_readings.saturating_mul(body.max_metrics);
+        if batch.queue_rows < largest_request {
+            return Err(invalid(
+                "LAKEGATE_QUEUE_MAX_ROWS",
+                format!(
+                    "must hold the largest request: LAKEGATE_MAX_READINGS_PER_REQUEST × \
+                     LAKEGATE_MAX_METRICS_PER_READING = {largest_request} rows"
+                ),
+            ));
+        }
         let limits = LimitSettings {
             device_rate_per_sec: env.positive("LAKEGATE_DEVICE_RATE_PER_SEC", 50)?,
             device_burst: env.positive("LAKEGATE_DEVICE_BURST", 1000)?,
@@ -442,6 +452,10 @@ mod tests {
         let mut pairs = remote();
         pairs.retain(|(k, _)| *k != "DATABRICKS_WAREHOUSE_ID");
         assert!(error_of(&pairs).starts_with("DATABRICKS_WAREHOUSE_ID:"));
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_QUEUE_MAX_ROWS", "1000"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_QUEUE_MAX_ROWS: must hold"));
 
         let mut pairs = remote();
         pairs.push(("LAKEGATE_BATCH_MAX_ROWS", "0"));

@@ -152,6 +152,11 @@ impl Metrics {
         self.activity.batch_committed(latency);
     }
 
+    pub fn batch_failed(&self) {
+        Self::outcome(&self.batches, "failed_attempt");
+        self.activity.batch_failed();
+    }
+
     /// Rejections so far by reason, only the reasons that occurred.
     pub fn rejected_by_reason(&self) -> BTreeMap<&'static str, u64> {
         RejectReason::ALL

@@ -87,18 +87,50 @@ impl IngestQueue {
         (queue, receiver)
     }
 
+    /// Claims room for `rows` rows, so that nothing else is spent (rate limits) on a
+    /// request the queue would refuse anyway.
+    pub fn reserve(&self, rows: usize) -> Result<Reservation, QueueError> {
+        let wanted = u32::try_from(rows).map_err(|_| QueueError::Full)?;
+        let permit = self
+            .capacity
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| QueueError::Full)?;
+        Ok(Reservation {
+            permit,
+            sender: self.sender.clone(),
+        })
+    }
+
     /// Queues the rows; with `wait_for_commit` the receiver resolves once they are in the table.
     pub fn submit(
         &self,
         rows: Vec<Row>,
         wait_for_commit: bool,
     ) -> Result<Option<Committed>, QueueError> {
-        let wanted = u32::try_from(rows.len()).map_err(|_| QueueError::Full)?;
-        let permit = self
-            .capacity
-            .clone()
-            .try_acquire_many_owned(wanted)
-            .map_err(|_| QueueError::Full)?;
+        self.reserve(rows.len())?.submit(rows, wait_for_commit)
+    }
+
+    /// Rows queued and not yet committed.
+    pub fn depth(&self) -> usize {
+        self.max_rows - self.capacity.available_permits()
+    }
+}
+
+/// Room claimed in the queue; dropped unused, the room is given back.
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
+    sender: mpsc::UnboundedSender<Submission>,
+}
+
+impl Reservation {
+    /// Queues `rows` (at most as many as were reserved).
+    pub fn submit(
+        self,
+        rows: Vec<Row>,
+        wait_for_commit: bool,
+    ) -> Result<Option<Committed>, QueueError> {
+        debug_assert!(rows.len() <= self.permit.num_permits());
         let (committed, receiver) = match wait_for_commit {
             true => {
                 let (sender, receiver) = oneshot::channel();
@@ -110,14 +142,9 @@ impl IngestQueue {
             .send(Submission {
                 rows,
                 committed,
-                permit,
+                permit: self.permit,
             })
             .map_err(|_| QueueError::Closed)?;
         Ok(receiver)
-    }
-
-    /// Rows queued and not yet committed.
-    pub fn depth(&self) -> usize {
-        self.max_rows - self.capacity.available_permits()
     }
 }

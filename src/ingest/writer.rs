@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedBatch {
     pub json: String,
+    /// Bytes `json` takes in the request, where it travels as a JSON string: every `"`
+    /// and `\` is escaped once more. This, not `json.len()`, must fit the statement limit.
+    pub wire_bytes: usize,
     pub rows: usize,
     pub ts_min_us: i64,
     pub ts_max_us: i64,
@@ -54,8 +57,10 @@ pub fn encode_batches<'a>(
             continue;
         }
         let encoded = serde_json::to_string(row).expect("rows serialize");
+        let wire = wire_len(&encoded);
+        // +1 for the separator, +1 for the closing bracket.
         let full = current.as_ref().is_some_and(|batch| {
-            batch.rows >= max_rows || batch.json.len() + 1 + encoded.len() + 1 > max_bytes
+            batch.rows >= max_rows || batch.wire_bytes + 1 + wire + 1 > max_bytes
         });
         if full {
             batches.extend(current.take().map(close));
@@ -64,6 +69,7 @@ pub fn encode_batches<'a>(
             Some(batch) => {
                 batch.json.push(',');
                 batch.json.push_str(&encoded);
+                batch.wire_bytes += 1 + wire;
                 batch.rows += 1;
                 batch.ts_min_us = batch.ts_min_us.min(row.ts_us);
                 batch.ts_max_us = batch.ts_max_us.max(row.ts_us);
@@ -71,6 +77,8 @@ pub fn encode_batches<'a>(
             None => {
                 current = Some(EncodedBatch {
                     json: format!("[{encoded}"),
+                    // The opening bracket, and the quotes around the whole string.
+                    wire_bytes: 3 + wire,
                     rows: 1,
                     ts_min_us: row.ts_us,
                     ts_max_us: row.ts_us,
@@ -84,7 +92,14 @@ pub fn encode_batches<'a>(
 
 fn close(mut batch: EncodedBatch) -> EncodedBatch {
     batch.json.push(']');
+    batch.wire_bytes += 1;
     batch
+}
+
+/// Length of `json` once escaped as a JSON string. Serialized rows hold no raw control
+/// characters (serde escapes them with a backslash), so only `"` and `\` grow.
+fn wire_len(json: &str) -> usize {
+    json.len() + json.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
 }
 
 pub struct Writer<S> {
@@ -186,7 +201,7 @@ impl<S: BatchSink> Writer<S> {
                     return;
                 }
                 Err(err) => {
-                    Metrics::outcome(&self.metrics.batches, "failed_attempt");
+                    self.metrics.batch_failed();
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
                     tracing::warn!(error = %err, rows = batch.rows, retry_in = ?delay, "batch write failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -229,10 +244,19 @@ mod tests {
         assert_eq!(parsed[0]["ts_us"], 30);
         assert!(parsed[0]["value_str"].is_null());
 
-        let one_row = serde_json::to_string(&rows[0]).unwrap().len();
-        let by_bytes = encode_batches(&rows, 100, one_row * 2 + 3);
+        // Byte caps count the batch as it travels: inside a JSON string parameter.
+        let quoted = |batch: &EncodedBatch| serde_json::to_string(&batch.json).unwrap().len();
+        let one_row = quoted(&encode_batches(&rows[..1], 1, 1 << 20)[0]);
+        let by_bytes = encode_batches(&rows, 100, one_row * 2);
         assert_eq!(by_bytes.len(), 2);
-        assert!(by_bytes.iter().all(|b| b.json.len() <= one_row * 2 + 3));
+        for batch in &by_bytes {
+            assert_eq!(batch.wire_bytes, quoted(batch));
+            assert!(batch.wire_bytes <= one_row * 2);
+        }
+        let mut noisy = row("d1", "q", "note", 1);
+        noisy.value_str = Some("\"\\".repeat(50));
+        let noisy = encode_batches([&noisy], 1, 1 << 20);
+        assert_eq!(noisy[0].wire_bytes, quoted(&noisy[0]));
     }
 
     /// Fails its first `failures` writes, then records what it was given.

@@ -41,6 +41,18 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
         .map(|value| value.to_str().unwrap_or("(not visible ASCII)"))
 }
 
+/// Whether reading the body stopped at the size cap (rather than the client going away).
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 pub async fn ingest(
     State(app): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
@@ -60,7 +72,14 @@ pub async fn ingest(
     let encoding = Encoding::from_header(header_str(&headers, header::CONTENT_ENCODING))?;
     let raw = axum::body::to_bytes(body, limits.max_body_bytes)
         .await
-        .map_err(|_| ApiError::body_too_large(limits.max_body_bytes))?;
+        .map_err(|err| match is_length_limit(&err) {
+            true => ApiError::body_too_large(limits.max_body_bytes),
+            false => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                "the request body could not be read to its end",
+            ),
+        })?;
     let decoded = decode(raw, encoding, limits)?;
     let parsed = parse_request(&decoded, format, &device.id, limits, Utc::now())?;
     for rejected in &parsed.rejected {
@@ -71,13 +90,16 @@ pub async fn ingest(
     }
 
     let accepted = parsed.readings.len();
+    let row_count = parsed.readings.iter().map(|r| r.metrics.len()).sum();
+    // Room first: a request the queue refuses must not spend the device's rate budget.
+    let room = app.queue.reserve(row_count)?;
     app.limits.admit(&device, accepted as u32)?;
     let rows: Vec<Row> = parsed
         .readings
         .into_iter()
         .flat_map(|reading| Row::from_reading(&device.id, reading))
         .collect();
-    let committed = app.queue.submit(rows, params.ack == Ack::Commit)?;
+    let committed = room.submit(rows, params.ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
 
     let Some(committed) = committed else {

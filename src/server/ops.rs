@@ -20,15 +20,23 @@ pub async fn healthz() -> Response {
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
-    /// A token was obtained and the warehouse ran `SELECT 1`.
-    pub warehouse: String,
+    /// `ok` when a token was obtained and the warehouse ran `SELECT 1`, else `unreachable`
+    /// (the details go to the log: this route needs no credentials).
+    pub warehouse: &'static str,
+    /// `ok`, or `failing` when batch writes have failed for longer than a grace period.
+    pub writes: &'static str,
     pub devices: usize,
 }
+
+/// Batch writes that keep failing this long make the gateway unready; shorter blips
+/// (a throttled statement, a token refresh) don't.
+const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(30);
 
 /// Readiness is cached this long so that probes don't keep a warehouse busy.
 const READINESS_TTL: Duration = Duration::from_secs(5);
 
-/// Ready when a token is obtainable, the warehouse answers and the registry is loaded.
+/// Ready when a token is obtainable, the warehouse answers, batches are being written
+/// and the registry has at least one device.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let cached = app
         .readiness
@@ -55,16 +63,21 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 async fn check(app: &AppState) -> Readiness {
     let probe = StatementRequest::new("SELECT 1").deadline(Duration::from_secs(10));
     let warehouse = match app.client.statements().execute(probe).await {
-        Ok(_) => "ok".to_owned(),
+        Ok(_) => "ok",
         Err(err) => {
             tracing::warn!(error = %err, "readiness: warehouse check failed");
-            err.to_string()
+            "unreachable"
         }
+    };
+    let writes = match app.metrics.activity.writes_failing_for() {
+        Some(failing) if failing > WRITE_FAILURE_GRACE => "failing",
+        _ => "ok",
     };
     let devices = app.keys.current().device_count();
     Readiness {
-        ready: warehouse == "ok" && devices > 0,
+        ready: warehouse == "ok" && writes == "ok" && devices > 0,
         warehouse,
+        writes,
         devices,
     }
 }

@@ -15,7 +15,16 @@ use crate::harness::{self, Harness, TABLE, emulator_config, reading, respond};
 async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(1500);
-    let mut gateway = Harness::start_with(config, &[("LAKEGATE_QUEUE_MAX_ROWS", "4")]).await;
+    // Room for one request of up to 4 rows.
+    let mut gateway = Harness::start_with(
+        config,
+        &[
+            ("LAKEGATE_QUEUE_MAX_ROWS", "4"),
+            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "1"),
+            ("LAKEGATE_MAX_METRICS_PER_READING", "4"),
+        ],
+    )
+    .await;
     let url = format!("{}/ingest?ack=accept", gateway.url);
     let post = |id: &str| {
         gateway
