@@ -1,14 +1,15 @@
 //! The gateway's life: start (workspace, registry, table, writer, reloads),
 //! serve, and drain on shutdown.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GatewayConfig, Workspace};
@@ -135,21 +136,37 @@ impl Gateway {
         let shutting_down = self.state.shutting_down.clone();
         let router = server::router(self.state.clone());
         let grace = self.state.config.shutdown_grace;
-        axum::serve(
+        let signalled_at = Arc::new(OnceLock::new());
+        let signal = {
+            let signalled_at = signalled_at.clone();
+            async move {
+                shutdown.await;
+                let _ = signalled_at.set(Instant::now());
+                tracing::info!("shutting down: no new connections, draining requests");
+                shutting_down.cancel();
+            }
+        };
+        let serve = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, draining requests");
-            shutting_down.cancel();
-        })
-        .await
-        .context("serving HTTP")?;
+        .with_graceful_shutdown(signal)
+        .into_future();
+        // Requests in flight get half the grace period; then their connections are
+        // dropped (rows they queued stay queued), so the flush below still fits.
+        let drain_bound = async {
+            self.state.shutting_down.cancelled().await;
+            tokio::time::sleep(grace / 2).await;
+        };
+        tokio::select! {
+            served = serve => served.context("serving HTTP")?,
+            () = drain_bound => tracing::warn!("requests still running after {:?}; closing them", grace / 2),
+        }
 
         self.writer_closing.cancel();
         let queued = self.state.queue.depth();
-        match tokio::time::timeout(grace, self.writer).await {
+        let deadline = signalled_at.get().copied().unwrap_or_else(Instant::now) + grace;
+        match tokio::time::timeout_at(deadline, self.writer).await {
             Ok(_) => tracing::info!(rows = queued, "queue flushed; stopped"),
             Err(_) => tracing::error!(
                 rows = self.state.queue.depth(),

@@ -106,9 +106,10 @@ pub async fn ingest(
         let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": false});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     };
+    // Answer before the server stops waiting for requests (half the grace period).
     let shutdown_bound = async {
         app.shutting_down.cancelled().await;
-        tokio::time::sleep(app.config.shutdown_grace / 2).await;
+        tokio::time::sleep(app.config.shutdown_grace / 3).await;
     };
     tokio::select! {
         done = tokio::time::timeout(app.config.ack_timeout, committed) => {

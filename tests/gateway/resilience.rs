@@ -157,46 +157,110 @@ async fn batches_whose_answer_was_lost_are_not_written_twice() {
     gateway.stop().await;
 }
 
+/// The `lakegate` binary as its own process in front of `emulator`.
+struct GatewayProcess {
+    child: std::process::Child,
+    address: String,
+    env: std::collections::HashMap<String, String>,
+    key: String,
+}
+
+impl GatewayProcess {
+    fn start(emulator: &Emulator, extra: &[(&str, &str)]) -> GatewayProcess {
+        let key = harness::new_keys().sensor;
+        let registry =
+            json!({"devices": {"sensor-1": {"keys": [lakegate::devices::hash_key(&key)]}}});
+        let mut settings = vec![
+            ("DATABRICKS_APP_PORT", "0"),
+            ("LAKEGATE_LOG_FORMAT", "json"),
+        ];
+        settings.extend_from_slice(extra);
+        let mut env = harness::gateway_env(emulator, &std::path::PathBuf::new(), &settings);
+        env.remove("LAKEGATE_DEVICE_KEYS_FILE");
+        env.insert("LAKEGATE_DEVICE_KEYS".into(), registry.to_string());
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+            .env_clear()
+            .envs(&env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = loop {
+            let line = lines.next().expect("lakegate printed its address").unwrap();
+            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if log["message"] == "lakegate listening" {
+                break log["address"].as_str().unwrap().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        GatewayProcess {
+            child,
+            address,
+            env,
+            key,
+        }
+    }
+
+    fn post(
+        &self,
+        http: &reqwest::Client,
+        query: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::RequestBuilder {
+        http.post(format!("http://{}/ingest{query}", self.address))
+            .header("X-API-Key", &self.key)
+            .json(body)
+    }
+
+    /// Sends SIGTERM; returns how long the process took to exit (successfully).
+    async fn terminate(self) -> Duration {
+        let started = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+        started.elapsed()
+    }
+
+    async fn row_count(
+        env: &std::collections::HashMap<String, String>,
+    ) -> lakegate::databricks::Value {
+        let reader = lakegate::databricks::Client::new(
+            &lakegate::databricks::Config::resolve(Default::default(), env).unwrap(),
+        )
+        .unwrap();
+        let sql = format!("SELECT count(*) FROM {TABLE}");
+        let rows = reader
+            .statements()
+            .execute(lakegate::databricks::StatementRequest::new(sql))
+            .await
+            .unwrap()
+            .collect_rows()
+            .await
+            .unwrap();
+        rows[0][0].clone()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_flushes_every_queued_reading() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(300);
     let emulator = Emulator::start(config).await.unwrap();
-    let keys = harness::new_keys();
-    let registry =
-        json!({"devices": {"sensor-1": {"keys": [lakegate::devices::hash_key(&keys.sensor)]}}});
-    let mut env = harness::gateway_env(
-        &emulator,
-        &std::path::PathBuf::new(),
-        &[
-            // Long flush interval: the readings are surely still queued at SIGTERM.
-            ("LAKEGATE_FLUSH_MS", "20000"),
-            ("DATABRICKS_APP_PORT", "0"),
-            ("LAKEGATE_LOG_FORMAT", "json"),
-        ],
-    );
-    env.remove("LAKEGATE_DEVICE_KEYS_FILE");
-    env.insert("LAKEGATE_DEVICE_KEYS".into(), registry.to_string());
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
-        .env_clear()
-        .envs(&env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = loop {
-        let line = lines.next().expect("lakegate printed its address").unwrap();
-        let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if log["message"] == "lakegate listening" {
-            break log["address"].as_str().unwrap().to_owned();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Long flush interval: the readings are surely still queued at SIGTERM.
+    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "20000")]);
 
     let http = lakegate::databricks::http::http_client().unwrap();
     for request in 0..10 {
@@ -205,45 +269,41 @@ async fn sigterm_flushes_every_queued_reading() {
                 .map(|i| reading(&format!("t-{request}-{i}"), 1.0))
                 .collect::<Vec<_>>()
         );
-        let response = http
-            .post(format!("http://{address}/ingest?ack=accept"))
-            .header("X-API-Key", &keys.sensor)
-            .json(&body)
+        let response = gateway
+            .post(&http, "?ack=accept", &body)
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 202);
     }
-    let started = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
-    );
+    let env = gateway.env.clone();
+    let took = gateway.terminate().await;
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let expected = lakegate::databricks::Value::Int(30);
+    assert_eq!(GatewayProcess::row_count(&env).await, expected);
+}
 
-    let reader = lakegate::databricks::Client::new(
-        &lakegate::databricks::Config::resolve(Default::default(), &env).unwrap(),
-    )
-    .unwrap();
-    let rows = reader
-        .statements()
-        .execute(lakegate::databricks::StatementRequest::new(format!(
-            "SELECT count(*) FROM {TABLE}"
-        )))
-        .await
-        .unwrap()
-        .collect_rows()
-        .await
-        .unwrap();
-    assert_eq!(rows[0][0], lakegate::databricks::Value::Int(30));
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_is_bounded_when_the_warehouse_hangs() {
+    let emulator = Emulator::start(emulator_config()).await.unwrap();
+    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "50")]);
+    // Statements now take longer than Databricks Apps waits after SIGTERM (15 s).
+    emulator.set_faults(Faults {
+        statement_latency: Duration::from_secs(60),
+        ..Faults::default()
+    });
+    let http = lakegate::databricks::http::http_client().unwrap();
+    let waiting = gateway.post(&http, "", &reading("hung-1", 1.0)).send();
+    let waiting = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let took = gateway.terminate().await;
+    assert!(took < Duration::from_secs(14), "{took:?}");
+    // The waiting device heard that its reading is not committed yet, not a hang-up.
+    let (status, answer) = respond(waiting.await.unwrap().unwrap()).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("not_yet_committed")),
+        "{answer}"
+    );
 }
