@@ -165,11 +165,6 @@ impl Settings {
 }
 
 impl Config {
-    /// Resolves the process environment and the config file.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Self::resolve(Settings::default(), &std::env::vars().collect())
-    }
-
     /// Resolves `explicit` over `env` over the config file.
     ///
     /// As in the SDKs, when no profile is named and explicit or environment

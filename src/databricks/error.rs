@@ -5,13 +5,10 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use super::config::ConfigError;
 use super::retry::Failure;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// The workspace answered with a non-2xx status.
     #[error(transparent)]
     Api(#[from] ApiError),

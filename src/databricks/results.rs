@@ -43,7 +43,7 @@ pub struct Manifest {
     pub total_chunk_count: u64,
     #[serde(default)]
     pub total_row_count: u64,
-    /// Cut by row_limit or byte_limit.
+    /// Cut by row_limit.
     #[serde(default)]
     pub truncated: bool,
 }
@@ -146,10 +146,6 @@ impl StatementResult {
             first,
             next_chunk,
         }
-    }
-
-    pub fn statement_id(&self) -> &str {
-        &self.statement_id
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -147,7 +147,6 @@ impl fmt::Display for StatementState {
 pub struct StatementRequest {
     sql: String,
     params: Vec<Param>,
-    warehouse_id: Option<String>,
     catalog: Option<String>,
     schema: Option<String>,
     wait_timeout: Duration,
@@ -155,7 +154,6 @@ pub struct StatementRequest {
     disposition: Disposition,
     format: Format,
     row_limit: Option<u64>,
-    byte_limit: Option<u64>,
     deadline: Option<Duration>,
     retry_ambiguous: bool,
 }
@@ -166,7 +164,6 @@ impl StatementRequest {
         StatementRequest {
             sql: sql.into(),
             params: Vec::new(),
-            warehouse_id: None,
             catalog: None,
             schema: None,
             wait_timeout: Duration::from_secs(10),
@@ -174,7 +171,6 @@ impl StatementRequest {
             disposition: Disposition::Inline,
             format: Format::JsonArray,
             row_limit: None,
-            byte_limit: None,
             deadline: None,
             retry_ambiguous: true,
         }
@@ -187,12 +183,6 @@ impl StatementRequest {
 
     pub fn params(mut self, params: impl IntoIterator<Item = Param>) -> Self {
         self.params.extend(params);
-        self
-    }
-
-    /// Overrides the client's configured warehouse.
-    pub fn warehouse_id(mut self, id: impl Into<String>) -> Self {
-        self.warehouse_id = Some(id.into());
         self
     }
 
@@ -221,11 +211,6 @@ impl StatementRequest {
 
     pub fn row_limit(mut self, rows: u64) -> Self {
         self.row_limit = Some(rows);
-        self
-    }
-
-    pub fn byte_limit(mut self, bytes: u64) -> Self {
-        self.byte_limit = Some(bytes);
         self
     }
 
@@ -262,8 +247,6 @@ struct WireRequest<'a> {
     format: Format,
     #[serde(skip_serializing_if = "Option::is_none")]
     row_limit: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    byte_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -326,20 +309,14 @@ impl Statements {
         }
     }
 
-    /// Asks Databricks to cancel; the cancel may silently not happen.
-    pub async fn cancel(&self, statement_id: &str) -> Result<(), Error> {
-        cancel(&self.api, statement_id).await
-    }
-
     async fn run(
         &self,
         request: StatementRequest,
         guard: &mut CancelGuard,
     ) -> Result<StatementResult, Error> {
-        let warehouse_id = request
+        let warehouse_id = self
             .warehouse_id
             .as_deref()
-            .or(self.warehouse_id.as_deref())
             .ok_or_else(|| Error::InvalidRequest("no warehouse id configured".into()))?;
         if request.params.len() > MAX_PARAMETERS {
             return Err(Error::InvalidRequest(format!(
@@ -358,7 +335,6 @@ impl Statements {
             disposition: request.disposition,
             format: request.format,
             row_limit: request.row_limit,
-            byte_limit: request.byte_limit,
         };
         let call = Call::post("/api/2.0/sql/statements")
             .json(&wire)?
