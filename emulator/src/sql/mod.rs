@@ -530,19 +530,10 @@ fn table_now(state: &SessionState, name: &TableName) -> Option<Arc<dyn TableProv
         .catalog_list()
         .catalog(&name.catalog)?
         .schema(&name.schema)?;
-    futures_lite_block_on(schema.table(&name.table))
+    // Memory schemas answer without awaiting anything, so one poll suffices.
+    futures_util::FutureExt::now_or_never(schema.table(&name.table))?
         .ok()
         .flatten()
-}
-
-/// Memory schemas answer `table` without awaiting anything, so polling once suffices.
-fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(output) => output,
-        std::task::Poll::Pending => unreachable!("in-memory schemas resolve tables immediately"),
-    }
 }
 
 /// Resolves a one-, two- or three-part name against the session's default catalog and schema.

@@ -15,8 +15,8 @@ pub mod links;
 mod results;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -63,6 +63,11 @@ struct Job {
     row_limit: Option<usize>,
 }
 
+/// Databricks keeps a finished statement's result for an hour; the emulator then
+/// forgets the statement (its id answers 404), so a long-running emulator does not
+/// hold every result it ever produced.
+const RETENTION: Duration = Duration::from_secs(60 * 60);
+
 #[derive(Default)]
 pub struct StatementStore {
     statements: Mutex<HashMap<String, Arc<Statement>>>,
@@ -74,6 +79,11 @@ impl StatementStore {
             .statements
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        statements.retain(|_, kept| {
+            kept.finished_at
+                .get()
+                .is_none_or(|finished| finished.elapsed() < RETENTION)
+        });
         statements.insert(statement.id.clone(), statement);
     }
 
@@ -94,6 +104,7 @@ struct Statement {
     inline: bool,
     phase: watch::Sender<Phase>,
     cancel: watch::Sender<bool>,
+    finished_at: OnceLock<Instant>,
 }
 
 #[derive(Clone)]
@@ -145,6 +156,7 @@ pub async fn execute(
         inline: job.inline,
         phase: watch::Sender::new(Phase::Pending),
         cancel: watch::Sender::new(false),
+        finished_at: OnceLock::new(),
     });
     app.statements.insert(Arc::clone(&statement));
     bump(&app.stats.statements);
@@ -362,6 +374,7 @@ async fn run(app: Arc<App>, statement: Arc<Statement>, job: Job) {
             Err(err) => Phase::Failed(err),
         },
     };
+    let _ = statement.finished_at.set(Instant::now());
     statement.phase.send_replace(phase);
 }
 
