@@ -21,7 +21,7 @@ use crate::databricks::{
 
 /// A dashboard query that takes longer is cancelled.
 const QUERY_DEADLINE: Duration = Duration::from_secs(50);
-/// Series that may have more rows come as Arrow through external links.
+/// Answers that may have more rows come through external links.
 const INLINE_MAX_ROWS: u64 = 1000;
 /// Room for this many metrics per listed device, on average.
 const METRICS_PER_DEVICE: u64 = 100;
@@ -43,19 +43,18 @@ impl<'a> TableReader<'a> {
         now: DateTime<Utc>,
         max_devices: usize,
     ) -> Result<DeviceList, Error> {
-        let request = StatementRequest::new(sql::devices(self.table))
-            .param(Param::timestamp("now", now))
-            .row_limit(max_devices as u64);
-        let (rows, mut truncated) = self.inline(request).await?;
+        let request =
+            StatementRequest::new(sql::devices(self.table)).param(Param::timestamp("now", now));
+        let (rows, mut truncated) = self.rows(request, max_devices as u64).await?;
         let mut devices = rows
             .iter()
             .map(device_summary)
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(last) = devices.last() {
             let request = StatementRequest::new(sql::device_metrics(self.table))
-                .param(Param::string("last_device", last.device_id.as_str()))
-                .row_limit(max_devices as u64 * METRICS_PER_DEVICE);
-            let (rows, metrics_truncated) = self.inline(request).await?;
+                .param(Param::string("last_device", last.device_id.as_str()));
+            let max_rows = max_devices as u64 * METRICS_PER_DEVICE;
+            let (rows, metrics_truncated) = self.rows(request, max_rows).await?;
             truncated |= metrics_truncated;
             let mut metrics: HashMap<String, Vec<String>> = HashMap::new();
             for row in rows {
@@ -104,7 +103,7 @@ impl<'a> TableReader<'a> {
             }
             points
         } else {
-            let (rows, _) = self.inline(request).await?;
+            let (rows, _) = self.rows(request, max_rows).await?;
             rows.iter().map(point).collect::<Result<_, _>>()?
         };
         Ok(Series {
@@ -122,9 +121,9 @@ impl<'a> TableReader<'a> {
     pub async fn latest(&self, query: LatestQuery, max_metrics: usize) -> Result<Latest, Error> {
         let request = StatementRequest::new(sql::latest(self.table))
             .param(Param::string("device_id", query.device_id.as_str()))
-            .param(Param::i64("limit", query.limit.into()))
-            .row_limit(u64::from(query.limit) * max_metrics as u64);
-        let (rows, _) = self.inline(request).await?;
+            .param(Param::i64("limit", query.limit.into()));
+        let max_rows = u64::from(query.limit) * max_metrics as u64;
+        let (rows, _) = self.rows(request, max_rows).await?;
         let mut readings: Vec<LatestReading> = Vec::new();
         for row in &rows {
             let [
@@ -170,8 +169,17 @@ impl<'a> TableReader<'a> {
             .await
     }
 
-    /// Every row of an inline `JSON_ARRAY` result, and whether the row limit cut it.
-    async fn inline(&self, request: StatementRequest) -> Result<(Vec<Row>, bool), Error> {
+    /// At most `max_rows` rows as `JSON_ARRAY`, and whether the limit cut them. Inline
+    /// results fail past 25 MiB, so answers that may be long come through external links.
+    async fn rows(
+        &self,
+        request: StatementRequest,
+        max_rows: u64,
+    ) -> Result<(Vec<Row>, bool), Error> {
+        let mut request = request.row_limit(max_rows);
+        if max_rows > INLINE_MAX_ROWS {
+            request = request.disposition(Disposition::ExternalLinks, Format::JsonArray);
+        }
         let result = self.execute(request).await?;
         let truncated = result.manifest().truncated;
         Ok((result.collect_rows().await?, truncated))
