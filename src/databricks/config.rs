@@ -283,14 +283,21 @@ pub fn normalize_host(raw: &str) -> Result<String, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::MissingHost);
     }
-    let invalid = || ConfigError::InvalidHost(raw.to_owned());
+    // Never echo credentials someone put in the URL.
+    let shown = match raw.rsplit_once('@') {
+        Some((_, host)) => format!("(credentials hidden)@{host}"),
+        None => raw.to_owned(),
+    };
+    let invalid = || ConfigError::InvalidHost(shown.clone());
     let with_scheme = if raw.contains("://") {
         raw.to_owned()
     } else {
         format!("https://{raw}")
     };
     let url = Url::parse(&with_scheme).map_err(|_| invalid())?;
-    if !matches!(url.scheme(), "https" | "http") {
+    // Credentials belong in a token or client secret, where they stay hidden.
+    let has_credentials = !url.username().is_empty() || url.password().is_some();
+    if !matches!(url.scheme(), "https" | "http") || has_credentials {
         return Err(invalid());
     }
     let host = url
@@ -404,6 +411,8 @@ auth_type = oauth-m2m
             normalize_host("ftp://x"),
             Err(ConfigError::InvalidHost(_))
         ));
+        let err = normalize_host("https://me:s3cr3t@x.example.com").unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 
     #[test]
