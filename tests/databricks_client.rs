@@ -34,6 +34,15 @@ fn same(a: &SecretString, b: &SecretString) -> bool {
     a.expose_secret() == b.expose_secret()
 }
 
+/// An emulator whose OAuth tokens live `secs` seconds.
+async fn start_with_token_lifetime(secs: u64) -> lakegate_emulator::Emulator {
+    start(EmulatorConfig {
+        token_lifetime: Duration::from_secs(secs),
+        ..emulator_config()
+    })
+    .await
+}
+
 // ---------------------------------------------------------------- OAuth M2M
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,11 +68,7 @@ async fn cold_start_fetches_one_token_for_100_concurrent_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_token_is_refreshed_once_in_the_background() {
     // Lifetime 4 s: stale after 2 s, treated as expired after 3.6 s.
-    let emulator = start(EmulatorConfig {
-        token_lifetime: Duration::from_secs(4),
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_token_lifetime(4).await;
     let client = m2m_client(&emulator);
     let old = token(&client).await;
 
@@ -84,11 +89,7 @@ async fn stale_token_is_refreshed_once_in_the_background() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_background_refresh_keeps_serving_the_valid_token() {
-    let emulator = start(EmulatorConfig {
-        token_lifetime: Duration::from_secs(4),
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_token_lifetime(4).await;
     let mut config = config(&emulator, m2m(SP_ID, SP_SECRET));
     config.oauth.retry.budget = Duration::ZERO; // one attempt per refresh
     config.oauth.refresh_backoff = Duration::from_secs(30);
@@ -143,11 +144,7 @@ async fn token_endpoint_503_is_retried_honouring_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_token_is_never_sent() {
     // Lifetime 2 s: usable for 1.8 s.
-    let emulator = start(EmulatorConfig {
-        token_lifetime: Duration::from_secs(2),
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_token_lifetime(2).await;
     let client = m2m_client(&emulator);
     let old = token(&client).await;
     client.secrets().create_scope("expiry").await.unwrap();
