@@ -74,7 +74,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn retry_after(&self) -> Option<Duration> {
+    /// How long the workspace asked to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
         self.api_error().and_then(|api| api.retry_after)
     }
 }

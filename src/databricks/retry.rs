@@ -55,6 +55,17 @@ impl RetryPolicy {
         }
     }
 
+    /// The gateway's batch writer: every failure is tried again (the batch statement is
+    /// idempotent and its rows are already acknowledged), backing off to 30 s, forever.
+    pub fn batch_writes() -> Self {
+        RetryPolicy {
+            budget: Duration::MAX,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            ..Self::api()
+        }
+    }
+
     /// Whether a failure is worth another attempt. `retry_ambiguous` is the
     /// caller's per-call choice for requests that must not run twice.
     pub fn should_retry(&self, failure: Failure, retry_ambiguous: bool) -> bool {
@@ -191,6 +202,20 @@ mod tests {
         }
         assert!(!policy.should_retry(Failure::Status(401), false));
         assert_eq!(policy.budget, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn batch_writes_never_give_up_and_honour_retry_after() {
+        let policy = RetryPolicy::batch_writes();
+        let mut schedule = policy.schedule();
+        let a_year = Duration::from_secs(365 * 24 * 3600);
+        for _ in 0..100 {
+            let wait = schedule.next_wait(a_year, None).expect("never gives up");
+            // Jitter adds up to one more backoff on top.
+            assert!(wait <= policy.max_backoff * 2, "{wait:?}");
+        }
+        let asked = Duration::from_secs(120); // longer than any backoff with jitter
+        assert_eq!(schedule.next_wait(a_year, Some(asked)), Some(asked));
     }
 
     #[test]

@@ -9,15 +9,14 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{Row, Submission};
 use crate::config::BatchSettings;
-use crate::databricks;
+use crate::databricks::{self, RetryPolicy};
 use crate::metrics::Metrics;
 
 /// Rows of one statement, encoded as the JSON array the statement expands.
@@ -186,12 +185,9 @@ impl<S: BatchSink> Writer<S> {
     }
 
     async fn write_until_committed(&self, batch: &EncodedBatch) {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let policy = RetryPolicy::batch_writes();
+        let mut schedule = policy.schedule();
+        let first_attempt = Instant::now();
         loop {
             let started = Instant::now();
             match self.sink.write(batch).await {
@@ -202,7 +198,9 @@ impl<S: BatchSink> Writer<S> {
                 }
                 Err(err) => {
                     self.metrics.batch_failed();
-                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    let delay = schedule
+                        .next_wait(first_attempt.elapsed(), err.retry_after())
+                        .unwrap_or(policy.max_backoff);
                     tracing::warn!(error = %err, rows = batch.rows, retry_in = ?delay, "batch write failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -213,6 +211,8 @@ impl<S: BatchSink> Writer<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn row(device: &str, reading: &str, metric: &str, ts_us: i64) -> Row {
