@@ -34,6 +34,18 @@ fn same(a: &SecretString, b: &SecretString) -> bool {
     a.expose_secret() == b.expose_secret()
 }
 
+/// An emulator whose statements each spend `latency` RUNNING.
+async fn start_with_statement_latency(latency: Duration) -> lakegate_emulator::Emulator {
+    start(EmulatorConfig {
+        faults: Faults {
+            statement_latency: latency,
+            ..Faults::default()
+        },
+        ..emulator_config()
+    })
+    .await
+}
+
 /// An emulator whose OAuth tokens live `secs` seconds.
 async fn start_with_token_lifetime(secs: u64) -> lakegate_emulator::Emulator {
     start(EmulatorConfig {
@@ -340,14 +352,7 @@ async fn typed_and_null_parameters_decode_by_manifest_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn polls_past_the_wait_timeout() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            statement_latency: Duration::from_millis(1500),
-            ..Faults::default()
-        },
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_statement_latency(Duration::from_millis(1500)).await;
     let client = pat_client(&emulator);
     let started = Instant::now();
     let request = StatementRequest::new("SELECT 42 AS answer")
@@ -367,14 +372,7 @@ async fn polls_past_the_wait_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropping_the_future_cancels_the_statement() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            statement_latency: Duration::from_secs(10),
-            ..Faults::default()
-        },
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_statement_latency(Duration::from_secs(10)).await;
     let client = pat_client(&emulator);
     let request = StatementRequest::new("SELECT 1 AS one")
         .wait_timeout(Duration::ZERO, OnWaitTimeout::Continue);
@@ -397,14 +395,7 @@ async fn dropping_the_future_cancels_the_statement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deadline_cancels_the_statement() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            statement_latency: Duration::from_secs(10),
-            ..Faults::default()
-        },
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_statement_latency(Duration::from_secs(10)).await;
     let client = pat_client(&emulator);
     let request = StatementRequest::new("SELECT 1 AS one")
         .wait_timeout(Duration::ZERO, OnWaitTimeout::Continue)
@@ -432,14 +423,7 @@ async fn deadline_cancels_the_statement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_wait_timeout_cancel_ends_canceled() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            statement_latency: Duration::from_secs(8),
-            ..Faults::default()
-        },
-        ..emulator_config()
-    })
-    .await;
+    let emulator = start_with_statement_latency(Duration::from_secs(8)).await;
     let client = pat_client(&emulator);
     let request = StatementRequest::new("SELECT 1 AS one")
         .wait_timeout(Duration::from_secs(5), OnWaitTimeout::Cancel);

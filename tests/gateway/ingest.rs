@@ -55,50 +55,39 @@ async fn arrays_ndjson_and_gzip_are_accepted() {
     let mut gateway = Harness::start().await;
     let key = gateway.keys.sensor.clone();
 
+    // Sends one body and checks that it was committed with `expected` readings.
+    let committed = |request: reqwest::RequestBuilder, expected: u64| async move {
+        let (status, answer) = respond(request.send().await.unwrap()).await;
+        assert_eq!(
+            (status, answer["accepted"].as_u64()),
+            (200, Some(expected)),
+            "{answer}"
+        );
+    };
+
     let array = json!([reading("a-1", 1.0), reading("a-2", 2.0)]);
-    let (status, answer) = gateway.post_json(&key, &array).await;
-    assert_eq!(
-        (status, answer["accepted"].clone()),
-        (200, json!(2)),
-        "{answer}"
-    );
+    committed(gateway.post(&key).json(&array), 2).await;
 
     let ndjson = format!(
         "{}\n\n{}\n",
         reading("n-1", 3.0),
         json!({"ts": 1764417600000i64, "metrics": {"rpm": 900}})
     );
-    let response = gateway
+    let ndjson_request = gateway
         .post(&key)
         .header("Content-Type", "application/x-ndjson")
-        .body(ndjson)
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = respond(response).await;
-    assert_eq!(
-        (status, answer["accepted"].clone()),
-        (200, json!(2)),
-        "{answer}"
-    );
+        .body(ndjson);
+    committed(ndjson_request, 2).await;
 
     let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
     gzip.write_all(json!([reading("g-1", 4.0)]).to_string().as_bytes())
         .unwrap();
-    let response = gateway
+    let gzip_request = gateway
         .post(&key)
         .header("Content-Type", "application/json")
         .header("Content-Encoding", "gzip")
-        .body(gzip.finish().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = respond(response).await;
-    assert_eq!(
-        (status, answer["accepted"].clone()),
-        (200, json!(1)),
-        "{answer}"
-    );
+        .body(gzip.finish().unwrap());
+    committed(gzip_request, 1).await;
 
     let ids: Vec<String> = gateway.rows().await.into_iter().map(|row| row.1).collect();
     assert_eq!(ids.len(), 5);
