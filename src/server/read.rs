@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::Utc;
 use secrecy::SecretString;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::auth::client_of;
 use super::error::ApiError;
@@ -119,16 +119,32 @@ pub async fn devices(
     Ok(Json(list))
 }
 
+/// The `{device_id}` of the path and the query parameters of a per-device route;
+/// malformed ones are a JSON 400.
+pub struct DeviceRequest<P> {
+    device_id: String,
+    params: P,
+}
+
+impl<P: DeserializeOwned + Send> FromRequestParts<AppState> for DeviceRequest<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Path(device_id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(bad_request)?;
+        let Query(params) = Query::<P>::from_request_parts(parts, app)
+            .await
+            .map_err(bad_request)?;
+        Ok(DeviceRequest { device_id, params })
+    }
+}
+
 pub async fn series(
     State(app): State<AppState>,
     reader: Reader,
-    device_id: Result<Path<String>, PathRejection>,
-    params: Result<Query<SeriesParams>, QueryRejection>,
+    DeviceRequest { device_id, params }: DeviceRequest<SeriesParams>,
 ) -> Result<Json<Series>, ApiError> {
-    let (Path(device_id), Query(params)) = (
-        device_id.map_err(bad_request)?,
-        params.map_err(bad_request)?,
-    );
     let query = SeriesQuery::new(device_id, params, Utc::now(), app.config.read.max_points)?;
     let series = reader
         .table(&app)
@@ -141,13 +157,8 @@ pub async fn series(
 pub async fn latest(
     State(app): State<AppState>,
     reader: Reader,
-    device_id: Result<Path<String>, PathRejection>,
-    params: Result<Query<LatestParams>, QueryRejection>,
+    DeviceRequest { device_id, params }: DeviceRequest<LatestParams>,
 ) -> Result<Json<Latest>, ApiError> {
-    let (Path(device_id), Query(params)) = (
-        device_id.map_err(bad_request)?,
-        params.map_err(bad_request)?,
-    );
     let query = LatestQuery::new(device_id, params)?;
     let latest = reader
         .table(&app)
