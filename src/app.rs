@@ -85,7 +85,7 @@ impl Gateway {
             .await
             .with_context(|| format!("creating table {}", config.table))?;
 
-        let (queue, receiver) = IngestQueue::new(config.batch.queue_rows);
+        let (queue, receiver) = IngestQueue::new(config.queue);
         let writer_closing = CancellationToken::new();
         let sink = StatementSink::new(client.statements(), &config.table);
         let writer = tokio::spawn(

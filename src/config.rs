@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::body::BodyLimits;
+use crate::ingest::queue::{QueueCapacity, Row};
 use crate::limits::LimitSettings;
 
 /// Where the gateway writes.
@@ -41,6 +42,8 @@ pub struct GatewayConfig {
     pub device_keys: Option<KeySource>,
     pub keys_refresh: Duration,
     pub batch: BatchSettings,
+    /// Rows queued and not yet committed, and their bytes; beyond either, requests get 503.
+    pub queue: QueueCapacity,
     pub body: BodyLimits,
     pub limits: LimitSettings,
     /// Take the client address from `X-Forwarded-For` / `X-Real-Ip` (behind the Apps proxy).
@@ -79,8 +82,6 @@ pub struct BatchSettings {
     pub max_rows: usize,
     /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
     pub max_bytes: usize,
-    /// Rows queued and not yet committed; beyond it requests get 503.
-    pub queue_rows: usize,
 }
 
 /// `catalog.schema.table`, each part a plain identifier so it can stand in SQL text.
@@ -235,7 +236,10 @@ impl GatewayConfig {
             flush_interval: env.millis("LAKEGATE_FLUSH_MS", 1000)?,
             max_rows: env.count("LAKEGATE_BATCH_MAX_ROWS", 10_000)?,
             max_bytes: env.count("LAKEGATE_BATCH_MAX_BYTES", 4 * 1024 * 1024)?,
-            queue_rows: env.count("LAKEGATE_QUEUE_MAX_ROWS", 200_000)?,
+        };
+        let queue = QueueCapacity {
+            rows: env.count("LAKEGATE_QUEUE_MAX_ROWS", 200_000)?,
+            bytes: env.count("LAKEGATE_QUEUE_MAX_BYTES", 256 * 1024 * 1024)?,
         };
         if batch.max_bytes > MAX_BATCH_BYTES {
             return Err(invalid(
@@ -254,23 +258,38 @@ impl GatewayConfig {
             max_id_len: 128,
         };
         let largest_request = body.max_readings.saturating_mul(body.max_metrics);
-        if batch.queue_rows < largest_request {
+        let rows_named = format!(
+            "must hold the largest request: LAKEGATE_MAX_READINGS_PER_REQUEST × \
+             LAKEGATE_MAX_METRICS_PER_READING = {largest_request} rows"
+        );
+        if queue.rows < largest_request {
+            return Err(invalid("LAKEGATE_QUEUE_MAX_ROWS", rows_named));
+        }
+        // Names and strings come from the body; ids are charged to every row (up
+        // to four bytes a character).
+        let largest_request_bytes = largest_request
+            .saturating_mul(std::mem::size_of::<Row>() + 4 * body.max_id_len)
+            .saturating_add(body.max_body_bytes);
+        if queue.bytes < largest_request_bytes {
             return Err(invalid(
-                "LAKEGATE_QUEUE_MAX_ROWS",
+                "LAKEGATE_QUEUE_MAX_BYTES",
                 format!(
-                    "must hold the largest request: LAKEGATE_MAX_READINGS_PER_REQUEST × \
-                     LAKEGATE_MAX_METRICS_PER_READING = {largest_request} rows"
+                    "must hold the largest request: {largest_request_bytes} bytes \
+                     ({largest_request} rows and a body of LAKEGATE_MAX_BODY_BYTES)"
                 ),
             ));
         }
         let limits = LimitSettings {
             device_rate_per_sec: env.positive("LAKEGATE_DEVICE_RATE_PER_SEC", 50)?,
             device_burst: env.positive("LAKEGATE_DEVICE_BURST", 1000)?,
-            global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 20_000)?,
-            global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 40_000)?,
+            global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 50_000)?,
+            global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 100_000)?,
             auth_failures_per_min: env.positive("LAKEGATE_AUTH_FAILURES_PER_MIN", 30)?,
             auth_failure_burst: env.positive("LAKEGATE_AUTH_FAILURE_BURST", 10)?,
         };
+        if (limits.global_burst.get() as usize) < largest_request {
+            return Err(invalid("LAKEGATE_GLOBAL_BURST", rows_named));
+        }
         // Behind the Apps proxy the peer is always the proxy; elsewhere headers could be forged.
         let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some();
 
@@ -292,6 +311,7 @@ impl GatewayConfig {
             device_keys,
             keys_refresh: env.secs("LAKEGATE_KEYS_REFRESH_SECS", 60)?,
             batch,
+            queue,
             body,
             limits,
             trust_proxy_headers: env.parse("LAKEGATE_TRUST_PROXY_HEADERS", on_databricks_apps)?,

@@ -91,13 +91,33 @@ impl<C: Clock + Clone> Limits<C> {
         }
     }
 
-    /// Charges `readings` against the device's and then the global limiter. Err says which limit and when to retry.
-    /// A request has a cost of at least one, and a request refused by the
-    /// global limit has still spent its device budget (governor cannot refund).
-    pub fn admit(&self, device: &Device, readings: u32) -> Result<(), LimitExceeded> {
-        let n = NonZeroU32::new(readings).unwrap_or(NonZeroU32::MIN);
-        self.verdict(LimitKind::Device, self.check_device(device, n))?;
-        self.verdict(LimitKind::Global, self.global.check_n(n))
+    /// Before the body is read: one unit of the device's budget, so that a device
+    /// over its rate is refused without its body being read, decompressed and parsed.
+    pub fn admit_request(&self, device: &Device) -> Result<(), LimitExceeded> {
+        self.verdict(
+            LimitKind::Device,
+            self.check_device(device, NonZeroU32::MIN),
+        )
+    }
+
+    /// After parsing: the rest of the device's budget for `readings` (the request
+    /// paid one in [`Limits::admit_request`]), then `rows` (one per metric, what
+    /// the warehouse writes) from the global budget. Err says which limit and when
+    /// to retry; a request refused by the global limit has still spent its device
+    /// budget (governor cannot refund).
+    pub fn admit(&self, device: &Device, readings: u32, rows: u32) -> Result<(), LimitExceeded> {
+        let burst = device.burst.unwrap_or(self.default_device_quota.1);
+        if readings > burst.get() {
+            return Err(LimitExceeded {
+                limit: LimitKind::BatchLargerThanBurst,
+                retry_after: Duration::ZERO,
+            });
+        }
+        if let Some(rest) = NonZeroU32::new(readings.saturating_sub(1)) {
+            self.verdict(LimitKind::Device, self.check_device(device, rest))?;
+        }
+        let rows = NonZeroU32::new(rows).unwrap_or(NonZeroU32::MIN);
+        self.verdict(LimitKind::Global, self.global.check_n(rows))
     }
 
     /// Before checking a key: is this client address blocked for too many failed authentications?
@@ -260,6 +280,16 @@ mod tests {
         }
     }
 
+    /// A request's whole admission: before its body, then its readings (one row each).
+    fn admit<C: Clock + Clone>(
+        limits: &Limits<C>,
+        device: &Device,
+        readings: u32,
+    ) -> Result<(), LimitExceeded> {
+        limits.admit_request(device)?;
+        limits.admit(device, readings, readings)
+    }
+
     fn refused(limit: LimitKind, retry_after: Duration) -> Result<(), LimitExceeded> {
         Err(LimitExceeded { limit, retry_after })
     }
@@ -268,39 +298,40 @@ mod tests {
     fn device_burst_then_refusal_until_refill() {
         let (limits, clock) = limits();
         let d = device("d", None, None);
-        assert_eq!(limits.admit(&d, 5), Ok(()));
+        assert_eq!(admit(&limits, &d, 5), Ok(()));
         assert_eq!(
-            limits.admit(&d, 1),
+            admit(&limits, &d, 1),
             refused(LimitKind::Device, Duration::from_millis(100))
         );
+        // Refused before its body: the wait is for the one unit a request costs up front.
         assert_eq!(
-            limits.admit(&d, 2),
-            refused(LimitKind::Device, Duration::from_millis(200))
+            admit(&limits, &d, 2),
+            refused(LimitKind::Device, Duration::from_millis(100))
         );
         clock.advance(Duration::from_millis(100));
-        assert_eq!(limits.admit(&d, 1), Ok(()));
+        assert_eq!(admit(&limits, &d, 1), Ok(()));
         // An empty request still costs one.
-        assert_eq!(limits.admit(&d, 0).unwrap_err().limit, LimitKind::Device);
+        assert_eq!(admit(&limits, &d, 0).unwrap_err().limit, LimitKind::Device);
     }
 
     #[test]
     fn registry_quota_overrides_defaults() {
         let (limits, _) = limits();
         let slow = device("slow", Some(1), Some(2));
-        assert_eq!(limits.admit(&slow, 2), Ok(()));
+        assert_eq!(admit(&limits, &slow, 2), Ok(()));
         assert_eq!(
-            limits.admit(&slow, 1),
+            admit(&limits, &slow, 1),
             refused(LimitKind::Device, Duration::from_secs(1))
         );
         // Other devices keep the defaults.
-        assert_eq!(limits.admit(&device("other", None, None), 5), Ok(()));
+        assert_eq!(admit(&limits, &device("other", None, None), 5), Ok(()));
         // A changed quota starts afresh.
-        assert_eq!(limits.admit(&device("slow", Some(1), Some(3)), 3), Ok(()));
+        assert_eq!(admit(&limits, &device("slow", Some(1), Some(3)), 3), Ok(()));
         // Overriding only the burst keeps the default rate.
         let bursty = device("bursty", None, Some(8));
-        assert_eq!(limits.admit(&bursty, 8), Ok(()));
+        assert_eq!(admit(&limits, &bursty, 8), Ok(()));
         assert_eq!(
-            limits.admit(&bursty, 1),
+            admit(&limits, &bursty, 1),
             refused(LimitKind::Device, Duration::from_millis(100))
         );
     }
@@ -310,12 +341,42 @@ mod tests {
         let (limits, _) = limits();
         for i in 0..4 {
             assert_eq!(
-                limits.admit(&device(&format!("d{i}"), None, None), 5),
+                admit(&limits, &device(&format!("d{i}"), None, None), 5),
                 Ok(())
             );
         }
         assert_eq!(
-            limits.admit(&device("d4", None, None), 1),
+            admit(&limits, &device("d4", None, None), 1),
+            refused(LimitKind::Global, Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn a_device_over_its_rate_is_refused_before_its_body() {
+        let (limits, clock) = limits();
+        let d = device("d", None, None);
+        assert_eq!(admit(&limits, &d, 5), Ok(()));
+        assert_eq!(
+            limits.admit_request(&d),
+            refused(LimitKind::Device, Duration::from_millis(100))
+        );
+        clock.advance(Duration::from_millis(300));
+        // Three units back: the request paid one up front, its readings the other two.
+        assert_eq!(limits.admit_request(&d), Ok(()));
+        assert_eq!(limits.admit(&d, 3, 3), Ok(()));
+        assert_eq!(
+            limits.admit_request(&d).unwrap_err().limit,
+            LimitKind::Device
+        );
+    }
+
+    #[test]
+    fn the_global_limit_counts_rows() {
+        let (limits, _) = limits();
+        // Four readings of five metrics each fill the global burst of 20 rows.
+        assert_eq!(limits.admit(&device("a", None, None), 4, 20), Ok(()));
+        assert_eq!(
+            limits.admit(&device("b", None, None), 1, 1),
             refused(LimitKind::Global, Duration::from_millis(10))
         );
     }
@@ -324,8 +385,11 @@ mod tests {
     fn batch_larger_than_any_burst_is_never_admitted() {
         let (limits, _) = limits();
         let too_large = refused(LimitKind::BatchLargerThanBurst, Duration::ZERO);
-        assert_eq!(limits.admit(&device("d", None, None), 6), too_large);
-        assert_eq!(limits.admit(&device("big", None, Some(50)), 21), too_large);
+        assert_eq!(admit(&limits, &device("d", None, None), 6), too_large);
+        assert_eq!(
+            admit(&limits, &device("big", None, Some(50)), 21),
+            too_large
+        );
     }
 
     #[test]
@@ -353,8 +417,8 @@ mod tests {
     fn prune_forgets_idle_state() {
         let (limits, clock) = limits();
         let client: IpAddr = "192.0.2.1".parse().unwrap();
-        limits.admit(&device("d", Some(1), Some(1)), 1).unwrap();
-        limits.admit(&device("e", None, None), 1).unwrap();
+        admit(&limits, &device("d", Some(1), Some(1)), 1).unwrap();
+        admit(&limits, &device("e", None, None), 1).unwrap();
         for _ in 0..3 {
             limits.record_auth_failure(client);
         }

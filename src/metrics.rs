@@ -42,6 +42,7 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     pub statement_seconds: Histogram,
     pub queue_rows: Gauge,
+    pub queue_bytes: Gauge,
     pub registry_reloads: Family<OutcomeLabels, Counter>,
     pub registry_devices: Gauge,
     token_fetches: Family<OutcomeLabels, Counter>,
@@ -57,6 +58,7 @@ impl Default for Metrics {
         let batch_rows = Histogram::new(exponential_buckets(1.0, 4.0, 9));
         let statement_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let queue_rows = Gauge::default();
+        let queue_bytes = Gauge::default();
         let registry_reloads = Family::default();
         let registry_devices = Gauge::default();
         let token_fetches = Family::default();
@@ -98,6 +100,11 @@ impl Default for Metrics {
             queue_rows.clone(),
         );
         registry.register(
+            "queue_bytes",
+            "Bytes the queued rows take in memory",
+            queue_bytes.clone(),
+        );
+        registry.register(
             "registry_reloads",
             "Device registry reloads by outcome",
             registry_reloads.clone(),
@@ -122,6 +129,7 @@ impl Default for Metrics {
             batch_rows,
             statement_seconds,
             queue_rows,
+            queue_bytes,
             registry_reloads,
             registry_devices,
             token_fetches,

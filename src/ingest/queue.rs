@@ -1,8 +1,10 @@
 //! The bounded write queue between request handlers and the batch writer.
 //!
-//! Capacity is counted in rows (one per metric), the unit that costs memory
-//! and statement size. A request takes all its permits at once or none: when
-//! the queue is full it is refused (503) instead of growing without bound.
+//! Capacity is counted twice: in rows (one per metric, the unit of statement
+//! size) and in the bytes the queued rows take in memory, so that a fleet sending
+//! long names and strings cannot grow the process past its budget. A request takes
+//! all its room at once or none: when the queue is full it is refused (503)
+//! instead of growing without bound.
 
 use std::sync::Arc;
 
@@ -25,6 +27,16 @@ pub struct Row {
 }
 
 impl Row {
+    /// What this row costs the queue, in bytes: the struct and every buffer it
+    /// owns. The device and reading ids are shared by a reading's rows; each row is
+    /// charged the reading id all the same, so the estimate errs on the safe side.
+    pub fn queued_bytes(&self) -> usize {
+        std::mem::size_of::<Row>()
+            + self.metric.len()
+            + self.value_str.as_ref().map_or(0, String::len)
+            + self.reading_id.len()
+    }
+
     /// One row per metric; booleans become 1.0 / 0.0 in `value`, strings go to `value_str`.
     pub fn from_reading(device_id: &Arc<str>, reading: Reading) -> impl Iterator<Item = Row> {
         let reading_id: Arc<str> = reading.reading_id.into();
@@ -57,7 +69,13 @@ pub struct Submission {
     /// Dropped unsent if the rows are never committed (the process ends first).
     pub committed: Option<oneshot::Sender<()>>,
     /// Returned to the queue when the rows are committed.
-    pub permit: OwnedSemaphorePermit,
+    pub room: QueueRoom,
+}
+
+/// Room held in the queue, given back when dropped (once the rows are committed).
+pub struct QueueRoom {
+    rows: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -68,69 +86,93 @@ pub enum QueueError {
     Closed,
 }
 
+/// How much the queue holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCapacity {
+    pub rows: usize,
+    /// Of rows in memory, as [`Row::queued_bytes`] counts them.
+    pub bytes: usize,
+}
+
 #[derive(Clone)]
 pub struct IngestQueue {
     sender: mpsc::UnboundedSender<Submission>,
-    capacity: Arc<Semaphore>,
-    max_rows: usize,
+    rows: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    capacity: QueueCapacity,
 }
 
 impl IngestQueue {
-    /// A queue of at most `max_rows` rows, and its receiving end for the writer.
-    pub fn new(max_rows: usize) -> (IngestQueue, mpsc::UnboundedReceiver<Submission>) {
+    /// An empty queue, and its receiving end for the writer.
+    pub fn new(capacity: QueueCapacity) -> (IngestQueue, mpsc::UnboundedReceiver<Submission>) {
         let (sender, receiver) = mpsc::unbounded_channel();
+        // A semaphore holds at most `MAX_PERMITS`; no real budget comes near it.
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let queue = IngestQueue {
             sender,
-            capacity: Arc::new(Semaphore::new(max_rows)),
-            max_rows,
+            rows: permits(capacity.rows),
+            bytes: permits(capacity.bytes),
+            capacity,
         };
         (queue, receiver)
     }
 
-    /// Claims room for `rows` rows, so that nothing else is spent (rate limits) on a
+    /// Claims room for `rows`, so that nothing else is spent (rate limits) on a
     /// request the queue would refuse anyway.
-    pub fn reserve(&self, rows: usize) -> Result<Reservation, QueueError> {
-        let wanted = u32::try_from(rows).map_err(|_| QueueError::Full)?;
-        let permit = self
-            .capacity
-            .clone()
-            .try_acquire_many_owned(wanted)
-            .map_err(|_| QueueError::Full)?;
+    pub fn reserve(&self, rows: &[Row]) -> Result<Reservation, QueueError> {
+        let bytes = rows.iter().map(Row::queued_bytes).sum();
+        let take = |semaphore: &Arc<Semaphore>, n: usize| {
+            let n = u32::try_from(n).map_err(|_| QueueError::Full)?;
+            semaphore
+                .clone()
+                .try_acquire_many_owned(n)
+                .map_err(|_| QueueError::Full)
+        };
+        let room = QueueRoom {
+            rows: take(&self.rows, rows.len())?,
+            _bytes: take(&self.bytes, bytes)?,
+        };
         Ok(Reservation {
-            permit,
+            room,
             sender: self.sender.clone(),
         })
     }
 
     /// Queues the rows; with `wait_for_commit` the receiver resolves once they are in the table.
-    pub fn submit(
+    #[cfg(test)]
+    pub(crate) fn submit(
         &self,
         rows: Vec<Row>,
         wait_for_commit: bool,
     ) -> Result<Option<Committed>, QueueError> {
-        self.reserve(rows.len())?.submit(rows, wait_for_commit)
+        self.reserve(&rows)?.submit(rows, wait_for_commit)
     }
 
     /// Rows queued and not yet committed.
     pub fn depth(&self) -> usize {
-        self.max_rows - self.capacity.available_permits()
+        self.capacity.rows.min(Semaphore::MAX_PERMITS) - self.rows.available_permits()
+    }
+
+    /// Bytes of the rows queued and not yet committed.
+    pub fn depth_bytes(&self) -> usize {
+        self.capacity.bytes.min(Semaphore::MAX_PERMITS) - self.bytes.available_permits()
     }
 }
 
 /// Room claimed in the queue; dropped unused, the room is given back.
 pub struct Reservation {
-    permit: OwnedSemaphorePermit,
+    room: QueueRoom,
     sender: mpsc::UnboundedSender<Submission>,
 }
 
 impl Reservation {
-    /// Queues `rows` (at most as many as were reserved).
+    /// Queues `rows`, the rows room was reserved for.
     pub fn submit(
         self,
         rows: Vec<Row>,
         wait_for_commit: bool,
     ) -> Result<Option<Committed>, QueueError> {
-        debug_assert!(rows.len() <= self.permit.num_permits());
+        debug_assert!(rows.len() <= self.room.rows.num_permits());
         let (committed, receiver) = match wait_for_commit {
             true => {
                 let (sender, receiver) = oneshot::channel();
@@ -142,7 +184,7 @@ impl Reservation {
             .send(Submission {
                 rows,
                 committed,
-                permit: self.permit,
+                room: self.room,
             })
             .map_err(|_| QueueError::Closed)?;
         Ok(receiver)

@@ -278,12 +278,16 @@ mod tests {
         }
     }
 
+    const CAPACITY: super::super::queue::QueueCapacity = super::super::queue::QueueCapacity {
+        rows: 100,
+        bytes: 1 << 20,
+    };
+
     fn settings(flush_ms: u64) -> BatchSettings {
         BatchSettings {
             flush_interval: Duration::from_millis(flush_ms),
             max_rows: 100,
             max_bytes: 1 << 20,
-            queue_rows: 100,
         }
     }
 
@@ -293,7 +297,7 @@ mod tests {
             failures: 2.into(),
             ..FlakySink::default()
         });
-        let (queue, receiver) = super::super::queue::IngestQueue::new(100);
+        let (queue, receiver) = super::super::queue::IngestQueue::new(CAPACITY);
         let closing = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let writer = Writer::new(
@@ -319,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn closing_flushes_queued_rows_without_waiting_for_the_interval() {
         let sink = Arc::new(FlakySink::default());
-        let (queue, receiver) = super::super::queue::IngestQueue::new(100);
+        let (queue, receiver) = super::super::queue::IngestQueue::new(CAPACITY);
         let closing = CancellationToken::new();
         let writer = Writer::new(
             receiver,

@@ -1,5 +1,7 @@
 //! `POST /ingest` (also `/api/ingest`, the path the Apps proxy documents for token access).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -67,6 +69,8 @@ pub async fn ingest(
             format!("{err}; use ack=commit or ack=accept"),
         )
     })?;
+    // A device over its rate is refused before its body is read.
+    app.limits.admit_request(&device)?;
     let limits = &app.config.body;
     let format = BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header_str(&headers, header::CONTENT_ENCODING))?;
@@ -90,15 +94,15 @@ pub async fn ingest(
     }
 
     let accepted = parsed.readings.len();
-    let row_count = parsed.readings.iter().map(|r| r.metrics.len()).sum();
-    // Room first: a request the queue refuses must not spend the device's rate budget.
-    let room = app.queue.reserve(row_count)?;
-    app.limits.admit(&device, accepted as u32)?;
     let rows: Vec<Row> = parsed
         .readings
         .into_iter()
         .flat_map(|reading| Row::from_reading(&device.id, reading))
         .collect();
+    // Room first: a request the queue refuses must not spend more of the rate budgets.
+    let room = app.queue.reserve(&rows)?;
+    app.limits
+        .admit(&device, accepted as u32, rows.len() as u32)?;
     let committed = room.submit(rows, params.ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
 
@@ -112,19 +116,33 @@ pub async fn ingest(
         tokio::time::sleep(app.config.shutdown_grace / 3).await;
     };
     tokio::select! {
-        done = tokio::time::timeout(app.config.ack_timeout, committed) => {
-            if matches!(done, Ok(Ok(()))) {
+        done = tokio::time::timeout(app.config.ack_timeout, committed) => match done {
+            Ok(Ok(())) => {
                 let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": true});
-                return Ok((StatusCode::OK, Json(body)).into_response());
+                Ok((StatusCode::OK, Json(body)).into_response())
             }
-        }
-        () = shutdown_bound => {}
+            Err(_) if !app.shutting_down.is_cancelled() => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_yet_committed",
+                "the readings are queued but not committed yet; the gateway keeps writing them \
+                 while it runs, and resending them is safe because repeated readings are \
+                 written once",
+            )
+            .retry_after(Duration::from_secs(5))),
+            // The writer let go of the rows: the gateway is stopping.
+            _ => Err(not_committed_at_shutdown()),
+        },
+        () = shutdown_bound => Err(not_committed_at_shutdown()),
     }
-    Err(ApiError::new(
+}
+
+/// No promise that the rows will still be written: the grace period may end first.
+fn not_committed_at_shutdown() -> ApiError {
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "not_yet_committed",
-        "the readings are queued but not committed yet; they will still be written, and \
-         resending them is safe because repeated readings are dropped",
+        "the gateway is shutting down and the readings are not committed; they may not be \
+         written before it stops, so resend them (repeated readings are written once)",
     )
-    .retry_after(std::time::Duration::from_secs(5)))
+    .retry_after(Duration::from_secs(5))
 }

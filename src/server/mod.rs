@@ -8,7 +8,7 @@ pub mod page;
 pub mod read;
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -45,7 +45,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the shutdown signal arrives.
     pub shutting_down: CancellationToken,
-    readiness: Mutex<Option<(Instant, ops::Readiness)>>,
+    /// The last readiness check; held while a check runs, so that checks don't pile up.
+    readiness: tokio::sync::Mutex<Option<(Instant, ops::Readiness)>>,
 }
 
 impl AppState {
@@ -64,7 +65,7 @@ impl AppState {
             queue,
             metrics,
             shutting_down: CancellationToken::new(),
-            readiness: Mutex::new(None),
+            readiness: tokio::sync::Mutex::new(None),
         }))
     }
 }

@@ -26,6 +26,21 @@ pub struct Readiness {
     /// `ok`, or `failing` when batch writes have failed for longer than a grace period.
     pub writes: &'static str,
     pub devices: usize,
+    /// Present (true) once shutdown has begun.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shutting_down: bool,
+}
+
+impl Readiness {
+    fn shutting_down(devices: usize) -> Readiness {
+        Readiness {
+            ready: false,
+            warehouse: "not_checked",
+            writes: "not_checked",
+            devices,
+            shutting_down: true,
+        }
+    }
 }
 
 /// Batch writes that keep failing this long make the gateway unready; shorter blips
@@ -36,28 +51,36 @@ const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(30);
 const READINESS_TTL: Duration = Duration::from_secs(5);
 
 /// Ready when a token is obtainable, the warehouse answers, batches are being written
-/// and the registry has at least one device.
+/// and the registry has at least one device; never once shutdown has begun, so that
+/// the platform stops routing requests here at once.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let cached = app
-        .readiness
-        .lock()
-        .expect("readiness cache poisoned")
-        .clone()
-        .filter(|(at, _)| at.elapsed() < READINESS_TTL);
-    let readiness = match cached {
-        Some((_, readiness)) => readiness,
-        None => {
-            let readiness = check(&app).await;
-            *app.readiness.lock().expect("readiness cache poisoned") =
-                Some((Instant::now(), readiness.clone()));
-            readiness
+    // A probe waiting on a slow check also hears at once that shutdown began.
+    let readiness = tokio::select! {
+        biased;
+        () = app.shutting_down.cancelled() => {
+            Readiness::shutting_down(app.keys.current().device_count())
         }
+        readiness = cached_check(&app) => readiness,
     };
     let status = match readiness.ready {
         true => StatusCode::OK,
         false => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(readiness)).into_response()
+}
+
+/// One check in flight at a time, however many probes ask: callers that arrive
+/// while it runs wait for it and share its answer.
+async fn cached_check(app: &AppState) -> Readiness {
+    let mut cache = app.readiness.lock().await;
+    if let Some((at, readiness)) = &*cache
+        && at.elapsed() < READINESS_TTL
+    {
+        return readiness.clone();
+    }
+    let readiness = check(app).await;
+    *cache = Some((Instant::now(), readiness.clone()));
+    readiness
 }
 
 async fn check(app: &AppState) -> Readiness {
@@ -79,11 +102,13 @@ async fn check(app: &AppState) -> Readiness {
         warehouse,
         writes,
         devices,
+        shutting_down: false,
     }
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.queue_rows.set(app.queue.depth() as i64);
+    app.metrics.queue_bytes.set(app.queue.depth_bytes() as i64);
     let text = app.metrics.render(app.client.token_fetches());
     (
         [(

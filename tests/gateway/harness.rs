@@ -240,11 +240,16 @@ impl Harness {
         }
     }
 
-    /// Sends the shutdown signal and waits for the gateway to drain and stop.
-    pub async fn stop(&mut self) {
+    /// Sends the shutdown signal without waiting for the gateway to stop.
+    pub fn begin_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+
+    /// Sends the shutdown signal and waits for the gateway to drain and stop.
+    pub async fn stop(&mut self) {
+        self.begin_shutdown();
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }

@@ -39,6 +39,7 @@ async fn health_readiness_and_metrics() {
         "lakegate_batch_rows_count",
         "lakegate_statement_seconds_count",
         "lakegate_queue_rows 0",
+        "lakegate_queue_bytes 0",
         "lakegate_token_fetches_total{outcome=\"succeeded\"}",
         "lakegate_registry_devices 4",
     ] {
