@@ -5,7 +5,9 @@
 //! here with concurrent keep-alive connections. For each scenario it prints
 //! requests and readings per second and latency percentiles, next to the bare
 //! `GET /healthz` route of the same binary, then checks that the table holds
-//! exactly the rows of every acknowledged reading. See docs/benchmark.md.
+//! exactly the rows of every acknowledged reading. A last pass overloads a second
+//! gateway (slow statements, 100-metric readings) and samples its resident memory
+//! against the write queue's byte budget. See docs/benchmark.md.
 //!
 //! Settings (environment): `BENCH_CONCURRENCY` (32 connections), `BENCH_SECS`
 //! (5 s measured per scenario), `BENCH_WARMUP_SECS` (1 s, discarded),
@@ -31,6 +33,14 @@ const DEVICE_ID: &str = "bench-1";
 const BATCH: usize = 100;
 /// Every reading carries these metrics: one table row each.
 const METRICS: [&str; 2] = ["temperature", "humidity"];
+/// The overload pass: readings of 100 metrics, 10 a request, queue budget 32 MiB, and
+/// statements slow enough that the queue fills.
+const WIDE_METRICS: usize = 100;
+const WIDE_READINGS: usize = 10;
+const OVERLOAD_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
+const OVERLOAD_STATEMENT_LATENCY: Duration = Duration::from_secs(2);
+/// What the gateway may hold beyond its queue: code, runtime, buffers of requests in flight.
+const MEMORY_HEADROOM: u64 = 64 * 1024 * 1024;
 /// Longer than the gateway's commit wait (30 s), so its own 503 comes first.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -180,6 +190,8 @@ struct LoadClient {
     key: Arc<str>,
     /// Source of reading ids, unique across the run so that none is deduplicated.
     next_id: Arc<AtomicU64>,
+    /// The metric names of every reading.
+    metrics: Arc<[String]>,
 }
 
 impl LoadClient {
@@ -193,7 +205,8 @@ impl LoadClient {
         let items: Vec<String> = (first..first + readings as u64)
             .map(|id| {
                 let value = (id % 1000) as f64 / 10.0;
-                let metrics: Vec<String> = METRICS
+                let metrics: Vec<String> = self
+                    .metrics
                     .iter()
                     .map(|name| format!("\"{name}\":{value}"))
                     .collect();
@@ -398,7 +411,12 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn spawn(emulator: &Emulator, registry: &Path) -> anyhow::Result<(GatewayProcess, String)> {
+    /// `extra` settings override the defaults below.
+    fn spawn(
+        emulator: &Emulator,
+        registry: &Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(GatewayProcess, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
             .env_clear()
             .envs([
@@ -421,6 +439,7 @@ impl GatewayProcess {
                 ("LAKEGATE_GLOBAL_BURST", "1000000000"),
                 ("LAKEGATE_QUEUE_MAX_ROWS", "2000000"),
             ])
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -551,7 +570,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     }}});
     std::fs::write(&registry, devices.to_string())?;
 
-    let (process, address) = GatewayProcess::spawn(emulator, &registry)?;
+    let (process, address) = GatewayProcess::spawn(emulator, &registry, &[])?;
     // reqwest is built without a default TLS provider; it needs one even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
@@ -563,6 +582,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         url: format!("http://{address}"),
         key: key.into(),
         next_id: Arc::new(AtomicU64::new(0)),
+        metrics: METRICS.iter().map(|name| (*name).to_owned()).collect(),
     };
     wait_until_ready(&gateway).await?;
     println!(
@@ -604,6 +624,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         total.merge(tally);
     }
     print_table(&rows, &settings);
+    let overload = overload(emulator, &registry, &gateway, &settings).await?;
 
     // Every acknowledged reading must reach the table exactly once.
     let reader = databricks::Client::new(&databricks::Config::resolve(
@@ -620,7 +641,8 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         .into_iter()
         .collect(),
     )?)?;
-    let expected = (total.to_be_written * METRICS.len() as u64) as i64;
+    let expected = (total.to_be_written * METRICS.len() as u64
+        + overload.to_be_written * WIDE_METRICS as u64) as i64;
     let waited = Instant::now();
     let mut count = row_count(&reader).await?;
     while count != expected && waited.elapsed() < Duration::from_secs(30) {
@@ -629,12 +651,14 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     }
     println!(
         "\nCheck: {} readings acknowledged ({} more queued behind a 503 not_yet_committed, \
-         {} with no answer) x {} metrics = {expected} rows expected; the table holds {count} \
-         (after waiting {:.1} s for the last flush): {}",
+         {} with no answer) x {} metrics, and {} x {WIDE_METRICS} in the overload pass = \
+         {expected} rows expected; the table holds {count} (after waiting {:.1} s for the \
+         last flush): {}",
         total.acknowledged,
         total.to_be_written - total.acknowledged,
         total.unknown_fate,
         METRICS.len(),
+        overload.to_be_written,
         waited.elapsed().as_secs_f64(),
         if count == expected { "OK" } else { "MISMATCH" }
     );
@@ -664,7 +688,150 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     if count != expected || after_stop != expected || !status.success() {
         bail!("the final check failed");
     }
+    if !overload.within_budget {
+        bail!("the overloaded gateway's memory went past its queue budget + headroom");
+    }
     Ok(())
+}
+
+/// Resident and peak resident memory of a process, in bytes (Linux).
+fn memory_of(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .trim()
+                    .strip_suffix(" kB")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+struct Overload {
+    to_be_written: u64,
+    within_budget: bool,
+}
+
+/// A second gateway, its queue capped at `OVERLOAD_QUEUE_BYTES`, flooded with wide readings
+/// while every statement takes `OVERLOAD_STATEMENT_LATENCY`: its resident memory must stay
+/// within the queue budget plus `MEMORY_HEADROOM`.
+async fn overload(
+    emulator: &Emulator,
+    registry: &Path,
+    first: &LoadClient,
+    settings: &Settings,
+) -> anyhow::Result<Overload> {
+    eprintln!("running: overload");
+    let queue_bytes = OVERLOAD_QUEUE_BYTES.to_string();
+    let (process, address) = GatewayProcess::spawn(
+        emulator,
+        registry,
+        &[("LAKEGATE_QUEUE_MAX_BYTES", queue_bytes.as_str())],
+    )?;
+    let gateway = LoadClient {
+        url: format!("http://{address}"),
+        metrics: (0..WIDE_METRICS).map(|i| format!("m{i:03}")).collect(),
+        ..first.clone()
+    };
+    wait_until_ready(&gateway).await?;
+    let pid = process.child.id();
+    let (idle, _) = memory_of(pid)?;
+    emulator.set_faults(lakegate_emulator::Faults {
+        statement_latency: OVERLOAD_STATEMENT_LATENCY,
+        ..Default::default()
+    });
+
+    let sampling = Arc::new(AtomicU64::new(1));
+    let sampler = {
+        let sampling = sampling.clone();
+        let url = gateway.url.clone();
+        let http = gateway.http.clone();
+        tokio::spawn(async move {
+            let (mut peak_rss, mut peak_queue) = (0u64, 0f64);
+            while sampling.load(Ordering::Relaxed) == 1 {
+                if let Ok((rss, _)) = memory_of(pid) {
+                    peak_rss = peak_rss.max(rss);
+                }
+                if let Ok(text) = async {
+                    http.get(format!("{url}/metrics"))
+                        .send()
+                        .await?
+                        .text()
+                        .await
+                }
+                .await
+                {
+                    let queued = text.lines().find_map(|line| {
+                        line.strip_prefix("lakegate_queue_bytes ")?
+                            .parse::<f64>()
+                            .ok()
+                    });
+                    peak_queue = peak_queue.max(queued.unwrap_or(0.0));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (peak_rss, peak_queue)
+        })
+    };
+    let target = Target::Ingest {
+        wait_for_commit: false,
+        readings: WIDE_READINGS,
+    };
+    let length = settings.measure * 2;
+    let (tally, elapsed) = pass(&gateway, target, settings, length).await;
+    sampling.store(0, Ordering::Relaxed);
+    let (peak_rss, peak_queue) = sampler.await?;
+    let (_, high_water) = memory_of(pid)?;
+    emulator.set_faults(lakegate_emulator::Faults::default());
+    let drain = wait_for_empty_queue(&gateway).await?;
+
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    let budget = OVERLOAD_QUEUE_BYTES + MEMORY_HEADROOM;
+    let within_budget = high_water <= budget;
+    println!(
+        "\nOverload: {} connections for {:.1} s, requests of {WIDE_READINGS} readings x \
+         {WIDE_METRICS} metrics (ack=accept), statements slowed to {:.1} s, queue budget \
+         {:.0} MiB",
+        settings.concurrency,
+        elapsed.as_secs_f64(),
+        OVERLOAD_STATEMENT_LATENCY.as_secs_f64(),
+        mib(OVERLOAD_QUEUE_BYTES as f64),
+    );
+    println!(
+        "  readings acknowledged: {} ({:.0}/s); refusals: {:?}",
+        tally.acknowledged,
+        tally.acknowledged as f64 / elapsed.as_secs_f64(),
+        tally.errors
+    );
+    println!(
+        "  gateway memory: {:.1} MiB idle, {:.1} MiB peak sampled, {:.1} MiB high-water \
+         (VmHWM); queue held at most {:.1} MiB; budget {:.0} MiB (queue + {:.0} MiB): {}",
+        mib(idle as f64),
+        mib(peak_rss as f64),
+        mib(high_water as f64),
+        mib(peak_queue),
+        mib(budget as f64),
+        mib(MEMORY_HEADROOM as f64),
+        if within_budget { "OK" } else { "OVER" }
+    );
+    println!(
+        "  backlog committed {:.1} s after the pass",
+        drain.as_secs_f64()
+    );
+    let (status, _) = process.terminate()?;
+    if !status.success() {
+        bail!("the overloaded gateway did not stop cleanly: {status}");
+    }
+    Ok(Overload {
+        to_be_written: tally.to_be_written,
+        within_budget,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
