@@ -1,6 +1,7 @@
 //! The gateway end to end: a real socket in front, the in-process workspace
 //! emulator behind, readings checked in the table through the SQL API.
 
+mod connections;
 mod dashboard_sql;
 mod harness;
 mod ingest;
