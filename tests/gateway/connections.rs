@@ -276,3 +276,32 @@ async fn a_dead_http2_peer_is_noticed_by_keep_alive_pings() {
     assert_eq!(again.status(), 200);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_closes_idle_and_half_sent_connections_at_once() {
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[
+            ("LAKEGATE_HEADER_TIMEOUT_SECS", "60"),
+            ("LAKEGATE_SHUTDOWN_GRACE_SECS", "12"),
+        ],
+    )
+    .await;
+    let mut idle = connect(&gateway).await;
+    idle.write_all(HEALTHZ).await.unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut half_sent = connect(&gateway).await;
+    half_sent
+        .write_all(b"POST /ingest HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Neither holds the shutdown for the drain bound (half the grace period, 6 s).
+    let started = std::time::Instant::now();
+    gateway.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    read_until_closed(&mut idle, Duration::from_secs(1)).await;
+    read_until_closed(&mut half_sent, Duration::from_secs(1)).await;
+}
