@@ -243,7 +243,8 @@ impl Connection {
                 }
                 () = activity.changed.notified() => {}
                 () = tokio::time::sleep_until(wake_at) => {
-                    if force_close_at.is_some() {
+                    // Unless a request slipped in meanwhile (HTTP/2, before its GOAWAY).
+                    if force_close_at.is_some() && activity.quiet_since().is_some() {
                         break;
                     }
                     // Looked at again: a request may have started meanwhile.
