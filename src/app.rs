@@ -1,8 +1,7 @@
 //! The gateway's life: start (workspace, registry, table, writer, reloads),
 //! serve, and drain on shutdown.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -146,12 +145,13 @@ impl Gateway {
                 shutting_down.cancel();
             }
         };
-        let serve = axum::serve(
+        let serve = server::connections::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .into_future();
+            router,
+            self.state.config.connections.clone(),
+            self.state.metrics.connections.clone(),
+            signal,
+        );
         // Requests in flight get half the grace period; then their connections are
         // dropped (rows they queued stay queued), so the flush below still fits.
         let drain_bound = async {

@@ -20,6 +20,7 @@ use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::body::BodyLimits;
 use crate::ingest::queue::{QueueCapacity, Row};
 use crate::limits::LimitSettings;
+use crate::server::connections::ConnectionLimits;
 
 /// Where the gateway writes.
 #[derive(Debug, Clone)]
@@ -53,6 +54,8 @@ pub struct GatewayConfig {
     /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
     pub shutdown_grace: Duration,
     pub read: ReadSettings,
+    /// Header and idle timeouts, and how many connections may be open.
+    pub connections: ConnectionLimits,
 }
 
 /// Who may use the read API and how much one query may return.
@@ -325,6 +328,12 @@ impl GatewayConfig {
                 // The automatic bucket choice gives up to 500 points.
                 max_points: env.within("LAKEGATE_QUERY_MAX_POINTS", 2000, 500..=100_000)?,
             },
+            connections: ConnectionLimits {
+                header_timeout: env.secs("LAKEGATE_HEADER_TIMEOUT_SECS", 10)?,
+                idle_timeout: env.secs("LAKEGATE_IDLE_TIMEOUT_SECS", 60)?,
+                max_connections: env.within("LAKEGATE_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
+                h2_keepalive: env.secs("LAKEGATE_H2_KEEPALIVE_SECS", 20)?,
+            },
         })
     }
 }
@@ -588,5 +597,24 @@ mod tests {
         let config = GatewayConfig::from_map(&HashMap::new()).unwrap();
         assert!(matches!(config.workspace, Workspace::Local { .. }));
         assert_eq!(config.table.to_string(), "main.lakegate.readings");
+    }
+
+    #[test]
+    fn connection_settings_default_and_validate() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        assert_eq!(config.connections, ConnectionLimits::default());
+        assert_eq!(config.connections.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.connections.max_connections, 4096);
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_MAX_CONNECTIONS", "0"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_MAX_CONNECTIONS: must be from 1"));
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_HEADER_TIMEOUT_SECS", "0"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_HEADER_TIMEOUT_SECS: must be at least 1"));
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_IDLE_TIMEOUT_SECS", "a minute"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_IDLE_TIMEOUT_SECS:"));
     }
 }

@@ -33,8 +33,27 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Connection counts, handed to the accept loop.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+    timed_out: Family<ReasonLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub fn timed_out(&self, reason: &str) {
+        self.timed_out
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub connections: ConnectionMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub readings_accepted: Counter,
     pub readings_rejected: Family<ReasonLabels, Counter>,
@@ -62,8 +81,24 @@ impl Default for Metrics {
         let registry_reloads = Family::default();
         let registry_devices = Gauge::default();
         let token_fetches = Family::default();
+        let connections = ConnectionMetrics::default();
 
         let mut registry = Registry::with_prefix("lakegate");
+        registry.register(
+            "connections_open",
+            "Open client connections",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused with 503 because too many were open",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed for sending headers too slowly or idling, by reason",
+            connections.timed_out.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -122,6 +157,7 @@ impl Default for Metrics {
 
         Metrics {
             registry,
+            connections,
             requests,
             readings_accepted,
             readings_rejected,

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the shared state, and the layers around them.
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod ingest;
 pub mod ops;

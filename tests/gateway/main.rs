@@ -2,6 +2,7 @@
 //! emulator behind, readings checked in the table through the SQL API.
 
 mod admission;
+mod connections;
 mod dashboard_sql;
 mod harness;
 mod ingest;
