@@ -7,4 +7,5 @@ mod ingest;
 mod keys;
 mod operations;
 mod query;
+mod request_id;
 mod resilience;
