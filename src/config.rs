@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::body::BodyLimits;
-use crate::limits::LimitSettings;
+use crate::limits::{LimitSettings, TrustedProxies};
 
 /// Where the gateway writes.
 #[derive(Debug, Clone)]
@@ -43,8 +43,8 @@ pub struct GatewayConfig {
     pub batch: BatchSettings,
     pub body: BodyLimits,
     pub limits: LimitSettings,
-    /// Take the client address from `X-Forwarded-For` / `X-Real-Ip` (behind the Apps proxy).
-    pub trust_proxy_headers: bool,
+    /// Peers whose `X-Forwarded-For` / `X-Real-Ip` name the client (the Apps proxy).
+    pub trusted_proxies: TrustedProxies,
     /// How long a request with the default acknowledgement waits for its commit.
     pub ack_timeout: Duration,
     /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
@@ -294,7 +294,7 @@ impl GatewayConfig {
             batch,
             body,
             limits,
-            trust_proxy_headers: env.parse("LAKEGATE_TRUST_PROXY_HEADERS", on_databricks_apps)?,
+            trusted_proxies: trusted_proxies(&env, on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
             shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
             read: ReadSettings {
@@ -332,6 +332,27 @@ fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, Con
     Ok(Workspace::Remote {
         client: Box::new(client),
         warehouse_id,
+    })
+}
+
+/// On Databricks Apps every peer is the Apps proxy; `LAKEGATE_TRUSTED_PROXIES`
+/// names (further) proxies by network.
+fn trusted_proxies(env: &Env, on_databricks_apps: bool) -> Result<TrustedProxies, ConfigError> {
+    if env.raw("LAKEGATE_TRUST_PROXY_HEADERS").is_some() {
+        return Err(invalid(
+            "LAKEGATE_TRUST_PROXY_HEADERS",
+            "is replaced by LAKEGATE_TRUSTED_PROXIES: the proxies' networks as comma-separated \
+             CIDRs (on Databricks Apps the Apps proxy is trusted without it)",
+        ));
+    }
+    let networks = match env.raw("LAKEGATE_TRUSTED_PROXIES") {
+        None => Vec::new(),
+        Some(list) => TrustedProxies::parse_networks(list)
+            .map_err(|problem| invalid("LAKEGATE_TRUSTED_PROXIES", problem))?,
+    };
+    Ok(TrustedProxies {
+        every_peer: on_databricks_apps,
+        networks,
     })
 }
 
@@ -413,7 +434,7 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
         assert_eq!(config.table.to_string(), "iot.raw.readings");
         assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
-        assert!(!config.trust_proxy_headers);
+        assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert!(matches!(config.device_keys, Some(KeySource::Secret { .. })));
         let Workspace::Remote {
             client,
@@ -478,10 +499,36 @@ mod tests {
     fn apps_runtime_trusts_proxy_headers() {
         let mut pairs = remote();
         pairs.push(("DATABRICKS_APP_NAME", "lakegate"));
+        let trusted = GatewayConfig::from_map(&vars(&pairs))
+            .unwrap()
+            .trusted_proxies;
+        assert!(trusted.every_peer && trusted.networks.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8"));
+        let trusted = GatewayConfig::from_map(&vars(&pairs))
+            .unwrap()
+            .trusted_proxies;
+        assert!(!trusted.every_peer);
+        assert_eq!(trusted.networks.len(), 2);
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TRUSTED_PROXIES", "10.0.0.0/8, 10.0.0.0/40"));
+        let error = error_of(&pairs);
         assert!(
-            GatewayConfig::from_map(&vars(&pairs))
-                .unwrap()
-                .trust_proxy_headers
+            error.starts_with("LAKEGATE_TRUSTED_PROXIES: \"10.0.0.0/40\" is not a CIDR"),
+            "{error}"
+        );
+        // The old switch is refused with its replacement named.
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TRUST_PROXY_HEADERS", "true"));
+        let error = error_of(&pairs);
+        assert!(
+            error.starts_with("LAKEGATE_TRUST_PROXY_HEADERS: is replaced by LAKEGATE_TRUSTED_PROXIES"),
+            "{error}"
         );
     }
 

@@ -13,11 +13,12 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::client_of;
+use super::auth::failed_authentication;
 use super::error::ApiError;
 use super::{App, AppState};
 use crate::databricks;
 use crate::devices::KeyHash;
+use crate::limits::Credential;
 use crate::query::{
     DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
 };
@@ -79,9 +80,7 @@ impl FromRequestParts<AppState> for Reader {
                  (`lakegate keys new-reader`), or run behind the Databricks Apps proxy",
             ));
         }
-        let client = client_of(parts, app);
-        // Refuse addresses that keep guessing, as for device keys.
-        app.limits.check_auth_allowed(client)?;
+        // The token first: a valid one is never held up by its address's failures.
         if bearer_token(headers)
             .is_some_and(|token| settings.reader_tokens.contains(&KeyHash::of(token)))
         {
@@ -89,11 +88,15 @@ impl FromRequestParts<AppState> for Reader {
                 client: app.client.clone(),
             });
         }
-        app.limits.record_auth_failure(client);
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid reader token is required: Authorization: Bearer <token>",
+        Err(failed_authentication(
+            parts,
+            app,
+            Credential::Reader,
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid reader token is required: Authorization: Bearer <token>",
+            ),
         ))
     }
 }

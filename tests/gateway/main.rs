@@ -2,6 +2,7 @@
 //! emulator behind, readings checked in the table through the SQL API.
 
 mod dashboard_sql;
+mod auth;
 mod harness;
 mod ingest;
 mod keys;
