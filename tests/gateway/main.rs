@@ -6,6 +6,7 @@ mod auth;
 mod harness;
 mod ingest;
 mod keys;
+mod logs;
 mod operations;
 mod query;
 mod request_id;
