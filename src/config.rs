@@ -632,7 +632,9 @@ mod tests {
         pairs.push(("LAKEGATE_TRUST_PROXY_HEADERS", "true"));
         let error = error_of(&pairs);
         assert!(
-            error.starts_with("LAKEGATE_TRUST_PROXY_HEADERS: is replaced by LAKEGATE_TRUSTED_PROXIES"),
+            error.starts_with(
+                "LAKEGATE_TRUST_PROXY_HEADERS: is replaced by LAKEGATE_TRUSTED_PROXIES"
+            ),
             "{error}"
         );
     }
@@ -690,8 +692,16 @@ mod tests {
                 "sha256:00",
                 "entry 1 is not \"sha256:",
             ),
-            ("LAKEGATE_QUERY_AS_USER", "false", "is replaced by LAKEGATE_READ_IDENTITY"),
-            ("LAKEGATE_READ_IDENTITY", "service", "must be `user` or `app`"),
+            (
+                "LAKEGATE_QUERY_AS_USER",
+                "false",
+                "is replaced by LAKEGATE_READ_IDENTITY",
+            ),
+            (
+                "LAKEGATE_READ_IDENTITY",
+                "service",
+                "must be `user` or `app`",
+            ),
             ("LAKEGATE_READ_IDENTITY", "app", "applies only behind"),
             ("LAKEGATE_READERS", "ana@example.com", "applies only with"),
             (

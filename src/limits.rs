@@ -141,7 +141,10 @@ impl<C: Clock + Clone> Limits<C> {
     /// the wait until the next failure would be charged.
     pub fn auth_failed(&self, kind: Credential, client: IpAddr) -> Result<(), LimitExceeded> {
         let key = (kind, address_block(client));
-        self.verdict(LimitKind::AuthFailures, Ok(self.auth_failures.check_key(&key)))
+        self.verdict(
+            LimitKind::AuthFailures,
+            Ok(self.auth_failures.check_key(&key)),
+        )
     }
 
     /// Whether to log a failure of this kind from this address now: at most once
@@ -149,9 +152,14 @@ impl<C: Clock + Clone> Limits<C> {
     pub fn failure_log_line(&self, kind: Credential, client: IpAddr) -> Option<u64> {
         let key = (kind, address_block(client));
         let now = self.clock.now();
-        let mut log = self.failure_log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut log = self
+            .failure_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match log.get_mut(&key) {
-            Some((last, unlogged)) if Duration::from(now.duration_since(*last)) < FAILURE_LOG_EVERY => {
+            Some((last, unlogged))
+                if Duration::from(now.duration_since(*last)) < FAILURE_LOG_EVERY =>
+            {
                 *unlogged += 1;
                 None
             }
@@ -181,7 +189,10 @@ impl<C: Clock + Clone> Limits<C> {
         self.auth_failures.shrink_to_fit();
         let now = self.clock.now();
         // Forgets the count of failures not logged: a summary line is lost at worst.
-        let mut log = self.failure_log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut log = self
+            .failure_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         log.retain(|_, (last, _)| Duration::from(now.duration_since(*last)) < FAILURE_LOG_EVERY);
         log.shrink_to_fit();
     }
@@ -252,7 +263,9 @@ impl TrustedProxies {
                     .parse::<IpNet>()
                     .map(|net| net.trunc())
                     .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("{entry:?} is not a CIDR (such as 10.0.0.0/8) or an IP address"))
+                    .map_err(|_| {
+                        format!("{entry:?} is not a CIDR (such as 10.0.0.0/8) or an IP address")
+                    })
             })
             .collect()
     }
@@ -453,7 +466,10 @@ mod tests {
         let (limits, _) = limits();
         let address = |text: &str| text.parse::<IpAddr>().unwrap();
         for host in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
-            assert_eq!(limits.auth_failed(Credential::Device, address(host)), Ok(()));
+            assert_eq!(
+                limits.auth_failed(Credential::Device, address(host)),
+                Ok(())
+            );
         }
         assert_eq!(
             limits
@@ -462,11 +478,20 @@ mod tests {
                 .limit,
             LimitKind::AuthFailures
         );
-        assert_eq!(limits.auth_failed(Credential::Device, address("2001:db8:1:3::1")), Ok(()));
+        assert_eq!(
+            limits.auth_failed(Credential::Device, address("2001:db8:1:3::1")),
+            Ok(())
+        );
         // An IPv4-mapped address is its IPv4 address.
-        assert_eq!(address_block(address("::ffff:192.0.2.7")), address("192.0.2.7"));
+        assert_eq!(
+            address_block(address("::ffff:192.0.2.7")),
+            address("192.0.2.7")
+        );
         assert_eq!(address_block(address("192.0.2.7")), address("192.0.2.7"));
-        assert_eq!(address_block(address("2001:db8:1:2:3:4:5:6")), address("2001:db8:1:2::"));
+        assert_eq!(
+            address_block(address("2001:db8:1:2:3:4:5:6")),
+            address("2001:db8:1:2::")
+        );
     }
 
     #[test]
@@ -542,7 +567,10 @@ mod tests {
             (&[], "10.0.0.9"),
             // The right-most hop that is not a trusted proxy; the left ones are claims.
             (
-                &[("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.1.1.1, 192.168.1.1")],
+                &[(
+                    "x-forwarded-for",
+                    "198.51.100.1, 203.0.113.7, 10.1.1.1, 192.168.1.1",
+                )],
                 "203.0.113.7",
             ),
             // Over all header lines, in order.

@@ -40,7 +40,8 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             Err(AuthFailure::Disabled { device_id }) => {
                 // Not its neighbours' failure budget, but its own device budget:
                 // a disabled device cannot send without limit either.
-                app.metrics.auth_failure(Credential::Device.as_str(), "disabled");
+                app.metrics
+                    .auth_failure(Credential::Device.as_str(), "disabled");
                 app.limits.admit_disabled(&device_id)?;
                 Err(ApiError::device_disabled(&device_id))
             }

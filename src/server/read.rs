@@ -95,7 +95,8 @@ fn signed_in_reader(
 ) -> Result<Reader, ApiError> {
     let settings = &app.config.read;
     let refuse = |outcome: &'static str, error: ApiError| {
-        app.metrics.auth_failure(Credential::Reader.as_str(), outcome);
+        app.metrics
+            .auth_failure(Credential::Reader.as_str(), outcome);
         Err(error)
     };
     match settings.identity {

@@ -21,7 +21,10 @@ async fn ingest_with(gateway: &Harness, key: &str, headers: &[(&str, &str)]) -> 
     if status == 429 {
         assert!(has_retry_after, "{body}");
     }
-    (status, body["error"].as_str().unwrap_or_default().to_owned())
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 async fn metrics(gateway: &Harness) -> String {
@@ -30,6 +33,7 @@ async fn metrics(gateway: &Harness) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_neighbours_stale_key_never_locks_out_a_valid_key() {
+    let logs = crate::logs::capture();
     let mut gateway = Harness::start_with(emulator_config(), &TIGHT_BUDGET).await;
     let stale = "lgk_stale-key-of-a-replaced-device";
     for _ in 0..3 {
@@ -54,9 +58,16 @@ async fn a_neighbours_stale_key_never_locks_out_a_valid_key() {
         r#"lakegate_auth_failures_total{kind="device",outcome="unknown_key"} 3"#,
         r#"lakegate_auth_failures_total{kind="device",outcome="blocked"} 4"#,
     ] {
-        assert!(metrics.contains(counted), "{counted} missing from\n{metrics}");
+        assert!(
+            metrics.contains(counted),
+            "{counted} missing from\n{metrics}"
+        );
     }
     gateway.stop().await;
+    // Failures are logged by address, never with what was sent.
+    let logged = logs.text();
+    assert!(logged.contains("failed authentication"), "{logged}");
+    assert!(!logged.contains(stale), "{logged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -88,7 +99,10 @@ async fn readers_have_their_own_failure_budget() {
     }
     assert_eq!(read("wrong-reader-token").await, 429);
     assert_eq!(read(&token_text).await, 200);
-    assert_eq!(ingest_with(&gateway, &gateway.keys.sensor, &[]).await.0, 200);
+    assert_eq!(
+        ingest_with(&gateway, &gateway.keys.sensor, &[]).await.0,
+        200
+    );
     let metrics = metrics(&gateway).await;
     let counted = r#"lakegate_auth_failures_total{kind="reader",outcome="unknown_key"} 3"#;
     assert!(metrics.contains(counted), "{metrics}");
@@ -151,7 +165,10 @@ async fn a_disabled_device_is_rate_limited_and_locks_out_nobody() {
     let refused = (403, "device_disabled".to_owned());
     let slowed = (429, "device_rate_limited".to_owned());
     // The burst of 4 is spent, and 8 more requests do not all wait a second each.
-    assert_eq!(answers[..4], [refused.clone(), refused.clone(), refused.clone(), refused]);
+    assert_eq!(
+        answers[..4],
+        [refused.clone(), refused.clone(), refused.clone(), refused]
+    );
     assert!(answers[4..].contains(&slowed), "{answers:?}");
     // Its refusals are no failed key: the address's budget is untouched.
     for _ in 0..3 {

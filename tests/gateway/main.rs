@@ -1,8 +1,8 @@
 //! The gateway end to end: a real socket in front, the in-process workspace
 //! emulator behind, readings checked in the table through the SQL API.
 
-mod dashboard_sql;
 mod auth;
+mod dashboard_sql;
 mod harness;
 mod ingest;
 mod keys;

@@ -449,8 +449,14 @@ async fn only_listed_users_read_with_the_apps_identity() {
 
     let statements_before = gateway.emulator.stats().statements;
     for not_listed in [
-        [("X-Forwarded-Email", "fleet-sp@example.com"), ("X-Forwarded-User", "1234@5678")],
-        [("X-Forwarded-Email", "eve@example.com"), ("X-Forwarded-User", "9999@5678")],
+        [
+            ("X-Forwarded-Email", "fleet-sp@example.com"),
+            ("X-Forwarded-User", "1234@5678"),
+        ],
+        [
+            ("X-Forwarded-Email", "eve@example.com"),
+            ("X-Forwarded-User", "9999@5678"),
+        ],
     ] {
         let (status, body) = devices_with(&gateway, &not_listed).await;
         assert_eq!(
@@ -473,8 +479,7 @@ async fn on_behalf_of_user_queries_carry_the_users_token() {
         ..emulator_config()
     };
     // On behalf of the user is the default behind the Apps proxy.
-    let mut gateway =
-        Harness::start_with(emulator, &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let mut gateway = Harness::start_with(emulator, &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
     let email = ("X-Forwarded-Email", "ana@example.com");
     // The workspace checks the user's token: a valid one reads, a bad one is refused there.
     let (status, body) =

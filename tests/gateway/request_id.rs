@@ -23,9 +23,15 @@ async fn only_fit_request_ids_are_kept() {
     let generated = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
 
     let proxy_id = "0b5c3e9e-7f7a-4a51-9a43-2f3c5a1b6d20";
-    assert_eq!(answered_id(HeaderValue::from_static(proxy_id)).await, proxy_id);
+    assert_eq!(
+        answered_id(HeaderValue::from_static(proxy_id)).await,
+        proxy_id
+    );
     let longest = "r".repeat(128);
-    assert_eq!(answered_id(HeaderValue::from_str(&longest).unwrap()).await, longest);
+    assert_eq!(
+        answered_id(HeaderValue::from_str(&longest).unwrap()).await,
+        longest
+    );
 
     let too_long = "r".repeat(129);
     let unfit = [
