@@ -146,6 +146,19 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_counts() {
     // X-Real-Ip counts when there is no X-Forwarded-For.
     let real_ip = [("X-Real-Ip", "203.0.113.9")];
     assert_eq!(ingest_with(&gateway, "lgk_guess", &real_ip).await.0, 401);
+    // IPv6 clients share a budget per /64, whichever of its addresses they use.
+    for n in 0..4 {
+        let address = format!("2001:db8:7:7::{n:x}");
+        let status = ingest_with(&gateway, "lgk_guess", &[("X-Forwarded-For", &address)])
+            .await
+            .0;
+        assert_eq!(status, if n < 3 { 401 } else { 429 }, "attempt {n}");
+    }
+    let next_network = [("X-Forwarded-For", "2001:db8:7:8::1")];
+    assert_eq!(
+        ingest_with(&gateway, "lgk_guess", &next_network).await.0,
+        401
+    );
     gateway.stop().await;
 }
 
