@@ -19,7 +19,7 @@ use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::body::BodyLimits;
 use crate::ingest::queue::{QueueCapacity, Row};
-use crate::limits::LimitSettings;
+use crate::limits::{LimitSettings, TrustedProxies};
 use crate::server::connections::ConnectionLimits;
 
 /// Where the gateway writes.
@@ -47,8 +47,8 @@ pub struct GatewayConfig {
     pub queue: QueueCapacity,
     pub body: BodyLimits,
     pub limits: LimitSettings,
-    /// Take the client address from `X-Forwarded-For` / `X-Real-Ip` (behind the Apps proxy).
-    pub trust_proxy_headers: bool,
+    /// Peers whose `X-Forwarded-For` / `X-Real-Ip` name the client (the Apps proxy).
+    pub trusted_proxies: TrustedProxies,
     /// How long a request with the default acknowledgement waits for its commit.
     pub ack_timeout: Duration,
     /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
@@ -65,16 +65,76 @@ pub struct ReadSettings {
     /// behind the Apps proxy): the read API is off.
     pub reader_tokens: HashSet<KeyHash>,
     /// Trust the Apps proxy's `X-Forwarded-User` / `X-Forwarded-Email` as a sign-in.
-    /// Separate from `trust_proxy_headers`: a generic reverse proxy passes a client's own
+    /// Separate from `trusted_proxies`: a generic reverse proxy passes a client's own
     /// copies of these headers through.
     pub apps_proxy_auth: bool,
-    /// Behind the Apps proxy, query with the signed-in user's token so Unity Catalog
-    /// permissions apply.
-    pub query_as_user: bool,
+    /// Behind the Apps proxy, whose identity queries run with.
+    pub identity: ReadIdentity,
+    /// With `ReadIdentity::App`, who may read (everyone else gets 403).
+    pub readers: ReaderList,
     /// Devices listed by `GET /api/devices`.
     pub max_devices: usize,
     /// Points of one series.
     pub max_points: usize,
+}
+
+/// Behind the Apps proxy, whose identity a signed-in user's queries run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadIdentity {
+    /// The user's own (`X-Forwarded-Access-Token`): Unity Catalog decides what they see.
+    User,
+    /// The app's service principal, for the users and groups of `LAKEGATE_READERS` only.
+    App,
+}
+
+impl FromStr for ReadIdentity {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "user" => Ok(ReadIdentity::User),
+            "app" => Ok(ReadIdentity::App),
+            _ => Err("must be `user` or `app`".to_owned()),
+        }
+    }
+}
+
+/// Who may read with the app's identity: e-mail addresses (any case) or user ids
+/// as the Apps proxy forwards them (`X-Forwarded-Email`, `X-Forwarded-User`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReaderList {
+    /// Lowercase, to match `X-Forwarded-Email` in any case.
+    emails: HashSet<String>,
+    /// Exact, to match `X-Forwarded-User`.
+    users: HashSet<String>,
+}
+
+impl ReaderList {
+    /// Comma-separated entries; `group:` entries are refused (group membership is not looked up).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut readers = ReaderList::default();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if entry.starts_with("group:") {
+                return Err(format!(
+                    "{entry:?}: groups are not supported (lakegate does not look up group \
+                     membership); list the users' e-mail addresses or user ids"
+                ));
+            }
+            readers.emails.insert(entry.to_lowercase());
+            readers.users.insert(entry.to_owned());
+        }
+        Ok(readers)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether the signed-in user (as the proxy forwarded them) is on the list.
+    pub fn admits(&self, email: Option<&str>, user: Option<&str>) -> bool {
+        email.is_some_and(|email| self.emails.contains(&email.trim().to_lowercase()))
+            || user.is_some_and(|user| self.users.contains(user.trim()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +355,8 @@ impl GatewayConfig {
         }
         // Behind the Apps proxy the peer is always the proxy; elsewhere headers could be forged.
         let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some();
+        let apps_proxy_auth = env.parse("LAKEGATE_APPS_PROXY_AUTH", on_databricks_apps)?;
+        let (identity, readers) = read_identity(&env, apps_proxy_auth)?;
 
         Ok(GatewayConfig {
             // A local trial stays on this machine; an app must listen on every interface.
@@ -317,13 +379,14 @@ impl GatewayConfig {
             queue,
             body,
             limits,
-            trust_proxy_headers: env.parse("LAKEGATE_TRUST_PROXY_HEADERS", on_databricks_apps)?,
+            trusted_proxies: trusted_proxies(&env, on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
             shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
             read: ReadSettings {
                 reader_tokens: reader_tokens(&env)?,
-                apps_proxy_auth: env.parse("LAKEGATE_APPS_PROXY_AUTH", on_databricks_apps)?,
-                query_as_user: env.parse("LAKEGATE_QUERY_AS_USER", false)?,
+                apps_proxy_auth,
+                identity,
+                readers,
                 max_devices: env.within("LAKEGATE_QUERY_MAX_DEVICES", 1000, 1..=100_000)?,
                 // The automatic bucket choice gives up to 500 points.
                 max_points: env.within("LAKEGATE_QUERY_MAX_POINTS", 2000, 500..=100_000)?,
@@ -361,6 +424,69 @@ fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, Con
     Ok(Workspace::Remote {
         client: Box::new(client),
         warehouse_id,
+    })
+}
+
+/// Whose identity reads run with behind the Apps proxy, and (with the app's) who may read.
+fn read_identity(
+    env: &Env,
+    apps_proxy_auth: bool,
+) -> Result<(ReadIdentity, ReaderList), ConfigError> {
+    // The former switch: `true` is today's default; `false` meant the app's identity for everyone.
+    match env.raw("LAKEGATE_QUERY_AS_USER") {
+        None | Some("true") => {}
+        Some(_) => {
+            return Err(invalid(
+                "LAKEGATE_QUERY_AS_USER",
+                "is replaced by LAKEGATE_READ_IDENTITY: reads run as the signed-in user by \
+                 default; LAKEGATE_READ_IDENTITY=app with LAKEGATE_READERS runs them as the app \
+                 for the listed users only",
+            ));
+        }
+    }
+    let identity: ReadIdentity = env.parse("LAKEGATE_READ_IDENTITY", ReadIdentity::User)?;
+    let readers = match env.raw("LAKEGATE_READERS") {
+        None => ReaderList::default(),
+        Some(list) => {
+            ReaderList::parse(list).map_err(|problem| invalid("LAKEGATE_READERS", problem))?
+        }
+    };
+    match (identity, readers.is_empty()) {
+        (ReadIdentity::App, _) if !apps_proxy_auth => Err(invalid(
+            "LAKEGATE_READ_IDENTITY",
+            "`app` applies only behind the Databricks Apps proxy (LAKEGATE_APPS_PROXY_AUTH)",
+        )),
+        (ReadIdentity::App, true) => Err(invalid(
+            "LAKEGATE_READERS",
+            "is required with LAKEGATE_READ_IDENTITY=app: the e-mail addresses or user ids \
+             that may read with the app's identity",
+        )),
+        (ReadIdentity::User, false) => Err(invalid(
+            "LAKEGATE_READERS",
+            "applies only with LAKEGATE_READ_IDENTITY=app (as the user, Unity Catalog decides)",
+        )),
+        _ => Ok((identity, readers)),
+    }
+}
+
+/// On Databricks Apps every peer is the Apps proxy; `LAKEGATE_TRUSTED_PROXIES`
+/// names (further) proxies by network.
+fn trusted_proxies(env: &Env, on_databricks_apps: bool) -> Result<TrustedProxies, ConfigError> {
+    if env.raw("LAKEGATE_TRUST_PROXY_HEADERS").is_some() {
+        return Err(invalid(
+            "LAKEGATE_TRUST_PROXY_HEADERS",
+            "is replaced by LAKEGATE_TRUSTED_PROXIES: the proxies' networks as comma-separated \
+             CIDRs (on Databricks Apps the Apps proxy is trusted without it)",
+        ));
+    }
+    let networks = match env.raw("LAKEGATE_TRUSTED_PROXIES") {
+        None => Vec::new(),
+        Some(list) => TrustedProxies::parse_networks(list)
+            .map_err(|problem| invalid("LAKEGATE_TRUSTED_PROXIES", problem))?,
+    };
+    Ok(TrustedProxies {
+        every_peer: on_databricks_apps,
+        networks,
     })
 }
 
@@ -442,7 +568,7 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
         assert_eq!(config.table.to_string(), "iot.raw.readings");
         assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
-        assert!(!config.trust_proxy_headers);
+        assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert!(matches!(config.device_keys, Some(KeySource::Secret { .. })));
         let Workspace::Remote {
             client,
@@ -507,10 +633,38 @@ mod tests {
     fn apps_runtime_trusts_proxy_headers() {
         let mut pairs = remote();
         pairs.push(("DATABRICKS_APP_NAME", "lakegate"));
+        let trusted = GatewayConfig::from_map(&vars(&pairs))
+            .unwrap()
+            .trusted_proxies;
+        assert!(trusted.every_peer && trusted.networks.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8"));
+        let trusted = GatewayConfig::from_map(&vars(&pairs))
+            .unwrap()
+            .trusted_proxies;
+        assert!(!trusted.every_peer);
+        assert_eq!(trusted.networks.len(), 2);
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TRUSTED_PROXIES", "10.0.0.0/8, 10.0.0.0/40"));
+        let error = error_of(&pairs);
         assert!(
-            GatewayConfig::from_map(&vars(&pairs))
-                .unwrap()
-                .trust_proxy_headers
+            error.starts_with("LAKEGATE_TRUSTED_PROXIES: \"10.0.0.0/40\" is not a CIDR"),
+            "{error}"
+        );
+        // The old switch is refused with its replacement named.
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_TRUST_PROXY_HEADERS", "true"));
+        let error = error_of(&pairs);
+        assert!(
+            error.starts_with(
+                "LAKEGATE_TRUST_PROXY_HEADERS: is replaced by LAKEGATE_TRUSTED_PROXIES"
+            ),
+            "{error}"
         );
     }
 
@@ -534,7 +688,7 @@ mod tests {
     fn read_settings_default_and_validate() {
         let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
         assert!(config.read.reader_tokens.is_empty());
-        assert!(!config.read.query_as_user);
+        assert_eq!(config.read.identity, ReadIdentity::User);
         assert_eq!(
             (config.read.max_devices, config.read.max_points),
             (1000, 2000)
@@ -546,12 +700,10 @@ mod tests {
         let mut pairs = remote();
         pairs.extend([
             ("LAKEGATE_READER_TOKENS", list.as_str()),
-            ("LAKEGATE_QUERY_AS_USER", "true"),
             ("LAKEGATE_QUERY_MAX_DEVICES", "5"),
             ("LAKEGATE_QUERY_MAX_POINTS", "500"),
         ]);
         let read = GatewayConfig::from_map(&vars(&pairs)).unwrap().read;
-        assert!(read.query_as_user);
         assert_eq!((read.max_devices, read.max_points), (5, 500));
         let expected: HashSet<KeyHash> =
             [token.hash.parse().unwrap(), other.parse().unwrap()].into();
@@ -569,7 +721,18 @@ mod tests {
                 "sha256:00",
                 "entry 1 is not \"sha256:",
             ),
-            ("LAKEGATE_QUERY_AS_USER", "yes", "is not valid"),
+            (
+                "LAKEGATE_QUERY_AS_USER",
+                "false",
+                "is replaced by LAKEGATE_READ_IDENTITY",
+            ),
+            (
+                "LAKEGATE_READ_IDENTITY",
+                "service",
+                "must be `user` or `app`",
+            ),
+            ("LAKEGATE_READ_IDENTITY", "app", "applies only behind"),
+            ("LAKEGATE_READERS", "ana@example.com", "applies only with"),
             (
                 "LAKEGATE_QUERY_MAX_DEVICES",
                 "0",
@@ -589,6 +752,54 @@ mod tests {
             assert!(error.contains(message), "{error}");
             assert!(!error.contains(&raw), "{error}");
         }
+    }
+
+    #[test]
+    fn reading_as_the_app_needs_a_list_of_readers() {
+        let apps = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = remote();
+            pairs.push(("DATABRICKS_APP_NAME", "lakegate"));
+            pairs.extend_from_slice(extra);
+            pairs
+        };
+        let read = GatewayConfig::from_map(&vars(&apps(&[]))).unwrap().read;
+        assert!(read.apps_proxy_auth);
+        assert_eq!(read.identity, ReadIdentity::User);
+        // The former switch's `true` is the default now.
+        let read = GatewayConfig::from_map(&vars(&apps(&[("LAKEGATE_QUERY_AS_USER", "true")])))
+            .unwrap()
+            .read;
+        assert_eq!(read.identity, ReadIdentity::User);
+
+        let error = error_of(&apps(&[("LAKEGATE_READ_IDENTITY", "app")]));
+        assert!(
+            error.starts_with("LAKEGATE_READERS: is required with LAKEGATE_READ_IDENTITY=app"),
+            "{error}"
+        );
+        let error = error_of(&apps(&[
+            ("LAKEGATE_READ_IDENTITY", "app"),
+            ("LAKEGATE_READERS", "ana@example.com, group:fleet-ops"),
+        ]));
+        assert!(
+            error.starts_with("LAKEGATE_READERS: \"group:fleet-ops\": groups are not supported"),
+            "{error}"
+        );
+
+        let read = GatewayConfig::from_map(&vars(&apps(&[
+            ("LAKEGATE_READ_IDENTITY", "app"),
+            ("LAKEGATE_READERS", " Ana@Example.com ,, 1234@5678"),
+        ])))
+        .unwrap()
+        .read;
+        assert_eq!(read.identity, ReadIdentity::App);
+        let readers = read.readers;
+        assert!(readers.admits(Some("ana@example.COM"), None));
+        assert!(readers.admits(None, Some("1234@5678")));
+        assert!(readers.admits(Some("eve@example.com"), Some("1234@5678")));
+        assert!(!readers.admits(Some("eve@example.com"), Some("9999@5678")));
+        assert!(!readers.admits(None, None));
+        // A user id matches exactly; an address in any case.
+        assert!(!readers.admits(None, Some("ana@example.com")));
     }
 
     #[cfg(feature = "local")]

@@ -1,8 +1,8 @@
 //! Rate limits: per device, across all devices, and for failed authentications
-//! per client address.
+//! per client address; and which address a request comes from.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{InsufficientCapacity, NotUntil, Quota, RateLimiter};
+use ipnet::IpNet;
 
 use crate::devices::Device;
 
@@ -62,12 +63,32 @@ pub struct Limits<C: Clock = DefaultClock> {
     /// moves to another limiter and starts with a full burst there.
     devices: RwLock<HashMap<DeviceQuota, Keyed<Arc<str>, C>>>,
     global: Direct<C>,
-    auth_failures: Keyed<IpAddr, C>,
-    /// Addresses that failed with an empty failure budget, blocked until it has room.
-    /// governor cannot tell whether a budget is empty without spending from it,
-    /// hence this map.
-    blocked: Mutex<HashMap<IpAddr, C::Instant>>,
+    auth_failures: Keyed<FailureKey, C>,
+    /// When a failure of each address and kind was last logged, and how many since.
+    failure_log: Mutex<HashMap<FailureKey, (C::Instant, u64)>>,
 }
+
+/// Whose authentication failed: devices and readers have separate failure budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Credential {
+    Device,
+    Reader,
+}
+
+impl Credential {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::Device => "device",
+            Credential::Reader => "reader",
+        }
+    }
+}
+
+/// A failure budget: a kind of credential and an address (see [`address_block`]).
+type FailureKey = (Credential, IpAddr);
+
+/// At most one log line per address and kind in this time.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Limits {
     pub fn new(settings: LimitSettings) -> Self {
@@ -86,7 +107,7 @@ impl<C: Clock + Clone> Limits<C> {
             devices: RwLock::default(),
             global: RateLimiter::direct_with_clock(global, clock.clone()),
             auth_failures: RateLimiter::dashmap_with_clock(auth, clock.clone()),
-            blocked: Mutex::default(),
+            failure_log: Mutex::default(),
             clock,
         }
     }
@@ -120,27 +141,57 @@ impl<C: Clock + Clone> Limits<C> {
         self.verdict(LimitKind::Global, self.global.check_n(rows))
     }
 
-    /// Before checking a key: is this client address blocked for too many failed authentications?
-    pub fn check_auth_allowed(&self, client: IpAddr) -> Result<(), LimitExceeded> {
-        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(&until) = blocked.get(&client) else {
-            return Ok(());
+    /// A disabled device: its requests still spend its own device budget (one each),
+    /// so that it cannot send without limit. It runs on the default quota.
+    pub fn admit_disabled(&self, device_id: &Arc<str>) -> Result<(), LimitExceeded> {
+        let device = Device {
+            id: device_id.clone(),
+            rate_per_sec: None,
+            burst: None,
         };
-        if until > self.clock.now() {
-            return Err(self.exceeded(LimitKind::AuthFailures, until));
-        }
-        // The block is over: charge the failure that found the budget empty.
-        blocked.remove(&client);
-        match self.charge_auth_failure(&mut blocked, client) {
-            None => Ok(()),
-            Some(until) => Err(self.exceeded(LimitKind::AuthFailures, until)),
-        }
+        self.verdict(
+            LimitKind::Device,
+            self.check_device(&device, NonZeroU32::MIN),
+        )
     }
 
-    /// After a failed authentication: charge the client's failure budget.
-    pub fn record_auth_failure(&self, client: IpAddr) {
-        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        self.charge_auth_failure(&mut blocked, client);
+    /// After a failed authentication (only then: a valid credential is never
+    /// held up by its neighbours' failures): charges the failure budget of the
+    /// client's address for this kind of credential. Err once it is spent, with
+    /// the wait until the next failure would be charged.
+    pub fn auth_failed(&self, kind: Credential, client: IpAddr) -> Result<(), LimitExceeded> {
+        let key = (kind, address_block(client));
+        self.verdict(
+            LimitKind::AuthFailures,
+            Ok(self.auth_failures.check_key(&key)),
+        )
+    }
+
+    /// Whether to log a failure of this kind from this address now: at most once
+    /// a minute per address. Some(failures left unlogged since the last line).
+    pub fn failure_log_line(&self, kind: Credential, client: IpAddr) -> Option<u64> {
+        let key = (kind, address_block(client));
+        let now = self.clock.now();
+        let mut log = self
+            .failure_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match log.get_mut(&key) {
+            Some((last, unlogged))
+                if Duration::from(now.duration_since(*last)) < FAILURE_LOG_EVERY =>
+            {
+                *unlogged += 1;
+                None
+            }
+            Some((last, unlogged)) => {
+                *last = now;
+                Some(std::mem::take(unlogged))
+            }
+            None => {
+                log.insert(key, (now, 0));
+                Some(0)
+            }
+        }
     }
 
     /// Periodic housekeeping (retain_recent / shrink) so keyed stores don't grow without bound.
@@ -157,10 +208,13 @@ impl<C: Clock + Clone> Limits<C> {
         self.auth_failures.retain_recent();
         self.auth_failures.shrink_to_fit();
         let now = self.clock.now();
-        // Forgetting an expired block forgives at most the one failure it owed.
-        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
-        blocked.retain(|_, until| *until > now);
-        blocked.shrink_to_fit();
+        // Forgets the count of failures not logged: a summary line is lost at worst.
+        let mut log = self
+            .failure_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        log.retain(|_, (last, _)| Duration::from(now.duration_since(*last)) < FAILURE_LOG_EVERY);
+        log.shrink_to_fit();
     }
 
     fn check_device(&self, device: &Device, n: NonZeroU32) -> Check<C> {
@@ -199,22 +253,6 @@ impl<C: Clock + Clone> Limits<C> {
         }
     }
 
-    /// Charges one failure. With the budget empty nothing can be charged, so
-    /// the address is blocked until there is room; returns that time.
-    fn charge_auth_failure(
-        &self,
-        blocked: &mut HashMap<IpAddr, C::Instant>,
-        client: IpAddr,
-    ) -> Option<C::Instant> {
-        let until = self
-            .auth_failures
-            .check_key(&client)
-            .err()?
-            .earliest_possible();
-        blocked.insert(client, until);
-        Some(until)
-    }
-
     fn exceeded(&self, limit: LimitKind, until: C::Instant) -> LimitExceeded {
         let wait = Duration::from(until.duration_since(self.clock.now()));
         LimitExceeded {
@@ -224,21 +262,89 @@ impl<C: Clock + Clone> Limits<C> {
     }
 }
 
-/// The client address behind a trusted proxy: X-Real-Ip, else the last X-Forwarded-For entry, else the socket peer; with `trust_proxy_headers` off, always the peer.
-/// A header that does not hold an address is skipped.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr, trust_proxy_headers: bool) -> IpAddr {
-    if !trust_proxy_headers {
+/// The proxies in front of the gateway, whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    /// Every peer is a proxy: on Databricks Apps the peer is always the Apps proxy.
+    pub every_peer: bool,
+    /// Proxies by network: a peer in one is trusted, and `X-Forwarded-For` hops
+    /// in one are passed over.
+    pub networks: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Comma-separated CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+    pub fn parse_networks(list: &str) -> Result<Vec<IpNet>, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .map(|net| net.trunc())
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        format!("{entry:?} is not a CIDR (such as 10.0.0.0/8) or an IP address")
+                    })
+            })
+            .collect()
+    }
+
+    fn trusts_peer(&self, peer: IpAddr) -> bool {
+        self.every_peer || self.is_proxy(peer)
+    }
+
+    fn is_proxy(&self, address: IpAddr) -> bool {
+        self.networks.iter().any(|net| net.contains(&address))
+    }
+}
+
+/// The client's address. From a peer that is not a trusted proxy, the peer's: its
+/// headers are the client's own claims. From a trusted one, the right-most
+/// `X-Forwarded-For` hop (over all header lines) that is not a trusted proxy (each
+/// proxy appends the address it saw; entries further left are claims a key
+/// guesser would rotate); without `X-Forwarded-For`, `X-Real-Ip`; else the peer.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.trusts_peer(peer) {
         return peer;
     }
-    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
-    // The proxy sets X-Real-Ip and appends to X-Forwarded-For: earlier entries of
-    // the latter are the client's own claims, which a key guesser would rotate.
-    let forwarded = header("x-forwarded-for").and_then(|list| list.rsplit(',').next());
-    header("x-real-ip")
-        .into_iter()
-        .chain(forwarded)
-        .find_map(parse_address)
-        .unwrap_or(peer)
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty())
+        .collect();
+    if hops.is_empty() {
+        return headers
+            .get("x-real-ip")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_address)
+            .map_or(peer, |address| address.to_canonical());
+    }
+    let mut nearest = peer;
+    for hop in hops.iter().rev() {
+        // A hop that is no address was not written by a proxy: stop at the last known one.
+        let Some(address) = parse_address(hop).map(|address| address.to_canonical()) else {
+            return nearest;
+        };
+        if !trusted.is_proxy(address) {
+            return address;
+        }
+        nearest = address;
+    }
+    nearest
+}
+
+/// The block a failure budget belongs to: an IPv4 address, or an IPv6 address's
+/// /64 (one subscriber's network, whose addresses a client can rotate freely).
+pub fn address_block(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
 }
 
 /// An IP address, or the address of `ip:port` as some proxies send it.
@@ -393,24 +499,94 @@ mod tests {
     }
 
     #[test]
-    fn failed_authentications_block_the_address() {
+    fn failed_authentications_are_limited_per_address_and_kind() {
         let (limits, clock) = limits();
         let client: IpAddr = "192.0.2.1".parse().unwrap();
-        let other: IpAddr = "2001:db8::1".parse().unwrap();
+        let neighbour: IpAddr = "192.0.2.2".parse().unwrap();
         let blocked = refused(LimitKind::AuthFailures, Duration::from_secs(10));
 
-        for _ in 0..3 {
-            assert_eq!(limits.check_auth_allowed(client), Ok(()));
-            limits.record_auth_failure(client);
+        // The burst (2) is spent; the third failure is refused until one more fits.
+        for _ in 0..2 {
+            assert_eq!(limits.auth_failed(Credential::Device, client), Ok(()));
         }
-        assert_eq!(limits.check_auth_allowed(client), blocked);
-        assert_eq!(limits.check_auth_allowed(other), Ok(()));
+        assert_eq!(limits.auth_failed(Credential::Device, client), blocked);
+        clock.advance(Duration::from_secs(4));
+        assert_eq!(
+            limits.auth_failed(Credential::Device, client),
+            refused(LimitKind::AuthFailures, Duration::from_secs(6))
+        );
+        // Readers have their own budget; other addresses too.
+        assert_eq!(limits.auth_failed(Credential::Reader, client), Ok(()));
+        assert_eq!(limits.auth_failed(Credential::Device, neighbour), Ok(()));
 
-        // After the block, the owed failure is charged: one more attempt, then blocked again.
-        clock.advance(Duration::from_secs(10));
-        assert_eq!(limits.check_auth_allowed(client), Ok(()));
-        limits.record_auth_failure(client);
-        assert_eq!(limits.check_auth_allowed(client), blocked);
+        // Refused failures are not charged: one fits once the wait is over.
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(limits.auth_failed(Credential::Device, client), Ok(()));
+        assert_eq!(limits.auth_failed(Credential::Device, client), blocked);
+    }
+
+    #[test]
+    fn ipv6_failures_share_a_budget_per_64() {
+        let (limits, _) = limits();
+        let address = |text: &str| text.parse::<IpAddr>().unwrap();
+        for host in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+            assert_eq!(
+                limits.auth_failed(Credential::Device, address(host)),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            limits
+                .auth_failed(Credential::Device, address("2001:db8:1:2:abcd::1"))
+                .unwrap_err()
+                .limit,
+            LimitKind::AuthFailures
+        );
+        assert_eq!(
+            limits.auth_failed(Credential::Device, address("2001:db8:1:3::1")),
+            Ok(())
+        );
+        // An IPv4-mapped address is its IPv4 address.
+        assert_eq!(
+            address_block(address("::ffff:192.0.2.7")),
+            address("192.0.2.7")
+        );
+        assert_eq!(address_block(address("192.0.2.7")), address("192.0.2.7"));
+        assert_eq!(
+            address_block(address("2001:db8:1:2:3:4:5:6")),
+            address("2001:db8:1:2::")
+        );
+    }
+
+    #[test]
+    fn disabled_devices_spend_their_device_budget() {
+        let (limits, clock) = limits();
+        let id: Arc<str> = "retired".into();
+        for _ in 0..5 {
+            assert_eq!(limits.admit_disabled(&id), Ok(()));
+        }
+        assert_eq!(
+            limits.admit_disabled(&id),
+            refused(LimitKind::Device, Duration::from_millis(100))
+        );
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(limits.admit_disabled(&id), Ok(()));
+    }
+
+    #[test]
+    fn failures_are_logged_at_most_once_a_minute_per_address() {
+        let (limits, clock) = limits();
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(limits.failure_log_line(Credential::Device, client), Some(0));
+        for _ in 0..3 {
+            assert_eq!(limits.failure_log_line(Credential::Device, client), None);
+        }
+        assert_eq!(limits.failure_log_line(Credential::Reader, client), Some(0));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(limits.failure_log_line(Credential::Device, client), None);
+        clock.advance(Duration::from_secs(1));
+        // The next line says how many failures went unlogged.
+        assert_eq!(limits.failure_log_line(Credential::Device, client), Some(4));
     }
 
     #[test]
@@ -420,62 +596,126 @@ mod tests {
         admit(&limits, &device("d", Some(1), Some(1)), 1).unwrap();
         admit(&limits, &device("e", None, None), 1).unwrap();
         for _ in 0..3 {
-            limits.record_auth_failure(client);
+            let _ = limits.auth_failed(Credential::Device, client);
         }
+        limits.failure_log_line(Credential::Device, client);
         limits.prune();
         assert_eq!(limits.devices.read().unwrap().len(), 2);
-        assert_eq!(limits.blocked.lock().unwrap().len(), 1);
+        assert!(!limits.auth_failures.is_empty());
+        assert_eq!(limits.failure_log.lock().unwrap().len(), 1);
 
         clock.advance(Duration::from_secs(60));
         limits.prune();
         assert!(limits.devices.read().unwrap().is_empty());
         assert!(limits.auth_failures.is_empty());
-        assert!(limits.blocked.lock().unwrap().is_empty());
-        assert_eq!(limits.check_auth_allowed(client), Ok(()));
+        assert!(limits.failure_log.lock().unwrap().is_empty());
+        assert_eq!(limits.auth_failed(Credential::Device, client), Ok(()));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for &(name, value) in pairs {
+            headers.append(name, value.parse().unwrap());
+        }
+        headers
     }
 
     #[test]
-    fn client_address_from_trusted_headers_only() {
-        let peer: IpAddr = "10.0.0.9".parse().unwrap();
-        let with = |pairs: &[(&'static str, &str)]| {
-            let mut headers = HeaderMap::new();
-            for &(name, value) in pairs {
-                headers.append(name, value.parse().unwrap());
-            }
-            headers
+    fn client_address_behind_trusted_proxies() {
+        let trusted = TrustedProxies {
+            every_peer: false,
+            networks: TrustedProxies::parse_networks("10.0.0.0/8, 192.168.1.1, fd00::/8").unwrap(),
         };
-        let cases: [(&[(&str, &str)], &str); 7] = [
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let cases: [(&[(&str, &str)], &str); 12] = [
             (&[], "10.0.0.9"),
+            // The right-most hop that is not a trusted proxy; the left ones are claims.
             (
-                &[("x-forwarded-for", "203.0.113.7, 10.1.1.1, 10.2.2.2")],
-                "10.2.2.2",
+                &[(
+                    "x-forwarded-for",
+                    "198.51.100.1, 203.0.113.7, 10.1.1.1, 192.168.1.1",
+                )],
+                "203.0.113.7",
+            ),
+            // Over all header lines, in order.
+            (
+                &[
+                    ("x-forwarded-for", "198.51.100.1, 203.0.113.7"),
+                    ("x-forwarded-for", "10.2.2.2"),
+                ],
+                "203.0.113.7",
             ),
             (&[("x-forwarded-for", "203.0.113.7:5555")], "203.0.113.7"),
             (
                 &[("x-forwarded-for", "10.1.1.1, [2001:db8::7]:443")],
                 "2001:db8::7",
             ),
+            (&[("x-forwarded-for", "::ffff:203.0.113.9")], "203.0.113.9"),
+            // Every hop a proxy: the farthest one.
+            (&[("x-forwarded-for", "10.3.3.3, fd00::1")], "10.3.3.3"),
+            // A hop that is no address: the nearest known hop.
+            (&[("x-forwarded-for", "junk, 10.4.4.4")], "10.4.4.4"),
+            (&[("x-forwarded-for", "not an ip")], "10.0.0.9"),
+            // X-Real-Ip only without X-Forwarded-For.
             (&[("x-real-ip", " 198.51.100.4 ")], "198.51.100.4"),
             (
                 &[
                     ("x-forwarded-for", "203.0.113.7"),
                     ("x-real-ip", "198.51.100.4"),
                 ],
-                "198.51.100.4",
+                "203.0.113.7",
             ),
-            (
-                &[("x-forwarded-for", "not an ip"), ("x-real-ip", "")],
-                "10.0.0.9",
-            ),
+            (&[("x-real-ip", "")], "10.0.0.9"),
         ];
         for (pairs, expected) in cases {
-            let headers = with(pairs);
+            let headers = headers(pairs);
             assert_eq!(
-                client_address(&headers, peer, true),
+                client_address(&headers, proxy, &trusted),
                 expected.parse::<IpAddr>().unwrap(),
                 "{pairs:?}"
             );
-            assert_eq!(client_address(&headers, peer, false), peer);
+            // From a peer that is not a trusted proxy, headers are ignored.
+            let stranger: IpAddr = "203.0.113.50".parse().unwrap();
+            assert_eq!(client_address(&headers, stranger, &trusted), stranger);
+            assert_eq!(
+                client_address(&headers, proxy, &TrustedProxies::default()),
+                proxy
+            );
+        }
+    }
+
+    #[test]
+    fn on_databricks_apps_the_proxy_appends_the_client() {
+        let apps = TrustedProxies {
+            every_peer: true,
+            networks: Vec::new(),
+        };
+        let peer: IpAddr = "100.64.0.3".parse().unwrap();
+        let forged = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.7")]);
+        assert_eq!(
+            client_address(&forged, peer, &apps),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let real_ip = headers(&[("x-real-ip", "203.0.113.8")]);
+        assert_eq!(
+            client_address(&real_ip, peer, &apps),
+            "203.0.113.8".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn trusted_networks_are_validated() {
+        let nets = TrustedProxies::parse_networks(" 10.1.2.3/8 ,, 2001:db8::1 ").unwrap();
+        assert_eq!(
+            nets,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "2001:db8::1/128".parse::<IpNet>().unwrap()
+            ]
+        );
+        for bad in ["10.0.0.0/33", "proxy.internal", "10.0.0.0/8, *"] {
+            let error = TrustedProxies::parse_networks(bad).unwrap_err();
+            assert!(error.contains("is not a CIDR"), "{error}");
         }
     }
 }

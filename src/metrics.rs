@@ -51,6 +51,13 @@ impl ConnectionMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// `device` or `reader`.
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections: ConnectionMetrics,
@@ -65,6 +72,7 @@ pub struct Metrics {
     pub registry_reloads: Family<OutcomeLabels, Counter>,
     pub registry_devices: Gauge,
     token_fetches: Family<OutcomeLabels, Counter>,
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
     pub activity: Activity,
 }
 
@@ -82,6 +90,7 @@ impl Default for Metrics {
         let registry_devices = Gauge::default();
         let token_fetches = Family::default();
         let connections = ConnectionMetrics::default();
+        let auth_failures = Family::default();
 
         let mut registry = Registry::with_prefix("lakegate");
         registry.register(
@@ -154,6 +163,11 @@ impl Default for Metrics {
             "OAuth token fetches by outcome",
             token_fetches.clone(),
         );
+        registry.register(
+            "auth_failures",
+            "Failed authentications by kind (device, reader) and outcome",
+            auth_failures.clone(),
+        );
 
         Metrics {
             registry,
@@ -169,6 +183,7 @@ impl Default for Metrics {
             registry_reloads,
             registry_devices,
             token_fetches,
+            auth_failures,
             activity: Activity::default(),
         }
     }
@@ -222,6 +237,12 @@ impl Metrics {
                 outcome: "failed_attempt",
             })
             .map_or(0, |counter| counter.get())
+    }
+
+    pub fn auth_failure(&self, kind: &'static str, outcome: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels { kind, outcome })
+            .inc();
     }
 
     pub fn outcome(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {

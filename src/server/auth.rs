@@ -1,6 +1,10 @@
 //! Device authentication as an extractor: a handler that takes
 //! `AuthenticatedDevice` only runs for a known, enabled device's key, and the
 //! key is checked before the body is read.
+//!
+//! The key is checked first: a valid key is never held up by failures from its
+//! address (a site's NAT, a carrier gateway, the Apps proxy), only by its own
+//! device and the global limits. The address's failure budget slows failures only.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -10,7 +14,7 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use crate::devices::{AuthFailure, Device};
-use crate::limits::client_address;
+use crate::limits::{Credential, address_block, client_address};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -20,9 +24,6 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let client = client_of(parts, app);
-        // Refuse addresses that keep guessing before looking at their key.
-        app.limits.check_auth_allowed(client)?;
         let key = parts
             .headers
             .get(API_KEY_HEADER)
@@ -30,12 +31,53 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             .unwrap_or_default();
         match app.keys.current().authenticate(key) {
             Ok(device) => Ok(AuthenticatedDevice(device)),
-            Err(AuthFailure::UnknownKey) => {
-                app.limits.record_auth_failure(client);
-                Err(ApiError::unauthorized())
+            Err(AuthFailure::UnknownKey) => Err(failed_authentication(
+                parts,
+                app,
+                Credential::Device,
+                ApiError::unauthorized(),
+            )),
+            Err(AuthFailure::Disabled { device_id }) => {
+                // Not its neighbours' failure budget, but its own device budget:
+                // a disabled device cannot send without limit either.
+                app.metrics
+                    .auth_failure(Credential::Device.as_str(), "disabled");
+                app.limits.admit_disabled(&device_id)?;
+                Err(ApiError::device_disabled(&device_id))
             }
-            Err(AuthFailure::Disabled { device_id }) => Err(ApiError::device_disabled(&device_id)),
         }
+    }
+}
+
+/// A credential that matched nothing: charged to the failure budget of the
+/// client's address, counted, and logged at most once a minute per address (the
+/// address only, never what was sent). `refusal` is the answer while the budget
+/// lasts; then 429 with `Retry-After`.
+pub(super) fn failed_authentication(
+    parts: &Parts,
+    app: &AppState,
+    kind: Credential,
+    refusal: ApiError,
+) -> ApiError {
+    let client = client_of(parts, app);
+    let verdict = app.limits.auth_failed(kind, client);
+    let outcome = match verdict {
+        Ok(()) => "unknown_key",
+        Err(_) => "blocked",
+    };
+    app.metrics.auth_failure(kind.as_str(), outcome);
+    if let Some(unlogged) = app.limits.failure_log_line(kind, client) {
+        tracing::warn!(
+            kind = kind.as_str(),
+            client = %address_block(client),
+            outcome,
+            unlogged_since_last_line = unlogged,
+            "failed authentication"
+        );
+    }
+    match verdict {
+        Ok(()) => refusal,
+        Err(limit) => limit.into(),
     }
 }
 
@@ -45,5 +87,5 @@ pub(super) fn client_of(parts: &Parts, app: &AppState) -> IpAddr {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-    client_address(&parts.headers, peer, app.config.trust_proxy_headers)
+    client_address(&parts.headers, peer, &app.config.trusted_proxies)
 }

@@ -121,6 +121,28 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         // Behind the Apps proxy X-Request-Id is already set and kept.
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+        // Outermost: an id that could flood or garble logs is replaced by a fresh one.
+        .layer(middleware::map_request(drop_unfit_request_id))
+}
+
+/// Longest incoming `X-Request-Id` kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes an incoming `X-Request-Id` that is too long or not printable ASCII,
+/// so that `SetRequestIdLayer` generates one instead.
+async fn drop_unfit_request_id(mut request: Request) -> Request {
+    let fits = |id: &axum::http::HeaderValue| is_fit_request_id(id.as_bytes());
+    let headers = request.headers_mut();
+    let all_fit = headers.get_all("x-request-id").iter().count() == 1
+        && headers.get("x-request-id").is_some_and(fits);
+    if !all_fit {
+        headers.remove("x-request-id");
+    }
+    request
+}
+
+fn is_fit_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
 }
 
 async fn not_found() -> ApiError {
@@ -161,5 +183,21 @@ impl MakeRequestId for RandomRequestId {
         Some(RequestId::new(
             id.parse().expect("hex is a valid header value"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_printable_request_ids_are_kept() {
+        assert!(is_fit_request_id(b"0b5c3e9e-7f7a-4a51-9a43-2f3c5a1b6d20"));
+        assert!(is_fit_request_id(&[b'a'; 128]));
+        assert!(!is_fit_request_id(&[b'a'; 129]));
+        assert!(!is_fit_request_id(b""));
+        assert!(!is_fit_request_id(b"two words"));
+        assert!(!is_fit_request_id("caf\u{e9}".as_bytes()));
+        assert!(!is_fit_request_id(b"a\tb"));
     }
 }

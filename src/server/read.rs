@@ -13,11 +13,13 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::client_of;
+use super::auth::failed_authentication;
 use super::error::ApiError;
 use super::{App, AppState};
+use crate::config::ReadIdentity;
 use crate::databricks;
 use crate::devices::KeyHash;
+use crate::limits::Credential;
 use crate::query::{
     DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
 };
@@ -46,30 +48,12 @@ impl FromRequestParts<AppState> for Reader {
         let headers = &parts.headers;
         let settings = &app.config.read;
         // Only the Apps proxy may vouch for a user: elsewhere anyone could send these.
-        let signed_in =
-            headers.contains_key(FORWARDED_EMAIL) || headers.contains_key(FORWARDED_USER);
-        if settings.apps_proxy_auth && signed_in {
-            if !settings.query_as_user {
-                return Ok(Reader {
-                    client: app.client.clone(),
-                });
+        if settings.apps_proxy_auth {
+            let email = header_text(headers, FORWARDED_EMAIL);
+            let user = header_text(headers, FORWARDED_USER);
+            if email.is_some() || user.is_some() {
+                return signed_in_reader(app, headers, email, user);
             }
-            // Never fall back to the service principal: Unity Catalog must decide.
-            let user_token = headers
-                .get(FORWARDED_ACCESS_TOKEN)
-                .and_then(|value| value.to_str().ok())
-                .filter(|token| !token.is_empty())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "no_user_token",
-                        "queries run as the signed-in user, but the proxy sent no user token: \
-                         enable on-behalf-of-user authorization for the app",
-                    )
-                })?;
-            return Ok(Reader {
-                client: app.client.with_token(SecretString::from(user_token)),
-            });
         }
         if settings.reader_tokens.is_empty() {
             return Err(ApiError::new(
@@ -79,9 +63,7 @@ impl FromRequestParts<AppState> for Reader {
                  (`lakegate keys new-reader`), or run behind the Databricks Apps proxy",
             ));
         }
-        let client = client_of(parts, app);
-        // Refuse addresses that keep guessing, as for device keys.
-        app.limits.check_auth_allowed(client)?;
+        // The token first: a valid one is never held up by its address's failures.
         if bearer_token(headers)
             .is_some_and(|token| settings.reader_tokens.contains(&KeyHash::of(token)))
         {
@@ -89,13 +71,71 @@ impl FromRequestParts<AppState> for Reader {
                 client: app.client.clone(),
             });
         }
-        app.limits.record_auth_failure(client);
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid reader token is required: Authorization: Bearer <token>",
+        Err(failed_authentication(
+            parts,
+            app,
+            Credential::Reader,
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid reader token is required: Authorization: Bearer <token>",
+            ),
         ))
     }
+}
+
+/// A user the Apps proxy signed in. Every principal that may use the app passes
+/// the proxy (the fleet's device principal too), so being signed in grants
+/// nothing by itself: the user's own token reads, or the app's for listed readers.
+fn signed_in_reader(
+    app: &AppState,
+    headers: &HeaderMap,
+    email: Option<&str>,
+    user: Option<&str>,
+) -> Result<Reader, ApiError> {
+    let settings = &app.config.read;
+    let refuse = |outcome: &'static str, error: ApiError| {
+        app.metrics
+            .auth_failure(Credential::Reader.as_str(), outcome);
+        Err(error)
+    };
+    match settings.identity {
+        // Never the app's own identity: Unity Catalog decides what the user sees.
+        ReadIdentity::User => match header_text(headers, FORWARDED_ACCESS_TOKEN) {
+            Some(token) => Ok(Reader {
+                client: app.client.with_token(SecretString::from(token)),
+            }),
+            None => refuse(
+                "no_user_token",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "no_user_token",
+                    "reads run as the signed-in user, but the proxy sent no user token: \
+                     enable on-behalf-of-user authorization for the app",
+                ),
+            ),
+        },
+        ReadIdentity::App if settings.readers.admits(email, user) => Ok(Reader {
+            client: app.client.clone(),
+        }),
+        ReadIdentity::App => refuse(
+            "not_a_reader",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_a_reader",
+                "the signed-in user is not in LAKEGATE_READERS",
+            ),
+        ),
+    }
+}
+
+/// A header's text, when present, visible ASCII and not blank.
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {

@@ -2,11 +2,14 @@
 //! emulator behind, readings checked in the table through the SQL API.
 
 mod admission;
+mod auth;
 mod connections;
 mod dashboard_sql;
 mod harness;
 mod ingest;
 mod keys;
+mod logs;
 mod operations;
 mod query;
+mod request_id;
 mod resilience;

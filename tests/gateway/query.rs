@@ -379,25 +379,35 @@ async fn devices_with(gateway: &Harness, headers: &[(&str, &str)]) -> (u16, serd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_apps_proxy_signs_readers_in() {
+async fn forged_sign_in_headers_alone_read_nothing() {
+    // On Apps every principal that may use the app passes the proxy, the fleet's
+    // device principal too: being signed in is no permission to read.
     let mut gateway =
         Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
-    // No token configured: only users the proxy signed in may read.
+    let statements_before = gateway.emulator.stats().statements;
+    for signed_in in [
+        [("X-Forwarded-Email", "fleet-sp@example.com")],
+        [("X-Forwarded-User", "1234@5678")],
+    ] {
+        let (status, body) = devices_with(&gateway, &signed_in).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (403, &json!("no_user_token")),
+            "{body}"
+        );
+    }
+    assert_eq!(gateway.emulator.stats().statements, statements_before);
+    // No sign-in and no reader token configured: the read API is off.
     assert_eq!(devices_with(&gateway, &[]).await.0, 404);
-    let (status, body) = devices_with(&gateway, &[("X-Forwarded-Email", "ana@example.com")]).await;
-    assert_eq!((status, &body["devices"]), (200, &json!([])), "{body}");
-    assert_eq!(
-        devices_with(&gateway, &[("X-Forwarded-User", "1234@5678")])
-            .await
-            .0,
-        200
-    );
+    let metrics = gateway.get("/metrics").await.text().await.unwrap();
+    let counted = r#"lakegate_auth_failures_total{kind="reader",outcome="no_user_token"} 2"#;
+    assert!(metrics.contains(counted), "{metrics}");
     gateway.stop().await;
 
     // Behind some other reverse proxy, the same headers are only the client's claims.
     let mut gateway = Harness::start_with(
         emulator_config(),
-        &[("LAKEGATE_TRUST_PROXY_HEADERS", "true")],
+        &[("LAKEGATE_TRUSTED_PROXIES", "127.0.0.0/8")],
     )
     .await;
     let (status, body) = devices_with(&gateway, &[("X-Forwarded-Email", "ana@example.com")]).await;
@@ -410,32 +420,79 @@ async fn the_apps_proxy_signs_readers_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_listed_users_read_with_the_apps_identity() {
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[
+            ("LAKEGATE_APPS_PROXY_AUTH", "true"),
+            ("LAKEGATE_READ_IDENTITY", "app"),
+            ("LAKEGATE_READERS", "ana@example.com, 4321@5678"),
+        ],
+    )
+    .await;
+    // The app's identity, not the user's token (which the workspace would refuse).
+    let (status, body) = devices_with(
+        &gateway,
+        &[
+            ("X-Forwarded-Email", "Ana@Example.com"),
+            ("X-Forwarded-Access-Token", "not-a-workspace-token"),
+        ],
+    )
+    .await;
+    assert_eq!((status, &body["devices"]), (200, &json!([])), "{body}");
+    assert_eq!(
+        devices_with(&gateway, &[("X-Forwarded-User", "4321@5678")])
+            .await
+            .0,
+        200
+    );
+
+    let statements_before = gateway.emulator.stats().statements;
+    for not_listed in [
+        [
+            ("X-Forwarded-Email", "fleet-sp@example.com"),
+            ("X-Forwarded-User", "1234@5678"),
+        ],
+        [
+            ("X-Forwarded-Email", "eve@example.com"),
+            ("X-Forwarded-User", "9999@5678"),
+        ],
+    ] {
+        let (status, body) = devices_with(&gateway, &not_listed).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (403, &json!("not_a_reader")),
+            "{body}"
+        );
+    }
+    assert_eq!(gateway.emulator.stats().statements, statements_before);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_behalf_of_user_queries_carry_the_users_token() {
-    const USER_PAT: &str = "dapi-user-token";
+    const USER_PAT: &str = "dapi-user-token-never-logged";
+    const BAD_TOKEN: &str = "expired-user-token-never-logged";
+    let logs = crate::logs::capture();
     let emulator = lakegate_emulator::EmulatorConfig {
         tokens: vec![USER_PAT.into()],
         ..emulator_config()
     };
-    let mut gateway = Harness::start_with(
-        emulator,
-        &[
-            ("LAKEGATE_APPS_PROXY_AUTH", "true"),
-            ("LAKEGATE_QUERY_AS_USER", "true"),
-        ],
-    )
-    .await;
+    // On behalf of the user is the default behind the Apps proxy.
+    let mut gateway = Harness::start_with(emulator, &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
     let email = ("X-Forwarded-Email", "ana@example.com");
     // The workspace checks the user's token: a valid one reads, a bad one is refused there.
     let (status, body) =
         devices_with(&gateway, &[email, ("X-Forwarded-Access-Token", USER_PAT)]).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) =
-        devices_with(&gateway, &[email, ("X-Forwarded-Access-Token", "expired")]).await;
+        devices_with(&gateway, &[email, ("X-Forwarded-Access-Token", BAD_TOKEN)]).await;
     assert_eq!(
         (status, &body["error"]),
         (502, &json!("query_failed")),
         "{body}"
     );
+    assert!(!body.to_string().contains(BAD_TOKEN), "{body}");
     // Without a user token there is no falling back to the app's own identity.
     let (status, body) = devices_with(&gateway, &[email]).await;
     assert_eq!(
@@ -444,6 +501,13 @@ async fn on_behalf_of_user_queries_carry_the_users_token() {
         "{body}"
     );
     gateway.stop().await;
+
+    // The failed query was logged, the tokens never.
+    let logged = logs.text();
+    assert!(logged.contains("read query failed"), "{logged}");
+    for token in [USER_PAT, BAD_TOKEN] {
+        assert!(!logged.contains(token), "{token} logged:\n{logged}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
