@@ -22,9 +22,10 @@ const COLUMNS: &str = "device_id STRING NOT NULL COMMENT 'Device that sent the r
     value_str STRING COMMENT 'String values', \
     ingested_at TIMESTAMP NOT NULL COMMENT 'When lakegate committed the row'";
 
-/// Inserts only rows whose (device, reading, metric) key is not in the table yet,
-/// so a retried batch or a device's resend is a no-op. The `ts` bounds keep the
-/// match to the batch's time range (the table is clustered by device and time).
+/// Inserts only rows whose (device, reading, ts, metric) key is not in the table yet,
+/// so a retried batch or a device's resend is a no-op, while the same reading id at
+/// another time is a new reading. The `ts` bounds only prune the scan to the batch's
+/// time range (the table is clustered by device and time).
 fn merge_sql(table: &TableName) -> String {
     format!(
         "MERGE INTO {table} AS t \
@@ -34,8 +35,8 @@ fn merge_sql(table: &TableName) -> String {
                 FROM (SELECT explode(from_json(:rows, 'ARRAY<STRUCT<device_id: STRING, \
                 reading_id: STRING, ts_us: BIGINT, metric: STRING, value: DOUBLE, \
                 value_str: STRING>>')) AS r)) AS s \
-         ON t.device_id = s.device_id AND t.reading_id = s.reading_id AND t.metric = s.metric \
-            AND t.ts >= :ts_min AND t.ts <= :ts_max \
+         ON t.device_id = s.device_id AND t.reading_id = s.reading_id AND t.ts = s.ts \
+            AND t.metric = s.metric AND t.ts >= :ts_min AND t.ts <= :ts_max \
          WHEN NOT MATCHED THEN INSERT (device_id, reading_id, ts, metric, value, value_str, ingested_at) \
             VALUES (s.device_id, s.reading_id, s.ts, s.metric, s.value, s.value_str, current_timestamp())"
     )

@@ -41,7 +41,7 @@ pub trait BatchSink: Send + Sync + 'static {
 }
 
 /// Splits rows into statement-sized batches, dropping rows that repeat a
-/// (device, reading, metric) key already in this set: a MERGE that inserts
+/// (device, reading, ts, metric) key already in this set: a MERGE that inserts
 /// only unmatched rows would otherwise insert both copies.
 pub fn encode_batches<'a>(
     rows: impl IntoIterator<Item = &'a Row>,
@@ -52,7 +52,12 @@ pub fn encode_batches<'a>(
     let mut batches = Vec::new();
     let mut current: Option<EncodedBatch> = None;
     for row in rows {
-        if !seen.insert((&*row.device_id, &*row.reading_id, row.metric.as_str())) {
+        if !seen.insert((
+            &*row.device_id,
+            &*row.reading_id,
+            row.ts_us,
+            row.metric.as_str(),
+        )) {
             continue;
         }
         let encoded = serde_json::to_string(row).expect("rows serialize");
@@ -230,15 +235,17 @@ mod tests {
     fn batches_respect_row_and_byte_caps_and_drop_repeated_keys() {
         let rows = vec![
             row("d1", "r1", "t", 30),
-            row("d1", "r1", "t", 99), // same key: dropped
+            row("d1", "r1", "t", 30), // same key: dropped
             row("d1", "r1", "h", 10),
             row("d2", "r1", "t", 20),
+            row("d1", "r1", "t", 99), // same id at another time: another reading
         ];
         let batches = encode_batches(&rows, 2, 1 << 20);
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].rows, 2);
         assert_eq!((batches[0].ts_min_us, batches[0].ts_max_us), (10, 30));
-        assert_eq!(batches[1].rows, 1);
+        assert_eq!(batches[1].rows, 2);
+        assert_eq!((batches[1].ts_min_us, batches[1].ts_max_us), (20, 99));
         let parsed: Vec<serde_json::Value> = serde_json::from_str(&batches[0].json).unwrap();
         assert_eq!(parsed[0]["reading_id"], "r1");
         assert_eq!(parsed[0]["ts_us"], 30);

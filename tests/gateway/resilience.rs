@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lakegate::databricks::Value;
 use lakegate_emulator::{Emulator, Faults};
 use serde_json::json;
 
@@ -306,4 +307,72 @@ async fn sigterm_is_bounded_when_the_warehouse_hangs() {
         (503, Some("not_yet_committed")),
         "{answer}"
     );
+}
+
+/// `(reading_id, ts)` of a device's rows, in time order.
+async fn identities(gateway: &Harness, device: &str) -> Vec<(String, String)> {
+    let sql = format!(
+        "SELECT DISTINCT reading_id, ts FROM {TABLE} WHERE device_id = '{device}' ORDER BY ts, reading_id"
+    );
+    gateway
+        .query(&sql)
+        .await
+        .into_iter()
+        .map(|row| match (&row[0], &row[1]) {
+            (Value::String(id), Value::Timestamp(ts)) => (id.clone(), ts.to_rfc3339()),
+            other => panic!("unexpected row {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
+    // A long flush interval, so both devices' requests below share one batch.
+    let mut gateway = Harness::start_with(emulator_config(), &[("LAKEGATE_FLUSH_MS", "1000")]).await;
+    let at = |id: &str, ts: &str| json!({"id": id, "ts": ts, "metrics": {"count": 1}});
+    let (status, answer) = gateway
+        .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T12:00:00Z"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The sensor's counter restarted: `c-1` again, an hour later, while another device's
+    // backfill makes the batch's time range cover the first `c-1`.
+    let backfill = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.other)
+        .json(&json!([at("b-0", "2026-11-29T11:00:00Z"), at("b-1", "2026-11-29T14:00:00Z")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(backfill.status(), 202);
+    let (status, answer) = gateway
+        .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T13:00:00Z"))
+        .await;
+    assert_eq!((status, &answer["committed"]), (200, &json!(true)), "{answer}");
+    let expected = [
+        ("c-1".to_owned(), "2026-11-29T12:00:00+00:00".to_owned()),
+        ("c-1".to_owned(), "2026-11-29T13:00:00+00:00".to_owned()),
+    ];
+    assert_eq!(identities(&gateway, "sensor-1").await, expected);
+
+    // One request may carry the same id at two times; an identical repeat is refused, and
+    // identical resends stay written once.
+    let body = json!([
+        at("c-1", "2026-11-29T13:00:00Z"),
+        at("c-2", "2026-11-29T13:30:00Z"),
+        at("c-2", "2026-11-29T13:45:00Z"),
+        at("c-2", "2026-11-29T13:45:00.000Z"),
+    ]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 3, "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 3, "{answer}");
+    assert_eq!(answer["rejected"][0]["reason"], "duplicate_id", "{answer}");
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(identities(&gateway, "sensor-1").await.len(), 4);
+    let sensor_rows = gateway
+        .query(&format!("SELECT count(*) FROM {TABLE} WHERE device_id = 'sensor-1'"))
+        .await;
+    assert_eq!(sensor_rows[0][0], Value::Int(4), "one row per reading");
+    gateway.stop().await;
 }
