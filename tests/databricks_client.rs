@@ -252,6 +252,42 @@ async fn retries_503_even_for_post_after_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_is_capped_at_a_minute() {
+    let emulator = start(emulator_config()).await;
+    let client = pat_client(&emulator);
+    client.secrets().create_scope("patience").await.unwrap();
+    emulator.set_faults(Faults {
+        unavailable_for: Some(Duration::from_secs(30)),
+        unavailable_retry_after_secs: u64::MAX,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    // The test client's retry budget (10 s) is shorter than the capped wait: it gives up at
+    // once and reports what it would have waited, instead of panicking or parking.
+    let err = client.secrets().list("patience").await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_token_lifetime_neither_panics_nor_lives_for_ever() {
+    let emulator = start(emulator_config()).await;
+    emulator.set_faults(Faults {
+        token_expires_in: Some(u64::MAX),
+        ..Faults::default()
+    });
+    let client = m2m_client(&emulator);
+    client.secrets().create_scope("forever").await.unwrap();
+    client.secrets().list("forever").await.unwrap();
+    assert_eq!(emulator.stats().token_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_errors_are_not_retried() {
     let emulator = start(emulator_config()).await;
     let client = pat_client(&emulator);

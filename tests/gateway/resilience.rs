@@ -328,7 +328,8 @@ async fn identities(gateway: &Harness, device: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     // A long flush interval, so both devices' requests below share one batch.
-    let mut gateway = Harness::start_with(emulator_config(), &[("LAKEGATE_FLUSH_MS", "1000")]).await;
+    let mut gateway =
+        Harness::start_with(emulator_config(), &[("LAKEGATE_FLUSH_MS", "1000")]).await;
     let at = |id: &str, ts: &str| json!({"id": id, "ts": ts, "metrics": {"count": 1}});
     let (status, answer) = gateway
         .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T12:00:00Z"))
@@ -339,7 +340,10 @@ async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     // backfill makes the batch's time range cover the first `c-1`.
     let backfill = gateway
         .post_to("/ingest?ack=accept", &gateway.keys.other)
-        .json(&json!([at("b-0", "2026-11-29T11:00:00Z"), at("b-1", "2026-11-29T14:00:00Z")]))
+        .json(&json!([
+            at("b-0", "2026-11-29T11:00:00Z"),
+            at("b-1", "2026-11-29T14:00:00Z")
+        ]))
         .send()
         .await
         .unwrap();
@@ -347,7 +351,11 @@ async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     let (status, answer) = gateway
         .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T13:00:00Z"))
         .await;
-    assert_eq!((status, &answer["committed"]), (200, &json!(true)), "{answer}");
+    assert_eq!(
+        (status, &answer["committed"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
     let expected = [
         ("c-1".to_owned(), "2026-11-29T12:00:00+00:00".to_owned()),
         ("c-1".to_owned(), "2026-11-29T13:00:00+00:00".to_owned()),
@@ -371,8 +379,32 @@ async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(identities(&gateway, "sensor-1").await.len(), 4);
     let sensor_rows = gateway
-        .query(&format!("SELECT count(*) FROM {TABLE} WHERE device_id = 'sensor-1'"))
+        .query(&format!(
+            "SELECT count(*) FROM {TABLE} WHERE device_id = 'sensor-1'"
+        ))
         .await;
     assert_eq!(sensor_rows[0][0], Value::Int(4), "one row per reading");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_does_not_park_the_writer() {
+    let mut gateway = Harness::start().await;
+    // A warehouse briefly unavailable, asking to come back in 2^64 - 1 seconds.
+    gateway.emulator.set_faults(Faults {
+        unavailable_for: Some(Duration::from_secs(2)),
+        unavailable_retry_after_secs: u64::MAX,
+        ..Faults::default()
+    });
+    let response = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+        .json(&reading("patient-1", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Written once the capped wait (60 s) is over, not in 584 billion years.
+    gateway.wait_for_rows(1, Duration::from_secs(120)).await;
     gateway.stop().await;
 }
