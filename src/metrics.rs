@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::activity::Activity;
 use crate::databricks::TokenFetches;
 use crate::ingest::reading::RejectReason;
+use crate::ingest::writer::WriteHealth;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -45,6 +46,11 @@ pub struct Metrics {
     pub registry_reloads: Family<OutcomeLabels, Counter>,
     pub registry_devices: Gauge,
     token_fetches: Family<OutcomeLabels, Counter>,
+    /// Rows the table refused, stored in the dead-letter table.
+    pub rows_dead_lettered: Counter,
+    /// 1 while the table refuses writes for good (see `WriteHealth`), read at scrape time.
+    writes_unwritable: Gauge,
+    pub writes: WriteHealth,
     pub activity: Activity,
 }
 
@@ -60,6 +66,8 @@ impl Default for Metrics {
         let registry_reloads = Family::default();
         let registry_devices = Gauge::default();
         let token_fetches = Family::default();
+        let rows_dead_lettered = Counter::default();
+        let writes_unwritable = Gauge::default();
 
         let mut registry = Registry::with_prefix("lakegate");
         registry.register(
@@ -113,6 +121,17 @@ impl Default for Metrics {
             token_fetches.clone(),
         );
 
+        registry.register(
+            "rows_dead_lettered",
+            "Rows the table refused, written to the dead-letter table",
+            rows_dead_lettered.clone(),
+        );
+        registry.register(
+            "writes_unwritable",
+            "1 while the table refuses writes for good (rows are kept and retried)",
+            writes_unwritable.clone(),
+        );
+
         Metrics {
             registry,
             requests,
@@ -125,6 +144,9 @@ impl Default for Metrics {
             registry_reloads,
             registry_devices,
             token_fetches,
+            rows_dead_lettered,
+            writes_unwritable,
+            writes: WriteHealth::default(),
             activity: Activity::default(),
         }
     }
@@ -188,6 +210,8 @@ impl Metrics {
     pub fn render(&self, tokens: TokenFetches) -> String {
         set_counter(&self.token_fetches, "succeeded", tokens.succeeded);
         set_counter(&self.token_fetches, "failed", tokens.failed);
+        self.writes_unwritable
+            .set(i64::from(self.writes.is_unwritable()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
