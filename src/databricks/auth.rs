@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::error::Error;
-use super::http::read_response;
+use super::http::{MAX_TOKEN_BODY, read_response};
 use super::retry::{self, RetryPolicy};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -273,7 +273,7 @@ impl Inner {
                 .send()
                 .await
                 .map_err(Error::transport)?;
-            let body = read_response(response).await?;
+            let body = read_response(response, "OIDC discovery", MAX_TOKEN_BODY).await?;
             serde_json::from_slice::<Discovery>(&body).map_err(|err| Error::Decode(err.to_string()))
         };
         match discovered.await {
@@ -295,7 +295,7 @@ impl Inner {
             .send()
             .await
             .map_err(Error::transport)?;
-        let body = read_response(response).await?;
+        let body = read_response(response, "token response", MAX_TOKEN_BODY).await?;
         serde_json::from_slice(&body).map_err(|err| Error::Decode(format!("token response: {err}")))
     }
 }

@@ -33,6 +33,9 @@ pub enum Error {
     /// A 2xx answer we could not understand.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// The workspace sent more than we read for this kind of answer.
+    #[error("{what} is larger than {limit} bytes; not read further")]
+    TooLarge { what: &'static str, limit: usize },
 }
 
 impl Error {
@@ -106,7 +109,7 @@ impl Error {
                 FailureKind::Transient => FailureKind::Transient,
                 _ => FailureKind::Target,
             },
-            Error::InvalidRequest(_) => FailureKind::Request,
+            Error::InvalidRequest(_) | Error::TooLarge { .. } => FailureKind::Request,
             Error::Statement(stmt) => stmt.kind(),
         }
     }
