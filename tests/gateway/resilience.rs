@@ -456,11 +456,15 @@ fn refusing(marker: &str) -> lakegate_emulator::EmulatorConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
+    let reader_token = lakegate::devices::generate_key().key;
+    let reader_hash =
+        lakegate::devices::hash_key(secrecy::ExposeSecret::expose_secret(&reader_token));
     let mut gateway = Harness::start_with(
         refusing("poison"),
         &[
             ("LAKEGATE_FLUSH_MS", "300"),
             ("LAKEGATE_ACK_TIMEOUT_SECS", "20"),
+            ("LAKEGATE_READER_TOKENS", reader_hash.as_str()),
         ],
     )
     .await;
@@ -531,6 +535,19 @@ async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
     assert_eq!(
         metric(&gateway, "lakegate_rows_dead_lettered_total").await,
         1.0
+    );
+    let stats = gateway
+        .http
+        .get(format!("{}/api/stats", gateway.url))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&reader_token))
+        .send()
+        .await
+        .unwrap();
+    let (status, stats) = respond(stats).await;
+    assert_eq!(
+        (status, &stats["rows_dead_lettered"]),
+        (200, &json!(1)),
+        "{stats}"
     );
     let (status, ready) = respond(gateway.get("/readyz").await).await;
     assert_eq!((status, &ready["writes"]), (200, &json!("ok")), "{ready}");
