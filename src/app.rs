@@ -15,7 +15,7 @@ use crate::config::{GatewayConfig, Workspace};
 use crate::databricks;
 use crate::devices::{DeviceKeys, KeySource, reload_loop};
 use crate::ingest::queue::IngestQueue;
-use crate::ingest::sql::{StatementSink, ensure_table};
+use crate::ingest::sql::{StatementSink, ensure_tables};
 use crate::ingest::writer::Writer;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
@@ -80,13 +80,18 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         metrics.registry_devices.set(registry.device_count() as i64);
         let keys = DeviceKeys::new(registry);
-        ensure_table(&client.statements(), &config.table)
+        ensure_tables(&client.statements(), &config.table, &config.rejected_table)
             .await
-            .with_context(|| format!("creating table {}", config.table))?;
+            .with_context(|| {
+                format!(
+                    "creating tables {} and {}",
+                    config.table, config.rejected_table
+                )
+            })?;
 
         let (queue, receiver) = IngestQueue::new(config.queue);
         let writer_closing = CancellationToken::new();
-        let sink = StatementSink::new(client.statements(), &config.table);
+        let sink = StatementSink::new(client.statements(), &config.table, &config.rejected_table);
         let writer = tokio::spawn(
             Writer::new(
                 receiver,

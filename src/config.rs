@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub workspace: Workspace,
     pub table: TableName,
+    /// Where rows the table refuses for good go (same columns plus the error).
+    pub rejected_table: TableName,
     /// `None` only in local mode, where a demo registry is created.
     pub device_keys: Option<KeySource>,
     pub keys_refresh: Duration,
@@ -287,6 +289,23 @@ impl GatewayConfig {
                 ));
             }
         };
+        let rejected_table = match env.raw("LAKEGATE_REJECTED_TABLE") {
+            Some(raw) => raw
+                .parse()
+                .map_err(|p| invalid("LAKEGATE_REJECTED_TABLE", p))?,
+            None => format!("{table}_rejected").parse().map_err(|p| {
+                invalid(
+                    "LAKEGATE_REJECTED_TABLE",
+                    format!("the default (LAKEGATE_TABLE + \"_rejected\") is invalid: {p}"),
+                )
+            })?,
+        };
+        if rejected_table == table {
+            return Err(invalid(
+                "LAKEGATE_REJECTED_TABLE",
+                "must differ from LAKEGATE_TABLE",
+            ));
+        }
         let device_keys = device_keys(&env)?;
         if device_keys.is_none() && !local {
             return Err(invalid(
@@ -373,6 +392,7 @@ impl GatewayConfig {
             ),
             workspace,
             table,
+            rejected_table,
             device_keys,
             keys_refresh: env.secs("LAKEGATE_KEYS_REFRESH_SECS", 60)?,
             batch,
@@ -567,6 +587,10 @@ mod tests {
         let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
         assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
         assert_eq!(config.table.to_string(), "iot.raw.readings");
+        assert_eq!(
+            config.rejected_table.to_string(),
+            "iot.raw.readings_rejected"
+        );
         assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
         assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert!(matches!(config.device_keys, Some(KeySource::Secret { .. })));
@@ -599,6 +623,17 @@ mod tests {
         pairs.push(("LAKEGATE_TABLE", "readings"));
         let message = error_of(&pairs);
         assert!(message.contains("catalog.schema.table"), "{message}");
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_REJECTED_TABLE", "iot.raw"));
+        assert!(error_of(&pairs).starts_with("LAKEGATE_REJECTED_TABLE:"));
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_REJECTED_TABLE", "iot.raw.readings"));
+        assert!(error_of(&pairs).contains("must differ from LAKEGATE_TABLE"));
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_REJECTED_TABLE", "iot.errors.refused"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.rejected_table.to_string(), "iot.errors.refused");
 
         let mut pairs = remote();
         pairs.push(("LAKEGATE_DEVICE_KEYS_FILE", "/etc/keys.json"));

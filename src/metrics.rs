@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::activity::Activity;
 use crate::databricks::TokenFetches;
 use crate::ingest::reading::RejectReason;
+use crate::ingest::writer::WriteHealth;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -73,6 +74,11 @@ pub struct Metrics {
     pub registry_devices: Gauge,
     token_fetches: Family<OutcomeLabels, Counter>,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Rows the table refused, stored in the dead-letter table.
+    pub rows_dead_lettered: Counter,
+    /// 1 while the table refuses writes for good (see `WriteHealth`), read at scrape time.
+    writes_unwritable: Gauge,
+    pub writes: WriteHealth,
     pub activity: Activity,
 }
 
@@ -91,6 +97,8 @@ impl Default for Metrics {
         let token_fetches = Family::default();
         let connections = ConnectionMetrics::default();
         let auth_failures = Family::default();
+        let rows_dead_lettered = Counter::default();
+        let writes_unwritable = Gauge::default();
 
         let mut registry = Registry::with_prefix("lakegate");
         registry.register(
@@ -169,6 +177,17 @@ impl Default for Metrics {
             auth_failures.clone(),
         );
 
+        registry.register(
+            "rows_dead_lettered",
+            "Rows the table refused, written to the dead-letter table",
+            rows_dead_lettered.clone(),
+        );
+        registry.register(
+            "writes_unwritable",
+            "1 while the table refuses writes for good (rows are kept and retried)",
+            writes_unwritable.clone(),
+        );
+
         Metrics {
             registry,
             connections,
@@ -184,6 +203,9 @@ impl Default for Metrics {
             registry_devices,
             token_fetches,
             auth_failures,
+            rows_dead_lettered,
+            writes_unwritable,
+            writes: WriteHealth::default(),
             activity: Activity::default(),
         }
     }
@@ -253,6 +275,8 @@ impl Metrics {
     pub fn render(&self, tokens: TokenFetches) -> String {
         set_counter(&self.token_fetches, "succeeded", tokens.succeeded);
         set_counter(&self.token_fetches, "failed", tokens.failed);
+        self.writes_unwritable
+            .set(i64::from(self.writes.is_unwritable()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

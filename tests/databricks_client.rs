@@ -252,6 +252,42 @@ async fn retries_503_even_for_post_after_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_is_capped_at_a_minute() {
+    let emulator = start(emulator_config()).await;
+    let client = pat_client(&emulator);
+    client.secrets().create_scope("patience").await.unwrap();
+    emulator.set_faults(Faults {
+        unavailable_for: Some(Duration::from_secs(30)),
+        unavailable_retry_after_secs: u64::MAX,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    // The test client's retry budget (10 s) is shorter than the capped wait: it gives up at
+    // once and reports what it would have waited, instead of panicking or parking.
+    let err = client.secrets().list("patience").await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_token_lifetime_neither_panics_nor_lives_for_ever() {
+    let emulator = start(emulator_config()).await;
+    emulator.set_faults(Faults {
+        token_expires_in: Some(u64::MAX),
+        ..Faults::default()
+    });
+    let client = m2m_client(&emulator);
+    client.secrets().create_scope("forever").await.unwrap();
+    client.secrets().list("forever").await.unwrap();
+    assert_eq!(emulator.stats().token_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_errors_are_not_retried() {
     let emulator = start(emulator_config()).await;
     let client = pat_client(&emulator);
@@ -612,4 +648,132 @@ async fn connection_errors_are_retried() {
         0
     );
     assert_eq!(second.stats().api_requests, 2);
+}
+
+// ---------------------------------------------------------------- response size caps
+
+/// A workspace impostor on loopback that answers every request 200 with a body that never
+/// ends (chunked), or that declares `declared_len` bytes and then sends nothing.
+fn oversized_server(declared_len: Option<u64>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = match declared_len {
+                    Some(len) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+                    ),
+                    None => "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             transfer-encoding: chunked\r\n\r\n"
+                        .to_owned(),
+                };
+                if socket.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                if declared_len.is_some() {
+                    std::thread::sleep(Duration::from_secs(60));
+                    return;
+                }
+                let mut chunk = format!("{:x}\r\n", 64 * 1024).into_bytes();
+                chunk.extend(std::iter::repeat_n(b' ', 64 * 1024));
+                chunk.extend_from_slice(b"\r\n");
+                while socket.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn impostor_config(
+    host: &str,
+    credentials: lakegate::databricks::Settings,
+) -> lakegate::databricks::Config {
+    let settings = lakegate::databricks::Settings {
+        host: Some(host.to_owned()),
+        warehouse_id: Some("w".into()),
+        ..credentials
+    };
+    let mut config =
+        lakegate::databricks::Config::resolve(settings, &std::collections::HashMap::new()).unwrap();
+    config.http_timeout = Duration::from_secs(30);
+    config.oauth.retry.budget = Duration::ZERO;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endless_api_answer_is_cut_at_its_cap() {
+    let host = oversized_server(None);
+    let client = Client::new(&impostor_config(&host, pat(PAT))).unwrap();
+    let err = client.secrets().list("any").await.unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit, .. } if limit == 64 * 1024 * 1024),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("larger than"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endless_token_answer_is_cut_at_its_cap() {
+    let host = oversized_server(None);
+    let client = Client::new(&impostor_config(&host, m2m(SP_ID, SP_SECRET))).unwrap();
+    let started = Instant::now();
+    let err = client.secrets().list("any").await.unwrap_err();
+    let Error::Auth(inner) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(**inner, Error::TooLarge { limit, .. } if limit == 1024 * 1024),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declared_oversized_answer_is_refused_before_reading() {
+    let host = oversized_server(Some(1 << 40));
+    let client = Client::new(&impostor_config(&host, pat(PAT))).unwrap();
+    let started = Instant::now();
+    let err = client.secrets().list("any").await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn cleartext_hosts_are_refused_unless_loopback() {
+    let settings = |host: &str| lakegate::databricks::Settings {
+        host: Some(host.to_owned()),
+        ..pat(PAT)
+    };
+    let none = std::collections::HashMap::new();
+    let err =
+        lakegate::databricks::Config::resolve(settings("http://workspace.example.com"), &none)
+            .unwrap_err();
+    assert!(err.to_string().contains("DATABRICKS_HOST"), "{err}");
+    assert!(!err.to_string().contains(PAT), "{err}");
+    for loopback in [
+        "http://127.0.0.1:8787",
+        "http://localhost:8787",
+        "http://[::1]:8787",
+    ] {
+        lakegate::databricks::Config::resolve(settings(loopback), &none).unwrap();
+    }
 }

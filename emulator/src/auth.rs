@@ -78,7 +78,10 @@ impl TokenStore {
         let now = Instant::now();
         let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
         issued.retain(|_, expires| *expires > now);
-        issued.insert(token.clone(), now + lifetime);
+        let expires = now
+            .checked_add(lifetime)
+            .unwrap_or_else(crate::faults::far_future);
+        issued.insert(token.clone(), expires);
         (token, lifetime)
     }
 
@@ -182,7 +185,7 @@ pub async fn token(
     let body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
-        "expires_in": lifetime.as_secs(),
+        "expires_in": app.faults.token_expires_in().unwrap_or(lifetime.as_secs()),
         "scope": form.scope.as_deref().unwrap_or(SCOPE),
     });
     Json(body).into_response()

@@ -78,6 +78,21 @@ pub struct Faults {
     /// The next N statement submissions run to the end, then their answer is lost
     /// (the connection breaks mid-response): an outcome the caller cannot observe.
     pub lost_statement_responses: u32,
+    /// The token endpoint answers this `expires_in` (seconds) instead of the tokens' real
+    /// lifetime, e.g. `u64::MAX` to test a client's clock arithmetic.
+    pub token_expires_in: Option<u64>,
+    /// Rows a table refuses, like a CHECK constraint: see [`RejectRows`].
+    pub reject_rows: Option<RejectRows>,
+}
+
+/// A write into `table` (`catalog.schema.table`, any case) whose parameter values contain
+/// `marker` ends FAILED with `[DELTA_VIOLATE_CONSTRAINT_WITH_VALUES]` (SQLSTATE 23001), as a
+/// CHECK constraint violated by one of its rows does on Databricks. Writes into other tables,
+/// and writes without the marker, run normally.
+#[derive(Clone, Debug)]
+pub struct RejectRows {
+    pub table: String,
+    pub marker: String,
 }
 
 impl Default for Faults {
@@ -90,6 +105,8 @@ impl Default for Faults {
             unavailable_retry_after_secs: 1,
             token_failures: 0,
             lost_statement_responses: 0,
+            token_expires_in: None,
+            reject_rows: None,
         }
     }
 }

@@ -40,6 +40,21 @@ impl FaultState {
         self.lock().faults.statement_latency
     }
 
+    pub fn token_expires_in(&self) -> Option<u64> {
+        self.lock().faults.token_expires_in
+    }
+
+    /// Whether a write into `table` with these parameter values must fail as if a
+    /// constraint refused one of its rows.
+    pub fn rejects_rows<'a>(&self, table: &str, mut values: impl Iterator<Item = &'a str>) -> bool {
+        let active = self.lock();
+        let Some(reject) = &active.faults.reject_rows else {
+            return false;
+        };
+        reject.table.eq_ignore_ascii_case(table)
+            && values.any(|value| value.contains(reject.marker.as_str()))
+    }
+
     /// Whether this token call must fail; counts the failure down.
     pub fn take_token_failure(&self) -> bool {
         take(&mut self.lock().token_failures_left)
@@ -84,6 +99,13 @@ impl FaultState {
     }
 }
 
+/// An instant no test outlives, for durations too long to add to `now`.
+pub fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600))
+        .unwrap_or(now)
+}
+
 /// Counts a "next N calls" fault down; true while any is left.
 fn take(left: &mut u32) -> bool {
     let fail = *left > 0;
@@ -94,7 +116,9 @@ fn take(left: &mut u32) -> bool {
 impl From<Faults> for Active {
     fn from(faults: Faults) -> Self {
         Self {
-            unavailable_until: faults.unavailable_for.map(|d| Instant::now() + d),
+            unavailable_until: faults
+                .unavailable_for
+                .map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future)),
             token_failures_left: faults.token_failures,
             lost_responses_left: faults.lost_statement_responses,
             faults,

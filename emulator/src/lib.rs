@@ -34,14 +34,17 @@
 //! - **Databricks functions** DataFusion lacks: `from_json(json, schema)` with a literal schema in
 //!   Databricks type syntax (`ARRAY<STRUCT<a: STRING, b BIGINT>>`, `STRUCT<...>`, `a INT, ...`;
 //!   scalar types as above), which returns NULL for malformed JSON (a struct of NULLs for a STRUCT
-//!   schema) like Spark's default PERMISSIVE mode; `explode(array)` in the select list (as
+//!   schema) like Spark's default PERMISSIVE mode, or with `map('mode', 'FAILFAST')` fails the
+//!   statement with `MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION` (SQLSTATE 22023); `explode(array)` in the select list (as
 //!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
 //!   `timestamp_micros`; `unix_seconds`, `unix_millis` and `unix_micros` (rounded down).
 //! - **Persistence** with `--data-dir`: catalogs and schemas as directories, each table as an
 //!   Arrow IPC file rewritten after every successful write, all loaded at start.
 //! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
-//!   of 503 `TEMPORARILY_UNAVAILABLE` (both with `Retry-After`), failing token calls, and extra
-//!   statement latency (cancellable), all changeable at run time from Rust.
+//!   of 503 `TEMPORARILY_UNAVAILABLE` (both with a `Retry-After` of the caller's choice), failing
+//!   token calls, a token `expires_in` of the caller's choice, lost statement answers, rows a
+//!   table refuses as a CHECK constraint would ([`RejectRows`]), and extra statement latency
+//!   (cancellable), all changeable at run time from Rust.
 //!
 //! ## Command line
 //!
@@ -64,7 +67,7 @@
 //!   `WHEN NOT MATCHED` clause (FAILED with `UNSUPPORTED_FEATURE`); `UPDATE`, `DELETE`, Delta
 //!   time travel, `COPY INTO`, volumes and the Files API.
 //! - Other Databricks-only functions (`inline`, `posexplode`, `get_json_object`, ...),
-//!   `from_json` options, `explode` of a map or in FROM, field access on a function result
+//!   `from_json` options other than `mode`, `explode` of a map or in FROM, field access on a function result
 //!   (`from_json(...).a`; alias it in a subquery first), and ARRAY/MAP/STRUCT columns and
 //!   parameters; nested values in results are printed Arrow's way, not as JSON.
 //! - `/` between integers divides as integers (Databricks gives a DOUBLE); `floor(a / b)` of
@@ -95,7 +98,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{EmulatorConfig, Faults};
+pub use config::{EmulatorConfig, Faults, RejectRows};
 pub use stats::Stats;
 
 /// A running emulator. Dropping it without [`Emulator::shutdown`] leaves the server running

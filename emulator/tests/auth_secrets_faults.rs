@@ -340,3 +340,34 @@ async fn faults_throttle_unavailable_and_token_failures() {
         (1, 1, 3)
     );
 }
+
+#[tokio::test]
+async fn faults_with_extreme_values_are_sent_as_chosen() {
+    let ws = Workspace::start(config()).await;
+    ws.emulator.set_faults(Faults {
+        unavailable_for: Some(Duration::MAX),
+        unavailable_retry_after_secs: u64::MAX,
+        token_expires_in: Some(u64::MAX),
+        ..Faults::default()
+    });
+    let response = ws
+        .http
+        .get(ws.url("/api/2.0/secrets/scopes/list"))
+        .bearer_auth(&ws.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], u64::MAX.to_string());
+
+    let token = ws
+        .http
+        .post(ws.url("/oidc/v1/token"))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = token.json().await.unwrap();
+    assert_eq!(body["expires_in"], json!(u64::MAX), "{body}");
+}

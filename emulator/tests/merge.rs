@@ -309,3 +309,168 @@ async fn concurrent_identical_merges_insert_each_reading_once() {
         .await;
     assert_eq!(body["result"]["data_array"], json!([["50", "50"]]));
 }
+
+/// A FAILED statement's error class (from the message) and SQLSTATE.
+fn failure(body: &Value) -> (String, String) {
+    assert_eq!(body["status"]["state"], "FAILED", "{body}");
+    let message = body["status"]["error"]["message"].as_str().unwrap();
+    let class = message
+        .strip_prefix('[')
+        .and_then(|m| m.split(']').next())
+        .unwrap_or_else(|| panic!("no error class in {message}"));
+    (
+        class.to_owned(),
+        body["status"]["sql_state"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn from_json_is_permissive_by_default_and_fails_fast_on_request() {
+    let ws = Workspace::start(config()).await;
+    // PERMISSIVE (default, or asked for): malformed input is NULL, and exploding NULL
+    // yields no rows at all.
+    let body = ws
+        .sql(
+            "SELECT from_json('[1, 2', 'ARRAY<BIGINT>') IS NULL AS by_default, \
+             from_json('[1, 2', 'ARRAY<BIGINT>', map('mode', 'PERMISSIVE')) IS NULL AS asked, \
+             from_json('[1, 2]', 'ARRAY<BIGINT>', map('mode', 'FAILFAST')) AS well_formed",
+        )
+        .await;
+    assert_eq!(
+        body["result"]["data_array"][0].as_array().unwrap()[..2],
+        [json!("true"), json!("true")],
+        "{body}"
+    );
+    let body = ws
+        .sql("SELECT count(*) AS n FROM (SELECT explode(from_json('oops', 'ARRAY<BIGINT>')) AS r)")
+        .await;
+    assert_eq!(body["result"]["data_array"], json!([["0"]]));
+
+    // FAILFAST: the statement fails as Databricks' does.
+    for malformed in ["'[1, 2'", "'[\"x\"]'", "'{}'"] {
+        let (status, body) = ws
+            .execute(json!({"statement": format!(
+                "SELECT explode(from_json({malformed}, 'ARRAY<BIGINT>', map('mode', 'FAILFAST'))) AS r"
+            )}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            failure(&body),
+            (
+                "MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION".to_owned(),
+                "22023".to_owned()
+            ),
+            "{malformed}"
+        );
+    }
+    let (_, body) = ws
+        .execute(json!({"statement": "SELECT from_json('[1]', 'ARRAY<BIGINT>', map('mode', 'DROPMALFORMED')) AS r"}))
+        .await;
+    assert_eq!(body["status"]["state"], "FAILED", "{body}");
+    assert!(
+        body["status"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PARSE_MODE_UNSUPPORTED"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_failfast_merge_of_a_malformed_batch_fails_and_writes_nothing() {
+    let ws = workspace().await;
+    let failfast = MERGE.replace(
+        "value_str: STRING>>')",
+        "value_str: STRING>>', map('mode', 'FAILFAST'))",
+    );
+    assert_ne!(failfast, MERGE);
+    let (status, body) = ws
+        .execute(json!({
+            "statement": failfast,
+            "parameters": [
+                {"name": "rows", "value": "[{\"device_id\": \"d1\", \"reading_id\": \"r1\""},
+                {"name": "ts_min", "value": "2025-11-29T11:00:00Z", "type": "TIMESTAMP"},
+                {"name": "ts_max", "value": "2025-11-29T13:00:00Z", "type": "TIMESTAMP"},
+            ],
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        failure(&body).0,
+        "MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION"
+    );
+    assert_eq!(stored(&ws).await, Value::Null);
+}
+
+#[tokio::test]
+async fn reject_rows_fails_writes_of_marked_rows_into_one_table_only() {
+    let mut config = config();
+    config.faults.reject_rows = Some(lakegate_emulator::RejectRows {
+        table: "MAIN.lakegate.readings".into(),
+        marker: "poison".into(),
+    });
+    let ws = Workspace::start(config).await;
+    ws.sql("CREATE SCHEMA IF NOT EXISTS main.lakegate").await;
+    ws.sql(CREATE).await;
+    ws.sql("CREATE TABLE main.lakegate.readings_rejected AS SELECT * FROM main.lakegate.readings")
+        .await;
+
+    let marked = json!([
+        reading("ok", 0, Some(1.0), None),
+        reading("r", 1, None, Some("poison pill"))
+    ]);
+    let body = merge(&ws, &marked.to_string()).await;
+    assert_eq!(
+        failure(&body),
+        (
+            "DELTA_VIOLATE_CONSTRAINT_WITH_VALUES".to_owned(),
+            "23001".to_owned()
+        )
+    );
+    assert_eq!(body["status"]["error"]["error_code"], "BAD_REQUEST");
+    assert_eq!(
+        stored(&ws).await,
+        Value::Null,
+        "nothing of the batch is written"
+    );
+    // Without the marker, or into another table, writes go through.
+    assert_eq!(
+        inserted(&ws, &json!([reading("ok", 0, Some(1.0), None)])).await,
+        1
+    );
+    let other = MERGE.replace(
+        "MERGE INTO main.lakegate.readings ",
+        "MERGE INTO main.lakegate.readings_rejected ",
+    );
+    let (_, body) = ws
+        .execute(json!({
+            "statement": other,
+            "parameters": [
+                {"name": "rows", "value": marked.to_string()},
+                {"name": "ts_min", "value": "2025-11-29T11:00:00Z", "type": "TIMESTAMP"},
+                {"name": "ts_max", "value": "2025-11-29T13:00:00Z", "type": "TIMESTAMP"},
+            ],
+        }))
+        .await;
+    assert_eq!(body["status"]["state"], "SUCCEEDED", "{body}");
+    // Reading a marked value is no write.
+    ws.sql("SELECT 'poison' AS p FROM main.lakegate.readings")
+        .await;
+}
+
+#[tokio::test]
+async fn a_merge_into_a_dropped_table_fails_as_table_not_found() {
+    let ws = workspace().await;
+    ws.sql("DROP TABLE main.lakegate.readings").await;
+    let body = merge(&ws, &json!([reading("r1", 0, Some(1.0), None)]).to_string()).await;
+    assert_eq!(
+        failure(&body),
+        ("TABLE_OR_VIEW_NOT_FOUND".to_owned(), "42P01".to_owned())
+    );
+    // Back again: writes work.
+    ws.sql(CREATE).await;
+    assert_eq!(
+        inserted(&ws, &json!([reading("r1", 0, Some(1.0), None)])).await,
+        1
+    );
+}

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::error::Error;
-use super::http::read_response;
+use super::http::{MAX_TOKEN_BODY, read_response};
 use super::retry::{self, RetryPolicy};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -113,16 +113,23 @@ struct CachedToken {
 
 impl CachedToken {
     /// `requested_at` is taken before the request so that the lifetime is never overestimated.
+    /// `ttl` comes from the token endpoint: it is capped at [`MAX_TOKEN_TTL`], so that no
+    /// answer can overflow the clock arithmetic (a panic) or keep a token for ever.
     fn new(value: SecretString, requested_at: Instant, ttl: Duration) -> Self {
         const MAX_STALE_WINDOW: Duration = Duration::from_secs(20 * 60);
         const MAX_EXPIRY_MARGIN: Duration = Duration::from_secs(40);
+        let ttl = ttl.min(MAX_TOKEN_TTL);
+        let end = requested_at.checked_add(ttl).unwrap_or(requested_at);
         CachedToken {
             value,
-            stale_at: requested_at + ttl - (ttl / 2).min(MAX_STALE_WINDOW),
-            expires_at: requested_at + ttl - (ttl / 10).min(MAX_EXPIRY_MARGIN),
+            stale_at: end - (ttl / 2).min(MAX_STALE_WINDOW),
+            expires_at: end - (ttl / 10).min(MAX_EXPIRY_MARGIN),
         }
     }
 }
+
+/// Longest token lifetime we believe; Databricks' OAuth tokens live an hour.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -236,8 +243,11 @@ impl Inner {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "OAuth token refresh failed");
-                cache.next_background_refresh =
-                    Some(Instant::now() + self.settings.refresh_backoff);
+                let now = Instant::now();
+                cache.next_background_refresh = Some(
+                    now.checked_add(self.settings.refresh_backoff)
+                        .unwrap_or(now),
+                );
                 Err(err)
             }
         }
@@ -263,7 +273,7 @@ impl Inner {
                 .send()
                 .await
                 .map_err(Error::transport)?;
-            let body = read_response(response).await?;
+            let body = read_response(response, "OIDC discovery", MAX_TOKEN_BODY).await?;
             serde_json::from_slice::<Discovery>(&body).map_err(|err| Error::Decode(err.to_string()))
         };
         match discovered.await {
@@ -285,7 +295,7 @@ impl Inner {
             .send()
             .await
             .map_err(Error::transport)?;
-        let body = read_response(response).await?;
+        let body = read_response(response, "token response", MAX_TOKEN_BODY).await?;
         serde_json::from_slice(&body).map_err(|err| Error::Decode(format!("token response: {err}")))
     }
 }
@@ -300,6 +310,12 @@ mod tests {
         let hour = CachedToken::new("t".into(), now, Duration::from_secs(3600));
         assert_eq!(hour.stale_at - now, Duration::from_secs(40 * 60));
         assert_eq!(hour.expires_at - now, Duration::from_secs(3560));
+
+        let forever = CachedToken::new("t".into(), now, Duration::from_secs(u64::MAX));
+        assert_eq!(
+            forever.expires_at - now,
+            MAX_TOKEN_TTL - Duration::from_secs(40)
+        );
 
         let short = CachedToken::new("t".into(), now, Duration::from_secs(4));
         assert_eq!(short.stale_at - now, Duration::from_secs(2));

@@ -74,6 +74,11 @@ pub enum ConfigError {
     #[error("invalid Databricks host {0:?}")]
     InvalidHost(String),
     #[error(
+        "DATABRICKS_HOST {0:?} uses http://, which would send the credentials in cleartext: \
+         use https:// (http:// is accepted only for 127.0.0.1, ::1 and localhost)"
+    )]
+    CleartextHost(String),
+    #[error(
         "no Databricks credentials: set DATABRICKS_TOKEN, or DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET"
     )]
     NoCredentials,
@@ -277,7 +282,9 @@ fn expand_home(path: &str, env: &HashMap<String, String>) -> PathBuf {
 }
 
 /// `https://` when no scheme is given (Apps inject a bare host name); no
-/// trailing `/`, no default port, no path. `http://` is kept for emulators.
+/// trailing `/`, no default port, no path. `http://` is kept for local emulators, on a
+/// loopback address only: anywhere else the client secret and tokens would travel in
+/// cleartext.
 pub fn normalize_host(raw: &str) -> Result<String, ConfigError> {
     let raw = raw.trim();
     if raw.is_empty() {
@@ -304,6 +311,14 @@ pub fn normalize_host(raw: &str) -> Result<String, ConfigError> {
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(invalid)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() == "http" && !loopback {
+        return Err(ConfigError::CleartextHost(shown));
+    }
     // `Url` already drops a port that is the scheme's default (443 for https).
     Ok(match url.port() {
         Some(port) => format!("{}://{host}:{port}", url.scheme()),
@@ -411,6 +426,23 @@ auth_type = oauth-m2m
             normalize_host("ftp://x"),
             Err(ConfigError::InvalidHost(_))
         ));
+        for loopback in [
+            "http://localhost:8787",
+            "http://[::1]:8787",
+            "http://127.0.0.1",
+        ] {
+            assert_eq!(normalize_host(loopback).unwrap(), loopback);
+        }
+        for remote in [
+            "http://x.cloud.databricks.com",
+            "http://10.0.0.5:8080",
+            "http://localhost.example.com",
+            "http://[::2]",
+        ] {
+            let err = normalize_host(remote).unwrap_err();
+            assert_eq!(err, ConfigError::CleartextHost(remote.to_owned()));
+            assert!(err.to_string().contains("DATABRICKS_HOST"), "{err}");
+        }
         let err = normalize_host("https://me:s3cr3t@x.example.com").unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }

@@ -33,6 +33,9 @@ pub enum Error {
     /// A 2xx answer we could not understand.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// The workspace sent more than we read for this kind of answer.
+    #[error("{what} is larger than {limit} bytes; not read further")]
+    TooLarge { what: &'static str, limit: usize },
 }
 
 impl Error {
@@ -78,7 +81,84 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         self.api_error().and_then(|api| api.retry_after)
     }
+
+    /// The most specific name Databricks gave the failure: a failed statement's error
+    /// class (`TABLE_OR_VIEW_NOT_FOUND`), else the error code.
+    pub fn error_class(&self) -> Option<&str> {
+        match self {
+            Error::Statement(stmt) => stmt.error_class(),
+            _ => self.error_code(),
+        }
+    }
+
+    /// What retrying can do about this failure.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Error::Api(api) => match api.status {
+                429 | 500 | 502 | 503 | 504 => FailureKind::Transient,
+                401 | 403 | 404 => FailureKind::Target,
+                // A request the API refuses as such (too large, a bad value): this request.
+                _ => FailureKind::Request,
+            },
+            Error::Transport(_) | Error::DeadlineExceeded { .. } | Error::Decode(_) => {
+                FailureKind::Transient
+            }
+            // The token source already retried what it could; what is left (a refused
+            // client secret, say) stops every request.
+            Error::Auth(inner) => match inner.kind() {
+                FailureKind::Transient => FailureKind::Transient,
+                _ => FailureKind::Target,
+            },
+            Error::InvalidRequest(_) | Error::TooLarge { .. } => FailureKind::Request,
+            Error::Statement(stmt) => stmt.kind(),
+        }
+    }
 }
+
+/// What retrying can do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The same request may succeed later: throttling, unavailability, timeouts, answers
+    /// that never arrived, a statement cancelled, Delta concurrent-write conflicts.
+    Transient,
+    /// Nothing sent to this target succeeds until someone fixes it: the table, schema or
+    /// warehouse is missing, permission is denied, the credentials are refused.
+    Target,
+    /// This request cannot succeed as it is: its data breaks a type or a constraint, it
+    /// does not parse, it is too large. Another request may.
+    Request,
+}
+
+/// Error classes (or their prefixes) of failed statements that concern the target
+/// rather than the statement's data.
+const TARGET_CLASSES: [&str; 9] = [
+    "TABLE_OR_VIEW_NOT_FOUND",
+    "SCHEMA_NOT_FOUND",
+    "NO_SUCH_CATALOG_EXCEPTION",
+    "CATALOG_NOT_FOUND",
+    "DELTA_TABLE_NOT_FOUND",
+    "DELTA_MISSING_DELTA_TABLE",
+    "PERMISSION_DENIED",
+    "INSUFFICIENT_PERMISSIONS",
+    "UNAUTHORIZED_ACCESS",
+];
+
+/// Service error codes of failed statements that a later attempt may not meet.
+const TRANSIENT_CODES: [&str; 5] = [
+    "TEMPORARILY_UNAVAILABLE",
+    "RESOURCE_EXHAUSTED",
+    "REQUEST_LIMIT_EXCEEDED",
+    "DEADLINE_EXCEEDED",
+    "ABORTED",
+];
+
+/// Service error codes of failed statements that concern the target.
+const TARGET_CODES: [&str; 4] = [
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "NOT_FOUND",
+    "RESOURCE_DOES_NOT_EXIST",
+];
 
 /// A refused request: `{"error_code": ..., "message": ...}` plus the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,6 +241,51 @@ pub struct StatementError {
     pub sql_state: Option<String>,
 }
 
+impl StatementError {
+    /// The error class Databricks puts in brackets at the start of the message
+    /// (`[DELTA_CONCURRENT_APPEND.WHOLE_TABLE_READ] ...`), else the service error code.
+    pub fn error_class(&self) -> Option<&str> {
+        let bracketed = self
+            .message
+            .as_deref()
+            .and_then(|m| m.trim_start().strip_prefix('['))
+            .and_then(|m| m.split_once(']'))
+            .map(|(class, _)| class)
+            .filter(|class| {
+                !class.is_empty()
+                    && class.bytes().all(|b| {
+                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                    })
+            });
+        bracketed.or(self.error_code.as_deref())
+    }
+
+    fn kind(&self) -> FailureKind {
+        use super::statements::StatementState;
+        if self.state != StatementState::Failed {
+            // Cancelled by someone else, or its result expired: running it again can work.
+            return FailureKind::Transient;
+        }
+        let class = self.error_class().unwrap_or_default();
+        let code = self.error_code.as_deref().unwrap_or_default();
+        let message = self.message.as_deref().unwrap_or_default();
+        // Delta's optimistic concurrency: another writer won; the MERGE is idempotent.
+        let conflict = class.starts_with("DELTA_CONCURRENT")
+            || class.contains("CONCURRENT_WRITE")
+            || message.contains("ConcurrentAppendException")
+            || message.contains("ConcurrentDeleteReadException")
+            || message.contains("ConcurrentTransactionException");
+        if conflict || TRANSIENT_CODES.contains(&code) || TRANSIENT_CODES.contains(&class) {
+            return FailureKind::Transient;
+        }
+        let family = class.split('.').next().unwrap_or_default();
+        if TARGET_CLASSES.contains(&family) || TARGET_CODES.contains(&code) {
+            return FailureKind::Target;
+        }
+        FailureKind::Request
+    }
+}
+
 struct SqlState<'a>(Option<&'a str>);
 
 impl fmt::Display for SqlState<'_> {
@@ -175,6 +300,96 @@ impl fmt::Display for SqlState<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed(code: &str, message: &str) -> Error {
+        Error::Statement(StatementError {
+            statement_id: "s".into(),
+            state: super::super::statements::StatementState::Failed,
+            error_code: Some(code.into()),
+            message: Some(message.into()),
+            sql_state: None,
+        })
+    }
+
+    #[test]
+    fn failures_are_classified_by_what_retrying_can_do() {
+        use FailureKind::*;
+        let api = |status| Error::Api(ApiError::from_body(status, b"", None));
+        for (status, kind) in [
+            (429, Transient),
+            (503, Transient),
+            (500, Transient),
+            (504, Transient),
+        ] {
+            assert_eq!(api(status).kind(), kind, "{status}");
+        }
+        for status in [401, 403, 404] {
+            assert_eq!(api(status).kind(), Target, "{status}");
+        }
+        assert_eq!(api(400).kind(), Request);
+        assert_eq!(Error::Auth(Box::new(api(401))).kind(), Target);
+        assert_eq!(Error::Auth(Box::new(api(503))).kind(), Transient);
+        let cases = [
+            (
+                "BAD_REQUEST",
+                "[DELTA_CONCURRENT_APPEND.WHOLE_TABLE_READ] Files were added",
+                Transient,
+            ),
+            (
+                "BAD_REQUEST",
+                "io.delta.exceptions.ConcurrentAppendException: Files were added",
+                Transient,
+            ),
+            ("TEMPORARILY_UNAVAILABLE", "warehouse restarting", Transient),
+            (
+                "BAD_REQUEST",
+                "[TABLE_OR_VIEW_NOT_FOUND] The table `a`.`b` cannot be found.",
+                Target,
+            ),
+            (
+                "BAD_REQUEST",
+                "[INSUFFICIENT_PERMISSIONS] User does not have MODIFY on Table",
+                Target,
+            ),
+            ("PERMISSION_DENIED", "no MODIFY", Target),
+            (
+                "BAD_REQUEST",
+                "[DELTA_VIOLATE_CONSTRAINT_WITH_VALUES] CHECK constraint",
+                Request,
+            ),
+            (
+                "BAD_REQUEST",
+                "[DELTA_NOT_NULL_CONSTRAINT_VIOLATED] NOT NULL",
+                Request,
+            ),
+            (
+                "BAD_REQUEST",
+                "[MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION] Malformed",
+                Request,
+            ),
+            ("BAD_REQUEST", "[CAST_INVALID_INPUT] The value", Request),
+            ("INTERNAL_ERROR", "something broke", Request),
+        ];
+        for (code, message, kind) in cases {
+            assert_eq!(failed(code, message).kind(), kind, "{message}");
+        }
+        assert_eq!(
+            failed("BAD_REQUEST", "[TABLE_OR_VIEW_NOT_FOUND] x").error_class(),
+            Some("TABLE_OR_VIEW_NOT_FOUND")
+        );
+        assert_eq!(
+            failed("BAD_REQUEST", "[not a class] x").error_class(),
+            Some("BAD_REQUEST")
+        );
+        let cancelled = Error::Statement(StatementError {
+            statement_id: "s".into(),
+            state: super::super::statements::StatementState::Canceled,
+            error_code: None,
+            message: None,
+            sql_state: None,
+        });
+        assert_eq!(cancelled.kind(), Transient);
+    }
 
     #[test]
     fn parses_databricks_error_body() {

@@ -18,6 +18,15 @@ use super::retry::{self, RetryPolicy, parse_retry_after};
 
 pub const USER_AGENT: &str = concat!("lakegate/", env!("CARGO_PKG_VERSION"));
 
+/// Byte caps of what the workspace sends back, so that no answer, however long, can
+/// exhaust memory. API answers: INLINE results are at most 25 MiB of data.
+pub const MAX_API_BODY: usize = 64 * 1024 * 1024;
+/// OAuth token and discovery answers are a few hundred bytes.
+pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
+/// External-link result chunks: Databricks documents no chunk size (observed chunks are
+/// tens of MiB at most), so this leaves a wide margin.
+pub const MAX_DOWNLOAD_BODY: usize = 256 * 1024 * 1024;
+
 /// A reqwest client for Databricks. reqwest is built without a bundled crypto
 /// provider, so install ring once per process before the first client.
 pub fn http_client() -> Result<reqwest::Client, Error> {
@@ -174,7 +183,7 @@ impl ApiClient {
                 .body(body.clone());
         }
         let response = request.send().await.map_err(Error::transport)?;
-        read_response(response).await
+        read_response(response, "API response", MAX_API_BODY).await
     }
 
     /// Downloads a presigned link: no Authorization header (the link carries its
@@ -192,28 +201,40 @@ impl ApiClient {
             let hide_url = |err: reqwest::Error| Error::transport(err.without_url());
             let response = request.send().await.map_err(hide_url)?;
             // Storage error bodies may echo parts of the signed request: keep only the status.
-            read_body(response, hide_url)
-                .await
-                .map_err(|err| match err {
-                    Error::Api(api) => Error::Api(ApiError {
-                        message: "external link download refused".into(),
-                        ..api
-                    }),
-                    other => other,
-                })
+            read_body(
+                response,
+                "external link download",
+                MAX_DOWNLOAD_BODY,
+                hide_url,
+            )
+            .await
+            .map_err(|err| match err {
+                Error::Api(api) => Error::Api(ApiError {
+                    message: "external link download refused".into(),
+                    ..api
+                }),
+                other => other,
+            })
         };
         retry::run(&self.retry, true, attempt).await
     }
 }
 
-/// The body of a 2xx answer, or the typed error for any other status.
-pub(crate) async fn read_response(response: reqwest::Response) -> Result<Bytes, Error> {
-    read_body(response, Error::transport).await
+/// The body of a 2xx answer (at most `limit` bytes of it), or the typed error for any
+/// other status.
+pub(crate) async fn read_response(
+    response: reqwest::Response,
+    what: &'static str,
+    limit: usize,
+) -> Result<Bytes, Error> {
+    read_body(response, what, limit, Error::transport).await
 }
 
 async fn read_body(
-    response: reqwest::Response,
-    transport_error: impl FnOnce(reqwest::Error) -> Error,
+    mut response: reqwest::Response,
+    what: &'static str,
+    limit: usize,
+    transport_error: impl Fn(reqwest::Error) -> Error,
 ) -> Result<Bytes, Error> {
     let status = response.status();
     let retry_after = response
@@ -221,7 +242,21 @@ async fn read_body(
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    let body = response.bytes().await.map_err(transport_error)?;
+    let too_large = || Error::TooLarge { what, limit };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(&transport_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
     if status.is_success() {
         Ok(body)
     } else {

@@ -17,7 +17,7 @@ use secrecy::SecretString;
 
 pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenFetches, TokenSource};
 pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
-pub use error::{ApiError, Error, StatementError};
+pub use error::{ApiError, Error, FailureKind, StatementError};
 pub use http::ApiClient;
 pub use results::{Column, Manifest, Row, StatementResult, Value};
 pub use retry::RetryPolicy;

@@ -108,7 +108,8 @@ impl Schedule {
     ) -> Option<Duration> {
         let backoff = self.backoff.next()?;
         let wait = retry_after.map_or(backoff, |server| server.max(backoff));
-        (elapsed + wait <= self.budget).then_some(wait)
+        // Saturating: an unbounded budget (Duration::MAX) is never exceeded.
+        (elapsed.saturating_add(wait) <= self.budget).then_some(wait)
     }
 }
 
@@ -146,14 +147,24 @@ where
     }
 }
 
-/// `Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+/// The longest `Retry-After` we honour: a server asking for more (a bug, a hostile proxy)
+/// must not park a caller for hours or overflow a deadline.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// `Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3); capped at
+/// [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        // More digits than a u64 holds is still a number of seconds: a long one.
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => Duration::MAX,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -269,5 +280,28 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn retry_after_is_capped_and_never_overflows() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for huge in ["18446744073709551615", "99999999999999999999999", "3600"] {
+            assert_eq!(
+                parse_retry_after(huge, now),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
+        let next_year = httpdate::fmt_http_date(now + Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(parse_retry_after(&next_year, now), Some(MAX_RETRY_AFTER));
+        // Whatever a caller passes, the schedule's arithmetic saturates instead of panicking.
+        let mut schedule = RetryPolicy::batch_writes().schedule();
+        assert_eq!(
+            schedule.next_wait(Duration::MAX, Some(Duration::MAX)),
+            Some(Duration::MAX)
+        );
+        let mut schedule = RetryPolicy::api().schedule();
+        assert_eq!(schedule.next_wait(Duration::MAX, Some(Duration::MAX)), None);
     }
 }

@@ -157,23 +157,26 @@ pub fn validate(
     })
 }
 
-/// Marks later readings in one request that repeat an earlier reading_id as DuplicateId.
+/// Marks later readings in one request that repeat an earlier reading's identity, its
+/// `(reading_id, ts)`, as DuplicateId. The same id with another `ts` is another reading
+/// (a device whose counter restarted), as in the table.
 pub fn reject_duplicate_ids(results: &mut [Result<Reading, Rejection>]) {
-    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut first_seen: HashMap<(&str, DateTime<Utc>), usize> = HashMap::new();
     let mut duplicates = Vec::new();
     for (index, result) in results.iter().enumerate() {
         if let Ok(reading) = result {
-            if let Some(&first) = first_seen.get(reading.reading_id.as_str()) {
+            let identity = (reading.reading_id.as_str(), reading.ts);
+            if let Some(&first) = first_seen.get(&identity) {
                 duplicates.push((index, first));
             } else {
-                first_seen.insert(&reading.reading_id, index);
+                first_seen.insert(identity, index);
             }
         }
     }
     for (index, first) in duplicates {
         results[index] = Err(Rejection::new(
             RejectReason::DuplicateId,
-            format!("reading id repeats the id of reading {first} in this request"),
+            format!("reading id and ts repeat those of reading {first} in this request"),
         ));
     }
 }
@@ -818,6 +821,11 @@ mod tests {
             }
             check(value)
         };
+        let at = |id: &str, ts: &str| {
+            let mut value = with("id", json!(id));
+            value["ts"] = json!(ts);
+            check(value)
+        };
         let mut results = vec![
             reading(Some("r-1"), 1),
             reading(None, 5),
@@ -826,6 +834,9 @@ mod tests {
             reading(None, 5),
             reading(Some("r-2"), 1),
             reading(Some("r-1"), 3),
+            // The same id at another time is another reading.
+            at("r-1", "2025-06-01T11:30:00Z"),
+            at("r-1", "2025-06-01T11:30:00.000Z"),
         ];
         reject_duplicate_ids(&mut results);
         let reasons: Vec<_> = results
@@ -842,12 +853,14 @@ mod tests {
                 Some(DuplicateId),
                 Some(DuplicateId),
                 None,
-                Some(DuplicateId)
+                Some(DuplicateId),
+                None,
+                Some(DuplicateId),
             ]
         );
         assert_eq!(
             results[4].as_ref().unwrap_err().message,
-            "reading id repeats the id of reading 1 in this request"
+            "reading id and ts repeat those of reading 1 in this request"
         );
         assert!(
             results[6]
@@ -855,6 +868,13 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("reading 0")
+        );
+        assert!(
+            results[8]
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("reading 7")
         );
     }
 

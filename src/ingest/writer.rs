@@ -3,20 +3,30 @@
 //! retrying until the warehouse commits.
 //!
 //! Retrying is safe because the sink writes exactly once (a MERGE keyed on
-//! device, reading and metric), even when an earlier attempt's outcome was never
+//! device, reading, ts and metric), even when an earlier attempt's outcome was never
 //! observed and that attempt is still running.
+//!
+//! Failures are told apart by what retrying can do ([`FailureKind`]):
+//! * transient (throttling, unavailability, lost answers, write conflicts): the same
+//!   batch again, with backoff;
+//! * the batch itself (a row breaks a type or a constraint): the batch is halved until
+//!   the rows the table refuses are alone, and those go to the dead-letter table, so one
+//!   bad row never blocks the others;
+//! * the table (dropped, permission revoked), or a refused row that the dead-letter table
+//!   does not take either: the rows are kept and retried with backoff, and [`WriteHealth`]
+//!   says the table is unwritable (`/readyz` unready, devices get 503) until a write works.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{Row, Submission};
 use crate::config::BatchSettings;
-use crate::databricks::{self, RetryPolicy};
+use crate::databricks::{self, FailureKind, RetryPolicy};
 use crate::metrics::Metrics;
 
 /// Rows of one statement, encoded as the JSON array the statement expands.
@@ -38,67 +48,208 @@ pub trait BatchSink: Send + Sync + 'static {
         &self,
         batch: &EncodedBatch,
     ) -> impl Future<Output = Result<(), databricks::Error>> + Send;
+
+    /// Writes rows the table refused (`refusal` says why) to the dead-letter table.
+    /// Idempotent too.
+    fn write_rejected(
+        &self,
+        batch: &EncodedBatch,
+        refusal: &databricks::Error,
+    ) -> impl Future<Output = Result<(), databricks::Error>> + Send;
+}
+
+/// Rows of one statement and their encoding; the rows are kept to split the batch.
+#[derive(Debug, Clone)]
+pub struct RowBatch<'a> {
+    pub rows: Vec<&'a Row>,
+    pub encoded: EncodedBatch,
+}
+
+impl<'a> RowBatch<'a> {
+    fn of(rows: &[&'a Row]) -> RowBatch<'a> {
+        let mut batch: Option<RowBatch<'a>> = None;
+        for row in rows {
+            let encoded = serde_json::to_string(row).expect("rows serialize");
+            let wire = wire_len(&encoded);
+            match &mut batch {
+                Some(batch) => batch.push(row, &encoded, wire),
+                None => batch = Some(RowBatch::start(row, &encoded, wire)),
+            }
+        }
+        batch.expect("a batch has at least one row").close()
+    }
+
+    fn start(row: &'a Row, encoded: &str, wire: usize) -> Self {
+        RowBatch {
+            rows: vec![row],
+            encoded: EncodedBatch {
+                json: format!("[{encoded}"),
+                // The opening bracket, and the quotes around the whole string.
+                wire_bytes: 3 + wire,
+                rows: 1,
+                ts_min_us: row.ts_us,
+                ts_max_us: row.ts_us,
+            },
+        }
+    }
+
+    fn push(&mut self, row: &'a Row, encoded: &str, wire: usize) {
+        let batch = &mut self.encoded;
+        batch.json.push(',');
+        batch.json.push_str(encoded);
+        batch.wire_bytes += 1 + wire;
+        batch.rows += 1;
+        batch.ts_min_us = batch.ts_min_us.min(row.ts_us);
+        batch.ts_max_us = batch.ts_max_us.max(row.ts_us);
+        self.rows.push(row);
+    }
+
+    fn close(mut self) -> Self {
+        self.encoded.json.push(']');
+        self.encoded.wire_bytes += 1;
+        self
+    }
+
+    /// The two halves, each encoded on its own.
+    fn split(&self) -> (RowBatch<'a>, RowBatch<'a>) {
+        let (left, right) = self.rows.split_at(self.rows.len() / 2);
+        (RowBatch::of(left), RowBatch::of(right))
+    }
 }
 
 /// Splits rows into statement-sized batches, dropping rows that repeat a
-/// (device, reading, metric) key already in this set: a MERGE that inserts
+/// (device, reading, ts, metric) key already in this set: a MERGE that inserts
 /// only unmatched rows would otherwise insert both copies.
-pub fn encode_batches<'a>(
+pub fn batches_of<'a>(
     rows: impl IntoIterator<Item = &'a Row>,
     max_rows: usize,
     max_bytes: usize,
-) -> Vec<EncodedBatch> {
+) -> Vec<RowBatch<'a>> {
     let mut seen = HashSet::new();
     let mut batches = Vec::new();
-    let mut current: Option<EncodedBatch> = None;
+    let mut current: Option<RowBatch<'a>> = None;
     for row in rows {
-        if !seen.insert((&*row.device_id, &*row.reading_id, row.metric.as_str())) {
+        if !seen.insert((
+            &*row.device_id,
+            &*row.reading_id,
+            row.ts_us,
+            row.metric.as_str(),
+        )) {
             continue;
         }
         let encoded = serde_json::to_string(row).expect("rows serialize");
         let wire = wire_len(&encoded);
         // +1 for the separator, +1 for the closing bracket.
         let full = current.as_ref().is_some_and(|batch| {
-            batch.rows >= max_rows || batch.wire_bytes + 1 + wire + 1 > max_bytes
+            batch.encoded.rows >= max_rows || batch.encoded.wire_bytes + 1 + wire + 1 > max_bytes
         });
         if full {
-            batches.extend(current.take().map(close));
+            batches.extend(current.take().map(RowBatch::close));
         }
         match &mut current {
-            Some(batch) => {
-                batch.json.push(',');
-                batch.json.push_str(&encoded);
-                batch.wire_bytes += 1 + wire;
-                batch.rows += 1;
-                batch.ts_min_us = batch.ts_min_us.min(row.ts_us);
-                batch.ts_max_us = batch.ts_max_us.max(row.ts_us);
-            }
-            None => {
-                current = Some(EncodedBatch {
-                    json: format!("[{encoded}"),
-                    // The opening bracket, and the quotes around the whole string.
-                    wire_bytes: 3 + wire,
-                    rows: 1,
-                    ts_min_us: row.ts_us,
-                    ts_max_us: row.ts_us,
-                })
-            }
+            Some(batch) => batch.push(row, &encoded, wire),
+            None => current = Some(RowBatch::start(row, &encoded, wire)),
         }
     }
-    batches.extend(current.map(close));
+    batches.extend(current.map(RowBatch::close));
     batches
 }
 
-fn close(mut batch: EncodedBatch) -> EncodedBatch {
-    batch.json.push(']');
-    batch.wire_bytes += 1;
-    batch
+/// [`batches_of`], encodings only.
+pub fn encode_batches<'a>(
+    rows: impl IntoIterator<Item = &'a Row>,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<EncodedBatch> {
+    batches_of(rows, max_rows, max_bytes)
+        .into_iter()
+        .map(|batch| batch.encoded)
+        .collect()
 }
 
 /// Length of `json` once escaped as a JSON string. Serialized rows hold no raw control
 /// characters (serde escapes them with a backslash), so only `"` and `\` grow.
 fn wire_len(json: &str) -> usize {
     json.len() + json.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
+}
+
+/// Whether the table can be written, shared by the writer, `/readyz` and the ingest route.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    unwritable: Mutex<Option<Unwritable>>,
+}
+
+#[derive(Debug, Clone)]
+struct Unwritable {
+    since: Instant,
+    error_class: String,
+    logged_at: Instant,
+}
+
+/// While the table stays unwritable, its error is logged at most this often.
+const UNWRITABLE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl WriteHealth {
+    /// Whether the table has been refusing writes permanently (since the last success).
+    pub fn is_unwritable(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// How long the table has been unwritable, and the error class it failed with.
+    pub fn unwritable(&self) -> Option<(Duration, String)> {
+        self.lock()
+            .as_ref()
+            .map(|u| (u.since.elapsed(), u.error_class.clone()))
+    }
+
+    /// A write failed in a way retrying the same thing cannot fix. Logged at ERROR when
+    /// the state begins, when the error class changes, and then once a minute.
+    fn failing(&self, err: &databricks::Error, what: &str, rows: usize) {
+        let class = err.error_class().unwrap_or("UNKNOWN").to_owned();
+        let now = Instant::now();
+        let mut state = self.lock();
+        let log = match state.as_mut() {
+            None => {
+                *state = Some(Unwritable {
+                    since: now,
+                    error_class: class.clone(),
+                    logged_at: now,
+                });
+                true
+            }
+            Some(current) => {
+                let due = current.error_class != class
+                    || now.duration_since(current.logged_at) >= UNWRITABLE_LOG_EVERY;
+                if due {
+                    current.error_class = class.clone();
+                    current.logged_at = now;
+                }
+                due
+            }
+        };
+        drop(state);
+        if log {
+            tracing::error!(error_code = %class, error = %err, rows, "{what}; the rows are kept and retried");
+        } else {
+            tracing::debug!(error_code = %class, rows, "{what}; retrying");
+        }
+    }
+
+    fn recovered(&self) {
+        if let Some(was) = self.lock().take() {
+            tracing::info!(
+                after = ?was.since.elapsed(),
+                error_code = %was.error_class,
+                "the table takes writes again"
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Unwritable>> {
+        self.unwritable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 pub struct Writer<S> {
@@ -170,11 +321,12 @@ impl<S: BatchSink> Writer<S> {
         std::iter::from_fn(|| self.receiver.try_recv().ok()).collect()
     }
 
-    /// Writes every row of `submissions`, then tells waiting requests and frees queue space.
+    /// Writes every row of `submissions` (to the table, or the ones it refuses to the
+    /// dead-letter table), then tells waiting requests and frees queue space.
     async fn commit(&self, submissions: Vec<Submission>) {
         let rows = submissions.iter().flat_map(|s| &s.rows);
-        for batch in encode_batches(rows, self.settings.max_rows, self.settings.max_bytes) {
-            self.write_until_committed(&batch).await;
+        for batch in batches_of(rows, self.settings.max_rows, self.settings.max_bytes) {
+            self.write_isolating_refused_rows(batch).await;
         }
         for submission in submissions {
             if let Some(committed) = submission.committed {
@@ -184,28 +336,126 @@ impl<S: BatchSink> Writer<S> {
         }
     }
 
-    async fn write_until_committed(&self, batch: &EncodedBatch) {
-        let policy = RetryPolicy::batch_writes();
-        let mut schedule = policy.schedule();
-        let first_attempt = Instant::now();
-        loop {
-            let started = Instant::now();
-            match self.sink.write(batch).await {
-                Ok(()) => {
-                    self.metrics.batch_committed(batch.rows, started.elapsed());
-                    tracing::debug!(rows = batch.rows, "batch committed");
-                    return;
-                }
-                Err(err) => {
-                    self.metrics.batch_failed();
-                    let delay = schedule
-                        .next_wait(first_attempt.elapsed(), err.retry_after())
-                        .unwrap_or(policy.max_backoff);
-                    tracing::warn!(error = %err, rows = batch.rows, retry_in = ?delay, "batch write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+    /// Writes the batch; when the table refuses it for its data, halves it until the
+    /// refused rows are alone and dead-letters them.
+    async fn write_isolating_refused_rows(&self, batch: RowBatch<'_>) {
+        let mut pending = vec![batch];
+        while let Some(batch) = pending.pop() {
+            let Err(refusal) = self.write_until_settled(&batch.encoded).await else {
+                continue;
+            };
+            if batch.rows.len() > 1 {
+                tracing::warn!(
+                    error_code = refusal.error_class().unwrap_or("UNKNOWN"),
+                    rows = batch.rows.len(),
+                    "the table refused a batch; splitting it to find the rows it refuses"
+                );
+                let (left, right) = batch.split();
+                pending.push(right);
+                pending.push(left);
+            } else {
+                self.dead_letter(&batch, &refusal).await;
             }
         }
+    }
+
+    /// Retries until the batch is committed (`Ok`) or refused for its data (`Err`).
+    async fn write_until_settled(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+        let mut backoff = Backoff::new();
+        loop {
+            let started = Instant::now();
+            let err = match self.sink.write(batch).await {
+                Ok(()) => {
+                    self.metrics.batch_committed(batch.rows, started.elapsed());
+                    self.metrics.writes.recovered();
+                    tracing::debug!(rows = batch.rows, "batch committed");
+                    return Ok(());
+                }
+                Err(err) => err,
+            };
+            self.metrics.batch_failed();
+            match err.kind() {
+                FailureKind::Request => return Err(err),
+                FailureKind::Target => {
+                    self.metrics
+                        .writes
+                        .failing(&err, "the table cannot be written", batch.rows);
+                }
+                FailureKind::Transient => {
+                    tracing::warn!(error = %err, rows = batch.rows, "batch write failed; retrying");
+                }
+            }
+            backoff.wait(&err).await;
+        }
+    }
+
+    /// Stores a row the table refused in the dead-letter table, retrying until it is.
+    async fn dead_letter(&self, batch: &RowBatch<'_>, refusal: &databricks::Error) {
+        let mut backoff = Backoff::new();
+        loop {
+            let err = match self.sink.write_rejected(&batch.encoded, refusal).await {
+                Ok(()) => {
+                    self.metrics
+                        .rows_dead_lettered
+                        .inc_by(batch.rows.len() as u64);
+                    self.metrics.writes.recovered();
+                    for row in &batch.rows {
+                        tracing::warn!(
+                            device_id = %row.device_id,
+                            reading_id = %row.reading_id,
+                            metric = %row.metric,
+                            error_code = refusal.error_class().unwrap_or("UNKNOWN"),
+                            error = %refusal,
+                            "the table refused a row; it is in the dead-letter table"
+                        );
+                    }
+                    return;
+                }
+                Err(err) => err,
+            };
+            self.metrics.batch_failed();
+            match err.kind() {
+                FailureKind::Transient => {
+                    tracing::warn!(error = %err, "dead-letter write failed; retrying");
+                }
+                FailureKind::Target | FailureKind::Request => {
+                    self.metrics.writes.failing(
+                        &err,
+                        "the table refuses a row and the dead-letter table cannot take it",
+                        batch.rows.len(),
+                    );
+                }
+            }
+            backoff.wait(&err).await;
+        }
+    }
+}
+
+/// The writer's waits between attempts: exponential, honouring `Retry-After`, never
+/// giving up.
+struct Backoff {
+    policy: RetryPolicy,
+    schedule: crate::databricks::retry::Schedule,
+    first_attempt: Instant,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        let policy = RetryPolicy::batch_writes();
+        Backoff {
+            schedule: policy.schedule(),
+            policy,
+            first_attempt: Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self, err: &databricks::Error) {
+        let delay = self
+            .schedule
+            .next_wait(self.first_attempt.elapsed(), err.retry_after())
+            .unwrap_or(self.policy.max_backoff);
+        tracing::debug!(retry_in = ?delay, "waiting before the next write attempt");
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -230,15 +480,17 @@ mod tests {
     fn batches_respect_row_and_byte_caps_and_drop_repeated_keys() {
         let rows = vec![
             row("d1", "r1", "t", 30),
-            row("d1", "r1", "t", 99), // same key: dropped
+            row("d1", "r1", "t", 30), // same key: dropped
             row("d1", "r1", "h", 10),
             row("d2", "r1", "t", 20),
+            row("d1", "r1", "t", 99), // same id at another time: another reading
         ];
         let batches = encode_batches(&rows, 2, 1 << 20);
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].rows, 2);
         assert_eq!((batches[0].ts_min_us, batches[0].ts_max_us), (10, 30));
-        assert_eq!(batches[1].rows, 1);
+        assert_eq!(batches[1].rows, 2);
+        assert_eq!((batches[1].ts_min_us, batches[1].ts_max_us), (20, 99));
         let parsed: Vec<serde_json::Value> = serde_json::from_str(&batches[0].json).unwrap();
         assert_eq!(parsed[0]["reading_id"], "r1");
         assert_eq!(parsed[0]["ts_us"], 30);
@@ -271,10 +523,23 @@ mod tests {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
-                return Err(databricks::Error::InvalidRequest("injected".into()));
+                return Err(databricks::Error::Api(databricks::ApiError {
+                    status: 503,
+                    error_code: "TEMPORARILY_UNAVAILABLE".into(),
+                    message: "injected".into(),
+                    retry_after: None,
+                }));
             }
             self.written.lock().unwrap().push(batch.clone());
             Ok(())
+        }
+
+        async fn write_rejected(
+            &self,
+            _: &EncodedBatch,
+            _: &databricks::Error,
+        ) -> Result<(), databricks::Error> {
+            unreachable!("transient failures are never dead-lettered")
         }
     }
 

@@ -93,6 +93,17 @@ pub async fn ingest(
         return Err(ApiError::all_rejected(parsed.rejected));
     }
 
+    // The table refuses writes for good (dropped, permission revoked): what is queued is
+    // kept and retried, but taking more would only fill the queue.
+    if app.metrics.writes.is_unwritable() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "writes_failing",
+            "the gateway cannot write to its table at the moment; nothing from this request \
+             was accepted; retry later",
+        )
+        .retry_after(std::time::Duration::from_secs(30)));
+    }
     let accepted = parsed.readings.len();
     let rows: Vec<Row> = parsed
         .readings

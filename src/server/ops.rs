@@ -23,8 +23,14 @@ pub struct Readiness {
     /// `ok` when a token was obtained and the warehouse ran `SELECT 1`, else `unreachable`
     /// (the details go to the log: this route needs no credentials).
     pub warehouse: &'static str,
-    /// `ok`, or `failing` when batch writes have failed for longer than a grace period.
+    /// `ok`, or `failing` when batch writes have failed for longer than a grace period,
+    /// or the table refuses them for good.
     pub writes: &'static str,
+    /// Why writes are `failing`: `table_unwritable` (the table refuses every write: it is
+    /// missing, or permission is denied; rows are kept and retried) or `write_errors`
+    /// (failures retrying may fix, for longer than the grace period).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     pub devices: usize,
     /// Present (true) once shutdown has begun.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -37,6 +43,7 @@ impl Readiness {
             ready: false,
             warehouse: "not_checked",
             writes: "not_checked",
+            reason: None,
             devices,
             shutting_down: true,
         }
@@ -92,15 +99,18 @@ async fn check(app: &AppState) -> Readiness {
             "unreachable"
         }
     };
-    let writes = match app.metrics.activity.writes_failing_for() {
-        Some(failing) if failing > WRITE_FAILURE_GRACE => "failing",
-        _ => "ok",
+    let reason = match app.metrics.activity.writes_failing_for() {
+        _ if app.metrics.writes.is_unwritable() => Some("table_unwritable"),
+        Some(failing) if failing > WRITE_FAILURE_GRACE => Some("write_errors"),
+        _ => None,
     };
+    let writes = if reason.is_some() { "failing" } else { "ok" };
     let devices = app.keys.current().device_count();
     Readiness {
         ready: warehouse == "ok" && writes == "ok" && devices > 0,
         warehouse,
         writes,
+        reason,
         devices,
         shutting_down: false,
     }

@@ -219,6 +219,7 @@ pub struct Stats {
     queue_rows: usize,
     batches_committed: u64,
     batch_failures: u64,
+    rows_dead_lettered: u64,
     batch_latency_ms_avg: f64,
     batch_latency_ms_last: f64,
     devices_in_registry: usize,
@@ -238,6 +239,7 @@ pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> 
         queue_rows: app.queue.depth(),
         batches_committed: batches.committed,
         batch_failures: metrics.batch_failures(),
+        rows_dead_lettered: metrics.rows_dead_lettered.get(),
         batch_latency_ms_avg: match batches.committed {
             0 => 0.0,
             n => millis(batches.total) / n as f64,

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lakegate::databricks::Value;
 use lakegate_emulator::{Emulator, Faults};
 use serde_json::json;
 
@@ -306,4 +307,371 @@ async fn sigterm_is_bounded_when_the_warehouse_hangs() {
         (503, Some("not_yet_committed")),
         "{answer}"
     );
+}
+
+/// `(reading_id, ts)` of a device's rows, in time order.
+async fn identities(gateway: &Harness, device: &str) -> Vec<(String, String)> {
+    let sql = format!(
+        "SELECT DISTINCT reading_id, ts FROM {TABLE} WHERE device_id = '{device}' ORDER BY ts, reading_id"
+    );
+    gateway
+        .query(&sql)
+        .await
+        .into_iter()
+        .map(|row| match (&row[0], &row[1]) {
+            (Value::String(id), Value::Timestamp(ts)) => (id.clone(), ts.to_rfc3339()),
+            other => panic!("unexpected row {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
+    // A long flush interval, so both devices' requests below share one batch.
+    let mut gateway =
+        Harness::start_with(emulator_config(), &[("LAKEGATE_FLUSH_MS", "1000")]).await;
+    let at = |id: &str, ts: &str| json!({"id": id, "ts": ts, "metrics": {"count": 1}});
+    let (status, answer) = gateway
+        .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T12:00:00Z"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The sensor's counter restarted: `c-1` again, an hour later, while another device's
+    // backfill makes the batch's time range cover the first `c-1`.
+    let backfill = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.other)
+        .json(&json!([
+            at("b-0", "2026-11-29T11:00:00Z"),
+            at("b-1", "2026-11-29T14:00:00Z")
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(backfill.status(), 202);
+    let (status, answer) = gateway
+        .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T13:00:00Z"))
+        .await;
+    assert_eq!(
+        (status, &answer["committed"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+    let expected = [
+        ("c-1".to_owned(), "2026-11-29T12:00:00+00:00".to_owned()),
+        ("c-1".to_owned(), "2026-11-29T13:00:00+00:00".to_owned()),
+    ];
+    assert_eq!(identities(&gateway, "sensor-1").await, expected);
+
+    // One request may carry the same id at two times; an identical repeat is refused, and
+    // identical resends stay written once.
+    let body = json!([
+        at("c-1", "2026-11-29T13:00:00Z"),
+        at("c-2", "2026-11-29T13:30:00Z"),
+        at("c-2", "2026-11-29T13:45:00Z"),
+        at("c-2", "2026-11-29T13:45:00.000Z"),
+    ]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 3, "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 3, "{answer}");
+    assert_eq!(answer["rejected"][0]["reason"], "duplicate_id", "{answer}");
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(identities(&gateway, "sensor-1").await.len(), 4);
+    let sensor_rows = gateway
+        .query(&format!(
+            "SELECT count(*) FROM {TABLE} WHERE device_id = 'sensor-1'"
+        ))
+        .await;
+    assert_eq!(sensor_rows[0][0], Value::Int(4), "one row per reading");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_does_not_park_the_writer() {
+    let mut gateway = Harness::start().await;
+    // A warehouse briefly unavailable, asking to come back in 2^64 - 1 seconds.
+    gateway.emulator.set_faults(Faults {
+        unavailable_for: Some(Duration::from_secs(2)),
+        unavailable_retry_after_secs: u64::MAX,
+        ..Faults::default()
+    });
+    let response = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+        .json(&reading("patient-1", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Written once the capped wait (60 s) is over, not in 584 billion years.
+    gateway.wait_for_rows(1, Duration::from_secs(120)).await;
+    gateway.stop().await;
+}
+
+const REJECTED: &str = "main.lakegate.readings_rejected";
+
+async fn count(gateway: &Harness, sql: &str) -> i64 {
+    match gateway.query(sql).await[0][0] {
+        Value::Int(n) => n,
+        ref other => panic!("count is {other:?}"),
+    }
+}
+
+/// The gateway's `/readyz` answer, polled until `until` holds (or `within` passes).
+async fn readiness_until(
+    gateway: &Harness,
+    within: Duration,
+    until: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let started = Instant::now();
+    loop {
+        let (status, body) = respond(gateway.get("/readyz").await).await;
+        if until(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            started.elapsed() < within,
+            "readiness stayed {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn metric(gateway: &Harness, name: &str) -> f64 {
+    let text = gateway.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+fn refusing(marker: &str) -> lakegate_emulator::EmulatorConfig {
+    let mut config = emulator_config();
+    config.faults.reject_rows = Some(lakegate_emulator::RejectRows {
+        table: TABLE.into(),
+        marker: marker.into(),
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
+    let reader_token = lakegate::devices::generate_key().key;
+    let reader_hash =
+        lakegate::devices::hash_key(secrecy::ExposeSecret::expose_secret(&reader_token));
+    let mut gateway = Harness::start_with(
+        refusing("poison"),
+        &[
+            ("LAKEGATE_FLUSH_MS", "300"),
+            ("LAKEGATE_ACK_TIMEOUT_SECS", "20"),
+            ("LAKEGATE_READER_TOKENS", reader_hash.as_str()),
+        ],
+    )
+    .await;
+    let mut body: Vec<_> = (0..6).map(|i| reading(&format!("ok-{i}"), 1.0)).collect();
+    body.insert(
+        3,
+        json!({"id": "bad-1", "ts": "2026-11-29T12:00:00Z", "metrics": {"state": "poison pill", "t": 1}}),
+    );
+    let body = json!(body);
+    // Another device's reading in the same batch.
+    let other = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.other)
+        .json(&json!([reading("other-1", 2.0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 202);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(
+        (status, &answer["committed"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+
+    // The refused row (a batch is halved down to single rows) is in the dead-letter table
+    // with the error; everything else, the same reading's other metric too, is in the table.
+    gateway.wait_for_rows(8, Duration::from_secs(10)).await;
+    let written: HashSet<(String, String)> = gateway
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| (r.1, r.2))
+        .collect();
+    assert!(
+        written.contains(&("bad-1".into(), "t".into())),
+        "{written:?}"
+    );
+    assert!(
+        !written.contains(&("bad-1".into(), "state".into())),
+        "{written:?}"
+    );
+    assert!(
+        written.contains(&("other-1".into(), "temperature".into())),
+        "{written:?}"
+    );
+    let rejected = gateway
+        .query(&format!(
+            "SELECT reading_id, metric, value_str, error_code, error_message FROM {REJECTED} ORDER BY metric"
+        ))
+        .await;
+    assert_eq!(
+        rejected.len(),
+        1,
+        "only the row holding the marker: {rejected:?}"
+    );
+    let row = &rejected[0];
+    assert_eq!(row[0], Value::String("bad-1".into()));
+    assert_eq!(row[1], Value::String("state".into()));
+    assert_eq!(row[2], Value::String("poison pill".into()));
+    assert_eq!(
+        row[3],
+        Value::String("DELTA_VIOLATE_CONSTRAINT_WITH_VALUES".into())
+    );
+    assert!(
+        matches!(&row[4], Value::String(m) if m.contains("CHECK constraint")),
+        "{row:?}"
+    );
+    assert_eq!(
+        metric(&gateway, "lakegate_rows_dead_lettered_total").await,
+        1.0
+    );
+    let stats = gateway
+        .http
+        .get(format!("{}/api/stats", gateway.url))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&reader_token))
+        .send()
+        .await
+        .unwrap();
+    let (status, stats) = respond(stats).await;
+    assert_eq!(
+        (status, &stats["rows_dead_lettered"]),
+        (200, &json!(1)),
+        "{stats}"
+    );
+    let (status, ready) = respond(gateway.get("/readyz").await).await;
+    assert_eq!((status, &ready["writes"]), (200, &json!("ok")), "{ready}");
+
+    // A resend writes nothing twice, in either table.
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(gateway.row_count().await, 8);
+    assert_eq!(
+        count(&gateway, &format!("SELECT count(*) FROM {REJECTED}")).await,
+        1
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
+    let mut gateway = Harness::start().await;
+    let (status, _) = gateway
+        .post_json(&gateway.keys.sensor, &reading("before", 1.0))
+        .await;
+    assert_eq!(status, 200);
+    gateway.query(&format!("DROP TABLE {TABLE}")).await;
+
+    let kept = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+        .json(&reading("kept-1", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 202);
+    let (_, ready) =
+        readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 503).await;
+    assert_eq!(ready["writes"], "failing", "{ready}");
+    assert_eq!(ready["reason"], "table_unwritable", "{ready}");
+    assert_eq!(metric(&gateway, "lakegate_writes_unwritable").await, 1.0);
+
+    // New readings are refused with a stable code while nothing can be written.
+    let refused = gateway
+        .post(&gateway.keys.sensor)
+        .json(&reading("new-1", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    let (status, answer) = respond(refused).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("writes_failing")),
+        "{answer}"
+    );
+
+    // The table is back: the kept reading is written and the gateway is ready again.
+    let config = lakegate::config::GatewayConfig::from_map(&harness::gateway_env(
+        &gateway.emulator,
+        &gateway.registry_file,
+        &[],
+    ))
+    .unwrap();
+    lakegate::ingest::sql::ensure_tables(
+        &gateway.reader().statements(),
+        &config.table,
+        &config.rejected_table,
+    )
+    .await
+    .unwrap();
+    gateway.wait_for_rows(1, Duration::from_secs(60)).await;
+    let ids: Vec<String> = gateway.rows().await.into_iter().map(|r| r.1).collect();
+    assert_eq!(ids, ["kept-1"]);
+    readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 200).await;
+    let (status, answer) = gateway
+        .post_json(&gateway.keys.sensor, &reading("after", 1.0))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        count(&gateway, &format!("SELECT count(*) FROM {REJECTED}")).await,
+        0
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() {
+    let mut gateway = Harness::start_with(refusing("poison"), &[]).await;
+    gateway.query(&format!("DROP TABLE {REJECTED}")).await;
+    let body = json!([
+        reading("fine-1", 1.0),
+        {"id": "bad-1", "ts": "2026-11-29T12:00:00Z", "metrics": {"state": "poison"}},
+    ]);
+    let response = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // The good row is written; the refused one cannot be put anywhere: kept, unready.
+    gateway.wait_for_rows(1, Duration::from_secs(10)).await;
+    let (_, ready) =
+        readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 503).await;
+    assert_eq!(ready["reason"], "table_unwritable", "{ready}");
+
+    let config = lakegate::config::GatewayConfig::from_map(&harness::gateway_env(
+        &gateway.emulator,
+        &gateway.registry_file,
+        &[],
+    ))
+    .unwrap();
+    lakegate::ingest::sql::ensure_tables(
+        &gateway.reader().statements(),
+        &config.table,
+        &config.rejected_table,
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    while count(&gateway, &format!("SELECT count(*) FROM {REJECTED}")).await < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the refused row was not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 200).await;
+    assert_eq!(gateway.row_count().await, 1);
+    gateway.stop().await;
 }

@@ -63,6 +63,16 @@ impl SqlError {
     }
 }
 
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// So that a function can fail with a Databricks error class (inside
+/// `DataFusionError::External`), which the conversion below keeps.
+impl std::error::Error for SqlError {}
+
 impl From<ParserError> for SqlError {
     fn from(err: ParserError) -> Self {
         let detail = err.to_string();
@@ -78,6 +88,11 @@ impl From<DataFusionError> for SqlError {
         let text = root.to_string();
         let detail = strip_prefixes(&text).to_string();
         match root {
+            DataFusionError::External(external) => {
+                if let Some(sql) = external.downcast_ref::<SqlError>() {
+                    return sql.clone();
+                }
+            }
             DataFusionError::SQL(parser, _) => return Self::from(parser.as_ref().clone()),
             DataFusionError::SchemaError(schema, _)
                 if matches!(

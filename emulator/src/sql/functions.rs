@@ -13,15 +13,15 @@ use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::Decoder;
 use datafusion::common::types::logical_string;
 use datafusion::common::utils::take_function_args;
-use datafusion::common::{Result, ScalarValue, plan_datafusion_err, plan_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::{
     Coercion, ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, TypeSignatureClass, Volatility,
+    Signature, TypeSignature, TypeSignatureClass, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{self, Ident, ObjectNamePart};
 
-use super::types;
+use super::{SqlError, types};
 
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(FromJson::new()));
@@ -35,21 +35,101 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(UnixTime::new("unix_micros", 1)));
 }
 
-/// Renames a call to a Databricks function that DataFusion knows by another name.
+/// Renames a call to a Databricks function that DataFusion knows by another name, and turns
+/// `from_json`'s options map into the one option the emulator implements, the parse mode.
 pub fn rename(function: &mut ast::Function) {
-    if let [part] = function.name.0.as_mut_slice()
-        && part
-            .as_ident()
-            .is_some_and(|name| name.value.eq_ignore_ascii_case("explode"))
-    {
-        *part = ObjectNamePart::Identifier(Ident::new("unnest"));
+    let [part] = function.name.0.as_mut_slice() else {
+        return;
+    };
+    let Some(name) = part.as_ident().map(|name| name.value.to_ascii_lowercase()) else {
+        return;
+    };
+    match name.as_str() {
+        "explode" => *part = ObjectNamePart::Identifier(Ident::new("unnest")),
+        "from_json" => options_to_mode(function),
+        _ => {}
     }
 }
 
-/// `from_json(json, schema)`: the schema is a literal in Databricks' type syntax
+/// `from_json(json, schema, map('mode', 'FAILFAST', ...))` becomes
+/// `from_json(json, schema, 'FAILFAST')` (other options are ignored; no `mode` means
+/// PERMISSIVE). A third argument that is not a `map` of string literals is left for the
+/// function's signature to refuse.
+fn options_to_mode(function: &mut ast::Function) {
+    let ast::FunctionArguments::List(list) = &mut function.args else {
+        return;
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(options))) = list.args.get_mut(2)
+    else {
+        return;
+    };
+    let ast::Expr::Function(map) = options else {
+        return;
+    };
+    if !map
+        .name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|n| n.value.eq_ignore_ascii_case("map"))
+    {
+        return;
+    }
+    let ast::FunctionArguments::List(entries) = &map.args else {
+        return;
+    };
+    let literals: Option<Vec<String>> = entries
+        .args
+        .iter()
+        .map(|arg| match arg {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value))) => {
+                match &value.value {
+                    ast::Value::SingleQuotedString(text) | ast::Value::DoubleQuotedString(text) => {
+                        Some(text.clone())
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    let Some(literals) = literals.filter(|l| l.len() % 2 == 0) else {
+        return;
+    };
+    let mode = literals
+        .chunks(2)
+        .find(|pair| pair[0].eq_ignore_ascii_case("mode"))
+        .map_or_else(|| "PERMISSIVE".to_owned(), |pair| pair[1].clone());
+    *options = ast::Expr::value(ast::Value::SingleQuotedString(mode));
+}
+
+/// How `from_json` treats input it cannot parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ParseMode {
+    /// Spark's default: NULL (a struct of NULLs for a STRUCT schema).
+    Permissive,
+    /// The statement fails.
+    FailFast,
+}
+
+impl ParseMode {
+    fn parse(text: Option<&str>) -> Result<Self> {
+        match text.map(str::to_ascii_uppercase).as_deref() {
+            None | Some("PERMISSIVE") => Ok(ParseMode::Permissive),
+            Some("FAILFAST") => Ok(ParseMode::FailFast),
+            Some(other) => plan_err!(
+                "[PARSE_MODE_UNSUPPORTED] The function from_json doesn't support the {other} mode. \
+                 Acceptable modes are PERMISSIVE and FAILFAST."
+            ),
+        }
+    }
+}
+
+/// `from_json(json, schema [, options])`: the schema is a literal in Databricks' type syntax
 /// (`ARRAY<STRUCT<a: INT, b STRING>>`, `STRUCT<...>`, or a bare `a INT, b STRING`), and it fixes
 /// the result type. Malformed input is handled as Spark's default PERMISSIVE mode does: NULL,
-/// or for a STRUCT schema a struct whose fields are all NULL.
+/// or for a STRUCT schema a struct whose fields are all NULL; with `map('mode', 'FAILFAST')`
+/// the statement fails with `MALFORMED_RECORD_IN_PARSING` instead.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct FromJson {
     signature: Signature,
@@ -59,7 +139,13 @@ impl FromJson {
     fn new() -> Self {
         let string = || Coercion::new_exact(TypeSignatureClass::Native(logical_string()));
         Self {
-            signature: Signature::coercible(vec![string(), string()], Volatility::Immutable),
+            signature: Signature::one_of(
+                vec![
+                    TypeSignature::Coercible(vec![string(), string()]),
+                    TypeSignature::Coercible(vec![string(), string(), string()]),
+                ],
+                Volatility::Immutable,
+            ),
         }
     }
 }
@@ -78,10 +164,20 @@ impl ScalarUDFImpl for FromJson {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        let [_, schema] = take_function_args(self.name(), args.scalar_arguments)?;
+        let (schema, mode) = match args.scalar_arguments {
+            [_, schema] => (*schema, None),
+            [_, schema, mode] => (*schema, Some(*mode)),
+            _ => return plan_err!("from_json takes 2 or 3 arguments"),
+        };
         let Some(schema) = schema.and_then(|s| s.try_as_str().flatten()) else {
             return plan_err!("the schema of from_json must be a string literal");
         };
+        if let Some(mode) = mode {
+            let Some(mode) = mode.and_then(|m| m.try_as_str().flatten()) else {
+                return plan_err!("the options of from_json must be a map of string literals");
+            };
+            ParseMode::parse(Some(mode))?;
+        }
         // Spark also takes a schema as a bare field list.
         let parsed = types::parse(schema).or_else(|_| types::parse(&format!("STRUCT<{schema}>")));
         let data_type = parsed
@@ -94,8 +190,18 @@ impl ScalarUDFImpl for FromJson {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let target = args.return_field.data_type().clone();
-        let [json, _] = take_function_args(self.name(), args.args)?;
-        map_values(json, |array| decode_json(array, &target))
+        let mut args = args.args.into_iter();
+        let json = args
+            .next()
+            .expect("the signature requires the JSON argument");
+        let mode = match args.nth(1) {
+            Some(ColumnarValue::Scalar(mode)) => ParseMode::parse(mode.try_as_str().flatten())?,
+            Some(ColumnarValue::Array(_)) => {
+                return plan_err!("the options of from_json must be a map of string literals");
+            }
+            None => ParseMode::Permissive,
+        };
+        map_values(json, |array| decode_json(array, &target, mode))
     }
 }
 
@@ -114,7 +220,7 @@ fn map_values(
 
 /// Decodes each string as `{"v": <string>}` with arrow-json, so any JSON value (array, object,
 /// scalar) maps onto the schema's type.
-fn decode_json(array: &ArrayRef, target: &DataType) -> Result<ArrayRef> {
+fn decode_json(array: &ArrayRef, target: &DataType, mode: ParseMode) -> Result<ArrayRef> {
     if array.is_empty() {
         return Ok(new_empty_array(target));
     }
@@ -126,7 +232,9 @@ fn decode_json(array: &ArrayRef, target: &DataType) -> Result<ArrayRef> {
         let value = match text.map(|text| decode_one(&mut decoder, text)) {
             None => new_null_array(target, 1),
             Some(Ok(Some(value))) => value,
+            Some(Ok(None)) if mode == ParseMode::FailFast => return Err(malformed_record()),
             Some(Ok(None)) => malformed(target),
+            Some(Err(_)) if mode == ParseMode::FailFast => return Err(malformed_record()),
             Some(Err(_)) => {
                 // A decoder that failed midway holds a partial record.
                 decoder = fresh_decoder(&schema)?;
@@ -137,6 +245,17 @@ fn decode_json(array: &ArrayRef, target: &DataType) -> Result<ArrayRef> {
     }
     let values: Vec<&dyn Array> = values.iter().map(|v| v.as_ref()).collect();
     Ok(concat(&values)?)
+}
+
+/// Databricks' error for malformed input in FAILFAST mode.
+fn malformed_record() -> DataFusionError {
+    DataFusionError::External(Box::new(SqlError::new(
+        "MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION",
+        "22023",
+        "Malformed records are detected in record parsing: [null]. Parse Mode: FAILFAST. \
+         To process malformed records as null result, try setting the option 'mode' as \
+         'PERMISSIVE'.",
+    )))
 }
 
 fn fresh_decoder(schema: &SchemaRef) -> Result<Decoder> {

@@ -256,6 +256,18 @@ impl Engine {
 }
 
 impl Prepared {
+    /// The table an INSERT (or MERGE) writes, as `catalog.schema.table`.
+    pub fn written_table(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Sql {
+                statement,
+                effect: Effect::Table(name),
+                ..
+            } if matches!(statement.as_ref(), Statement::Insert(_)) => Some(name.to_string()),
+            _ => None,
+        }
+    }
+
     /// Whether the statement only reads, so cancelling it midway leaves nothing half done.
     pub fn is_read_only(&self) -> bool {
         matches!(

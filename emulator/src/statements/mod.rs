@@ -352,6 +352,14 @@ async fn run(app: Arc<App>, statement: Arc<Statement>, job: Job) {
     let output = match prepared {
         None => None,
         Some(Err(err)) => Some(Err(err)),
+        Some(Ok(prepared)) if rejected_by_constraint(&app, &prepared, &job) => {
+            Some(Err(SqlError::new(
+                "DELTA_VIOLATE_CONSTRAINT_WITH_VALUES",
+                "23001",
+                "CHECK constraint emulator_reject_rows violated by row with values: \
+                 (a row holding the rejected marker).",
+            )))
+        }
         Some(Ok(prepared)) if prepared.is_read_only() => tokio::select! {
             _ = cancel.wait_for(|c| *c) => None,
             output = app.engine.run(prepared) => Some(output),
@@ -376,6 +384,16 @@ async fn run(app: Arc<App>, statement: Arc<Statement>, job: Job) {
     };
     let _ = statement.finished_at.set(Instant::now());
     statement.phase.send_replace(phase);
+}
+
+/// The `reject_rows` fault: a write into its table carrying its marker.
+fn rejected_by_constraint(app: &App, prepared: &crate::sql::Prepared, job: &Job) -> bool {
+    prepared.written_table().is_some_and(|table| {
+        app.faults.rejects_rows(
+            &table,
+            job.parameters.iter().filter_map(|p| p.value.as_deref()),
+        )
+    })
 }
 
 fn response(app: &App, url: &str, statement: &Statement) -> Value {
