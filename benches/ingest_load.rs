@@ -732,7 +732,11 @@ async fn overload(
     let (process, address) = GatewayProcess::spawn(
         emulator,
         registry,
-        &[("LAKEGATE_QUEUE_MAX_BYTES", queue_bytes.as_str())],
+        // Smaller requests than the default 1000 x 100 rows, so that one fits the budget.
+        &[
+            ("LAKEGATE_QUEUE_MAX_BYTES", queue_bytes.as_str()),
+            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "100"),
+        ],
     )?;
     let gateway = LoadClient {
         url: format!("http://{address}"),
