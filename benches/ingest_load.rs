@@ -434,7 +434,7 @@ impl GatewayProcess {
                 // Info level as deployed; the address comes from the "lakegate listening" line.
                 ("LAKEGATE_LOG_FORMAT", "json"),
                 ("LAKEGATE_FLUSH_MS", "100"),
-                // Limits far above what one box can send: we measure the path, not the quotas.
+                // RateLimits far above what one box can send: we measure the path, not the quotas.
                 ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1000000000"),
                 ("LAKEGATE_GLOBAL_BURST", "1000000000"),
                 ("LAKEGATE_QUEUE_MAX_ROWS", "2000000"),

@@ -15,10 +15,11 @@ use crate::config::{GatewayConfig, Workspace};
 use crate::databricks;
 use crate::devices::{DeviceKeys, KeySource, reload_loop};
 use crate::ingest::queue::IngestQueue;
-use crate::ingest::sql::{StatementSink, ensure_tables};
+use crate::ingest::sink::StatementSink;
 use crate::ingest::writer::Writer;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
+use crate::table::ensure_tables;
 
 pub struct Gateway {
     state: AppState,
@@ -217,7 +218,7 @@ fn spawn_limit_pruning(state: AppState, stop: CancellationToken) {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
-                _ = every.tick() => state.limits.prune(),
+                _ = every.tick() => state.rate_limits.prune(),
                 () = stop.cancelled() => return,
             }
         }

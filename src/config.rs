@@ -17,10 +17,11 @@ use secrecy::SecretString;
 
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeySource};
-use crate::ingest::body::BodyLimits;
-use crate::ingest::queue::{QueueCapacity, Row};
-use crate::limits::{LimitSettings, TrustedProxies};
+use crate::ingest::body::BodyCaps;
+use crate::ingest::queue::QueueCapacity;
+use crate::rate_limits::{RateLimitSettings, TrustedProxies};
 use crate::server::connections::ConnectionLimits;
+use crate::table::{TableName, TableRow};
 
 /// Where the gateway writes.
 #[derive(Debug, Clone)]
@@ -47,8 +48,8 @@ pub struct GatewayConfig {
     pub batch: BatchSettings,
     /// Rows queued and not yet committed, and their bytes; beyond either, requests get 503.
     pub queue: QueueCapacity,
-    pub body: BodyLimits,
-    pub limits: LimitSettings,
+    pub body: BodyCaps,
+    pub rate_limits: RateLimitSettings,
     /// Peers whose `X-Forwarded-For` / `X-Real-Ip` name the client (the Apps proxy).
     pub trusted_proxies: TrustedProxies,
     /// How long a request with the default acknowledgement waits for its commit.
@@ -147,46 +148,6 @@ pub struct BatchSettings {
     pub max_rows: usize,
     /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
     pub max_bytes: usize,
-}
-
-/// `catalog.schema.table`, each part a plain identifier so it can stand in SQL text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
-    pub catalog: String,
-    pub schema: String,
-    pub table: String,
-}
-
-impl FromStr for TableName {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = value.split('.').collect();
-        let [catalog, schema, table] = parts[..] else {
-            return Err(format!("{value:?} is not of the form catalog.schema.table"));
-        };
-        for part in [catalog, schema, table] {
-            let plain = part.len() <= 255
-                && part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !plain {
-                return Err(format!(
-                    "{part:?} in {value:?} is not a plain identifier (letters, digits, _)"
-                ));
-            }
-        }
-        Ok(TableName {
-            catalog: catalog.to_owned(),
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.catalog, self.schema, self.table)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,7 +292,7 @@ impl GatewayConfig {
                 ),
             ));
         }
-        let body = BodyLimits {
+        let body = BodyCaps {
             max_body_bytes: env.count("LAKEGATE_MAX_BODY_BYTES", 1024 * 1024)?,
             max_readings: env.count("LAKEGATE_MAX_READINGS_PER_REQUEST", 1000)?,
             max_metrics: env.count("LAKEGATE_MAX_METRICS_PER_READING", 100)?,
@@ -350,7 +311,7 @@ impl GatewayConfig {
         // Names and strings come from the body; ids are charged to every row (up
         // to four bytes a character).
         let largest_request_bytes = largest_request
-            .saturating_mul(std::mem::size_of::<Row>() + 4 * body.max_id_len)
+            .saturating_mul(std::mem::size_of::<TableRow>() + 4 * body.max_id_len)
             .saturating_add(body.max_body_bytes);
         if queue.bytes < largest_request_bytes {
             return Err(invalid(
@@ -361,7 +322,7 @@ impl GatewayConfig {
                 ),
             ));
         }
-        let limits = LimitSettings {
+        let rate_limits = RateLimitSettings {
             device_rate_per_sec: env.positive("LAKEGATE_DEVICE_RATE_PER_SEC", 50)?,
             device_burst: env.positive("LAKEGATE_DEVICE_BURST", 1000)?,
             global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 50_000)?,
@@ -369,7 +330,7 @@ impl GatewayConfig {
             auth_failures_per_min: env.positive("LAKEGATE_AUTH_FAILURES_PER_MIN", 30)?,
             auth_failure_burst: env.positive("LAKEGATE_AUTH_FAILURE_BURST", 10)?,
         };
-        if (limits.global_burst.get() as usize) < largest_request {
+        if (rate_limits.global_burst.get() as usize) < largest_request {
             return Err(invalid("LAKEGATE_GLOBAL_BURST", rows_named));
         }
         // Behind the Apps proxy the peer is always the proxy; elsewhere headers could be forged.
@@ -398,7 +359,7 @@ impl GatewayConfig {
             batch,
             queue,
             body,
-            limits,
+            rate_limits,
             trusted_proxies: trusted_proxies(&env, on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
             shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
@@ -650,18 +611,6 @@ mod tests {
         let mut pairs = remote();
         pairs.push(("LAKEGATE_BATCH_MAX_ROWS", "0"));
         assert!(error_of(&pairs).starts_with("LAKEGATE_BATCH_MAX_ROWS: must be at least 1"));
-    }
-
-    #[test]
-    fn table_names_must_be_plain_identifiers() {
-        assert!("main.lakegate.readings".parse::<TableName>().is_ok());
-        assert!("main.lake-gate.readings".parse::<TableName>().is_err());
-        assert!(
-            "main.x.readings; DROP TABLE y"
-                .parse::<TableName>()
-                .is_err()
-        );
-        assert!("a.b.c.d".parse::<TableName>().is_err());
     }
 
     #[test]

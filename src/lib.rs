@@ -6,9 +6,10 @@ pub mod config;
 pub mod databricks;
 pub mod devices;
 pub mod ingest;
-pub mod limits;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod metrics;
 pub mod query;
+pub mod rate_limits;
 pub mod server;
+pub mod table;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use arrow_array::{Array, Int64Array, StringArray};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use lakegate::databricks::http::Call;
+use lakegate::databricks::Call;
 use lakegate::databricks::{
     Client, Disposition, Error, Format, OnWaitTimeout, Param, StatementRequest, StatementState,
     Value,
@@ -186,7 +186,7 @@ async fn bad_pat_is_a_typed_401_without_the_token() {
     let emulator = start(emulator_config()).await;
     let client = Client::new(&config(&emulator, pat("dapi-wrong-token"))).unwrap();
     let err = client.secrets().list("any").await.unwrap_err();
-    let api = err.api_error().unwrap_or_else(|| panic!("{err:?}"));
+    let api = err.error_response().unwrap_or_else(|| panic!("{err:?}"));
     assert_eq!(api.status, 401);
     assert_eq!(emulator.stats().api_requests, 1);
     for text in [format!("{err:?}"), err.to_string(), format!("{client:?}")] {

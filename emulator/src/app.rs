@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 
 use crate::auth::{self, TokenStore};
 use crate::config::EmulatorConfig;
-use crate::error::ApiError;
+use crate::error::ErrorReply;
 use crate::faults::{self, FaultState};
 use crate::secrets::{self, SecretStore};
 use crate::sql::Engine;
@@ -106,8 +106,8 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn endpoint_not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
+async fn endpoint_not_found(method: Method, uri: Uri) -> ErrorReply {
+    ErrorReply::new(
         axum::http::StatusCode::NOT_FOUND,
         "ENDPOINT_NOT_FOUND",
         format!("No API found for '{method} {}'", uri.path()),

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{App, BaseUrl};
-use crate::error::ApiError;
+use crate::error::ErrorReply;
 use crate::stats::bump;
 
 const SCOPE: &str = "all-apis";
@@ -217,12 +217,12 @@ pub async fn require_bearer(State(app): State<Arc<App>>, request: Request, next:
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match bearer {
-        None => ApiError::unauthenticated(
+        None => ErrorReply::unauthenticated(
             "Credential was not sent or was of an unsupported type for this API.",
         )
         .into_response(),
         Some(token) if !app.tokens.check(token.trim()) => {
-            ApiError::unauthenticated("Invalid access token.").into_response()
+            ErrorReply::unauthenticated("Invalid access token.").into_response()
         }
         Some(_) => next.run(request).await,
     }

@@ -8,14 +8,14 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ErrorReply {
     status: StatusCode,
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
 }
 
-impl ApiError {
+impl ErrorReply {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -52,7 +52,7 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for ErrorReply {
     fn into_response(self) -> Response {
         let body = json!({"error_code": self.code, "message": self.message});
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -69,14 +69,14 @@ impl IntoResponse for ApiError {
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = ErrorReply;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ErrorReply> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|err| ApiError::malformed(err.body_text()))?;
+            .map_err(|err| ErrorReply::malformed(err.body_text()))?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|err| {
-            ApiError::malformed(format!(
+            ErrorReply::malformed(format!(
                 "Invalid JSON given in the body of the request - {err}"
             ))
         })

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
 use crate::config::Faults;
-use crate::error::ApiError;
+use crate::error::ErrorReply;
 use crate::stats::bump;
 
 pub struct FaultState {
@@ -66,14 +66,14 @@ impl FaultState {
     }
 
     /// The injected answer for an `/api/` request, if any.
-    fn api_fault(&self, app: &App) -> Option<ApiError> {
+    fn api_fault(&self, app: &App) -> Option<ErrorReply> {
         let active = self.lock();
         if active
             .unavailable_until
             .is_some_and(|until| Instant::now() < until)
         {
             bump(&app.stats.unavailable);
-            let error = ApiError::new(
+            let error = ErrorReply::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "TEMPORARILY_UNAVAILABLE",
                 "The service is temporarily unavailable. Please try again later.",
@@ -84,7 +84,7 @@ impl FaultState {
             && rand::random::<f64>() < active.faults.throttle_share
         {
             bump(&app.stats.throttled);
-            let error = ApiError::new(
+            let error = ErrorReply::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "REQUEST_LIMIT_EXCEEDED",
                 "The request rate limit was exceeded. Please retry later.",

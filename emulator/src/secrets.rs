@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiJson, ErrorReply};
 
 const MAX_NAME_LEN: usize = 128;
 const MAX_VALUE_BYTES: usize = 128 * 1024;
@@ -46,7 +46,7 @@ impl SecretStore {
     }
 }
 
-type Reply = Result<Json<Value>, ApiError>;
+type Reply = Result<Json<Value>, ErrorReply>;
 
 #[derive(Deserialize)]
 pub struct ScopeBody {
@@ -71,7 +71,7 @@ pub async fn create_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<Sc
     let scope = valid_name(body.scope, "scope")?;
     let mut scopes = app.secrets.lock();
     if scopes.contains_key(&scope) {
-        return Err(ApiError::new(
+        return Err(ErrorReply::new(
             StatusCode::BAD_REQUEST,
             "RESOURCE_ALREADY_EXISTS",
             format!("Scope {scope} already exists!"),
@@ -112,20 +112,20 @@ pub async fn put(State(app): State<Arc<App>>, ApiJson(body): ApiJson<PutBody>) -
         (Some(text), None) => text.into_bytes(),
         (None, Some(encoded)) => STANDARD
             .decode(encoded)
-            .map_err(|_| ApiError::invalid_parameter("bytes_value must be base64-encoded."))?,
+            .map_err(|_| ErrorReply::invalid_parameter("bytes_value must be base64-encoded."))?,
         (Some(_), Some(_)) => {
-            return Err(ApiError::malformed(
+            return Err(ErrorReply::malformed(
                 "Exactly one of string_value and bytes_value must be specified.",
             ));
         }
         (None, None) => {
-            return Err(ApiError::invalid_parameter(
+            return Err(ErrorReply::invalid_parameter(
                 "Exactly one of string_value and bytes_value must be specified.",
             ));
         }
     };
     if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::invalid_parameter(format!(
+        return Err(ErrorReply::invalid_parameter(format!(
             "Size of the secret value ({} bytes) exceeds the limit of {MAX_VALUE_BYTES} bytes.",
             value.len()
         )));
@@ -191,35 +191,35 @@ pub async fn delete(State(app): State<Arc<App>>, ApiJson(body): ApiJson<KeyBody>
     Ok(Json(json!({})))
 }
 
-fn required(value: Option<String>, field: &str) -> Result<String, ApiError> {
+fn required(value: Option<String>, field: &str) -> Result<String, ErrorReply> {
     value
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::missing(field))
+        .ok_or_else(|| ErrorReply::missing(field))
 }
 
-fn valid_name(value: Option<String>, field: &str) -> Result<String, ApiError> {
+fn valid_name(value: Option<String>, field: &str) -> Result<String, ErrorReply> {
     let name = required(value, field)?;
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.len() > MAX_NAME_LEN || !name.chars().all(allowed) {
-        return Err(ApiError::invalid_parameter(format!(
+        return Err(ErrorReply::invalid_parameter(format!(
             "Invalid {field} name '{name}': it must consist of alphanumeric characters, dashes, underscores, and periods, and may not exceed {MAX_NAME_LEN} characters."
         )));
     }
     Ok(name)
 }
 
-fn no_scope(scope: &str) -> ApiError {
-    ApiError::not_found(format!("Scope {scope} does not exist!"))
+fn no_scope(scope: &str) -> ErrorReply {
+    ErrorReply::not_found(format!("Scope {scope} does not exist!"))
 }
 
-fn no_secret(scope: &str, key: &str) -> ApiError {
-    ApiError::not_found(format!(
+fn no_secret(scope: &str, key: &str) -> ErrorReply {
+    ErrorReply::not_found(format!(
         "Secret does not exist with scope: {scope} and key: {key}"
     ))
 }
 
-fn limit_exceeded(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "RESOURCE_LIMIT_EXCEEDED", message)
+fn limit_exceeded(message: String) -> ErrorReply {
+    ErrorReply::new(StatusCode::BAD_REQUEST, "RESOURCE_LIMIT_EXCEEDED", message)
 }
 
 fn non_empty(field: &str, items: Vec<Value>) -> Value {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::error::Error;
-use super::http::{MAX_TOKEN_BODY, read_response};
 use super::retry::{self, RetryPolicy};
+use super::transport::{MAX_TOKEN_BODY, read_response};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secrets() {
-        let http = crate::databricks::http::http_client().unwrap();
+        let http = super::super::transport::http_client().unwrap();
         let source = OAuthM2m::new(
             http,
             "https://h",

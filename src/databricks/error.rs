@@ -5,13 +5,13 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use super::retry::Failure;
+use super::wire::StatementState;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The workspace answered with a non-2xx status.
     #[error(transparent)]
-    Api(#[from] ApiError),
+    Api(#[from] ErrorResponse),
     /// No HTTP answer at all: connection refused or reset, timeout, TLS failure.
     #[error("HTTP transport: {0}")]
     Transport(Arc<reqwest::Error>),
@@ -44,42 +44,30 @@ impl Error {
     }
 
     /// The API error behind this error, looking through token-source failures.
-    pub fn api_error(&self) -> Option<&ApiError> {
+    pub fn error_response(&self) -> Option<&ErrorResponse> {
         match self {
             Error::Api(api) => Some(api),
-            Error::Auth(inner) => inner.api_error(),
+            Error::Auth(inner) => inner.error_response(),
             _ => None,
         }
     }
 
     /// HTTP status of a refused request.
     pub fn status(&self) -> Option<u16> {
-        self.api_error().map(|api| api.status)
+        self.error_response().map(|api| api.status)
     }
 
     /// Databricks error code of a refused request or a failed statement.
     pub fn error_code(&self) -> Option<&str> {
         match self {
             Error::Statement(stmt) => stmt.error_code.as_deref(),
-            _ => self.api_error().map(|api| api.error_code.as_str()),
-        }
-    }
-
-    /// How the retry policy sees this error; `None` means never retry.
-    pub(crate) fn failure(&self) -> Option<Failure> {
-        match self {
-            Error::Api(api) => Some(Failure::Status(api.status)),
-            Error::Transport(err) if err.is_builder() => None,
-            // Not even connected: the request was certainly not processed.
-            Error::Transport(err) if err.is_connect() => Some(Failure::Connect),
-            Error::Transport(_) => Some(Failure::Ambiguous),
-            _ => None,
+            _ => self.error_response().map(|api| api.error_code.as_str()),
         }
     }
 
     /// How long the workspace asked to wait (`Retry-After`), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.api_error().and_then(|api| api.retry_after)
+        self.error_response().and_then(|api| api.retry_after)
     }
 
     /// The most specific name Databricks gave the failure: a failed statement's error
@@ -163,7 +151,7 @@ const TARGET_CODES: [&str; 4] = [
 /// A refused request: `{"error_code": ..., "message": ...}` plus the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("HTTP {status} {error_code}: {message}")]
-pub struct ApiError {
+pub struct ErrorResponse {
     pub status: u16,
     pub error_code: String,
     pub message: String,
@@ -174,7 +162,7 @@ pub struct ApiError {
 /// Longest excerpt of a non-JSON error body kept in a message.
 const MAX_BODY_EXCERPT: usize = 300;
 
-impl ApiError {
+impl ErrorResponse {
     /// Parses a Databricks error body; also the OAuth form (`error`,
     /// `error_description`) and bodies that are not JSON at all (proxies, HTML).
     pub(crate) fn from_body(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
@@ -191,7 +179,7 @@ impl ApiError {
         let message = field("message")
             .or_else(|| field("error_description"))
             .unwrap_or_else(|| body_excerpt(body, status));
-        ApiError {
+        ErrorResponse {
             status,
             error_code,
             message,
@@ -235,7 +223,7 @@ fn body_excerpt(body: &[u8], status: u16) -> String {
 #[error("statement {statement_id} {state}: {}{}", message.as_deref().unwrap_or("no message"), SqlState(sql_state.as_deref()))]
 pub struct StatementError {
     pub statement_id: String,
-    pub state: super::statements::StatementState,
+    pub state: StatementState,
     pub error_code: Option<String>,
     pub message: Option<String>,
     pub sql_state: Option<String>,
@@ -261,7 +249,6 @@ impl StatementError {
     }
 
     fn kind(&self) -> FailureKind {
-        use super::statements::StatementState;
         if self.state != StatementState::Failed {
             // Cancelled by someone else, or its result expired: running it again can work.
             return FailureKind::Transient;
@@ -304,7 +291,7 @@ mod tests {
     fn failed(code: &str, message: &str) -> Error {
         Error::Statement(StatementError {
             statement_id: "s".into(),
-            state: super::super::statements::StatementState::Failed,
+            state: super::super::wire::StatementState::Failed,
             error_code: Some(code.into()),
             message: Some(message.into()),
             sql_state: None,
@@ -314,7 +301,7 @@ mod tests {
     #[test]
     fn failures_are_classified_by_what_retrying_can_do() {
         use FailureKind::*;
-        let api = |status| Error::Api(ApiError::from_body(status, b"", None));
+        let api = |status| Error::Api(ErrorResponse::from_body(status, b"", None));
         for (status, kind) in [
             (429, Transient),
             (503, Transient),
@@ -383,7 +370,7 @@ mod tests {
         );
         let cancelled = Error::Statement(StatementError {
             statement_id: "s".into(),
-            state: super::super::statements::StatementState::Canceled,
+            state: super::super::wire::StatementState::Canceled,
             error_code: None,
             message: None,
             sql_state: None,
@@ -395,7 +382,7 @@ mod tests {
     fn parses_databricks_error_body() {
         let body =
             br#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"no such secret","details":[]}"#;
-        let err = ApiError::from_body(404, body, None);
+        let err = ErrorResponse::from_body(404, body, None);
         assert_eq!(err.error_code, "RESOURCE_DOES_NOT_EXIST");
         assert_eq!(err.message, "no such secret");
     }
@@ -404,22 +391,22 @@ mod tests {
     fn parses_oauth_error_body() {
         let body =
             br#"{"error":"invalid_client","error_description":"Client authentication failed"}"#;
-        let err = ApiError::from_body(401, body, None);
+        let err = ErrorResponse::from_body(401, body, None);
         assert_eq!(err.error_code, "invalid_client");
         assert_eq!(err.message, "Client authentication failed");
     }
 
     #[test]
     fn non_json_body_gets_canonical_code_and_excerpt() {
-        let err = ApiError::from_body(503, b"<html>upstream down</html>", None);
+        let err = ErrorResponse::from_body(503, b"<html>upstream down</html>", None);
         assert_eq!(err.error_code, "TEMPORARILY_UNAVAILABLE");
         assert_eq!(err.message, "<html>upstream down</html>");
 
         let long = "x".repeat(1000);
-        let err = ApiError::from_body(502, long.as_bytes(), None);
+        let err = ErrorResponse::from_body(502, long.as_bytes(), None);
         assert_eq!(err.message.chars().count(), MAX_BODY_EXCERPT + 1);
 
-        let err = ApiError::from_body(500, b"", None);
+        let err = ErrorResponse::from_body(500, b"", None);
         assert_eq!(err.message, "HTTP 500 with an empty body");
     }
 }

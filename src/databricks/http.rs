@@ -2,44 +2,20 @@
 //! timeout, typed errors and the retry policy.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Once};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::auth::TokenSource;
-use super::error::{ApiError, Error};
-use super::retry::{self, RetryPolicy, parse_retry_after};
-
-pub const USER_AGENT: &str = concat!("lakegate/", env!("CARGO_PKG_VERSION"));
-
-/// Byte caps of what the workspace sends back, so that no answer, however long, can
-/// exhaust memory. API answers: INLINE results are at most 25 MiB of data.
-pub const MAX_API_BODY: usize = 64 * 1024 * 1024;
-/// OAuth token and discovery answers are a few hundred bytes.
-pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
-/// External-link result chunks: Databricks documents no chunk size (observed chunks are
-/// tens of MiB at most), so this leaves a wide margin.
-pub const MAX_DOWNLOAD_BODY: usize = 256 * 1024 * 1024;
-
-/// A reqwest client for Databricks. reqwest is built without a bundled crypto
-/// provider, so install ring once per process before the first client.
-pub fn http_client() -> Result<reqwest::Client, Error> {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        // Fails only when another part of the process installed one first: fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .build()
-        .map_err(Error::transport)
-}
+use super::error::{Error, ErrorResponse};
+use super::retry::{self, RetryPolicy};
+use super::transport::{MAX_API_BODY, MAX_DOWNLOAD_BODY, read_body, read_response};
 
 /// One API call, kept as data so that a retry re-sends exactly the same request.
 #[derive(Clone)]
@@ -209,7 +185,7 @@ impl ApiClient {
             )
             .await
             .map_err(|err| match err {
-                Error::Api(api) => Error::Api(ApiError {
+                Error::Api(api) => Error::Api(ErrorResponse {
                     message: "external link download refused".into(),
                     ..api
                 }),
@@ -217,49 +193,5 @@ impl ApiClient {
             })
         };
         retry::run(&self.retry, true, attempt).await
-    }
-}
-
-/// The body of a 2xx answer (at most `limit` bytes of it), or the typed error for any
-/// other status.
-pub(crate) async fn read_response(
-    response: reqwest::Response,
-    what: &'static str,
-    limit: usize,
-) -> Result<Bytes, Error> {
-    read_body(response, what, limit, Error::transport).await
-}
-
-async fn read_body(
-    mut response: reqwest::Response,
-    what: &'static str,
-    limit: usize,
-    transport_error: impl Fn(reqwest::Error) -> Error,
-) -> Result<Bytes, Error> {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    let too_large = || Error::TooLarge { what, limit };
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(&transport_error)? {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(ApiError::from_body(status.as_u16(), &body, retry_after).into())
     }
 }

@@ -2,14 +2,16 @@
 //! configuration, PAT or OAuth M2M with a shared token cache, retries on 429 and
 //! 503 honouring `Retry-After`, Secrets and SQL Statement Execution.
 
-pub mod auth;
-pub mod config;
-pub mod error;
-pub mod http;
-pub mod results;
-pub mod retry;
-pub mod secrets;
-pub mod statements;
+mod auth;
+mod config;
+mod error;
+mod http;
+mod results;
+mod retry;
+mod secrets;
+mod statements;
+mod transport;
+mod wire;
 
 use std::sync::Arc;
 
@@ -17,14 +19,14 @@ use secrecy::SecretString;
 
 pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenFetches, TokenSource};
 pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
-pub use error::{ApiError, Error, FailureKind, StatementError};
-pub use http::ApiClient;
-pub use results::{Column, Manifest, Row, StatementResult, Value};
-pub use retry::RetryPolicy;
+pub use error::{Error, ErrorResponse, FailureKind, StatementError};
+pub use http::{ApiClient, Call};
+pub use results::{Column, Manifest, ResultRow, StatementResult, Value};
+pub use retry::{RetryPolicy, Schedule};
 pub use secrets::{SecretMetadata, Secrets};
-pub use statements::{
-    Disposition, Format, OnWaitTimeout, Param, StatementRequest, StatementState, Statements,
-};
+pub use statements::{Param, StatementRequest, Statements};
+pub use transport::http_client;
+pub use wire::{Disposition, Format, OnWaitTimeout, StatementState};
 
 /// Entry point: one per workspace, cheap to clone.
 #[derive(Debug, Clone)]
@@ -36,7 +38,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: &Config) -> Result<Client, Error> {
-        let http = http::http_client()?;
+        let http = transport::http_client()?;
         let tokens: Arc<dyn TokenSource> = match &config.credentials {
             Credentials::Pat { token } => Arc::new(Pat::new(token.clone())),
             Credentials::OAuthM2m {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::error::Error;
 use super::http::{ApiClient, Call};
-use super::statements::Format;
+use super::wire::Format;
 
 /// One SQL value of a `JSON_ARRAY` result, typed by the manifest's column type.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +31,7 @@ pub enum Value {
     Decimal(String),
 }
 
-pub type Row = Vec<Value>;
+pub type ResultRow = Vec<Value>;
 
 /// Shape of the result set.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -158,7 +158,7 @@ impl StatementResult {
 
     /// Rows of the next chunk of a `JSON_ARRAY` result (inline or behind
     /// links), or `None` after the last chunk.
-    pub async fn next_rows(&mut self) -> Result<Option<Vec<Row>>, Error> {
+    pub async fn next_rows(&mut self) -> Result<Option<Vec<ResultRow>>, Error> {
         self.expect_format(Format::JsonArray)?;
         let Some(data) = self.next_data().await? else {
             return Ok(None);
@@ -188,7 +188,7 @@ impl StatementResult {
     }
 
     /// Every remaining row.
-    pub async fn collect_rows(mut self) -> Result<Vec<Row>, Error> {
+    pub async fn collect_rows(mut self) -> Result<Vec<ResultRow>, Error> {
         let mut rows = Vec::new();
         while let Some(chunk) = self.next_rows().await? {
             rows.extend(chunk);
@@ -323,7 +323,10 @@ fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .map(|naive| naive.and_utc())
 }
 
-fn decode_rows(columns: &[Column], rows: Vec<Vec<Option<String>>>) -> Result<Vec<Row>, Error> {
+fn decode_rows(
+    columns: &[Column],
+    rows: Vec<Vec<Option<String>>>,
+) -> Result<Vec<ResultRow>, Error> {
     let kinds: Vec<Kind> = columns
         .iter()
         .map(|column| Kind::of(&column.type_name))

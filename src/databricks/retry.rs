@@ -32,6 +32,20 @@ pub enum Failure {
     Ambiguous,
 }
 
+impl Failure {
+    /// How the policy sees `err`; `None` means never retry.
+    pub(crate) fn of(err: &Error) -> Option<Failure> {
+        match err {
+            Error::Api(api) => Some(Failure::Status(api.status)),
+            Error::Transport(err) if err.is_builder() => None,
+            // Not even connected: the request was certainly not processed.
+            Error::Transport(err) if err.is_connect() => Some(Failure::Connect),
+            Error::Transport(_) => Some(Failure::Ambiguous),
+            _ => None,
+        }
+    }
+}
+
 impl RetryPolicy {
     /// What the Databricks SDKs do for REST calls: 429 and 503 (the request was
     /// not processed, so POSTs too), connection errors and timeouts, ~5 minutes.
@@ -131,9 +145,8 @@ where
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
-        let retryable = err
-            .failure()
-            .is_some_and(|failure| policy.should_retry(failure, retry_ambiguous));
+        let retryable =
+            Failure::of(&err).is_some_and(|failure| policy.should_retry(failure, retry_ambiguous));
         let wait = retryable
             .then(|| schedule.next_wait(started.elapsed(), err.retry_after()))
             .flatten();

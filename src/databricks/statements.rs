@@ -8,7 +8,6 @@
 //! drop pending executions and keep the runtime alive briefly so the cancels go
 //! out. A drop during the initial POST cannot cancel: there is no id yet.
 
-use std::fmt;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Error, StatementError};
 use super::http::{ApiClient, Call};
 use super::results::{Manifest, ResultData, StatementResult};
+use super::wire::{Disposition, Format, OnWaitTimeout, StatementState};
 
 /// Databricks refuses statements with more parameters (see facts §6).
 pub const MAX_PARAMETERS: usize = 255;
@@ -82,63 +82,6 @@ impl Param {
     /// A typed NULL.
     pub fn null(name: impl Into<String>, sql_type: impl Into<String>) -> Self {
         Self::typed(name, None, sql_type)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Disposition {
-    Inline,
-    ExternalLinks,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Format {
-    JsonArray,
-    /// Only with [`Disposition::ExternalLinks`].
-    ArrowStream,
-    /// Only with [`Disposition::ExternalLinks`].
-    Csv,
-}
-
-/// What the server does when `wait_timeout` passes before the statement ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OnWaitTimeout {
-    /// Answer with the statement id and keep running (the client polls).
-    Continue,
-    /// Cancel the statement.
-    Cancel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum StatementState {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Canceled,
-    Closed,
-}
-
-impl StatementState {
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, StatementState::Pending | StatementState::Running)
-    }
-}
-
-impl fmt::Display for StatementState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StatementState::Pending => "PENDING",
-            StatementState::Running => "RUNNING",
-            StatementState::Succeeded => "SUCCEEDED",
-            StatementState::Failed => "FAILED",
-            StatementState::Canceled => "CANCELED",
-            StatementState::Closed => "CLOSED",
-        })
     }
 }
 

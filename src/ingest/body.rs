@@ -17,7 +17,7 @@ use super::reading::{RejectReason, Rejection, excerpt};
 
 /// Caps on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimits {
+pub struct BodyCaps {
     /// After decompression.
     pub max_body_bytes: usize,
     pub max_readings: usize,
@@ -145,8 +145,8 @@ impl BodyError {
 
 /// Undoes the content encoding. `max_body_bytes` caps the decoded size, and gzip
 /// is never decoded past it, so a small compressed bomb cannot exhaust memory.
-pub fn decode(raw: Bytes, encoding: Encoding, limits: &BodyLimits) -> Result<Bytes, BodyError> {
-    let limit = limits.max_body_bytes;
+pub fn decode(raw: Bytes, encoding: Encoding, caps: &BodyCaps) -> Result<Bytes, BodyError> {
+    let limit = caps.max_body_bytes;
     match encoding {
         Encoding::Identity if raw.len() > limit => Err(BodyError::TooLarge { limit }),
         Encoding::Identity => Ok(raw),
@@ -178,7 +178,7 @@ type Entry = Result<Value, Rejection>;
 pub fn split_readings(
     body: &[u8],
     format: BodyFormat,
-    limits: &BodyLimits,
+    caps: &BodyCaps,
 ) -> Result<Vec<Result<Value, Rejection>>, BodyError> {
     // RFC 8259 lets parsers ignore a BOM; some Windows tools write one.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
@@ -186,8 +186,8 @@ pub fn split_readings(
         return Err(BodyError::Empty);
     }
     let entries = match format {
-        BodyFormat::Json => split_json(body, limits.max_readings)?,
-        BodyFormat::NdJson => split_ndjson(body, limits.max_readings)?,
+        BodyFormat::Json => split_json(body, caps.max_readings)?,
+        BodyFormat::NdJson => split_ndjson(body, caps.max_readings)?,
     };
     if entries.is_empty() {
         return Err(BodyError::Empty);
@@ -421,10 +421,10 @@ impl<'de> Visitor<'de> for Shape {
 }
 
 #[cfg(test)]
-impl BodyLimits {
+impl BodyCaps {
     /// Small caps, so tests can reach each of them.
-    pub(crate) fn for_tests() -> BodyLimits {
-        BodyLimits {
+    pub(crate) fn for_tests() -> BodyCaps {
+        BodyCaps {
             max_body_bytes: 64 * 1024,
             max_readings: 5,
             max_metrics: 4,
@@ -453,15 +453,15 @@ mod tests {
         encoder.finish().unwrap().into()
     }
 
-    fn limits_with_body(max_body_bytes: usize) -> BodyLimits {
-        BodyLimits {
+    fn caps_with_body(max_body_bytes: usize) -> BodyCaps {
+        BodyCaps {
             max_body_bytes,
-            ..BodyLimits::for_tests()
+            ..BodyCaps::for_tests()
         }
     }
 
     fn split(body: &str, format: BodyFormat) -> Result<Vec<Entry>, BodyError> {
-        split_readings(body.as_bytes(), format, &BodyLimits::for_tests())
+        split_readings(body.as_bytes(), format, &BodyCaps::for_tests())
     }
 
     fn rejection(entry: &Entry) -> &Rejection {
@@ -544,19 +544,14 @@ mod tests {
     #[test]
     fn identity_passes_through_without_copy() {
         let raw = Bytes::from_static(b"{\"ts\": 1}");
-        let decoded = decode(
-            raw.clone(),
-            Encoding::Identity,
-            &limits_with_body(raw.len()),
-        )
-        .unwrap();
+        let decoded = decode(raw.clone(), Encoding::Identity, &caps_with_body(raw.len())).unwrap();
         assert_eq!(decoded.as_ptr(), raw.as_ptr());
     }
 
     #[test]
     fn identity_over_the_cap_is_too_large() {
         let raw = Bytes::from(vec![b' '; 11]);
-        let err = decode(raw, Encoding::Identity, &limits_with_body(10)).unwrap_err();
+        let err = decode(raw, Encoding::Identity, &caps_with_body(10)).unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { limit: 10 }));
         assert_eq!((err.status(), err.code()), (413, "body_too_large"));
     }
@@ -564,12 +559,7 @@ mod tests {
     #[test]
     fn gzip_round_trip() {
         let body = br#"[{"ts": 1, "metrics": {"t": 1}}]"#.to_vec();
-        let decoded = decode(
-            gzip([body.clone()]),
-            Encoding::Gzip,
-            &limits_with_body(1024),
-        )
-        .unwrap();
+        let decoded = decode(gzip([body.clone()]), Encoding::Gzip, &caps_with_body(1024)).unwrap();
         assert_eq!(decoded, body);
     }
 
@@ -578,14 +568,14 @@ mod tests {
         let decoded = decode(
             gzip([vec![b'a'; 100]]),
             Encoding::Gzip,
-            &limits_with_body(100),
+            &caps_with_body(100),
         )
         .unwrap();
         assert_eq!(decoded.len(), 100);
         let err = decode(
             gzip([vec![b'a'; 101]]),
             Encoding::Gzip,
-            &limits_with_body(100),
+            &caps_with_body(100),
         )
         .unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { limit: 100 }));
@@ -595,7 +585,7 @@ mod tests {
     fn concatenated_gzip_members_are_one_body() {
         let mut raw = gzip([b"[{},".to_vec()]).to_vec();
         raw.extend_from_slice(&gzip([b"{}]".to_vec()]));
-        let decoded = decode(raw.into(), Encoding::Gzip, &limits_with_body(1024)).unwrap();
+        let decoded = decode(raw.into(), Encoding::Gzip, &caps_with_body(1024)).unwrap();
         assert_eq!(decoded, &b"[{},{}]"[..]);
     }
 
@@ -605,7 +595,7 @@ mod tests {
         // 10 MiB of zeros, fed in 64 KiB chunks so the test itself stays small.
         let bomb = gzip((0..160).map(|_| vec![0u8; 64 * 1024]));
         assert!(bomb.len() < 64 * 1024, "bomb is {} bytes", bomb.len());
-        let err = decode(bomb, Encoding::Gzip, &limits_with_body(MIB)).unwrap_err();
+        let err = decode(bomb, Encoding::Gzip, &caps_with_body(MIB)).unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { limit: MIB }), "{err}");
     }
 
@@ -622,7 +612,7 @@ mod tests {
             ("trailing garbage", [&good[..], b"garbage"].concat().into()),
         ];
         for (case, raw) in cases {
-            let err = decode(raw, Encoding::Gzip, &limits_with_body(1024)).unwrap_err();
+            let err = decode(raw, Encoding::Gzip, &caps_with_body(1024)).unwrap_err();
             assert!(matches!(err, BodyError::BadEncoding(_)), "{case}: {err:?}");
             assert_eq!((err.status(), err.code()), (400, "bad_encoding"), "{case}");
         }
@@ -773,17 +763,17 @@ mod tests {
 
     #[test]
     fn too_many_readings() {
-        let limits = BodyLimits::for_tests();
+        let caps = BodyCaps::for_tests();
         let objects = |n: usize| vec!["{}"; n];
         for format in [BodyFormat::Json, BodyFormat::NdJson] {
             let body = |n| match format {
                 BodyFormat::Json => format!("[{}]", objects(n).join(",")),
                 BodyFormat::NdJson => objects(n).join("\n"),
             };
-            let at_cap = split_readings(body(limits.max_readings).as_bytes(), format, &limits);
-            assert_eq!(at_cap.unwrap().len(), limits.max_readings);
-            let err = split_readings(body(limits.max_readings + 1).as_bytes(), format, &limits)
-                .unwrap_err();
+            let at_cap = split_readings(body(caps.max_readings).as_bytes(), format, &caps);
+            assert_eq!(at_cap.unwrap().len(), caps.max_readings);
+            let err =
+                split_readings(body(caps.max_readings + 1).as_bytes(), format, &caps).unwrap_err();
             assert!(
                 matches!(err, BodyError::TooManyReadings { limit: 5 }),
                 "{err:?}"

@@ -4,5 +4,5 @@ pub mod body;
 pub mod queue;
 pub mod reading;
 pub mod request;
-pub mod sql;
+pub mod sink;
 pub mod writer;

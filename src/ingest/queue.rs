@@ -8,64 +8,16 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::reading::{MetricValue, Reading};
-
-/// One table row: a reading's metric. Field names are the JSON the batch
-/// statement expands with `from_json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row {
-    pub device_id: Arc<str>,
-    pub reading_id: Arc<str>,
-    /// Microseconds since the epoch, so that no timestamp format is parsed on the warehouse.
-    pub ts_us: i64,
-    pub metric: String,
-    pub value: Option<f64>,
-    pub value_str: Option<String>,
-}
-
-impl Row {
-    /// What this row costs the queue, in bytes: the struct and every buffer it
-    /// owns. The device and reading ids are shared by a reading's rows; each row is
-    /// charged the reading id all the same, so the estimate errs on the safe side.
-    pub fn queued_bytes(&self) -> usize {
-        std::mem::size_of::<Row>()
-            + self.metric.len()
-            + self.value_str.as_ref().map_or(0, String::len)
-            + self.reading_id.len()
-    }
-
-    /// One row per metric; booleans become 1.0 / 0.0 in `value`, strings go to `value_str`.
-    pub fn from_reading(device_id: &Arc<str>, reading: Reading) -> impl Iterator<Item = Row> {
-        let reading_id: Arc<str> = reading.reading_id.into();
-        let ts_us = reading.ts.timestamp_micros();
-        let device_id = device_id.clone();
-        reading.metrics.into_iter().map(move |(metric, value)| {
-            let (value, value_str) = match value {
-                MetricValue::Number(number) => (Some(number), None),
-                MetricValue::Bool(flag) => (Some(if flag { 1.0 } else { 0.0 }), None),
-                MetricValue::Text(text) => (None, Some(text)),
-            };
-            Row {
-                device_id: device_id.clone(),
-                reading_id: reading_id.clone(),
-                ts_us,
-                metric,
-                value,
-                value_str,
-            }
-        })
-    }
-}
+use crate::table::TableRow;
 
 /// Told to a waiting request once its rows are committed.
 pub type Committed = oneshot::Receiver<()>;
 
 /// Rows of one request on their way to the writer.
 pub struct Submission {
-    pub rows: Vec<Row>,
+    pub rows: Vec<TableRow>,
     /// Dropped unsent if the rows are never committed (the process ends first).
     pub committed: Option<oneshot::Sender<()>>,
     /// Returned to the queue when the rows are committed.
@@ -90,7 +42,7 @@ pub enum QueueError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCapacity {
     pub rows: usize,
-    /// Of rows in memory, as [`Row::queued_bytes`] counts them.
+    /// Of rows in memory, as [`TableRow::queued_bytes`] counts them.
     pub bytes: usize,
 }
 
@@ -119,8 +71,8 @@ impl IngestQueue {
 
     /// Claims room for `rows`, so that nothing else is spent (rate limits) on a
     /// request the queue would refuse anyway.
-    pub fn reserve(&self, rows: &[Row]) -> Result<Reservation, QueueError> {
-        let bytes = rows.iter().map(Row::queued_bytes).sum();
+    pub fn reserve(&self, rows: &[TableRow]) -> Result<Reservation, QueueError> {
+        let bytes = rows.iter().map(TableRow::queued_bytes).sum();
         let take = |semaphore: &Arc<Semaphore>, n: usize| {
             let n = u32::try_from(n).map_err(|_| QueueError::Full)?;
             semaphore
@@ -142,7 +94,7 @@ impl IngestQueue {
     #[cfg(test)]
     pub(crate) fn submit(
         &self,
-        rows: Vec<Row>,
+        rows: Vec<TableRow>,
         wait_for_commit: bool,
     ) -> Result<Option<Committed>, QueueError> {
         self.reserve(&rows)?.submit(rows, wait_for_commit)
@@ -169,7 +121,7 @@ impl Reservation {
     /// Queues `rows`, the rows room was reserved for.
     pub fn submit(
         self,
-        rows: Vec<Row>,
+        rows: Vec<TableRow>,
         wait_for_commit: bool,
     ) -> Result<Option<Committed>, QueueError> {
         debug_assert!(rows.len() <= self.room.rows.num_permits());

@@ -6,23 +6,50 @@
 //! `id` and `device_id` are optional; `ts` may also be epoch milliseconds.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
-use super::body::BodyLimits;
+use super::body::BodyCaps;
+use crate::table::TableRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub reading_id: String,
     pub ts: DateTime<Utc>,
     /// Sorted by name; names are unique.
-    pub metrics: Vec<(String, MetricValue)>,
+    pub metrics: Vec<(String, ReadingValue)>,
+}
+
+impl Reading {
+    /// One table row per metric; booleans become 1.0 / 0.0 in `value`, strings go to
+    /// `value_str`.
+    pub fn into_rows(self, device_id: &Arc<str>) -> impl Iterator<Item = TableRow> {
+        let reading_id: Arc<str> = self.reading_id.into();
+        let ts_us = self.ts.timestamp_micros();
+        let device_id = device_id.clone();
+        self.metrics.into_iter().map(move |(metric, value)| {
+            let (value, value_str) = match value {
+                ReadingValue::Number(number) => (Some(number), None),
+                ReadingValue::Bool(flag) => (Some(if flag { 1.0 } else { 0.0 }), None),
+                ReadingValue::Text(text) => (None, Some(text)),
+            };
+            TableRow {
+                device_id: device_id.clone(),
+                reading_id: reading_id.clone(),
+                ts_us,
+                metric,
+                value,
+                value_str,
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum MetricValue {
+pub enum ReadingValue {
     /// Always finite.
     Number(f64),
     Bool(bool),
@@ -132,7 +159,7 @@ const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::days(1);
 pub fn validate(
     value: Value,
     device_id: &str,
-    limits: &BodyLimits,
+    caps: &BodyCaps,
     now: DateTime<Utc>,
 ) -> Result<Reading, Rejection> {
     let mut fields = match value {
@@ -145,10 +172,10 @@ pub fn validate(
     }
     let given_id = fields
         .remove("id")
-        .map(|id| parse_id(id, limits.max_id_len))
+        .map(|id| parse_id(id, caps.max_id_len))
         .transpose()?;
     let ts = parse_ts(fields.remove("ts"), now)?;
-    let metrics = parse_metrics(fields.remove("metrics"), limits)?;
+    let metrics = parse_metrics(fields.remove("metrics"), caps)?;
     let reading_id = given_id.unwrap_or_else(|| derived_id(device_id, ts, &metrics));
     Ok(Reading {
         reading_id,
@@ -294,8 +321,8 @@ fn invalid_ts(message: String) -> Rejection {
 /// Metrics sorted by name, so that the derived id does not depend on field order.
 fn parse_metrics(
     metrics: Option<Value>,
-    limits: &BodyLimits,
-) -> Result<Vec<(String, MetricValue)>, Rejection> {
+    caps: &BodyCaps,
+) -> Result<Vec<(String, ReadingValue)>, Rejection> {
     let metrics = match metrics {
         Some(Value::Object(metrics)) => metrics,
         None => {
@@ -317,21 +344,21 @@ fn parse_metrics(
     if metrics.is_empty() {
         return Err(Rejection::new(RejectReason::NoMetrics, "metrics is empty"));
     }
-    if metrics.len() > limits.max_metrics {
+    if metrics.len() > caps.max_metrics {
         return Err(Rejection::new(
             RejectReason::TooManyMetrics,
             format!(
                 "{} metrics, at most {} are allowed per reading",
                 metrics.len(),
-                limits.max_metrics
+                caps.max_metrics
             ),
         ));
     }
     let mut parsed = metrics
         .into_iter()
         .map(|(name, value)| {
-            check_metric_name(&name, limits.max_name_len)?;
-            let value = metric_value(&name, value, limits.max_string_len)?;
+            check_metric_name(&name, caps.max_name_len)?;
+            let value = metric_value(&name, value, caps.max_string_len)?;
             Ok((name, value))
         })
         .collect::<Result<Vec<_>, Rejection>>()?;
@@ -361,15 +388,19 @@ pub(crate) fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
 }
 
-fn metric_value(name: &str, value: Value, max_string_len: usize) -> Result<MetricValue, Rejection> {
+fn metric_value(
+    name: &str,
+    value: Value,
+    max_string_len: usize,
+) -> Result<ReadingValue, Rejection> {
     match value {
         Value::Number(number) => finite(name, number.as_f64()),
-        Value::Bool(flag) => Ok(MetricValue::Bool(flag)),
+        Value::Bool(flag) => Ok(ReadingValue::Bool(flag)),
         Value::String(text) if exceeds_chars(&text, max_string_len) => Err(Rejection::new(
             RejectReason::StringTooLong,
             format!("metric {name:?} is longer than {max_string_len} characters"),
         )),
-        Value::String(text) => Ok(MetricValue::Text(text)),
+        Value::String(text) => Ok(ReadingValue::Text(text)),
         other => Err(Rejection::new(
             RejectReason::InvalidMetricValue,
             format!(
@@ -382,9 +413,9 @@ fn metric_value(name: &str, value: Value, max_string_len: usize) -> Result<Metri
 
 /// serde_json refuses 1e999 outright, but with its `arbitrary_precision` feature
 /// (which any dependency may switch on) it would parse as infinity.
-fn finite(name: &str, number: Option<f64>) -> Result<MetricValue, Rejection> {
+fn finite(name: &str, number: Option<f64>) -> Result<ReadingValue, Rejection> {
     match number {
-        Some(number) if number.is_finite() => Ok(MetricValue::Number(number)),
+        Some(number) if number.is_finite() => Ok(ReadingValue::Number(number)),
         _ => Err(Rejection::new(
             RejectReason::NonFiniteNumber,
             format!("metric {name:?} is not a finite number"),
@@ -404,7 +435,7 @@ fn exceeds_chars(text: &str, max: usize) -> bool {
 fn derived_id(
     device_id: &str,
     ts: DateTime<Utc>,
-    sorted_metrics: &[(String, MetricValue)],
+    sorted_metrics: &[(String, ReadingValue)],
 ) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"lakegate reading v1\0");
@@ -414,12 +445,12 @@ fn derived_id(
     for (name, value) in sorted_metrics {
         put_str(&mut hasher, name);
         match value {
-            MetricValue::Number(number) => {
+            ReadingValue::Number(number) => {
                 hasher.update(b"n");
                 hasher.update(number.to_bits().to_be_bytes());
             }
-            MetricValue::Bool(flag) => hasher.update([b'b', u8::from(*flag)]),
-            MetricValue::Text(text) => {
+            ReadingValue::Bool(flag) => hasher.update([b'b', u8::from(*flag)]),
+            ReadingValue::Text(text) => {
                 hasher.update(b"s");
                 put_str(&mut hasher, text);
             }
@@ -467,7 +498,7 @@ mod tests {
     }
 
     fn check(value: Value) -> Result<Reading, Rejection> {
-        validate(value, DEVICE, &BodyLimits::for_tests(), now())
+        validate(value, DEVICE, &BodyCaps::for_tests(), now())
     }
 
     fn valid() -> Value {
@@ -521,10 +552,10 @@ mod tests {
         assert_eq!(
             reading.metrics,
             vec![
-                ("count".to_owned(), MetricValue::Number(7.0)),
-                ("door_open".to_owned(), MetricValue::Bool(false)),
-                ("fw".to_owned(), MetricValue::Text("1.4.2".to_owned())),
-                ("temp_c".to_owned(), MetricValue::Number(21.5)),
+                ("count".to_owned(), ReadingValue::Number(7.0)),
+                ("door_open".to_owned(), ReadingValue::Bool(false)),
+                ("fw".to_owned(), ReadingValue::Text("1.4.2".to_owned())),
+                ("temp_c".to_owned(), ReadingValue::Number(21.5)),
             ]
         );
     }
@@ -719,9 +750,9 @@ mod tests {
                 rejection.message
             );
         }
-        assert_eq!(finite("temp", Some(-0.5)), Ok(MetricValue::Number(-0.5)));
+        assert_eq!(finite("temp", Some(-0.5)), Ok(ReadingValue::Number(-0.5)));
         let big = check(with("metrics", json!({"n": u64::MAX}))).unwrap();
-        assert_eq!(big.metrics[0].1, MetricValue::Number(u64::MAX as f64));
+        assert_eq!(big.metrics[0].1, ReadingValue::Number(u64::MAX as f64));
     }
 
     #[test]
@@ -793,7 +824,7 @@ mod tests {
         let other_device = validate(
             with("metrics", json!({"t": 1})),
             "dev-2",
-            &BodyLimits::for_tests(),
+            &BodyCaps::for_tests(),
             now(),
         );
         assert_ne!(other_device.unwrap().reading_id, base);

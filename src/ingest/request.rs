@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::body::{BodyError, BodyFormat, BodyLimits, split_readings};
+use super::body::{BodyCaps, BodyError, BodyFormat, split_readings};
 use super::reading::{Reading, RejectReason, Rejection, reject_duplicate_ids, validate};
 
 /// A refused reading, by its position in the request.
@@ -26,12 +26,12 @@ pub fn parse_request(
     body: &[u8],
     format: BodyFormat,
     device_id: &str,
-    limits: &BodyLimits,
+    caps: &BodyCaps,
     now: DateTime<Utc>,
 ) -> Result<ParsedRequest, BodyError> {
-    let mut results: Vec<Result<Reading, Rejection>> = split_readings(body, format, limits)?
+    let mut results: Vec<Result<Reading, Rejection>> = split_readings(body, format, caps)?
         .into_iter()
-        .map(|item| item.and_then(|value| validate(value, device_id, limits, now)))
+        .map(|item| item.and_then(|value| validate(value, device_id, caps, now)))
         .collect();
     reject_duplicate_ids(&mut results);
     let mut parsed = ParsedRequest::default();

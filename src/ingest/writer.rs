@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{Row, Submission};
+use super::queue::Submission;
 use crate::config::BatchSettings;
 use crate::databricks::{self, FailureKind, RetryPolicy};
 use crate::metrics::Metrics;
+use crate::table::TableRow;
 
 /// Rows of one statement, encoded as the JSON array the statement expands.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,12 +62,12 @@ pub trait BatchSink: Send + Sync + 'static {
 /// Rows of one statement and their encoding; the rows are kept to split the batch.
 #[derive(Debug, Clone)]
 pub struct RowBatch<'a> {
-    pub rows: Vec<&'a Row>,
+    pub rows: Vec<&'a TableRow>,
     pub encoded: EncodedBatch,
 }
 
 impl<'a> RowBatch<'a> {
-    fn of(rows: &[&'a Row]) -> RowBatch<'a> {
+    fn of(rows: &[&'a TableRow]) -> RowBatch<'a> {
         let mut batch: Option<RowBatch<'a>> = None;
         for row in rows {
             let encoded = serde_json::to_string(row).expect("rows serialize");
@@ -79,7 +80,7 @@ impl<'a> RowBatch<'a> {
         batch.expect("a batch has at least one row").close()
     }
 
-    fn start(row: &'a Row, encoded: &str, wire: usize) -> Self {
+    fn start(row: &'a TableRow, encoded: &str, wire: usize) -> Self {
         RowBatch {
             rows: vec![row],
             encoded: EncodedBatch {
@@ -93,7 +94,7 @@ impl<'a> RowBatch<'a> {
         }
     }
 
-    fn push(&mut self, row: &'a Row, encoded: &str, wire: usize) {
+    fn push(&mut self, row: &'a TableRow, encoded: &str, wire: usize) {
         let batch = &mut self.encoded;
         batch.json.push(',');
         batch.json.push_str(encoded);
@@ -121,7 +122,7 @@ impl<'a> RowBatch<'a> {
 /// (device, reading, ts, metric) key already in this set: a MERGE that inserts
 /// only unmatched rows would otherwise insert both copies.
 pub fn batches_of<'a>(
-    rows: impl IntoIterator<Item = &'a Row>,
+    rows: impl IntoIterator<Item = &'a TableRow>,
     max_rows: usize,
     max_bytes: usize,
 ) -> Vec<RowBatch<'a>> {
@@ -157,7 +158,7 @@ pub fn batches_of<'a>(
 
 /// [`batches_of`], encodings only.
 pub fn encode_batches<'a>(
-    rows: impl IntoIterator<Item = &'a Row>,
+    rows: impl IntoIterator<Item = &'a TableRow>,
     max_rows: usize,
     max_bytes: usize,
 ) -> Vec<EncodedBatch> {
@@ -435,7 +436,7 @@ impl<S: BatchSink> Writer<S> {
 /// giving up.
 struct Backoff {
     policy: RetryPolicy,
-    schedule: crate::databricks::retry::Schedule,
+    schedule: crate::databricks::Schedule,
     first_attempt: Instant,
 }
 
@@ -465,8 +466,8 @@ mod tests {
 
     use super::*;
 
-    fn row(device: &str, reading: &str, metric: &str, ts_us: i64) -> Row {
-        Row {
+    fn row(device: &str, reading: &str, metric: &str, ts_us: i64) -> TableRow {
+        TableRow {
             device_id: device.into(),
             reading_id: reading.into(),
             ts_us,
@@ -523,7 +524,7 @@ mod tests {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
-                return Err(databricks::Error::Api(databricks::ApiError {
+                return Err(databricks::Error::Api(databricks::ErrorResponse {
                     status: 503,
                     error_code: "TEMPORARILY_UNAVAILABLE".into(),
                     message: "injected".into(),

@@ -4,7 +4,6 @@
 
 mod params;
 mod reader;
-mod sql;
 
 use std::collections::BTreeMap;
 
@@ -78,13 +77,13 @@ pub struct LatestReading {
     pub ts: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339")]
     pub ingested_at: DateTime<Utc>,
-    pub metrics: BTreeMap<String, MetricValue>,
+    pub metrics: BTreeMap<String, StoredValue>,
 }
 
 /// Numbers (booleans were stored as 1.0 / 0.0) or strings, as the table holds them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum MetricValue {
+pub enum StoredValue {
     Number(f64),
     Text(String),
 }

@@ -11,13 +11,14 @@ use arrow_array::{Array, ArrowPrimitiveType, PrimitiveArray, RecordBatch};
 use chrono::{DateTime, Utc};
 
 use super::{
-    DeviceList, DeviceSummary, Latest, LatestQuery, LatestReading, MetricValue, Point, Series,
-    SeriesQuery, sql,
+    DeviceList, DeviceSummary, Latest, LatestQuery, LatestReading, Point, Series, SeriesQuery,
+    StoredValue,
 };
-use crate::config::TableName;
 use crate::databricks::{
-    Disposition, Error, Format, Param, Row, StatementRequest, StatementResult, Statements, Value,
+    Disposition, Error, Format, Param, ResultRow, StatementRequest, StatementResult, Statements,
+    Value,
 };
+use crate::table::{TableName, reads};
 
 /// A dashboard query that takes longer is cancelled.
 const QUERY_DEADLINE: Duration = Duration::from_secs(50);
@@ -44,14 +45,14 @@ impl<'a> TableReader<'a> {
         max_devices: usize,
     ) -> Result<DeviceList, Error> {
         let request =
-            StatementRequest::new(sql::devices(self.table)).param(Param::timestamp("now", now));
+            StatementRequest::new(reads::devices(self.table)).param(Param::timestamp("now", now));
         let (rows, mut truncated) = self.rows(request, max_devices as u64).await?;
         let mut devices = rows
             .iter()
             .map(device_summary)
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(last) = devices.last() {
-            let request = StatementRequest::new(sql::device_metrics(self.table))
+            let request = StatementRequest::new(reads::device_metrics(self.table))
                 .param(Param::string("last_device", last.device_id.as_str()));
             let max_rows = max_devices as u64 * METRICS_PER_DEVICE;
             let (rows, metrics_truncated) = self.rows(request, max_rows).await?;
@@ -85,7 +86,7 @@ impl<'a> TableReader<'a> {
             .num_microseconds()
             .expect("a day of microseconds fits");
         let max_rows = query.max_rows();
-        let request = StatementRequest::new(sql::series(self.table))
+        let request = StatementRequest::new(reads::series(self.table))
             .params([
                 Param::string("device_id", query.device_id.as_str()),
                 Param::string("metric", query.metric.as_str()),
@@ -119,7 +120,7 @@ impl<'a> TableReader<'a> {
     /// `max_metrics` is the ingest limit of metrics per reading, which bounds the
     /// rows of one reading.
     pub async fn latest(&self, query: LatestQuery, max_metrics: usize) -> Result<Latest, Error> {
-        let request = StatementRequest::new(sql::latest(self.table))
+        let request = StatementRequest::new(reads::latest(self.table))
             .param(Param::string("device_id", query.device_id.as_str()))
             .param(Param::i64("limit", query.limit.into()));
         let max_rows = u64::from(query.limit) * max_metrics as u64;
@@ -148,8 +149,8 @@ impl<'a> TableReader<'a> {
                 });
             }
             let value = match (value, value_str) {
-                (Value::Float(number), _) => MetricValue::Number(*number),
-                (Value::Null, Value::String(text)) => MetricValue::Text(text.clone()),
+                (Value::Float(number), _) => StoredValue::Number(*number),
+                (Value::Null, Value::String(text)) => StoredValue::Text(text.clone()),
                 // Not written by lakegate; the reading is still listed.
                 (Value::Null, Value::Null) => continue,
                 _ => return Err(unexpected("latest", row)),
@@ -175,7 +176,7 @@ impl<'a> TableReader<'a> {
         &self,
         request: StatementRequest,
         max_rows: u64,
-    ) -> Result<(Vec<Row>, bool), Error> {
+    ) -> Result<(Vec<ResultRow>, bool), Error> {
         let mut request = request.row_limit(max_rows);
         if max_rows > INLINE_MAX_ROWS {
             request = request.disposition(Disposition::ExternalLinks, Format::JsonArray);
@@ -186,7 +187,7 @@ impl<'a> TableReader<'a> {
     }
 }
 
-fn device_summary(row: &Row) -> Result<DeviceSummary, Error> {
+fn device_summary(row: &ResultRow) -> Result<DeviceSummary, Error> {
     let [
         Value::String(device_id),
         Value::Timestamp(last_seen),
@@ -206,7 +207,7 @@ fn device_summary(row: &Row) -> Result<DeviceSummary, Error> {
     })
 }
 
-fn point(row: &Row) -> Result<Point, Error> {
+fn point(row: &ResultRow) -> Result<Point, Error> {
     let [
         Value::Timestamp(t),
         Value::Float(min),
@@ -266,6 +267,6 @@ fn column<T: ArrowPrimitiveType>(
         })
 }
 
-fn unexpected(query: &str, row: &Row) -> Error {
+fn unexpected(query: &str, row: &ResultRow) -> Error {
     Error::Decode(format!("{query}: unexpected row {row:?}"))
 }

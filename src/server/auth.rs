@@ -12,18 +12,18 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::HttpError;
 use crate::devices::{AuthFailure, Device};
-use crate::limits::{Credential, address_block, client_address};
+use crate::rate_limits::{Credential, address_block, client_address};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 
 pub struct AuthenticatedDevice(pub Device);
 
 impl FromRequestParts<AppState> for AuthenticatedDevice {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
         let key = parts
             .headers
             .get(API_KEY_HEADER)
@@ -35,15 +35,15 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
                 parts,
                 app,
                 Credential::Device,
-                ApiError::unauthorized(),
+                HttpError::unauthorized(),
             )),
             Err(AuthFailure::Disabled { device_id }) => {
                 // Not its neighbours' failure budget, but its own device budget:
                 // a disabled device cannot send without limit either.
                 app.metrics
                     .auth_failure(Credential::Device.as_str(), "disabled");
-                app.limits.admit_disabled(&device_id)?;
-                Err(ApiError::device_disabled(&device_id))
+                app.rate_limits.admit_disabled(&device_id)?;
+                Err(HttpError::device_disabled(&device_id))
             }
         }
     }
@@ -57,16 +57,16 @@ pub(super) fn failed_authentication(
     parts: &Parts,
     app: &AppState,
     kind: Credential,
-    refusal: ApiError,
-) -> ApiError {
+    refusal: HttpError,
+) -> HttpError {
     let client = client_of(parts, app);
-    let verdict = app.limits.auth_failed(kind, client);
+    let verdict = app.rate_limits.auth_failed(kind, client);
     let outcome = match verdict {
         Ok(()) => "unknown_key",
         Err(_) => "blocked",
     };
     app.metrics.auth_failure(kind.as_str(), outcome);
-    if let Some(unlogged) = app.limits.failure_log_line(kind, client) {
+    if let Some(unlogged) = app.rate_limits.failure_log_line(kind, client) {
         tracing::warn!(
             kind = kind.as_str(),
             client = %address_block(client),

@@ -11,11 +11,11 @@ use serde_json::json;
 use crate::ingest::body::BodyError;
 use crate::ingest::queue::QueueError;
 use crate::ingest::request::RejectedReading;
-use crate::limits::{LimitExceeded, LimitKind};
 use crate::query::ParamError;
+use crate::rate_limits::{RateLimitKind, RateLimited};
 
 #[derive(Debug)]
-pub struct ApiError {
+pub struct HttpError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -23,9 +23,9 @@ pub struct ApiError {
     rejected: Vec<RejectedReading>,
 }
 
-impl ApiError {
+impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
+        HttpError {
             status,
             code,
             message: message.into(),
@@ -41,7 +41,7 @@ impl ApiError {
 
     /// One answer for a missing and an unknown key, so that neither can be told apart.
     pub fn unauthorized() -> Self {
-        ApiError::new(
+        HttpError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid device key is required in the X-API-Key header",
@@ -49,7 +49,7 @@ impl ApiError {
     }
 
     pub fn device_disabled(device_id: &str) -> Self {
-        ApiError::new(
+        HttpError::new(
             StatusCode::FORBIDDEN,
             "device_disabled",
             format!("device {device_id:?} is disabled"),
@@ -57,7 +57,7 @@ impl ApiError {
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        ApiError::new(
+        HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the request body exceeds {limit} bytes"),
@@ -66,9 +66,9 @@ impl ApiError {
 
     /// Every reading of the request was refused; the list says why.
     pub fn all_rejected(rejected: Vec<RejectedReading>) -> Self {
-        ApiError {
+        HttpError {
             rejected,
-            ..ApiError::new(
+            ..HttpError::new(
                 StatusCode::BAD_REQUEST,
                 "no_valid_readings",
                 "no reading in the request is valid; see `rejected`",
@@ -77,16 +77,16 @@ impl ApiError {
     }
 }
 
-impl From<BodyError> for ApiError {
+impl From<BodyError> for HttpError {
     fn from(err: BodyError) -> Self {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        ApiError::new(status, err.code(), err.to_string())
+        HttpError::new(status, err.code(), err.to_string())
     }
 }
 
-impl From<ParamError> for ApiError {
+impl From<ParamError> for HttpError {
     fn from(err: ParamError) -> Self {
-        ApiError::new(
+        HttpError::new(
             StatusCode::BAD_REQUEST,
             "invalid_parameter",
             err.to_string(),
@@ -94,34 +94,34 @@ impl From<ParamError> for ApiError {
     }
 }
 
-impl From<LimitExceeded> for ApiError {
-    fn from(err: LimitExceeded) -> Self {
+impl From<RateLimited> for HttpError {
+    fn from(err: RateLimited) -> Self {
         let (code, message) = match err.limit {
-            LimitKind::Device => (
+            RateLimitKind::Device => (
                 "device_rate_limited",
                 "this device sends faster than its rate limit",
             ),
-            LimitKind::Global => (
+            RateLimitKind::Global => (
                 "gateway_rate_limited",
                 "the gateway is at its global rate limit",
             ),
-            LimitKind::AuthFailures => (
+            RateLimitKind::AuthFailures => (
                 "too_many_failed_authentications",
                 "too many failed authentications from this address",
             ),
-            LimitKind::BatchLargerThanBurst => {
-                return ApiError::new(
+            RateLimitKind::BatchLargerThanBurst => {
+                return HttpError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "more_readings_than_burst",
                     "the request carries more readings than the device's burst allows at once; send smaller requests",
                 );
             }
         };
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(err.retry_after)
+        HttpError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(err.retry_after)
     }
 }
 
-impl From<QueueError> for ApiError {
+impl From<QueueError> for HttpError {
     fn from(err: QueueError) -> Self {
         let message = match err {
             QueueError::Full => "the write queue is full; nothing from this request was accepted",
@@ -129,12 +129,12 @@ impl From<QueueError> for ApiError {
                 "the gateway is shutting down; nothing from this request was accepted"
             }
         };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             .retry_after(Duration::from_secs(2))
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut body = json!({"error": self.code, "message": self.message});
         if !self.rejected.is_empty() {

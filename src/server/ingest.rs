@@ -14,10 +14,10 @@ use serde_json::json;
 
 use super::AppState;
 use super::auth::AuthenticatedDevice;
-use super::error::ApiError;
+use super::error::HttpError;
 use crate::ingest::body::{BodyFormat, Encoding, decode};
-use crate::ingest::queue::Row;
 use crate::ingest::request::parse_request;
+use crate::table::TableRow;
 
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
 /// table. `?ack=accept`: answer 202 as soon as they are queued.
@@ -61,42 +61,42 @@ pub async fn ingest(
     params: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let Query(params) = params.map_err(|err| {
-        ApiError::new(
+        HttpError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
             format!("{err}; use ack=commit or ack=accept"),
         )
     })?;
     // A device over its rate is refused before its body is read.
-    app.limits.admit_request(&device)?;
-    let limits = &app.config.body;
+    app.rate_limits.admit_request(&device)?;
+    let caps = &app.config.body;
     let format = BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header_str(&headers, header::CONTENT_ENCODING))?;
-    let raw = axum::body::to_bytes(body, limits.max_body_bytes)
+    let raw = axum::body::to_bytes(body, caps.max_body_bytes)
         .await
         .map_err(|err| match is_length_limit(&err) {
-            true => ApiError::body_too_large(limits.max_body_bytes),
-            false => ApiError::new(
+            true => HttpError::body_too_large(caps.max_body_bytes),
+            false => HttpError::new(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
                 "the request body could not be read to its end",
             ),
         })?;
-    let decoded = decode(raw, encoding, limits)?;
-    let parsed = parse_request(&decoded, format, &device.id, limits, Utc::now())?;
+    let decoded = decode(raw, encoding, caps)?;
+    let parsed = parse_request(&decoded, format, &device.id, caps, Utc::now())?;
     for rejected in &parsed.rejected {
         app.metrics.reject(&device.id, rejected.reason);
     }
     if parsed.readings.is_empty() {
-        return Err(ApiError::all_rejected(parsed.rejected));
+        return Err(HttpError::all_rejected(parsed.rejected));
     }
 
     // The table refuses writes for good (dropped, permission revoked): what is queued is
     // kept and retried, but taking more would only fill the queue.
     if app.metrics.writes.is_unwritable() {
-        return Err(ApiError::new(
+        return Err(HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "writes_failing",
             "the gateway cannot write to its table at the moment; nothing from this request \
@@ -105,14 +105,14 @@ pub async fn ingest(
         .retry_after(std::time::Duration::from_secs(30)));
     }
     let accepted = parsed.readings.len();
-    let rows: Vec<Row> = parsed
+    let rows: Vec<TableRow> = parsed
         .readings
         .into_iter()
-        .flat_map(|reading| Row::from_reading(&device.id, reading))
+        .flat_map(|reading| reading.into_rows(&device.id))
         .collect();
     // Room first: a request the queue refuses must not spend more of the rate budgets.
     let room = app.queue.reserve(&rows)?;
-    app.limits
+    app.rate_limits
         .admit(&device, accepted as u32, rows.len() as u32)?;
     let committed = room.submit(rows, params.ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
@@ -132,7 +132,7 @@ pub async fn ingest(
                 let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": true});
                 Ok((StatusCode::OK, Json(body)).into_response())
             }
-            Err(_) if !app.shutting_down.is_cancelled() => Err(ApiError::new(
+            Err(_) if !app.shutting_down.is_cancelled() => Err(HttpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_yet_committed",
                 "the readings are queued but not committed yet; the gateway keeps writing them \
@@ -148,8 +148,8 @@ pub async fn ingest(
 }
 
 /// No promise that the rows will still be written: the grace period may end first.
-fn not_committed_at_shutdown() -> ApiError {
-    ApiError::new(
+fn not_committed_at_shutdown() -> HttpError {
+    HttpError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "not_yet_committed",
         "the gateway is shutting down and the readings are not committed; they may not be \

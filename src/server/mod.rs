@@ -29,9 +29,9 @@ use crate::config::GatewayConfig;
 use crate::databricks;
 use crate::devices::DeviceKeys;
 use crate::ingest::queue::IngestQueue;
-use crate::limits::Limits;
 use crate::metrics::{Metrics, RequestLabels};
-use error::ApiError;
+use crate::rate_limits::RateLimits;
+use error::HttpError;
 
 /// Everything a request may need; cheap to clone.
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub struct App {
     pub config: GatewayConfig,
     pub client: databricks::Client,
     pub keys: DeviceKeys,
-    pub limits: Limits,
+    pub rate_limits: RateLimits,
     pub queue: IngestQueue,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the shutdown signal arrives.
@@ -59,7 +59,7 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Self {
         AppState(Arc::new(App {
-            limits: Limits::new(config.limits.clone()),
+            rate_limits: RateLimits::new(config.rate_limits.clone()),
             config,
             client,
             keys,
@@ -145,12 +145,12 @@ fn is_fit_request_id(id: &[u8]) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+async fn not_found() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+async fn method_not_allowed() -> HttpError {
+    HttpError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not take that method",

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
+use super::error::HttpError;
 
 /// Only our own files and our own API: no inline script or style, no third party.
 /// `data:` images are not needed (the icon is a file), framing is left to the
@@ -55,7 +55,7 @@ pub async fn index(headers: HeaderMap) -> Response {
 pub async fn static_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|asset| asset.name == file) {
         Some(index) => serve(index, &headers),
-        None => ApiError::new(
+        None => HttpError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no static file {file:?}"),

@@ -14,15 +14,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::auth::failed_authentication;
-use super::error::ApiError;
+use super::error::HttpError;
 use super::{App, AppState};
 use crate::config::ReadIdentity;
 use crate::databricks;
 use crate::devices::KeyHash;
-use crate::limits::Credential;
 use crate::query::{
     DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
 };
+use crate::rate_limits::Credential;
 
 /// Set by the Databricks Apps proxy once it has signed the user in.
 const FORWARDED_EMAIL: &str = "x-forwarded-email";
@@ -42,9 +42,9 @@ impl Reader {
 }
 
 impl FromRequestParts<AppState> for Reader {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
         let headers = &parts.headers;
         let settings = &app.config.read;
         // Only the Apps proxy may vouch for a user: elsewhere anyone could send these.
@@ -56,7 +56,7 @@ impl FromRequestParts<AppState> for Reader {
             }
         }
         if settings.reader_tokens.is_empty() {
-            return Err(ApiError::new(
+            return Err(HttpError::new(
                 StatusCode::NOT_FOUND,
                 "read_api_disabled",
                 "the read API is off: set LAKEGATE_READER_TOKENS to the hash of a reader token \
@@ -75,7 +75,7 @@ impl FromRequestParts<AppState> for Reader {
             parts,
             app,
             Credential::Reader,
-            ApiError::new(
+            HttpError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid reader token is required: Authorization: Bearer <token>",
@@ -92,9 +92,9 @@ fn signed_in_reader(
     headers: &HeaderMap,
     email: Option<&str>,
     user: Option<&str>,
-) -> Result<Reader, ApiError> {
+) -> Result<Reader, HttpError> {
     let settings = &app.config.read;
-    let refuse = |outcome: &'static str, error: ApiError| {
+    let refuse = |outcome: &'static str, error: HttpError| {
         app.metrics
             .auth_failure(Credential::Reader.as_str(), outcome);
         Err(error)
@@ -107,7 +107,7 @@ fn signed_in_reader(
             }),
             None => refuse(
                 "no_user_token",
-                ApiError::new(
+                HttpError::new(
                     StatusCode::FORBIDDEN,
                     "no_user_token",
                     "reads run as the signed-in user, but the proxy sent no user token: \
@@ -120,7 +120,7 @@ fn signed_in_reader(
         }),
         ReadIdentity::App => refuse(
             "not_a_reader",
-            ApiError::new(
+            HttpError::new(
                 StatusCode::FORBIDDEN,
                 "not_a_reader",
                 "the signed-in user is not in LAKEGATE_READERS",
@@ -147,7 +147,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 pub async fn devices(
     State(app): State<AppState>,
     reader: Reader,
-) -> Result<Json<DeviceList>, ApiError> {
+) -> Result<Json<DeviceList>, HttpError> {
     let mut list = reader
         .table(&app)
         .devices(Utc::now(), app.config.read.max_devices)
@@ -167,9 +167,9 @@ pub struct DeviceRequest<P> {
 }
 
 impl<P: DeserializeOwned + Send> FromRequestParts<AppState> for DeviceRequest<P> {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
         let Path(device_id) = Path::<String>::from_request_parts(parts, app)
             .await
             .map_err(bad_request)?;
@@ -184,7 +184,7 @@ pub async fn series(
     State(app): State<AppState>,
     reader: Reader,
     DeviceRequest { device_id, params }: DeviceRequest<SeriesParams>,
-) -> Result<Json<Series>, ApiError> {
+) -> Result<Json<Series>, HttpError> {
     let query = SeriesQuery::new(device_id, params, Utc::now(), app.config.read.max_points)?;
     let series = reader
         .table(&app)
@@ -198,7 +198,7 @@ pub async fn latest(
     State(app): State<AppState>,
     reader: Reader,
     DeviceRequest { device_id, params }: DeviceRequest<LatestParams>,
-) -> Result<Json<Latest>, ApiError> {
+) -> Result<Json<Latest>, HttpError> {
     let query = LatestQuery::new(device_id, params)?;
     let latest = reader
         .table(&app)
@@ -249,8 +249,8 @@ pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> 
     })
 }
 
-fn bad_request(err: impl Display) -> ApiError {
-    ApiError::new(
+fn bad_request(err: impl Display) -> HttpError {
+    HttpError::new(
         StatusCode::BAD_REQUEST,
         "invalid_parameter",
         err.to_string(),
@@ -258,9 +258,9 @@ fn bad_request(err: impl Display) -> ApiError {
 }
 
 /// Logged here; the reader gets a generic answer.
-fn query_failed(err: databricks::Error) -> ApiError {
+fn query_failed(err: databricks::Error) -> HttpError {
     tracing::error!(error = %err, "read query failed");
-    ApiError::new(
+    HttpError::new(
         StatusCode::BAD_GATEWAY,
         "query_failed",
         "the warehouse could not answer the query; the error has been logged",

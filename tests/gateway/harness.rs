@@ -137,7 +137,7 @@ impl Harness {
         Harness {
             emulator,
             url,
-            http: lakegate::databricks::http::http_client().unwrap(),
+            http: lakegate::databricks::http_client().unwrap(),
             keys,
             registry_file,
             reader,

@@ -263,7 +263,7 @@ async fn sigterm_flushes_every_queued_reading() {
     // Long flush interval: the readings are surely still queued at SIGTERM.
     let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "20000")]);
 
-    let http = lakegate::databricks::http::http_client().unwrap();
+    let http = lakegate::databricks::http_client().unwrap();
     for request in 0..10 {
         let body = json!(
             (0..3)
@@ -293,7 +293,7 @@ async fn sigterm_is_bounded_when_the_warehouse_hangs() {
         statement_latency: Duration::from_secs(60),
         ..Faults::default()
     });
-    let http = lakegate::databricks::http::http_client().unwrap();
+    let http = lakegate::databricks::http_client().unwrap();
     let waiting = gateway.post(&http, "", &reading("hung-1", 1.0)).send();
     let waiting = tokio::spawn(waiting);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -607,7 +607,7 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
         &[],
     ))
     .unwrap();
-    lakegate::ingest::sql::ensure_tables(
+    lakegate::table::ensure_tables(
         &gateway.reader().statements(),
         &config.table,
         &config.rejected_table,
@@ -656,7 +656,7 @@ async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() 
         &[],
     ))
     .unwrap();
-    lakegate::ingest::sql::ensure_tables(
+    lakegate::table::ensure_tables(
         &gateway.reader().statements(),
         &config.table,
         &config.rejected_table,

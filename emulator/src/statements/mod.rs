@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use self::results::{Format, ResultSet};
 use crate::app::{App, BaseUrl};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiJson, ErrorReply};
 use crate::sql::{Parameter, Request, SqlError};
 use crate::stats::bump;
 
@@ -87,7 +87,7 @@ impl StatementStore {
         statements.insert(statement.id.clone(), statement);
     }
 
-    fn get(&self, id: &str) -> Result<Arc<Statement>, ApiError> {
+    fn get(&self, id: &str) -> Result<Arc<Statement>, ErrorReply> {
         let statements = self
             .statements
             .lock()
@@ -95,7 +95,7 @@ impl StatementStore {
         statements
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("Statement {id} does not exist.")))
+            .ok_or_else(|| ErrorReply::not_found(format!("Statement {id} does not exist.")))
     }
 }
 
@@ -149,7 +149,7 @@ pub async fn execute(
     State(app): State<Arc<App>>,
     BaseUrl(url): BaseUrl,
     ApiJson(request): ApiJson<ExecuteRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ErrorReply> {
     let (job, wait, cancel_on_timeout) = validate(&app, request)?;
     let statement = Arc::new(Statement {
         id: uuid::Uuid::new_v4().to_string(),
@@ -192,7 +192,7 @@ pub async fn get(
     State(app): State<Arc<App>>,
     BaseUrl(url): BaseUrl,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ErrorReply> {
     let statement = app.statements.get(&id)?;
     Ok(Json(response(&app, &url, &statement)))
 }
@@ -202,10 +202,10 @@ pub async fn chunk(
     State(app): State<Arc<App>>,
     BaseUrl(url): BaseUrl,
     Path((id, index)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ErrorReply> {
     let statement = app.statements.get(&id)?;
     let Phase::Succeeded(result) = statement.phase.borrow().clone() else {
-        return Err(ApiError::invalid_parameter(format!(
+        return Err(ErrorReply::invalid_parameter(format!(
             "Statement {id} has no result: it is not in state SUCCEEDED."
         )));
     };
@@ -214,7 +214,7 @@ pub async fn chunk(
         .ok()
         .filter(|i| *i < result.chunks.len())
         .ok_or_else(|| {
-            ApiError::invalid_parameter(format!(
+            ErrorReply::invalid_parameter(format!(
                 "Chunk index {index} is out of range for statement {id}."
             ))
         })?;
@@ -225,23 +225,23 @@ pub async fn chunk(
 pub async fn cancel(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ErrorReply> {
     bump(&app.stats.cancels);
     app.statements.get(&id)?.cancel.send_replace(true);
     Ok(Json(json!({})))
 }
 
-fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool), ApiError> {
+fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool), ErrorReply> {
     let statement = request
         .statement
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::missing("statement"))?;
+        .ok_or_else(|| ErrorReply::missing("statement"))?;
     let warehouse_id = request
         .warehouse_id
         .filter(|w| !w.is_empty())
-        .ok_or_else(|| ApiError::missing("warehouse_id"))?;
+        .ok_or_else(|| ErrorReply::missing("warehouse_id"))?;
     if warehouse_id != app.warehouse_id {
-        return Err(ApiError::not_found(format!(
+        return Err(ErrorReply::not_found(format!(
             "SQL warehouse {warehouse_id} does not exist."
         )));
     }
@@ -250,7 +250,7 @@ fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool),
         None | Some("CONTINUE") => false,
         Some("CANCEL") => true,
         Some(other) => {
-            return Err(ApiError::invalid_parameter(format!(
+            return Err(ErrorReply::invalid_parameter(format!(
                 "on_wait_timeout must be CONTINUE or CANCEL, not '{other}'."
             )));
         }
@@ -259,7 +259,7 @@ fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool),
         None | Some("INLINE") => true,
         Some("EXTERNAL_LINKS") => false,
         Some(other) => {
-            return Err(ApiError::invalid_parameter(format!(
+            return Err(ErrorReply::invalid_parameter(format!(
                 "disposition must be INLINE or EXTERNAL_LINKS, not '{other}'."
             )));
         }
@@ -268,19 +268,19 @@ fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool),
         None => Format::JsonArray,
         Some(text) => {
             serde_json::from_value::<Format>(Value::String(text.to_string())).map_err(|_| {
-                ApiError::invalid_parameter(format!(
+                ErrorReply::invalid_parameter(format!(
                     "format must be JSON_ARRAY, ARROW_STREAM or CSV, not '{text}'."
                 ))
             })?
         }
     };
     if inline && format != Format::JsonArray {
-        return Err(ApiError::invalid_parameter(
+        return Err(ErrorReply::invalid_parameter(
             "The INLINE disposition supports only the JSON_ARRAY format; use EXTERNAL_LINKS for ARROW_STREAM and CSV.",
         ));
     }
     if request.parameters.len() > MAX_PARAMETERS {
-        return Err(ApiError::invalid_parameter(format!(
+        return Err(ErrorReply::invalid_parameter(format!(
             "A statement can have at most {MAX_PARAMETERS} parameters; this one has {}.",
             request.parameters.len()
         )));
@@ -292,19 +292,19 @@ fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool),
             .map(|p| p.value.as_deref().map_or(0, str::len))
             .sum::<usize>();
     if size > MAX_STATEMENT_BYTES {
-        return Err(ApiError::invalid_parameter(format!(
+        return Err(ErrorReply::invalid_parameter(format!(
             "The statement is {size} bytes; the limit is {MAX_STATEMENT_BYTES} bytes."
         )));
     }
     let row_limit = match request.row_limit {
         Some(limit) => Some(
             usize::try_from(limit)
-                .map_err(|_| ApiError::invalid_parameter("row_limit must not be negative."))?,
+                .map_err(|_| ErrorReply::invalid_parameter("row_limit must not be negative."))?,
         ),
         None => None,
     };
     if request.byte_limit.is_some_and(|limit| limit < 0) {
-        return Err(ApiError::invalid_parameter(
+        return Err(ErrorReply::invalid_parameter(
             "byte_limit must not be negative.",
         ));
     }
@@ -321,7 +321,7 @@ fn validate(app: &App, request: ExecuteRequest) -> Result<(Job, Duration, bool),
 }
 
 /// `"0s"`, or `"5s"` to `"50s"`; absent means 10 s.
-fn parse_wait_timeout(value: Option<&str>) -> Result<Duration, ApiError> {
+fn parse_wait_timeout(value: Option<&str>) -> Result<Duration, ErrorReply> {
     let Some(text) = value else {
         return Ok(DEFAULT_WAIT);
     };
@@ -329,7 +329,7 @@ fn parse_wait_timeout(value: Option<&str>) -> Result<Duration, ApiError> {
         Some(seconds) if seconds == 0 || (5..=50).contains(&seconds) => {
             Ok(Duration::from_secs(seconds))
         }
-        _ => Err(ApiError::invalid_parameter(format!(
+        _ => Err(ErrorReply::invalid_parameter(format!(
             "wait_timeout must be 0s or between 5s and 50s, not '{text}'."
         ))),
     }

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use crate::devices::Device;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitSettings {
+pub struct RateLimitSettings {
     pub device_rate_per_sec: NonZeroU32,
     pub device_burst: NonZeroU32,
     pub global_rate_per_sec: NonZeroU32,
@@ -28,15 +28,15 @@ pub struct LimitSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct LimitExceeded {
-    pub limit: LimitKind,
+pub struct RateLimited {
+    pub limit: RateLimitKind,
     /// Exact wait, always positive so that rounding up gives at least one
     /// second; zero only for `BatchLargerThanBurst`, where waiting never helps.
     pub retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
+pub enum RateLimitKind {
     Device,
     Global,
     AuthFailures,
@@ -56,7 +56,7 @@ type DeviceQuota = (NonZeroU32, NonZeroU32);
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(1);
 
 /// The gateway's rate limiters, shared by all requests.
-pub struct Limits<C: Clock = DefaultClock> {
+pub struct RateLimits<C: Clock = DefaultClock> {
     clock: C,
     default_device_quota: DeviceQuota,
     /// One keyed limiter per distinct quota: a device whose quota changes
@@ -90,19 +90,19 @@ type FailureKey = (Credential, IpAddr);
 /// At most one log line per address and kind in this time.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
-impl Limits {
-    pub fn new(settings: LimitSettings) -> Self {
-        Limits::with_clock(settings, DefaultClock::default())
+impl RateLimits {
+    pub fn new(settings: RateLimitSettings) -> Self {
+        RateLimits::with_clock(settings, DefaultClock::default())
     }
 }
 
-impl<C: Clock + Clone> Limits<C> {
-    fn with_clock(settings: LimitSettings, clock: C) -> Self {
+impl<C: Clock + Clone> RateLimits<C> {
+    fn with_clock(settings: RateLimitSettings, clock: C) -> Self {
         let global =
             Quota::per_second(settings.global_rate_per_sec).allow_burst(settings.global_burst);
         let auth = Quota::per_minute(settings.auth_failures_per_min)
             .allow_burst(settings.auth_failure_burst);
-        Limits {
+        RateLimits {
             default_device_quota: (settings.device_rate_per_sec, settings.device_burst),
             devices: RwLock::default(),
             global: RateLimiter::direct_with_clock(global, clock.clone()),
@@ -114,43 +114,43 @@ impl<C: Clock + Clone> Limits<C> {
 
     /// Before the body is read: one unit of the device's budget, so that a device
     /// over its rate is refused without its body being read, decompressed and parsed.
-    pub fn admit_request(&self, device: &Device) -> Result<(), LimitExceeded> {
+    pub fn admit_request(&self, device: &Device) -> Result<(), RateLimited> {
         self.verdict(
-            LimitKind::Device,
+            RateLimitKind::Device,
             self.check_device(device, NonZeroU32::MIN),
         )
     }
 
     /// After parsing: the rest of the device's budget for `readings` (the request
-    /// paid one in [`Limits::admit_request`]), then `rows` (one per metric, what
+    /// paid one in [`RateLimits::admit_request`]), then `rows` (one per metric, what
     /// the warehouse writes) from the global budget. Err says which limit and when
     /// to retry; a request refused by the global limit has still spent its device
     /// budget (governor cannot refund).
-    pub fn admit(&self, device: &Device, readings: u32, rows: u32) -> Result<(), LimitExceeded> {
+    pub fn admit(&self, device: &Device, readings: u32, rows: u32) -> Result<(), RateLimited> {
         let burst = device.burst.unwrap_or(self.default_device_quota.1);
         if readings > burst.get() {
-            return Err(LimitExceeded {
-                limit: LimitKind::BatchLargerThanBurst,
+            return Err(RateLimited {
+                limit: RateLimitKind::BatchLargerThanBurst,
                 retry_after: Duration::ZERO,
             });
         }
         if let Some(rest) = NonZeroU32::new(readings.saturating_sub(1)) {
-            self.verdict(LimitKind::Device, self.check_device(device, rest))?;
+            self.verdict(RateLimitKind::Device, self.check_device(device, rest))?;
         }
         let rows = NonZeroU32::new(rows).unwrap_or(NonZeroU32::MIN);
-        self.verdict(LimitKind::Global, self.global.check_n(rows))
+        self.verdict(RateLimitKind::Global, self.global.check_n(rows))
     }
 
     /// A disabled device: its requests still spend its own device budget (one each),
     /// so that it cannot send without limit. It runs on the default quota.
-    pub fn admit_disabled(&self, device_id: &Arc<str>) -> Result<(), LimitExceeded> {
+    pub fn admit_disabled(&self, device_id: &Arc<str>) -> Result<(), RateLimited> {
         let device = Device {
             id: device_id.clone(),
             rate_per_sec: None,
             burst: None,
         };
         self.verdict(
-            LimitKind::Device,
+            RateLimitKind::Device,
             self.check_device(&device, NonZeroU32::MIN),
         )
     }
@@ -159,10 +159,10 @@ impl<C: Clock + Clone> Limits<C> {
     /// held up by its neighbours' failures): charges the failure budget of the
     /// client's address for this kind of credential. Err once it is spent, with
     /// the wait until the next failure would be charged.
-    pub fn auth_failed(&self, kind: Credential, client: IpAddr) -> Result<(), LimitExceeded> {
+    pub fn auth_failed(&self, kind: Credential, client: IpAddr) -> Result<(), RateLimited> {
         let key = (kind, address_block(client));
         self.verdict(
-            LimitKind::AuthFailures,
+            RateLimitKind::AuthFailures,
             Ok(self.auth_failures.check_key(&key)),
         )
     }
@@ -242,20 +242,20 @@ impl<C: Clock + Clone> Limits<C> {
         limiter.check_key_n(&device.id, n)
     }
 
-    fn verdict(&self, limit: LimitKind, check: Check<C>) -> Result<(), LimitExceeded> {
+    fn verdict(&self, limit: RateLimitKind, check: Check<C>) -> Result<(), RateLimited> {
         match check {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(self.exceeded(limit, not_until.earliest_possible())),
-            Err(InsufficientCapacity(_)) => Err(LimitExceeded {
-                limit: LimitKind::BatchLargerThanBurst,
+            Err(InsufficientCapacity(_)) => Err(RateLimited {
+                limit: RateLimitKind::BatchLargerThanBurst,
                 retry_after: Duration::ZERO,
             }),
         }
     }
 
-    fn exceeded(&self, limit: LimitKind, until: C::Instant) -> LimitExceeded {
+    fn exceeded(&self, limit: RateLimitKind, until: C::Instant) -> RateLimited {
         let wait = Duration::from(until.duration_since(self.clock.now()));
-        LimitExceeded {
+        RateLimited {
             limit,
             retry_after: wait.max(MIN_RETRY_AFTER),
         }
@@ -365,8 +365,8 @@ mod tests {
         NonZeroU32::new(n).unwrap()
     }
 
-    fn limits() -> (Limits<FakeRelativeClock>, FakeRelativeClock) {
-        let settings = LimitSettings {
+    fn limits() -> (RateLimits<FakeRelativeClock>, FakeRelativeClock) {
+        let settings = RateLimitSettings {
             device_rate_per_sec: nz(10),
             device_burst: nz(5),
             global_rate_per_sec: nz(100),
@@ -375,7 +375,7 @@ mod tests {
             auth_failure_burst: nz(2),
         };
         let clock = FakeRelativeClock::default();
-        (Limits::with_clock(settings, clock.clone()), clock)
+        (RateLimits::with_clock(settings, clock.clone()), clock)
     }
 
     fn device(id: &str, rate_per_sec: Option<u32>, burst: Option<u32>) -> Device {
@@ -388,16 +388,16 @@ mod tests {
 
     /// A request's whole admission: before its body, then its readings (one row each).
     fn admit<C: Clock + Clone>(
-        limits: &Limits<C>,
+        limits: &RateLimits<C>,
         device: &Device,
         readings: u32,
-    ) -> Result<(), LimitExceeded> {
+    ) -> Result<(), RateLimited> {
         limits.admit_request(device)?;
         limits.admit(device, readings, readings)
     }
 
-    fn refused(limit: LimitKind, retry_after: Duration) -> Result<(), LimitExceeded> {
-        Err(LimitExceeded { limit, retry_after })
+    fn refused(limit: RateLimitKind, retry_after: Duration) -> Result<(), RateLimited> {
+        Err(RateLimited { limit, retry_after })
     }
 
     #[test]
@@ -407,17 +407,20 @@ mod tests {
         assert_eq!(admit(&limits, &d, 5), Ok(()));
         assert_eq!(
             admit(&limits, &d, 1),
-            refused(LimitKind::Device, Duration::from_millis(100))
+            refused(RateLimitKind::Device, Duration::from_millis(100))
         );
         // Refused before its body: the wait is for the one unit a request costs up front.
         assert_eq!(
             admit(&limits, &d, 2),
-            refused(LimitKind::Device, Duration::from_millis(100))
+            refused(RateLimitKind::Device, Duration::from_millis(100))
         );
         clock.advance(Duration::from_millis(100));
         assert_eq!(admit(&limits, &d, 1), Ok(()));
         // An empty request still costs one.
-        assert_eq!(admit(&limits, &d, 0).unwrap_err().limit, LimitKind::Device);
+        assert_eq!(
+            admit(&limits, &d, 0).unwrap_err().limit,
+            RateLimitKind::Device
+        );
     }
 
     #[test]
@@ -427,7 +430,7 @@ mod tests {
         assert_eq!(admit(&limits, &slow, 2), Ok(()));
         assert_eq!(
             admit(&limits, &slow, 1),
-            refused(LimitKind::Device, Duration::from_secs(1))
+            refused(RateLimitKind::Device, Duration::from_secs(1))
         );
         // Other devices keep the defaults.
         assert_eq!(admit(&limits, &device("other", None, None), 5), Ok(()));
@@ -438,7 +441,7 @@ mod tests {
         assert_eq!(admit(&limits, &bursty, 8), Ok(()));
         assert_eq!(
             admit(&limits, &bursty, 1),
-            refused(LimitKind::Device, Duration::from_millis(100))
+            refused(RateLimitKind::Device, Duration::from_millis(100))
         );
     }
 
@@ -453,7 +456,7 @@ mod tests {
         }
         assert_eq!(
             admit(&limits, &device("d4", None, None), 1),
-            refused(LimitKind::Global, Duration::from_millis(10))
+            refused(RateLimitKind::Global, Duration::from_millis(10))
         );
     }
 
@@ -464,7 +467,7 @@ mod tests {
         assert_eq!(admit(&limits, &d, 5), Ok(()));
         assert_eq!(
             limits.admit_request(&d),
-            refused(LimitKind::Device, Duration::from_millis(100))
+            refused(RateLimitKind::Device, Duration::from_millis(100))
         );
         clock.advance(Duration::from_millis(300));
         // Three units back: the request paid one up front, its readings the other two.
@@ -472,7 +475,7 @@ mod tests {
         assert_eq!(limits.admit(&d, 3, 3), Ok(()));
         assert_eq!(
             limits.admit_request(&d).unwrap_err().limit,
-            LimitKind::Device
+            RateLimitKind::Device
         );
     }
 
@@ -483,14 +486,14 @@ mod tests {
         assert_eq!(limits.admit(&device("a", None, None), 4, 20), Ok(()));
         assert_eq!(
             limits.admit(&device("b", None, None), 1, 1),
-            refused(LimitKind::Global, Duration::from_millis(10))
+            refused(RateLimitKind::Global, Duration::from_millis(10))
         );
     }
 
     #[test]
     fn batch_larger_than_any_burst_is_never_admitted() {
         let (limits, _) = limits();
-        let too_large = refused(LimitKind::BatchLargerThanBurst, Duration::ZERO);
+        let too_large = refused(RateLimitKind::BatchLargerThanBurst, Duration::ZERO);
         assert_eq!(admit(&limits, &device("d", None, None), 6), too_large);
         assert_eq!(
             admit(&limits, &device("big", None, Some(50)), 21),
@@ -503,7 +506,7 @@ mod tests {
         let (limits, clock) = limits();
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         let neighbour: IpAddr = "192.0.2.2".parse().unwrap();
-        let blocked = refused(LimitKind::AuthFailures, Duration::from_secs(10));
+        let blocked = refused(RateLimitKind::AuthFailures, Duration::from_secs(10));
 
         // The burst (2) is spent; the third failure is refused until one more fits.
         for _ in 0..2 {
@@ -513,7 +516,7 @@ mod tests {
         clock.advance(Duration::from_secs(4));
         assert_eq!(
             limits.auth_failed(Credential::Device, client),
-            refused(LimitKind::AuthFailures, Duration::from_secs(6))
+            refused(RateLimitKind::AuthFailures, Duration::from_secs(6))
         );
         // Readers have their own budget; other addresses too.
         assert_eq!(limits.auth_failed(Credential::Reader, client), Ok(()));
@@ -540,7 +543,7 @@ mod tests {
                 .auth_failed(Credential::Device, address("2001:db8:1:2:abcd::1"))
                 .unwrap_err()
                 .limit,
-            LimitKind::AuthFailures
+            RateLimitKind::AuthFailures
         );
         assert_eq!(
             limits.auth_failed(Credential::Device, address("2001:db8:1:3::1")),
@@ -567,7 +570,7 @@ mod tests {
         }
         assert_eq!(
             limits.admit_disabled(&id),
-            refused(LimitKind::Device, Duration::from_millis(100))
+            refused(RateLimitKind::Device, Duration::from_millis(100))
         );
         clock.advance(Duration::from_millis(100));
         assert_eq!(limits.admit_disabled(&id), Ok(()));
