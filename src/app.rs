@@ -151,7 +151,7 @@ impl Gateway {
                 shutting_down.cancel();
             }
         };
-        let serve = server::connections::serve(
+        let serve = crate::connections::serve(
             listener,
             router,
             self.state.config.connections.clone(),

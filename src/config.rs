@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::connections::ConnectionLimits;
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::body::BodyCaps;
 use crate::ingest::queue::QueueCapacity;
+use crate::ingest::writer::BatchSettings;
 use crate::rate_limits::{RateLimitSettings, TrustedProxies};
-use crate::server::connections::ConnectionLimits;
 use crate::table::{TableName, TableRow};
 
 /// Where the gateway writes.
@@ -138,16 +139,6 @@ impl ReaderList {
         email.is_some_and(|email| self.emails.contains(&email.trim().to_lowercase()))
             || user.is_some_and(|user| self.users.contains(user.trim()))
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchSettings {
-    /// Longest time a reading waits in a batch before it is written.
-    pub flush_interval: Duration,
-    /// Rows (one per metric) per statement.
-    pub max_rows: usize,
-    /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
-    pub max_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

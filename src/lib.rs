@@ -3,8 +3,10 @@
 pub mod activity;
 pub mod app;
 pub mod config;
+pub mod connections;
 pub mod databricks;
 pub mod devices;
+pub mod health;
 pub mod ingest;
 #[cfg(feature = "local")]
 pub mod local;

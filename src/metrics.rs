@@ -15,8 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::activity::Activity;
 use crate::databricks::TokenFetches;
-use crate::ingest::reading::RejectReason;
-use crate::ingest::writer::WriteHealth;
+use crate::health::WriteHealth;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -212,10 +211,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn reject(&self, device_id: &Arc<str>, reason: RejectReason) {
+    /// `reason` is the rejection's snake_case name, as devices see it.
+    pub fn reject(&self, device_id: &Arc<str>, reason: &'static str) {
         self.readings_rejected
             .get_or_create(&ReasonLabels {
-                reason: reason.as_str().to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
         self.activity.rejected(device_id);
@@ -238,16 +238,19 @@ impl Metrics {
         self.activity.batch_failed();
     }
 
-    /// Rejections so far by reason, only the reasons that occurred.
-    pub fn rejected_by_reason(&self) -> BTreeMap<&'static str, u64> {
-        RejectReason::ALL
-            .iter()
+    /// Rejections so far of each of `reasons`, only the reasons that occurred.
+    pub fn rejected_by_reason(
+        &self,
+        reasons: impl IntoIterator<Item = &'static str>,
+    ) -> BTreeMap<&'static str, u64> {
+        reasons
+            .into_iter()
             .filter_map(|reason| {
                 let label = ReasonLabels {
-                    reason: reason.as_str().to_owned(),
+                    reason: reason.to_owned(),
                 };
                 let count = self.readings_rejected.get(&label)?.get();
-                Some((reason.as_str(), count))
+                Some((reason, count))
             })
             .collect()
     }

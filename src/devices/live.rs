@@ -6,7 +6,8 @@ use std::pin::pin;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use super::{KeySource, Registry, RegistryError};
+use super::registry::{Registry, RegistryError};
+use super::source::KeySource;
 use crate::databricks::Secrets;
 
 /// The registry in use. A reload swaps the whole `Arc`, so a request that

@@ -13,7 +13,21 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::keys::{KeyHash, looks_like_key};
-use super::{AuthFailure, Device};
+
+/// An authenticated device. Quotas of `None` use the gateway defaults.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub id: Arc<str>,
+    pub rate_per_sec: Option<NonZeroU32>,
+    pub burst: Option<NonZeroU32>,
+}
+
+/// A missing key and a wrong key are the same failure, so callers cannot tell them apart.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    UnknownKey,
+    Disabled { device_id: Arc<str> },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Registry, RegistryError};
+use super::registry::{Registry, RegistryError};
 use crate::databricks::Secrets;
 
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::reading::{RejectReason, Rejection, excerpt};
+use super::rejection::{RejectReason, Rejection, excerpt};
 
 /// Caps on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod queue;
 pub mod reading;
+pub mod rejection;
 pub mod request;
 pub mod sink;
 pub mod writer;

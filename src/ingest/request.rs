@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::body::{BodyCaps, BodyError, BodyFormat, split_readings};
-use super::reading::{Reading, RejectReason, Rejection, reject_duplicate_ids, validate};
+use super::reading::{Reading, reject_duplicate_ids, validate};
+use super::rejection::{RejectReason, Rejection};
 
 /// A refused reading, by its position in the request.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -13,19 +13,18 @@
 //!   the rows the table refuses are alone, and those go to the dead-letter table, so one
 //!   bad row never blocks the others;
 //! * the table (dropped, permission revoked), or a refused row that the dead-letter table
-//!   does not take either: the rows are kept and retried with backoff, and [`WriteHealth`]
+//!   does not take either: the rows are kept and retried with backoff, and [`WriteHealth`](crate::health::WriteHealth)
 //!   says the table is unwritable (`/readyz` unready, devices get 503) until a write works.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Submission;
-use crate::config::BatchSettings;
 use crate::databricks::{self, FailureKind, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::table::TableRow;
@@ -174,83 +173,14 @@ fn wire_len(json: &str) -> usize {
     json.len() + json.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
 }
 
-/// Whether the table can be written, shared by the writer, `/readyz` and the ingest route.
-#[derive(Debug, Default)]
-pub struct WriteHealth {
-    unwritable: Mutex<Option<Unwritable>>,
-}
-
-#[derive(Debug, Clone)]
-struct Unwritable {
-    since: Instant,
-    error_class: String,
-    logged_at: Instant,
-}
-
-/// While the table stays unwritable, its error is logged at most this often.
-const UNWRITABLE_LOG_EVERY: Duration = Duration::from_secs(60);
-
-impl WriteHealth {
-    /// Whether the table has been refusing writes permanently (since the last success).
-    pub fn is_unwritable(&self) -> bool {
-        self.lock().is_some()
-    }
-
-    /// How long the table has been unwritable, and the error class it failed with.
-    pub fn unwritable(&self) -> Option<(Duration, String)> {
-        self.lock()
-            .as_ref()
-            .map(|u| (u.since.elapsed(), u.error_class.clone()))
-    }
-
-    /// A write failed in a way retrying the same thing cannot fix. Logged at ERROR when
-    /// the state begins, when the error class changes, and then once a minute.
-    fn failing(&self, err: &databricks::Error, what: &str, rows: usize) {
-        let class = err.error_class().unwrap_or("UNKNOWN").to_owned();
-        let now = Instant::now();
-        let mut state = self.lock();
-        let log = match state.as_mut() {
-            None => {
-                *state = Some(Unwritable {
-                    since: now,
-                    error_class: class.clone(),
-                    logged_at: now,
-                });
-                true
-            }
-            Some(current) => {
-                let due = current.error_class != class
-                    || now.duration_since(current.logged_at) >= UNWRITABLE_LOG_EVERY;
-                if due {
-                    current.error_class = class.clone();
-                    current.logged_at = now;
-                }
-                due
-            }
-        };
-        drop(state);
-        if log {
-            tracing::error!(error_code = %class, error = %err, rows, "{what}; the rows are kept and retried");
-        } else {
-            tracing::debug!(error_code = %class, rows, "{what}; retrying");
-        }
-    }
-
-    fn recovered(&self) {
-        if let Some(was) = self.lock().take() {
-            tracing::info!(
-                after = ?was.since.elapsed(),
-                error_code = %was.error_class,
-                "the table takes writes again"
-            );
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Unwritable>> {
-        self.unwritable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// Longest time a reading waits in a batch before it is written.
+    pub flush_interval: Duration,
+    /// Rows (one per metric) per statement.
+    pub max_rows: usize,
+    /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
+    pub max_bytes: usize,
 }
 
 pub struct Writer<S> {

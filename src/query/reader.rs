@@ -10,10 +10,10 @@ use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrowPrimitiveType, PrimitiveArray, RecordBatch};
 use chrono::{DateTime, Utc};
 
-use super::{
-    DeviceList, DeviceSummary, Latest, LatestQuery, LatestReading, Point, Series, SeriesQuery,
-    StoredValue,
+use super::answers::{
+    DeviceList, DeviceSummary, Latest, LatestReading, Point, Series, StoredValue,
 };
+use super::params::{LatestQuery, SeriesQuery};
 use crate::databricks::{
     Disposition, Error, Format, Param, ResultRow, StatementRequest, StatementResult, Statements,
     Value,

@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
-use super::AppState;
 use super::error::HttpError;
+use super::state::AppState;
 use crate::devices::{AuthFailure, Device};
 use crate::rate_limits::{Credential, address_block, client_address};
 

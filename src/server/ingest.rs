@@ -12,9 +12,9 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
 use super::auth::AuthenticatedDevice;
 use super::error::HttpError;
+use super::state::AppState;
 use crate::ingest::body::{BodyFormat, Encoding, decode};
 use crate::ingest::request::parse_request;
 use crate::table::TableRow;
@@ -87,7 +87,7 @@ pub async fn ingest(
     let decoded = decode(raw, encoding, caps)?;
     let parsed = parse_request(&decoded, format, &device.id, caps, Utc::now())?;
     for rejected in &parsed.rejected {
-        app.metrics.reject(&device.id, rejected.reason);
+        app.metrics.reject(&device.id, rejected.reason.as_str());
     }
     if parsed.readings.is_empty() {
         return Err(HttpError::all_rejected(parsed.rejected));

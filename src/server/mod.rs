@@ -1,16 +1,15 @@
 //! The HTTP surface: routes, the shared state, and the layers around them.
 
-pub mod auth;
-pub mod connections;
-pub mod error;
-pub mod ingest;
-pub mod ops;
-pub mod page;
-pub mod read;
+mod auth;
+mod error;
+mod ingest;
+mod ops;
+mod page;
+mod read;
+mod readiness;
+mod state;
 
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -18,66 +17,15 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::config::GatewayConfig;
-use crate::databricks;
-use crate::devices::DeviceKeys;
-use crate::ingest::queue::IngestQueue;
-use crate::metrics::{Metrics, RequestLabels};
-use crate::rate_limits::RateLimits;
+use crate::metrics::RequestLabels;
 use error::HttpError;
-
-/// Everything a request may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<App>);
-
-pub struct App {
-    pub config: GatewayConfig,
-    pub client: databricks::Client,
-    pub keys: DeviceKeys,
-    pub rate_limits: RateLimits,
-    pub queue: IngestQueue,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when the shutdown signal arrives.
-    pub shutting_down: CancellationToken,
-    /// The last readiness check; held while a check runs, so that checks don't pile up.
-    readiness: tokio::sync::Mutex<Option<(Instant, ops::Readiness)>>,
-}
-
-impl AppState {
-    pub fn new(
-        config: GatewayConfig,
-        client: databricks::Client,
-        keys: DeviceKeys,
-        queue: IngestQueue,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        AppState(Arc::new(App {
-            rate_limits: RateLimits::new(config.rate_limits.clone()),
-            config,
-            client,
-            keys,
-            queue,
-            metrics,
-            shutting_down: CancellationToken::new(),
-            readiness: tokio::sync::Mutex::new(None),
-        }))
-    }
-}
-
-impl Deref for AppState {
-    type Target = App;
-
-    fn deref(&self) -> &App {
-        &self.0
-    }
-}
+pub use state::{App, AppState};
 
 pub fn router(state: AppState) -> Router {
     // Longest a request may take: a body trickling in, or waiting for its commit.

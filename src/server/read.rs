@@ -15,10 +15,11 @@ use serde::de::DeserializeOwned;
 
 use super::auth::failed_authentication;
 use super::error::HttpError;
-use super::{App, AppState};
+use super::state::{App, AppState};
 use crate::config::ReadIdentity;
 use crate::databricks;
 use crate::devices::KeyHash;
+use crate::ingest::rejection::RejectReason;
 use crate::query::{
     DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
 };
@@ -227,7 +228,8 @@ pub struct Stats {
 
 pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> {
     let metrics = &app.metrics;
-    let rejected_by_reason = metrics.rejected_by_reason();
+    let rejected_by_reason =
+        metrics.rejected_by_reason(RejectReason::ALL.iter().map(RejectReason::as_str));
     let batches = metrics.activity.batch_latency();
     let millis = |duration: std::time::Duration| duration.as_secs_f64() * 1000.0;
     Json(Stats {

@@ -1,0 +1,60 @@
+//! The state every handler shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::readiness::ReadinessCache;
+use crate::config::GatewayConfig;
+use crate::databricks;
+use crate::devices::DeviceKeys;
+use crate::ingest::queue::IngestQueue;
+use crate::metrics::Metrics;
+use crate::rate_limits::RateLimits;
+
+/// Everything a request may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+pub struct App {
+    pub config: GatewayConfig,
+    pub client: databricks::Client,
+    pub keys: DeviceKeys,
+    pub rate_limits: RateLimits,
+    pub queue: IngestQueue,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the shutdown signal arrives.
+    pub shutting_down: CancellationToken,
+    /// The last readiness check; held while a check runs, so that checks don't pile up.
+    pub(super) readiness: ReadinessCache,
+}
+
+impl AppState {
+    pub fn new(
+        config: GatewayConfig,
+        client: databricks::Client,
+        keys: DeviceKeys,
+        queue: IngestQueue,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AppState(Arc::new(App {
+            rate_limits: RateLimits::new(config.rate_limits.clone()),
+            config,
+            client,
+            keys,
+            queue,
+            metrics,
+            shutting_down: CancellationToken::new(),
+            readiness: ReadinessCache::default(),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
