@@ -1,5 +1,6 @@
 //! The gateway's life: start (workspace, registry, table, writer, reloads),
-//! serve, and drain on shutdown.
+//! serve, and drain on shutdown. Every task it starts is owned here and awaited
+//! before [`Gateway::run`] returns.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -10,13 +11,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{GatewayConfig, Workspace};
 use crate::databricks;
 use crate::devices::{DeviceKeys, KeySource, reload_loop};
-use crate::ingest::queue::IngestQueue;
-use crate::ingest::sink::StatementSink;
-use crate::ingest::writer::Writer;
+use crate::ingest::{IngestQueue, StatementSink, Writer};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
 use crate::table::ensure_tables;
@@ -26,8 +26,17 @@ pub struct Gateway {
     writer: JoinHandle<()>,
     /// Tells the writer that no request can queue rows any more.
     writer_closing: CancellationToken,
-    /// Stops registry reloads and limiter housekeeping.
-    background: CancellationToken,
+    /// Registry reloads and limiter housekeeping, stopped by `background_stop`.
+    background: TaskTracker,
+    background_stop: CancellationToken,
+    #[cfg(feature = "local")]
+    local: Option<crate::local::LocalWorkspace>,
+}
+
+/// The workspace to talk to and where the registry lives, once local mode had its say.
+struct Connection {
+    client: databricks::Config,
+    keys: KeySource,
     #[cfg(feature = "local")]
     local: Option<crate::local::LocalWorkspace>,
 }
@@ -35,47 +44,14 @@ pub struct Gateway {
 impl Gateway {
     /// Connects to the workspace (or starts the embedded one), loads the device
     /// registry, creates the table when missing and starts the writer.
-    pub async fn start(config: GatewayConfig) -> anyhow::Result<Gateway> {
-        #[cfg(feature = "local")]
-        let mut local = None;
-        let (client_config, key_source) = match &config.workspace {
-            Workspace::Remote { client, .. } => (
-                (**client).clone(),
-                config
-                    .device_keys
-                    .clone()
-                    .context("no device key source configured")?,
-            ),
-            #[cfg(feature = "local")]
-            Workspace::Local { data_dir } => {
-                let workspace =
-                    crate::local::LocalWorkspace::start(data_dir, config.device_keys.clone())
-                        .await?;
-                let settings = (workspace.client_config()?, workspace.key_source());
-                local = Some(workspace);
-                settings
-            }
-            #[cfg(not(feature = "local"))]
-            Workspace::Local { .. } => anyhow::bail!("this build has no embedded emulator"),
-        };
-        // The page link printed in local mode carries this run's reader token.
-        #[cfg(feature = "local")]
-        let config = {
-            let mut config = config;
-            if let Some(workspace) = &local {
-                config
-                    .read
-                    .reader_tokens
-                    .insert(workspace.reader_token_hash());
-            }
-            config
-        };
-
-        let client =
-            databricks::Client::new(&client_config).context("building the Databricks client")?;
+    pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Gateway> {
+        let connection = connect(&mut config).await?;
+        let client = databricks::Client::new(&connection.client)
+            .context("building the Databricks client")?;
         let secrets = client.secrets();
-        let registry = key_source
-            .load(Some(&secrets))
+        let registry = connection
+            .keys
+            .load(&secrets)
             .await
             .context("loading the device registry")?;
         let metrics = Arc::new(Metrics::default());
@@ -104,28 +80,31 @@ impl Gateway {
             .run(),
         );
 
-        let background = CancellationToken::new();
-        spawn_reloads(
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        background.spawn(reloads(
             &config,
             keys.clone(),
-            key_source,
+            connection.keys,
             secrets,
             metrics.clone(),
-            background.clone(),
-        );
+            background_stop.clone(),
+        ));
         let state = AppState::new(config, client, keys, queue, metrics);
-        spawn_limit_pruning(state.clone(), background.clone());
+        background.spawn(prune_rate_limits(state.clone(), background_stop.clone()));
+        background.close();
         Ok(Gateway {
             state,
             writer,
             writer_closing,
             background,
+            background_stop,
             #[cfg(feature = "local")]
-            local,
+            local: connection.local,
         })
     }
 
-    /// The demo device of the embedded workspace, to print how to try it.
+    /// The embedded workspace in local mode, to print how to try it.
     #[cfg(feature = "local")]
     pub fn local_workspace(&self) -> Option<&crate::local::LocalWorkspace> {
         self.local.as_ref()
@@ -140,7 +119,7 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let shutting_down = self.state.shutting_down.clone();
         let router = server::router(self.state.clone());
-        let grace = self.state.config.shutdown_grace;
+        let deadlines = self.state.config.shutdown;
         let signalled_at = Arc::new(OnceLock::new());
         let signal = {
             let signalled_at = signalled_at.clone();
@@ -158,20 +137,23 @@ impl Gateway {
             self.state.metrics.connections.clone(),
             signal,
         );
-        // Requests in flight get half the grace period; then their connections are
-        // dropped (rows they queued stay queued), so the flush below still fits.
+        // Past their share of the grace period, request connections are dropped (rows
+        // they queued stay queued), so the flush below still fits.
         let drain_bound = async {
             self.state.shutting_down.cancelled().await;
-            tokio::time::sleep(grace / 2).await;
+            tokio::time::sleep(deadlines.drain_requests()).await;
         };
         tokio::select! {
             served = serve => served.context("serving HTTP")?,
-            () = drain_bound => tracing::warn!("requests still running after {:?}; closing them", grace / 2),
+            () = drain_bound => tracing::warn!(
+                "requests still running after {:?}; closing them",
+                deadlines.drain_requests()
+            ),
         }
 
         self.writer_closing.cancel();
         let queued = self.state.queue.depth();
-        let deadline = signalled_at.get().copied().unwrap_or_else(Instant::now) + grace;
+        let deadline = signalled_at.get().copied().unwrap_or_else(Instant::now) + deadlines.flush();
         match tokio::time::timeout_at(deadline, self.writer).await {
             Ok(_) => tracing::info!(rows = queued, "queue flushed; stopped"),
             Err(_) => tracing::error!(
@@ -179,19 +161,51 @@ impl Gateway {
                 "shutdown grace period passed with rows not yet written"
             ),
         }
-        self.background.cancel();
+        self.background_stop.cancel();
+        self.background.wait().await;
+        #[cfg(feature = "local")]
+        if let Some(local) = self.local {
+            local.stop().await;
+        }
         Ok(())
     }
 }
 
-fn spawn_reloads(
+/// The workspace client's settings and the registry's source: the configured ones, or in
+/// local mode the embedded workspace's.
+async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
+    match &config.workspace {
+        Workspace::Remote { client } => Ok(Connection {
+            client: (**client).clone(),
+            keys: config
+                .device_keys
+                .clone()
+                .context("no device key source configured")?,
+            #[cfg(feature = "local")]
+            local: None,
+        }),
+        #[cfg(feature = "local")]
+        Workspace::Local { data_dir } => {
+            let data_dir = data_dir.clone();
+            let (local, client, keys) = crate::local::attach(config, &data_dir).await?;
+            Ok(Connection {
+                client,
+                keys,
+                local: Some(local),
+            })
+        }
+    }
+}
+
+/// Reloads the registry every `keys_refresh` until `stop`, counting the outcomes.
+fn reloads(
     config: &GatewayConfig,
     keys: DeviceKeys,
     source: KeySource,
     secrets: databricks::Secrets,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let on_outcome = move |outcome: Result<usize, &_>| match outcome {
         Ok(devices) => {
             Metrics::outcome(&metrics.registry_reloads, "ok");
@@ -199,28 +213,23 @@ fn spawn_reloads(
         }
         Err(_) => Metrics::outcome(&metrics.registry_reloads, "failed"),
     };
-    let interval = config.keys_refresh;
-    tokio::spawn(async move {
-        reload_loop(
-            keys,
-            source,
-            Some(secrets),
-            interval,
-            on_outcome,
-            stop.cancelled_owned(),
-        )
-        .await
-    });
+    reload_loop(
+        keys,
+        source,
+        secrets,
+        config.keys_refresh,
+        on_outcome,
+        stop.cancelled_owned(),
+    )
 }
 
-fn spawn_limit_pruning(state: AppState, stop: CancellationToken) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = every.tick() => state.rate_limits.prune(),
-                () = stop.cancelled() => return,
-            }
+/// Forgets idle per-device and per-address limiters once a minute until `stop`.
+async fn prune_rate_limits(state: AppState, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => state.rate_limits.prune(),
+            () = stop.cancelled() => return,
         }
-    });
+    }
 }

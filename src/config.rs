@@ -18,73 +18,98 @@ use secrecy::SecretString;
 use crate::connections::ConnectionLimits;
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeySource};
-use crate::ingest::body::BodyCaps;
-use crate::ingest::queue::QueueCapacity;
-use crate::ingest::writer::BatchSettings;
+use crate::ingest::{BatchSettings, BodyCaps, QueueCapacity};
 use crate::rate_limits::{RateLimitSettings, TrustedProxies};
 use crate::table::{TableName, TableRow};
 
 /// Where the gateway writes.
 #[derive(Debug, Clone)]
-pub enum Workspace {
+pub(crate) enum Workspace {
     /// A real workspace (or an emulator started separately).
-    Remote {
-        client: Box<databricks::Config>,
-        warehouse_id: String,
-    },
+    Remote { client: Box<databricks::Config> },
     /// The embedded emulator, with data under this folder (`cargo run` with no workspace).
+    #[cfg(feature = "local")]
     Local { data_dir: PathBuf },
 }
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
-    pub workspace: Workspace,
+    pub(crate) workspace: Workspace,
     pub table: TableName,
     /// Where rows the table refuses for good go (same columns plus the error).
     pub rejected_table: TableName,
     /// `None` only in local mode, where a demo registry is created.
-    pub device_keys: Option<KeySource>,
-    pub keys_refresh: Duration,
-    pub batch: BatchSettings,
+    pub(crate) device_keys: Option<KeySource>,
+    pub(crate) keys_refresh: Duration,
+    pub(crate) batch: BatchSettings,
     /// Rows queued and not yet committed, and their bytes; beyond either, requests get 503.
-    pub queue: QueueCapacity,
-    pub body: BodyCaps,
-    pub rate_limits: RateLimitSettings,
+    pub(crate) queue: QueueCapacity,
+    pub(crate) body: BodyCaps,
+    pub(crate) rate_limits: RateLimitSettings,
     /// Peers whose `X-Forwarded-For` / `X-Real-Ip` name the client (the Apps proxy).
-    pub trusted_proxies: TrustedProxies,
+    pub(crate) trusted_proxies: TrustedProxies,
     /// How long a request with the default acknowledgement waits for its commit.
-    pub ack_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
     /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
-    pub shutdown_grace: Duration,
-    pub read: ReadSettings,
+    pub(crate) shutdown: ShutdownDeadlines,
+    pub(crate) read: ReadSettings,
     /// Header and idle timeouts, and how many connections may be open.
-    pub connections: ConnectionLimits,
+    pub(crate) connections: ConnectionLimits,
+}
+
+/// The shutdown timeline, all from one grace period (measured from the signal): requests
+/// in flight may finish during the first half, a request waiting for its commit is answered
+/// by the first third (before its connection is cut), and the writer flushes until the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ShutdownDeadlines {
+    grace: Duration,
+}
+
+impl ShutdownDeadlines {
+    pub(crate) fn new(grace: Duration) -> Self {
+        ShutdownDeadlines { grace }
+    }
+
+    /// How long requests in flight may keep their connections.
+    pub(crate) fn drain_requests(&self) -> Duration {
+        self.grace / 2
+    }
+
+    /// How long a request waiting for its commit waits once the signal came.
+    pub(crate) fn answer_waiting(&self) -> Duration {
+        self.grace / 3
+    }
+
+    /// How long queued rows may take to be written.
+    pub(crate) fn flush(&self) -> Duration {
+        self.grace
+    }
 }
 
 /// Who may use the read API and how much one query may return.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReadSettings {
+pub(crate) struct ReadSettings {
     /// Hashes of the tokens readers send as `Authorization: Bearer`. Empty (and not
     /// behind the Apps proxy): the read API is off.
-    pub reader_tokens: HashSet<KeyHash>,
+    pub(crate) reader_tokens: HashSet<KeyHash>,
     /// Trust the Apps proxy's `X-Forwarded-User` / `X-Forwarded-Email` as a sign-in.
     /// Separate from `trusted_proxies`: a generic reverse proxy passes a client's own
     /// copies of these headers through.
-    pub apps_proxy_auth: bool,
+    pub(crate) apps_proxy_auth: bool,
     /// Behind the Apps proxy, whose identity queries run with.
-    pub identity: ReadIdentity,
+    pub(crate) identity: ReadIdentity,
     /// With `ReadIdentity::App`, who may read (everyone else gets 403).
-    pub readers: ReaderList,
+    pub(crate) readers: ReaderList,
     /// Devices listed by `GET /api/devices`.
-    pub max_devices: usize,
+    pub(crate) max_devices: usize,
     /// Points of one series.
-    pub max_points: usize,
+    pub(crate) max_points: usize,
 }
 
 /// Behind the Apps proxy, whose identity a signed-in user's queries run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadIdentity {
+pub(crate) enum ReadIdentity {
     /// The user's own (`X-Forwarded-Access-Token`): Unity Catalog decides what they see.
     User,
     /// The app's service principal, for the users and groups of `LAKEGATE_READERS` only.
@@ -106,7 +131,7 @@ impl FromStr for ReadIdentity {
 /// Who may read with the app's identity: e-mail addresses (any case) or user ids
 /// as the Apps proxy forwards them (`X-Forwarded-Email`, `X-Forwarded-User`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReaderList {
+pub(crate) struct ReaderList {
     /// Lowercase, to match `X-Forwarded-Email` in any case.
     emails: HashSet<String>,
     /// Exact, to match `X-Forwarded-User`.
@@ -115,7 +140,7 @@ pub struct ReaderList {
 
 impl ReaderList {
     /// Comma-separated entries; `group:` entries are refused (group membership is not looked up).
-    pub fn parse(list: &str) -> Result<Self, String> {
+    pub(crate) fn parse(list: &str) -> Result<Self, String> {
         let mut readers = ReaderList::default();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             if entry.starts_with("group:") {
@@ -130,12 +155,12 @@ impl ReaderList {
         Ok(readers)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
 
     /// Whether the signed-in user (as the proxy forwarded them) is on the list.
-    pub fn admits(&self, email: Option<&str>, user: Option<&str>) -> bool {
+    pub(crate) fn admits(&self, email: Option<&str>, user: Option<&str>) -> bool {
         email.is_some_and(|email| self.emails.contains(&email.trim().to_lowercase()))
             || user.is_some_and(|user| self.users.contains(user.trim()))
     }
@@ -229,7 +254,7 @@ impl GatewayConfig {
     pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let env = Env(vars);
         let workspace = workspace(&env, vars)?;
-        let local = matches!(workspace, Workspace::Local { .. });
+        let local = !matches!(workspace, Workspace::Remote { .. });
 
         let table = match env.raw("LAKEGATE_TABLE") {
             Some(raw) => raw.parse().map_err(|p| invalid("LAKEGATE_TABLE", p))?,
@@ -353,7 +378,7 @@ impl GatewayConfig {
             rate_limits,
             trusted_proxies: trusted_proxies(&env, on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
-            shutdown_grace: env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?,
+            shutdown: ShutdownDeadlines::new(env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?),
             read: ReadSettings {
                 reader_tokens: reader_tokens(&env)?,
                 apps_proxy_auth,
@@ -379,23 +404,23 @@ fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, Con
     let configured =
         env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some();
     if !configured {
-        if cfg!(feature = "local") {
+        #[cfg(feature = "local")]
+        {
             let data_dir = env.parse("LAKEGATE_LOCAL_DIR", PathBuf::from(".lakegate-local"))?;
             return Ok(Workspace::Local { data_dir });
         }
+        #[cfg(not(feature = "local"))]
         return Err(invalid(
             "DATABRICKS_HOST",
             "is required: this build has no embedded emulator (built without the `local` feature)",
         ));
     }
     let client = databricks::Config::resolve(databricks::Settings::default(), vars)?;
-    let warehouse_id = client
-        .warehouse_id
-        .clone()
-        .ok_or_else(|| invalid("DATABRICKS_WAREHOUSE_ID", "is required"))?;
+    if client.warehouse_id.is_none() {
+        return Err(invalid("DATABRICKS_WAREHOUSE_ID", "is required"));
+    }
     Ok(Workspace::Remote {
         client: Box::new(client),
-        warehouse_id,
     })
 }
 
@@ -546,15 +571,11 @@ mod tests {
         assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
         assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert!(matches!(config.device_keys, Some(KeySource::Secret { .. })));
-        let Workspace::Remote {
-            client,
-            warehouse_id,
-        } = config.workspace
-        else {
+        let Workspace::Remote { client } = config.workspace else {
             panic!("expected a remote workspace");
         };
         assert_eq!(client.host, "https://adb-1.azuredatabricks.net");
-        assert_eq!(warehouse_id, "wh");
+        assert_eq!(client.warehouse_id.as_deref(), Some("wh"));
     }
 
     #[test]

@@ -28,13 +28,6 @@ impl WriteHealth {
         self.lock().is_some()
     }
 
-    /// How long the table has been unwritable, and the error class it failed with.
-    pub fn unwritable(&self) -> Option<(Duration, String)> {
-        self.lock()
-            .as_ref()
-            .map(|u| (u.since.elapsed(), u.error_class.clone()))
-    }
-
     /// A write failed in a way retrying the same thing cannot fix. Logged at ERROR when
     /// the state begins, when the error class changes, and then once a minute.
     pub(crate) fn failing(&self, err: &databricks::Error, what: &str, rows: usize) {

@@ -1,17 +1,17 @@
 //! lakegate: ingests readings from field devices into Delta tables on Databricks.
 
-pub mod activity;
+pub(crate) mod activity;
 pub mod app;
 pub mod config;
-pub mod connections;
+pub(crate) mod connections;
 pub mod databricks;
 pub mod devices;
-pub mod health;
-pub mod ingest;
+pub(crate) mod health;
+pub(crate) mod ingest;
 #[cfg(feature = "local")]
 pub mod local;
-pub mod metrics;
-pub mod query;
-pub mod rate_limits;
-pub mod server;
+pub(crate) mod metrics;
+pub(crate) mod query;
+pub(crate) mod rate_limits;
+pub(crate) mod server;
 pub mod table;

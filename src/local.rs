@@ -1,6 +1,6 @@
 //! `cargo run` with no workspace: the embedded emulator stands in for Databricks,
 //! with its data in a local folder, a demo device gets a fresh key and the page a
-//! fresh reader token.
+//! fresh reader token. [`attach`] is all `app.rs` sees of it.
 
 use std::path::Path;
 
@@ -9,10 +9,11 @@ use lakegate_emulator::{Emulator, EmulatorConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
+use crate::config::GatewayConfig;
 use crate::databricks;
 use crate::devices::{KeyHash, KeySource, NewKey, generate_key};
 
-pub const DEMO_DEVICE: &str = "demo-sensor-1";
+const DEMO_DEVICE: &str = "demo-sensor-1";
 const CLIENT_ID: &str = "lakegate-local";
 const WAREHOUSE_ID: &str = "local";
 
@@ -26,11 +27,28 @@ pub struct LocalWorkspace {
     reader: NewKey,
 }
 
+/// Starts the embedded workspace for `config`, lets this run's reader token read, and
+/// returns the workspace with the client settings and the registry source to use.
+pub(crate) async fn attach(
+    config: &mut GatewayConfig,
+    data_dir: &Path,
+) -> anyhow::Result<(LocalWorkspace, databricks::Config, KeySource)> {
+    let workspace = LocalWorkspace::start(data_dir, config.device_keys.clone()).await?;
+    // The page link printed in local mode carries this run's reader token.
+    config
+        .read
+        .reader_tokens
+        .insert(workspace.reader_token_hash());
+    let client = workspace.client_config()?;
+    let keys = workspace.keys.clone();
+    Ok((workspace, client, keys))
+}
+
 impl LocalWorkspace {
     /// Starts the emulator on a loopback port with data under `data_dir`. Without
     /// a configured key source, `data_dir/devices.json` gets the demo device
     /// with a new key (the file holds only hashes, so old keys can't be shown).
-    pub async fn start(data_dir: &Path, keys: Option<KeySource>) -> anyhow::Result<LocalWorkspace> {
+    async fn start(data_dir: &Path, keys: Option<KeySource>) -> anyhow::Result<LocalWorkspace> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let client_secret = generate_key().key;
@@ -62,7 +80,7 @@ impl LocalWorkspace {
         })
     }
 
-    pub fn client_config(&self) -> anyhow::Result<databricks::Config> {
+    fn client_config(&self) -> anyhow::Result<databricks::Config> {
         let settings = databricks::Settings {
             host: Some(self.emulator.url()),
             client_id: Some(CLIENT_ID.to_owned()),
@@ -74,13 +92,14 @@ impl LocalWorkspace {
         Ok(databricks::Config::resolve(settings, &Default::default())?)
     }
 
-    pub fn key_source(&self) -> KeySource {
-        self.keys.clone()
+    /// To add to the accepted reader tokens.
+    fn reader_token_hash(&self) -> KeyHash {
+        KeyHash::of(self.reader.key.expose_secret())
     }
 
-    /// To add to the accepted reader tokens.
-    pub fn reader_token_hash(&self) -> KeyHash {
-        KeyHash::of(self.reader.key.expose_secret())
+    /// Stops the embedded workspace once the gateway is done with it.
+    pub(crate) async fn stop(self) {
+        self.emulator.shutdown().await;
     }
 
     /// How to try the gateway listening at `gateway_url`, for the console.

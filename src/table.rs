@@ -58,7 +58,7 @@ impl fmt::Display for TableName {
 /// One table row on its way in: a reading's metric. Field names and types are the
 /// JSON that [`ROWS_SCHEMA`] reads back on the warehouse.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TableRow {
+pub(crate) struct TableRow {
     pub(crate) device_id: Arc<str>,
     pub(crate) reading_id: Arc<str>,
     /// Microseconds since the epoch, so that no timestamp format is parsed on the warehouse.
@@ -134,16 +134,9 @@ const REJECTED_COLUMNS: [Column; 2] = [
 ];
 
 /// The readings table's column names, in table order.
-pub fn column_names() -> impl Iterator<Item = &'static str> {
+#[cfg(test)]
+fn column_names() -> impl Iterator<Item = &'static str> {
     COLUMNS.iter().map(|column| column.name)
-}
-
-/// The dead-letter table's column names, in table order.
-pub fn rejected_column_names() -> impl Iterator<Item = &'static str> {
-    COLUMNS
-        .iter()
-        .chain(&REJECTED_COLUMNS)
-        .map(|column| column.name)
 }
 
 /// `'text'` as a SQL string literal.

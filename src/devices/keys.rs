@@ -15,10 +15,10 @@ const HASH_PREFIX: &str = "sha256:";
 
 /// SHA-256 of a key string. The registry (and the reader token list) holds these, never keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyHash([u8; 32]);
+pub(crate) struct KeyHash([u8; 32]);
 
 impl KeyHash {
-    pub fn of(key: &str) -> KeyHash {
+    pub(crate) fn of(key: &str) -> KeyHash {
         KeyHash(Sha256::digest(key.as_bytes()).into())
     }
 }
@@ -39,7 +39,7 @@ impl fmt::Debug for KeyHash {
 
 /// Why a registry entry is not a key hash; never echoes the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BadHash {
+pub(crate) enum BadHash {
     RawKey,
     Format,
 }

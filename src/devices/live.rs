@@ -13,18 +13,18 @@ use crate::databricks::Secrets;
 /// The registry in use. A reload swaps the whole `Arc`, so a request that
 /// already took `current()` finishes against the registry it started with.
 #[derive(Clone)]
-pub struct DeviceKeys {
+pub(crate) struct DeviceKeys {
     current: Arc<RwLock<Arc<Registry>>>,
 }
 
 impl DeviceKeys {
-    pub fn new(registry: Registry) -> Self {
+    pub(crate) fn new(registry: Registry) -> Self {
         DeviceKeys {
             current: Arc::new(RwLock::new(Arc::new(registry))),
         }
     }
 
-    pub fn current(&self) -> Arc<Registry> {
+    pub(crate) fn current(&self) -> Arc<Registry> {
         // Poisoning cannot leave a half-written value: the only write is one assignment.
         self.current
             .read()
@@ -32,7 +32,7 @@ impl DeviceKeys {
             .clone()
     }
 
-    pub fn replace(&self, registry: Registry) {
+    pub(crate) fn replace(&self, registry: Registry) {
         let registry = Arc::new(registry);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = registry;
     }
@@ -46,10 +46,10 @@ impl fmt::Debug for DeviceKeys {
 
 /// Reloads forever every `interval` until `shutdown` resolves; a failed load keeps the last good registry,
 /// logs a warning (no secrets) and calls on_outcome(Err(..)); success calls on_outcome(Ok(device_count)).
-pub async fn reload_loop(
+pub(crate) async fn reload_loop(
     keys: DeviceKeys,
     source: KeySource,
-    secrets: Option<Secrets>,
+    secrets: Secrets,
     interval: Duration,
     on_outcome: impl Fn(Result<usize, &RegistryError>) + Send + 'static,
     shutdown: impl Future<Output = ()>,
@@ -58,7 +58,7 @@ pub async fn reload_loop(
     loop {
         let reload = async {
             tokio::time::sleep(interval).await;
-            match source.load(secrets.as_ref()).await {
+            match source.load(&secrets).await {
                 Ok(registry) => {
                     let count = registry.device_count();
                     keys.replace(registry);
@@ -82,6 +82,7 @@ mod tests {
     use tokio::sync::{mpsc, oneshot};
 
     use super::*;
+    use crate::devices::source::tests::offline_secrets;
     use crate::devices::{AuthFailure, hash_key};
 
     fn registry_json(devices: &[(&str, &str)]) -> String {
@@ -103,14 +104,15 @@ mod tests {
             std::env::temp_dir().join(format!("lakegate-reload-{}.json", std::process::id()));
         std::fs::write(&path, registry_json(&[("a", "ka"), ("b", "kb")])).unwrap();
         let source = KeySource::File(path.clone());
-        let keys = DeviceKeys::new(source.load(None).await.unwrap());
+        let secrets = offline_secrets();
+        let keys = DeviceKeys::new(source.load(&secrets).await.unwrap());
 
         let (outcomes, mut outcome) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let reloading = tokio::spawn(reload_loop(
             keys.clone(),
             source,
-            None,
+            secrets,
             Duration::from_millis(5),
             move |result| drop(outcomes.send(result.map_err(|e| e.to_string()))),
             async { drop(stopped.await) },

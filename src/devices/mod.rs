@@ -6,9 +6,8 @@ mod live;
 mod registry;
 mod source;
 
-pub use keys::{
-    BadHash, KeyHash, NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions,
-};
-pub use live::{DeviceKeys, reload_loop};
+pub(crate) use keys::{BadHash, KeyHash};
+pub use keys::{NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions};
+pub(crate) use live::{DeviceKeys, reload_loop};
 pub use registry::{AuthFailure, Device, Registry, RegistryError, is_valid_device_id};
-pub use source::KeySource;
+pub(crate) use source::KeySource;

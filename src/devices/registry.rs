@@ -51,8 +51,6 @@ pub enum RegistryError {
     },
     #[error("device registry secret reference {0:?} is not \"<scope>/<key>\"")]
     SecretRef(String),
-    #[error("device registry is a Databricks secret, but no workspace client is configured")]
-    NoSecretsClient,
 }
 
 /// The parsed registry, indexed by key hash.

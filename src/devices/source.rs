@@ -8,7 +8,7 @@ use super::registry::{Registry, RegistryError};
 use crate::databricks::Secrets;
 
 #[derive(Debug, Clone)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     /// Registry JSON in an environment variable (app.yaml `valueFrom` a secret).
     Inline(SecretString),
     File(PathBuf),
@@ -21,7 +21,7 @@ pub enum KeySource {
 
 impl KeySource {
     /// Parses `"<scope>/<key>"`.
-    pub fn parse_secret_ref(reference: &str) -> Result<KeySource, RegistryError> {
+    pub(crate) fn parse_secret_ref(reference: &str) -> Result<KeySource, RegistryError> {
         match reference.split_once('/') {
             Some((scope, key)) if !scope.is_empty() && !key.is_empty() && !key.contains('/') => {
                 Ok(KeySource::Secret {
@@ -33,7 +33,7 @@ impl KeySource {
         }
     }
 
-    pub async fn load(&self, secrets: Option<&Secrets>) -> Result<Registry, RegistryError> {
+    pub(crate) async fn load(&self, secrets: &Secrets) -> Result<Registry, RegistryError> {
         match self {
             KeySource::Inline(json) => Registry::parse(json.expose_secret().as_bytes()),
             KeySource::File(path) => {
@@ -48,7 +48,6 @@ impl KeySource {
                 Registry::parse(&json)
             }
             KeySource::Secret { scope, key } => {
-                let secrets = secrets.ok_or(RegistryError::NoSecretsClient)?;
                 let json =
                     secrets
                         .get(scope, key)
@@ -65,7 +64,7 @@ impl KeySource {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::devices::hash_key;
 
@@ -91,17 +90,30 @@ mod tests {
             hash_key("k")
         );
         let inline = KeySource::Inline(json.clone().into());
-        assert_eq!(inline.load(None).await.unwrap().device_count(), 1);
+        assert_eq!(
+            inline
+                .load(&offline_secrets())
+                .await
+                .unwrap()
+                .device_count(),
+            1
+        );
 
         let dir = std::env::temp_dir().join(format!("lakegate-source-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("registry.json");
         std::fs::write(&path, &json).unwrap();
-        let registry = KeySource::File(path.clone()).load(None).await.unwrap();
+        let registry = KeySource::File(path.clone())
+            .load(&offline_secrets())
+            .await
+            .unwrap();
         assert_eq!(&*registry.authenticate("k").unwrap().id, "d");
 
         std::fs::remove_file(&path).unwrap();
-        let missing = KeySource::File(path).load(None).await.unwrap_err();
+        let missing = KeySource::File(path)
+            .load(&offline_secrets())
+            .await
+            .unwrap_err();
         assert!(matches!(missing, RegistryError::Io { .. }), "{missing}");
         std::fs::remove_dir(&dir).unwrap();
     }
@@ -133,11 +145,11 @@ mod tests {
         secrets.put_string("iot", "registry", &json).await.unwrap();
 
         let source = KeySource::parse_secret_ref("iot/registry").unwrap();
-        let registry = source.load(Some(&secrets)).await.unwrap();
+        let registry = source.load(&secrets).await.unwrap();
         assert_eq!(&*registry.authenticate("k").unwrap().id, "d");
 
         let missing = KeySource::parse_secret_ref("iot/absent").unwrap();
-        let error = missing.load(Some(&secrets)).await.unwrap_err();
+        let error = missing.load(&secrets).await.unwrap_err();
         assert!(
             error
                 .to_string()
@@ -147,12 +159,14 @@ mod tests {
         emulator.shutdown().await;
     }
 
-    #[tokio::test]
-    async fn secret_source_needs_a_client() {
-        let source = KeySource::parse_secret_ref("iot/registry").unwrap();
-        assert!(matches!(
-            source.load(None).await,
-            Err(RegistryError::NoSecretsClient)
-        ));
+    /// A Secrets client for sources that never call the workspace (its host refuses).
+    pub(crate) fn offline_secrets() -> Secrets {
+        let settings = crate::databricks::Settings {
+            host: Some("http://127.0.0.1:9".into()),
+            token: Some("dapi-never-sent".into()),
+            ..Default::default()
+        };
+        let config = crate::databricks::Config::resolve(settings, &Default::default()).unwrap();
+        crate::databricks::Client::new(&config).unwrap().secrets()
     }
 }

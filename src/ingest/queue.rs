@@ -20,8 +20,8 @@ pub struct Submission {
     pub rows: Vec<TableRow>,
     /// Dropped unsent if the rows are never committed (the process ends first).
     pub committed: Option<oneshot::Sender<()>>,
-    /// Returned to the queue when the rows are committed.
-    pub room: QueueRoom,
+    /// Held until the rows are committed, then dropped: the room returns to the queue.
+    pub _room: QueueRoom,
 }
 
 /// Room held in the queue, given back when dropped (once the rows are committed).
@@ -136,7 +136,7 @@ impl Reservation {
             .send(Submission {
                 rows,
                 committed,
-                room: self.room,
+                _room: self.room,
             })
             .map_err(|_| QueueError::Closed)?;
         Ok(receiver)

@@ -155,18 +155,6 @@ pub fn batches_of<'a>(
     batches
 }
 
-/// [`batches_of`], encodings only.
-pub fn encode_batches<'a>(
-    rows: impl IntoIterator<Item = &'a TableRow>,
-    max_rows: usize,
-    max_bytes: usize,
-) -> Vec<EncodedBatch> {
-    batches_of(rows, max_rows, max_bytes)
-        .into_iter()
-        .map(|batch| batch.encoded)
-        .collect()
-}
-
 /// Length of `json` once escaped as a JSON string. Serialized rows hold no raw control
 /// characters (serde escapes them with a backslash), so only `"` and `\` grow.
 fn wire_len(json: &str) -> usize {
@@ -395,6 +383,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// [`batches_of`], encodings only.
+    fn encode_batches<'a>(
+        rows: impl IntoIterator<Item = &'a TableRow>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Vec<EncodedBatch> {
+        batches_of(rows, max_rows, max_bytes)
+            .into_iter()
+            .map(|batch| batch.encoded)
+            .collect()
+    }
 
     fn row(device: &str, reading: &str, metric: &str, ts_us: i64) -> TableRow {
         TableRow {

@@ -6,6 +6,6 @@ mod answers;
 mod params;
 mod reader;
 
-pub use answers::{DeviceList, DeviceSummary, Latest, LatestReading, Point, Series, StoredValue};
-pub use params::{Bucket, LatestParams, LatestQuery, ParamError, SeriesParams, SeriesQuery};
-pub use reader::TableReader;
+pub(crate) use answers::{DeviceList, Latest, Series};
+pub(crate) use params::{LatestParams, LatestQuery, ParamError, SeriesParams, SeriesQuery};
+pub(crate) use reader::TableReader;

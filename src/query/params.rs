@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::is_valid_device_id;
-use crate::ingest::reading::is_name_char;
+use crate::ingest::is_name_char;
 
 /// Longest range one series may cover.
 const MAX_RANGE: TimeDelta = TimeDelta::days(90);

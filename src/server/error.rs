@@ -8,9 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::ingest::body::BodyError;
-use crate::ingest::queue::QueueError;
-use crate::ingest::request::RejectedReading;
+use crate::ingest::{BodyError, QueueError, RejectedReading};
 use crate::query::ParamError;
 use crate::rate_limits::{RateLimitKind, RateLimited};
 

@@ -15,8 +15,7 @@ use serde_json::json;
 use super::auth::AuthenticatedDevice;
 use super::error::HttpError;
 use super::state::AppState;
-use crate::ingest::body::{BodyFormat, Encoding, decode};
-use crate::ingest::request::parse_request;
+use crate::ingest::{BodyFormat, Encoding, decode, parse_request};
 use crate::table::TableRow;
 
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
@@ -121,10 +120,10 @@ pub async fn ingest(
         let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": false});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     };
-    // Answer before the server stops waiting for requests (half the grace period).
+    // Answer before the server stops waiting for requests.
     let shutdown_bound = async {
         app.shutting_down.cancelled().await;
-        tokio::time::sleep(app.config.shutdown_grace / 3).await;
+        tokio::time::sleep(app.config.shutdown.answer_waiting()).await;
     };
     tokio::select! {
         done = tokio::time::timeout(app.config.ack_timeout, committed) => match done {

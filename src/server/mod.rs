@@ -25,7 +25,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::metrics::RequestLabels;
 use error::HttpError;
-pub use state::{App, AppState};
+pub(crate) use state::AppState;
 
 pub fn router(state: AppState) -> Router {
     // Longest a request may take: a body trickling in, or waiting for its commit.

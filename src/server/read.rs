@@ -19,7 +19,7 @@ use super::state::{App, AppState};
 use crate::config::ReadIdentity;
 use crate::databricks;
 use crate::devices::KeyHash;
-use crate::ingest::rejection::RejectReason;
+use crate::ingest::RejectReason;
 use crate::query::{
     DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
 };

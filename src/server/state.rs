@@ -9,7 +9,7 @@ use super::readiness::ReadinessCache;
 use crate::config::GatewayConfig;
 use crate::databricks;
 use crate::devices::DeviceKeys;
-use crate::ingest::queue::IngestQueue;
+use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::rate_limits::RateLimits;
 
