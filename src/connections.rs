@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::error_code::ErrorCode;
 use crate::metrics::ConnectionMetrics;
 
 /// How connections are bounded; from `LAKEGATE_*` settings (see `config`).
@@ -149,14 +150,16 @@ fn is_connection_error(err: &io::Error) -> bool {
 
 /// The 503 a connection beyond the cap gets, in the gateway's error shape.
 fn overloaded_response() -> Vec<u8> {
+    let code = ErrorCode::Overloaded;
     let body = serde_json::json!({
-        "error": "overloaded",
+        "error": code.as_str(),
         "message": "the gateway has too many open connections; retry shortly",
     })
     .to_string();
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+        "HTTP/1.1 {}\r\ncontent-type: application/json\r\n\
          retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        code.status(),
         body.len()
     )
     .into_bytes()
@@ -550,5 +553,6 @@ mod tests {
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(body["error"], "overloaded");
+        insta::assert_snapshot!("overloaded", answer);
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub(crate) mod connections;
 pub mod databricks;
 pub mod devices;
+pub(crate) mod error_code;
 pub(crate) mod health;
 pub(crate) mod ingest;
 #[cfg(feature = "local")]

@@ -14,6 +14,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::Value;
 
 use super::rejection::{RejectReason, Rejection, excerpt};
+use crate::error_code::ErrorCode;
 
 /// Caps on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,24 +122,16 @@ pub enum BodyError {
 }
 
 impl BodyError {
-    pub fn status(&self) -> u16 {
+    /// The refusal's code (and with it the status).
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
-            BodyError::UnsupportedEncoding(_) | BodyError::UnsupportedMediaType(_) => 415,
-            BodyError::TooLarge { .. } | BodyError::TooManyReadings { .. } => 413,
-            BodyError::BadEncoding(_) | BodyError::InvalidJson { .. } | BodyError::Empty => 400,
-        }
-    }
-
-    /// Stable, machine-readable name of the problem.
-    pub fn code(&self) -> &'static str {
-        match self {
-            BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
-            BodyError::UnsupportedMediaType(_) => "unsupported_media_type",
-            BodyError::TooLarge { .. } => "body_too_large",
-            BodyError::BadEncoding(_) => "bad_encoding",
-            BodyError::InvalidJson { .. } => "invalid_json",
-            BodyError::Empty => "empty_body",
-            BodyError::TooManyReadings { .. } => "too_many_readings",
+            BodyError::UnsupportedEncoding(_) => ErrorCode::UnsupportedEncoding,
+            BodyError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+            BodyError::BadEncoding(_) => ErrorCode::BadEncoding,
+            BodyError::InvalidJson { .. } => ErrorCode::InvalidJson,
+            BodyError::Empty => ErrorCode::EmptyBody,
+            BodyError::TooManyReadings { .. } => ErrorCode::TooManyReadings,
         }
     }
 }
@@ -486,7 +479,10 @@ mod tests {
         for header in ["br", "deflate", "zstd", "gzip, br", ""] {
             let err = Encoding::from_header(Some(header)).unwrap_err();
             assert!(matches!(err, BodyError::UnsupportedEncoding(_)), "{header}");
-            assert_eq!((err.status(), err.code()), (415, "unsupported_encoding"));
+            assert_eq!(
+                (err.code().status().as_u16(), err.code().as_str()),
+                (415, "unsupported_encoding")
+            );
         }
     }
 
@@ -524,7 +520,10 @@ mod tests {
                 matches!(err, BodyError::UnsupportedMediaType(_)),
                 "{header}"
             );
-            assert_eq!((err.status(), err.code()), (415, "unsupported_media_type"));
+            assert_eq!(
+                (err.code().status().as_u16(), err.code().as_str()),
+                (415, "unsupported_media_type")
+            );
         }
     }
 
@@ -553,7 +552,10 @@ mod tests {
         let raw = Bytes::from(vec![b' '; 11]);
         let err = decode(raw, Encoding::Identity, &caps_with_body(10)).unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { limit: 10 }));
-        assert_eq!((err.status(), err.code()), (413, "body_too_large"));
+        assert_eq!(
+            (err.code().status().as_u16(), err.code().as_str()),
+            (413, "body_too_large")
+        );
     }
 
     #[test]
@@ -614,7 +616,11 @@ mod tests {
         for (case, raw) in cases {
             let err = decode(raw, Encoding::Gzip, &caps_with_body(1024)).unwrap_err();
             assert!(matches!(err, BodyError::BadEncoding(_)), "{case}: {err:?}");
-            assert_eq!((err.status(), err.code()), (400, "bad_encoding"), "{case}");
+            assert_eq!(
+                (err.code().status().as_u16(), err.code().as_str()),
+                (400, "bad_encoding"),
+                "{case}"
+            );
         }
     }
 
@@ -671,7 +677,10 @@ mod tests {
         ] {
             let err = split(body, format).unwrap_err();
             assert!(matches!(err, BodyError::Empty), "{body:?}: {err:?}");
-            assert_eq!((err.status(), err.code()), (400, "empty_body"));
+            assert_eq!(
+                (err.code().status().as_u16(), err.code().as_str()),
+                (400, "empty_body")
+            );
         }
     }
 
@@ -692,7 +701,10 @@ mod tests {
             err.to_string(),
             "invalid JSON at line 3, column 9: expected value"
         );
-        assert_eq!((err.status(), err.code()), (400, "invalid_json"));
+        assert_eq!(
+            (err.code().status().as_u16(), err.code().as_str()),
+            (400, "invalid_json")
+        );
     }
 
     #[test]
@@ -722,7 +734,7 @@ mod tests {
         let err = split(r#"{"ts": 1, "metrics": {"t": 1e999}}"#, BodyFormat::Json).unwrap_err();
         assert!(matches!(err, BodyError::InvalidJson { .. }), "{err:?}");
         assert!(err.to_string().contains("number out of range"), "{err}");
-        assert_eq!(err.status(), 400);
+        assert_eq!(err.code().status().as_u16(), 400);
     }
 
     #[test]
@@ -738,7 +750,7 @@ mod tests {
         assert_eq!(entries[0].as_ref().unwrap(), &json!({"metrics": {"a": []}}));
         // Malformed deep down is still found, and is the client's error.
         let err = split(&deep("{\"a\":", "}"), BodyFormat::Json).unwrap_err();
-        assert_eq!(err.status(), 400);
+        assert_eq!(err.code().status().as_u16(), 400);
         let ndjson = format!("{{\"a\": 1}}\n{}\n", deep("[", "]"));
         let entries = split(&ndjson, BodyFormat::NdJson).unwrap();
         assert!(entries[0].is_ok());
@@ -778,7 +790,10 @@ mod tests {
                 matches!(err, BodyError::TooManyReadings { limit: 5 }),
                 "{err:?}"
             );
-            assert_eq!((err.status(), err.code()), (413, "too_many_readings"));
+            assert_eq!(
+                (err.code().status().as_u16(), err.code().as_str()),
+                (413, "too_many_readings")
+            );
             assert_eq!(err.to_string(), "more than 5 readings in one request");
         }
     }

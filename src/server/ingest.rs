@@ -15,7 +15,8 @@ use serde_json::json;
 use super::auth::AuthenticatedDevice;
 use super::error::HttpError;
 use super::state::AppState;
-use crate::ingest::{BodyFormat, Encoding, decode, parse_request};
+use crate::error_code::ErrorCode;
+use crate::ingest::{BodyError, BodyFormat, Encoding, decode, parse_request};
 use crate::table::TableRow;
 
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
@@ -63,8 +64,7 @@ pub async fn ingest(
 ) -> Result<Response, HttpError> {
     let Query(params) = params.map_err(|err| {
         HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("{err}; use ack=commit or ack=accept"),
         )
     })?;
@@ -76,10 +76,11 @@ pub async fn ingest(
     let raw = axum::body::to_bytes(body, caps.max_body_bytes)
         .await
         .map_err(|err| match is_length_limit(&err) {
-            true => HttpError::body_too_large(caps.max_body_bytes),
+            true => HttpError::from(BodyError::TooLarge {
+                limit: caps.max_body_bytes,
+            }),
             false => HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
+                ErrorCode::BodyUnreadable,
                 "the request body could not be read to its end",
             ),
         })?;
@@ -96,8 +97,7 @@ pub async fn ingest(
     // kept and retried, but taking more would only fill the queue.
     if app.metrics.writes.is_unwritable() {
         return Err(HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "writes_failing",
+            ErrorCode::WritesFailing,
             "the gateway cannot write to its table at the moment; nothing from this request \
              was accepted; retry later",
         )
@@ -132,8 +132,7 @@ pub async fn ingest(
                 Ok((StatusCode::OK, Json(body)).into_response())
             }
             Err(_) if !app.shutting_down.is_cancelled() => Err(HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_yet_committed",
+                ErrorCode::NotYetCommitted,
                 "the readings are queued but not committed yet; the gateway keeps writing them \
                  while it runs, and resending them is safe because repeated readings are \
                  written once",
@@ -149,8 +148,7 @@ pub async fn ingest(
 /// No promise that the rows will still be written: the grace period may end first.
 fn not_committed_at_shutdown() -> HttpError {
     HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_yet_committed",
+        ErrorCode::NotYetCommitted,
         "the gateway is shutting down and the readings are not committed; they may not be \
          written before it stops, so resend them (repeated readings are written once)",
     )

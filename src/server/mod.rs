@@ -13,16 +13,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::error_code::ErrorCode;
 use crate::metrics::RequestLabels;
 use error::HttpError;
 pub(crate) use state::AppState;
@@ -47,10 +46,7 @@ pub fn router(state: AppState) -> Router {
         // A layer, not a route_layer: unmatched requests (404) are counted too.
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -93,14 +89,25 @@ fn is_fit_request_id(id: &[u8]) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
 }
 
+/// Answers 408 (in the gateway's error shape) once a request has taken `limit`.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => HttpError::new(
+            ErrorCode::RequestTimeout,
+            format!("the request took longer than {limit:?}"),
+        )
+        .into_response(),
+    }
+}
+
 async fn not_found() -> HttpError {
-    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    HttpError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> HttpError {
     HttpError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }
@@ -136,7 +143,29 @@ impl MakeRequestId for RandomRequestId {
 
 #[cfg(test)]
 mod tests {
+    use tower::ServiceExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_request_over_its_time_answers_408_in_the_error_shape() {
+        let slow = Router::new()
+            .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(5))))
+            .layer(middleware::from_fn_with_state(
+                Duration::from_millis(50),
+                time_limit,
+            ));
+        let request = axum::http::Request::get("/slow")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = slow.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        insta::assert_json_snapshot!("request_timeout", (status.as_u16(), body));
+    }
 
     #[test]
     fn only_short_printable_request_ids_are_kept() {

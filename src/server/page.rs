@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::HttpError;
+use crate::error_code::ErrorCode;
 
 /// Only our own files and our own API: no inline script or style, no third party.
 /// `data:` images are not needed (the icon is a file), framing is left to the
@@ -55,12 +56,9 @@ pub async fn index(headers: HeaderMap) -> Response {
 pub async fn static_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|asset| asset.name == file) {
         Some(index) => serve(index, &headers),
-        None => HttpError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no static file {file:?}"),
-        )
-        .into_response(),
+        None => {
+            HttpError::new(ErrorCode::NotFound, format!("no static file {file:?}")).into_response()
+        }
     }
 }
 

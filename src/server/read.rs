@@ -7,7 +7,7 @@ use std::fmt::Display;
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use chrono::Utc;
 use secrecy::SecretString;
 use serde::Serialize;
@@ -19,6 +19,7 @@ use super::state::{App, AppState};
 use crate::config::ReadIdentity;
 use crate::databricks;
 use crate::devices::KeyHash;
+use crate::error_code::ErrorCode;
 use crate::ingest::RejectReason;
 use crate::query::{
     DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
@@ -58,8 +59,7 @@ impl FromRequestParts<AppState> for Reader {
         }
         if settings.reader_tokens.is_empty() {
             return Err(HttpError::new(
-                StatusCode::NOT_FOUND,
-                "read_api_disabled",
+                ErrorCode::ReadApiDisabled,
                 "the read API is off: set LAKEGATE_READER_TOKENS to the hash of a reader token \
                  (`lakegate keys new-reader`), or run behind the Databricks Apps proxy",
             ));
@@ -77,8 +77,7 @@ impl FromRequestParts<AppState> for Reader {
             app,
             Credential::Reader,
             HttpError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "a valid reader token is required: Authorization: Bearer <token>",
             ),
         ))
@@ -109,8 +108,7 @@ fn signed_in_reader(
             None => refuse(
                 "no_user_token",
                 HttpError::new(
-                    StatusCode::FORBIDDEN,
-                    "no_user_token",
+                    ErrorCode::NoUserToken,
                     "reads run as the signed-in user, but the proxy sent no user token: \
                      enable on-behalf-of-user authorization for the app",
                 ),
@@ -122,8 +120,7 @@ fn signed_in_reader(
         ReadIdentity::App => refuse(
             "not_a_reader",
             HttpError::new(
-                StatusCode::FORBIDDEN,
-                "not_a_reader",
+                ErrorCode::NotAReader,
                 "the signed-in user is not in LAKEGATE_READERS",
             ),
         ),
@@ -252,19 +249,14 @@ pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> 
 }
 
 fn bad_request(err: impl Display) -> HttpError {
-    HttpError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_parameter",
-        err.to_string(),
-    )
+    HttpError::new(ErrorCode::InvalidParameter, err.to_string())
 }
 
 /// Logged here; the reader gets a generic answer.
 fn query_failed(err: databricks::Error) -> HttpError {
     tracing::error!(error = %err, "read query failed");
     HttpError::new(
-        StatusCode::BAD_GATEWAY,
-        "query_failed",
+        ErrorCode::QueryFailed,
         "the warehouse could not answer the query; the error has been logged",
     )
 }

@@ -11,5 +11,6 @@ mod keys;
 mod logs;
 mod operations;
 mod query;
+mod refusals;
 mod request_id;
 mod resilience;

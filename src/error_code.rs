@@ -1,0 +1,113 @@
+//! The stable error codes of every refusal, each with its one HTTP status: the
+//! wire contract that devices and dashboards program against (the tables in the
+//! README). Every error body is `{"error": <code>, "message": ...}`; a code never
+//! changes its meaning or status once released.
+
+use axum::http::StatusCode;
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = ($code:literal, $status:ident),)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the list.
+            #[cfg(test)]
+            pub(crate) const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as sent in `"error"`.
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            pub(crate) fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // The request as a whole.
+    /// A query parameter the route does not take, or a bad value (`?ack=`).
+    InvalidQuery = ("invalid_query", BAD_REQUEST),
+    /// The connection broke while the body was being read.
+    BodyUnreadable = ("body_unreadable", BAD_REQUEST),
+    UnsupportedEncoding = ("unsupported_encoding", UNSUPPORTED_MEDIA_TYPE),
+    UnsupportedMediaType = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE),
+    /// Over the body cap, counted after decompression.
+    BodyTooLarge = ("body_too_large", PAYLOAD_TOO_LARGE),
+    /// Not valid gzip.
+    BadEncoding = ("bad_encoding", BAD_REQUEST),
+    InvalidJson = ("invalid_json", BAD_REQUEST),
+    EmptyBody = ("empty_body", BAD_REQUEST),
+    TooManyReadings = ("too_many_readings", PAYLOAD_TOO_LARGE),
+    /// Every reading was refused; `rejected` says why, one by one.
+    NoValidReadings = ("no_valid_readings", BAD_REQUEST),
+    /// The request took longer than the route allows (a body trickling in).
+    RequestTimeout = ("request_timeout", REQUEST_TIMEOUT),
+    NotFound = ("not_found", NOT_FOUND),
+    MethodNotAllowed = ("method_not_allowed", METHOD_NOT_ALLOWED),
+
+    // Who is asking.
+    /// A missing or unknown device key or reader token: one answer for both.
+    Unauthorized = ("unauthorized", UNAUTHORIZED),
+    DeviceDisabled = ("device_disabled", FORBIDDEN),
+    /// The read API has no way to authenticate anyone.
+    ReadApiDisabled = ("read_api_disabled", NOT_FOUND),
+    /// Behind the Apps proxy, reads run as the user, and the proxy sent no user token.
+    NoUserToken = ("no_user_token", FORBIDDEN),
+    /// Reads run as the app, and the signed-in user is not in the readers list.
+    NotAReader = ("not_a_reader", FORBIDDEN),
+
+    // Push-back: wait and retry (`Retry-After`).
+    DeviceRateLimited = ("device_rate_limited", TOO_MANY_REQUESTS),
+    GatewayRateLimited = ("gateway_rate_limited", TOO_MANY_REQUESTS),
+    TooManyFailedAuthentications = ("too_many_failed_authentications", TOO_MANY_REQUESTS),
+    /// More readings in one request than the device's burst could ever admit.
+    MoreReadingsThanBurst = ("more_readings_than_burst", PAYLOAD_TOO_LARGE),
+    /// The write queue is full or closed; nothing from the request was accepted.
+    Unavailable = ("unavailable", SERVICE_UNAVAILABLE),
+    /// The table refuses writes; nothing from the request was accepted.
+    WritesFailing = ("writes_failing", SERVICE_UNAVAILABLE),
+    /// Accepted and queued, but not committed in time (or the gateway is stopping).
+    NotYetCommitted = ("not_yet_committed", SERVICE_UNAVAILABLE),
+    /// More connections open than the cap; answered as the connection opens.
+    Overloaded = ("overloaded", SERVICE_UNAVAILABLE),
+
+    // Reads.
+    InvalidParameter = ("invalid_parameter", BAD_REQUEST),
+    /// The warehouse failed the query; the details are logged, not sent.
+    QueryFailed = ("query_failed", BAD_GATEWAY),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_errors() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            let text = code.as_str();
+            assert!(seen.insert(text), "{text} twice");
+            assert!(
+                text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{text}"
+            );
+            let status = code.status();
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The wire contract of every refusal the README documents: status, whether
+//! `Retry-After` is set, and the JSON body, pinned by snapshots
+//! (`tests/gateway/snapshots/`). A change to any of them fails here and has to be
+//! accepted on purpose (`INSTA_UPDATE=always`, then review the diff).
+
+use std::io::Write;
+use std::time::Duration;
+
+use lakegate::devices::{generate_key, hash_key};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+
+use crate::harness::{Harness, TABLE, emulator_config, reading};
+
+/// What a client sees of a refusal.
+#[derive(Serialize)]
+struct Refusal {
+    case: &'static str,
+    status: u16,
+    retry_after: bool,
+    body: Json,
+}
+
+async fn refusal(case: &'static str, response: reqwest::Response) -> Refusal {
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let body = response.json().await.expect("every refusal is JSON");
+    Refusal {
+        case,
+        status,
+        retry_after,
+        body,
+    }
+}
+
+async fn sent(case: &'static str, request: reqwest::RequestBuilder) -> Refusal {
+    refusal(case, request.send().await.unwrap()).await
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_of_requests_and_credentials() {
+    let reader_token = generate_key().key.expose_secret().to_owned();
+    let reader_hash = hash_key(&reader_token);
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[
+            ("LAKEGATE_MAX_BODY_BYTES", "2048"),
+            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "5"),
+            ("LAKEGATE_AUTH_FAILURES_PER_MIN", "1"),
+            ("LAKEGATE_AUTH_FAILURE_BURST", "2"),
+            ("LAKEGATE_READER_TOKENS", &reader_hash),
+        ],
+    )
+    .await;
+    let sensor = gateway.keys.sensor.clone();
+    let json_body = |body: &str| {
+        gateway
+            .post(&sensor)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+    };
+    let mut refusals = Vec::new();
+
+    refusals.push(
+        sent(
+            "invalid_json",
+            json_body(r#"{"ts": "2026-11-29T12:00:00Z", "metrics": {"#),
+        )
+        .await,
+    );
+    refusals.push(sent("empty_body", json_body("")).await);
+    refusals.push(
+        sent(
+            "bad_encoding",
+            json_body("not gzip").header("Content-Encoding", "gzip"),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "unsupported_encoding",
+            json_body("{}").header("Content-Encoding", "br"),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "unsupported_media_type",
+            gateway
+                .post(&sensor)
+                .header("Content-Type", "text/plain")
+                .body("temperature=21.5"),
+        )
+        .await,
+    );
+    refusals.push(sent("body_too_large", json_body(&" ".repeat(2049))).await);
+    let bomb = gzip(&vec![b' '; 1 << 20]);
+    refusals.push(
+        sent(
+            "body_too_large_after_gzip",
+            json_body("").header("Content-Encoding", "gzip").body(bomb),
+        )
+        .await,
+    );
+    let six: Vec<Json> = (0..6).map(|i| reading(&format!("r-{i}"), 1.0)).collect();
+    refusals.push(sent("too_many_readings", gateway.post(&sensor).json(&six)).await);
+    refusals.push(sent(
+        "no_valid_readings",
+        gateway.post(&sensor).json(&json!([
+            {"id": "no-ts", "metrics": {"t": 1}},
+            {"id": "bad-name", "ts": "2026-11-29T12:00:00Z", "metrics": {"t e": 1}},
+            {"id": "other-device", "device_id": "sensor-2", "ts": "2026-11-29T12:00:00Z", "metrics": {"t": 1}},
+        ])),
+    ).await);
+    refusals.push(
+        sent(
+            "invalid_query",
+            gateway
+                .post_to("/ingest?ack=eventually", &sensor)
+                .json(&reading("q", 1.0)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "more_readings_than_burst",
+            gateway.post(&gateway.keys.slow).json(&[
+                reading("s-1", 1.0),
+                reading("s-2", 1.0),
+                reading("s-3", 1.0),
+                reading("s-4", 1.0),
+            ]),
+        )
+        .await,
+    );
+    // The slow device (1/s, burst 3) spent one unit on the request above.
+    let mut limited = None;
+    for i in 0..5 {
+        let response = gateway
+            .post(&gateway.keys.slow)
+            .json(&reading(&format!("slow-{i}"), 1.0))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(refusal("device_rate_limited", response).await);
+            break;
+        }
+        assert!(response.status().is_success(), "{i}");
+    }
+    refusals.push(limited.expect("the slow device is limited"));
+    refusals.push(
+        sent(
+            "device_disabled",
+            gateway
+                .post(&gateway.keys.disabled)
+                .json(&reading("d", 1.0)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "unauthorized_without_key",
+            gateway
+                .http
+                .post(format!("{}/ingest", gateway.url))
+                .json(&reading("k", 1.0)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "unauthorized_unknown_key",
+            gateway.post("lgk_unknown").json(&reading("k", 1.0)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "too_many_failed_authentications",
+            gateway.post("lgk_unknown").json(&reading("k", 1.0)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "not_found",
+            gateway.http.get(format!("{}/no/such/route", gateway.url)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "method_not_allowed",
+            gateway.http.get(format!("{}/ingest", gateway.url)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "invalid_parameter",
+            gateway
+                .http
+                .get(format!(
+                    "{}/api/devices/sensor-1/series?bucket=week",
+                    gateway.url
+                ))
+                .bearer_auth(&reader_token),
+        )
+        .await,
+    );
+
+    insta::assert_json_snapshot!("requests_and_credentials", refusals);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_of_a_gateway_that_cannot_keep_up() {
+    let mut config = emulator_config();
+    config.faults.statement_latency = Duration::from_millis(2500);
+    // Requests of up to 6 rows; a queue of 8 rows; 6 rows of global burst, one more a second.
+    let mut gateway = Harness::start_with(
+        config,
+        &[
+            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "2"),
+            ("LAKEGATE_MAX_METRICS_PER_READING", "3"),
+            ("LAKEGATE_QUEUE_MAX_ROWS", "8"),
+            ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1"),
+            ("LAKEGATE_GLOBAL_BURST", "6"),
+            ("LAKEGATE_ACK_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let rows = |id: &str, metrics: usize| {
+        let metrics: serde_json::Map<String, Json> =
+            (0..metrics).map(|m| (format!("m{m}"), json!(m))).collect();
+        json!({"id": id, "ts": "2026-11-29T12:00:00Z", "metrics": metrics})
+    };
+    let mut refusals = Vec::new();
+    let accepted = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+        .json(&[rows("a", 3), rows("b", 3)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    // The queue has room for 2 more rows, but the global budget is spent.
+    let over_rate = gateway.post(&gateway.keys.other).json(&rows("c", 1));
+    refusals.push(refusal("gateway_rate_limited", over_rate.send().await.unwrap()).await);
+    // 3 rows do not fit the 2 rows of room left.
+    let full = gateway.post(&gateway.keys.other).json(&rows("d", 3));
+    refusals.push(refusal("unavailable", full.send().await.unwrap()).await);
+    gateway.wait_for_rows(6, Duration::from_secs(20)).await;
+    // Admitted, but the warehouse takes longer than the one second it may wait.
+    let waiting = gateway.post(&gateway.keys.other).json(&rows("e", 1));
+    refusals.push(refusal("not_yet_committed", waiting.send().await.unwrap()).await);
+
+    insta::assert_json_snapshot!("cannot_keep_up", refusals);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusal_while_the_table_cannot_be_written() {
+    let mut gateway = Harness::start().await;
+    gateway.query(&format!("DROP TABLE {TABLE}")).await;
+    let kept = gateway
+        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+        .json(&reading("kept", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 202);
+    let mut answer = None;
+    for _ in 0..300 {
+        let response = gateway
+            .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+            .json(&reading("new", 1.0))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            answer = Some(refusal("writes_failing", response).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.expect("writes_failing within 30 s");
+    insta::assert_json_snapshot!("table_unwritable", [answer]);
+    gateway.stop().await;
+}
