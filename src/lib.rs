@@ -1,4 +1,76 @@
-//! lakegate: ingests readings from field devices into Delta tables on Databricks.
+//! # lakegate
+//!
+//! Ingests readings from field devices into a Delta table on Databricks, and serves
+//! them back to dashboards. This page is the map: it follows a reading from the
+//! socket to the table, and a dashboard query back, naming the file of each step.
+//! Modules read bottom-up; none imports a module that imports it back.
+//!
+//! ## Start-up (`main.rs`, `app.rs`)
+//!
+//! `main.rs` reads [`config::GatewayConfig`] from the environment (`config.rs`: every
+//! `LAKEGATE_*` setting, validated, with Databricks' unified configuration for the
+//! workspace in `databricks/config.rs`) and hands it to [`app::Gateway::start`]. That
+//! builds the workspace client (`databricks/`), loads the device registry
+//! (`devices/source.rs`), creates the tables when missing (`table.rs`), starts the
+//! batch writer and the registry reloads, then [`app::Gateway::run`] serves until the
+//! shutdown signal and drains. With no workspace configured, `local.rs` starts the
+//! embedded emulator (`emulator/`) in its place.
+//!
+//! ## A reading's way in
+//!
+//! 1. **Connection** (`connections.rs`): our accept loop serves HTTP/1.1 and h2c on
+//!    one port, with a connection cap (503 `overloaded` beyond it), header and idle
+//!    timeouts, and a graceful close at shutdown.
+//! 2. **Router and layers** (`server/mod.rs`): request ids, a time limit per
+//!    request, request metrics (`metrics.rs`), then `POST /ingest`.
+//! 3. **Who is sending** (`server/auth.rs`): the `X-API-Key` is hashed and looked up
+//!    in the registry (`devices/registry.rs`, swapped whole by reloads in
+//!    `devices/live.rs`); failed attempts count against the client address's budget
+//!    (`rate_limits.rs`, which also knows which address a request comes from).
+//! 4. **The handler** (`server/ingest.rs`, kept thin): the device's rate is checked
+//!    before the body is read (`rate_limits.rs`); the body is decoded and split into
+//!    readings (`ingest/body.rs`: size caps, gzip, JSON or NDJSON), each reading
+//!    validated and turned into rows, one per metric (`ingest/reading.rs`,
+//!    `ingest/request.rs`, reasons in `ingest/rejection.rs`; the row is
+//!    [`table`]'s `TableRow`).
+//! 5. **Queue** (`ingest/queue.rs`): the rows take room in a queue bounded in rows
+//!    and bytes, all or nothing (503 `unavailable` when full), then the global rate.
+//!    With `?ack=accept` the device hears 202 now; by default it waits for step 7.
+//! 6. **Writer** (`ingest/writer.rs`): collects queued rows into batches sized as
+//!    they travel, writes each through a sink (`ingest/sink.rs`) and retries by what
+//!    failed: transient errors again, refused rows isolated and dead-lettered, an
+//!    unwritable table kept and reported (`health.rs`).
+//! 7. **Statement** (`table.rs`, `databricks/statements.rs`): one MERGE per batch,
+//!    the whole batch as one JSON string parameter expanded by `from_json`, keyed on
+//!    (device, reading id, ts, metric) so that a retry or a resend is written once.
+//!    The client (`databricks/http.rs`) keeps the OAuth token fresh
+//!    (`databricks/auth.rs`), retries 429/503 by its policy (`databricks/retry.rs`)
+//!    and polls the statement to its end. On commit the waiting request answers 200.
+//!
+//! Every refusal on the way is a JSON body with a code from `error_code.rs`
+//! (`server/error.rs`), the same codes the README lists.
+//!
+//! ## A dashboard query back
+//!
+//! 1. `GET /api/devices`, `/api/devices/{id}/series`, `/api/devices/{id}/latest`
+//!    (`server/read.rs`): the `Reader` extractor decides whose credentials the query
+//!    runs with: a reader token (the app's identity), or behind the Apps proxy the
+//!    signed-in user's own token, so Unity Catalog decides what they see.
+//! 2. Parameters are checked and capped (`query/params.rs`); the statements are in
+//!    `table.rs` (`table::reads`).
+//! 3. `query/reader.rs` runs them with a row limit: small answers inline as JSON,
+//!    long series as Arrow through external links (`databricks/results.rs`), and
+//!    shapes the JSON the page reads (`query/answers.rs`).
+//! 4. The fleet page itself (`static/`) is served from the binary by
+//!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
+//!
+//! ## Operations
+//!
+//! `/healthz`, `/readyz` (`server/ops.rs`, cached single-flight in
+//! `server/readiness.rs`) and `/metrics` (`metrics.rs`). Shutdown (`app.rs`) follows
+//! one timeline computed from the grace period (`config::ShutdownDeadlines`):
+//! requests drain, waiting devices are told the truth, the writer flushes, and every
+//! background task is awaited.
 
 pub(crate) mod activity;
 pub mod app;

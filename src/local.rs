@@ -1,6 +1,6 @@
 //! `cargo run` with no workspace: the embedded emulator stands in for Databricks,
 //! with its data in a local folder, a demo device gets a fresh key and the page a
-//! fresh reader token. [`attach`] is all `app.rs` sees of it.
+//! fresh reader token. `attach` is all `app.rs` sees of it.
 
 use std::path::Path;
 

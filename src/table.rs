@@ -3,7 +3,7 @@
 //!
 //! One row per metric of a reading, keyed by (device, reading id, ts, metric).
 //! Values never appear in SQL text: a batch travels as ONE string parameter holding
-//! a JSON array of [`TableRow`]s, expanded on the warehouse with `from_json`, which
+//! a JSON array of `TableRow`s, expanded on the warehouse with `from_json`, which
 //! keeps thousands of rows under the API's 255-parameter limit. The one name in the
 //! text is the table's, a validated `catalog.schema.table` of plain identifiers.
 
