@@ -61,6 +61,21 @@
 //! SIGINT or SIGTERM. From Rust, [`Emulator::start`] takes the same settings as
 //! [`EmulatorConfig`] (use port 0 in tests).
 //!
+//! ## Map
+//!
+//! A call enters through the router (`app.rs`, which also holds the shared state):
+//! `faults.rs` may answer first with an injected failure, `auth.rs` checks the bearer
+//! token (and serves the OAuth endpoints), then a handler runs. `secrets.rs` is the
+//! Secrets API. `statements/mod.rs` is the statement state machine (submit, wait,
+//! poll, cancel): it hands the SQL to the engine, cuts the result into chunks
+//! (`statements/results.rs`) and serves external links (`statements/links.rs`). The
+//! engine (`sql/mod.rs`) runs Databricks SQL on DataFusion: DDL that sqlparser cannot
+//! read (`sql/ddl.rs`), the insert-only MERGE (`sql/merge.rs`), `:name` parameters
+//! (`sql/params.rs`), Databricks functions (`sql/functions.rs`), types
+//! (`sql/types.rs`), persistence (`sql/store.rs`) and errors in Databricks' shape
+//! (`sql/error.rs`, `error.rs`). `stats.rs` counts what tests ask about; `config.rs`
+//! holds the settings the CLI (`main.rs`) and [`Emulator::start`] share.
+//!
 //! ## Not supported
 //!
 //! - `MERGE` with `WHEN MATCHED` or `WHEN NOT MATCHED BY SOURCE` clauses, or with more than one
