@@ -1,14 +1,23 @@
 //! The lakegate binary: `lakegate` (or `lakegate serve`) runs the gateway;
+//! `lakegate keys add/rotate/revoke-old/revoke/disable/enable/list` manage the
+//! device registry where it lives;
 //! `lakegate keys new <device-id>` creates a device key, `lakegate keys new-reader`
 //! a token for the read API.
 
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
-use lakegate::devices::{generate_key, new_key_instructions, new_reader_instructions};
+use lakegate::devices::{
+    AdminError, KeyChange, RegistryStore, change_registry, generate_key, listing,
+    new_key_instructions, new_reader_instructions, secrets_from_environment,
+};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -34,34 +43,79 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Create a key for a device: prints the key once and the registry entry to add.
+    /// Add a device with a new key: prints the key once, on its own line.
+    Add {
+        device_id: String,
+        /// The device's own rate (readings per second); default: the gateway's.
+        #[arg(long)]
+        rate: Option<NonZeroU32>,
+        /// The device's own burst; default: the gateway's.
+        #[arg(long)]
+        burst: Option<NonZeroU32>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Give a device a second key; the old one works until `revoke-old`.
+    Rotate {
+        device_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Keep only the device's newest key.
+    RevokeOld {
+        device_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Remove the device and all its keys.
+    Revoke {
+        device_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Refuse the device's keys (403) until `enable`.
+    Disable {
+        device_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    Enable {
+        device_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// List the devices: keys per device, disabled, limits (never a key or a hash).
+    List {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Print a key and the registry entry to add by hand, touching no registry.
     New { device_id: String },
     /// Create a reader token for the read API and the page: prints the token once and
     /// the hash to add to LAKEGATE_READER_TOKENS.
     NewReader,
 }
 
+/// Where the registry lives: one of `--file` or `--secret`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct RegistryArgs {
+    /// A registry file (what LAKEGATE_DEVICE_KEYS_FILE names).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// A Databricks secret, `scope/key` (what LAKEGATE_DEVICE_KEYS_SECRET names); the
+    /// workspace comes from DATABRICKS_* variables or a ~/.databrickscfg profile.
+    #[arg(long)]
+    secret: Option<String>,
+    /// The ~/.databrickscfg profile to use with --secret.
+    #[arg(long, requires = "secret")]
+    profile: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Keys {
-            action: KeysCommand::New { device_id },
-        } => {
-            if !lakegate::devices::is_valid_device_id(&device_id) {
-                eprintln!(
-                    "error: {device_id:?} is not a valid device id (1-128 of A-Z a-z 0-9 . _ : -)"
-                );
-                return ExitCode::FAILURE;
-            }
-            print!("{}", new_key_instructions(&device_id, &generate_key()));
-            ExitCode::SUCCESS
-        }
-        Command::Keys {
-            action: KeysCommand::NewReader,
-        } => {
-            print!("{}", new_reader_instructions(&generate_key()));
-            ExitCode::SUCCESS
-        }
+        Command::Keys { action } => keys(action),
         Command::Serve => {
             init_logging();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -74,6 +128,117 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn keys(action: KeysCommand) -> ExitCode {
+    let (change, registry) = match action {
+        KeysCommand::New { device_id } => {
+            if !lakegate::devices::is_valid_device_id(&device_id) {
+                eprintln!(
+                    "error: {device_id:?} is not a valid device id (1-128 of A-Z a-z 0-9 . _ : -)"
+                );
+                return ExitCode::FAILURE;
+            }
+            print!("{}", new_key_instructions(&device_id, &generate_key()));
+            return ExitCode::SUCCESS;
+        }
+        KeysCommand::NewReader => {
+            print!("{}", new_reader_instructions(&generate_key()));
+            return ExitCode::SUCCESS;
+        }
+        KeysCommand::List { registry } => (None, registry),
+        KeysCommand::Add {
+            device_id,
+            rate,
+            burst,
+            registry,
+        } => (
+            Some(KeyChange::Add {
+                device: device_id,
+                rate_per_sec: rate,
+                burst,
+            }),
+            registry,
+        ),
+        KeysCommand::Rotate {
+            device_id,
+            registry,
+        } => (Some(KeyChange::Rotate { device: device_id }), registry),
+        KeysCommand::RevokeOld {
+            device_id,
+            registry,
+        } => (Some(KeyChange::RevokeOld { device: device_id }), registry),
+        KeysCommand::Revoke {
+            device_id,
+            registry,
+        } => (Some(KeyChange::Revoke { device: device_id }), registry),
+        KeysCommand::Disable {
+            device_id,
+            registry,
+        } => (Some(KeyChange::Disable { device: device_id }), registry),
+        KeysCommand::Enable {
+            device_id,
+            registry,
+        } => (Some(KeyChange::Enable { device: device_id }), registry),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(change_keys(change, registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lists, or makes one change and says what it did; a new key goes to stdout alone
+/// on its line, everything else to stderr.
+async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<(), AdminError> {
+    let store = match (args.file, args.secret) {
+        (Some(path), _) => RegistryStore::File(path),
+        (None, Some(reference)) => {
+            let (scope, key) = reference
+                .split_once('/')
+                .filter(|(scope, key)| !scope.is_empty() && !key.is_empty() && !key.contains('/'))
+                .ok_or_else(|| {
+                    AdminError::Store(format!("--secret {reference:?} is not scope/key"))
+                })?;
+            let mut vars: HashMap<String, String> = std::env::vars().collect();
+            if let Some(profile) = args.profile {
+                vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile);
+            }
+            RegistryStore::Secret {
+                secrets: secrets_from_environment(&vars)?,
+                scope: scope.to_owned(),
+                key: key.to_owned(),
+            }
+        }
+        (None, None) => unreachable!("clap requires --file or --secret"),
+    };
+    let Some(change) = change else {
+        print!("{}", listing(&store.read().await?.document)?);
+        return Ok(());
+    };
+    let applied = change_registry(&store, &change).await?;
+    eprintln!("{change_done} in {store}", change_done = describe(&change));
+    if let Some(key) = applied.new_key {
+        eprintln!("The key, shown once (the registry holds only its hash):");
+        println!("{}", key.key.expose_secret());
+    }
+    Ok(())
+}
+
+fn describe(change: &KeyChange) -> String {
+    match change {
+        KeyChange::Add { device, .. } => format!("added {device:?} with a new key"),
+        KeyChange::Rotate { device } => {
+            format!("{device:?} has a new key; the old one works until `revoke-old`")
+        }
+        KeyChange::RevokeOld { device } => format!("{device:?} keeps only its newest key"),
+        KeyChange::Revoke { device } => format!("removed {device:?} and its keys"),
+        KeyChange::Disable { device } => format!("disabled {device:?}"),
+        KeyChange::Enable { device } => format!("enabled {device:?}"),
     }
 }
 

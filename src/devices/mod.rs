@@ -1,11 +1,15 @@
 //! Device identity: the registry of device keys (stored as SHA-256 hashes),
 //! where it is loaded from, and the live handle that reloads swap.
 
+mod admin;
 mod keys;
 mod live;
 mod registry;
 mod source;
 
+pub use admin::{
+    AdminError, KeyChange, RegistryStore, apply, change_registry, listing, secrets_from_environment,
+};
 pub(crate) use keys::{BadHash, KeyHash};
 pub use keys::{NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions};
 pub(crate) use live::{DeviceKeys, reload_loop};

@@ -7,6 +7,7 @@ mod connections;
 mod dashboard_sql;
 mod harness;
 mod ingest;
+mod key_commands;
 mod keys;
 mod logs;
 mod operations;
