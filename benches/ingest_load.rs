@@ -13,21 +13,20 @@
 //! (5 s measured per scenario), `BENCH_WARMUP_SECS` (1 s, discarded),
 //! `BENCH_MAX_REQUESTS` (200000 per pass, a bound for fast machines).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
-use lakegate::databricks::{self, StatementRequest, Value};
-use lakegate_emulator::{Emulator, EmulatorConfig};
+use anyhow::{Context, anyhow, bail};
+use lakegate_emulator::Emulator;
+use lakegate_testkit::{emulator_config, gateway_env, http_client_builder, poll};
 use secrecy::ExposeSecret;
 
-const SP_ID: &str = "bench-sp";
-const SP_SECRET: &str = "bench-sp-secret";
 const TABLE: &str = "main.lakegate.bench_readings";
 const DEVICE_ID: &str = "bench-1";
 const BATCH: usize = 100;
@@ -402,162 +401,78 @@ fn print_table(rows: &[Figures], settings: &Settings) {
     }
 }
 
-/// The gateway process; killed if still running when dropped (an early error).
-struct GatewayProcess {
-    child: Child,
-    /// Warnings and errors the gateway logged, counted by level, message and
-    /// classification (tower-http's), for the report.
-    complaints: Arc<Mutex<BTreeMap<String, u64>>>,
-}
+/// Warnings and errors a gateway logged, counted by level, message and
+/// classification (tower-http's), for the report.
+type Complaints = Arc<Mutex<BTreeMap<String, u64>>>;
 
-impl GatewayProcess {
-    /// `extra` settings override the defaults below.
-    fn spawn(
-        emulator: &Emulator,
-        registry: &Path,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<(GatewayProcess, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
-            .env_clear()
-            .envs([
-                ("DATABRICKS_HOST", emulator.url().as_str()),
-                ("DATABRICKS_CLIENT_ID", SP_ID),
-                ("DATABRICKS_CLIENT_SECRET", SP_SECRET),
-                ("DATABRICKS_WAREHOUSE_ID", emulator.warehouse_id()),
-                ("LAKEGATE_TABLE", TABLE),
-                (
-                    "LAKEGATE_DEVICE_KEYS_FILE",
-                    registry.display().to_string().as_str(),
-                ),
-                ("LAKEGATE_LISTEN_ADDR", "127.0.0.1"),
-                ("DATABRICKS_APP_PORT", "0"),
-                // Info level as deployed; the address comes from the "lakegate listening" line.
-                ("LAKEGATE_LOG_FORMAT", "json"),
-                ("LAKEGATE_FLUSH_MS", "100"),
-                // RateLimits far above what one box can send: we measure the path, not the quotas.
-                ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1000000000"),
-                ("LAKEGATE_GLOBAL_BURST", "1000000000"),
-                ("LAKEGATE_QUEUE_MAX_ROWS", "2000000"),
-            ])
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the lakegate binary")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let complaints = Arc::new(Mutex::new(BTreeMap::new()));
-        let process = GatewayProcess {
-            child,
-            complaints: complaints.clone(),
-        };
-
-        // A thread reads the log for the whole run, so the gateway never blocks on a full pipe.
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if log["message"] == "lakegate listening" {
-                    let _ = address_tx.send(log["address"].as_str().unwrap_or("").to_owned());
-                } else if let Some(level @ ("WARN" | "ERROR")) = log["level"].as_str() {
-                    let kind = format!(
-                        "{level} {} {}",
-                        log["message"].as_str().unwrap_or("?"),
-                        log["classification"].as_str().unwrap_or("")
-                    );
-                    *complaints.lock().unwrap().entry(kind).or_insert(0) += 1;
-                }
-            }
-        });
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(60))
-            .context("lakegate did not log its address within 60 s")?;
-        Ok((process, address))
-    }
-
-    /// SIGTERM, as Databricks Apps stops an app, and waits for the drain.
-    fn terminate(mut self) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
-        let started = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !sent.success() {
-            bail!("kill -TERM failed");
+/// The `lakegate` binary in front of `emulator`; `extra` settings override the defaults below.
+fn spawn_gateway(
+    emulator: &Emulator,
+    registry: &Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(common::LakegateProcess, Complaints)> {
+    let settings = [
+        ("LAKEGATE_TABLE", TABLE),
+        ("LAKEGATE_FLUSH_MS", "100"),
+        // RateLimits far above what one box can send: we measure the path, not the quotas.
+        ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1000000000"),
+        ("LAKEGATE_GLOBAL_BURST", "1000000000"),
+        ("LAKEGATE_QUEUE_MAX_ROWS", "2000000"),
+    ];
+    let settings: Vec<_> = settings.iter().chain(extra).copied().collect();
+    let mut env = gateway_env(emulator, registry, &settings);
+    // The registry is reloaded as often as deployed, not every second as in tests; the
+    // log level is the deployed one (info).
+    env.remove("LAKEGATE_KEYS_REFRESH_SECS");
+    let complaints = Arc::new(Mutex::new(BTreeMap::new()));
+    let counted = complaints.clone();
+    let process = common::LakegateProcess::spawn(&env, move |log| {
+        if let Some(level @ ("WARN" | "ERROR")) = log["level"].as_str() {
+            let kind = format!(
+                "{level} {} {}",
+                log["message"].as_str().unwrap_or("?"),
+                log["classification"].as_str().unwrap_or("")
+            );
+            *counted.lock().unwrap().entry(kind).or_insert(0) += 1;
         }
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok((status, started.elapsed()));
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("lakegate still running 30 s after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-async fn row_count(reader: &databricks::Client) -> anyhow::Result<i64> {
-    let rows = reader
-        .statements()
-        .execute(StatementRequest::new(format!(
-            "SELECT count(*) FROM {TABLE}"
-        )))
-        .await?
-        .collect_rows()
-        .await?;
-    match rows.first().and_then(|row| row.first()) {
-        Some(Value::Int(count)) => Ok(*count),
-        other => bail!("count(*) returned {other:?}"),
-    }
+    })?;
+    Ok((process, complaints))
 }
 
 /// Waits until the gateway has committed everything queued, so that one
 /// scenario's backlog does not slow down the next; returns how long it took.
 async fn wait_for_empty_queue(gateway: &LoadClient) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    while batch_stats(gateway).await?.queued > 0.0 {
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!("the write queue did not drain within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (within, every) = (Duration::from_secs(300), Duration::from_millis(100));
+    let stats = async || batch_stats(gateway).await;
+    poll(
+        within,
+        every,
+        stats,
+        |stats| !matches!(stats, Ok(s) if s.queued > 0.0),
+    )
+    .await
+    .map_err(|_| anyhow!("the write queue did not drain within 300 s"))??;
     Ok(started.elapsed())
 }
 
 async fn wait_until_ready(gateway: &LoadClient) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let ready = gateway
-            .http
-            .get(format!("{}/readyz", gateway.url))
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success());
-        if ready {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("lakegate not ready within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = async || {
+        let readyz = gateway.http.get(format!("{}/readyz", gateway.url));
+        let answer = readyz.send().await;
+        answer.is_ok_and(|response| response.status().is_success())
+    };
+    let (within, every) = (Duration::from_secs(60), Duration::from_millis(100));
+    poll(within, every, ready, |ready| *ready)
+        .await
+        .map_err(|_| anyhow!("lakegate not ready within 60 s"))?;
+    Ok(())
 }
 
 async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("lakegate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let registry = dir.join("devices.json");
+    // Removed when the run ends, after both gateways have stopped.
+    let dir = lakegate_testkit::temp_dir();
+    let registry = dir.path().join("devices.json");
     let key = lakegate::devices::generate_key()
         .key
         .expose_secret()
@@ -570,16 +485,14 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     }}});
     std::fs::write(&registry, devices.to_string())?;
 
-    let (process, address) = GatewayProcess::spawn(emulator, &registry, &[])?;
-    // reqwest is built without a default TLS provider; it needs one even for plain HTTP.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
+    let (process, complaints) = spawn_gateway(emulator, &registry, &[])?;
+    let http = http_client_builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(settings.concurrency)
         .build()?;
     let gateway = LoadClient {
         http,
-        url: format!("http://{address}"),
+        url: format!("http://{}", process.address),
         key: key.into(),
         next_id: Arc::new(AtomicU64::new(0)),
         metrics: METRICS.iter().map(|name| (*name).to_owned()).collect(),
@@ -627,28 +540,21 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     let overload = overload(emulator, &registry, &gateway, &settings).await?;
 
     // Every acknowledged reading must reach the table exactly once.
-    let reader = databricks::Client::new(&databricks::Config::resolve(
-        databricks::Settings::default(),
-        &[
-            ("DATABRICKS_HOST".to_owned(), emulator.url()),
-            ("DATABRICKS_CLIENT_ID".to_owned(), SP_ID.to_owned()),
-            ("DATABRICKS_CLIENT_SECRET".to_owned(), SP_SECRET.to_owned()),
-            (
-                "DATABRICKS_WAREHOUSE_ID".to_owned(),
-                emulator.warehouse_id().to_owned(),
-            ),
-        ]
-        .into_iter()
-        .collect(),
-    )?)?;
+    let reader = common::reader(&gateway_env(emulator, &registry, &[]));
     let expected = (total.to_be_written * METRICS.len() as u64
         + overload.to_be_written * WIDE_METRICS as u64) as i64;
     let waited = Instant::now();
-    let mut count = row_count(&reader).await?;
-    while count != expected && waited.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        count = row_count(&reader).await?;
-    }
+    let (within, every) = (Duration::from_secs(30), Duration::from_millis(200));
+    let count = async || common::row_count(&reader, TABLE).await;
+    // Past the wait, the count is reported as it is (a mismatch fails the run below).
+    let count = poll(
+        within,
+        every,
+        count,
+        |count| !matches!(count, Ok(n) if *n != expected),
+    )
+    .await
+    .unwrap_or_else(|last| last)?;
     println!(
         "\nCheck: {} readings acknowledged ({} more queued behind a 503 not_yet_committed, \
          {} with no answer) x {} metrics, and {} x {WIDE_METRICS} in the overload pass = \
@@ -663,9 +569,8 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         if count == expected { "OK" } else { "MISMATCH" }
     );
 
-    let complaints = process.complaints.clone();
-    let (status, took) = process.terminate()?;
-    let after_stop = row_count(&reader).await?;
+    let (status, took) = process.terminate().await?;
+    let after_stop = common::row_count(&reader, TABLE).await?;
     println!(
         "lakegate stopped on SIGTERM in {:.2} s ({status}); rows after the stop: {after_stop}",
         took.as_secs_f64()
@@ -684,7 +589,6 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         "emulator: {} statements, {} token requests; {all_errors} non-2xx or failed requests in all",
         stats.statements, stats.token_requests
     );
-    let _ = std::fs::remove_dir_all(&dir);
     if count != expected || after_stop != expected || !status.success() {
         bail!("the final check failed");
     }
@@ -729,7 +633,7 @@ async fn overload(
 ) -> anyhow::Result<Overload> {
     eprintln!("running: overload");
     let queue_bytes = OVERLOAD_QUEUE_BYTES.to_string();
-    let (process, address) = GatewayProcess::spawn(
+    let (process, _) = spawn_gateway(
         emulator,
         registry,
         // Smaller requests than the default 1000 x 100 rows, so that one fits the budget.
@@ -739,7 +643,7 @@ async fn overload(
         ],
     )?;
     let gateway = LoadClient {
-        url: format!("http://{address}"),
+        url: format!("http://{}", process.address),
         metrics: (0..WIDE_METRICS).map(|i| format!("m{i:03}")).collect(),
         ..first.clone()
     };
@@ -828,7 +732,7 @@ async fn overload(
         "  backlog committed {:.1} s after the pass",
         drain.as_secs_f64()
     );
-    let (status, _) = process.terminate()?;
+    let (status, _) = process.terminate().await?;
     if !status.success() {
         bail!("the overloaded gateway did not stop cleanly: {status}");
     }
@@ -844,11 +748,7 @@ fn main() -> anyhow::Result<()> {
     // The emulator gets its own runtime: DataFusion runs statements on its
     // worker threads, and must not stall the load generator's timers and sockets.
     let workspace = tokio::runtime::Runtime::new()?;
-    let emulator = workspace.block_on(Emulator::start(EmulatorConfig {
-        listen: "127.0.0.1:0".parse()?,
-        service_principals: vec![(SP_ID.into(), SP_SECRET.into())],
-        ..EmulatorConfig::default()
-    }))?;
+    let emulator = workspace.block_on(Emulator::start(emulator_config()))?;
     let outcome = tokio::runtime::Runtime::new()?.block_on(run(settings, &emulator));
     workspace.block_on(emulator.shutdown());
     outcome

@@ -13,9 +13,10 @@ use lakegate::databricks::{
     Value,
 };
 use lakegate_emulator::{EmulatorConfig, Faults};
+use lakegate_testkit::{PAT, SP_ID, SP_SECRET, emulator_config, eventually, start_emulator};
 use secrecy::{ExposeSecret, SecretString};
 
-use common::*;
+use common::{config, m2m, m2m_client, pat, pat_client};
 
 /// `SELECT` of `n` rows `(id, name)` as a VALUES list.
 fn numbered_rows(n: i64) -> String {
@@ -36,7 +37,7 @@ fn same(a: &SecretString, b: &SecretString) -> bool {
 
 /// An emulator whose statements each spend `latency` RUNNING.
 async fn start_with_statement_latency(latency: Duration) -> lakegate_emulator::Emulator {
-    start(EmulatorConfig {
+    start_emulator(EmulatorConfig {
         faults: Faults {
             statement_latency: latency,
             ..Faults::default()
@@ -48,7 +49,7 @@ async fn start_with_statement_latency(latency: Duration) -> lakegate_emulator::E
 
 /// An emulator whose OAuth tokens live `secs` seconds.
 async fn start_with_token_lifetime(secs: u64) -> lakegate_emulator::Emulator {
-    start(EmulatorConfig {
+    start_emulator(EmulatorConfig {
         token_lifetime: Duration::from_secs(secs),
         ..emulator_config()
     })
@@ -59,7 +60,7 @@ async fn start_with_token_lifetime(secs: u64) -> lakegate_emulator::Emulator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cold_start_fetches_one_token_for_100_concurrent_callers() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = m2m_client(&emulator);
 
     let tokens = join_all((0..100).map(|_| {
@@ -135,7 +136,7 @@ async fn failed_background_refresh_keeps_serving_the_valid_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_endpoint_503_is_retried_honouring_retry_after() {
-    let emulator = start(EmulatorConfig {
+    let emulator = start_emulator(EmulatorConfig {
         faults: Faults {
             token_failures: 1,
             ..Faults::default()
@@ -170,7 +171,7 @@ async fn an_expired_token_is_never_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_client_secret_is_a_typed_401_without_the_secret() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = Client::new(&config(&emulator, m2m(SP_ID, "wrong-secret-value"))).unwrap();
     let err = client.secrets().list("any").await.unwrap_err();
     assert!(matches!(err, Error::Auth(_)), "{err:?}");
@@ -183,7 +184,7 @@ async fn bad_client_secret_is_a_typed_401_without_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_pat_is_a_typed_401_without_the_token() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = Client::new(&config(&emulator, pat("dapi-wrong-token"))).unwrap();
     let err = client.secrets().list("any").await.unwrap_err();
     let api = err.error_response().unwrap_or_else(|| panic!("{err:?}"));
@@ -198,7 +199,7 @@ async fn bad_pat_is_a_typed_401_without_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_429_after_retry_after() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     client.secrets().create_scope("throttled").await.unwrap();
     emulator.set_faults(Faults {
@@ -227,7 +228,7 @@ async fn retries_429_after_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_503_even_for_post_after_retry_after() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     client.secrets().create_scope("unavailable").await.unwrap();
     emulator.set_faults(Faults {
@@ -253,7 +254,7 @@ async fn retries_503_even_for_post_after_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_absurd_retry_after_is_capped_at_a_minute() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     client.secrets().create_scope("patience").await.unwrap();
     emulator.set_faults(Faults {
@@ -276,7 +277,7 @@ async fn an_absurd_retry_after_is_capped_at_a_minute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_absurd_token_lifetime_neither_panics_nor_lives_for_ever() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     emulator.set_faults(Faults {
         token_expires_in: Some(u64::MAX),
         ..Faults::default()
@@ -289,7 +290,7 @@ async fn an_absurd_token_lifetime_neither_panics_nor_lives_for_ever() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_errors_are_not_retried() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     let before = emulator.stats().api_requests;
     let err = client
@@ -306,7 +307,7 @@ async fn client_errors_are_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_round_trip() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = m2m_client(&emulator);
     let secrets = client.secrets();
     secrets.create_scope("devices").await.unwrap();
@@ -338,7 +339,7 @@ async fn secrets_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn typed_and_null_parameters_decode_by_manifest_type() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = m2m_client(&emulator);
     let at: DateTime<Utc> = "2024-05-01T12:34:56.789Z".parse().unwrap();
     let request = StatementRequest::new(
@@ -472,7 +473,7 @@ async fn on_wait_timeout_cancel_ends_canceled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_sql_carries_error_code_and_sql_state() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     let err = client
         .statements()
@@ -496,7 +497,7 @@ async fn failed_sql_carries_error_code_and_sql_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_array_results_follow_the_chunks() {
-    let emulator = start(EmulatorConfig {
+    let emulator = start_emulator(EmulatorConfig {
         rows_per_chunk: 3,
         ..emulator_config()
     })
@@ -553,7 +554,7 @@ fn ids_of(batches: &[arrow_array::RecordBatch]) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn arrow_results_are_streamed_chunk_by_chunk() {
-    let emulator = start(EmulatorConfig {
+    let emulator = start_emulator(EmulatorConfig {
         rows_per_chunk: 3,
         ..emulator_config()
     })
@@ -578,7 +579,7 @@ async fn arrow_results_are_streamed_chunk_by_chunk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expired_links_are_fetched_again() {
-    let emulator = start(EmulatorConfig {
+    let emulator = start_emulator(EmulatorConfig {
         rows_per_chunk: 5,
         link_lifetime: Duration::from_secs(3),
         ..emulator_config()
@@ -599,7 +600,7 @@ async fn expired_links_are_fetched_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_many_parameters_are_refused_before_sending() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     let params = (0..256).map(|i| Param::i64(format!("p{i}"), i));
     let err = client
@@ -613,7 +614,7 @@ async fn too_many_parameters_are_refused_before_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn row_limit_truncates_in_the_requested_schema() {
-    let emulator = start(emulator_config()).await;
+    let emulator = start_emulator(emulator_config()).await;
     let client = pat_client(&emulator);
     let request = StatementRequest::new(numbered_rows(10))
         .catalog("main")
@@ -626,7 +627,7 @@ async fn row_limit_truncates_in_the_requested_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connection_errors_are_retried() {
-    let first = start(emulator_config()).await;
+    let first = start_emulator(emulator_config()).await;
     let client = pat_client(&first);
     let addr = first.addr();
     first.shutdown().await;
@@ -636,7 +637,7 @@ async fn connection_errors_are_retried() {
         async move { client.secrets().create_scope("after-restart").await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = start(EmulatorConfig {
+    let second = start_emulator(EmulatorConfig {
         listen: addr,
         ..emulator_config()
     })

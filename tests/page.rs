@@ -1,17 +1,19 @@
 //! The fleet page in a real browser: Debian's Chromium, headless, against the
 //! gateway in front of the in-process emulator, reading the API with a reader token.
 
+mod common;
 #[allow(dead_code)]
 #[path = "gateway/harness.rs"]
 mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, DurationRound, Utc};
-use harness::{Harness, emulator_config};
+use harness::Harness;
 use lakegate::devices::{generate_key, hash_key};
+use lakegate_testkit::{emulator_config, poll};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -180,58 +182,41 @@ fn excerpt<'a>(text: &'a str, needle: &str) -> &'a str {
 
 /// Runs headless Chromium with its own profile; returns its standard output.
 async fn chromium(args: &[String]) -> String {
-    let args = args.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let profile = std::env::temp_dir().join(format!(
-            "lakegate-chromium-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&profile).unwrap();
-        let out_path = profile.with_extension("stdout");
-        let err_path = profile.with_extension("stderr");
-        let mut child = Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--virtual-time-budget=15000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(&err_path).unwrap())
-            .spawn()
-            .unwrap_or_else(|err| panic!("{CHROMIUM} does not start: {err}"));
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > BROWSER_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "chromium did not finish within {BROWSER_TIMEOUT:?}:\n{}",
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        let _ = std::fs::remove_dir_all(&profile);
-        let _ = std::fs::remove_file(&out_path);
-        let _ = std::fs::remove_file(&err_path);
-        assert!(status.success(), "chromium failed ({status}):\n{stderr}");
-        stdout
-    })
-    .await
-    .unwrap()
+    let dir = lakegate_testkit::temp_dir();
+    let profile = dir.path().join("profile");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|err| panic!("{CHROMIUM} does not start: {err}"));
+    let every = Duration::from_millis(100);
+    let exited = async || child.try_wait().unwrap();
+    let Ok(Some(status)) = poll(BROWSER_TIMEOUT, every, exited, Option::is_some).await else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "chromium did not finish within {BROWSER_TIMEOUT:?}:\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "chromium failed ({status}):\n{stderr}");
+    stdout
 }

@@ -4,13 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CLIENT_ID, CLIENT_SECRET, Workspace, config};
+use common::Workspace;
 use lakegate_emulator::Faults;
+use lakegate_testkit::{SP_ID, SP_SECRET, emulator_config, fetch_token};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn discovery_and_token_flow() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     let meta: Value = ws
         .http
         .get(ws.url("/.well-known/databricks-config"))
@@ -42,8 +43,8 @@ async fn discovery_and_token_flow() {
         .form(&[
             ("grant_type", "client_credentials"),
             ("scope", "all-apis"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", CLIENT_SECRET),
+            ("client_id", SP_ID),
+            ("client_secret", SP_SECRET),
         ])
         .send()
         .await
@@ -57,7 +58,7 @@ async fn discovery_and_token_flow() {
     let bad = ws
         .http
         .post(ws.url("/oidc/v1/token"))
-        .basic_auth(CLIENT_ID, Some("wrong"))
+        .basic_auth(SP_ID, Some("wrong"))
         .form(&[("grant_type", "client_credentials")])
         .send()
         .await
@@ -71,7 +72,7 @@ async fn discovery_and_token_flow() {
     let grant = ws
         .http
         .post(ws.url("/oidc/v1/token"))
-        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .basic_auth(SP_ID, Some(SP_SECRET))
         .form(&[("grant_type", "password")])
         .send()
         .await
@@ -90,7 +91,7 @@ async fn discovery_and_token_flow() {
 async fn api_calls_need_a_valid_unexpired_token() {
     let ws = Workspace::start(lakegate_emulator::EmulatorConfig {
         tokens: vec!["dapi-pat".into()],
-        ..config()
+        ..emulator_config()
     })
     .await;
     let path = ws.url("/api/2.0/secrets/scopes/list");
@@ -115,7 +116,7 @@ async fn api_calls_need_a_valid_unexpired_token() {
     assert_eq!(ws.get("/api/2.0/secrets/scopes/list").await.0, 200);
 
     ws.emulator.set_token_lifetime(Duration::from_millis(50));
-    let short = common::fetch_token(&ws.http, &ws.emulator.url()).await;
+    let short = fetch_token(&ws.http, &ws.emulator.url()).await;
     assert_eq!(
         ws.http
             .get(&path)
@@ -147,7 +148,7 @@ async fn api_calls_need_a_valid_unexpired_token() {
 
 #[tokio::test]
 async fn secrets_round_trip_and_errors() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     assert_eq!(
         ws.post(
             "/api/2.0/secrets/scopes/create",
@@ -281,7 +282,7 @@ async fn secrets_round_trip_and_errors() {
 
 #[tokio::test]
 async fn faults_throttle_unavailable_and_token_failures() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     ws.emulator.set_faults(Faults {
         throttle_share: 1.0,
         throttle_retry_after_secs: 7,
@@ -320,7 +321,7 @@ async fn faults_throttle_unavailable_and_token_failures() {
     let token_call = || {
         ws.http
             .post(ws.url("/oidc/v1/token"))
-            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .basic_auth(SP_ID, Some(SP_SECRET))
             .form(&[("grant_type", "client_credentials")])
             .send()
     };
@@ -343,7 +344,7 @@ async fn faults_throttle_unavailable_and_token_failures() {
 
 #[tokio::test]
 async fn faults_with_extreme_values_are_sent_as_chosen() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     ws.emulator.set_faults(Faults {
         unavailable_for: Some(Duration::MAX),
         unavailable_retry_after_secs: u64::MAX,
@@ -363,7 +364,7 @@ async fn faults_with_extreme_values_are_sent_as_chosen() {
     let token = ws
         .http
         .post(ws.url("/oidc/v1/token"))
-        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .basic_auth(SP_ID, Some(SP_SECRET))
         .form(&[("grant_type", "client_credentials")])
         .send()
         .await

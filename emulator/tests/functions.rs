@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{Workspace, config};
+use common::Workspace;
+use lakegate_testkit::emulator_config;
 use serde_json::json;
 
 #[tokio::test]
 async fn unix_time_functions_round_down_to_whole_units() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     let body = ws
         .sql(
             "SELECT unix_micros(TIMESTAMP '1970-01-01 00:00:01Z') AS micros, \
@@ -33,7 +34,7 @@ async fn unix_time_functions_round_down_to_whole_units() {
 
 #[tokio::test]
 async fn time_buckets_from_unix_micros_and_parameters() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     let (status, body) = ws
         .execute(json!({
             "statement": "SELECT timestamp_micros(CAST(floor(unix_micros(:ts) / :bucket_us) AS BIGINT) \

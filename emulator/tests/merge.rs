@@ -4,7 +4,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Workspace, config};
+use common::Workspace;
+use lakegate_testkit::emulator_config;
 use serde_json::{Value, json};
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS main.lakegate.readings (\
@@ -28,7 +29,7 @@ WHEN NOT MATCHED THEN INSERT (device_id, reading_id, ts, metric, value, value_st
 const NOON_US: i64 = 1_764_417_600_000_000;
 
 async fn workspace() -> Workspace {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     ws.sql("CREATE SCHEMA IF NOT EXISTS main.lakegate").await;
     ws.sql(CREATE).await;
     ws
@@ -183,7 +184,7 @@ async fn malformed_json_inserts_nothing() {
 
 #[tokio::test]
 async fn json_and_timestamp_functions() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     let body = ws
         .sql(
             "SELECT from_json('{\"a\": 1, \"b\": [true, null], \"c\": \"2025-11-29\"}', \
@@ -326,7 +327,7 @@ fn failure(body: &Value) -> (String, String) {
 
 #[tokio::test]
 async fn from_json_is_permissive_by_default_and_fails_fast_on_request() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     // PERMISSIVE (default, or asked for): malformed input is NULL, and exploding NULL
     // yields no rows at all.
     let body = ws
@@ -404,7 +405,7 @@ async fn a_failfast_merge_of_a_malformed_batch_fails_and_writes_nothing() {
 
 #[tokio::test]
 async fn reject_rows_fails_writes_of_marked_rows_into_one_table_only() {
-    let mut config = config();
+    let mut config = emulator_config();
     config.faults.reject_rows = Some(lakegate_emulator::RejectRows {
         table: "MAIN.lakegate.readings".into(),
         marker: "poison".into(),

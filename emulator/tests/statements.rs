@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Workspace, config};
+use common::Workspace;
 use lakegate_emulator::{EmulatorConfig, Faults};
+use lakegate_testkit::emulator_config;
 use serde_json::{Value, json};
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS main.iot.readings (\
@@ -34,7 +35,7 @@ fn param(name: &str, value: Option<&str>, type_name: Option<&str>) -> Value {
 
 #[tokio::test]
 async fn create_insert_select_with_databricks_clauses_and_parameters() {
-    let ws = with_table(config()).await;
+    let ws = with_table(emulator_config()).await;
     let (status, body) = ws
         .execute(json!({
             "statement": "INSERT INTO main.iot.readings VALUES (:device, :ts, :value, :id, :ok, :day, :price)",
@@ -116,7 +117,7 @@ async fn create_insert_select_with_databricks_clauses_and_parameters() {
 
 #[tokio::test]
 async fn failed_statements_are_http_200_with_databricks_errors() {
-    let ws = with_table(config()).await;
+    let ws = with_table(emulator_config()).await;
     let cases = [
         (
             json!({"statement": "SELECT * FROM main.iot.nope"}),
@@ -176,7 +177,7 @@ async fn failed_statements_are_http_200_with_databricks_errors() {
 
 #[tokio::test]
 async fn requests_refused_before_running() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     let cases = [
         (
             json!({"statement": "SELECT 1", "wait_timeout": "3s"}),
@@ -256,7 +257,7 @@ async fn requests_refused_before_running() {
 
 #[tokio::test]
 async fn state_machine_pending_then_succeeded_and_cancel() {
-    let ws = Workspace::start(config()).await;
+    let ws = Workspace::start(emulator_config()).await;
     let (_, body) = ws
         .execute(json!({"statement": "SELECT 1 AS one", "wait_timeout": "0s"}))
         .await;
@@ -300,7 +301,7 @@ async fn state_machine_pending_then_succeeded_and_cancel() {
 async fn inline_results_in_chunks_and_row_limit() {
     let ws = Workspace::start(EmulatorConfig {
         rows_per_chunk: 2,
-        ..config()
+        ..emulator_config()
     })
     .await;
     let body = ws
@@ -344,7 +345,7 @@ async fn external_links_require_their_headers_refuse_auth_and_expire() {
     let ws = Workspace::start(EmulatorConfig {
         rows_per_chunk: 2,
         link_lifetime: Duration::from_millis(300),
-        ..config()
+        ..emulator_config()
     })
     .await;
     let (_, body) = ws
@@ -413,10 +414,10 @@ async fn external_links_require_their_headers_refuse_auth_and_expire() {
 
 #[tokio::test]
 async fn persistence_round_trip() {
-    let dir = std::env::temp_dir().join(format!("lakegate-emulator-{}", uuid_like()));
+    let dir = lakegate_testkit::temp_dir();
     let persistent = || EmulatorConfig {
-        data_dir: Some(dir.clone()),
-        ..config()
+        data_dir: Some(dir.path().to_owned()),
+        ..emulator_config()
     };
     let ws = with_table(persistent()).await;
     ws.sql("INSERT INTO main.iot.readings (device_id, ts, value) VALUES ('a', TIMESTAMP '2026-11-29 10:00:00', 1.5), ('b', TIMESTAMP '2026-11-29 11:00:00', NULL)").await;
@@ -445,13 +446,5 @@ async fn persistence_round_trip() {
         "NOT NULL survives the round trip"
     );
     ws.emulator.shutdown().await;
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}-{nanos}", std::process::id())
+    dir.close().unwrap();
 }

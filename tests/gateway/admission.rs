@@ -5,11 +5,12 @@
 use std::time::{Duration, Instant};
 
 use lakegate_emulator::Faults;
+use lakegate_testkit::{emulator_config, gateway_env, start_emulator};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Harness, emulator_config, reading, respond};
+use crate::harness::{Harness, reading, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_global_limit_counts_rows_not_readings() {
@@ -133,10 +134,8 @@ async fn the_queue_is_bounded_in_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_start_up_setting_too_small_for_one_request_is_named() {
-    let emulator = lakegate_emulator::Emulator::start(emulator_config())
-        .await
-        .unwrap();
-    let env = crate::harness::gateway_env(
+    let emulator = start_emulator(emulator_config()).await;
+    let env = gateway_env(
         &emulator,
         std::path::Path::new("/nonexistent/devices.json"),
         &[("LAKEGATE_QUEUE_MAX_BYTES", "100000")],

@@ -1,7 +1,9 @@
 //! Failed authentications: limited per client address and kind, without ever
 //! holding up a valid credential; which address counts; how they are reported.
 
-use crate::harness::{Harness, emulator_config, reading, respond};
+use lakegate_testkit::emulator_config;
+
+use crate::harness::{Harness, reading, respond};
 
 /// Failure budget of 3, refilled once a minute: ample for a test to see the block.
 const TIGHT_BUDGET: [(&str, &str); 2] = [

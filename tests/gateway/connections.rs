@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use lakegate_testkit::{emulator_config, eventually_async};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Harness, emulator_config, reading};
+use crate::harness::{Harness, reading};
 
 async fn connect(gateway: &Harness) -> TcpStream {
     TcpStream::connect(gateway.url.trim_start_matches("http://"))
@@ -63,14 +64,6 @@ async fn read_response(stream: &mut TcpStream) -> String {
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 
-/// The value of an unlabelled metric, or of one series given with its labels.
-async fn metric(gateway: &Harness, series: &str) -> f64 {
-    let text = gateway.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn half_sent_headers_are_closed_after_the_header_timeout_while_devices_are_served() {
     let mut gateway =
@@ -89,7 +82,7 @@ async fn half_sent_headers_are_closed_after_the_header_timeout_while_devices_are
         .post_json(&gateway.keys.sensor, &reading("served-1", 1.0))
         .await;
     assert_eq!(status, 200, "{answer}");
-    assert!(metric(&gateway, "lakegate_connections_open").await >= 300.0);
+    assert!(gateway.metric("lakegate_connections_open").await >= 300.0);
 
     // Closed by the server, without a response: the requests never began.
     for stream in &mut slow {
@@ -101,8 +94,8 @@ async fn half_sent_headers_are_closed_after_the_header_timeout_while_devices_are
         );
     }
     let timed_out = "lakegate_connections_timed_out_total{reason=\"header_timeout\"}";
-    assert!(metric(&gateway, timed_out).await >= 300.0);
-    assert!(metric(&gateway, "lakegate_connections_open").await < 10.0);
+    assert!(gateway.metric(timed_out).await >= 300.0);
+    assert!(gateway.metric("lakegate_connections_open").await < 10.0);
     gateway.wait_for_rows(1, Duration::from_secs(10)).await;
     gateway.stop().await;
 }
@@ -136,24 +129,13 @@ async fn beyond_the_connection_cap_a_new_connection_gets_503_and_is_closed() {
 
     // A slot frees when a connection goes; service resumes.
     drop(held.pop());
-    let mut status = 0;
-    for _ in 0..50 {
-        match gateway
-            .http
-            .get(format!("{}/metrics", gateway.url))
-            .send()
-            .await
-        {
-            // Until the slot is free, these are refused (and counted) too.
-            Ok(response) if response.status() == 200 => {
-                status = 200;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    assert_eq!(status, 200, "no slot came free");
-    assert!(metric(&gateway, "lakegate_connections_refused_total").await >= 1.0);
+    // Until the slot is free, these are refused (and counted) too.
+    let served = async || {
+        let metrics = gateway.http.get(format!("{}/metrics", gateway.url));
+        matches!(metrics.send().await, Ok(response) if response.status() == 200)
+    };
+    eventually_async(Duration::from_secs(5), "a free slot", served).await;
+    assert!(gateway.metric("lakegate_connections_refused_total").await >= 1.0);
     drop(held);
     gateway.stop().await;
 }
@@ -179,7 +161,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout_not_the_h
     let received = read_until_closed(&mut stream, Duration::from_secs(30)).await;
     assert!(received.is_empty());
     let idle = "lakegate_connections_timed_out_total{reason=\"idle_timeout\"}";
-    assert!(metric(&gateway, idle).await >= 1.0);
+    assert!(gateway.metric(idle).await >= 1.0);
     gateway.stop().await;
 }
 

@@ -1,24 +1,22 @@
 //! A gateway on a loopback port in front of an in-process emulator.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
-use lakegate::databricks::{self, Client, StatementRequest, Value};
+use lakegate::databricks::{Client, StatementRequest, Value};
 use lakegate::devices::generate_key;
 use lakegate_emulator::{Emulator, EmulatorConfig};
+use lakegate_testkit::{TABLE, TempDir, emulator_config, gateway_env, poll, start_emulator};
 use secrecy::ExposeSecret;
 use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const SP_ID: &str = "gateway-test-sp";
-pub const SP_SECRET: &str = "gateway-sp-secret-do-not-print";
-pub const TABLE: &str = "main.lakegate.readings";
+use crate::common;
 
 /// Device keys of the test registry.
 pub struct Keys {
@@ -40,23 +38,8 @@ pub struct Harness {
     reader: Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-pub fn emulator_config() -> EmulatorConfig {
-    EmulatorConfig {
-        service_principals: vec![(SP_ID.into(), SP_SECRET.into())],
-        ..EmulatorConfig::default()
-    }
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "lakegate-test-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    /// Holds the registry file; removed when the harness is dropped, after the gateway.
+    _dir: TempDir,
 }
 
 /// The registry with the test devices, written to a file the gateway reloads.
@@ -70,35 +53,6 @@ fn write_registry(keys: &Keys, path: &PathBuf, sensor_keys: &[&str]) {
     }});
     let mut file = std::fs::File::create(path).unwrap();
     file.write_all(registry.to_string().as_bytes()).unwrap();
-}
-
-/// Environment for a gateway in front of `emulator`; `extra` overrides.
-pub fn gateway_env(
-    emulator: &Emulator,
-    registry_file: &Path,
-    extra: &[(&str, &str)],
-) -> HashMap<String, String> {
-    let mut env: HashMap<String, String> = [
-        ("DATABRICKS_HOST", emulator.url()),
-        ("DATABRICKS_CLIENT_ID", SP_ID.into()),
-        ("DATABRICKS_CLIENT_SECRET", SP_SECRET.into()),
-        ("DATABRICKS_WAREHOUSE_ID", emulator.warehouse_id().into()),
-        ("LAKEGATE_TABLE", TABLE.into()),
-        (
-            "LAKEGATE_DEVICE_KEYS_FILE",
-            registry_file.display().to_string(),
-        ),
-        ("LAKEGATE_KEYS_REFRESH_SECS", "1".into()),
-        ("LAKEGATE_FLUSH_MS", "50".into()),
-        ("LAKEGATE_LISTEN_ADDR", "127.0.0.1".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    for (name, value) in extra {
-        env.insert((*name).to_owned(), (*value).to_owned());
-    }
-    env
 }
 
 pub fn new_keys() -> Keys {
@@ -118,14 +72,14 @@ impl Harness {
     }
 
     pub async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)]) -> Harness {
-        let emulator = Emulator::start(emulator).await.expect("emulator starts");
+        let emulator = start_emulator(emulator).await;
         let keys = new_keys();
-        let registry_file = temp_path("devices.json");
+        let dir = lakegate_testkit::temp_dir();
+        let registry_file = dir.path().join("devices.json");
         write_registry(&keys, &registry_file, &[&keys.sensor, &keys.sensor_next]);
         let env = gateway_env(&emulator, &registry_file, extra);
         let config = GatewayConfig::from_map(&env).expect("valid gateway config");
-        let reader =
-            Client::new(&databricks::Config::resolve(Default::default(), &env).unwrap()).unwrap();
+        let reader = common::reader(&env);
 
         let gateway = Gateway::start(config).await.expect("gateway starts");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,6 +97,7 @@ impl Harness {
             reader,
             shutdown: Some(shutdown),
             server: Some(server),
+            _dir: dir,
         }
     }
 
@@ -174,6 +129,14 @@ impl Harness {
             .send()
             .await
             .unwrap()
+    }
+
+    /// The value of an unlabelled metric, or of one series given with its labels.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
     }
 
     /// Rows of the table, in a stable order: (device, reading, metric, value, value_str).
@@ -218,25 +181,17 @@ impl Harness {
     }
 
     pub async fn row_count(&self) -> i64 {
-        match self.query(&format!("SELECT count(*) FROM {TABLE}")).await[0][0] {
-            Value::Int(n) => n,
-            ref other => panic!("count is {other:?}"),
-        }
+        common::row_count(&self.reader, TABLE)
+            .await
+            .expect("the table's rows are counted")
     }
 
     /// Waits until the table holds `rows` rows.
     pub async fn wait_for_rows(&self, rows: i64, within: Duration) {
-        let started = Instant::now();
-        loop {
-            let count = self.row_count().await;
-            if count == rows {
-                return;
-            }
-            assert!(
-                started.elapsed() < within,
-                "table has {count} rows, expected {rows}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let every = Duration::from_millis(100);
+        let count = async || self.row_count().await;
+        if let Err(count) = poll(within, every, count, |n| *n == rows).await {
+            panic!("table has {count} rows, expected {rows}");
         }
     }
 

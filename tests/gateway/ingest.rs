@@ -197,7 +197,7 @@ async fn resent_readings_are_written_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_json_errors_naming_the_problem() {
     let mut gateway = Harness::start_with(
-        crate::harness::emulator_config(),
+        lakegate_testkit::emulator_config(),
         &[
             ("LAKEGATE_MAX_BODY_BYTES", "2000"),
             ("LAKEGATE_MAX_READINGS_PER_REQUEST", "5"),

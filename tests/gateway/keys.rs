@@ -117,7 +117,7 @@ async fn device_rate_limit_answers_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_guessing_is_limited_per_client_address() {
     let mut gateway = Harness::start_with(
-        crate::harness::emulator_config(),
+        lakegate_testkit::emulator_config(),
         &[
             ("LAKEGATE_AUTH_FAILURES_PER_MIN", "1"),
             ("LAKEGATE_AUTH_FAILURE_BURST", "3"),

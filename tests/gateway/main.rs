@@ -1,6 +1,9 @@
 //! The gateway end to end: a real socket in front, the in-process workspace
 //! emulator behind, readings checked in the table through the SQL API.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod admission;
 mod auth;
 mod connections;

@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, DurationRound, SecondsFormat, TimeDelta, Utc};
 use lakegate::devices::{generate_key, hash_key};
+use lakegate_testkit::emulator_config;
 use secrecy::ExposeSecret;
 use serde_json::{Value as Json, json};
 
-use crate::harness::{Harness, emulator_config, respond};
+use crate::harness::{Harness, respond};
 
 /// A gateway that accepts `token` as a reader token, with `extra` settings.
 async fn gateway_with_reader(extra: &[(&str, &str)]) -> (Harness, String) {

@@ -2,15 +2,17 @@
 //! ends up in the table exactly once.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lakegate::databricks::Value;
 use lakegate_emulator::{Emulator, Faults};
+use lakegate_testkit::{
+    TABLE, emulator_config, eventually_async, gateway_env, poll, start_emulator,
+};
 use serde_json::json;
 
-use crate::harness::{self, Harness, TABLE, emulator_config, reading, respond};
+use crate::common;
+use crate::harness::{self, Harness, reading, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
@@ -160,8 +162,7 @@ async fn batches_whose_answer_was_lost_are_not_written_twice() {
 
 /// The `lakegate` binary as its own process in front of `emulator`.
 struct GatewayProcess {
-    child: std::process::Child,
-    address: String,
+    process: common::LakegateProcess,
     env: std::collections::HashMap<String, String>,
     key: String,
 }
@@ -171,40 +172,11 @@ impl GatewayProcess {
         let key = harness::new_keys().sensor;
         let registry =
             json!({"devices": {"sensor-1": {"keys": [lakegate::devices::hash_key(&key)]}}});
-        let mut settings = vec![
-            ("DATABRICKS_APP_PORT", "0"),
-            ("LAKEGATE_LOG_FORMAT", "json"),
-        ];
-        settings.extend_from_slice(extra);
-        let mut env = harness::gateway_env(emulator, &std::path::PathBuf::new(), &settings);
+        let mut env = gateway_env(emulator, &std::path::PathBuf::new(), extra);
         env.remove("LAKEGATE_DEVICE_KEYS_FILE");
         env.insert("LAKEGATE_DEVICE_KEYS".into(), registry.to_string());
-
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
-            .env_clear()
-            .envs(&env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("lakegate printed its address").unwrap();
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["message"] == "lakegate listening" {
-                break log["address"].as_str().unwrap().to_owned();
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        GatewayProcess {
-            child,
-            address,
-            env,
-            key,
-        }
+        let process = common::LakegateProcess::spawn(&env, |_| {}).unwrap();
+        GatewayProcess { process, env, key }
     }
 
     fn post(
@@ -213,45 +185,16 @@ impl GatewayProcess {
         query: &str,
         body: &serde_json::Value,
     ) -> reqwest::RequestBuilder {
-        http.post(format!("http://{}/ingest{query}", self.address))
+        http.post(format!("http://{}/ingest{query}", self.process.address))
             .header("X-API-Key", &self.key)
             .json(body)
     }
 
     /// Sends SIGTERM; returns how long the process took to exit (successfully).
     async fn terminate(self) -> Duration {
-        let started = Instant::now();
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let mut child = self.child;
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let (status, took) = self.process.terminate().await.unwrap();
         assert!(status.success(), "{status:?}");
-        started.elapsed()
-    }
-
-    async fn row_count(
-        env: &std::collections::HashMap<String, String>,
-    ) -> lakegate::databricks::Value {
-        let reader = lakegate::databricks::Client::new(
-            &lakegate::databricks::Config::resolve(Default::default(), env).unwrap(),
-        )
-        .unwrap();
-        let sql = format!("SELECT count(*) FROM {TABLE}");
-        let rows = reader
-            .statements()
-            .execute(lakegate::databricks::StatementRequest::new(sql))
-            .await
-            .unwrap()
-            .collect_rows()
-            .await
-            .unwrap();
-        rows[0][0].clone()
+        took
     }
 }
 
@@ -259,7 +202,7 @@ impl GatewayProcess {
 async fn sigterm_flushes_every_queued_reading() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(300);
-    let emulator = Emulator::start(config).await.unwrap();
+    let emulator = start_emulator(config).await;
     // Long flush interval: the readings are surely still queued at SIGTERM.
     let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "20000")]);
 
@@ -277,16 +220,15 @@ async fn sigterm_flushes_every_queued_reading() {
             .unwrap();
         assert_eq!(response.status(), 202);
     }
-    let env = gateway.env.clone();
+    let reader = common::reader(&gateway.env);
     let took = gateway.terminate().await;
     assert!(took < Duration::from_secs(15), "{took:?}");
-    let expected = lakegate::databricks::Value::Int(30);
-    assert_eq!(GatewayProcess::row_count(&env).await, expected);
+    assert_eq!(common::row_count(&reader, TABLE).await.unwrap(), 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_is_bounded_when_the_warehouse_hangs() {
-    let emulator = Emulator::start(emulator_config()).await.unwrap();
+    let emulator = start_emulator(emulator_config()).await;
     let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "50")]);
     // Statements now take longer than Databricks Apps waits after SIGTERM (15 s).
     emulator.set_faults(Faults {
@@ -424,25 +366,13 @@ async fn readiness_until(
     within: Duration,
     until: impl Fn(u16, &serde_json::Value) -> bool,
 ) -> (u16, serde_json::Value) {
-    let started = Instant::now();
-    loop {
-        let (status, body) = respond(gateway.get("/readyz").await).await;
-        if until(status, &body) {
-            return (status, body);
-        }
-        assert!(
-            started.elapsed() < within,
-            "readiness stayed {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn metric(gateway: &Harness, name: &str) -> f64 {
-    let text = gateway.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    let every = Duration::from_millis(250);
+    let readiness = async || respond(gateway.get("/readyz").await).await;
+    poll(within, every, readiness, |(status, body)| {
+        until(*status, body)
+    })
+    .await
+    .unwrap_or_else(|(status, body)| panic!("readiness stayed {status} {body}"))
 }
 
 fn refusing(marker: &str) -> lakegate_emulator::EmulatorConfig {
@@ -533,7 +463,7 @@ async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
         "{row:?}"
     );
     assert_eq!(
-        metric(&gateway, "lakegate_rows_dead_lettered_total").await,
+        gateway.metric("lakegate_rows_dead_lettered_total").await,
         1.0
     );
     let stats = gateway
@@ -583,7 +513,7 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
         readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 503).await;
     assert_eq!(ready["writes"], "failing", "{ready}");
     assert_eq!(ready["reason"], "table_unwritable", "{ready}");
-    assert_eq!(metric(&gateway, "lakegate_writes_unwritable").await, 1.0);
+    assert_eq!(gateway.metric("lakegate_writes_unwritable").await, 1.0);
 
     // New readings are refused with a stable code while nothing can be written.
     let refused = gateway
@@ -601,7 +531,7 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
     );
 
     // The table is back: the kept reading is written and the gateway is ready again.
-    let config = lakegate::config::GatewayConfig::from_map(&harness::gateway_env(
+    let config = lakegate::config::GatewayConfig::from_map(&gateway_env(
         &gateway.emulator,
         &gateway.registry_file,
         &[],
@@ -650,7 +580,7 @@ async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() 
         readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 503).await;
     assert_eq!(ready["reason"], "table_unwritable", "{ready}");
 
-    let config = lakegate::config::GatewayConfig::from_map(&harness::gateway_env(
+    let config = lakegate::config::GatewayConfig::from_map(&gateway_env(
         &gateway.emulator,
         &gateway.registry_file,
         &[],
@@ -663,14 +593,14 @@ async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() 
     )
     .await
     .unwrap();
-    let started = Instant::now();
-    while count(&gateway, &format!("SELECT count(*) FROM {REJECTED}")).await < 1 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the refused row was not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let dead_lettered =
+        async || count(&gateway, &format!("SELECT count(*) FROM {REJECTED}")).await >= 1;
+    eventually_async(
+        Duration::from_secs(60),
+        "the refused row's dead-lettering",
+        dead_lettered,
+    )
+    .await;
     readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 200).await;
     assert_eq!(gateway.row_count().await, 1);
     gateway.stop().await;

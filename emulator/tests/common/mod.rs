@@ -2,11 +2,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use lakegate_emulator::{Emulator, EmulatorConfig};
-use serde_json::{Value, json};
+use std::time::Duration;
 
-pub const CLIENT_ID: &str = "test-sp";
-pub const CLIENT_SECRET: &str = "test-secret";
+use lakegate_emulator::{Emulator, EmulatorConfig};
+use lakegate_testkit::{fetch_token, http_client, poll, start_emulator};
+use serde_json::{Value, json};
 
 pub struct Workspace {
     pub emulator: Emulator,
@@ -14,24 +14,9 @@ pub struct Workspace {
     pub token: String,
 }
 
-pub fn config() -> EmulatorConfig {
-    EmulatorConfig {
-        service_principals: vec![(CLIENT_ID.to_string(), CLIENT_SECRET.to_string())],
-        ..EmulatorConfig::default()
-    }
-}
-
-/// A plain HTTP client. Inside the workspace, feature unification gives reqwest the
-/// root crate's `rustls-no-provider` backend, which panics unless a crypto provider
-/// is installed first.
-pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 impl Workspace {
     pub async fn start(config: EmulatorConfig) -> Self {
-        let emulator = Emulator::start(config).await.expect("emulator starts");
+        let emulator = start_emulator(config).await;
         let http = http_client();
         let token = fetch_token(&http, &emulator.url()).await;
         Self {
@@ -91,31 +76,19 @@ impl Workspace {
         body
     }
 
+    /// Polls the statement until it is neither PENDING nor RUNNING; returns its response.
     pub async fn poll_until_done(&self, id: &str) -> Value {
-        for _ in 0..300 {
-            let (_, body) = self.get(&format!("/api/2.0/sql/statements/{id}")).await;
-            let state = body["status"]["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if state != "PENDING" && state != "RUNNING" {
-                return body;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let path = format!("/api/2.0/sql/statements/{id}");
+        let (within, every) = (Duration::from_secs(6), Duration::from_millis(20));
+        let finished = |(_, body): &(u16, Value)| {
+            !matches!(
+                body["status"]["state"].as_str(),
+                Some("PENDING" | "RUNNING")
+            )
+        };
+        match poll(within, every, async || self.get(&path).await, finished).await {
+            Ok((_, body)) => body,
+            Err(_) => panic!("statement {id} did not finish"),
         }
-        panic!("statement {id} did not finish");
     }
-}
-
-pub async fn fetch_token(http: &reqwest::Client, url: &str) -> String {
-    let response = http
-        .post(format!("{url}/oidc/v1/token"))
-        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[("grant_type", "client_credentials"), ("scope", "all-apis")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_string()
 }
