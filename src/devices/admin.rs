@@ -422,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_registry_changed_in_between_is_not_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = lakegate_testkit::temp_dir();
         let store = RegistryStore::File(dir.path().join("devices.json"));
         let first = store.read().await.unwrap();
         let mut document = first.document.clone();

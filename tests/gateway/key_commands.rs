@@ -9,7 +9,9 @@ use std::time::Duration;
 use lakegate::devices::Registry;
 use secrecy::ExposeSecret;
 
-use crate::harness::{Harness, SP_ID, SP_SECRET, reading};
+use lakegate_testkit::{SP_ID, SP_SECRET};
+
+use crate::harness::{Harness, reading};
 
 fn lakegate(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lakegate"));

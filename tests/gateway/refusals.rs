@@ -11,7 +11,9 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
-use crate::harness::{Harness, TABLE, emulator_config, reading};
+use lakegate_testkit::{TABLE, emulator_config, poll};
+
+use crate::harness::{Harness, reading};
 
 /// What a client sees of a refusal.
 #[derive(Serialize)]
@@ -277,21 +279,24 @@ async fn refusal_while_the_table_cannot_be_written() {
         .await
         .unwrap();
     assert_eq!(kept.status(), 202);
-    let mut answer = None;
-    for _ in 0..300 {
-        let response = gateway
-            .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-            .json(&reading("new", 1.0))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 503 {
-            answer = Some(refusal("writes_failing", response).await);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let answer = answer.expect("writes_failing within 30 s");
+    // Accepted (and kept) until the writer finds the table gone; refused from then on.
+    let refused = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let response = gateway
+                .post_to("/ingest?ack=accept", &gateway.keys.sensor)
+                .json(&reading("new", 1.0))
+                .send()
+                .await
+                .unwrap();
+            refusal("writes_failing", response).await
+        },
+        |answer| answer.status == 503,
+    );
+    let answer = refused
+        .await
+        .unwrap_or_else(|_| panic!("writes_failing within 30 s"));
     insta::assert_json_snapshot!("table_unwritable", [answer]);
     gateway.stop().await;
 }
