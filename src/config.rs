@@ -570,7 +570,7 @@ mod tests {
         );
         assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
         assert_eq!(config.trusted_proxies, TrustedProxies::default());
-        assert!(matches!(config.device_keys, Some(KeySource::Secret { .. })));
+        assert!(matches!(config.device_keys, Some(KeySource::Secret(_))));
         let Workspace::Remote { client } = config.workspace else {
             panic!("expected a remote workspace");
         };

@@ -217,7 +217,7 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
         (None, None) => unreachable!("clap requires --file or --secret"),
     };
     let Some(change) = change else {
-        print!("{}", listing(&store.read().await?.document)?);
+        print!("{}", listing(&store.read_all().await?)?);
         return Ok(());
     };
     let applied = change_registry(&store, &change).await?;

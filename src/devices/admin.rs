@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::keys::{NewKey, generate_key};
 use super::registry::{Registry, is_valid_device_id};
+use super::shards::{PART_BUDGET, is_part, shard_key};
 use crate::databricks::{self, Secrets};
 
 /// One change an operator asks for.
@@ -63,6 +64,8 @@ pub enum AdminError {
         "the registry changed while this change was being made (another operator?); nothing was written: run the command again"
     )]
     Conflict,
+    #[error("{0} is full; its device entries need another shard")]
+    Full(String),
     #[error("{0}")]
     Store(String),
 }
@@ -194,6 +197,7 @@ pub fn listing(document: &Value) -> Result<String, AdminError> {
 /// Where the registry lives, for `--file` and `--secret`.
 pub enum RegistryStore {
     File(PathBuf),
+    /// The base secret `key` and its shards (see `shards.rs`).
     Secret {
         secrets: Secrets,
         scope: String,
@@ -210,88 +214,175 @@ impl fmt::Display for RegistryStore {
     }
 }
 
-/// The registry as read, and a fingerprint of exactly what was read.
+/// One part of the registry as read (the file, or one secret), and a fingerprint
+/// of exactly what was read.
 pub struct Snapshot {
     pub document: Value,
+    /// The secret's key; empty for a file.
+    part: String,
     version: Option<[u8; 32]>,
 }
 
+impl Snapshot {
+    fn holds(&self, device: &str) -> bool {
+        self.document["devices"].get(device).is_some()
+    }
+}
+
 impl RegistryStore {
-    /// Reads the registry; a missing one reads as empty (and is created on write).
-    pub async fn read(&self) -> Result<Snapshot, AdminError> {
-        let bytes = self.read_bytes().await?;
+    /// The whole registry as one document: the file, or the base secret with every
+    /// shard merged in (for listing).
+    pub async fn read_all(&self) -> Result<Value, AdminError> {
+        let RegistryStore::Secret {
+            secrets,
+            scope,
+            key,
+        } = self
+        else {
+            return Ok(self.read("").await?.document);
+        };
+        let listing = secrets
+            .list(scope)
+            .await
+            .map_err(|err| AdminError::Store(format!("listing scope {scope}: {err}")))?;
+        let mut merged = Map::new();
+        for secret in listing.iter().filter(|secret| is_part(key, &secret.key)) {
+            let part = self.read(&secret.key).await?;
+            if let Some(devices) = part.document.get("devices").and_then(Value::as_object) {
+                merged.extend(devices.clone());
+            }
+        }
+        Ok(json!({ "devices": merged }))
+    }
+
+    /// Reads one part (`part` is a secret key; ignored for a file); a missing one reads
+    /// as empty and is created on write.
+    pub async fn read(&self, part: &str) -> Result<Snapshot, AdminError> {
+        let bytes = self.read_bytes(part).await?;
         let Some(bytes) = bytes else {
             return Ok(Snapshot {
                 document: json!({"devices": {}}),
+                part: part.to_owned(),
                 version: None,
             });
         };
-        let document = serde_json::from_slice(&bytes)
-            .map_err(|err| AdminError::Invalid(format!("{self} is not JSON: {err}")))?;
+        let document = serde_json::from_slice(&bytes).map_err(|err| {
+            AdminError::Invalid(format!("{} is not JSON: {err}", self.name(part)))
+        })?;
         Ok(Snapshot {
             document,
+            part: part.to_owned(),
             version: Some(Sha256::digest(&bytes).into()),
         })
     }
 
-    /// Writes `document` if the registry is still what `read_as` saw; otherwise
-    /// [`AdminError::Conflict`] and nothing is written.
+    /// Writes `document` to the part `read_as` came from if it is still what was read;
+    /// otherwise [`AdminError::Conflict`] and nothing is written.
     pub async fn write(&self, document: &Value, read_as: &Snapshot) -> Result<(), AdminError> {
+        let part = read_as.part.as_str();
         let now = self
-            .read_bytes()
+            .read_bytes(part)
             .await?
             .map(|bytes| <[u8; 32]>::from(Sha256::digest(&bytes)));
         if now != read_as.version {
             return Err(AdminError::Conflict);
         }
-        let text = serde_json::to_string_pretty(document).expect("JSON values serialize");
+        let name = self.name(part);
         match self {
             RegistryStore::File(path) => {
+                let text = serde_json::to_string_pretty(document).expect("JSON values serialize");
                 // Written aside and renamed, so that a gateway reloading meanwhile reads
                 // the old registry or the new one, never half of one.
                 let staged = path.with_extension("json.staged");
                 std::fs::write(&staged, text.as_bytes())
                     .and_then(|()| std::fs::rename(&staged, path))
-                    .map_err(|err| AdminError::Store(format!("writing {self}: {err}")))
+                    .map_err(|err| AdminError::Store(format!("writing {name}: {err}")))
             }
-            RegistryStore::Secret {
-                secrets,
-                scope,
-                key,
-            } => secrets
-                .put_string(scope, key, &text)
-                .await
-                .map_err(|err| AdminError::Store(format!("writing {self}: {err}"))),
+            RegistryStore::Secret { secrets, scope, .. } => {
+                let text = serde_json::to_string(document).expect("JSON values serialize");
+                if text.len() > PART_BUDGET {
+                    return Err(AdminError::Full(name));
+                }
+                secrets
+                    .put_string(scope, part, &text)
+                    .await
+                    .map_err(|err| AdminError::Store(format!("writing {name}: {err}")))
+            }
         }
     }
 
-    async fn read_bytes(&self) -> Result<Option<Vec<u8>>, AdminError> {
+    fn name(&self, part: &str) -> String {
+        match self {
+            RegistryStore::File(path) => format!("file {}", path.display()),
+            RegistryStore::Secret { scope, .. } => format!("secret {scope}/{part}"),
+        }
+    }
+
+    async fn read_bytes(&self, part: &str) -> Result<Option<Vec<u8>>, AdminError> {
+        let name = self.name(part);
         match self {
             RegistryStore::File(path) => match std::fs::read(path) {
                 Ok(bytes) => Ok(Some(bytes)),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(err) => Err(AdminError::Store(format!("reading {self}: {err}"))),
+                Err(err) => Err(AdminError::Store(format!("reading {name}: {err}"))),
             },
-            RegistryStore::Secret {
-                secrets,
-                scope,
-                key,
-            } => match secrets.get(scope, key).await {
+            RegistryStore::Secret { secrets, scope, .. } => match secrets.get(scope, part).await {
                 Ok(bytes) => Ok(Some(bytes.expose_secret().to_vec())),
                 Err(err) if err.error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(None),
-                Err(err) => Err(AdminError::Store(format!("reading {self}: {err}"))),
+                Err(err) => Err(AdminError::Store(format!("reading {name}: {err}"))),
             },
+        }
+    }
+
+    /// The part `change` is made in: where the device is, or for a new device the base
+    /// while it has room, then the device's shard.
+    async fn part_for(&self, change: &KeyChange) -> Result<Snapshot, AdminError> {
+        let RegistryStore::Secret { key, .. } = self else {
+            return self.read("").await;
+        };
+        let device = change.device();
+        let base = self.read(key).await?;
+        let shard = self.read(&shard_key(key, device)).await?;
+        match (base.holds(device), shard.holds(device)) {
+            (true, true) => Err(AdminError::Invalid(format!(
+                "device {device:?} is in both {} and {}",
+                self.name(&base.part),
+                self.name(&shard.part)
+            ))),
+            (true, false) => Ok(base),
+            (false, true) => Ok(shard),
+            (false, false) if matches!(change, KeyChange::Add { .. }) => {
+                let mut grown = base.document.clone();
+                apply(&mut grown, change)?;
+                let fits =
+                    serde_json::to_string(&grown).map_or(0, |text| text.len()) <= PART_BUDGET;
+                Ok(if fits { base } else { shard })
+            }
+            (false, false) => Err(AdminError::Unknown(device.to_owned())),
         }
     }
 }
 
-/// Reads, applies `change` and writes back, refusing to overwrite a registry that
-/// changed in between.
+impl KeyChange {
+    fn device(&self) -> &str {
+        match self {
+            KeyChange::Add { device, .. }
+            | KeyChange::Rotate { device }
+            | KeyChange::RevokeOld { device }
+            | KeyChange::Revoke { device }
+            | KeyChange::Disable { device }
+            | KeyChange::Enable { device } => device,
+        }
+    }
+}
+
+/// Reads the part the change belongs in, applies it and writes it back, refusing to
+/// overwrite a part that changed in between.
 pub async fn change_registry(
     store: &RegistryStore,
     change: &KeyChange,
 ) -> Result<Applied, AdminError> {
-    let snapshot = store.read().await?;
+    let snapshot = store.part_for(change).await?;
     let mut document = snapshot.document.clone();
     let applied = apply(&mut document, change)?;
     store.write(&document, &snapshot).await?;
@@ -421,17 +512,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_base_secret_spills_new_devices_into_their_shards() {
+        use crate::devices::KeySource;
+        use crate::devices::source::tests::secrets_of;
+
+        let emulator = lakegate_emulator::Emulator::start(lakegate_testkit::emulator_config())
+            .await
+            .unwrap();
+        let secrets = secrets_of(&emulator);
+        secrets.create_scope("fleet").await.unwrap();
+        let store = RegistryStore::Secret {
+            secrets: secrets.clone(),
+            scope: "fleet".into(),
+            key: "devices".into(),
+        };
+        let add = |device: &str| KeyChange::Add {
+            device: device.into(),
+            rate_per_sec: None,
+            burst: None,
+        };
+        // A small fleet lives in the base secret.
+        let first = change_registry(&store, &add("pump-0")).await.unwrap();
+        assert!(store.read("devices").await.unwrap().holds("pump-0"));
+
+        // Fill the base to just under its budget.
+        let mut base = store.read("devices").await.unwrap();
+        let devices = base.document["devices"].as_object_mut().unwrap();
+        let size = |devices: &Map<String, Value>| serde_json::to_string(devices).unwrap().len();
+        let mut n = 0;
+        while size(devices) < PART_BUDGET - 200 {
+            // Forty at a time while far from the budget, then one by one.
+            let step = if size(devices) < PART_BUDGET - 5_000 {
+                40
+            } else {
+                1
+            };
+            for _ in 0..step {
+                n += 1;
+                let entry = json!({"keys": [hash_key(&format!("k-{n}"))]});
+                devices.insert(format!("filler-{n:05}"), entry);
+            }
+        }
+        let full = base.document.clone();
+        store.write(&full, &base).await.unwrap();
+
+        let added = change_registry(&store, &add("pump-9")).await.unwrap();
+        let shard = shard_key("devices", "pump-9");
+        assert!(store.read(&shard).await.unwrap().holds("pump-9"));
+        assert!(!store.read("devices").await.unwrap().holds("pump-9"));
+        // Found where it lives for later changes, and listed with the others.
+        let rotate = KeyChange::Rotate {
+            device: "pump-9".into(),
+        };
+        change_registry(&store, &rotate).await.unwrap();
+        assert!(matches!(
+            change_registry(&store, &add("pump-9")).await,
+            Err(AdminError::Exists(_))
+        ));
+        let listed = listing(&store.read_all().await.unwrap()).unwrap();
+        assert!(listed.contains("pump-9\t2\t"), "{listed}");
+        assert!(listed.contains("pump-0\t1\t"));
+
+        // The gateway's loader sees both parts.
+        let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
+        let registry = source.load(&secrets).await.unwrap();
+        for key in [first.new_key.unwrap(), added.new_key.unwrap()] {
+            assert!(registry.authenticate(key.key.expose_secret()).is_ok());
+        }
+        emulator.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn a_registry_changed_in_between_is_not_overwritten() {
         let dir = lakegate_testkit::temp_dir();
         let store = RegistryStore::File(dir.path().join("devices.json"));
-        let first = store.read().await.unwrap();
+        let first = store.read("").await.unwrap();
         let mut document = first.document.clone();
         add(&mut document, "pump-7");
         store.write(&document, &first).await.unwrap();
 
         // Two operators read the same registry; the second to write is refused.
-        let seen_by_ana = store.read().await.unwrap();
-        let seen_by_bo = store.read().await.unwrap();
+        let seen_by_ana = store.read("").await.unwrap();
+        let seen_by_bo = store.read("").await.unwrap();
         let mut ana = seen_by_ana.document.clone();
         add(&mut ana, "pump-8");
         store.write(&ana, &seen_by_ana).await.unwrap();
@@ -441,7 +603,7 @@ mod tests {
             store.write(&bo, &seen_by_bo).await,
             Err(AdminError::Conflict)
         ));
-        let now = store.read().await.unwrap().document;
+        let now = store.read("").await.unwrap().document;
         let mut ids: Vec<_> = now["devices"].as_object().unwrap().keys().collect();
         ids.sort();
         assert_eq!(ids, ["pump-7", "pump-8"]);

@@ -18,9 +18,9 @@ pub(crate) struct DeviceKeys {
 }
 
 impl DeviceKeys {
-    pub(crate) fn new(registry: Registry) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
         DeviceKeys {
-            current: Arc::new(RwLock::new(Arc::new(registry))),
+            current: Arc::new(RwLock::new(registry)),
         }
     }
 
@@ -32,8 +32,7 @@ impl DeviceKeys {
             .clone()
     }
 
-    pub(crate) fn replace(&self, registry: Registry) {
-        let registry = Arc::new(registry);
+    pub(crate) fn replace(&self, registry: Arc<Registry>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = registry;
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod keys;
 mod live;
 mod registry;
+mod shards;
 mod source;
 
 pub use admin::{
@@ -14,4 +15,5 @@ pub(crate) use keys::{BadHash, KeyHash};
 pub use keys::{NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions};
 pub(crate) use live::{DeviceKeys, reload_loop};
 pub use registry::{AuthFailure, Device, Registry, RegistryError, is_valid_device_id};
-pub(crate) use source::KeySource;
+pub use shards::shard_key;
+pub use source::KeySource;

@@ -4,7 +4,7 @@
 //! deserializers, because serde's messages quote the offending value and an
 //! operator may have pasted a key where a hash belongs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -56,9 +56,10 @@ pub enum RegistryError {
 /// The parsed registry, indexed by key hash.
 pub struct Registry {
     by_hash: HashMap<KeyHash, Registered>,
-    device_count: usize,
+    devices: HashSet<Arc<str>>,
 }
 
+#[derive(Clone)]
 struct Registered {
     device: Device,
     disabled: bool,
@@ -82,8 +83,8 @@ impl Registry {
         };
 
         let mut registry = Registry {
-            by_hash: HashMap::new(),
-            device_count: devices.len(),
+            by_hash: HashMap::with_capacity(devices.len()),
+            devices: HashSet::with_capacity(devices.len()),
         };
         for (id, entry) in devices {
             let id: Arc<str> = id.into();
@@ -100,6 +101,7 @@ impl Registry {
                 return Err(fail("entry must be an object".into()));
             };
             let entry = parse_entry(entry).map_err(fail)?;
+            registry.devices.insert(id.clone());
             let device = Device {
                 id: id.clone(),
                 rate_per_sec: entry.rate_per_sec,
@@ -137,14 +139,49 @@ impl Registry {
     }
 
     pub fn device_count(&self) -> usize {
-        self.device_count
+        self.devices.len()
+    }
+
+    /// One registry from several parts (the shards of a large fleet): a device or a
+    /// key may appear in one part only.
+    pub(crate) fn combine<'a>(
+        parts: impl IntoIterator<Item = &'a Registry>,
+    ) -> Result<Registry, RegistryError> {
+        let mut combined = Registry {
+            by_hash: HashMap::new(),
+            devices: HashSet::new(),
+        };
+        for part in parts {
+            combined.by_hash.reserve(part.by_hash.len());
+            combined.devices.reserve(part.devices.len());
+            for id in &part.devices {
+                if !combined.devices.insert(id.clone()) {
+                    return Err(RegistryError::Device {
+                        device: quoted(id),
+                        problem: "is listed in two parts of the registry".into(),
+                    });
+                }
+            }
+            for (hash, registered) in &part.by_hash {
+                if let Some(other) = combined.by_hash.insert(*hash, registered.clone()) {
+                    return Err(RegistryError::Device {
+                        device: quoted(&registered.device.id),
+                        problem: format!(
+                            "key {hash:?} is also listed for device {:?}",
+                            other.device.id
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(combined)
     }
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("devices", &self.device_count)
+            .field("devices", &self.devices.len())
             .field("keys", &self.by_hash.len())
             .finish()
     }

@@ -1,41 +1,49 @@
-//! Where the registry comes from.
+//! Where the registry comes from: an environment variable, a file, or Databricks
+//! secrets (a base secret and its shards, see `shards.rs`), re-read only where the
+//! Secrets API says something changed.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
 
 use super::registry::{Registry, RegistryError};
+use super::shards::is_part;
 use crate::databricks::Secrets;
 
 #[derive(Debug, Clone)]
-pub(crate) enum KeySource {
+pub enum KeySource {
     /// Registry JSON in an environment variable (app.yaml `valueFrom` a secret).
     Inline(SecretString),
     File(PathBuf),
-    /// A Databricks secret, read through the Secrets API on every load.
-    Secret {
-        scope: String,
-        key: String,
-    },
+    /// Databricks secrets, through the Secrets API.
+    Secret(Arc<SecretRegistry>),
 }
 
 impl KeySource {
     /// Parses `"<scope>/<key>"`.
-    pub(crate) fn parse_secret_ref(reference: &str) -> Result<KeySource, RegistryError> {
+    pub fn parse_secret_ref(reference: &str) -> Result<KeySource, RegistryError> {
         match reference.split_once('/') {
             Some((scope, key)) if !scope.is_empty() && !key.is_empty() && !key.contains('/') => {
-                Ok(KeySource::Secret {
+                Ok(KeySource::Secret(Arc::new(SecretRegistry {
                     scope: scope.to_owned(),
                     key: key.to_owned(),
-                })
+                    loaded: Mutex::default(),
+                })))
             }
             _ => Err(RegistryError::SecretRef(reference.to_owned())),
         }
     }
 
-    pub(crate) async fn load(&self, secrets: &Secrets) -> Result<Registry, RegistryError> {
+    pub async fn load(&self, secrets: &Secrets) -> Result<Arc<Registry>, RegistryError> {
         match self {
-            KeySource::Inline(json) => Registry::parse(json.expose_secret().as_bytes()),
+            KeySource::Inline(json) => {
+                Registry::parse(json.expose_secret().as_bytes()).map(Arc::new)
+            }
             KeySource::File(path) => {
                 let owned = path.clone();
                 let read = tokio::task::spawn_blocking(move || std::fs::read(owned))
@@ -45,21 +53,161 @@ impl KeySource {
                     path: path.clone(),
                     source,
                 })?;
-                Registry::parse(&json)
+                Registry::parse(&json).map(Arc::new)
             }
-            KeySource::Secret { scope, key } => {
-                let json =
-                    secrets
-                        .get(scope, key)
-                        .await
-                        .map_err(|source| RegistryError::Secret {
-                            scope: scope.clone(),
-                            key: key.clone(),
-                            source: Box::new(source),
-                        })?;
-                Registry::parse(json.expose_secret())
+            KeySource::Secret(registry) => registry.load(secrets).await,
+        }
+    }
+}
+
+/// A registry in Databricks secrets, with the parts it last read: a reload lists the
+/// scope and reads only the parts whose update time changed.
+pub struct SecretRegistry {
+    scope: String,
+    key: String,
+    loaded: Mutex<Loaded>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    parts: HashMap<String, Part>,
+    combined: Option<Arc<Registry>>,
+}
+
+struct Part {
+    /// The part's `last_updated_timestamp` when it was read.
+    updated_ms: i64,
+    /// SHA-256 of the bytes read.
+    digest: [u8; 32],
+    /// Read again since its update time last changed. Update times have millisecond
+    /// resolution, so a second write in the millisecond of the first could hide behind
+    /// an unchanged time: every part is read once more after it changes.
+    confirmed: bool,
+    registry: Arc<Registry>,
+}
+
+/// Parts read at once.
+const PARALLEL_READS: usize = 16;
+
+impl fmt::Debug for SecretRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretRegistry({}/{})", self.scope, self.key)
+    }
+}
+
+impl SecretRegistry {
+    async fn load(&self, secrets: &Secrets) -> Result<Arc<Registry>, RegistryError> {
+        let listing = secrets
+            .list(&self.scope)
+            .await
+            .map_err(|source| self.error(&self.key, source))?;
+        let parts: HashMap<String, i64> = listing
+            .into_iter()
+            .filter(|secret| is_part(&self.key, &secret.key))
+            .map(|secret| (secret.key, secret.last_updated_timestamp))
+            .collect();
+        if parts.is_empty() {
+            // Neither the base nor a shard: the read says why (missing, no permission).
+            secrets
+                .get(&self.scope, &self.key)
+                .await
+                .map_err(|source| self.error(&self.key, source))?;
+        }
+        let stale: Vec<String> = {
+            let loaded = self.lock();
+            parts
+                .iter()
+                .filter(|&(key, &updated_ms)| {
+                    loaded
+                        .parts
+                        .get(key)
+                        .is_none_or(|part| part.updated_ms != updated_ms || !part.confirmed)
+                })
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let fetched = self.read_parts(secrets, stale).await?;
+
+        let mut loaded = self.lock();
+        let mut changed = loaded.parts.len() != parts.len();
+        loaded.parts.retain(|key, _| parts.contains_key(key));
+        for (key, digest, json) in fetched {
+            let updated_ms = parts[&key];
+            if let Some(part) = loaded.parts.get_mut(&key).filter(|p| p.digest == digest) {
+                part.confirmed = part.updated_ms == updated_ms;
+                part.updated_ms = updated_ms;
+                continue;
+            }
+            let registry = Registry::parse(json.expose_secret()).map_err(|err| {
+                RegistryError::Invalid(format!("secret {}/{key}: {err}", self.scope))
+            })?;
+            let part = Part {
+                updated_ms,
+                digest,
+                confirmed: false,
+                registry: Arc::new(registry),
+            };
+            loaded.parts.insert(key, part);
+            changed = true;
+        }
+        if let (false, Some(combined)) = (changed, &loaded.combined) {
+            return Ok(combined.clone());
+        }
+        let mut keys: Vec<&String> = loaded.parts.keys().collect();
+        keys.sort();
+        let combined = Registry::combine(keys.iter().map(|key| &*loaded.parts[*key].registry));
+        match combined {
+            Ok(combined) => {
+                let combined = Arc::new(combined);
+                loaded.combined = Some(combined.clone());
+                Ok(combined)
+            }
+            Err(err) => {
+                // Read everything again next time rather than trust a mix.
+                loaded.parts.clear();
+                Err(err)
             }
         }
+    }
+
+    /// Reads `keys`, a few at a time: each with the digest of its bytes.
+    async fn read_parts(
+        &self,
+        secrets: &Secrets,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, [u8; 32], SecretSlice<u8>)>, RegistryError> {
+        let mut pending = keys.into_iter();
+        let mut reading = JoinSet::new();
+        let mut read = Vec::new();
+        loop {
+            while reading.len() < PARALLEL_READS {
+                let Some(key) = pending.next() else { break };
+                let (secrets, scope) = (secrets.clone(), self.scope.clone());
+                reading.spawn(async move {
+                    let value = secrets.get(&scope, &key).await;
+                    (key, value)
+                });
+            }
+            let Some(joined) = reading.join_next().await else {
+                return Ok(read);
+            };
+            let (key, value) = joined.expect("reading a secret does not panic");
+            let json = value.map_err(|source| self.error(&key, source))?;
+            let digest = Sha256::digest(json.expose_secret()).into();
+            read.push((key, digest, json));
+        }
+    }
+
+    fn error(&self, key: &str, source: crate::databricks::Error) -> RegistryError {
+        RegistryError::Secret {
+            scope: self.scope.clone(),
+            key: key.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -70,11 +218,11 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_secret_references() {
-        let KeySource::Secret { scope, key } = KeySource::parse_secret_ref("iot/registry").unwrap()
+        let KeySource::Secret(registry) = KeySource::parse_secret_ref("iot/registry").unwrap()
         else {
             panic!("not a secret source");
         };
-        assert_eq!((scope.as_str(), key.as_str()), ("iot", "registry"));
+        assert_eq!(format!("{registry:?}"), "SecretRegistry(iot/registry)");
         for bad in ["", "iot", "/registry", "iot/", "a/b/c"] {
             assert!(matches!(
                 KeySource::parse_secret_ref(bad),
@@ -157,6 +305,93 @@ pub(crate) mod tests {
             "{error}"
         );
         emulator.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_sharded_registry_is_read_whole_then_only_where_it_changed() {
+        use crate::devices::shard_key;
+        use lakegate_emulator::Emulator;
+
+        let emulator = Emulator::start(lakegate_testkit::emulator_config())
+            .await
+            .unwrap();
+        let secrets = secrets_of(&emulator);
+        let entry = |device: &str, key: &str| {
+            format!(
+                r#"{{"devices": {{"{device}": {{"keys": ["{}"]}}}}}}"#,
+                hash_key(key)
+            )
+        };
+        secrets.create_scope("iot").await.unwrap();
+        secrets
+            .put_string("iot", "registry", &entry("a", "ka"))
+            .await
+            .unwrap();
+        let shard_b = shard_key("registry", "b");
+        secrets
+            .put_string("iot", &shard_b, &entry("b", "kb"))
+            .await
+            .unwrap();
+        // Not part of the registry: ignored.
+        secrets
+            .put_string("iot", "registry-old", "not json")
+            .await
+            .unwrap();
+
+        let source = KeySource::parse_secret_ref("iot/registry").unwrap();
+        let first = source.load(&secrets).await.unwrap();
+        assert_eq!(first.device_count(), 2);
+        assert_eq!(&*first.authenticate("kb").unwrap().id, "b");
+        // Read once more to confirm (nothing changed: the same registry), then only listed.
+        let confirmed = source.load(&secrets).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &confirmed));
+        let calls = emulator.stats().api_requests;
+        let steady = source.load(&secrets).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &steady));
+        assert_eq!(
+            emulator.stats().api_requests - calls,
+            1,
+            "one list, no reads"
+        );
+
+        // A changed shard is read again; the others are not.
+        secrets
+            .put_string("iot", &shard_b, &entry("b", "kb2"))
+            .await
+            .unwrap();
+        let calls = emulator.stats().api_requests;
+        let changed = source.load(&secrets).await.unwrap();
+        assert_eq!(
+            emulator.stats().api_requests - calls,
+            2,
+            "one list, one read"
+        );
+        assert!(changed.authenticate("kb").is_err());
+        assert_eq!(&*changed.authenticate("kb2").unwrap().id, "b");
+        assert_eq!(&*changed.authenticate("ka").unwrap().id, "a");
+
+        // A device in two parts is refused; the caller keeps what it had.
+        secrets
+            .put_string("iot", &shard_b, &entry("a", "kx"))
+            .await
+            .unwrap();
+        let error = source.load(&secrets).await.unwrap_err();
+        assert!(error.to_string().contains("two parts"), "{error}");
+        secrets.delete("iot", &shard_b).await.unwrap();
+        let healed = source.load(&secrets).await.unwrap();
+        assert_eq!(healed.device_count(), 1);
+        emulator.shutdown().await;
+    }
+
+    /// A Secrets client for `emulator`, with the testkit's token.
+    pub(crate) fn secrets_of(emulator: &lakegate_emulator::Emulator) -> Secrets {
+        let settings = crate::databricks::Settings {
+            host: Some(emulator.url()),
+            token: Some(lakegate_testkit::PAT.into()),
+            ..Default::default()
+        };
+        let config = crate::databricks::Config::resolve(settings, &Default::default()).unwrap();
+        crate::databricks::Client::new(&config).unwrap().secrets()
     }
 
     /// A Secrets client for sources that never call the workspace (its host refuses).
