@@ -54,6 +54,7 @@ pub enum RegistryError {
 }
 
 /// The parsed registry, indexed by key hash.
+#[derive(Clone)]
 pub struct Registry {
     by_hash: HashMap<KeyHash, Registered>,
     devices: HashSet<Arc<str>>,
@@ -142,39 +143,58 @@ impl Registry {
         self.devices.len()
     }
 
-    /// One registry from several parts (the shards of a large fleet): a device or a
-    /// key may appear in one part only.
-    pub(crate) fn combine<'a>(
-        parts: impl IntoIterator<Item = &'a Registry>,
-    ) -> Result<Registry, RegistryError> {
-        let mut combined = Registry {
+    /// An empty registry, to absorb parts into.
+    pub(crate) fn empty() -> Registry {
+        Registry {
             by_hash: HashMap::new(),
             devices: HashSet::new(),
-        };
-        for part in parts {
-            combined.by_hash.reserve(part.by_hash.len());
-            combined.devices.reserve(part.devices.len());
-            for id in &part.devices {
-                if !combined.devices.insert(id.clone()) {
-                    return Err(RegistryError::Device {
-                        device: quoted(id),
-                        problem: "is listed in two parts of the registry".into(),
-                    });
-                }
-            }
-            for (hash, registered) in &part.by_hash {
-                if let Some(other) = combined.by_hash.insert(*hash, registered.clone()) {
-                    return Err(RegistryError::Device {
-                        device: quoted(&registered.device.id),
-                        problem: format!(
-                            "key {hash:?} is also listed for device {:?}",
-                            other.device.id
-                        ),
-                    });
-                }
+        }
+    }
+
+    /// The key hashes and device ids of this registry, to take them out again later.
+    pub(crate) fn contents(&self) -> (Vec<KeyHash>, Vec<Arc<str>>) {
+        (
+            self.by_hash.keys().copied().collect(),
+            self.devices.iter().cloned().collect(),
+        )
+    }
+
+    /// Takes in the entries of `part` (a shard of a large fleet): a device or a key may
+    /// be in one part only.
+    pub(crate) fn absorb(&mut self, part: Registry) -> Result<(), RegistryError> {
+        self.by_hash.reserve(part.by_hash.len());
+        self.devices.reserve(part.devices.len());
+        for id in part.devices {
+            if !self.devices.insert(id.clone()) {
+                return Err(RegistryError::Device {
+                    device: quoted(&id),
+                    problem: "is listed in two parts of the registry".into(),
+                });
             }
         }
-        Ok(combined)
+        for (hash, registered) in part.by_hash {
+            let device = registered.device.id.clone();
+            if let Some(other) = self.by_hash.insert(hash, registered) {
+                return Err(RegistryError::Device {
+                    device: quoted(&device),
+                    problem: format!(
+                        "key {hash:?} is also listed for device {:?}",
+                        other.device.id
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes out what [`Registry::contents`] listed of a part.
+    pub(crate) fn remove(&mut self, keys: &[KeyHash], devices: &[Arc<str>]) {
+        for hash in keys {
+            self.by_hash.remove(hash);
+        }
+        for id in devices {
+            self.devices.remove(id);
+        }
     }
 }
 

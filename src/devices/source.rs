@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
+use super::keys::KeyHash;
 use super::registry::{Registry, RegistryError};
 use super::shards::is_part;
 use crate::databricks::Secrets;
@@ -83,7 +84,10 @@ struct Part {
     /// resolution, so a second write in the millisecond of the first could hide behind
     /// an unchanged time: every part is read once more after it changes.
     confirmed: bool,
-    registry: Arc<Registry>,
+    /// What the part put into the combined registry, to take out when it changes; the
+    /// entries themselves live only there.
+    keys: Vec<KeyHash>,
+    devices: Vec<Arc<str>>,
 }
 
 /// Parts read at once.
@@ -129,8 +133,11 @@ impl SecretRegistry {
         let fetched = self.read_parts(secrets, stale).await?;
 
         let mut loaded = self.lock();
-        let mut changed = loaded.parts.len() != parts.len();
-        loaded.parts.retain(|key, _| parts.contains_key(key));
+        let removed: Vec<String> = (loaded.parts.keys())
+            .filter(|key| !parts.contains_key(*key))
+            .cloned()
+            .collect();
+        let mut replaced = Vec::new();
         for (key, digest, json) in fetched {
             let updated_ms = parts[&key];
             if let Some(part) = loaded.parts.get_mut(&key).filter(|p| p.digest == digest) {
@@ -141,22 +148,16 @@ impl SecretRegistry {
             let registry = Registry::parse(json.expose_secret()).map_err(|err| {
                 RegistryError::Invalid(format!("secret {}/{key}: {err}", self.scope))
             })?;
-            let part = Part {
-                updated_ms,
-                digest,
-                confirmed: false,
-                registry: Arc::new(registry),
-            };
-            loaded.parts.insert(key, part);
-            changed = true;
+            replaced.push((key, updated_ms, digest, registry));
         }
-        if let (false, Some(combined)) = (changed, &loaded.combined) {
-            return Ok(combined.clone());
-        }
-        let mut keys: Vec<&String> = loaded.parts.keys().collect();
-        keys.sort();
-        let combined = Registry::combine(keys.iter().map(|key| &*loaded.parts[*key].registry));
-        match combined {
+        let combined = match &loaded.combined {
+            Some(combined) if removed.is_empty() && replaced.is_empty() => {
+                return Ok(combined.clone());
+            }
+            Some(combined) => (**combined).clone(),
+            None => Registry::empty(),
+        };
+        match self.rebuild(&mut loaded, combined, &removed, replaced) {
             Ok(combined) => {
                 let combined = Arc::new(combined);
                 loaded.combined = Some(combined.clone());
@@ -164,10 +165,40 @@ impl SecretRegistry {
             }
             Err(err) => {
                 // Read everything again next time rather than trust a mix.
-                loaded.parts.clear();
+                *loaded = Loaded::default();
                 Err(err)
             }
         }
+    }
+
+    /// The combined registry with the `removed` parts taken out and the `replaced`
+    /// parts put in anew.
+    fn rebuild(
+        &self,
+        loaded: &mut Loaded,
+        mut combined: Registry,
+        removed: &[String],
+        replaced: Vec<(String, i64, [u8; 32], Registry)>,
+    ) -> Result<Registry, RegistryError> {
+        let gone = removed.iter().chain(replaced.iter().map(|(key, ..)| key));
+        for key in gone {
+            if let Some(part) = loaded.parts.remove(key) {
+                combined.remove(&part.keys, &part.devices);
+            }
+        }
+        for (key, updated_ms, digest, registry) in replaced {
+            let (keys, devices) = registry.contents();
+            combined.absorb(registry)?;
+            let part = Part {
+                updated_ms,
+                digest,
+                confirmed: false,
+                keys,
+                devices,
+            };
+            loaded.parts.insert(key, part);
+        }
+        Ok(combined)
     }
 
     /// Reads `keys`, a few at a time: each with the digest of its bytes.
