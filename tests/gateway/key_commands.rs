@@ -6,11 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use lakegate::devices::Registry;
 use secrecy::ExposeSecret;
 
-use lakegate_testkit::{SP_ID, SP_SECRET};
+use lakegate::app::Gateway;
+use lakegate::config::GatewayConfig;
+use lakegate_testkit::{SP_ID, SP_SECRET, emulator_config, gateway_env, start_emulator, temp_dir};
+use tokio::net::TcpListener;
 
+use crate::common;
 use crate::harness::{Harness, reading};
 
 fn lakegate(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -120,39 +123,64 @@ async fn a_running_gateway_follows_the_key_commands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn keys_are_managed_in_a_databricks_secret() {
-    let mut gateway = Harness::start().await;
-    let url = gateway.emulator.url();
-    let warehouse = gateway.emulator.warehouse_id().to_owned();
-    let env = [
+async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
+    let emulator = start_emulator(emulator_config()).await;
+    let url = emulator.url();
+    let warehouse = emulator.warehouse_id().to_owned();
+    let workspace = [
         ("DATABRICKS_HOST", url.as_str()),
         ("DATABRICKS_CLIENT_ID", SP_ID),
         ("DATABRICKS_CLIENT_SECRET", SP_SECRET),
         ("DATABRICKS_WAREHOUSE_ID", warehouse.as_str()),
     ];
-    let secrets = gateway.reader().secrets();
+    let dir = temp_dir();
+    let mut env = gateway_env(&emulator, &dir.path().join("unused.json"), &[]);
+    env.remove("LAKEGATE_DEVICE_KEYS_FILE");
+    env.insert("LAKEGATE_DEVICE_KEYS_SECRET".into(), "fleet/devices".into());
+    let secrets = common::reader(&env).secrets();
     secrets.create_scope("fleet").await.unwrap();
 
     let secret = ["--secret", "fleet/devices"];
-    let added = lakegate(&[&["keys", "add", "pump-7"][..], &secret].concat(), &env);
+    let keys = |action: &[&str]| lakegate(&[&["keys"][..], action, &secret].concat(), &workspace);
+    let added = keys(&["add", "pump-7"]);
     let stderr = String::from_utf8_lossy(&added.stderr);
     assert!(added.status.success(), "{stderr}");
     assert!(!stderr.contains(SP_SECRET), "{stderr}");
     let key = String::from_utf8(added.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("lgk_"));
-
     let stored = secrets.get("fleet", "devices").await.unwrap();
-    let stored = stored.expose_secret();
-    assert!(!String::from_utf8_lossy(stored).contains(&key));
-    let registry = Registry::parse(stored).unwrap();
-    assert_eq!(&*registry.authenticate(&key).unwrap().id, "pump-7");
-
-    let listed = lakegate(&[&["keys", "list"][..], &secret].concat(), &env);
+    assert!(!String::from_utf8_lossy(stored.expose_secret()).contains(&key));
+    let listed = keys(&["list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("pump-7\t1\tfalse"));
 
-    // Credentials from the environment only: without them, a clear error.
+    let config = GatewayConfig::from_map(&env).expect("valid gateway config");
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ingest_url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run(listener, async {
+        let _ = stopped.await;
+    }));
+    let http = lakegate::databricks::http_client().unwrap();
+    let ingest = async |id: &str| {
+        let response = http
+            .post(&ingest_url)
+            .header("X-API-Key", &key)
+            .json(&reading(id, 1.0))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    };
+    assert_eq!(ingest("p-1").await, 200);
+    assert!(keys(&["revoke", "pump-7"]).status.success());
+    reload().await;
+    assert_eq!(ingest("p-2").await, 401);
+
+    // Credentials come from the environment or a profile: without them, a clear error.
     let no_workspace = lakegate(&[&["keys", "list"][..], &secret].concat(), &[]);
     assert!(!no_workspace.status.success());
     assert!(!String::from_utf8_lossy(&no_workspace.stderr).is_empty());
-    gateway.stop().await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }
