@@ -292,7 +292,7 @@ impl GatewayConfig {
         }
 
         let batch = BatchSettings {
-            flush_interval: env.millis("LAKEGATE_FLUSH_MS", 1000)?,
+            flush_interval: env.millis("LAKEGATE_FLUSH_MS", 50)?,
             max_rows: env.count("LAKEGATE_BATCH_MAX_ROWS", 10_000)?,
             max_bytes: env.count("LAKEGATE_BATCH_MAX_BYTES", 4 * 1024 * 1024)?,
         };
@@ -568,7 +568,7 @@ mod tests {
             config.rejected_table.to_string(),
             "iot.raw.readings_rejected"
         );
-        assert_eq!(config.batch.flush_interval, Duration::from_secs(1));
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(50));
         assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert!(matches!(config.device_keys, Some(KeySource::Secret(_))));
         let Workspace::Remote { client } = config.workspace else {

@@ -1,6 +1,8 @@
-//! The batch writer: collects queued rows for at most the flush interval (or
-//! until a batch is full) and writes them with one statement per batch,
-//! retrying until the warehouse commits.
+//! The batch writer, by group commit: one statement in flight; the rows that queue
+//! meanwhile make up the next batch, which starts as soon as the statement ends. A row
+//! that finds the writer idle waits at most the linger (`LAKEGATE_FLUSH_MS`) for
+//! others to share its statement. Each batch is one statement, retried until the
+//! warehouse commits.
 //!
 //! Retrying is safe because the sink writes exactly once (a MERGE keyed on
 //! device, reading, ts and metric), even when an earlier attempt's outcome was never
@@ -163,7 +165,8 @@ fn wire_len(json: &str) -> usize {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchSettings {
-    /// Longest time a reading waits in a batch before it is written.
+    /// Longest a reading that finds the writer idle waits for others to share its
+    /// statement (the linger). Rows that queued while a statement ran wait for nothing.
     pub flush_interval: Duration,
     /// Rows (one per metric) per statement.
     pub max_rows: usize,
@@ -206,6 +209,20 @@ impl<S: BatchSink> Writer<S> {
 
     /// The next batch's submissions, or `None` when closing with nothing left.
     async fn collect(&mut self) -> Option<Vec<Submission>> {
+        // Group commit: rows that queued while the last statement ran go at once.
+        let mut submissions = Vec::new();
+        let mut rows = 0;
+        while rows < self.settings.max_rows {
+            let Ok(submission) = self.receiver.try_recv() else {
+                break;
+            };
+            rows += submission.rows.len();
+            submissions.push(submission);
+        }
+        if !submissions.is_empty() {
+            return Some(submissions);
+        }
+        // Idle: the first row to arrive waits at most the linger for company.
         let first = tokio::select! {
             biased;
             next = self.receiver.recv() => next?,
@@ -215,10 +232,11 @@ impl<S: BatchSink> Writer<S> {
             }
         };
         let flush_at = tokio::time::Instant::now() + self.settings.flush_interval;
-        let mut rows = first.rows.len();
-        let mut submissions = vec![first];
+        rows = first.rows.len();
+        submissions.push(first);
         while rows < self.settings.max_rows {
             tokio::select! {
+                biased;
                 next = self.receiver.recv() => match next {
                     Some(submission) => {
                         rows += submission.rows.len();
@@ -512,6 +530,81 @@ mod tests {
         committed.await.expect("committed after the retries");
         assert_eq!(sink.written.lock().unwrap().len(), 1);
         assert_eq!(queue.depth(), 0, "queue space is returned");
+        closing.cancel();
+        task.await.unwrap();
+    }
+
+    /// Holds every write until released, and records the batches.
+    struct GatedSink {
+        release: tokio::sync::Semaphore,
+        started: tokio::sync::Notify,
+        written: std::sync::Mutex<Vec<EncodedBatch>>,
+    }
+
+    impl BatchSink for Arc<GatedSink> {
+        async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+            self.started.notify_one();
+            self.release.acquire().await.unwrap().forget();
+            self.written.lock().unwrap().push(batch.clone());
+            Ok(())
+        }
+
+        async fn write_rejected(
+            &self,
+            _: &EncodedBatch,
+            _: &databricks::Error,
+        ) -> Result<(), databricks::Error> {
+            unreachable!("nothing is refused")
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_queued_during_a_statement_are_written_right_after_it() {
+        let sink = Arc::new(GatedSink {
+            release: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+            written: std::sync::Mutex::default(),
+        });
+        let (queue, receiver) = super::super::queue::IngestQueue::new(CAPACITY);
+        let closing = CancellationToken::new();
+        let linger = Duration::from_secs(3);
+        let writer = Writer::new(
+            receiver,
+            sink.clone(),
+            settings(linger.as_millis() as u64),
+            Arc::new(Metrics::default()),
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+        let first = queue.submit(vec![row("d", "a", "t", 1)], true).unwrap();
+        // The first row found the writer idle: it lingers, then its statement starts.
+        sink.started.notified().await;
+        let second = queue.submit(vec![row("d", "b", "t", 2)], true).unwrap();
+        let third = queue.submit(vec![row("e", "c", "t", 3)], true).unwrap();
+        sink.release.add_permits(1);
+        first.unwrap().await.unwrap();
+
+        // The rows that queued meanwhile start their statement without a linger.
+        let released = Instant::now();
+        tokio::time::timeout(linger / 2, sink.started.notified())
+            .await
+            .expect("the next statement starts at once");
+        sink.release.add_permits(1);
+        second.unwrap().await.unwrap();
+        third.unwrap().await.unwrap();
+        assert!(released.elapsed() < linger / 2);
+        let batches: Vec<usize> = sink
+            .written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.rows)
+            .collect();
+        assert_eq!(
+            batches,
+            [1, 2],
+            "one statement for the rows that waited together"
+        );
         closing.cancel();
         task.await.unwrap();
     }
