@@ -64,6 +64,13 @@
 //! 4. The fleet page itself (`static/`) is served from the binary by
 //!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
 //!
+//! ## Devices without a Databricks token (`edge/`)
+//!
+//! `lakegate send` (`edge/send.rs`) is the device agent: readings from stdin or files,
+//! spooled on disk (`edge/spool.rs`: fsync'd records, an atomic cursor) and sent to a
+//! gateway with the device's key and, in front of a Databricks App, an OAuth token
+//! from our client's token source (`edge/upstream.rs`).
+//!
 //! ## Operations
 //!
 //! `/healthz`, `/readyz` (`server/ops.rs`, cached single-flight in
@@ -78,6 +85,7 @@ pub mod config;
 pub(crate) mod connections;
 pub mod databricks;
 pub mod devices;
+pub mod edge;
 pub(crate) mod error_code;
 pub(crate) mod health;
 pub(crate) mod ingest;

@@ -39,6 +39,40 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// The device agent: send readings (NDJSON, from files or stdin) to a gateway with
+    /// this device's key, optionally through a durable spool.
+    Send(SendArgs),
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// The gateway: a Databricks App's URL, or a gateway of one's own.
+    #[arg(long, env = "LAKEGATE_UPSTREAM")]
+    upstream: String,
+    /// A file holding the device key; default: the LAKEGATE_DEVICE_KEY variable.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Keep readings on disk here until the gateway has committed them; what is not
+    /// committed by the timeout is sent on the next run.
+    #[arg(long, env = "LAKEGATE_SPOOL_DIR")]
+    spool: Option<PathBuf>,
+    /// Most bytes the spool holds.
+    #[arg(long, env = "LAKEGATE_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    spool_max_bytes: u64,
+    /// Readings per request.
+    #[arg(long, default_value_t = lakegate::edge::DEFAULT_BATCH)]
+    batch: usize,
+    /// How long one batch may keep retrying (and, with a spool, how long the backlog
+    /// is sent at the end), in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Get OAuth tokens for the Databricks Apps proxy from this ~/.databrickscfg profile
+    /// (else from DATABRICKS_HOST, DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET
+    /// when set).
+    #[arg(long)]
+    profile: Option<String>,
+    /// NDJSON files, one reading (or an array of readings) a line; default: stdin.
+    files: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keys { action } => keys(action),
+        Command::Send(args) => send(args),
         Command::Serve => {
             init_logging();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -190,6 +225,91 @@ fn keys(action: KeysCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn send(args: SendArgs) -> ExitCode {
+    // Warnings only, as text on stderr: stdout is the device's, and the summary says the rest.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let options = match send_options(args) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let spool = options
+        .spool
+        .as_ref()
+        .map(|(dir, _)| dir.display().to_string());
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let report = match runtime.block_on(lakegate::edge::send(options)) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(3);
+        }
+    };
+    for line in report.skipped.iter().chain(&report.refused) {
+        eprintln!("refused: {line}");
+    }
+    eprintln!(
+        "{} readings read: {} committed, {} refused, {} input lines skipped",
+        report.read,
+        report.committed,
+        report.refused.len(),
+        report.skipped.len()
+    );
+    if let Some(dir) = spool {
+        eprintln!(
+            "{} spooled batches wait in {dir} for the next run",
+            report.spooled
+        );
+    }
+    if report.undelivered > 0 {
+        eprintln!("{} readings were NOT delivered", report.undelivered);
+    }
+    if let Some(why) = &report.stopped {
+        eprintln!("stopped: {why}");
+    }
+    ExitCode::from(report.exit_code())
+}
+
+fn send_options(args: SendArgs) -> anyhow::Result<lakegate::edge::SendOptions> {
+    let key = match &args.key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the key file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("LAKEGATE_DEVICE_KEY")
+            .context("no device key: set LAKEGATE_DEVICE_KEY or pass --key-file")?,
+    };
+    anyhow::ensure!(!key.is_empty(), "the device key is empty");
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    if let Some(profile) = &args.profile {
+        vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile.clone());
+    }
+    let workspace = if vars.contains_key("DATABRICKS_HOST") || args.profile.is_some() {
+        let config = lakegate::databricks::Config::resolve(Default::default(), &vars)
+            .context("the workspace for OAuth tokens")?;
+        Some(config)
+    } else {
+        None
+    };
+    Ok(lakegate::edge::SendOptions {
+        upstream: args.upstream,
+        key: key.into(),
+        spool: args.spool.map(|dir| (dir, args.spool_max_bytes)),
+        workspace,
+        batch: args.batch,
+        deadline: std::time::Duration::from_secs(args.timeout),
+        inputs: args.files,
+    })
 }
 
 /// Lists, or makes one change and says what it did; a new key goes to stdout alone

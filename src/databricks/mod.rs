@@ -22,7 +22,7 @@ pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
 pub use error::{Error, ErrorResponse, FailureKind, StatementError};
 pub use http::{ApiClient, Call};
 pub use results::{Column, Manifest, ResultRow, StatementResult, Value};
-pub use retry::{RetryPolicy, Schedule};
+pub use retry::{RetryPolicy, Schedule, parse_retry_after};
 pub use secrets::{SecretMetadata, Secrets};
 pub use statements::{Param, StatementRequest, Statements};
 pub use transport::http_client;

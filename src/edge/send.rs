@@ -1,0 +1,398 @@
+//! `lakegate send`, the device agent: readings as NDJSON from files or stdin, sent to
+//! the gateway in batches with the device's key, each batch retried until the
+//! gateway commits it (readings keep their identity, so a batch sent twice is
+//! written once). With a spool, every reading is on disk before anything is sent,
+//! and what the upstream has not committed by the deadline stays for the next run.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::spool::{Spool, SpoolError};
+use super::upstream::{Delivery, Refused, Upstream};
+use crate::databricks::{self, RetryPolicy};
+
+/// Readings per upstream request (the gateway takes 1,000 by default).
+pub const DEFAULT_BATCH: usize = 500;
+
+/// Bytes of records the spool hands over at once.
+const SPOOL_READ_BYTES: u64 = 4 * 1024 * 1024;
+
+pub struct SendOptions {
+    pub upstream: String,
+    pub key: SecretString,
+    /// Where readings wait on disk until committed upstream.
+    pub spool: Option<(PathBuf, u64)>,
+    /// The workspace whose OAuth tokens the Apps proxy in front of the gateway takes.
+    pub workspace: Option<databricks::Config>,
+    pub batch: usize,
+    /// How long to keep trying before giving up (without a spool) or leaving the rest
+    /// spooled for the next run.
+    pub deadline: Duration,
+    /// NDJSON files; none means stdin.
+    pub inputs: Vec<PathBuf>,
+}
+
+/// What a run did, for the summary and the exit status.
+#[derive(Debug, Default)]
+pub struct SendReport {
+    pub read: usize,
+    /// Input lines that are not readings, with why.
+    pub skipped: Vec<String>,
+    pub committed: usize,
+    /// Readings the gateway refused for good, with why.
+    pub refused: Vec<String>,
+    /// Readings neither committed nor spooled (no spool, or it was full).
+    pub undelivered: usize,
+    /// Readings still in the spool, to go on the next run.
+    pub spooled: u64,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+impl SendReport {
+    /// 0: everything committed (or safely spooled); 1: some input was refused or not a
+    /// reading; 3: some readings are neither committed nor spooled.
+    pub fn exit_code(&self) -> u8 {
+        if self.undelivered > 0 {
+            3
+        } else if !self.skipped.is_empty() || !self.refused.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// How long a reading waits for others to fill its batch.
+const LINGER: Duration = Duration::from_secs(1);
+
+pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
+    let upstream = Upstream::new(&options.upstream, options.key, options.workspace.as_ref())
+        .map_err(|err| SendError::Setup(format!("upstream: {err}")))?;
+    let spool = match &options.spool {
+        Some((dir, max_bytes)) => Some(Spool::open(dir, *max_bytes)?),
+        None => None,
+    };
+    let mut report = SendReport::default();
+    let mut lines = Inputs::new(&options.inputs)?.spawn();
+    let mut batch = Vec::with_capacity(options.batch);
+    let mut linger_until = None;
+    loop {
+        let next = match linger_until {
+            Some(until) => tokio::time::timeout_at(until, lines.recv()).await,
+            None => Ok(lines.recv().await),
+        };
+        let full_or_due = match next {
+            Ok(Some(Input::Line(line))) => {
+                if let Some(readings) = readings_of(&line.text, &line.place, &mut report) {
+                    report.read += readings.len();
+                    batch.extend(readings);
+                    linger_until.get_or_insert_with(|| Instant::now() + LINGER);
+                }
+                batch.len() >= options.batch
+            }
+            Ok(Some(Input::Skipped(why))) => {
+                report.skipped.push(why);
+                false
+            }
+            Ok(Some(Input::Failed(why))) => return Err(SendError::Setup(why)),
+            Ok(None) => break,
+            Err(_) => true,
+        };
+        if full_or_due {
+            linger_until = None;
+            let deadline = Instant::now() + options.deadline;
+            take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
+            if let Some(spool) = &spool {
+                // Forward what is spooled while the input goes on, without waiting.
+                drain(&upstream, spool, options.batch, None, &mut report).await?;
+            }
+        }
+    }
+    let deadline = Instant::now() + options.deadline;
+    take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
+    if let Some(spool) = &spool {
+        drain(&upstream, spool, options.batch, Some(deadline), &mut report).await?;
+        report.spooled = spool.backlog().1;
+    }
+    Ok(report)
+}
+
+/// Hands a batch on: to the spool, or straight upstream.
+async fn take(
+    upstream: &Upstream,
+    spool: Option<&Spool>,
+    batch: &mut Vec<Value>,
+    deadline: Instant,
+    report: &mut SendReport,
+) -> Result<(), SendError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let readings = std::mem::take(batch);
+    if let Some(spool) = spool {
+        let payload = serde_json::to_vec(&readings).expect("JSON values serialize");
+        return match spool.append(&payload) {
+            Ok(()) => Ok(()),
+            Err(SpoolError::Full { used, max }) => {
+                report.undelivered += readings.len();
+                report.stopped.get_or_insert(format!(
+                    "the spool is full ({used} of {max} bytes); readings were not taken"
+                ));
+                Ok(())
+            }
+            Err(err) => Err(err.into()),
+        };
+    }
+    match deliver(upstream, &readings, Some(deadline)).await {
+        Ok(refused) => record(report, &readings, refused),
+        Err(why) => {
+            report.undelivered += readings.len();
+            report.stopped = Some(why);
+        }
+    }
+    Ok(())
+}
+
+/// Sends what the spool holds, oldest first, until it is empty or (with a deadline)
+/// the deadline passes; without one, until the upstream does not take a batch at once.
+async fn drain(
+    upstream: &Upstream,
+    spool: &Spool,
+    batch: usize,
+    deadline: Option<Instant>,
+    report: &mut SendReport,
+) -> Result<(), SendError> {
+    loop {
+        let pending = spool.peek(batch.max(1), SPOOL_READ_BYTES)?;
+        if pending.records.is_empty() {
+            return Ok(());
+        }
+        let mut readings = Vec::new();
+        for record in &pending.records {
+            match serde_json::from_slice::<Vec<Value>>(record) {
+                Ok(batch) => readings.extend(batch),
+                // Only we write records, each checked by its CRC: this is a bug, said once.
+                Err(err) => report
+                    .refused
+                    .push(format!("a spooled record is not JSON: {err}")),
+            }
+        }
+        match deliver(upstream, &readings, deadline).await {
+            Ok(refused) => {
+                record(report, &readings, refused);
+                spool.commit(pending.end, pending.records.len() as u64)?;
+            }
+            Err(why) => {
+                // Still spooled: the next attempt (or the next run) sends it.
+                if deadline.is_some() {
+                    report.stopped = Some(why);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Delivers `readings` (in halves when too large), retrying until committed, stopped
+/// or past the deadline (no deadline: one attempt); returns the readings refused for
+/// good.
+async fn deliver(
+    upstream: &Upstream,
+    readings: &[Value],
+    deadline: Option<Instant>,
+) -> Result<Vec<Refused>, String> {
+    let mut schedule = RetryPolicy::batch_writes().schedule();
+    let started = Instant::now();
+    loop {
+        let (after, why) = match upstream.deliver(readings).await {
+            Delivery::Committed { refused } => return Ok(refused),
+            Delivery::TooLarge => {
+                let (left, right) = readings.split_at(readings.len() / 2);
+                let mut refused = Box::pin(deliver(upstream, left, deadline)).await?;
+                let right_refused = Box::pin(deliver(upstream, right, deadline)).await?;
+                refused.extend(right_refused.into_iter().map(|r| Refused {
+                    index: r.index + left.len(),
+                    ..r
+                }));
+                return Ok(refused);
+            }
+            Delivery::Stop { why } => return Err(why),
+            Delivery::Retry { after, why } => (after, why),
+        };
+        let wait = schedule
+            .next_wait(started.elapsed(), after)
+            .unwrap_or(Duration::from_secs(30));
+        match deadline {
+            Some(deadline) if Instant::now() + wait <= deadline => {}
+            Some(_) => return Err(format!("gave up at the deadline; last: {why}")),
+            None => return Err(why),
+        }
+        tracing::debug!(?wait, %why, "retrying the batch");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn record(report: &mut SendReport, readings: &[Value], refused: Vec<Refused>) {
+    report.committed += readings.len() - refused.len().min(readings.len());
+    for refusal in refused {
+        let which = readings
+            .get(refusal.index)
+            .map_or_else(String::new, describe);
+        report.refused.push(format!(
+            "reading {which}: {}: {}",
+            refusal.reason, refusal.message
+        ));
+    }
+}
+
+/// A reading named for a person: its id, else its timestamp.
+fn describe(reading: &Value) -> String {
+    match (&reading["id"], &reading["ts"]) {
+        (Value::String(id), _) => format!("id {id:?}"),
+        (_, Value::Null) => "(no id, no ts)".to_owned(),
+        (_, ts) => format!("at ts {ts}"),
+    }
+}
+
+/// The readings on one input line: an object, or an array of objects.
+fn readings_of(text: &str, place: &str, report: &mut SendReport) -> Option<Vec<Value>> {
+    let skip = |report: &mut SendReport, why: &str| {
+        report.skipped.push(format!("{place}: {why}"));
+        None
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(reading)) => Some(vec![Value::Object(reading)]),
+        Ok(Value::Array(items)) if items.iter().all(Value::is_object) => Some(items),
+        Ok(_) => skip(report, "not a JSON object (or an array of objects)"),
+        Err(err) => skip(report, &format!("not JSON: {err}")),
+    }
+}
+
+/// One input line and where it came from.
+struct Line {
+    text: String,
+    place: String,
+}
+
+/// What the input thread hands over.
+enum Input {
+    Line(Line),
+    Skipped(String),
+    Failed(String),
+}
+
+/// The input files one after the other, or stdin.
+struct Inputs {
+    sources: Vec<(String, Box<dyn BufRead + Send>)>,
+    line_no: usize,
+}
+
+impl Inputs {
+    fn new(paths: &[PathBuf]) -> Result<Inputs, SendError> {
+        let mut sources: Vec<(String, Box<dyn BufRead + Send>)> = Vec::new();
+        if paths.is_empty() {
+            let stdin = std::io::BufReader::new(std::io::stdin());
+            sources.push(("stdin".into(), Box::new(stdin)));
+        }
+        for path in paths {
+            let file = std::fs::File::open(path)
+                .map_err(|err| SendError::Setup(format!("{}: {err}", path.display())))?;
+            let reader = std::io::BufReader::new(file);
+            sources.push((path.display().to_string(), Box::new(reader)));
+        }
+        sources.reverse();
+        Ok(Inputs {
+            sources,
+            line_no: 0,
+        })
+    }
+
+    /// Reads on a thread of its own (stdin blocks), handing lines over as they come:
+    /// a device piping readings in is served as it writes them.
+    fn spawn(mut self) -> tokio::sync::mpsc::Receiver<Input> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+        std::thread::spawn(move || {
+            while let Some(input) = self.next_input() {
+                if sender.blocking_send(input).is_err() {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
+    /// The next non-blank line, a line that is not UTF-8, or a read error; `None` at the end.
+    fn next_input(&mut self) -> Option<Input> {
+        loop {
+            let (name, source) = self.sources.last_mut()?;
+            let mut bytes = Vec::new();
+            match source.read_until(b'\n', &mut bytes) {
+                Ok(0) => {
+                    self.sources.pop();
+                    self.line_no = 0;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let why = format!("reading {name}: {err}");
+                    self.sources.clear();
+                    return Some(Input::Failed(why));
+                }
+            }
+            self.line_no += 1;
+            let place = format!("{name} line {}", self.line_no);
+            return match String::from_utf8(bytes) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => Some(Input::Line(Line { text, place })),
+                Err(_) => Some(Input::Skipped(format!("{place}: not UTF-8"))),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_readings_or_reported() {
+        let mut report = SendReport::default();
+        let one = readings_of(r#"{"ts": 1, "metrics": {"t": 1}}"#, "l1", &mut report);
+        assert_eq!(one.unwrap().len(), 1);
+        let two = readings_of(r#"[{"id": "a"}, {"id": "b"}]"#, "l2", &mut report);
+        assert_eq!(two.unwrap().len(), 2);
+        assert!(readings_of("[1, 2]", "l3", &mut report).is_none());
+        assert!(readings_of("{broken", "l4", &mut report).is_none());
+        assert_eq!(report.skipped.len(), 2);
+        assert!(
+            report.skipped[1].starts_with("l4: not JSON"),
+            "{:?}",
+            report.skipped
+        );
+        assert_eq!(report.exit_code(), 1);
+    }
+
+    #[test]
+    fn exit_codes_put_lost_readings_first() {
+        let mut report = SendReport::default();
+        assert_eq!(report.exit_code(), 0);
+        report.refused.push("x".into());
+        assert_eq!(report.exit_code(), 1);
+        report.undelivered = 1;
+        assert_eq!(report.exit_code(), 3);
+    }
+}

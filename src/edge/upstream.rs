@@ -1,0 +1,162 @@
+//! The way up: batches of readings to a lakegate gateway's `POST /api/ingest`, gzip
+//! compressed, with the default commit acknowledgement, the sender's key in
+//! `X-API-Key` and, in front of a Databricks App, an OAuth token kept fresh by the
+//! client's token source (the Apps proxy admits bearer tokens on `/api/` routes).
+//!
+//! What an answer means for the batch is [`Delivery`]: committed (with the readings
+//! the gateway refused for good), retry the same batch (it is safe: readings keep their
+//! identity, so a batch committed twice is written once), split it, or stop.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::databricks::{self, TokenSource, parse_retry_after};
+
+/// The header the gateway reads a device's (or a relay's) key from.
+const API_KEY_HEADER: &str = "X-API-Key";
+
+/// Longest one upstream request may take, the gateway's commit wait included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Upstream {
+    ingest_url: String,
+    key: SecretString,
+    tokens: Option<Arc<dyn TokenSource>>,
+    http: reqwest::Client,
+}
+
+/// A reading the gateway refused for good, by its index in the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) index: usize,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+/// What the upstream's answer means for the batch.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Committed to the table, but for the readings listed, which retrying cannot fix.
+    Committed { refused: Vec<Refused> },
+    /// Not taken now (throttled, busy, unreachable, not committed yet): the same batch
+    /// again, after at least `after` when the upstream said so.
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
+    /// Larger than the upstream takes in one request: send it in halves.
+    TooLarge,
+    /// Retrying will not help until someone acts (a refused key, a disabled device).
+    Stop { why: String },
+}
+
+impl Upstream {
+    /// `base` is the gateway's URL (`https://<app>.databricksapps.com` or a gateway of
+    /// one's own); `workspace`, when given, is where OAuth tokens for the Apps proxy
+    /// come from.
+    pub(crate) fn new(
+        base: &str,
+        key: SecretString,
+        workspace: Option<&databricks::Config>,
+    ) -> Result<Upstream, databricks::Error> {
+        let tokens = workspace
+            .map(|config| {
+                databricks::Client::new(config).map(|client| client.api().token_source().clone())
+            })
+            .transpose()?;
+        let http = databricks::http_client()?;
+        Ok(Upstream {
+            ingest_url: format!("{}/api/ingest", base.trim_end_matches('/')),
+            key,
+            tokens,
+            http,
+        })
+    }
+
+    /// Sends one batch and tells what became of it.
+    pub(crate) async fn deliver(&self, readings: &[Value]) -> Delivery {
+        let body = gzip(&serde_json::to_vec(readings).expect("JSON values serialize"));
+        let mut request = self
+            .http
+            .post(&self.ingest_url)
+            .query(&[("ack", "commit")])
+            .timeout(REQUEST_TIMEOUT)
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_ENCODING, "gzip")
+            .header(API_KEY_HEADER, self.key.expose_secret())
+            .body(body);
+        if let Some(tokens) = &self.tokens {
+            match tokens.token().await {
+                Ok(token) => request = request.bearer_auth(token.expose_secret()),
+                Err(err) => {
+                    return Delivery::Retry {
+                        after: err.retry_after(),
+                        why: format!("no OAuth token for the Apps proxy: {err}"),
+                    };
+                }
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                return Delivery::Retry {
+                    after: None,
+                    // Without the URL: it may carry a query an operator considers private.
+                    why: format!("upstream unreachable: {}", err.without_url()),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let code = body["error"].as_str().unwrap_or("").to_owned();
+        let why = || {
+            let message = body["message"].as_str().unwrap_or("no message");
+            format!("upstream answered {status} {code}: {message}")
+        };
+        match status {
+            200 | 202 => Delivery::Committed {
+                refused: refused(&body),
+            },
+            // Every reading refused: nothing to write, nothing to retry.
+            400 if code == "no_valid_readings" => Delivery::Committed {
+                refused: refused(&body),
+            },
+            413 if readings.len() > 1 => Delivery::TooLarge,
+            408 | 429 | 500..=599 => Delivery::Retry { after, why: why() },
+            _ => Delivery::Stop { why: why() },
+        }
+    }
+}
+
+fn refused(body: &Value) -> Vec<Refused> {
+    let Some(list) = body["rejected"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|entry| {
+            Some(Refused {
+                index: usize::try_from(entry["index"].as_u64()?).ok()?,
+                reason: entry["reason"].as_str().unwrap_or("unknown").to_owned(),
+                message: entry["message"].as_str().unwrap_or_default().to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::fast());
+    encoder.write_all(bytes).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
