@@ -1,4 +1,4 @@
-//! The gateway's life: start (workspace, registry, table, writer, reloads),
+//! The gateway's life: start (workspace, registry, table, writers, reloads),
 //! serve, and drain on shutdown. Every task it starts is owned here and awaited
 //! before [`Gateway::run`] returns.
 
@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,8 +22,9 @@ use crate::table::ensure_tables;
 
 pub struct Gateway {
     state: AppState,
-    writer: JoinHandle<()>,
-    /// Tells the writer that no request can queue rows any more.
+    /// One batch writer per queue lane.
+    writers: TaskTracker,
+    /// Tells the writers that no request can queue rows any more.
     writer_closing: CancellationToken,
     /// Registry reloads and limiter housekeeping, stopped by `background_stop`.
     background: TaskTracker,
@@ -66,19 +66,23 @@ impl Gateway {
                 )
             })?;
 
-        let (queue, receiver) = IngestQueue::new(config.queue);
+        let (queue, lanes) = IngestQueue::new(config.queue, config.writers);
         let writer_closing = CancellationToken::new();
         let sink = StatementSink::new(client.statements(), &config.table, &config.rejected_table);
-        let writer = tokio::spawn(
-            Writer::new(
-                receiver,
-                sink,
-                config.batch.clone(),
-                metrics.clone(),
-                writer_closing.clone(),
-            )
-            .run(),
-        );
+        let writers = TaskTracker::new();
+        for lane in lanes {
+            writers.spawn(
+                Writer::new(
+                    lane,
+                    sink.clone(),
+                    config.batch.clone(),
+                    metrics.clone(),
+                    writer_closing.clone(),
+                )
+                .run(),
+            );
+        }
+        writers.close();
 
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
@@ -95,7 +99,7 @@ impl Gateway {
         background.close();
         Ok(Gateway {
             state,
-            writer,
+            writers,
             writer_closing,
             background,
             background_stop,
@@ -154,7 +158,7 @@ impl Gateway {
         self.writer_closing.cancel();
         let queued = self.state.queue.depth();
         let deadline = signalled_at.get().copied().unwrap_or_else(Instant::now) + deadlines.flush();
-        match tokio::time::timeout_at(deadline, self.writer).await {
+        match tokio::time::timeout_at(deadline, self.writers.wait()).await {
             Ok(_) => tracing::info!(rows = queued, "queue flushed; stopped"),
             Err(_) => tracing::error!(
                 rows = self.state.queue.depth(),

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     pub(crate) device_keys: Option<KeySource>,
     pub(crate) keys_refresh: Duration,
     pub(crate) batch: BatchSettings,
+    /// Batch writers, each with at most one statement in flight; a device's rows always
+    /// go to the same one.
+    pub(crate) writers: usize,
     /// Rows queued and not yet committed, and their bytes; beyond either, requests get 503.
     pub(crate) queue: QueueCapacity,
     pub(crate) body: BodyCaps,
@@ -296,6 +299,8 @@ impl GatewayConfig {
             max_rows: env.count("LAKEGATE_BATCH_MAX_ROWS", 10_000)?,
             max_bytes: env.count("LAKEGATE_BATCH_MAX_BYTES", 4 * 1024 * 1024)?,
         };
+        // A warehouse runs about ten statements at once; more writers only queue there.
+        let writers = env.within("LAKEGATE_WRITERS", 4, 1..=16)?;
         let queue = QueueCapacity {
             rows: env.count("LAKEGATE_QUEUE_MAX_ROWS", 200_000)?,
             bytes: env.count("LAKEGATE_QUEUE_MAX_BYTES", 256 * 1024 * 1024)?,
@@ -373,6 +378,7 @@ impl GatewayConfig {
             device_keys,
             keys_refresh: env.secs("LAKEGATE_KEYS_REFRESH_SECS", 60)?,
             batch,
+            writers,
             queue,
             body,
             rate_limits,

@@ -36,7 +36,8 @@
 //! 5. **Queue** (`ingest/queue.rs`): the rows take room in a queue bounded in rows
 //!    and bytes, all or nothing (503 `unavailable` when full), then the global rate.
 //!    With `?ack=accept` the device hears 202 now; by default it waits for step 7.
-//! 6. **Writer** (`ingest/writer.rs`): collects queued rows into batches sized as
+//! 6. **Writers** (`ingest/writer.rs`, one per queue lane; a device's rows always in
+//!    the same lane): group commit, one statement in flight each; batches sized as
 //!    they travel, writes each through a sink (`ingest/sink.rs`) and retries by what
 //!    failed: transient errors again, refused rows isolated and dead-lettered, an
 //!    unwritable table kept and reported (`health.rs`).

@@ -1,4 +1,6 @@
-//! The bounded write queue between request handlers and the batch writer.
+//! The bounded write queue between request handlers and the batch writers: one lane
+//! per writer, a device's rows always in the same lane (so they stay in order and one
+//! reading is never written by two writers at once).
 //!
 //! Capacity is counted twice: in rows (one per metric, the unit of statement
 //! size) and in the bytes the queued rows take in memory, so that a fleet sending
@@ -6,7 +8,10 @@
 //! all its room at once or none: when the queue is full it is refused (503)
 //! instead of growing without bound.
 
-use std::sync::Arc;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -15,19 +20,51 @@ use crate::table::TableRow;
 /// Told to a waiting request once its rows are committed.
 pub type Committed = oneshot::Receiver<()>;
 
-/// Rows of one request on their way to the writer.
+/// Rows of one request (those of one lane) on their way to a writer.
 pub struct Submission {
     pub rows: Vec<TableRow>,
-    /// Dropped unsent if the rows are never committed (the process ends first).
-    pub committed: Option<oneshot::Sender<()>>,
+    /// Told when the rows are committed; the request hears once every lane's part is.
+    pub completion: Option<Arc<Completion>>,
     /// Held until the rows are committed, then dropped: the room returns to the queue.
     pub _room: QueueRoom,
+}
+
+/// The commit of a request whose rows went to several lanes.
+pub struct Completion {
+    parts_left: AtomicUsize,
+    /// Dropped unsent if some part is never committed (the process ends first).
+    committed: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Completion {
+    /// One part is committed; the request hears when the last one is.
+    pub fn part_committed(&self) {
+        if self.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let sender = self
+                .committed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            // The request may have stopped waiting; its rows are committed all the same.
+            let _ = sender.map(|sender| sender.send(()));
+        }
+    }
 }
 
 /// Room held in the queue, given back when dropped (once the rows are committed).
 pub struct QueueRoom {
     rows: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
+}
+
+impl QueueRoom {
+    /// Splits off the room of `rows` rows taking `bytes` bytes.
+    fn split(&mut self, rows: usize, bytes: usize) -> QueueRoom {
+        QueueRoom {
+            rows: self.rows.split(rows).expect("the room holds every row"),
+            bytes: self.bytes.split(bytes).expect("the room holds every byte"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,25 +85,29 @@ pub struct QueueCapacity {
 
 #[derive(Clone)]
 pub struct IngestQueue {
-    sender: mpsc::UnboundedSender<Submission>,
+    lanes: Arc<[mpsc::UnboundedSender<Submission>]>,
     rows: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     capacity: QueueCapacity,
 }
 
 impl IngestQueue {
-    /// An empty queue, and its receiving end for the writer.
-    pub fn new(capacity: QueueCapacity) -> (IngestQueue, mpsc::UnboundedReceiver<Submission>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    /// An empty queue of `lanes` lanes, and their receiving ends, one per writer.
+    pub fn new(
+        capacity: QueueCapacity,
+        lanes: usize,
+    ) -> (IngestQueue, Vec<mpsc::UnboundedReceiver<Submission>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..lanes.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
         // A semaphore holds at most `MAX_PERMITS`; no real budget comes near it.
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let queue = IngestQueue {
-            sender,
+            lanes: Arc::from(senders),
             rows: permits(capacity.rows),
             bytes: permits(capacity.bytes),
             capacity,
         };
-        (queue, receiver)
+        (queue, receivers)
     }
 
     /// Claims room for `rows`, so that nothing else is spent (rate limits) on a
@@ -82,11 +123,11 @@ impl IngestQueue {
         };
         let room = QueueRoom {
             rows: take(&self.rows, rows.len())?,
-            _bytes: take(&self.bytes, bytes)?,
+            bytes: take(&self.bytes, bytes)?,
         };
         Ok(Reservation {
             room,
-            sender: self.sender.clone(),
+            lanes: self.lanes.clone(),
         })
     }
 
@@ -114,31 +155,129 @@ impl IngestQueue {
 /// Room claimed in the queue; dropped unused, the room is given back.
 pub struct Reservation {
     room: QueueRoom,
-    sender: mpsc::UnboundedSender<Submission>,
+    lanes: Arc<[mpsc::UnboundedSender<Submission>]>,
+}
+
+/// The lane of a device's rows.
+fn lane_of(device_id: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    device_id.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
 }
 
 impl Reservation {
-    /// Queues `rows`, the rows room was reserved for.
+    /// Queues `rows`, the rows room was reserved for, each in its device's lane.
     pub fn submit(
         self,
         rows: Vec<TableRow>,
         wait_for_commit: bool,
     ) -> Result<Option<Committed>, QueueError> {
-        debug_assert!(rows.len() <= self.room.rows.num_permits());
-        let (committed, receiver) = match wait_for_commit {
+        let Reservation { room, lanes } = self;
+        debug_assert!(rows.len() <= room.rows.num_permits());
+        let mut room = Some(room);
+        let mut parts: Vec<Vec<TableRow>> = vec![Vec::new(); lanes.len()];
+        for row in rows {
+            parts[lane_of(&row.device_id, lanes.len())].push(row);
+        }
+        let parts: Vec<(usize, Vec<TableRow>)> = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
+        let (completion, receiver) = match wait_for_commit {
             true => {
                 let (sender, receiver) = oneshot::channel();
-                (Some(sender), Some(receiver))
+                let completion = Completion {
+                    parts_left: AtomicUsize::new(parts.len()),
+                    committed: Mutex::new(Some(sender)),
+                };
+                (Some(Arc::new(completion)), Some(receiver))
             }
             false => (None, None),
         };
-        self.sender
-            .send(Submission {
-                rows,
-                committed,
-                _room: self.room,
-            })
-            .map_err(|_| QueueError::Closed)?;
+        let last = parts.len().saturating_sub(1);
+        for (n, (lane, rows)) in parts.into_iter().enumerate() {
+            // Each part carries its share of the room; the last one takes what is left.
+            let part_room = match room.as_mut() {
+                Some(_) if n == last => room.take(),
+                Some(whole) => {
+                    let part_bytes = rows.iter().map(TableRow::queued_bytes).sum();
+                    Some(whole.split(rows.len(), part_bytes))
+                }
+                None => None,
+            }
+            .expect("one part of the room for each lane's rows");
+            lanes[lane]
+                .send(Submission {
+                    rows,
+                    completion: completion.clone(),
+                    _room: part_room,
+                })
+                .map_err(|_| QueueError::Closed)?;
+        }
         Ok(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(device: &str, reading: &str) -> TableRow {
+        TableRow {
+            device_id: device.into(),
+            reading_id: reading.into(),
+            ts_us: 1,
+            metric: "t".into(),
+            value: Some(1.0),
+            value_str: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_over_several_lanes_is_committed_when_every_part_is() {
+        let capacity = QueueCapacity {
+            rows: 100,
+            bytes: 1 << 20,
+        };
+        let (queue, mut lanes) = IngestQueue::new(capacity, 4);
+        let rows: Vec<TableRow> = (0..16)
+            .map(|n| row(&format!("device-{}", n % 8), &format!("r-{n}")))
+            .collect();
+        let committed = queue.submit(rows, true).unwrap().unwrap();
+        assert_eq!(queue.depth(), 16);
+
+        let mut parts = Vec::new();
+        for lane in &mut lanes {
+            while let Ok(part) = lane.try_recv() {
+                parts.push(part);
+            }
+        }
+        assert!(parts.len() > 1, "eight devices spread over the lanes");
+        assert_eq!(parts.iter().map(|p| p.rows.len()).sum::<usize>(), 16);
+        // A device's rows are all in one lane.
+        for part in &parts {
+            for row in &part.rows {
+                assert_eq!(
+                    lane_of(&row.device_id, 4),
+                    lane_of(&part.rows[0].device_id, 4)
+                );
+            }
+        }
+        let mut committed = std::pin::pin!(committed);
+        for part in parts.drain(1..) {
+            part.completion.as_ref().unwrap().part_committed();
+        }
+        assert!(
+            futures::poll!(&mut committed).is_pending(),
+            "one part is still out"
+        );
+        let last = parts.pop().unwrap();
+        last.completion.as_ref().unwrap().part_committed();
+        committed.await.unwrap();
+        assert!(queue.depth() > 0, "the last part still holds its room");
+        drop(last);
+        assert_eq!(queue.depth(), 0);
+        assert_eq!(queue.depth_bytes(), 0);
     }
 }

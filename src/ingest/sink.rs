@@ -13,6 +13,7 @@ use crate::table::{self, TableName};
 const MAX_ERROR_MESSAGE: usize = 4000;
 
 /// Writes batches to the table through the Statement Execution API.
+#[derive(Clone)]
 pub struct StatementSink {
     statements: Statements,
     merge_sql: String,

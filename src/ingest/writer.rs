@@ -266,9 +266,8 @@ impl<S: BatchSink> Writer<S> {
             self.write_isolating_refused_rows(batch).await;
         }
         for submission in submissions {
-            if let Some(committed) = submission.committed {
-                // The request may have stopped waiting; its rows are committed all the same.
-                let _ = committed.send(());
+            if let Some(completion) = submission.completion {
+                completion.part_committed();
             }
         }
     }
@@ -511,7 +510,8 @@ mod tests {
             failures: 2.into(),
             ..FlakySink::default()
         });
-        let (queue, receiver) = super::super::queue::IngestQueue::new(CAPACITY);
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let receiver = lanes.remove(0);
         let closing = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let writer = Writer::new(
@@ -565,7 +565,8 @@ mod tests {
             started: tokio::sync::Notify::new(),
             written: std::sync::Mutex::default(),
         });
-        let (queue, receiver) = super::super::queue::IngestQueue::new(CAPACITY);
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let receiver = lanes.remove(0);
         let closing = CancellationToken::new();
         let linger = Duration::from_secs(3);
         let writer = Writer::new(
@@ -612,7 +613,8 @@ mod tests {
     #[tokio::test]
     async fn closing_flushes_queued_rows_without_waiting_for_the_interval() {
         let sink = Arc::new(FlakySink::default());
-        let (queue, receiver) = super::super::queue::IngestQueue::new(CAPACITY);
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let receiver = lanes.remove(0);
         let closing = CancellationToken::new();
         let writer = Writer::new(
             receiver,
