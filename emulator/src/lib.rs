@@ -63,18 +63,29 @@
 //!
 //! ## Map
 //!
-//! A call enters through the router (`app.rs`, which also holds the shared state):
-//! `faults.rs` may answer first with an injected failure, `auth.rs` checks the bearer
-//! token (and serves the OAuth endpoints), then a handler runs. `secrets.rs` is the
-//! Secrets API. `statements/mod.rs` is the statement state machine (submit, wait,
-//! poll, cancel): it hands the SQL to the engine, cuts the result into chunks
-//! (`statements/results.rs`) and serves external links (`statements/links.rs`). The
-//! engine (`sql/mod.rs`) runs Databricks SQL on DataFusion: DDL that sqlparser cannot
+//! Modules read bottom-up; none imports a module that imports it back.
+//!
+//! - **Leaves**: `config.rs` (the settings the CLI, `main.rs`, and [`Emulator::start`]
+//!   share), `error.rs` (errors in Databricks' shape), `stats.rs` (what tests ask
+//!   about), `clock.rs`, the engine `sql/` and `results.rs` (a statement's output cut
+//!   into chunks in its format).
+//! - **Shared state** (`state/mod.rs`): one `App` holding every store, each store a
+//!   leaf of its own: issued tokens and credentials (`state/tokens.rs`), secrets
+//!   (`state/secrets.rs`), statements and their phases (`state/statements.rs`),
+//!   external links (`state/links.rs`) and the faults in force (`state/faults.rs`).
+//! - **Handlers**, over the state: `auth.rs` (the OAuth endpoints and the bearer check),
+//!   `secrets.rs` (the Secrets API), `faults.rs` (the middleware answering injected
+//!   failures), `statements/mod.rs` (the statement state machine: submit, wait, poll,
+//!   cancel) and `statements/links.rs` (external link downloads).
+//! - **Routes** (`routes.rs`): mounts the handlers; a call under `/api/` meets
+//!   `faults.rs` first, then the bearer check, then its handler.
+//! - [`Emulator`] (this file) binds the socket and serves the routes.
+//!
+//! The engine (`sql/mod.rs`) runs Databricks SQL on DataFusion: DDL that sqlparser cannot
 //! read (`sql/ddl.rs`), the insert-only MERGE (`sql/merge.rs`), `:name` parameters
 //! (`sql/params.rs`), Databricks functions (`sql/functions.rs`), types
 //! (`sql/types.rs`), persistence (`sql/store.rs`) and errors in Databricks' shape
-//! (`sql/error.rs`, `error.rs`). `stats.rs` counts what tests ask about; `config.rs`
-//! holds the settings the CLI (`main.rs`) and [`Emulator::start`] share.
+//! (`sql/error.rs`).
 //!
 //! ## Not supported
 //!
@@ -94,13 +105,16 @@
 //! - Other REST APIs (clusters, jobs, warehouses, Unity Catalog REST, ...): 404 `ENDPOINT_NOT_FOUND`.
 //! - TLS: the emulator speaks plain HTTP.
 
-mod app;
 mod auth;
+mod clock;
 mod config;
 mod error;
 mod faults;
+mod results;
+mod routes;
 mod secrets;
 mod sql;
+mod state;
 mod statements;
 mod stats;
 
@@ -120,7 +134,7 @@ pub use stats::Stats;
 /// until the runtime stops.
 pub struct Emulator {
     addr: SocketAddr,
-    app: Arc<app::App>,
+    app: Arc<state::App>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<io::Result<()>>,
 }
@@ -131,8 +145,8 @@ impl Emulator {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let engine = sql::Engine::open(config.data_dir.as_deref())?;
-        let app = Arc::new(app::App::new(config, engine, format!("http://{addr}")));
-        let router = app::router(Arc::clone(&app));
+        let app = Arc::new(state::App::new(config, engine, format!("http://{addr}")));
+        let router = routes::router(Arc::clone(&app));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
