@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ErrorReply;
+use crate::identity::TokenOwner;
 use crate::state::{App, BaseUrl};
 use crate::stats::bump;
 
@@ -104,7 +105,7 @@ pub async fn token(
             "Only grant_type=client_credentials is supported.",
         );
     }
-    let (access_token, lifetime) = app.tokens.issue();
+    let (access_token, lifetime) = app.tokens.issue(TokenOwner::ServicePrincipal(client_id));
     bump(&app.stats.tokens_issued);
     let body = json!({
         "access_token": access_token,
@@ -133,21 +134,29 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
-/// Middleware on `/api/`: requires a valid `Authorization: Bearer` token.
-pub async fn require_bearer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+/// Middleware on `/api/`: requires a valid `Authorization: Bearer` token, and hands the
+/// handler its owner (a [`TokenOwner`] request extension).
+pub async fn require_bearer(
+    State(app): State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match bearer {
-        None => ErrorReply::unauthenticated(
+    let Some(token) = bearer else {
+        return ErrorReply::unauthenticated(
             "Credential was not sent or was of an unsupported type for this API.",
         )
-        .into_response(),
-        Some(token) if !app.tokens.check(token.trim()) => {
-            ErrorReply::unauthenticated("Invalid access token.").into_response()
+        .into_response();
+    };
+    match app.tokens.lookup(token.trim()) {
+        None => ErrorReply::unauthenticated("Invalid access token.").into_response(),
+        Some(grant) => {
+            request.extensions_mut().insert(grant.owner);
+            next.run(request).await
         }
-        Some(_) => next.run(request).await,
     }
 }

@@ -110,6 +110,7 @@ mod clock;
 mod config;
 mod error;
 mod faults;
+mod identity;
 mod results;
 mod routes;
 mod secrets;
@@ -128,6 +129,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{EmulatorConfig, Faults, RejectRows};
+pub use identity::TokenOwner;
 pub use stats::Stats;
 
 /// A running emulator. Dropping it without [`Emulator::shutdown`] leaves the server running
@@ -184,6 +186,19 @@ impl Emulator {
     /// Changes the lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.app.tokens.set_lifetime(lifetime);
+    }
+
+    /// A new OAuth token of the user `email`, as if they had signed in (U2M), with the
+    /// lifetime of issued tokens. The emulator has no sign-in flow of its own: tests mint
+    /// user tokens here, for the workspace's API and for the Apps proxy.
+    pub fn user_token(&self, email: &str) -> String {
+        self.app.tokens.issue(TokenOwner::User(email.to_owned())).0
+    }
+
+    /// Whose `token` is, if the workspace accepts it now (a configured PAT, or an issued
+    /// OAuth token that has not expired); `None` for unknown and expired tokens.
+    pub fn token_owner(&self, token: &str) -> Option<TokenOwner> {
+        self.app.tokens.lookup(token).map(|grant| grant.owner)
     }
 
     pub fn stats(&self) -> Stats {

@@ -16,15 +16,16 @@ mod links;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pub use self::links::download;
 use crate::error::{ApiJson, ErrorReply};
+use crate::identity::TokenOwner;
 use crate::results::{self, Format, ResultSet};
 use crate::sql::{Parameter, Request, SqlError};
 use crate::state::{App, BaseUrl, Phase, Statement};
@@ -65,6 +66,7 @@ struct Job {
 /// `POST /api/2.0/sql/statements`
 pub async fn execute(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<TokenOwner>,
     BaseUrl(url): BaseUrl,
     ApiJson(request): ApiJson<ExecuteRequest>,
 ) -> Result<Response, ErrorReply> {
@@ -77,7 +79,7 @@ pub async fn execute(
         finished_at: OnceLock::new(),
     });
     app.statements.insert(Arc::clone(&statement));
-    bump(&app.stats.statements);
+    app.stats.statement_by(&owner);
     // Answer "0s" from the state before the task starts, so the caller always sees it pending.
     let immediate = wait.is_zero().then(|| response(&app, &url, &statement));
     tokio::spawn(run(Arc::clone(&app), Arc::clone(&statement), job));
