@@ -5,6 +5,7 @@
 mod common;
 
 mod admission;
+mod apps_proxy;
 mod auth;
 mod connections;
 mod dashboard_sql;
