@@ -5,10 +5,7 @@
 //! documented mapping; real workspaces have also been seen answering a numeric `error_code` and
 //! 403 for bad tokens). Token endpoint errors use the OAuth shape (`error`, `error_description`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::FormRejection;
@@ -21,84 +18,12 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::{App, BaseUrl};
 use crate::error::ErrorReply;
+use crate::identity::TokenOwner;
+use crate::state::{App, BaseUrl};
 use crate::stats::bump;
 
 const SCOPE: &str = "all-apis";
-
-/// Credentials the emulator accepts and tokens it has issued.
-pub struct TokenStore {
-    principals: HashMap<String, String>,
-    personal_tokens: Vec<String>,
-    issued: Mutex<HashMap<String, Instant>>,
-    lifetime_millis: AtomicU64,
-}
-
-impl std::fmt::Debug for TokenStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenStore")
-            .field("principals", &self.principals.keys())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TokenStore {
-    pub fn new(
-        principals: &[(String, String)],
-        personal_tokens: &[String],
-        lifetime: Duration,
-    ) -> Self {
-        Self {
-            principals: principals.iter().cloned().collect(),
-            personal_tokens: personal_tokens.to_vec(),
-            issued: Mutex::new(HashMap::new()),
-            lifetime_millis: AtomicU64::new(millis(lifetime)),
-        }
-    }
-
-    pub fn set_lifetime(&self, lifetime: Duration) {
-        self.lifetime_millis
-            .store(millis(lifetime), Ordering::Relaxed);
-    }
-
-    fn lifetime(&self) -> Duration {
-        Duration::from_millis(self.lifetime_millis.load(Ordering::Relaxed))
-    }
-
-    fn authenticate_client(&self, client_id: &str, client_secret: &str) -> bool {
-        self.principals
-            .get(client_id)
-            .is_some_and(|secret| secret == client_secret)
-    }
-
-    fn issue(&self) -> (String, Duration) {
-        let token = format!("emu{}", uuid::Uuid::new_v4().simple());
-        let lifetime = self.lifetime();
-        let now = Instant::now();
-        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
-        issued.retain(|_, expires| *expires > now);
-        let expires = now
-            .checked_add(lifetime)
-            .unwrap_or_else(crate::faults::far_future);
-        issued.insert(token.clone(), expires);
-        (token, lifetime)
-    }
-
-    fn check(&self, token: &str) -> bool {
-        if self.personal_tokens.iter().any(|t| t == token) {
-            return true;
-        }
-        let issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
-        issued
-            .get(token)
-            .is_some_and(|expires| Instant::now() < *expires)
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// `GET /.well-known/databricks-config`: newer SDKs read the OIDC root from here.
 pub async fn host_metadata(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
@@ -180,7 +105,7 @@ pub async fn token(
             "Only grant_type=client_credentials is supported.",
         );
     }
-    let (access_token, lifetime) = app.tokens.issue();
+    let (access_token, lifetime) = app.tokens.issue(TokenOwner::ServicePrincipal(client_id));
     bump(&app.stats.tokens_issued);
     let body = json!({
         "access_token": access_token,
@@ -209,21 +134,29 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
-/// Middleware on `/api/`: requires a valid `Authorization: Bearer` token.
-pub async fn require_bearer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+/// Middleware on `/api/`: requires a valid `Authorization: Bearer` token, and hands the
+/// handler its owner (a [`TokenOwner`] request extension).
+pub async fn require_bearer(
+    State(app): State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match bearer {
-        None => ErrorReply::unauthenticated(
+    let Some(token) = bearer else {
+        return ErrorReply::unauthenticated(
             "Credential was not sent or was of an unsupported type for this API.",
         )
-        .into_response(),
-        Some(token) if !app.tokens.check(token.trim()) => {
-            ErrorReply::unauthenticated("Invalid access token.").into_response()
+        .into_response();
+    };
+    match app.tokens.lookup(token.trim()) {
+        None => ErrorReply::unauthenticated("Invalid access token.").into_response(),
+        Some(grant) => {
+            request.extensions_mut().insert(grant.owner);
+            next.run(request).await
         }
-        Some(_) => next.run(request).await,
     }
 }

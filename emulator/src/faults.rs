@@ -1,135 +1,19 @@
-//! Fault injection: throttling and an unavailability window on `/api/`, failing token calls,
-//! and statement latency.
+//! Fault injection in front of `/api/`: the faults in force live in the shared state
+//! (`state/faults.rs`); this middleware answers with them.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::App;
-use crate::config::Faults;
-use crate::error::ErrorReply;
+use crate::state::App;
 use crate::stats::bump;
-
-pub struct FaultState {
-    active: Mutex<Active>,
-}
-
-struct Active {
-    faults: Faults,
-    unavailable_until: Option<Instant>,
-    token_failures_left: u32,
-    lost_responses_left: u32,
-}
-
-impl FaultState {
-    pub fn new(faults: Faults) -> Self {
-        Self {
-            active: Mutex::new(Active::from(faults)),
-        }
-    }
-
-    pub fn set(&self, faults: Faults) {
-        *self.lock() = Active::from(faults);
-    }
-
-    pub fn statement_latency(&self) -> Duration {
-        self.lock().faults.statement_latency
-    }
-
-    pub fn token_expires_in(&self) -> Option<u64> {
-        self.lock().faults.token_expires_in
-    }
-
-    /// Whether a write into `table` with these parameter values must fail as if a
-    /// constraint refused one of its rows.
-    pub fn rejects_rows<'a>(&self, table: &str, mut values: impl Iterator<Item = &'a str>) -> bool {
-        let active = self.lock();
-        let Some(reject) = &active.faults.reject_rows else {
-            return false;
-        };
-        reject.table.eq_ignore_ascii_case(table)
-            && values.any(|value| value.contains(reject.marker.as_str()))
-    }
-
-    /// Whether this token call must fail; counts the failure down.
-    pub fn take_token_failure(&self) -> bool {
-        take(&mut self.lock().token_failures_left)
-    }
-
-    /// Whether this statement's answer must be lost; counts down.
-    pub fn take_lost_response(&self) -> bool {
-        take(&mut self.lock().lost_responses_left)
-    }
-
-    /// The injected answer for an `/api/` request, if any.
-    fn api_fault(&self, app: &App) -> Option<ErrorReply> {
-        let active = self.lock();
-        if active
-            .unavailable_until
-            .is_some_and(|until| Instant::now() < until)
-        {
-            bump(&app.stats.unavailable);
-            let error = ErrorReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "TEMPORARILY_UNAVAILABLE",
-                "The service is temporarily unavailable. Please try again later.",
-            );
-            return Some(error.retry_after(active.faults.unavailable_retry_after_secs));
-        }
-        if active.faults.throttle_share > 0.0
-            && rand::random::<f64>() < active.faults.throttle_share
-        {
-            bump(&app.stats.throttled);
-            let error = ErrorReply::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "REQUEST_LIMIT_EXCEEDED",
-                "The request rate limit was exceeded. Please retry later.",
-            );
-            return Some(error.retry_after(active.faults.throttle_retry_after_secs));
-        }
-        None
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Active> {
-        self.active.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// An instant no test outlives, for durations too long to add to `now`.
-pub fn far_future() -> Instant {
-    let now = Instant::now();
-    now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600))
-        .unwrap_or(now)
-}
-
-/// Counts a "next N calls" fault down; true while any is left.
-fn take(left: &mut u32) -> bool {
-    let fail = *left > 0;
-    *left = left.saturating_sub(1);
-    fail
-}
-
-impl From<Faults> for Active {
-    fn from(faults: Faults) -> Self {
-        Self {
-            unavailable_until: faults
-                .unavailable_for
-                .map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future)),
-            token_failures_left: faults.token_failures,
-            lost_responses_left: faults.lost_statement_responses,
-            faults,
-        }
-    }
-}
 
 /// Middleware on `/api/`: counts the request and answers injected faults before anything else.
 pub async fn inject(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     bump(&app.stats.api_requests);
-    match app.faults.api_fault(&app) {
+    match app.faults.api_fault(&app.stats) {
         Some(error) => error.into_response(),
         None => next.run(request).await,
     }

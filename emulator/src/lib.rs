@@ -38,6 +38,16 @@
 //!   statement with `MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION` (SQLSTATE 22023); `explode(array)` in the select list (as
 //!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
 //!   `timestamp_micros`; `unix_seconds`, `unix_millis` and `unix_micros` (rounded down).
+//! - **A Databricks Apps proxy** ([`AppsProxy`], `apps_proxy/`), in front of an app on
+//!   a local port: it admits only live OAuth tokens this emulator issued (never PATs) of
+//!   principals with CAN USE on the app (401 `UNAUTHENTICATED`, 403
+//!   `PERMISSION_DENIED`), strips `Authorization` and any client-sent `X-Forwarded-*`
+//!   and `X-Real-Ip`, sets its own `X-Forwarded-Host`, `X-Forwarded-User`,
+//!   `X-Forwarded-Email`, `X-Forwarded-Preferred-Username`, `X-Real-Ip`, `X-Request-Id`
+//!   and, with user authorization, `X-Forwarded-Access-Token`; it streams bodies both
+//!   ways over HTTP/1.1 or h2c, with its own request timeout (504) and body cap (413).
+//!   User tokens for tests come from [`Emulator::user_token`]; [`Emulator::token_owner`]
+//!   says whose a token is, and [`Stats::statements_by`] whose tokens statements ran with.
 //! - **Persistence** with `--data-dir`: catalogs and schemas as directories, each table as an
 //!   Arrow IPC file rewritten after every successful write, all loaded at start.
 //! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
@@ -55,26 +65,52 @@
 //!                   [--link-lifetime-secs 900] [--statement-latency-ms 0]
 //!                   [--throttle-share 0.0] [--throttle-retry-after-secs 1]
 //!                   [--token-failures 0]
+//!                   [--apps-proxy-listen ADDR --apps-proxy-app http://HOST:PORT
+//!                    [--apps-proxy-user-authorization] [--apps-proxy-can-use PRINCIPAL]...
+//!                    [--apps-proxy-strip-custom-headers] [--apps-proxy-timeout-secs 120]
+//!                    [--apps-proxy-max-body-bytes 33554432]]
 //! ```
 //!
-//! It prints `lakegate-emulator listening on http://ADDR` once listening and stops gracefully on
-//! SIGINT or SIGTERM. From Rust, [`Emulator::start`] takes the same settings as
-//! [`EmulatorConfig`] (use port 0 in tests).
+//! It prints `lakegate-emulator listening on http://ADDR` once listening (and
+//! `lakegate-emulator apps proxy listening on http://ADDR for APP` with a proxy) and stops
+//! gracefully on SIGINT or SIGTERM. From Rust, [`Emulator::start`] takes the same settings
+//! as [`EmulatorConfig`] (use port 0 in tests), and [`AppsProxy::start`] those of
+//! [`AppsProxyConfig`].
+//!
+//! The proxy runs in the emulator's process, in the binary too: it checks tokens
+//! against the very store that issued them, so the workspace needs no token
+//! introspection endpoint (Databricks has none to emulate), and tokens never travel
+//! between processes.
 //!
 //! ## Map
 //!
-//! A call enters through the router (`app.rs`, which also holds the shared state):
-//! `faults.rs` may answer first with an injected failure, `auth.rs` checks the bearer
-//! token (and serves the OAuth endpoints), then a handler runs. `secrets.rs` is the
-//! Secrets API. `statements/mod.rs` is the statement state machine (submit, wait,
-//! poll, cancel): it hands the SQL to the engine, cuts the result into chunks
-//! (`statements/results.rs`) and serves external links (`statements/links.rs`). The
-//! engine (`sql/mod.rs`) runs Databricks SQL on DataFusion: DDL that sqlparser cannot
+//! Modules read bottom-up; none imports a module that imports it back.
+//!
+//! - **Leaves**: `config.rs` (the settings the CLI, `main.rs`, and [`Emulator::start`]
+//!   share), `error.rs` (errors in Databricks' shape), `stats.rs` (what tests ask
+//!   about), `clock.rs`, the engine `sql/` and `results.rs` (a statement's output cut
+//!   into chunks in its format).
+//! - **Shared state** (`state/mod.rs`): one `App` holding every store, each store a
+//!   leaf of its own: issued tokens and credentials (`state/tokens.rs`), secrets
+//!   (`state/secrets.rs`), statements and their phases (`state/statements.rs`),
+//!   external links (`state/links.rs`) and the faults in force (`state/faults.rs`).
+//! - **Handlers**, over the state: `auth.rs` (the OAuth endpoints and the bearer check),
+//!   `secrets.rs` (the Secrets API), `faults.rs` (the middleware answering injected
+//!   failures), `statements/mod.rs` (the statement state machine: submit, wait, poll,
+//!   cancel) and `statements/links.rs` (external link downloads).
+//! - **Routes** (`routes.rs`): mounts the handlers; a call under `/api/` meets
+//!   `faults.rs` first, then the bearer check, then its handler.
+//! - [`Emulator`] (this file) binds the socket and serves the routes.
+//! - **The Apps proxy** (`apps_proxy/`), beside the routes over the same state: who
+//!   passes (`admission.rs`, against the token store), the headers the app gets
+//!   (`headers.rs`), bodies streamed under a cap and a deadline (`body.rs`), and the
+//!   forwarding itself (`mod.rs`).
+//!
+//! The engine (`sql/mod.rs`) runs Databricks SQL on DataFusion: DDL that sqlparser cannot
 //! read (`sql/ddl.rs`), the insert-only MERGE (`sql/merge.rs`), `:name` parameters
 //! (`sql/params.rs`), Databricks functions (`sql/functions.rs`), types
 //! (`sql/types.rs`), persistence (`sql/store.rs`) and errors in Databricks' shape
-//! (`sql/error.rs`, `error.rs`). `stats.rs` counts what tests ask about; `config.rs`
-//! holds the settings the CLI (`main.rs`) and [`Emulator::start`] share.
+//! (`sql/error.rs`).
 //!
 //! ## Not supported
 //!
@@ -93,14 +129,23 @@
 //! - Result expiry (CLOSED), `byte_limit`, statement purging; multiple statements per request.
 //! - Other REST APIs (clusters, jobs, warehouses, Unity Catalog REST, ...): 404 `ENDPOINT_NOT_FOUND`.
 //! - TLS: the emulator speaks plain HTTP.
+//! - In the Apps proxy: browser sign-in (the U2M flow, session cookies, the redirect to
+//!   the login page), token scopes (the forwarded user token can do all its owner can),
+//!   IdP user ids in `X-Forwarded-User` (it carries the email or application id), and
+//!   WebSocket upgrades.
 
-mod app;
+mod apps_proxy;
 mod auth;
+mod clock;
 mod config;
 mod error;
 mod faults;
+mod identity;
+mod results;
+mod routes;
 mod secrets;
 mod sql;
+mod state;
 mod statements;
 mod stats;
 
@@ -113,14 +158,16 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use apps_proxy::{AppsProxy, AppsProxyConfig};
 pub use config::{EmulatorConfig, Faults, RejectRows};
+pub use identity::TokenOwner;
 pub use stats::Stats;
 
 /// A running emulator. Dropping it without [`Emulator::shutdown`] leaves the server running
 /// until the runtime stops.
 pub struct Emulator {
     addr: SocketAddr,
-    app: Arc<app::App>,
+    app: Arc<state::App>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<io::Result<()>>,
 }
@@ -131,8 +178,8 @@ impl Emulator {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let engine = sql::Engine::open(config.data_dir.as_deref())?;
-        let app = Arc::new(app::App::new(config, engine, format!("http://{addr}")));
-        let router = app::router(Arc::clone(&app));
+        let app = Arc::new(state::App::new(config, engine, format!("http://{addr}")));
+        let router = routes::router(Arc::clone(&app));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -170,6 +217,19 @@ impl Emulator {
     /// Changes the lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.app.tokens.set_lifetime(lifetime);
+    }
+
+    /// A new OAuth token of the user `email`, as if they had signed in (U2M), with the
+    /// lifetime of issued tokens. The emulator has no sign-in flow of its own: tests mint
+    /// user tokens here, for the workspace's API and for [`AppsProxy`].
+    pub fn user_token(&self, email: &str) -> String {
+        self.app.tokens.issue(TokenOwner::User(email.to_owned())).0
+    }
+
+    /// Whose `token` is, if the workspace accepts it now (a configured PAT, or an issued
+    /// OAuth token that has not expired); `None` for unknown and expired tokens.
+    pub fn token_owner(&self, token: &str) -> Option<TokenOwner> {
+        self.app.tokens.lookup(token).map(|grant| grant.owner)
     }
 
     pub fn stats(&self) -> Stats {

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-use lakegate_emulator::{Emulator, EmulatorConfig, Faults};
+use clap::{Args, Parser};
+use lakegate_emulator::{AppsProxy, AppsProxyConfig, Emulator, EmulatorConfig, Faults};
 
-/// A local Databricks workspace emulator (OAuth M2M, Secrets, SQL Statement Execution).
+/// A local Databricks workspace emulator (OAuth M2M, Secrets, SQL Statement Execution),
+/// optionally with a Databricks Apps proxy in front of a local app.
 #[derive(Parser)]
 #[command(name = "lakegate-emulator", version)]
 struct Cli {
@@ -47,6 +48,56 @@ struct Cli {
     /// The first N token requests answer 503.
     #[arg(long, default_value_t = 0)]
     token_failures: u32,
+    #[command(flatten)]
+    apps_proxy: AppsProxyArgs,
+}
+
+/// The Apps proxy runs in this process, so it checks tokens against the token store
+/// that issued them.
+#[derive(Args)]
+struct AppsProxyArgs {
+    /// Also run a Databricks Apps proxy on this address, in front of --apps-proxy-app.
+    #[arg(long, value_name = "ADDR:PORT", requires = "apps_proxy_app")]
+    apps_proxy_listen: Option<SocketAddr>,
+    /// The app behind the proxy, as http://HOST:PORT.
+    #[arg(long, value_name = "URL", requires = "apps_proxy_listen")]
+    apps_proxy_app: Option<String>,
+    /// On-behalf-of-user authorization: send the app X-Forwarded-Access-Token.
+    #[arg(long, requires = "apps_proxy_listen")]
+    apps_proxy_user_authorization: bool,
+    /// A principal with CAN USE on the app: an application id or an email (repeatable;
+    /// without any, every principal of the workspace may use it).
+    #[arg(
+        long = "apps-proxy-can-use",
+        value_name = "PRINCIPAL",
+        requires = "apps_proxy_listen"
+    )]
+    apps_proxy_can_use: Vec<String>,
+    /// Strip custom X- headers (X-API-Key, ...) instead of passing them to the app.
+    #[arg(long, requires = "apps_proxy_listen")]
+    apps_proxy_strip_custom_headers: bool,
+    /// How long the app has to answer, in seconds.
+    #[arg(long, default_value_t = 120)]
+    apps_proxy_timeout_secs: u64,
+    /// The largest request body the proxy forwards, in bytes.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    apps_proxy_max_body_bytes: u64,
+}
+
+impl AppsProxyArgs {
+    /// The proxy's settings, when one was asked for.
+    fn config(&self) -> Option<AppsProxyConfig> {
+        let (listen, app) = (self.apps_proxy_listen?, self.apps_proxy_app.clone()?);
+        Some(AppsProxyConfig {
+            listen,
+            user_authorization: self.apps_proxy_user_authorization,
+            can_use: (!self.apps_proxy_can_use.is_empty()).then(|| self.apps_proxy_can_use.clone()),
+            forward_custom_headers: !self.apps_proxy_strip_custom_headers,
+            request_timeout: Duration::from_secs(self.apps_proxy_timeout_secs),
+            max_body_bytes: self.apps_proxy_max_body_bytes,
+            ..AppsProxyConfig::new(app)
+        })
+    }
 }
 
 fn parse_principal(value: &str) -> Result<(String, String), String> {
@@ -85,9 +136,26 @@ async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let emulator = Emulator::start(Cli::parse().into()).await?;
+    let cli = Cli::parse();
+    let proxy_config = cli.apps_proxy.config();
+    let emulator = Emulator::start(cli.into()).await?;
     println!("lakegate-emulator listening on {}", emulator.url());
+    let proxy = match proxy_config {
+        Some(config) => {
+            let app = config.app_url.clone();
+            let proxy = AppsProxy::start(config, &emulator).await?;
+            println!(
+                "lakegate-emulator apps proxy listening on {} for {app}",
+                proxy.url()
+            );
+            Some(proxy)
+        }
+        None => None,
+    };
     shutdown_signal().await?;
+    if let Some(proxy) = proxy {
+        proxy.shutdown().await;
+    }
     emulator.shutdown().await;
     Ok(())
 }

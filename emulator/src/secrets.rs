@@ -6,7 +6,7 @@
 //! messages follow the wording the Databricks CLI shows ("Scope x does not exist!").
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -16,35 +16,13 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::App;
 use crate::error::{ApiJson, ErrorReply};
+use crate::state::{App, Secret};
 
 const MAX_NAME_LEN: usize = 128;
 const MAX_VALUE_BYTES: usize = 128 * 1024;
 const MAX_SECRETS_PER_SCOPE: usize = 1000;
 const MAX_SCOPES: usize = 1000;
-
-#[derive(Default)]
-pub struct SecretStore {
-    scopes: Mutex<BTreeMap<String, BTreeMap<String, Secret>>>,
-}
-
-struct Secret {
-    value: Vec<u8>,
-    last_updated_ms: i64,
-}
-
-impl std::fmt::Debug for SecretStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretStore { .. }")
-    }
-}
-
-impl SecretStore {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, BTreeMap<String, Secret>>> {
-        self.scopes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 type Reply = Result<Json<Value>, ErrorReply>;
 

@@ -1,6 +1,10 @@
 //! Request counters, readable by tests through [`crate::Emulator::stats`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::identity::TokenOwner;
 
 /// A snapshot of the emulator's counters.
 #[derive(Clone, Debug, Default)]
@@ -16,6 +20,9 @@ pub struct Stats {
     pub unavailable: u64,
     /// Statements accepted by `POST /api/2.0/sql/statements`.
     pub statements: u64,
+    /// Those statements by the owner of the token they were submitted with; see
+    /// [`Stats::statements_by`].
+    pub statements_by_owner: HashMap<TokenOwner, u64>,
     /// `POST .../cancel` calls.
     pub cancels: u64,
     /// External link downloads served.
@@ -32,6 +39,7 @@ pub struct Counters {
     pub throttled: AtomicU64,
     pub unavailable: AtomicU64,
     pub statements: AtomicU64,
+    statements_by_owner: Mutex<HashMap<TokenOwner, u64>>,
     pub cancels: AtomicU64,
     pub link_downloads: AtomicU64,
     pub lost_responses: AtomicU64,
@@ -41,7 +49,25 @@ pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+impl Stats {
+    /// Statements submitted with a token of `owner`: whose credentials a caller's
+    /// queries ran with.
+    pub fn statements_by(&self, owner: &TokenOwner) -> u64 {
+        self.statements_by_owner.get(owner).copied().unwrap_or(0)
+    }
+}
+
 impl Counters {
+    /// Counts an accepted statement, in total and for the owner of its token.
+    pub fn statement_by(&self, owner: &TokenOwner) {
+        bump(&self.statements);
+        let mut by_owner = self
+            .statements_by_owner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *by_owner.entry(owner.clone()).or_default() += 1;
+    }
+
     pub fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
@@ -51,6 +77,11 @@ impl Counters {
             throttled: get(&self.throttled),
             unavailable: get(&self.unavailable),
             statements: get(&self.statements),
+            statements_by_owner: self
+                .statements_by_owner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             cancels: get(&self.cancels),
             link_downloads: get(&self.link_downloads),
             lost_responses: get(&self.lost_responses),

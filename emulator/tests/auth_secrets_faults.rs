@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::Workspace;
-use lakegate_emulator::Faults;
-use lakegate_testkit::{SP_ID, SP_SECRET, emulator_config, fetch_token};
+use lakegate_emulator::{Faults, TokenOwner};
+use lakegate_testkit::{PAT, SP_ID, SP_SECRET, emulator_config, fetch_token};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -144,6 +144,66 @@ async fn api_calls_need_a_valid_unexpired_token() {
         (status, body["error_code"].as_str()),
         (404, Some("ENDPOINT_NOT_FOUND"))
     );
+}
+
+#[tokio::test]
+async fn tokens_have_owners_and_statements_count_by_owner() {
+    let ws = Workspace::start(emulator_config()).await;
+    let emulator = &ws.emulator;
+    let sp = TokenOwner::ServicePrincipal(SP_ID.into());
+    let ana = TokenOwner::User("ana@example.com".into());
+    assert_eq!(emulator.token_owner(&ws.token), Some(sp.clone()));
+    assert_eq!(
+        emulator.token_owner(PAT),
+        Some(TokenOwner::PersonalAccessToken)
+    );
+    assert_eq!(emulator.token_owner("never-issued"), None);
+
+    // A user's token works on the API like any OAuth token, and statements run with
+    // it are counted as the user's.
+    let user_token = emulator.user_token("ana@example.com");
+    assert_ne!(user_token, ws.token);
+    assert_eq!(emulator.token_owner(&user_token), Some(ana.clone()));
+    let run_as = async |token: &str| {
+        let response = ws
+            .http
+            .post(ws.url("/api/2.0/sql/statements"))
+            .bearer_auth(token)
+            .json(&json!({"statement": "SELECT 1", "warehouse_id": emulator.warehouse_id()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    };
+    run_as(&user_token).await;
+    run_as(&user_token).await;
+    run_as(&ws.token).await;
+    run_as(PAT).await;
+    let stats = emulator.stats();
+    assert_eq!(stats.statements, 4);
+    assert_eq!(stats.statements_by(&ana), 2);
+    assert_eq!(stats.statements_by(&sp), 1);
+    assert_eq!(stats.statements_by(&TokenOwner::PersonalAccessToken), 1);
+    assert_eq!(
+        stats.statements_by(&TokenOwner::User("bob@example.com".into())),
+        0
+    );
+    // Owners print without their tokens.
+    assert!(!format!("{stats:?}").contains(&user_token));
+
+    // User tokens expire like the others.
+    emulator.set_token_lifetime(Duration::from_millis(50));
+    let short = emulator.user_token("ana@example.com");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(emulator.token_owner(&short), None);
+    let response = ws
+        .http
+        .get(ws.url("/api/2.0/secrets/scopes/list"))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod common;
 
 mod admission;
 mod agent;
+mod apps_proxy;
 mod auth;
 mod connections;
 mod dashboard_sql;

@@ -11,24 +11,24 @@
 //! `INVALID_PARAMETER_VALUE`; `byte_limit` is accepted and ignored; a result always has at least
 //! one (possibly empty) chunk, and empty `data_array`s are omitted.
 
-pub mod links;
-mod results;
+mod links;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use self::results::{Format, ResultSet};
-use crate::app::{App, BaseUrl};
+pub use self::links::download;
 use crate::error::{ApiJson, ErrorReply};
+use crate::identity::TokenOwner;
+use crate::results::{self, Format, ResultSet};
 use crate::sql::{Parameter, Request, SqlError};
+use crate::state::{App, BaseUrl, Phase, Statement};
 use crate::stats::bump;
 
 const MAX_PARAMETERS: usize = 255;
@@ -63,90 +63,10 @@ struct Job {
     row_limit: Option<usize>,
 }
 
-/// Databricks keeps a finished statement's result for an hour; the emulator then
-/// forgets the statement (its id answers 404), so a long-running emulator does not
-/// hold every result it ever produced.
-const RETENTION: Duration = Duration::from_secs(60 * 60);
-
-#[derive(Default)]
-pub struct StatementStore {
-    statements: Mutex<HashMap<String, Arc<Statement>>>,
-}
-
-impl StatementStore {
-    fn insert(&self, statement: Arc<Statement>) {
-        let mut statements = self
-            .statements
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        statements.retain(|_, kept| {
-            kept.finished_at
-                .get()
-                .is_none_or(|finished| finished.elapsed() < RETENTION)
-        });
-        statements.insert(statement.id.clone(), statement);
-    }
-
-    fn get(&self, id: &str) -> Result<Arc<Statement>, ErrorReply> {
-        let statements = self
-            .statements
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        statements
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ErrorReply::not_found(format!("Statement {id} does not exist.")))
-    }
-}
-
-struct Statement {
-    id: String,
-    inline: bool,
-    phase: watch::Sender<Phase>,
-    cancel: watch::Sender<bool>,
-    finished_at: OnceLock<Instant>,
-}
-
-#[derive(Clone)]
-enum Phase {
-    Pending,
-    Running,
-    Succeeded(Arc<ResultSet>),
-    Failed(SqlError),
-    Canceled,
-}
-
-impl Phase {
-    fn is_terminal(&self) -> bool {
-        !matches!(self, Phase::Pending | Phase::Running)
-    }
-
-    fn state(&self) -> &'static str {
-        match self {
-            Phase::Pending => "PENDING",
-            Phase::Running => "RUNNING",
-            Phase::Succeeded(_) => "SUCCEEDED",
-            Phase::Failed(_) => "FAILED",
-            Phase::Canceled => "CANCELED",
-        }
-    }
-}
-
-impl Statement {
-    async fn finished(&self) {
-        // The sender lives in `self`, so waiting cannot fail.
-        let _ = self.phase.subscribe().wait_for(Phase::is_terminal).await;
-    }
-
-    /// Waits until the statement has finished or `timeout` has passed; true if it finished.
-    async fn wait(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.finished()).await.is_ok()
-    }
-}
-
 /// `POST /api/2.0/sql/statements`
 pub async fn execute(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<TokenOwner>,
     BaseUrl(url): BaseUrl,
     ApiJson(request): ApiJson<ExecuteRequest>,
 ) -> Result<Response, ErrorReply> {
@@ -159,7 +79,7 @@ pub async fn execute(
         finished_at: OnceLock::new(),
     });
     app.statements.insert(Arc::clone(&statement));
-    bump(&app.stats.statements);
+    app.stats.statement_by(&owner);
     // Answer "0s" from the state before the task starts, so the caller always sees it pending.
     let immediate = wait.is_zero().then(|| response(&app, &url, &statement));
     tokio::spawn(run(Arc::clone(&app), Arc::clone(&statement), job));
