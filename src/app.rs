@@ -108,10 +108,11 @@ impl Gateway {
         })
     }
 
-    /// The embedded workspace in local mode, to print how to try it.
+    /// The embedded workspace in local mode, to start its Apps proxy and print how to
+    /// try it.
     #[cfg(feature = "local")]
-    pub fn local_workspace(&self) -> Option<&crate::local::LocalWorkspace> {
-        self.local.as_ref()
+    pub fn local_workspace(&mut self) -> Option<&mut crate::local::LocalWorkspace> {
+        self.local.as_mut()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -189,9 +190,12 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
             local: None,
         }),
         #[cfg(feature = "local")]
-        Workspace::Local { data_dir } => {
-            let data_dir = data_dir.clone();
-            let (local, client, keys) = crate::local::attach(config, &data_dir).await?;
+        Workspace::Local {
+            data_dir,
+            apps_proxy,
+        } => {
+            let (data_dir, apps_proxy) = (data_dir.clone(), *apps_proxy);
+            let (local, client, keys) = crate::local::attach(config, &data_dir, apps_proxy).await?;
             Ok(Connection {
                 client,
                 keys,

@@ -29,7 +29,11 @@ pub(crate) enum Workspace {
     Remote { client: Box<databricks::Config> },
     /// The embedded emulator, with data under this folder (`cargo run` with no workspace).
     #[cfg(feature = "local")]
-    Local { data_dir: PathBuf },
+    Local {
+        data_dir: PathBuf,
+        /// Put the emulated Databricks Apps proxy in front, as on Databricks.
+        apps_proxy: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -250,8 +254,9 @@ const MAX_BATCH_BYTES: usize = 12 * 1024 * 1024;
 
 impl GatewayConfig {
     /// From the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&std::env::vars().collect())
+    /// Whether this runs on the embedded workspace (no workspace configured).
+    pub fn is_local(&self) -> bool {
+        !matches!(self.workspace, Workspace::Remote { .. })
     }
 
     pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
@@ -355,7 +360,18 @@ impl GatewayConfig {
             return Err(invalid("LAKEGATE_GLOBAL_BURST", rows_named));
         }
         // Behind the Apps proxy the peer is always the proxy; elsewhere headers could be forged.
-        let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some();
+        // Locally behind the emulated proxy the same holds: local mode listens on loopback.
+        #[cfg(feature = "local")]
+        let behind_local_proxy = matches!(
+            workspace,
+            Workspace::Local {
+                apps_proxy: true,
+                ..
+            }
+        );
+        #[cfg(not(feature = "local"))]
+        let behind_local_proxy = false;
+        let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some() || behind_local_proxy;
         let apps_proxy_auth = env.parse("LAKEGATE_APPS_PROXY_AUTH", on_databricks_apps)?;
         let (identity, readers) = read_identity(&env, apps_proxy_auth)?;
 
@@ -413,7 +429,11 @@ fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, Con
         #[cfg(feature = "local")]
         {
             let data_dir = env.parse("LAKEGATE_LOCAL_DIR", PathBuf::from(".lakegate-local"))?;
-            return Ok(Workspace::Local { data_dir });
+            let apps_proxy = env.parse("LAKEGATE_LOCAL_APPS_PROXY", false)?;
+            return Ok(Workspace::Local {
+                data_dir,
+                apps_proxy,
+            });
         }
         #[cfg(not(feature = "local"))]
         return Err(invalid(

@@ -28,12 +28,20 @@ use tokio::net::TcpListener;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// `lakegate --behind-apps-proxy` is `lakegate serve --behind-apps-proxy`.
+    #[arg(long, global = true, hide = true)]
+    behind_apps_proxy: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default); configured by environment variables.
-    Serve,
+    Serve {
+        /// Local mode only: put the emulated Databricks Apps proxy in front, so that
+        /// devices meet what they meet on Databricks (sets LAKEGATE_LOCAL_APPS_PROXY).
+        #[arg(long)]
+        behind_apps_proxy: bool,
+    },
     /// Manage device keys.
     Keys {
         #[command(subcommand)]
@@ -148,13 +156,16 @@ struct RegistryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
+    let serve_default = Command::Serve {
+        behind_apps_proxy: cli.behind_apps_proxy,
+    };
+    match cli.command.unwrap_or(serve_default) {
         Command::Keys { action } => keys(action),
         Command::Send(args) => send(args),
-        Command::Serve => {
+        Command::Serve { behind_apps_proxy } => {
             init_logging();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(serve()) {
+            match runtime.block_on(serve(behind_apps_proxy || cli.behind_apps_proxy)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = format!("{err:#}"), "lakegate stopped");
@@ -377,10 +388,19 @@ fn init_logging() {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let config = GatewayConfig::from_env().context("configuration")?;
+async fn serve(behind_apps_proxy: bool) -> anyhow::Result<()> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    if behind_apps_proxy {
+        vars.insert("LAKEGATE_LOCAL_APPS_PROXY".into(), "true".into());
+    }
+    let config = GatewayConfig::from_map(&vars).context("configuration")?;
+    anyhow::ensure!(
+        !behind_apps_proxy || cfg!(feature = "local") && config.is_local(),
+        "--behind-apps-proxy runs the emulated Apps proxy of local mode: unset DATABRICKS_HOST"
+    );
     let listen = config.listen;
-    let gateway = Gateway::start(config).await?;
+    #[cfg_attr(not(feature = "local"), expect(unused_mut))]
+    let mut gateway = Gateway::start(config).await?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -388,7 +408,9 @@ async fn serve() -> anyhow::Result<()> {
     tracing::info!(%address, "lakegate listening");
     #[cfg(feature = "local")]
     if let Some(local) = gateway.local_workspace() {
-        println!("{}", local.instructions(&format!("http://{address}")));
+        let url = format!("http://{address}");
+        local.start_apps_proxy(&url).await?;
+        println!("{}", local.instructions(&url));
     }
     gateway.run(listener, shutdown_signal()).await
 }

@@ -304,3 +304,92 @@ async fn the_proxys_body_cap_and_timeout_answer_for_lakegate() {
     proxy.shutdown().await;
     gateway.stop().await;
 }
+
+/// `lakegate --behind-apps-proxy`: local mode with the emulated proxy in front prints
+/// how a device gets through it, and what it prints works, for the agent and for curl's
+/// requests without a token alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let dir = lakegate_testkit::temp_dir();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .arg("--behind-apps-proxy")
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("LAKEGATE_LOCAL_DIR", dir.path().join("local"))
+        .env("DATABRICKS_APP_PORT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lakegate runs");
+    let stdout = gateway.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let agent_line = loop {
+        let line = lines_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("local mode prints how to reach it through the proxy");
+        if line.contains("lakegate send --upstream") {
+            break line;
+        }
+    };
+    // `... DATABRICKS_HOST=... DATABRICKS_CLIENT_ID=... DATABRICKS_CLIENT_SECRET=...
+    // LAKEGATE_DEVICE_KEY=... lakegate send --upstream <proxy>`
+    let words: Vec<&str> = agent_line.split_whitespace().collect();
+    let value = |name: &str| {
+        words
+            .iter()
+            .find_map(|word| word.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {agent_line}"))
+            .to_owned()
+    };
+    let proxy = words.last().unwrap().to_string();
+
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args(["send", "--upstream", &proxy])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("DATABRICKS_HOST", value("DATABRICKS_HOST="))
+        .env("DATABRICKS_CLIENT_ID", value("DATABRICKS_CLIENT_ID="))
+        .env(
+            "DATABRICKS_CLIENT_SECRET",
+            value("DATABRICKS_CLIENT_SECRET="),
+        )
+        .env("LAKEGATE_DEVICE_KEY", value("LAKEGATE_DEVICE_KEY="))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent runs");
+    agent
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"{\"id\": \"via-proxy\", \"ts\": \"2026-11-29T12:00:00Z\", \"metrics\": {\"t\": 1}}\n",
+        )
+        .unwrap();
+    let sent = agent.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&sent.stderr);
+    assert_eq!(sent.status.code(), Some(0), "{said}");
+    assert!(said.contains("1 readings read: 1 committed"), "{said}");
+
+    // Without a token the proxy answers, as Databricks' does.
+    let bare = lakegate_testkit::http_client()
+        .post(format!("{proxy}/api/ingest"))
+        .header("X-API-Key", value("LAKEGATE_DEVICE_KEY="))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 401);
+
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+}
