@@ -9,8 +9,9 @@
 //!
 //! `main.rs` reads [`config::GatewayConfig`] from the environment (`config.rs`: every
 //! `LAKEGATE_*` setting, validated, with Databricks' unified configuration for the
-//! workspace in `databricks/config.rs`) and hands it to [`app::Gateway::start`]. That
-//! builds the workspace client (`databricks/`), loads the device registry
+//! workspace in `crates/lakegate-databricks/src/config.rs`) and hands it to [`app::Gateway::start`]. That
+//! builds the workspace client (the `lakegate-databricks` crate in
+//! `crates/lakegate-databricks/`, re-exported here as [`databricks`]), loads the device registry
 //! (`devices/source.rs`), creates the tables when missing (`table.rs`), starts the
 //! batch writer and the registry reloads, then [`app::Gateway::run`] serves until the
 //! shutdown signal and drains. With no workspace configured, `local.rs` starts the
@@ -41,11 +42,11 @@
 //!    they travel, writes each through a sink (`ingest/sink.rs`) and retries by what
 //!    failed: transient errors again, refused rows isolated and dead-lettered, an
 //!    unwritable table kept and reported (`health.rs`).
-//! 7. **Statement** (`table.rs`, `databricks/statements.rs`): one MERGE per batch,
+//! 7. **Statement** (`table.rs`, `crates/lakegate-databricks/src/statements.rs`): one MERGE per batch,
 //!    the whole batch as one JSON string parameter expanded by `from_json`, keyed on
 //!    (device, reading id, ts, metric) so that a retry or a resend is written once.
-//!    The client (`databricks/http.rs`) keeps the OAuth token fresh
-//!    (`databricks/auth.rs`), retries 429/503 by its policy (`databricks/retry.rs`)
+//!    The client (`crates/lakegate-databricks/src/http.rs`) keeps the OAuth token fresh
+//!    (`crates/lakegate-databricks/src/auth.rs`), retries 429/503 by its policy (`crates/lakegate-databricks/src/retry.rs`)
 //!    and polls the statement to its end. On commit the waiting request answers 200.
 //!
 //! Every refusal on the way is a JSON body with a code from `error_code.rs`
@@ -60,7 +61,7 @@
 //! 2. Parameters are checked and capped (`query/params.rs`); the statements are in
 //!    `table.rs` (`table::reads`).
 //! 3. `query/reader.rs` runs them with a row limit: small answers inline as JSON,
-//!    long series as Arrow through external links (`databricks/results.rs`), and
+//!    long series as Arrow through external links (`crates/lakegate-databricks/src/results.rs`), and
 //!    shapes the JSON the page reads (`query/answers.rs`).
 //! 4. The fleet page itself (`static/`) is served from the binary by
 //!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
@@ -84,7 +85,7 @@ pub(crate) mod activity;
 pub mod app;
 pub mod config;
 pub(crate) mod connections;
-pub mod databricks;
+pub use lakegate_databricks as databricks;
 pub mod devices;
 pub mod edge;
 pub(crate) mod error_code;

@@ -6,9 +6,11 @@ mod auth;
 mod config;
 mod error;
 mod http;
+#[cfg(feature = "sql")]
 mod results;
 mod retry;
 mod secrets;
+#[cfg(feature = "sql")]
 mod statements;
 mod transport;
 mod wire;
@@ -21,9 +23,11 @@ pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenFetches, TokenSource};
 pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
 pub use error::{Error, ErrorResponse, FailureKind, StatementError};
 pub use http::{ApiClient, Call};
+#[cfg(feature = "sql")]
 pub use results::{Column, Manifest, ResultRow, StatementResult, Value};
 pub use retry::{RetryPolicy, Schedule, parse_retry_after};
 pub use secrets::{SecretMetadata, Secrets};
+#[cfg(feature = "sql")]
 pub use statements::{Param, StatementRequest, Statements};
 pub use transport::http_client;
 pub use wire::{Disposition, Format, OnWaitTimeout, StatementState};
@@ -82,6 +86,7 @@ impl Client {
         Secrets::new(self.api.clone())
     }
 
+    #[cfg(feature = "sql")]
     pub fn statements(&self) -> Statements {
         Statements::new(self.api.clone(), self.warehouse_id.clone())
     }
