@@ -66,12 +66,13 @@
 //! 4. The fleet page itself (`static/`) is served from the binary by
 //!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
 //!
-//! ## Devices without a Databricks token (`edge/`)
+//! ## Devices without a Databricks token (`crates/lakegate-device/`)
 //!
-//! `lakegate send` (`edge/send.rs`) is the device agent: readings from stdin or files,
-//! spooled on disk (`edge/spool.rs`: fsync'd records, an atomic cursor) and sent to a
-//! gateway with the device's key and, in front of a Databricks App, an OAuth token
-//! from our client's token source (`edge/upstream.rs`).
+//! `lakegate send` is the device agent, from the `lakegate-device` crate that device
+//! makers can embed without this crate's server or SQL dependencies: readings from
+//! stdin or files, spooled on disk (`spool.rs`: fsync'd records, an atomic cursor) and
+//! sent to a gateway with the device's key and, in front of a Databricks App, an OAuth
+//! token from the client's token source (`upstream.rs`).
 //!
 //! ## Operations
 //!
@@ -87,7 +88,6 @@ pub mod config;
 pub(crate) mod connections;
 pub use lakegate_databricks as databricks;
 pub mod devices;
-pub mod edge;
 pub(crate) mod error_code;
 pub(crate) mod health;
 pub(crate) mod ingest;

@@ -68,7 +68,7 @@ struct SendArgs {
     #[arg(long, env = "LAKEGATE_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     spool_max_bytes: u64,
     /// Readings per request.
-    #[arg(long, default_value_t = lakegate::edge::DEFAULT_BATCH)]
+    #[arg(long, default_value_t = lakegate_device::DEFAULT_BATCH)]
     batch: usize,
     /// How long one batch may keep retrying (and, with a spool, how long the backlog
     /// is sent at the end), in seconds.
@@ -258,7 +258,7 @@ fn send(args: SendArgs) -> ExitCode {
         .as_ref()
         .map(|(dir, _)| dir.display().to_string());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let report = match runtime.block_on(lakegate::edge::send(options)) {
+    let report = match runtime.block_on(lakegate_device::send(options)) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("error: {err}");
@@ -290,7 +290,7 @@ fn send(args: SendArgs) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-fn send_options(args: SendArgs) -> anyhow::Result<lakegate::edge::SendOptions> {
+fn send_options(args: SendArgs) -> anyhow::Result<lakegate_device::SendOptions> {
     let key = match &args.key_file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the key file {}", path.display()))?
@@ -312,7 +312,7 @@ fn send_options(args: SendArgs) -> anyhow::Result<lakegate::edge::SendOptions> {
     } else {
         None
     };
-    Ok(lakegate::edge::SendOptions {
+    Ok(lakegate_device::SendOptions {
         upstream: args.upstream,
         key: key.into(),
         spool: args.spool.map(|dir| (dir, args.spool_max_bytes)),

@@ -12,9 +12,10 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::spool::{Spool, SpoolError};
-use super::upstream::{Delivery, Refused, Upstream};
-use crate::databricks::{self, RetryPolicy};
+use lakegate_databricks as databricks;
+
+use crate::spool::{Spool, SpoolError};
+use crate::upstream::{Refused, Upstream};
 
 /// Readings per upstream request (the gateway takes 1,000 by default).
 pub const DEFAULT_BATCH: usize = 500;
@@ -157,7 +158,7 @@ async fn take(
             Err(err) => Err(err.into()),
         };
     }
-    match deliver(upstream, &readings, Some(deadline)).await {
+    match upstream.deliver_retrying(&readings, Some(deadline)).await {
         Ok(refused) => record(report, &readings, refused),
         Err(why) => {
             report.undelivered += readings.len();
@@ -191,7 +192,7 @@ async fn drain(
                     .push(format!("a spooled record is not JSON: {err}")),
             }
         }
-        match deliver(upstream, &readings, deadline).await {
+        match upstream.deliver_retrying(&readings, deadline).await {
             Ok(refused) => {
                 record(report, &readings, refused);
                 spool.commit(pending.end, pending.records.len() as u64)?;
@@ -204,45 +205,6 @@ async fn drain(
                 return Ok(());
             }
         }
-    }
-}
-
-/// Delivers `readings` (in halves when too large), retrying until committed, stopped
-/// or past the deadline (no deadline: one attempt); returns the readings refused for
-/// good.
-async fn deliver(
-    upstream: &Upstream,
-    readings: &[Value],
-    deadline: Option<Instant>,
-) -> Result<Vec<Refused>, String> {
-    let mut schedule = RetryPolicy::batch_writes().schedule();
-    let started = Instant::now();
-    loop {
-        let (after, why) = match upstream.deliver(readings).await {
-            Delivery::Committed { refused } => return Ok(refused),
-            Delivery::TooLarge => {
-                let (left, right) = readings.split_at(readings.len() / 2);
-                let mut refused = Box::pin(deliver(upstream, left, deadline)).await?;
-                let right_refused = Box::pin(deliver(upstream, right, deadline)).await?;
-                refused.extend(right_refused.into_iter().map(|r| Refused {
-                    index: r.index + left.len(),
-                    ..r
-                }));
-                return Ok(refused);
-            }
-            Delivery::Stop { why } => return Err(why),
-            Delivery::Retry { after, why } => (after, why),
-        };
-        let wait = schedule
-            .next_wait(started.elapsed(), after)
-            .unwrap_or(Duration::from_secs(30));
-        match deadline {
-            Some(deadline) if Instant::now() + wait <= deadline => {}
-            Some(_) => return Err(format!("gave up at the deadline; last: {why}")),
-            None => return Err(why),
-        }
-        tracing::debug!(?wait, %why, "retrying the batch");
-        tokio::time::sleep(wait).await;
     }
 }
 

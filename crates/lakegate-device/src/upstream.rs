@@ -17,7 +17,8 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::databricks::{self, TokenSource, parse_retry_after};
+use lakegate_databricks::{self as databricks, RetryPolicy, TokenSource, parse_retry_after};
+use tokio::time::Instant;
 
 /// The header the gateway reads a device's (or a relay's) key from.
 const API_KEY_HEADER: &str = "X-API-Key";
@@ -25,7 +26,7 @@ const API_KEY_HEADER: &str = "X-API-Key";
 /// Longest one upstream request may take, the gateway's commit wait included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) struct Upstream {
+pub struct Upstream {
     ingest_url: String,
     key: SecretString,
     tokens: Option<Arc<dyn TokenSource>>,
@@ -34,15 +35,15 @@ pub(crate) struct Upstream {
 
 /// A reading the gateway refused for good, by its index in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refused {
-    pub(crate) index: usize,
-    pub(crate) reason: String,
-    pub(crate) message: String,
+pub struct Refused {
+    pub index: usize,
+    pub reason: String,
+    pub message: String,
 }
 
 /// What the upstream's answer means for the batch.
 #[derive(Debug)]
-pub(crate) enum Delivery {
+pub enum Delivery {
     /// Committed to the table, but for the readings listed, which retrying cannot fix.
     Committed { refused: Vec<Refused> },
     /// Not taken now (throttled, busy, unreachable, not committed yet): the same batch
@@ -61,7 +62,7 @@ impl Upstream {
     /// `base` is the gateway's URL (`https://<app>.databricksapps.com` or a gateway of
     /// one's own); `workspace`, when given, is where OAuth tokens for the Apps proxy
     /// come from.
-    pub(crate) fn new(
+    pub fn new(
         base: &str,
         key: SecretString,
         workspace: Option<&databricks::Config>,
@@ -81,7 +82,7 @@ impl Upstream {
     }
 
     /// Sends one batch and tells what became of it.
-    pub(crate) async fn deliver(&self, readings: &[Value]) -> Delivery {
+    pub async fn deliver(&self, readings: &[Value]) -> Delivery {
         let body = gzip(&serde_json::to_vec(readings).expect("JSON values serialize"));
         let mut request = self
             .http
@@ -136,6 +137,48 @@ impl Upstream {
             413 if readings.len() > 1 => Delivery::TooLarge,
             408 | 429 | 500..=599 => Delivery::Retry { after, why: why() },
             _ => Delivery::Stop { why: why() },
+        }
+    }
+}
+
+impl Upstream {
+    /// Delivers `readings` (in halves when too large), retrying what the upstream did
+    /// not take, honouring `Retry-After`, until it is committed, the upstream says to
+    /// stop, or the next wait would pass `deadline` (`None`: one attempt). Returns the
+    /// readings refused for good (by index in `readings`), or why nothing was committed.
+    pub async fn deliver_retrying(
+        &self,
+        readings: &[Value],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Refused>, String> {
+        let mut schedule = RetryPolicy::batch_writes().schedule();
+        let started = Instant::now();
+        loop {
+            let (after, why) = match self.deliver(readings).await {
+                Delivery::Committed { refused } => return Ok(refused),
+                Delivery::TooLarge => {
+                    let (left, right) = readings.split_at(readings.len() / 2);
+                    let mut refused = Box::pin(self.deliver_retrying(left, deadline)).await?;
+                    let right_refused = Box::pin(self.deliver_retrying(right, deadline)).await?;
+                    refused.extend(right_refused.into_iter().map(|r| Refused {
+                        index: r.index + left.len(),
+                        ..r
+                    }));
+                    return Ok(refused);
+                }
+                Delivery::Stop { why } => return Err(why),
+                Delivery::Retry { after, why } => (after, why),
+            };
+            let wait = schedule
+                .next_wait(started.elapsed(), after)
+                .unwrap_or(Duration::from_secs(30));
+            match deadline {
+                Some(deadline) if Instant::now() + wait <= deadline => {}
+                Some(_) => return Err(format!("gave up at the deadline; last: {why}")),
+                None => return Err(why),
+            }
+            tracing::debug!(?wait, %why, "retrying the batch");
+            tokio::time::sleep(wait).await;
         }
     }
 }

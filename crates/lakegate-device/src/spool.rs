@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A segment is closed and a new one started beyond this size.
-pub(crate) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Bytes of a record's header: length and CRC-32.
 const HEADER: u64 = 8;
@@ -37,18 +37,18 @@ pub enum SpoolError {
 
 /// Where a record starts: its segment and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Position {
-    pub(crate) segment: u64,
-    pub(crate) offset: u64,
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
 }
 
 /// Records read from the cursor on, and where the next one starts.
-pub(crate) struct Pending {
-    pub(crate) records: Vec<Vec<u8>>,
-    pub(crate) end: Position,
+pub struct Pending {
+    pub records: Vec<Vec<u8>>,
+    pub end: Position,
 }
 
-pub(crate) struct Spool {
+pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
@@ -69,7 +69,7 @@ struct State {
 impl Spool {
     /// Opens (or creates) the spool in `dir`, holding at most `max_bytes` not yet
     /// forwarded.
-    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| SpoolError::Io { path, source }
@@ -159,7 +159,7 @@ impl Spool {
     }
 
     /// Appends one record and returns once it is on disk.
-    pub(crate) fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
+    pub fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|&len| len <= MAX_RECORD)
@@ -197,7 +197,7 @@ impl Spool {
 
     /// Up to `max_records` records (and about `max_bytes` of them) from the cursor on,
     /// without moving it.
-    pub(crate) fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Pending, SpoolError> {
+    pub fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Pending, SpoolError> {
         let (mut position, head_segment, head_len) = {
             let state = self.lock();
             (state.cursor, state.head_segment, state.head_len)
@@ -244,7 +244,7 @@ impl Spool {
 
     /// The upstream committed everything before `end`: moves the cursor there (on disk
     /// first) and removes the segments it left behind.
-    pub(crate) fn commit(&self, end: Position, records: u64) -> Result<(), SpoolError> {
+    pub fn commit(&self, end: Position, records: u64) -> Result<(), SpoolError> {
         let mut state = self.lock();
         if end <= state.cursor {
             return Ok(());
@@ -273,7 +273,7 @@ impl Spool {
     }
 
     /// Bytes and records not yet committed upstream.
-    pub(crate) fn backlog(&self) -> (u64, u64) {
+    pub fn backlog(&self) -> (u64, u64) {
         let state = self.lock();
         (state.used, state.records)
     }
@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn records_survive_a_reopen_until_committed() {
-        let dir = lakegate_testkit::temp_dir();
+        let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         spool.append(b"one").unwrap();
         spool.append(b"two").unwrap();
@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_at_the_end_is_cut_off() {
-        let dir = lakegate_testkit::temp_dir();
+        let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         spool.append(b"whole").unwrap();
         drop(spool);
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_full_spool_refuses_and_frees_room_as_records_are_committed() {
-        let dir = lakegate_testkit::temp_dir();
+        let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 2 * (HEADER + 4)).unwrap();
         spool.append(b"aaaa").unwrap();
         spool.append(b"bbbb").unwrap();
@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn segments_roll_over_and_forwarded_ones_are_removed() {
-        let dir = lakegate_testkit::temp_dir();
+        let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 64 * SEGMENT_BYTES).unwrap();
         let big = vec![b'x'; (SEGMENT_BYTES / 3) as usize];
         for _ in 0..7 {

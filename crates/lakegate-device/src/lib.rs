@@ -1,0 +1,25 @@
+//! # lakegate-device
+//!
+//! What a device (or a site gateway) needs to send readings to a lakegate gateway
+//! without holding a Databricks token itself, and without the gateway's server or SQL
+//! dependencies:
+//!
+//! - [`Upstream`] (`upstream.rs`): batches to a gateway's `POST /api/ingest`, gzip
+//!   compressed, with the default commit acknowledgement, the device's key and, in
+//!   front of a Databricks App, an OAuth token kept fresh by the `lakegate-databricks`
+//!   client's token source; [`Upstream::deliver_retrying`] retries what the gateway did
+//!   not take (readings keep their identity, so a batch sent twice is written once).
+//! - [`Spool`] (`spool.rs`): a durable, bounded queue on disk: records fsync'd before
+//!   [`Spool::append`] returns, forwarded from an atomic cursor, cut clean after a crash.
+//! - [`send`] (`send.rs`): the device agent behind `lakegate send`: NDJSON from files
+//!   or stdin through an optional spool to the upstream.
+//!
+//! `examples/send_readings.rs` sends readings from Rust.
+
+mod send;
+mod spool;
+mod upstream;
+
+pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
+pub use spool::{Pending, Position, Spool, SpoolError};
+pub use upstream::{Delivery, Refused, Upstream};
