@@ -112,6 +112,14 @@ pub(crate) struct ReadSettings {
     pub(crate) max_devices: usize,
     /// Points of one series.
     pub(crate) max_points: usize,
+    /// Read statements running at once; the rest wait `query_wait`, then 503.
+    pub(crate) query_concurrency: usize,
+    pub(crate) query_wait: Duration,
+    /// How long one identity's device list is served from memory.
+    pub(crate) device_list_ttl: Duration,
+    /// The device list covers devices seen within this window (no dashboard scans the
+    /// whole table).
+    pub(crate) device_list_window: Duration,
 }
 
 /// Behind the Apps proxy, whose identity a signed-in user's queries run with.
@@ -355,6 +363,8 @@ impl GatewayConfig {
             global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 100_000)?,
             auth_failures_per_min: env.positive("LAKEGATE_AUTH_FAILURES_PER_MIN", 30)?,
             auth_failure_burst: env.positive("LAKEGATE_AUTH_FAILURE_BURST", 10)?,
+            reader_requests_per_min: env.positive("LAKEGATE_READER_REQUESTS_PER_MIN", 600)?,
+            reader_burst: env.positive("LAKEGATE_READER_BURST", 60)?,
         };
         if (rate_limits.global_burst.get() as usize) < largest_request {
             return Err(invalid("LAKEGATE_GLOBAL_BURST", rows_named));
@@ -409,6 +419,15 @@ impl GatewayConfig {
                 max_devices: env.within("LAKEGATE_QUERY_MAX_DEVICES", 1000, 1..=100_000)?,
                 // The automatic bucket choice gives up to 500 points.
                 max_points: env.within("LAKEGATE_QUERY_MAX_POINTS", 2000, 500..=100_000)?,
+                query_concurrency: env.within("LAKEGATE_QUERY_CONCURRENCY", 4, 1..=64)?,
+                query_wait: env.secs("LAKEGATE_QUERY_WAIT_SECS", 10)?,
+                // 0: no cache (callers arriving together still share one query).
+                device_list_ttl: Duration::from_secs(
+                    env.parse("LAKEGATE_DEVICE_LIST_CACHE_SECS", 5u64)?,
+                ),
+                device_list_window: Duration::from_secs(
+                    24 * 3600 * env.within("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", 7, 1..=3650)? as u64,
+                ),
             },
             connections: ConnectionLimits {
                 header_timeout: env.secs("LAKEGATE_HEADER_TIMEOUT_SECS", 10)?,

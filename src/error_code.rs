@@ -69,6 +69,8 @@ error_codes! {
     // Push-back: wait and retry (`Retry-After`).
     DeviceRateLimited = ("device_rate_limited", TOO_MANY_REQUESTS),
     GatewayRateLimited = ("gateway_rate_limited", TOO_MANY_REQUESTS),
+    /// One reader (a token, a signed-in user) asks the read API too often.
+    ReaderRateLimited = ("reader_rate_limited", TOO_MANY_REQUESTS),
     TooManyFailedAuthentications = ("too_many_failed_authentications", TOO_MANY_REQUESTS),
     /// More readings in one request than the device's burst could ever admit.
     MoreReadingsThanBurst = ("more_readings_than_burst", PAYLOAD_TOO_LARGE),
@@ -85,6 +87,8 @@ error_codes! {
     InvalidParameter = ("invalid_parameter", BAD_REQUEST),
     /// The warehouse failed the query; the details are logged, not sent.
     QueryFailed = ("query_failed", BAD_GATEWAY),
+    /// Every read statement slot stayed taken while the request waited: writes come first.
+    ReadsBusy = ("reads_busy", SERVICE_UNAVAILABLE),
 }
 
 #[cfg(test)]

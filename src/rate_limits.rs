@@ -25,6 +25,9 @@ pub struct RateLimitSettings {
     pub global_burst: NonZeroU32,
     pub auth_failures_per_min: NonZeroU32,
     pub auth_failure_burst: NonZeroU32,
+    /// Read API requests per identity (a reader token, a signed-in user).
+    pub reader_requests_per_min: NonZeroU32,
+    pub reader_burst: NonZeroU32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +43,8 @@ pub enum RateLimitKind {
     Device,
     Global,
     AuthFailures,
+    /// One reader's requests to the read API.
+    Reader,
     /// More readings in one request than the burst can ever admit (caller answers 413).
     BatchLargerThanBurst,
 }
@@ -64,6 +69,7 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     devices: RwLock<HashMap<DeviceQuota, Keyed<Arc<str>, C>>>,
     global: Direct<C>,
     auth_failures: Keyed<FailureKey, C>,
+    readers: Keyed<Arc<str>, C>,
     /// When a failure of each address and kind was last logged, and how many since.
     failure_log: Mutex<HashMap<FailureKey, (C::Instant, u64)>>,
 }
@@ -102,11 +108,14 @@ impl<C: Clock + Clone> RateLimits<C> {
             Quota::per_second(settings.global_rate_per_sec).allow_burst(settings.global_burst);
         let auth = Quota::per_minute(settings.auth_failures_per_min)
             .allow_burst(settings.auth_failure_burst);
+        let readers =
+            Quota::per_minute(settings.reader_requests_per_min).allow_burst(settings.reader_burst);
         RateLimits {
             default_device_quota: (settings.device_rate_per_sec, settings.device_burst),
             devices: RwLock::default(),
             global: RateLimiter::direct_with_clock(global, clock.clone()),
             auth_failures: RateLimiter::dashmap_with_clock(auth, clock.clone()),
+            readers: RateLimiter::dashmap_with_clock(readers, clock.clone()),
             failure_log: Mutex::default(),
             clock,
         }
@@ -114,6 +123,11 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Before the body is read: one unit of the device's budget, so that a device
     /// over its rate is refused without its body being read, decompressed and parsed.
+    /// One read API request of `identity` (who reads: a token's hash, a user).
+    pub fn admit_reader(&self, identity: &Arc<str>) -> Result<(), RateLimited> {
+        self.verdict(RateLimitKind::Reader, Ok(self.readers.check_key(identity)))
+    }
+
     pub fn admit_request(&self, device: &Device) -> Result<(), RateLimited> {
         self.verdict(
             RateLimitKind::Device,
@@ -207,6 +221,8 @@ impl<C: Clock + Clone> RateLimits<C> {
 
         self.auth_failures.retain_recent();
         self.auth_failures.shrink_to_fit();
+        self.readers.retain_recent();
+        self.readers.shrink_to_fit();
         let now = self.clock.now();
         // Forgets the count of failures not logged: a summary line is lost at worst.
         let mut log = self
@@ -373,6 +389,8 @@ mod tests {
             global_burst: nz(20),
             auth_failures_per_min: nz(6),
             auth_failure_burst: nz(2),
+            reader_requests_per_min: NonZeroU32::new(600).unwrap(),
+            reader_burst: NonZeroU32::new(60).unwrap(),
         };
         let clock = FakeRelativeClock::default();
         (RateLimits::with_clock(settings, clock.clone()), clock)

@@ -234,22 +234,24 @@ pub async fn ensure_tables(
 pub(crate) mod reads {
     use super::TableName;
 
-    /// Per device: last reading, and readings (not rows: one row per metric) in the
-    /// hour and day before `:now`. Ordered so that a row limit keeps the first devices.
+    /// Per device seen since `:since`: last reading, and readings (not rows: one row per
+    /// metric) in the hour and day before `:now`. Ordered so that a row limit keeps the
+    /// first devices. The window keeps the scan to recent data however old the table.
     pub(crate) fn devices(table: &TableName) -> String {
         format!(
             "SELECT device_id, max(ts) AS last_seen, \
                count(DISTINCT CASE WHEN ts >= :now - INTERVAL 1 HOUR THEN reading_id END) AS readings_last_hour, \
                count(DISTINCT CASE WHEN ts >= :now - INTERVAL 1 DAY THEN reading_id END) AS readings_last_day \
-             FROM {table} GROUP BY device_id ORDER BY device_id"
+             FROM {table} WHERE ts >= :since GROUP BY device_id ORDER BY device_id"
         )
     }
 
-    /// The metrics of the devices up to `:last_device` (separate rows: no ARRAY results).
+    /// The metrics seen since `:since` of the devices up to `:last_device` (separate
+    /// rows: no ARRAY results).
     pub(crate) fn device_metrics(table: &TableName) -> String {
         format!(
             "SELECT DISTINCT device_id, metric FROM {table} \
-             WHERE device_id <= :last_device ORDER BY device_id, metric"
+             WHERE device_id <= :last_device AND ts >= :since ORDER BY device_id, metric"
         )
     }
 

@@ -36,7 +36,11 @@ async fn the_fleet_page_lists_devices_and_draws_the_series() {
     let token = generate_key().key.expose_secret().to_owned();
     let mut gateway = Harness::start_with(
         emulator_config(),
-        &[("LAKEGATE_READER_TOKENS", &hash_key(&token))],
+        &[
+            ("LAKEGATE_READER_TOKENS", &hash_key(&token)),
+            // The list is read below before the readings exist; the page must see them.
+            ("LAKEGATE_DEVICE_LIST_CACHE_SECS", "0"),
+        ],
     )
     .await;
 

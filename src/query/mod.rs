@@ -3,9 +3,11 @@
 //! the read API returns (`answers`).
 
 mod answers;
+mod gate;
 mod params;
 mod reader;
 
 pub(crate) use answers::{DeviceList, Latest, Series};
+pub(crate) use gate::{ReadGate, ReadsBusy};
 pub(crate) use params::{LatestParams, LatestQuery, ParamError, SeriesParams, SeriesQuery};
 pub(crate) use reader::TableReader;

@@ -37,23 +37,29 @@ impl<'a> TableReader<'a> {
         TableReader { statements, table }
     }
 
-    /// The first `max_devices` devices by id, with their metrics; `now` anchors
-    /// "last hour" and "last day". Rejection counts are left at 0 for the caller.
+    /// The first `max_devices` devices by id seen since `since`, with their metrics;
+    /// `now` anchors "last hour" and "last day". Rejection counts are left at 0 for the
+    /// caller.
     pub async fn devices(
         &self,
         now: DateTime<Utc>,
+        since: DateTime<Utc>,
         max_devices: usize,
     ) -> Result<DeviceList, Error> {
-        let request =
-            StatementRequest::new(reads::devices(self.table)).param(Param::timestamp("now", now));
+        let request = StatementRequest::new(reads::devices(self.table)).params([
+            Param::timestamp("now", now),
+            Param::timestamp("since", since),
+        ]);
         let (rows, mut truncated) = self.rows(request, max_devices as u64).await?;
         let mut devices = rows
             .iter()
             .map(device_summary)
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(last) = devices.last() {
-            let request = StatementRequest::new(reads::device_metrics(self.table))
-                .param(Param::string("last_device", last.device_id.as_str()));
+            let request = StatementRequest::new(reads::device_metrics(self.table)).params([
+                Param::string("last_device", last.device_id.as_str()),
+                Param::timestamp("since", since),
+            ]);
             let max_rows = max_devices as u64 * METRICS_PER_DEVICE;
             let (rows, metrics_truncated) = self.rows(request, max_rows).await?;
             truncated |= metrics_truncated;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::error_code::ErrorCode;
 use crate::ingest::{BodyError, QueueError, RejectedReading};
-use crate::query::ParamError;
+use crate::query::{ParamError, ReadsBusy};
 use crate::rate_limits::{RateLimitKind, RateLimited};
 
 #[derive(Debug)]
@@ -76,6 +76,12 @@ impl From<ParamError> for HttpError {
     }
 }
 
+impl From<ReadsBusy> for HttpError {
+    fn from(err: ReadsBusy) -> Self {
+        HttpError::new(ErrorCode::ReadsBusy, err.to_string()).retry_after(Duration::from_secs(5))
+    }
+}
+
 impl From<RateLimited> for HttpError {
     fn from(err: RateLimited) -> Self {
         let (code, message) = match err.limit {
@@ -90,6 +96,10 @@ impl From<RateLimited> for HttpError {
             RateLimitKind::AuthFailures => (
                 ErrorCode::TooManyFailedAuthentications,
                 "too many failed authentications from this address",
+            ),
+            RateLimitKind::Reader => (
+                ErrorCode::ReaderRateLimited,
+                "this reader sends more requests than its rate limit",
             ),
             RateLimitKind::BatchLargerThanBurst => {
                 return HttpError::new(

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -32,9 +33,15 @@ const FORWARDED_USER: &str = "x-forwarded-user";
 /// The signed-in user's token, with on-behalf-of-user authorization.
 const FORWARDED_ACCESS_TOKEN: &str = "x-forwarded-access-token";
 
+/// The view of readers whose queries run as the app.
+const APP_VIEW: &str = "app";
+
 /// Someone allowed to read, and the client their queries run with.
 pub struct Reader {
     client: databricks::Client,
+    /// Whose view of the table the client sees: `app`, or that of the user's token
+    /// (Unity Catalog may show users different rows), for caching answers.
+    view: Arc<str>,
 }
 
 impl Reader {
@@ -47,41 +54,51 @@ impl FromRequestParts<AppState> for Reader {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
-        let headers = &parts.headers;
-        let settings = &app.config.read;
-        // Only the Apps proxy may vouch for a user: elsewhere anyone could send these.
-        if settings.apps_proxy_auth {
-            let email = header_text(headers, FORWARDED_EMAIL);
-            let user = header_text(headers, FORWARDED_USER);
-            if email.is_some() || user.is_some() {
-                return signed_in_reader(app, headers, email, user);
-            }
-        }
-        if settings.reader_tokens.is_empty() {
-            return Err(HttpError::new(
-                ErrorCode::ReadApiDisabled,
-                "the read API is off: set LAKEGATE_READER_TOKENS to the hash of a reader token \
-                 (`lakegate keys new-reader`), or run behind the Databricks Apps proxy",
-            ));
-        }
-        // The token first: a valid one is never held up by its address's failures.
-        if bearer_token(headers)
-            .is_some_and(|token| settings.reader_tokens.contains(&KeyHash::of(token)))
-        {
-            return Ok(Reader {
-                client: app.client.clone(),
-            });
-        }
-        Err(failed_authentication(
-            parts,
-            app,
-            Credential::Reader,
-            HttpError::new(
-                ErrorCode::Unauthorized,
-                "a valid reader token is required: Authorization: Bearer <token>",
-            ),
-        ))
+        let (reader, who) = authenticate_reader(parts, app)?;
+        app.rate_limits.admit_reader(&who)?;
+        Ok(reader)
     }
+}
+
+/// The reader, and who it is for its rate limit (a token's hash, a user).
+fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str>), HttpError> {
+    let headers = &parts.headers;
+    let settings = &app.config.read;
+    // Only the Apps proxy may vouch for a user: elsewhere anyone could send these.
+    if settings.apps_proxy_auth {
+        let email = header_text(headers, FORWARDED_EMAIL);
+        let user = header_text(headers, FORWARDED_USER);
+        if email.is_some() || user.is_some() {
+            return signed_in_reader(app, headers, email, user);
+        }
+    }
+    if settings.reader_tokens.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::ReadApiDisabled,
+            "the read API is off: set LAKEGATE_READER_TOKENS to the hash of a reader token \
+             (`lakegate keys new-reader`), or run behind the Databricks Apps proxy",
+        ));
+    }
+    // The token first: a valid one is never held up by its address's failures.
+    if let Some(hash) = bearer_token(headers)
+        .map(KeyHash::of)
+        .filter(|hash| settings.reader_tokens.contains(hash))
+    {
+        let reader = Reader {
+            client: app.client.clone(),
+            view: APP_VIEW.into(),
+        };
+        return Ok((reader, format!("token:{hash}").into()));
+    }
+    Err(failed_authentication(
+        parts,
+        app,
+        Credential::Reader,
+        HttpError::new(
+            ErrorCode::Unauthorized,
+            "a valid reader token is required: Authorization: Bearer <token>",
+        ),
+    ))
 }
 
 /// A user the Apps proxy signed in. Every principal that may use the app passes
@@ -92,8 +109,9 @@ fn signed_in_reader(
     headers: &HeaderMap,
     email: Option<&str>,
     user: Option<&str>,
-) -> Result<Reader, HttpError> {
+) -> Result<(Reader, Arc<str>), HttpError> {
     let settings = &app.config.read;
+    let who: Arc<str> = format!("user:{}", email.or(user).unwrap_or_default()).into();
     let refuse = |outcome: &'static str, error: HttpError| {
         app.metrics
             .auth_failure(Credential::Reader.as_str(), outcome);
@@ -102,9 +120,14 @@ fn signed_in_reader(
     match settings.identity {
         // Never the app's own identity: Unity Catalog decides what the user sees.
         ReadIdentity::User => match header_text(headers, FORWARDED_ACCESS_TOKEN) {
-            Some(token) => Ok(Reader {
-                client: app.client.with_token(SecretString::from(token)),
-            }),
+            Some(token) => {
+                // The user's view is what the token may read: cached per token.
+                let reader = Reader {
+                    client: app.client.with_token(SecretString::from(token)),
+                    view: format!("token:{}", KeyHash::of(token)).into(),
+                };
+                Ok((reader, who))
+            }
             None => refuse(
                 "no_user_token",
                 HttpError::new(
@@ -114,9 +137,13 @@ fn signed_in_reader(
                 ),
             ),
         },
-        ReadIdentity::App if settings.readers.admits(email, user) => Ok(Reader {
-            client: app.client.clone(),
-        }),
+        ReadIdentity::App if settings.readers.admits(email, user) => {
+            let reader = Reader {
+                client: app.client.clone(),
+                view: APP_VIEW.into(),
+            };
+            Ok((reader, who))
+        }
         ReadIdentity::App => refuse(
             "not_a_reader",
             HttpError::new(
@@ -146,11 +173,15 @@ pub async fn devices(
     State(app): State<AppState>,
     reader: Reader,
 ) -> Result<Json<DeviceList>, HttpError> {
-    let mut list = reader
-        .table(&app)
-        .devices(Utc::now(), app.config.read.max_devices)
-        .await
-        .map_err(query_failed)?;
+    let settings = &app.config.read;
+    let fetch = async {
+        let _slot = app.reads.slot().await?;
+        let since = Utc::now() - settings.device_list_window;
+        let table = reader.table(&app);
+        let list = table.devices(Utc::now(), since, settings.max_devices).await;
+        list.map_err(query_failed)
+    };
+    let mut list = DeviceList::clone(&*app.reads.device_list(&reader.view, fetch).await?);
     for device in &mut list.devices {
         device.rejected_since_start = app.metrics.activity.rejected_by(&device.device_id);
     }
@@ -184,6 +215,7 @@ pub async fn series(
     DeviceRequest { device_id, params }: DeviceRequest<SeriesParams>,
 ) -> Result<Json<Series>, HttpError> {
     let query = SeriesQuery::new(device_id, params, Utc::now(), app.config.read.max_points)?;
+    let _slot = app.reads.slot().await?;
     let series = reader
         .table(&app)
         .series(query)
@@ -198,6 +230,7 @@ pub async fn latest(
     DeviceRequest { device_id, params }: DeviceRequest<LatestParams>,
 ) -> Result<Json<Latest>, HttpError> {
     let query = LatestQuery::new(device_id, params)?;
+    let _slot = app.reads.slot().await?;
     let latest = reader
         .table(&app)
         .latest(query, app.config.body.max_metrics)

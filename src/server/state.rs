@@ -11,6 +11,7 @@ use crate::databricks;
 use crate::devices::DeviceKeys;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
+use crate::query::ReadGate;
 use crate::rate_limits::RateLimits;
 
 /// Everything a request may need; cheap to clone.
@@ -23,6 +24,8 @@ pub struct App {
     pub keys: DeviceKeys,
     pub rate_limits: RateLimits,
     pub queue: IngestQueue,
+    /// Read statements' slots and the cached device lists.
+    pub reads: ReadGate,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the shutdown signal arrives.
     pub shutting_down: CancellationToken,
@@ -40,6 +43,11 @@ impl AppState {
     ) -> Self {
         AppState(Arc::new(App {
             rate_limits: RateLimits::new(config.rate_limits.clone()),
+            reads: ReadGate::new(
+                config.read.query_concurrency,
+                config.read.query_wait,
+                config.read.device_list_ttl,
+            ),
             config,
             client,
             keys,

@@ -574,3 +574,83 @@ async fn the_device_list_is_capped() {
     assert_eq!(devices["devices"][0]["metrics"], json!(["temp"]));
     gateway.stop().await;
 }
+
+/// Reads never starve writes: the device list is computed once for many dashboards and
+/// kept briefly, covers a recent window only, read statements have their own few slots,
+/// and each reader its own rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboards_share_one_device_list_query_within_a_recent_window() {
+    let (mut gateway, token) = gateway_with_reader(&[
+        ("LAKEGATE_DEVICE_LIST_CACHE_SECS", "60"),
+        ("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", "1"),
+    ])
+    .await;
+    let now = Utc::now();
+    let recent = reading("r-1", now, json!({"temp": 1.0}));
+    let old = reading("o-1", now - TimeDelta::days(3), json!({"temp": 1.0}));
+    assert_eq!(
+        gateway.post_json(&gateway.keys.sensor, &recent).await.0,
+        200
+    );
+    assert_eq!(gateway.post_json(&gateway.keys.other, &old).await.0, 200);
+
+    let before = gateway.emulator.stats().statements;
+    let asking = (0..20).map(|_| read(&gateway, "/api/devices", &token));
+    let answers = futures::future::join_all(asking).await;
+    for (status, devices) in &answers {
+        assert_eq!(*status, 200, "{devices}");
+        let listed = devices["devices"].as_array().unwrap();
+        // sensor-2 last sent three days ago: outside the one-day window.
+        assert_eq!(listed.len(), 1, "{devices}");
+        assert_eq!(listed[0]["device_id"], "sensor-1");
+    }
+    // One list and one metrics query for all twenty, and none for a repeat.
+    assert_eq!(gateway.emulator.stats().statements - before, 2);
+    assert_eq!(read(&gateway, "/api/devices", &token).await.0, 200);
+    assert_eq!(gateway.emulator.stats().statements - before, 2);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_reader_has_its_own_rate_and_read_slots_run_out_politely() {
+    let second = generate_key().key.expose_secret().to_owned();
+    let second_hash = hash_key(&second);
+    let mut config = emulator_config();
+    config.faults.statement_latency = std::time::Duration::from_millis(1500);
+    let token = generate_key().key.expose_secret().to_owned();
+    let hashes = format!("{},{second_hash}", hash_key(&token));
+    let mut gateway = Harness::start_with(
+        config,
+        &[
+            ("LAKEGATE_READER_TOKENS", hashes.as_str()),
+            ("LAKEGATE_READER_REQUESTS_PER_MIN", "1"),
+            ("LAKEGATE_READER_BURST", "2"),
+            ("LAKEGATE_QUERY_CONCURRENCY", "1"),
+            ("LAKEGATE_QUERY_WAIT_SECS", "1"),
+        ],
+    )
+    .await;
+    let latest = "/api/devices/sensor-1/latest";
+    // Two reads at once with one slot: the second waits a second, then hears 503.
+    let (first, busy) = tokio::join!(read(&gateway, latest, &token), async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        read(&gateway, latest, &token).await
+    });
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(
+        (busy.0, busy.1["error"].as_str()),
+        (503, Some("reads_busy")),
+        "{}",
+        busy.1
+    );
+
+    // The third request of this reader is over its burst of two; another reader is not.
+    let (status, answer) = read(&gateway, latest, &token).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (429, Some("reader_rate_limited")),
+        "{answer}"
+    );
+    assert_eq!(read(&gateway, latest, &second).await.0, 200);
+    gateway.stop().await;
+}
