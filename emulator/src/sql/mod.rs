@@ -8,7 +8,9 @@
 //! in-memory Arrow tables that accept INSERT; NOT NULL columns are enforced by DataFusion's insert
 //! path. Writes are serialized by one lock and, with a data directory, persisted by [`store`].
 
+mod arithmetic;
 mod ddl;
+mod dialect;
 mod error;
 mod functions;
 mod merge;
@@ -28,13 +30,12 @@ use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, TableProvider,
 };
 use datafusion::datasource::MemTable;
-use datafusion::execution::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as EngineStatement;
 use datafusion::sql::sqlparser::ast::{
     self, Expr, Ident, ObjectName, Statement, visit_expressions_mut,
 };
-use datafusion::sql::sqlparser::dialect::DatabricksDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
@@ -128,8 +129,13 @@ impl Engine {
             .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA)
             .with_information_schema(true)
             .set_str("datafusion.execution.time_zone", types::UTC);
-        let ctx = SessionContext::new_with_config(config);
+        let mut ctx = SessionContext::new_with_config(config);
         functions::register(&ctx);
+        for function in arithmetic::functions() {
+            ctx.register_udf(function);
+        }
+        ctx.register_expr_planner(Arc::new(arithmetic::Operators::new()))
+            .expect("registering a planner cannot fail");
         let store = data_dir.map(store::Store::new).transpose()?;
         if let Some(store) = &store {
             store.load(&ctx)?;
@@ -282,7 +288,7 @@ impl Prepared {
 
 /// Parses statements, first spelling out the MERGE forms sqlparser lacks.
 fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
-    let dialect = DatabricksDialect {};
+    let dialect = dialect::Databricks;
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(ParserError::from)?;

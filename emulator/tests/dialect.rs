@@ -1,0 +1,128 @@
+//! Where DataFusion's built-ins differ from Databricks SQL, the emulator answers as Databricks
+//! does: division. Expected answers come from Databricks' SQL reference (the examples of `/`,
+//! `div`).
+
+mod common;
+
+use common::Workspace;
+use lakegate_testkit::emulator_config;
+use serde_json::{Value, json};
+
+fn columns<'a>(body: &'a Value, key: &str) -> Vec<&'a str> {
+    body["manifest"]["schema"]["columns"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no columns: {body}"))
+        .iter()
+        .map(|c| c[key].as_str().unwrap())
+        .collect()
+}
+
+fn names(body: &Value) -> Vec<&str> {
+    columns(body, "name")
+}
+
+fn types(body: &Value) -> Vec<&str> {
+    columns(body, "type_text")
+}
+
+fn rows(body: &Value) -> &Value {
+    &body["result"]["data_array"]
+}
+
+/// Runs a statement that must fail; returns its message and SQLSTATE.
+async fn failure(ws: &Workspace, statement: &str) -> (String, String) {
+    let (status, body) = ws.execute(json!({ "statement": statement })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"]["state"], "FAILED", "{statement}: {body}");
+    assert_eq!(
+        body["status"]["error"]["error_code"], "BAD_REQUEST",
+        "{body}"
+    );
+    (
+        body["status"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        body["status"]["sql_state"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn fails_with(ws: &Workspace, statement: &str, class: &str, sql_state: &str) -> String {
+    let (message, state) = failure(ws, statement).await;
+    assert!(
+        message.starts_with(&format!("[{class}] ")),
+        "{statement}: {message}"
+    );
+    assert_eq!(state, sql_state, "{statement}: {message}");
+    message
+}
+
+#[tokio::test]
+async fn division_of_integers_is_double_and_div_is_integral() {
+    let ws = Workspace::start(emulator_config()).await;
+    let body = ws
+        .sql(
+            "SELECT 3 / 2 AS half, 2 / 2 AS whole, 3 div 2 AS div, -5 div 2 AS toward_zero, \
+             div(9, 4) AS function_form, 7 div 2 + 1 AS precedence, '6' / 4 AS text, \
+             CAST(NULL AS INT) / 0 AS null_over_zero",
+        )
+        .await;
+    assert_eq!(
+        types(&body),
+        [
+            "DOUBLE", "DOUBLE", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "DOUBLE", "DOUBLE"
+        ]
+    );
+    assert_eq!(
+        rows(&body)[0],
+        json!(["1.5", "1.0", "1", "-2", "2", "4", "1.5", null])
+    );
+    // Over a table's BIGINT columns too.
+    ws.sql("CREATE TABLE t (a BIGINT, b INT)").await;
+    ws.sql("INSERT INTO t VALUES (7, 2), (-7, 2)").await;
+    let body = ws
+        .sql("SELECT a / b AS q, a div b AS d FROM t ORDER BY a")
+        .await;
+    assert_eq!(names(&body), ["q", "d"]);
+    assert_eq!(types(&body), ["DOUBLE", "BIGINT"]);
+    assert_eq!(rows(&body), &json!([["-3.5", "-3"], ["3.5", "3"]]));
+}
+
+#[tokio::test]
+async fn a_zero_divisor_fails_unless_try_divide() {
+    let ws = Workspace::start(emulator_config()).await;
+    for statement in [
+        "SELECT 3 / 0",
+        "SELECT 3 div 0",
+        "SELECT 3.5 / 0",
+        "SELECT CAST(3 AS DECIMAL(5,1)) / 0",
+        "SELECT 3 % 0",
+        "SELECT 3.5 % 0",
+        "SELECT a / b FROM VALUES (1, 2), (3, 0) AS t(a, b)",
+    ] {
+        let message = fails_with(&ws, statement, "DIVIDE_BY_ZERO", "22012").await;
+        assert!(message.contains("try_divide"), "{message}");
+    }
+    let body = ws
+        .sql("SELECT try_divide(3, 0) AS zero, try_divide(3, 2) AS half")
+        .await;
+    assert_eq!(types(&body), ["DOUBLE", "DOUBLE"]);
+    assert_eq!(rows(&body)[0], json!([null, "1.5"]));
+}
+
+#[tokio::test]
+async fn floor_and_ceil_of_a_double_are_bigints() {
+    let ws = Workspace::start(emulator_config()).await;
+    let body = ws
+        .sql("SELECT floor(7 / 2) AS f, ceil(7 / 2) AS c, floor(-7 / 2) AS nf, ceiling(5) AS i")
+        .await;
+    assert_eq!(types(&body), ["BIGINT"; 4]);
+    assert_eq!(rows(&body)[0], json!(["3", "4", "-4", "5"]));
+    let body = ws
+        .sql(
+            "SELECT floor(CAST(-7.25 AS DECIMAL(5,2))) AS f, ceil(CAST(7.25 AS DECIMAL(5,2))) AS c",
+        )
+        .await;
+    assert_eq!(types(&body), ["DECIMAL(4,0)"; 2]);
+    assert_eq!(rows(&body)[0], json!(["-8", "8"]));
+}
