@@ -86,6 +86,12 @@ async fn division_of_integers_is_double_and_div_is_integral() {
     assert_eq!(names(&body), ["q", "d"]);
     assert_eq!(types(&body), ["DOUBLE", "BIGINT"]);
     assert_eq!(rows(&body), &json!([["-3.5", "-3"], ["3.5", "3"]]));
+    // A UNION takes the wider type.
+    let body = ws
+        .sql("SELECT 1 AS n UNION ALL SELECT 3 / 2 UNION ALL SELECT -7.5 % 2 ORDER BY n")
+        .await;
+    assert_eq!(types(&body), ["DOUBLE"]);
+    assert_eq!(rows(&body), &json!([["-1.5"], ["1.0"], ["1.5"]]));
 }
 
 #[tokio::test]

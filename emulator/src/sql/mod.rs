@@ -325,8 +325,12 @@ async fn execute(state: &SessionState, statement: Statement) -> Result<Output, S
     let frame = SessionContext::new_with_state(state.clone())
         .execute_logical_plan(plan)
         .await?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await?;
+    // The schema of the physical plan, which (unlike the unanalyzed logical plan's) has the
+    // types coercion settled on, e.g. DOUBLE for a UNION of BIGINT and DOUBLE.
+    let task = Arc::new(frame.task_ctx());
+    let physical = frame.create_physical_plan().await?;
+    let schema = physical.schema();
+    let batches = datafusion::physical_plan::collect(physical, task).await?;
     Ok(Output { schema, batches })
 }
 
