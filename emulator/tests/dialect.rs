@@ -1,6 +1,6 @@
 //! Where DataFusion's built-ins differ from Databricks SQL, the emulator answers as Databricks
-//! does: division. Expected answers come from Databricks' SQL reference (the examples of `/`,
-//! `div`).
+//! does: division and table-valued functions and generators. Expected answers come from Databricks'
+//! SQL reference (the examples of `/`, `div`, `range`, `explode`, `posexplode`).
 
 mod common;
 
@@ -131,4 +131,76 @@ async fn floor_and_ceil_of_a_double_are_bigints() {
         .await;
     assert_eq!(types(&body), ["DECIMAL(4,0)"; 2]);
     assert_eq!(rows(&body)[0], json!(["-8", "8"]));
+}
+
+#[tokio::test]
+async fn range_is_a_table_of_ids() {
+    let ws = Workspace::start(emulator_config()).await;
+    let body = ws.sql("SELECT * FROM range(3)").await;
+    assert_eq!(names(&body), ["id"]);
+    assert_eq!(types(&body), ["BIGINT"]);
+    assert_eq!(rows(&body), &json!([["0"], ["1"], ["2"]]));
+    let body = ws.sql("SELECT * FROM range(-3, 0)").await;
+    assert_eq!(rows(&body), &json!([["-3"], ["-2"], ["-1"]]));
+    // numParts only spreads the work on Databricks.
+    let body = ws.sql("SELECT t.* FROM range(0, -5, -1, 2) AS t").await;
+    assert_eq!(rows(&body), &json!([["0"], ["-1"], ["-2"], ["-3"], ["-4"]]));
+    let body = ws
+        .sql("SELECT count(*) AS n, max(x) AS top FROM range(10, 100, 10) AS r(x)")
+        .await;
+    assert_eq!(rows(&body)[0], json!(["9", "90"]));
+    let body = ws
+        .sql("SELECT range.id * 10 AS tens FROM range(2) WHERE range.id > 0")
+        .await;
+    assert_eq!(rows(&body), &json!([["10"]]));
+}
+
+#[tokio::test]
+async fn generators_name_their_columns() {
+    let ws = Workspace::start(emulator_config()).await;
+    let body = ws.sql("SELECT explode(array(10, 20)), 'Spark' AS s").await;
+    assert_eq!(names(&body), ["col", "s"]);
+    assert_eq!(rows(&body), &json!([["10", "Spark"], ["20", "Spark"]]));
+    let body = ws.sql("SELECT posexplode(array('a', 'b'))").await;
+    assert_eq!(names(&body), ["pos", "col"]);
+    assert_eq!(types(&body), ["INT", "STRING"]);
+    assert_eq!(rows(&body), &json!([["0", "a"], ["1", "b"]]));
+    let body = ws.sql("SELECT posexplode(array('a', 'b')) AS (p, v)").await;
+    assert_eq!(names(&body), ["p", "v"]);
+    // As table references, the form Databricks recommends.
+    let body = ws
+        .sql("SELECT elem, 'Spark' AS s FROM explode(array(10, 20)) AS t(elem)")
+        .await;
+    assert_eq!(names(&body), ["elem", "s"]);
+    assert_eq!(rows(&body), &json!([["10", "Spark"], ["20", "Spark"]]));
+    let body = ws
+        .sql("SELECT pos, col FROM posexplode(array(10, 20))")
+        .await;
+    assert_eq!(rows(&body), &json!([["0", "10"], ["1", "20"]]));
+    let body = ws
+        .sql(
+            "SELECT p1.*, p2.* FROM posexplode(array(1, 2)) AS p1, \
+             posexplode(array(3, 4)) AS p2 ORDER BY 1, 3",
+        )
+        .await;
+    assert_eq!(names(&body), ["pos", "col", "pos", "col"]);
+    assert_eq!(rows(&body).as_array().unwrap().len(), 4);
+    // NULL: no rows, or with _outer one row of NULLs.
+    let body = ws
+        .sql("SELECT explode(CAST(NULL AS ARRAY<STRING>)) AS e")
+        .await;
+    assert_eq!(body["manifest"]["total_row_count"], 0, "{body}");
+    let body = ws
+        .sql("SELECT posexplode_outer(CAST(NULL AS ARRAY<STRING>))")
+        .await;
+    assert_eq!(names(&body), ["pos", "col"]);
+    assert_eq!(rows(&body), &json!([[null, null]]));
+    let message = fails_with(
+        &ws,
+        "SELECT posexplode(array(1)) AS p",
+        "UDTF_ALIAS_NUMBER_MISMATCH",
+        "42802",
+    )
+    .await;
+    assert!(message.contains("Expected 2 aliases"), "{message}");
 }

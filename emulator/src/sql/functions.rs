@@ -46,6 +46,8 @@ pub fn rename(function: &mut ast::Function) {
     };
     match name.as_str() {
         "explode" => *part = ObjectNamePart::Identifier(Ident::new("unnest")),
+        "explode_outer" => *part = ObjectNamePart::Identifier(Ident::new("unnest_outer")),
+        "array" => *part = ObjectNamePart::Identifier(Ident::new("make_array")),
         "from_json" => options_to_mode(function),
         _ => {}
     }

@@ -13,6 +13,7 @@ mod ddl;
 mod dialect;
 mod error;
 mod functions;
+mod generators;
 mod merge;
 mod params;
 mod store;
@@ -131,7 +132,10 @@ impl Engine {
             .set_str("datafusion.execution.time_zone", types::UTC);
         let mut ctx = SessionContext::new_with_config(config);
         functions::register(&ctx);
-        for function in arithmetic::functions() {
+        for function in arithmetic::functions()
+            .into_iter()
+            .chain(generators::functions())
+        {
             ctx.register_udf(function);
         }
         ctx.register_expr_planner(Arc::new(arithmetic::Operators::new()))
@@ -160,6 +164,7 @@ impl Engine {
         let kind = match ddl::parse(request.statement)? {
             Some(ddl::Ddl::CreateTable(mut create)) => {
                 if let Some(query) = &mut create.query {
+                    databricks_dialect(query.as_mut())?;
                     bind(query.as_mut(), request.parameters)?;
                 }
                 Kind::CreateTable(Box::new(create))
@@ -184,6 +189,7 @@ impl Engine {
                     insert @ Statement::Insert(_) => (insert, Some(Counts::Insert)),
                     statement => (statement, None),
                 };
+                databricks_dialect(&mut statement)?;
                 bind(&mut statement, request.parameters)?;
                 let effect = effect(&statement, &state)?;
                 Kind::Sql {
@@ -295,6 +301,13 @@ fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
     Ok(Parser::new(&dialect)
         .with_tokens_with_locations(merge::spell_out_stars(tokens))
         .parse_statements()?)
+}
+
+/// Rewrites what Databricks SQL means differently from DataFusion: generators and table-valued
+/// functions.
+fn databricks_dialect<N: ast::VisitMut>(node: &mut N) -> Result<(), SqlError> {
+    generators::rewrite(node)?;
+    Ok(())
 }
 
 /// Binds the parameters and rewrites Databricks spellings of types and functions.
