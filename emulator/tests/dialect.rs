@@ -1,6 +1,7 @@
 //! Where DataFusion's built-ins differ from Databricks SQL, the emulator answers as Databricks
-//! does: division and table-valued functions and generators. Expected answers come from Databricks'
-//! SQL reference (the examples of `/`, `div`, `range`, `explode`, `posexplode`).
+//! does: division, table-valued functions and generators and generated column names. Expected
+//! answers come from Databricks' SQL reference (the examples of `/`, `div`, `range`, `explode`,
+//! `posexplode`) and from Spark's record of its generated column names (sql-expression-schema.md).
 
 mod common;
 
@@ -77,13 +78,11 @@ async fn division_of_integers_is_double_and_div_is_integral() {
         rows(&body)[0],
         json!(["1.5", "1.0", "1", "-2", "2", "4", "1.5", null])
     );
-    // Over a table's BIGINT columns too.
+    // Over a table's BIGINT columns too, and un-aliased it is named as Databricks prints it.
     ws.sql("CREATE TABLE t (a BIGINT, b INT)").await;
     ws.sql("INSERT INTO t VALUES (7, 2), (-7, 2)").await;
-    let body = ws
-        .sql("SELECT a / b AS q, a div b AS d FROM t ORDER BY a")
-        .await;
-    assert_eq!(names(&body), ["q", "d"]);
+    let body = ws.sql("SELECT a / b, a div b FROM t ORDER BY a").await;
+    assert_eq!(names(&body), ["(a / b)", "(a div b)"]);
     assert_eq!(types(&body), ["DOUBLE", "BIGINT"]);
     assert_eq!(rows(&body), &json!([["-3.5", "-3"], ["3.5", "3"]]));
     // A UNION takes the wider type.
@@ -158,8 +157,8 @@ async fn range_is_a_table_of_ids() {
 #[tokio::test]
 async fn generators_name_their_columns() {
     let ws = Workspace::start(emulator_config()).await;
-    let body = ws.sql("SELECT explode(array(10, 20)), 'Spark' AS s").await;
-    assert_eq!(names(&body), ["col", "s"]);
+    let body = ws.sql("SELECT explode(array(10, 20)), 'Spark'").await;
+    assert_eq!(names(&body), ["col", "Spark"]);
     assert_eq!(rows(&body), &json!([["10", "Spark"], ["20", "Spark"]]));
     let body = ws.sql("SELECT posexplode(array('a', 'b'))").await;
     assert_eq!(names(&body), ["pos", "col"]);
@@ -203,4 +202,83 @@ async fn generators_name_their_columns() {
     )
     .await;
     assert!(message.contains("Expected 2 aliases"), "{message}");
+}
+
+#[tokio::test]
+async fn unaliased_columns_are_named_as_databricks_prints_them() {
+    let ws = Workspace::start(emulator_config()).await;
+    ws.sql("CREATE TABLE r (device STRING, v INT, ts TIMESTAMP)")
+        .await;
+    ws.sql(
+        "INSERT INTO r VALUES ('a', 1, TIMESTAMP '2025-11-29 12:34:56Z'), \
+         ('b', 2, TIMESTAMP '2025-11-29 13:00:00Z'), ('a', 3, TIMESTAMP '2025-11-29 13:30:00Z')",
+    )
+    .await;
+    let body = ws
+        .sql(
+            "SELECT count(*), count(DISTINCT device), max(v), sum(v) / count(*), COUNT(1) \
+             FROM r",
+        )
+        .await;
+    assert_eq!(
+        names(&body),
+        [
+            "count(1)",
+            "count(DISTINCT device)",
+            "max(v)",
+            "(sum(v) / count(1))",
+            "count(1)"
+        ]
+    );
+    assert_eq!(rows(&body)[0], json!(["3", "2", "3", "2.0", "3"]));
+    let body = ws
+        .sql(
+            "SELECT v + 1, -v, round(v / 3, 2), upper(device), CAST(v AS STRING), v IS NULL, \
+             CASE WHEN v > 1 THEN 'big' ELSE 'small' END, floor(v / 2), \
+             date_trunc('HOUR', ts), 'text', 42, r.device, v <> 2 \
+             FROM r WHERE v = 1",
+        )
+        .await;
+    assert_eq!(
+        names(&body),
+        [
+            "(v + 1)",
+            "(- v)",
+            "round((v / 3), 2)",
+            "upper(device)",
+            "CAST(v AS STRING)",
+            "(v IS NULL)",
+            "CASE WHEN (v > 1) THEN big ELSE small END",
+            "FLOOR((v / 2))",
+            "date_trunc(HOUR, ts)",
+            "text",
+            "42",
+            "device",
+            "(NOT (v = 2))",
+        ]
+    );
+    // Grouping and ordering by the expressions still work.
+    let body = ws
+        .sql(
+            "SELECT date_trunc('HOUR', ts), count(*) FROM r GROUP BY date_trunc('HOUR', ts) \
+             ORDER BY date_trunc('HOUR', ts)",
+        )
+        .await;
+    assert_eq!(names(&body), ["date_trunc(HOUR, ts)", "count(1)"]);
+    assert_eq!(
+        rows(&body),
+        &json!([
+            ["2025-11-29T12:00:00.000Z", "1"],
+            ["2025-11-29T13:00:00.000Z", "2"]
+        ])
+    );
+    // A subquery's names are visible outside it, and duplicates are allowed, as on Databricks.
+    let body = ws
+        .sql("SELECT *, `count(1)` * 2 AS twice FROM (SELECT count(*) FROM r)")
+        .await;
+    assert_eq!(names(&body), ["count(1)", "twice"]);
+    assert_eq!(rows(&body)[0], json!(["3", "6"]));
+    let body = ws.sql("SELECT v, v, 1, 1 FROM r WHERE v = 2").await;
+    assert_eq!(names(&body), ["v", "v", "1", "1"]);
+    assert_eq!(rows(&body)[0], json!(["2", "2", "1", "1"]));
 }

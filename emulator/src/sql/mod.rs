@@ -15,6 +15,7 @@ mod error;
 mod functions;
 mod generators;
 mod merge;
+mod naming;
 mod params;
 mod store;
 mod types;
@@ -304,9 +305,10 @@ fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
 }
 
 /// Rewrites what Databricks SQL means differently from DataFusion: generators and table-valued
-/// functions.
+/// functions, and the names of un-aliased result columns.
 fn databricks_dialect<N: ast::VisitMut>(node: &mut N) -> Result<(), SqlError> {
     generators::rewrite(node)?;
+    naming::name_columns(node);
     Ok(())
 }
 
@@ -344,7 +346,8 @@ async fn execute(state: &SessionState, statement: Statement) -> Result<Output, S
     let physical = frame.create_physical_plan().await?;
     let schema = physical.schema();
     let batches = datafusion::physical_plan::collect(physical, task).await?;
-    Ok(Output { schema, batches })
+    naming::unmark(Output { schema, batches })
+        .map_err(|err| SqlError::from(datafusion::error::DataFusionError::from(err)))
 }
 
 fn effect(statement: &Statement, state: &SessionState) -> Result<Effect, SqlError> {
