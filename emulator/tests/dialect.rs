@@ -1,7 +1,8 @@
 //! Where DataFusion's built-ins differ from Databricks SQL, the emulator answers as Databricks
-//! does: division, table-valued functions and generators and generated column names. Expected
-//! answers come from Databricks' SQL reference (the examples of `/`, `div`, `range`, `explode`,
-//! `posexplode`) and from Spark's record of its generated column names (sql-expression-schema.md).
+//! does: division, generated column names, table-valued functions and generators, and Spark's
+//! datetime patterns. Expected answers come from Databricks' SQL reference (the examples of
+//! `/`, `div`, `range`, `explode`, `posexplode`, `date_format`, `to_date`, `try_to_timestamp`)
+//! and from Spark's record of its generated column names (sql-expression-schema.md).
 
 mod common;
 
@@ -281,4 +282,166 @@ async fn unaliased_columns_are_named_as_databricks_prints_them() {
     let body = ws.sql("SELECT v, v, 1, 1 FROM r WHERE v = 2").await;
     assert_eq!(names(&body), ["v", "v", "1", "1"]);
     assert_eq!(rows(&body)[0], json!(["2", "2", "1", "1"]));
+}
+
+#[tokio::test]
+async fn date_format_takes_spark_patterns() {
+    let ws = Workspace::start(emulator_config()).await;
+    let body = ws
+        .execute(json!({
+            "statement": "SELECT date_format(:ts, 'yyyy-MM-dd HH:mm:ss') AS plain, \
+                          date_format(:ts, 'yyyy-MM-dd''T''HH:mm:ss.SSS') AS iso, \
+                          date_format(:ts, 'EEE, d MMM yyyy') AS short, \
+                          date_format(:ts, 'EEEE hh:mm a') AS clock, \
+                          date_format(:ts, 'yyyyMMdd') AS compact, \
+                          date_format(:ts, 'QQQ yy') AS quarter, \
+                          date_format('2016-04-08', 'y') AS year, \
+                          date_format(DATE '2016-04-08', 'MMMM') AS month",
+            "parameters": [
+                {"name": "ts", "value": "2025-11-04T15:07:09.123456Z", "type": "TIMESTAMP"},
+            ],
+        }))
+        .await
+        .1;
+    assert_eq!(body["status"]["state"], "SUCCEEDED", "{body}");
+    assert_eq!(types(&body), ["STRING"; 8]);
+    assert_eq!(
+        rows(&body)[0],
+        json!([
+            "2025-11-04 15:07:09",
+            "2025-11-04T15:07:09.123",
+            "Tue, 4 Nov 2025",
+            "Tuesday 03:07 PM",
+            "20251104",
+            "Q4 25",
+            "2016",
+            "April"
+        ])
+    );
+    let body = ws
+        .sql("SELECT date_format(TIMESTAMP '2025-11-29 15:04:05Z', 'HH:mm')")
+        .await;
+    assert_eq!(
+        names(&body),
+        ["date_format(TIMESTAMP '2025-11-29 15:04:05', HH:mm)"]
+    );
+    fails_with(
+        &ws,
+        "SELECT date_format(current_date(), 'QQQQQ')",
+        "INVALID_DATETIME_PATTERN.LENGTH",
+        "22007",
+    )
+    .await;
+    fails_with(
+        &ws,
+        "SELECT date_format(current_date(), 'YYYY-MM-dd')",
+        "INCONSISTENT_BEHAVIOR_CROSS_VERSION.DATETIME_WEEK_BASED_PATTERN",
+        "42K0B",
+    )
+    .await;
+    fails_with(
+        &ws,
+        "SELECT date_format(current_date(), 'yyyy-MM-ddTHH')",
+        "INVALID_DATETIME_PATTERN.WITH_SUGGESTION",
+        "22007",
+    )
+    .await;
+    // chrono's patterns are not Databricks patterns: `%Y` is a week-based year, and in
+    // `%H:%M` the letters are the hour and the month.
+    fails_with(
+        &ws,
+        "SELECT date_format(current_date(), '%Y-%m-%d')",
+        "INCONSISTENT_BEHAVIOR_CROSS_VERSION.DATETIME_WEEK_BASED_PATTERN",
+        "42K0B",
+    )
+    .await;
+    let body = ws
+        .sql("SELECT date_format(TIMESTAMP '2025-11-29 15:04:05Z', '%H:%M') AS t")
+        .await;
+    assert_eq!(rows(&body)[0], json!(["%15:%11"]));
+}
+
+#[tokio::test]
+async fn to_timestamp_and_to_date_take_spark_patterns() {
+    let ws = Workspace::start(emulator_config()).await;
+    let body = ws
+        .sql(
+            "SELECT to_date('2016-12-31', 'yyyy-MM-dd') AS d, \
+             to_date('2009-07-30 04:17:52') AS cast_date, \
+             try_to_timestamp('2016-12-31', 'yyyy-MM-dd') AS midnight, \
+             try_to_timestamp('2016-12-32', 'yyyy-MM-dd') AS invalid, \
+             to_timestamp('2016-12-31 00:12:00') AS cast_timestamp, \
+             to_timestamp('29/11/2025 3:04 PM', 'dd/MM/yyyy h:mm a') AS clock, \
+             to_timestamp('2025-11-29T12:00:00.5+02:00', 'yyyy-MM-dd''T''HH:mm:ss.SSSXXX') AS zoned, \
+             to_timestamp(1764417600) AS seconds",
+        )
+        .await;
+    assert_eq!(
+        types(&body),
+        [["DATE"; 2].as_slice(), &["TIMESTAMP"; 6]].concat()
+    );
+    assert_eq!(
+        rows(&body)[0],
+        json!([
+            "2016-12-31",
+            "2009-07-30",
+            "2016-12-31T00:00:00.000Z",
+            null,
+            "2016-12-31T00:12:00.000Z",
+            "2025-11-29T15:04:00.000Z",
+            "2025-11-29T10:00:00.500Z",
+            "2025-11-29T12:00:00.000Z"
+        ])
+    );
+    let body = ws
+        .sql(
+            "SELECT from_unixtime(0) AS epoch, from_unixtime(1764417600, 'EEE d MMM') AS day, \
+             to_unix_timestamp('2016-04-08', 'yyyy-MM-dd') AS parsed, \
+             unix_timestamp('2016-04-08 00:00:01') AS default_pattern, \
+             unix_timestamp(TIMESTAMP '1969-12-31 23:59:59.5Z') AS before_epoch, \
+             unix_timestamp() BETWEEN unix_seconds(current_timestamp()) - 1 \
+               AND unix_seconds(current_timestamp()) AS now",
+        )
+        .await;
+    assert_eq!(
+        types(&body),
+        ["STRING", "STRING", "BIGINT", "BIGINT", "BIGINT", "BOOLEAN"]
+    );
+    assert_eq!(
+        rows(&body)[0],
+        json!([
+            "1970-01-01 00:00:00",
+            "Sat 29 Nov",
+            "1460073600",
+            "1460073601",
+            "-1",
+            "true"
+        ])
+    );
+    let message = fails_with(
+        &ws,
+        "SELECT to_timestamp('2016-12-32', 'yyyy-MM-dd')",
+        "CANNOT_PARSE_TIMESTAMP",
+        "22007",
+    )
+    .await;
+    assert!(
+        message.contains("Text '2016-12-32' could not be parsed"),
+        "{message}"
+    );
+    fails_with(
+        &ws,
+        "SELECT unix_timestamp('2016/04/08', 'yyyy-MM-dd')",
+        "CANNOT_PARSE_TIMESTAMP",
+        "22007",
+    )
+    .await;
+    // A common mistake: week-based year and day of year.
+    fails_with(
+        &ws,
+        "SELECT to_date('2024-12-18', 'YYYY-MM-DD')",
+        "INCONSISTENT_BEHAVIOR_CROSS_VERSION.DATETIME_WEEK_BASED_PATTERN",
+        "42K0B",
+    )
+    .await;
 }

@@ -9,6 +9,7 @@
 //! path. Writes are serialized by one lock and, with a data directory, persisted by [`store`].
 
 mod arithmetic;
+mod datetime;
 mod ddl;
 mod dialect;
 mod error;
@@ -136,6 +137,7 @@ impl Engine {
         for function in arithmetic::functions()
             .into_iter()
             .chain(generators::functions())
+            .chain(datetime::functions())
         {
             ctx.register_udf(function);
         }
