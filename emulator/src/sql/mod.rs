@@ -1,10 +1,14 @@
 //! The SQL engine: Databricks SQL on DataFusion.
 //!
-//! A statement is parsed with sqlparser's Databricks dialect (plus [`ddl`] for the Delta
-//! clauses sqlparser lacks), an insert-only MERGE becomes an INSERT ([`merge`]), its parameters
-//! are bound in the syntax tree ([`params`]), Databricks type spellings and function names are
-//! rewritten for DataFusion ([`types`], [`functions`], which also adds Databricks-only functions),
-//! and the tree goes to DataFusion's planner directly, never back through SQL text. Tables are
+//! A statement is parsed with sqlparser's Databricks dialect plus `div` ([`dialect`], and [`ddl`]
+//! for the Delta clauses sqlparser lacks), an insert-only MERGE becomes an INSERT ([`merge`]),
+//! generators and table-valued functions become what DataFusion plans ([`generators`]),
+//! un-aliased result columns get Databricks' names ([`naming`]), its parameters are bound in the
+//! syntax tree ([`params`]), Databricks type spellings and function names are rewritten for
+//! DataFusion ([`types`], [`functions`], which also adds Databricks-only functions), and the tree
+//! goes to DataFusion's planner directly, never back through SQL text. Where a DataFusion
+//! built-in means something else, a Databricks one replaces it: division ([`arithmetic`]) and
+//! the functions that take Spark's datetime patterns ([`datetime`]). Tables are
 //! in-memory Arrow tables that accept INSERT; NOT NULL columns are enforced by DataFusion's insert
 //! path. Writes are serialized by one lock and, with a data directory, persisted by [`store`].
 
