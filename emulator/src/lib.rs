@@ -117,12 +117,24 @@
 //! - `MERGE` with `WHEN MATCHED` or `WHEN NOT MATCHED BY SOURCE` clauses, or with more than one
 //!   `WHEN NOT MATCHED` clause (FAILED with `UNSUPPORTED_FEATURE`); `UPDATE`, `DELETE`, Delta
 //!   time travel, `COPY INTO`, volumes and the Files API.
-//! - Other Databricks-only functions (`inline`, `posexplode`, `get_json_object`, ...),
-//!   `from_json` options other than `mode`, `explode` of a map or in FROM, field access on a function result
-//!   (`from_json(...).a`; alias it in a subquery first), and ARRAY/MAP/STRUCT columns and
-//!   parameters; nested values in results are printed Arrow's way, not as JSON.
-//! - `/` between integers divides as integers (Databricks gives a DOUBLE); `floor(a / b)` of
-//!   non-negative numbers agrees.
+//! - Other Databricks-only functions (`inline`, `get_json_object`, `timestampdiff`, ...),
+//!   `from_json` options other than `mode`, `explode` of a MAP, generators in FROM that refer to
+//!   another table's columns (LATERAL), field access on a function result (`from_json(...).a`;
+//!   alias it in a subquery first), and ARRAY/MAP/STRUCT columns and parameters; nested values
+//!   in results are printed Arrow's way, not as JSON.
+//! - Literal types: `1` is a BIGINT and `2.5` a DOUBLE (Databricks: INT and DECIMAL(2,1)), so
+//!   arithmetic on decimal literals gives DOUBLEs where Databricks gives DECIMALs. DECIMAL `/`
+//!   keeps DataFusion's precision and scale; `try_divide` of DECIMALs gives a DOUBLE; `div` also
+//!   takes DOUBLEs (truncating).
+//! - Un-aliased result columns get Databricks' names (`count(1)`, `(a + 1)`, `FLOOR(x)`) except
+//!   window functions, parameter markers, INTERVAL literals and functions whose Databricks name
+//!   shows arguments the call leaves out (`substr(s, 2)`, `lag(x)`, ...), which keep
+//!   DataFusion's; alias those.
+//! - Datetime patterns: the letters `V`, `v` and `g` (zone IDs, generic zone names, Julian
+//!   days), and `z` when parsing, are refused (UNSUPPORTED_FEATURE). Patterns Java's formatter
+//!   refuses (`yyyy-MM-ddTHH`) fail with INVALID_DATETIME_PATTERN.WITH_SUGGESTION (Databricks
+//!   documents INVALID_DATETIME_PATTERN) and unparseable values with CANNOT_PARSE_TIMESTAMP; the
+//!   text after the class may be worded otherwise.
 //! - Transactions: a write that fails midway may leave rows behind; writes are serialized.
 //! - Permissions and ACLs (every authenticated caller may do everything), PAT management,
 //!   secret ACLs, Azure Key Vault scopes; secrets are not persisted.

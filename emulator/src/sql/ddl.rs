@@ -3,7 +3,6 @@
 //! COMMENT, TBLPROPERTIES, OPTIONS, LOCATION) are parsed and ignored.
 
 use datafusion::sql::sqlparser::ast::{ColumnDef, ObjectName, Query};
-use datafusion::sql::sqlparser::dialect::DatabricksDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{IsOptional, Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
@@ -27,7 +26,7 @@ pub struct CreateTable {
 
 /// Parses `sql` when it is one of the statements handled here; `Ok(None)` otherwise.
 pub fn parse(sql: &str) -> Result<Option<Ddl>, ParserError> {
-    let mut parser = Parser::new(&DatabricksDialect {}).try_with_sql(sql)?;
+    let mut parser = Parser::new(&super::dialect::Databricks).try_with_sql(sql)?;
     if !parser.parse_keyword(Keyword::CREATE) {
         return Ok(None);
     }

@@ -40,6 +40,16 @@ impl SqlError {
         Self::new("UNSUPPORTED_FEATURE", "0A000", detail)
     }
 
+    /// A zero divisor, which Databricks SQL refuses in its default ANSI mode.
+    pub fn divide_by_zero() -> Self {
+        Self::new(
+            "DIVIDE_BY_ZERO",
+            "22012",
+            "Division by zero. Use `try_divide` to tolerate divisor being 0 and return NULL \
+             instead. If necessary set \"ansi_mode\" to \"false\" to bypass this error.",
+        )
+    }
+
     /// The text Databricks puts in `status.error.message`.
     pub fn message(&self) -> String {
         let mut message = match self.class {
@@ -120,6 +130,10 @@ impl From<DataFusionError> for SqlError {
         if lower.starts_with("table '") && lower.ends_with("not found") {
             let name = detail.split('\'').nth(1).unwrap_or_default();
             return Self::table_not_found(name);
+        }
+        // Arrow's integer and decimal kernels (`%`, DECIMAL `/`).
+        if lower.contains("divide by zero") {
+            return Self::divide_by_zero();
         }
         if lower.contains("cast error") {
             return Self::new("CAST_INVALID_INPUT", "22018", detail);

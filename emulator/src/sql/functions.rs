@@ -35,8 +35,9 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(UnixTime::new("unix_micros", 1)));
 }
 
-/// Renames a call to a Databricks function that DataFusion knows by another name, and turns
-/// `from_json`'s options map into the one option the emulator implements, the parse mode.
+/// Renames a call to a Databricks function that DataFusion knows by another name, turns
+/// `from_json`'s options map into the one option the emulator implements, the parse mode, and
+/// `unix_timestamp()` into the current time's.
 pub fn rename(function: &mut ast::Function) {
     let [part] = function.name.0.as_mut_slice() else {
         return;
@@ -46,9 +47,43 @@ pub fn rename(function: &mut ast::Function) {
     };
     match name.as_str() {
         "explode" => *part = ObjectNamePart::Identifier(Ident::new("unnest")),
+        "explode_outer" => *part = ObjectNamePart::Identifier(Ident::new("unnest_outer")),
+        "array" => *part = ObjectNamePart::Identifier(Ident::new("make_array")),
+        "unix_timestamp" => current_unix_timestamp(function),
         "from_json" => options_to_mode(function),
         _ => {}
     }
+}
+
+/// `unix_timestamp()`, without arguments, is `unix_seconds(current_timestamp())`: the statement's
+/// start in whole seconds.
+fn current_unix_timestamp(function: &mut ast::Function) {
+    let no_arguments = match &function.args {
+        ast::FunctionArguments::None => true,
+        ast::FunctionArguments::List(list) => list.args.is_empty(),
+        ast::FunctionArguments::Subquery(_) => false,
+    };
+    if !no_arguments {
+        return;
+    }
+    let now = ast::Function {
+        name: ast::ObjectName::from(vec![Ident::new("current_timestamp")]),
+        uses_odbc_syntax: false,
+        parameters: ast::FunctionArguments::None,
+        args: ast::FunctionArguments::None,
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: Vec::new(),
+    };
+    function.name = ast::ObjectName::from(vec![Ident::new("unix_seconds")]);
+    function.args = ast::FunctionArguments::List(ast::FunctionArgumentList {
+        duplicate_treatment: None,
+        args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+            ast::Expr::Function(now),
+        ))],
+        clauses: Vec::new(),
+    });
 }
 
 /// `from_json(json, schema, map('mode', 'FAILFAST', ...))` becomes

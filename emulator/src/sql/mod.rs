@@ -1,17 +1,26 @@
 //! The SQL engine: Databricks SQL on DataFusion.
 //!
-//! A statement is parsed with sqlparser's Databricks dialect (plus [`ddl`] for the Delta
-//! clauses sqlparser lacks), an insert-only MERGE becomes an INSERT ([`merge`]), its parameters
-//! are bound in the syntax tree ([`params`]), Databricks type spellings and function names are
-//! rewritten for DataFusion ([`types`], [`functions`], which also adds Databricks-only functions),
-//! and the tree goes to DataFusion's planner directly, never back through SQL text. Tables are
+//! A statement is parsed with sqlparser's Databricks dialect plus `div` ([`dialect`], and [`ddl`]
+//! for the Delta clauses sqlparser lacks), an insert-only MERGE becomes an INSERT ([`merge`]),
+//! generators and table-valued functions become what DataFusion plans ([`generators`]),
+//! un-aliased result columns get Databricks' names ([`naming`]), its parameters are bound in the
+//! syntax tree ([`params`]), Databricks type spellings and function names are rewritten for
+//! DataFusion ([`types`], [`functions`], which also adds Databricks-only functions), and the tree
+//! goes to DataFusion's planner directly, never back through SQL text. Where a DataFusion
+//! built-in means something else, a Databricks one replaces it: division ([`arithmetic`]) and
+//! the functions that take Spark's datetime patterns ([`datetime`]). Tables are
 //! in-memory Arrow tables that accept INSERT; NOT NULL columns are enforced by DataFusion's insert
 //! path. Writes are serialized by one lock and, with a data directory, persisted by [`store`].
 
+mod arithmetic;
+mod datetime;
 mod ddl;
+mod dialect;
 mod error;
 mod functions;
+mod generators;
 mod merge;
+mod naming;
 mod params;
 mod store;
 mod types;
@@ -28,13 +37,12 @@ use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, TableProvider,
 };
 use datafusion::datasource::MemTable;
-use datafusion::execution::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as EngineStatement;
 use datafusion::sql::sqlparser::ast::{
     self, Expr, Ident, ObjectName, Statement, visit_expressions_mut,
 };
-use datafusion::sql::sqlparser::dialect::DatabricksDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
@@ -128,8 +136,17 @@ impl Engine {
             .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA)
             .with_information_schema(true)
             .set_str("datafusion.execution.time_zone", types::UTC);
-        let ctx = SessionContext::new_with_config(config);
+        let mut ctx = SessionContext::new_with_config(config);
         functions::register(&ctx);
+        for function in arithmetic::functions()
+            .into_iter()
+            .chain(generators::functions())
+            .chain(datetime::functions())
+        {
+            ctx.register_udf(function);
+        }
+        ctx.register_expr_planner(Arc::new(arithmetic::Operators::new()))
+            .expect("registering a planner cannot fail");
         let store = data_dir.map(store::Store::new).transpose()?;
         if let Some(store) = &store {
             store.load(&ctx)?;
@@ -154,6 +171,7 @@ impl Engine {
         let kind = match ddl::parse(request.statement)? {
             Some(ddl::Ddl::CreateTable(mut create)) => {
                 if let Some(query) = &mut create.query {
+                    databricks_dialect(query.as_mut())?;
                     bind(query.as_mut(), request.parameters)?;
                 }
                 Kind::CreateTable(Box::new(create))
@@ -178,6 +196,7 @@ impl Engine {
                     insert @ Statement::Insert(_) => (insert, Some(Counts::Insert)),
                     statement => (statement, None),
                 };
+                databricks_dialect(&mut statement)?;
                 bind(&mut statement, request.parameters)?;
                 let effect = effect(&statement, &state)?;
                 Kind::Sql {
@@ -282,13 +301,21 @@ impl Prepared {
 
 /// Parses statements, first spelling out the MERGE forms sqlparser lacks.
 fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
-    let dialect = DatabricksDialect {};
+    let dialect = dialect::Databricks;
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(ParserError::from)?;
     Ok(Parser::new(&dialect)
         .with_tokens_with_locations(merge::spell_out_stars(tokens))
         .parse_statements()?)
+}
+
+/// Rewrites what Databricks SQL means differently from DataFusion: generators and table-valued
+/// functions, and the names of un-aliased result columns.
+fn databricks_dialect<N: ast::VisitMut>(node: &mut N) -> Result<(), SqlError> {
+    generators::rewrite(node)?;
+    naming::name_columns(node);
+    Ok(())
 }
 
 /// Binds the parameters and rewrites Databricks spellings of types and functions.
@@ -319,9 +346,14 @@ async fn execute(state: &SessionState, statement: Statement) -> Result<Output, S
     let frame = SessionContext::new_with_state(state.clone())
         .execute_logical_plan(plan)
         .await?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await?;
-    Ok(Output { schema, batches })
+    // The schema of the physical plan, which (unlike the unanalyzed logical plan's) has the
+    // types coercion settled on, e.g. DOUBLE for a UNION of BIGINT and DOUBLE.
+    let task = Arc::new(frame.task_ctx());
+    let physical = frame.create_physical_plan().await?;
+    let schema = physical.schema();
+    let batches = datafusion::physical_plan::collect(physical, task).await?;
+    naming::unmark(Output { schema, batches })
+        .map_err(|err| SqlError::from(datafusion::error::DataFusionError::from(err)))
 }
 
 fn effect(statement: &Statement, state: &SessionState) -> Result<Effect, SqlError> {
