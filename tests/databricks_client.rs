@@ -13,7 +13,9 @@ use lakegate::databricks::{
     Value,
 };
 use lakegate_emulator::{EmulatorConfig, Faults};
-use lakegate_testkit::{PAT, SP_ID, SP_SECRET, emulator_config, eventually, eventually_async, start_emulator};
+use lakegate_testkit::{
+    PAT, SP_ID, SP_SECRET, emulator_config, eventually, eventually_async, start_emulator,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use common::{config, m2m, m2m_client, pat, pat_client};
