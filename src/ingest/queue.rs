@@ -27,7 +27,7 @@ pub struct Submission {
 /// Room held in the queue, given back when dropped (once the rows are committed).
 pub struct QueueRoom {
     rows: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +72,17 @@ impl IngestQueue {
     /// Claims room for `rows`, so that nothing else is spent (rate limits) on a
     /// request the queue would refuse anyway.
     pub fn reserve(&self, rows: &[TableRow]) -> Result<Reservation, QueueError> {
-        let bytes = rows.iter().map(TableRow::queued_bytes).sum();
+        self.reserve_for(rows)
+    }
+
+    /// [`IngestQueue::reserve`] for rows that are not in one slice.
+    pub fn reserve_for<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a TableRow>,
+    ) -> Result<Reservation, QueueError> {
+        let (count, bytes) = rows.into_iter().fold((0, 0), |(count, bytes), row| {
+            (count + 1, bytes + row.queued_bytes())
+        });
         let take = |semaphore: &Arc<Semaphore>, n: usize| {
             let n = u32::try_from(n).map_err(|_| QueueError::Full)?;
             semaphore
@@ -81,8 +91,8 @@ impl IngestQueue {
                 .map_err(|_| QueueError::Full)
         };
         let room = QueueRoom {
-            rows: take(&self.rows, rows.len())?,
-            _bytes: take(&self.bytes, bytes)?,
+            rows: take(&self.rows, count)?,
+            bytes: take(&self.bytes, bytes)?,
         };
         Ok(Reservation {
             room,
@@ -118,6 +128,18 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Gives back the room reserved beyond what `rows` take: some of the rows it was
+    /// reserved for will not be queued after all.
+    pub fn keep_only(&mut self, rows: &[TableRow]) {
+        let bytes: usize = rows.iter().map(TableRow::queued_bytes).sum();
+        let release = |permit: &mut OwnedSemaphorePermit, keep: usize| {
+            let excess = permit.num_permits().saturating_sub(keep);
+            drop(permit.split(excess));
+        };
+        release(&mut self.room.rows, rows.len());
+        release(&mut self.room.bytes, bytes);
+    }
+
     /// Queues `rows`, the rows room was reserved for.
     pub fn submit(
         self,
@@ -140,5 +162,49 @@ impl Reservation {
             })
             .map_err(|_| QueueError::Closed)?;
         Ok(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(metric: &str) -> TableRow {
+        TableRow {
+            device_id: "d".into(),
+            reading_id: "r".into(),
+            ts_us: 0,
+            metric: metric.to_owned(),
+            value: Some(1.0),
+            value_str: None,
+        }
+    }
+
+    #[test]
+    fn room_not_needed_after_all_is_given_back_at_once() {
+        let rows: Vec<TableRow> = ["a", "b", "c", "d"].map(row).into();
+        let bytes: usize = rows.iter().map(TableRow::queued_bytes).sum();
+        let (queue, mut receiver) = IngestQueue::new(QueueCapacity {
+            rows: 5,
+            bytes: bytes * 2,
+        });
+        let mut reservation = queue.reserve_for(&rows).unwrap();
+        assert_eq!((queue.depth(), queue.depth_bytes()), (4, bytes));
+        assert!(matches!(queue.reserve(&rows[..2]), Err(QueueError::Full)));
+
+        // Only one of the four rows is queued after all: three rows' room is free again.
+        let kept = vec![row("a")];
+        reservation.keep_only(&kept);
+        assert_eq!(
+            (queue.depth(), queue.depth_bytes()),
+            (1, kept[0].queued_bytes())
+        );
+        assert!(queue.reserve(&rows[..3]).is_ok());
+        reservation.submit(kept, false).unwrap();
+        let submission = receiver.try_recv().unwrap();
+        assert_eq!(submission.rows.len(), 1);
+        assert_eq!(queue.depth(), 1, "held until the rows are committed");
+        drop(submission);
+        assert_eq!((queue.depth(), queue.depth_bytes()), (0, 0));
     }
 }
