@@ -422,7 +422,7 @@ mod tests {
 
     fn authenticates(document: &Value, key: &str) -> Option<String> {
         let registry = Registry::parse(&serde_json::to_vec(document).unwrap()).unwrap();
-        registry.authenticate(key).ok().map(|d| d.id.to_string())
+        registry.authenticate(key).ok().map(|d| d.id().to_string())
     }
 
     #[test]

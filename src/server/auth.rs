@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 
 use super::error::HttpError;
 use super::state::AppState;
-use crate::devices::{AuthFailure, Device};
+use crate::devices::{AuthFailure, Device, Sender};
 use crate::rate_limits::{Credential, address_block, client_address};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -30,8 +30,9 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
         match app.keys.current().authenticate(key) {
-            Ok(device) => Ok(AuthenticatedDevice(device)),
-            Err(AuthFailure::UnknownKey) => Err(failed_authentication(
+            Ok(Sender::Device(device)) => Ok(AuthenticatedDevice(device)),
+            // Relay keys are refused as unknown until the ingest handler takes a relay's batch.
+            Ok(Sender::Relay(_)) | Err(AuthFailure::UnknownKey) => Err(failed_authentication(
                 parts,
                 app,
                 Credential::Device,
@@ -44,6 +45,12 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
                     .auth_failure(Credential::Device.as_str(), "disabled");
                 app.rate_limits.admit_disabled(&device_id)?;
                 Err(HttpError::device_disabled(&device_id))
+            }
+            Err(AuthFailure::RelayDisabled { relay_id }) => {
+                // The same for a relay: its own request budget, not its address's.
+                app.metrics.auth_failure("relay", "disabled");
+                app.rate_limits.admit_relay_request(&relay_id)?;
+                Err(HttpError::relay_disabled(&relay_id))
             }
         }
     }
