@@ -1,26 +1,35 @@
-//! Device authentication as an extractor: a handler that takes
-//! `AuthenticatedDevice` only runs for a known, enabled device's key, and the
-//! key is checked before the body is read.
+//! Sender authentication as an extractor: a handler that takes
+//! `AuthenticatedSender` only runs for the key of a known, enabled device or site
+//! relay, and the key is checked before the body is read.
 //!
 //! The key is checked first: a valid key is never held up by failures from its
 //! address (a site's NAT, a carrier gateway, the Apps proxy), only by its own
-//! device and the global limits. The address's failure budget slows failures only.
+//! device's (or relay's) and the global limits. The address's failure budget slows
+//! failures only. A device key and a relay key are one kind of credential: a key that
+//! matches neither gets the same 401 whether it was missing or wrong.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::error::HttpError;
 use super::state::AppState;
-use crate::devices::{AuthFailure, Device, Sender};
+use crate::devices::{AuthFailure, Registry, Sender};
 use crate::rate_limits::{Credential, address_block, client_address};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-pub struct AuthenticatedDevice(pub Device);
+/// Who sent the request, and the registry that said so: a relay's readings name their
+/// devices, which are looked up in that same registry (a reload meanwhile does not
+/// change what the request sees).
+pub struct AuthenticatedSender {
+    pub sender: Sender,
+    pub registry: Arc<Registry>,
+}
 
-impl FromRequestParts<AppState> for AuthenticatedDevice {
+impl FromRequestParts<AppState> for AuthenticatedSender {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
@@ -29,10 +38,10 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             .get(API_KEY_HEADER)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        match app.keys.current().authenticate(key) {
-            Ok(Sender::Device(device)) => Ok(AuthenticatedDevice(device)),
-            // Relay keys are refused as unknown until the ingest handler takes a relay's batch.
-            Ok(Sender::Relay(_)) | Err(AuthFailure::UnknownKey) => Err(failed_authentication(
+        let registry = app.keys.current();
+        match registry.authenticate(key) {
+            Ok(sender) => Ok(AuthenticatedSender { sender, registry }),
+            Err(AuthFailure::UnknownKey) => Err(failed_authentication(
                 parts,
                 app,
                 Credential::Device,
