@@ -10,7 +10,8 @@ mod shards;
 mod source;
 
 pub use admin::{
-    AdminError, KeyChange, RegistryStore, apply, change_registry, listing, secrets_from_environment,
+    AdminError, EntryKind, KeyChange, RegistryStore, Subject, apply, change_registry, listing,
+    secrets_from_environment,
 };
 pub(crate) use keys::{BadHash, KeyHash};
 pub use keys::{NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions};
