@@ -59,6 +59,8 @@ error_codes! {
     /// A missing or unknown device key or reader token: one answer for both.
     Unauthorized = ("unauthorized", UNAUTHORIZED),
     DeviceDisabled = ("device_disabled", FORBIDDEN),
+    /// A site relay's key, and the relay is disabled.
+    RelayDisabled = ("relay_disabled", FORBIDDEN),
     /// The read API has no way to authenticate anyone.
     ReadApiDisabled = ("read_api_disabled", NOT_FOUND),
     /// Behind the Apps proxy, reads run as the user, and the proxy sent no user token.
@@ -67,7 +69,11 @@ error_codes! {
     NotAReader = ("not_a_reader", FORBIDDEN),
 
     // Push-back: wait and retry (`Retry-After`).
+    /// The device is over its rate; from a relay: every reading it could take was for a
+    /// device over its rate (`rejected` lists them).
     DeviceRateLimited = ("device_rate_limited", TOO_MANY_REQUESTS),
+    /// A site relay sends more requests than its own budget.
+    RelayRateLimited = ("relay_rate_limited", TOO_MANY_REQUESTS),
     GatewayRateLimited = ("gateway_rate_limited", TOO_MANY_REQUESTS),
     /// One reader (a token, a signed-in user) asks the read API too often.
     ReaderRateLimited = ("reader_rate_limited", TOO_MANY_REQUESTS),

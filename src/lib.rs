@@ -26,14 +26,18 @@
 //!    request, request metrics (`metrics.rs`), then `POST /ingest`.
 //! 3. **Who is sending** (`server/auth.rs`): the `X-API-Key` is hashed and looked up
 //!    in the registry (`devices/registry.rs`, swapped whole by reloads in
-//!    `devices/live.rs`); failed attempts count against the client address's budget
-//!    (`rate_limits.rs`, which also knows which address a request comes from).
-//! 4. **The handler** (`server/ingest.rs`, kept thin): the device's rate is checked
-//!    before the body is read (`rate_limits.rs`); the body is decoded and split into
-//!    readings (`ingest/body.rs`: size caps, gzip, JSON or NDJSON), each reading
-//!    validated and turned into rows, one per metric (`ingest/reading.rs`,
+//!    `devices/live.rs`): a device, or a site relay forwarding readings for the devices
+//!    its patterns name (`devices/relays.rs`); failed attempts count against the client
+//!    address's budget (`rate_limits.rs`, which also knows which address a request
+//!    comes from).
+//! 4. **The handler** (`server/ingest.rs`, kept thin): the device's (or the relay's)
+//!    rate is checked before the body is read (`rate_limits.rs`); the body is decoded
+//!    and split into readings (`ingest/body.rs`: size caps, gzip, JSON or NDJSON), each
+//!    reading validated and turned into rows, one per metric (`ingest/reading.rs`,
 //!    `ingest/request.rs`, reasons in `ingest/rejection.rs`; the row is
-//!    [`table`]'s `TableRow`).
+//!    [`table`]'s `TableRow`). A relay's readings each name their device, checked
+//!    against the relay's patterns and the registry (`ingest/relayed.rs`), and each
+//!    spends its device's own rate (`server/relayed.rs`).
 //! 5. **Queue** (`ingest/queue.rs`): the rows take room in a queue bounded in rows
 //!    and bytes, all or nothing (503 `unavailable` when full), then the global rate.
 //!    With `?ack=accept` the device hears 202 now; by default it waits for step 7.

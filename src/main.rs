@@ -126,8 +126,57 @@ enum KeysCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
-    /// List the devices: keys per device, disabled, limits (never a key or a hash).
+    /// List the devices (keys, disabled, limits) and relays (keys, disabled, devices):
+    /// never a key or a hash.
     List {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Add a site relay with a new key: prints the key once, on its own line.
+    AddRelay {
+        relay_id: String,
+        /// The devices the relay may send readings for: device ids, or prefixes
+        /// ending in `*`, comma-separated ('pump-7,line-3-*').
+        #[arg(long, value_delimiter = ',', required = true)]
+        devices: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Give a relay a second key; the old one works until `revoke-old-relay`.
+    RotateRelay {
+        relay_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Keep only the relay's newest key.
+    RevokeOldRelay {
+        relay_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Remove the relay and all its keys.
+    RevokeRelay {
+        relay_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Refuse the relay's keys (403) until `enable-relay`.
+    DisableRelay {
+        relay_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    EnableRelay {
+        relay_id: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Replace the devices a relay may send readings for.
+    RelayDevices {
+        relay_id: String,
+        /// Device ids, or prefixes ending in `*`, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        devices: Vec<String>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -227,6 +276,44 @@ fn keys(action: KeysCommand) -> ExitCode {
             device_id,
             registry,
         } => (Some(KeyChange::Enable { device: device_id }), registry),
+        KeysCommand::AddRelay {
+            relay_id,
+            devices,
+            registry,
+        } => (
+            Some(KeyChange::AddRelay {
+                relay: relay_id,
+                devices,
+            }),
+            registry,
+        ),
+        KeysCommand::RotateRelay { relay_id, registry } => {
+            (Some(KeyChange::RotateRelay { relay: relay_id }), registry)
+        }
+        KeysCommand::RevokeOldRelay { relay_id, registry } => (
+            Some(KeyChange::RevokeOldRelay { relay: relay_id }),
+            registry,
+        ),
+        KeysCommand::RevokeRelay { relay_id, registry } => {
+            (Some(KeyChange::RevokeRelay { relay: relay_id }), registry)
+        }
+        KeysCommand::DisableRelay { relay_id, registry } => {
+            (Some(KeyChange::DisableRelay { relay: relay_id }), registry)
+        }
+        KeysCommand::EnableRelay { relay_id, registry } => {
+            (Some(KeyChange::EnableRelay { relay: relay_id }), registry)
+        }
+        KeysCommand::RelayDevices {
+            relay_id,
+            devices,
+            registry,
+        } => (
+            Some(KeyChange::RelayDevices {
+                relay: relay_id,
+                devices,
+            }),
+            registry,
+        ),
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(change_keys(change, registry)) {
@@ -370,6 +457,19 @@ fn describe(change: &KeyChange) -> String {
         KeyChange::Revoke { device } => format!("removed {device:?} and its keys"),
         KeyChange::Disable { device } => format!("disabled {device:?}"),
         KeyChange::Enable { device } => format!("enabled {device:?}"),
+        KeyChange::AddRelay { relay, .. } => format!("added relay {relay:?} with a new key"),
+        KeyChange::RotateRelay { relay } => {
+            format!("relay {relay:?} has a new key; the old one works until `revoke-old-relay`")
+        }
+        KeyChange::RevokeOldRelay { relay } => {
+            format!("relay {relay:?} keeps only its newest key")
+        }
+        KeyChange::RevokeRelay { relay } => format!("removed relay {relay:?} and its keys"),
+        KeyChange::DisableRelay { relay } => format!("disabled relay {relay:?}"),
+        KeyChange::EnableRelay { relay } => format!("enabled relay {relay:?}"),
+        KeyChange::RelayDevices { relay, devices } => {
+            format!("relay {relay:?} now sends for {}", devices.join(","))
+        }
     }
 }
 

@@ -29,6 +29,17 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    pub relay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayReasonLabels {
+    pub relay: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -53,7 +64,7 @@ impl ConnectionMetrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthFailureLabels {
-    /// `device` or `reader`.
+    /// `device` (any `X-API-Key` that matched nothing), `relay` (a disabled relay's) or `reader`.
     pub kind: &'static str,
     pub outcome: &'static str,
 }
@@ -64,6 +75,11 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub readings_accepted: Counter,
     pub readings_rejected: Family<ReasonLabels, Counter>,
+    /// Readings site relays forwarded that were accepted, per relay (also in `readings_accepted`).
+    pub relay_readings_accepted: Family<RelayLabels, Counter>,
+    /// Readings site relays forwarded that were refused, per relay and reason (also in
+    /// `readings_rejected`).
+    pub relay_readings_rejected: Family<RelayReasonLabels, Counter>,
     pub batches: Family<OutcomeLabels, Counter>,
     pub batch_rows: Histogram,
     pub statement_seconds: Histogram,
@@ -86,6 +102,8 @@ impl Default for Metrics {
         let requests = Family::default();
         let readings_accepted = Counter::default();
         let readings_rejected = Family::default();
+        let relay_readings_accepted = Family::default();
+        let relay_readings_rejected = Family::default();
         let batches = Family::default();
         let batch_rows = Histogram::new(exponential_buckets(1.0, 4.0, 9));
         let statement_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
@@ -129,6 +147,16 @@ impl Default for Metrics {
             "readings_rejected",
             "Readings rejected, by reason",
             readings_rejected.clone(),
+        );
+        registry.register(
+            "relay_readings_accepted",
+            "Readings accepted from site relays, by relay",
+            relay_readings_accepted.clone(),
+        );
+        registry.register(
+            "relay_readings_rejected",
+            "Readings from site relays rejected, by relay and reason",
+            relay_readings_rejected.clone(),
         );
         registry.register(
             "batches",
@@ -193,6 +221,8 @@ impl Default for Metrics {
             requests,
             readings_accepted,
             readings_rejected,
+            relay_readings_accepted,
+            relay_readings_rejected,
             batches,
             batch_rows,
             statement_seconds,
@@ -213,12 +243,46 @@ impl Default for Metrics {
 impl Metrics {
     /// `reason` is the rejection's snake_case name, as devices see it.
     pub fn reject(&self, device_id: &Arc<str>, reason: &'static str) {
+        self.count_rejection(reason);
+        self.activity.rejected(device_id);
+    }
+
+    /// A reading a relay forwarded was refused: counted for the relay, and for the
+    /// device when the registry knows which one it is (`None` when the reading named no
+    /// device the relay may speak for, or was refused before its device was known).
+    pub fn reject_relayed(
+        &self,
+        relay_id: &str,
+        device_id: Option<&Arc<str>>,
+        reason: &'static str,
+    ) {
+        self.count_rejection(reason);
+        self.relay_readings_rejected
+            .get_or_create(&RelayReasonLabels {
+                relay: relay_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        if let Some(device_id) = device_id {
+            self.activity.rejected(device_id);
+        }
+    }
+
+    fn count_rejection(&self, reason: &'static str) {
         self.readings_rejected
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })
             .inc();
-        self.activity.rejected(device_id);
+    }
+
+    /// Readings a relay forwarded were accepted (after [`Metrics::accept`]).
+    pub fn relay_accepted(&self, relay_id: &str, readings: u64) {
+        self.relay_readings_accepted
+            .get_or_create(&RelayLabels {
+                relay: relay_id.to_owned(),
+            })
+            .inc_by(readings);
     }
 
     pub fn accept(&self, readings: u64) {

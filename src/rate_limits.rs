@@ -1,5 +1,5 @@
-//! Rate limits: per device, across all devices, and for failed authentications
-//! per client address; and which address a request comes from.
+//! Rate limits: per device, per site relay, across all devices, and for failed
+//! authentications per client address; and which address a request comes from.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -41,6 +41,8 @@ pub struct RateLimited {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateLimitKind {
     Device,
+    /// A relay's own budget of requests (its readings spend their devices' budgets).
+    Relay,
     Global,
     AuthFailures,
     /// One reader's requests to the read API.
@@ -67,6 +69,9 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     /// One keyed limiter per distinct quota: a device whose quota changes
     /// moves to another limiter and starts with a full burst there.
     devices: RwLock<HashMap<DeviceQuota, Keyed<Arc<str>, C>>>,
+    /// Requests per relay, on the default device quota counted in requests; apart
+    /// from the devices' limiters, since a relay may share an id with a device.
+    relays: Keyed<Arc<str>, C>,
     global: Direct<C>,
     auth_failures: Keyed<FailureKey, C>,
     readers: Keyed<Arc<str>, C>,
@@ -110,9 +115,12 @@ impl<C: Clock + Clone> RateLimits<C> {
             .allow_burst(settings.auth_failure_burst);
         let readers =
             Quota::per_minute(settings.reader_requests_per_min).allow_burst(settings.reader_burst);
+        let relay =
+            Quota::per_second(settings.device_rate_per_sec).allow_burst(settings.device_burst);
         RateLimits {
             default_device_quota: (settings.device_rate_per_sec, settings.device_burst),
             devices: RwLock::default(),
+            relays: RateLimiter::dashmap_with_clock(relay, clock.clone()),
             global: RateLimiter::direct_with_clock(global, clock.clone()),
             auth_failures: RateLimiter::dashmap_with_clock(auth, clock.clone()),
             readers: RateLimiter::dashmap_with_clock(readers, clock.clone()),
@@ -151,8 +159,7 @@ impl<C: Clock + Clone> RateLimits<C> {
         if let Some(rest) = NonZeroU32::new(readings.saturating_sub(1)) {
             self.verdict(RateLimitKind::Device, self.check_device(device, rest))?;
         }
-        let rows = NonZeroU32::new(rows).unwrap_or(NonZeroU32::MIN);
-        self.verdict(RateLimitKind::Global, self.global.check_n(rows))
+        self.admit_rows(rows)
     }
 
     /// A disabled device: its requests still spend its own device budget (one each),
@@ -167,6 +174,29 @@ impl<C: Clock + Clone> RateLimits<C> {
             RateLimitKind::Device,
             self.check_device(&device, NonZeroU32::MIN),
         )
+    }
+
+    /// A relay's request, before its body is read, enabled or disabled: one unit of
+    /// the relay's own budget, so that a relay cannot have bodies read without limit.
+    pub fn admit_relay_request(&self, relay_id: &Arc<str>) -> Result<(), RateLimited> {
+        self.verdict(RateLimitKind::Relay, Ok(self.relays.check_key(relay_id)))
+    }
+
+    /// One reading a relay forwards for `device`: one unit of the device's own
+    /// budget, the same as if the device had sent it. Readings are admitted one by one,
+    /// so that a batch holding more of a device's readings than its burst still lets the
+    /// first ones through.
+    pub fn admit_relayed_reading(&self, device: &Device) -> Result<(), RateLimited> {
+        self.verdict(
+            RateLimitKind::Device,
+            self.check_device(device, NonZeroU32::MIN),
+        )
+    }
+
+    /// `rows` from the global budget, all or none.
+    pub fn admit_rows(&self, rows: u32) -> Result<(), RateLimited> {
+        let rows = NonZeroU32::new(rows).unwrap_or(NonZeroU32::MIN);
+        self.verdict(RateLimitKind::Global, self.global.check_n(rows))
     }
 
     /// After a failed authentication (only then: a valid credential is never
@@ -218,6 +248,9 @@ impl<C: Clock + Clone> RateLimits<C> {
         // An empty limiter is as good as a new one; this drops quotas no device uses any more.
         devices.retain(|_, limiter| !limiter.is_empty());
         drop(devices);
+
+        self.relays.retain_recent();
+        self.relays.shrink_to_fit();
 
         self.auth_failures.retain_recent();
         self.auth_failures.shrink_to_fit();
@@ -595,6 +628,54 @@ mod tests {
     }
 
     #[test]
+    fn relays_have_their_own_request_budget() {
+        let (limits, clock) = limits();
+        let relay: Arc<str> = "site-a".into();
+        for _ in 0..5 {
+            assert_eq!(limits.admit_relay_request(&relay), Ok(()));
+        }
+        assert_eq!(
+            limits.admit_relay_request(&relay),
+            refused(RateLimitKind::Relay, Duration::from_millis(100))
+        );
+        // A device of the same name is another budget; so is another relay.
+        assert_eq!(admit(&limits, &device("site-a", None, None), 5), Ok(()));
+        assert_eq!(limits.admit_relay_request(&"site-b".into()), Ok(()));
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(limits.admit_relay_request(&relay), Ok(()));
+    }
+
+    #[test]
+    fn relayed_readings_spend_their_devices_budgets_one_by_one() {
+        let (limits, clock) = limits();
+        let slow = device("slow", Some(1), Some(2));
+        // Burst 2: the first two readings pass, the third waits a second.
+        assert_eq!(limits.admit_relayed_reading(&slow), Ok(()));
+        assert_eq!(limits.admit_relayed_reading(&slow), Ok(()));
+        assert_eq!(
+            limits.admit_relayed_reading(&slow),
+            refused(RateLimitKind::Device, Duration::from_secs(1))
+        );
+        // The same budget as the device's own requests.
+        assert_eq!(
+            limits.admit_request(&slow),
+            refused(RateLimitKind::Device, Duration::from_secs(1))
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(limits.admit_request(&slow), Ok(()));
+        assert_eq!(
+            limits.admit_relayed_reading(&slow).unwrap_err().limit,
+            RateLimitKind::Device
+        );
+        // Rows from the global budget, all or none.
+        assert_eq!(limits.admit_rows(20), Ok(()));
+        assert_eq!(
+            limits.admit_rows(1),
+            refused(RateLimitKind::Global, Duration::from_millis(10))
+        );
+    }
+
+    #[test]
     fn failures_are_logged_at_most_once_a_minute_per_address() {
         let (limits, clock) = limits();
         let client: IpAddr = "192.0.2.1".parse().unwrap();
@@ -620,14 +701,17 @@ mod tests {
             let _ = limits.auth_failed(Credential::Device, client);
         }
         limits.failure_log_line(Credential::Device, client);
+        limits.admit_relay_request(&"site-a".into()).unwrap();
         limits.prune();
         assert_eq!(limits.devices.read().unwrap().len(), 2);
+        assert!(!limits.relays.is_empty());
         assert!(!limits.auth_failures.is_empty());
         assert_eq!(limits.failure_log.lock().unwrap().len(), 1);
 
         clock.advance(Duration::from_secs(60));
         limits.prune();
         assert!(limits.devices.read().unwrap().is_empty());
+        assert!(limits.relays.is_empty());
         assert!(limits.auth_failures.is_empty());
         assert!(limits.failure_log.lock().unwrap().is_empty());
         assert_eq!(limits.auth_failed(Credential::Device, client), Ok(()));

@@ -120,7 +120,7 @@ mod tests {
         std::fs::write(&path, "{ broken").unwrap();
         while outcome.recv().await.unwrap().is_ok() {}
         let held = keys.current();
-        assert_eq!(&*held.authenticate("kb").unwrap().id, "b");
+        assert_eq!(&**held.authenticate("kb").unwrap().id(), "b");
 
         std::fs::write(&path, registry_json(&[("a", "ka")])).unwrap();
         while outcome.recv().await.unwrap() != Ok(1) {}
@@ -128,9 +128,9 @@ mod tests {
             keys.current().authenticate("kb").unwrap_err(),
             AuthFailure::UnknownKey
         );
-        assert_eq!(&*keys.current().authenticate("ka").unwrap().id, "a");
+        assert_eq!(&**keys.current().authenticate("ka").unwrap().id(), "a");
         // A request that took the registry before the swap still sees it.
-        assert_eq!(&*held.authenticate("kb").unwrap().id, "b");
+        assert_eq!(&**held.authenticate("kb").unwrap().id(), "b");
 
         stop.send(()).unwrap();
         reloading.await.unwrap();

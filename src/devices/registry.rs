@@ -1,4 +1,5 @@
-//! The device registry: which key hashes belong to which device, and its quotas.
+//! The device registry: which key hashes belong to which device or site relay, and
+//! the devices' quotas.
 //!
 //! Parsed by hand from a `serde_json::Value` rather than with derived
 //! deserializers, because serde's messages quote the offending value and an
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::keys::{KeyHash, looks_like_key};
+use super::relays::{Relay, parse_pattern};
 
 /// An authenticated device. Quotas of `None` use the gateway defaults.
 #[derive(Clone, Debug)]
@@ -22,11 +24,38 @@ pub struct Device {
     pub burst: Option<NonZeroU32>,
 }
 
+/// Who an `X-API-Key` belongs to: a device sending its own readings, or a site relay
+/// forwarding readings that each name their device.
+#[derive(Clone, Debug)]
+pub enum Sender {
+    Device(Device),
+    Relay(Relay),
+}
+
+impl Sender {
+    /// The device's or the relay's id.
+    pub fn id(&self) -> &Arc<str> {
+        match self {
+            Sender::Device(device) => &device.id,
+            Sender::Relay(relay) => &relay.id,
+        }
+    }
+}
+
 /// A missing key and a wrong key are the same failure, so callers cannot tell them apart.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthFailure {
     UnknownKey,
     Disabled { device_id: Arc<str> },
+    RelayDisabled { relay_id: Arc<str> },
+}
+
+/// A device as a relay names it: what the registry says of it.
+#[derive(Debug)]
+pub enum Relayed {
+    Enabled(Device),
+    Disabled,
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +67,8 @@ pub enum RegistryError {
     Invalid(String),
     #[error("device registry, device {device}: {problem}")]
     Device { device: String, problem: String },
+    #[error("device registry, relay {relay}: {problem}")]
+    Relay { relay: String, problem: String },
     #[error("cannot read device registry file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -53,17 +84,58 @@ pub enum RegistryError {
     SecretRef(String),
 }
 
-/// The parsed registry, indexed by key hash.
+/// The parsed registry, indexed by key hash, and its devices by id (for the readings
+/// a relay forwards).
 #[derive(Clone)]
 pub struct Registry {
-    by_hash: HashMap<KeyHash, Registered>,
-    devices: HashSet<Arc<str>>,
+    by_hash: HashMap<KeyHash, Holder>,
+    /// Kept small: at 100,000 devices each byte here is 100 KB of heap.
+    devices: HashMap<Arc<str>, Standing>,
+    relays: HashSet<Arc<str>>,
+}
+
+/// A device's quotas and whether it is disabled, without its id (the map's key).
+#[derive(Clone, Copy)]
+struct Standing {
+    rate_per_sec: Option<NonZeroU32>,
+    burst: Option<NonZeroU32>,
+    disabled: bool,
+}
+
+/// Who holds a key.
+#[derive(Clone)]
+enum Holder {
+    Device(Registered),
+    Relay(Arc<RegisteredRelay>),
+}
+
+impl Holder {
+    /// For an error message: `device "pump-7"`, `relay "site-a"`.
+    fn describe(&self) -> String {
+        match self {
+            Holder::Device(registered) => format!("device {:?}", registered.device.id),
+            Holder::Relay(registered) => format!("relay {:?}", registered.relay.id),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Registered {
     device: Device,
     disabled: bool,
+}
+
+struct RegisteredRelay {
+    relay: Relay,
+    disabled: bool,
+}
+
+/// What one part of a sharded registry put into the combined one, to take it out again.
+#[derive(Debug, Default)]
+pub(crate) struct Contents {
+    keys: Vec<KeyHash>,
+    devices: Vec<Arc<str>>,
+    relays: Vec<Arc<str>>,
 }
 
 impl Registry {
@@ -74,6 +146,7 @@ impl Registry {
         let devices = root
             .remove("devices")
             .ok_or_else(|| invalid("missing \"devices\""))?;
+        let relays = root.remove("relays");
         if let Some(field) = root.keys().next() {
             return Err(invalid(&format!("unknown field {}", quoted(field))));
         }
@@ -82,10 +155,18 @@ impl Registry {
                 "\"devices\" must be an object of device id to entry",
             ));
         };
+        let relays = match relays {
+            None => Map::new(),
+            Some(Value::Object(relays)) => relays,
+            Some(_) => {
+                return Err(invalid("\"relays\" must be an object of relay id to entry"));
+            }
+        };
 
         let mut registry = Registry {
             by_hash: HashMap::with_capacity(devices.len()),
-            devices: HashSet::with_capacity(devices.len()),
+            devices: HashMap::with_capacity(devices.len()),
+            relays: HashSet::with_capacity(relays.len()),
         };
         for (id, entry) in devices {
             let id: Arc<str> = id.into();
@@ -102,21 +183,53 @@ impl Registry {
                 return Err(fail("entry must be an object".into()));
             };
             let entry = parse_entry(entry).map_err(fail)?;
-            registry.devices.insert(id.clone());
-            let device = Device {
-                id: id.clone(),
+            let registered = Registered {
+                device: Device {
+                    id: id.clone(),
+                    rate_per_sec: entry.rate_per_sec,
+                    burst: entry.burst,
+                },
+                disabled: entry.disabled,
+            };
+            let standing = Standing {
                 rate_per_sec: entry.rate_per_sec,
                 burst: entry.burst,
+                disabled: entry.disabled,
             };
+            registry.devices.insert(id.clone(), standing);
             for hash in entry.keys {
-                let registered = Registered {
-                    device: device.clone(),
-                    disabled: entry.disabled,
-                };
-                if let Some(other) = registry.by_hash.insert(hash, registered) {
+                let holder = Holder::Device(registered.clone());
+                if let Some(other) = registry.by_hash.insert(hash, holder) {
                     return Err(fail(format!(
-                        "key {hash:?} is also listed for device {:?}",
-                        other.device.id
+                        "key {hash:?} is also listed for {}",
+                        other.describe()
+                    )));
+                }
+            }
+        }
+        for (id, entry) in relays {
+            let id: Arc<str> = id.into();
+            let fail = |problem: String| RegistryError::Relay {
+                relay: quoted(&id),
+                problem,
+            };
+            if !is_valid_device_id(&id) {
+                return Err(fail(
+                    "invalid id: use 1 to 128 characters of A-Z a-z 0-9 . _ : - (not a key)".into(),
+                ));
+            }
+            let Value::Object(entry) = entry else {
+                return Err(fail("entry must be an object".into()));
+            };
+            let (keys, registered) = parse_relay_entry(id.clone(), entry).map_err(fail)?;
+            let registered = Arc::new(registered);
+            registry.relays.insert(id.clone());
+            for hash in keys {
+                let holder = Holder::Relay(registered.clone());
+                if let Some(other) = registry.by_hash.insert(hash, holder) {
+                    return Err(fail(format!(
+                        "key {hash:?} is also listed for {}",
+                        other.describe()
                     )));
                 }
             }
@@ -126,16 +239,34 @@ impl Registry {
 
     /// Hashes the presented key and looks the hash up. Comparing hashes keeps
     /// lookup timing independent of how much of a real key was guessed.
-    pub fn authenticate(&self, presented_key: &str) -> Result<Device, AuthFailure> {
+    pub fn authenticate(&self, presented_key: &str) -> Result<Sender, AuthFailure> {
         match self.by_hash.get(&KeyHash::of(presented_key)) {
             None => Err(AuthFailure::UnknownKey),
-            Some(Registered {
-                device,
-                disabled: true,
-            }) => Err(AuthFailure::Disabled {
-                device_id: device.id.clone(),
+            Some(Holder::Device(Registered { device, disabled })) => match disabled {
+                true => Err(AuthFailure::Disabled {
+                    device_id: device.id.clone(),
+                }),
+                false => Ok(Sender::Device(device.clone())),
+            },
+            Some(Holder::Relay(registered)) => match registered.disabled {
+                true => Err(AuthFailure::RelayDisabled {
+                    relay_id: registered.relay.id.clone(),
+                }),
+                false => Ok(Sender::Relay(registered.relay.clone())),
+            },
+        }
+    }
+
+    /// A device by its id, as a relay names it.
+    pub fn relayed(&self, device_id: &str) -> Relayed {
+        match self.devices.get_key_value(device_id) {
+            None => Relayed::Unknown,
+            Some((_, Standing { disabled: true, .. })) => Relayed::Disabled,
+            Some((id, standing)) => Relayed::Enabled(Device {
+                id: id.clone(),
+                rate_per_sec: standing.rate_per_sec,
+                burst: standing.burst,
             }),
-            Some(Registered { device, .. }) => Ok(device.clone()),
         }
     }
 
@@ -143,57 +274,82 @@ impl Registry {
         self.devices.len()
     }
 
+    pub fn relay_count(&self) -> usize {
+        self.relays.len()
+    }
+
     /// An empty registry, to absorb parts into.
     pub(crate) fn empty() -> Registry {
         Registry {
             by_hash: HashMap::new(),
-            devices: HashSet::new(),
+            devices: HashMap::new(),
+            relays: HashSet::new(),
         }
     }
 
-    /// The key hashes and device ids of this registry, to take them out again later.
-    pub(crate) fn contents(&self) -> (Vec<KeyHash>, Vec<Arc<str>>) {
-        (
-            self.by_hash.keys().copied().collect(),
-            self.devices.iter().cloned().collect(),
-        )
+    /// The key hashes, device ids and relay ids of this registry, to take them out
+    /// again later.
+    pub(crate) fn contents(&self) -> Contents {
+        Contents {
+            keys: self.by_hash.keys().copied().collect(),
+            devices: self.devices.keys().cloned().collect(),
+            relays: self.relays.iter().cloned().collect(),
+        }
     }
 
-    /// Takes in the entries of `part` (a shard of a large fleet): a device or a key may
-    /// be in one part only.
+    /// Takes in the entries of `part` (a shard of a large fleet): a device, a relay or
+    /// a key may be in one part only.
     pub(crate) fn absorb(&mut self, part: Registry) -> Result<(), RegistryError> {
         self.by_hash.reserve(part.by_hash.len());
         self.devices.reserve(part.devices.len());
-        for id in part.devices {
-            if !self.devices.insert(id.clone()) {
+        for (id, standing) in part.devices {
+            if self.devices.insert(id.clone(), standing).is_some() {
                 return Err(RegistryError::Device {
                     device: quoted(&id),
                     problem: "is listed in two parts of the registry".into(),
                 });
             }
         }
-        for (hash, registered) in part.by_hash {
-            let device = registered.device.id.clone();
-            if let Some(other) = self.by_hash.insert(hash, registered) {
-                return Err(RegistryError::Device {
-                    device: quoted(&device),
-                    problem: format!(
-                        "key {hash:?} is also listed for device {:?}",
-                        other.device.id
-                    ),
+        for id in part.relays {
+            if !self.relays.insert(id.clone()) {
+                return Err(RegistryError::Relay {
+                    relay: quoted(&id),
+                    problem: "is listed in two parts of the registry".into(),
                 });
             }
+        }
+        for (hash, holder) in part.by_hash {
+            let error = |problem: String| match &holder {
+                Holder::Device(registered) => RegistryError::Device {
+                    device: quoted(&registered.device.id),
+                    problem,
+                },
+                Holder::Relay(registered) => RegistryError::Relay {
+                    relay: quoted(&registered.relay.id),
+                    problem,
+                },
+            };
+            if let Some(other) = self.by_hash.get(&hash) {
+                return Err(error(format!(
+                    "key {hash:?} is also listed for {}",
+                    other.describe()
+                )));
+            }
+            self.by_hash.insert(hash, holder);
         }
         Ok(())
     }
 
     /// Takes out what [`Registry::contents`] listed of a part.
-    pub(crate) fn remove(&mut self, keys: &[KeyHash], devices: &[Arc<str>]) {
-        for hash in keys {
+    pub(crate) fn remove(&mut self, contents: &Contents) {
+        for hash in &contents.keys {
             self.by_hash.remove(hash);
         }
-        for id in devices {
+        for id in &contents.devices {
             self.devices.remove(id);
+        }
+        for id in &contents.relays {
+            self.relays.remove(id);
         }
     }
 }
@@ -202,13 +358,14 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("devices", &self.devices.len())
+            .field("relays", &self.relays.len())
             .field("keys", &self.by_hash.len())
             .finish()
     }
 }
 
 /// 1..=128 characters of `[A-Za-z0-9._:-]`. Ids end up in logs and tables,
-/// so one that contains a key (`lgk_`) is refused.
+/// so one that contains a key (`lgk_`) is refused. Relay ids follow the same rules.
 pub fn is_valid_device_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && !looks_like_key(id)
@@ -225,22 +382,8 @@ struct Entry {
 }
 
 fn parse_entry(mut fields: Map<String, Value>) -> Result<Entry, String> {
-    let Some(Value::Array(keys)) = fields.remove("keys") else {
-        return Err("\"keys\" must be an array of \"sha256:<hex>\" strings".into());
-    };
-    let keys = keys
-        .iter()
-        .enumerate()
-        .map(|(index, key)| match key {
-            Value::String(key) => key.parse().map_err(|bad| format!("key #{index} {bad}")),
-            _ => Err(format!("key #{index} is not a string")),
-        })
-        .collect::<Result<_, _>>()?;
-    let disabled = match fields.remove("disabled") {
-        None => false,
-        Some(Value::Bool(disabled)) => disabled,
-        Some(_) => return Err("\"disabled\" must be true or false".into()),
-    };
+    let keys = parse_keys(&mut fields)?;
+    let disabled = parse_disabled(&mut fields)?;
     let rate_per_sec = positive(&mut fields, "rate_per_sec")?;
     let burst = positive(&mut fields, "burst")?;
     if let Some(field) = fields.keys().next() {
@@ -252,6 +395,55 @@ fn parse_entry(mut fields: Map<String, Value>) -> Result<Entry, String> {
         rate_per_sec,
         burst,
     })
+}
+
+/// `{"keys": [...], "devices": ["pump-7", "line-3-*"], "disabled": false}`.
+fn parse_relay_entry(
+    id: Arc<str>,
+    mut fields: Map<String, Value>,
+) -> Result<(Vec<KeyHash>, RegisteredRelay), String> {
+    let keys = parse_keys(&mut fields)?;
+    let disabled = parse_disabled(&mut fields)?;
+    let Some(Value::Array(devices)) = fields.remove("devices") else {
+        return Err(
+            "\"devices\" must be an array of device ids and prefixes ending in \"*\"".into(),
+        );
+    };
+    let patterns = devices
+        .iter()
+        .enumerate()
+        .map(|(index, pattern)| match pattern {
+            Value::String(text) => parse_pattern(text)
+                .map_err(|bad| format!("device pattern #{index} {}: {bad}", quoted(text))),
+            _ => Err(format!("device pattern #{index} is not a string")),
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some(field) = fields.keys().next() {
+        return Err(format!("unknown field {}", quoted(field)));
+    }
+    let relay = Relay::new(id, patterns);
+    Ok((keys, RegisteredRelay { relay, disabled }))
+}
+
+fn parse_keys(fields: &mut Map<String, Value>) -> Result<Vec<KeyHash>, String> {
+    let Some(Value::Array(keys)) = fields.remove("keys") else {
+        return Err("\"keys\" must be an array of \"sha256:<hex>\" strings".into());
+    };
+    keys.iter()
+        .enumerate()
+        .map(|(index, key)| match key {
+            Value::String(key) => key.parse().map_err(|bad| format!("key #{index} {bad}")),
+            _ => Err(format!("key #{index} is not a string")),
+        })
+        .collect()
+}
+
+fn parse_disabled(fields: &mut Map<String, Value>) -> Result<bool, String> {
+    match fields.remove("disabled") {
+        None => Ok(false),
+        Some(Value::Bool(disabled)) => Ok(disabled),
+        Some(_) => Err("\"disabled\" must be true or false".into()),
+    }
 }
 
 fn positive(fields: &mut Map<String, Value>, name: &str) -> Result<Option<NonZeroU32>, String> {
@@ -305,9 +497,14 @@ mod tests {
         );
         let registry = registry(&json).unwrap();
         assert_eq!(registry.device_count(), 2);
-        let a = registry.authenticate("ka").unwrap();
+        let Ok(Sender::Device(a)) = registry.authenticate("ka") else {
+            panic!("a device");
+        };
         assert_eq!((&*a.id, a.rate_per_sec, a.burst), ("a", None, None));
-        assert_eq!(format!("{registry:?}"), "Registry { devices: 2, keys: 1 }");
+        assert_eq!(
+            format!("{registry:?}"),
+            "Registry { devices: 2, relays: 0, keys: 1 }"
+        );
     }
 
     #[test]
@@ -405,7 +602,9 @@ mod tests {
         );
         let registry = registry(&json).unwrap();
         for key in ["old", "new"] {
-            let device = registry.authenticate(key).unwrap();
+            let Ok(Sender::Device(device)) = registry.authenticate(key) else {
+                panic!("a device");
+            };
             assert_eq!(&*device.id, "rotating");
             assert_eq!(device.rate_per_sec, NonZeroU32::new(3));
         }
@@ -429,6 +628,228 @@ mod tests {
         let json = format!(r#"{{"devices": {{"d": {{"keys": ["{}"]}}}}}}"#, new.hash);
         let registry = registry(&json).unwrap();
         let key = secrecy::ExposeSecret::expose_secret(&new.key);
-        assert_eq!(&*registry.authenticate(key).unwrap().id, "d");
+        assert_eq!(&**registry.authenticate(key).unwrap().id(), "d");
+    }
+
+    fn with_relays(relays: &str) -> String {
+        format!(
+            r#"{{"devices": {{"pump-7": {{"keys": ["{}"]}}, "line-3-a": {{"keys": [], "rate_per_sec": 2}},
+                "line-3-b": {{"keys": [], "disabled": true}}}},
+              "relays": {{{relays}}}}}"#,
+            hash_key("kp")
+        )
+    }
+
+    #[test]
+    fn relays_authenticate_with_their_own_keys() {
+        let json = with_relays(&format!(
+            r#""site-a": {{"keys": ["{}", "{}"], "devices": ["pump-7", "line-3-*"]}},
+               "site-b": {{"keys": ["{}"], "devices": [], "disabled": true}}"#,
+            hash_key("ra"),
+            hash_key("ra2"),
+            hash_key("rb"),
+        ));
+        let registry = registry(&json).unwrap();
+        assert_eq!((registry.device_count(), registry.relay_count()), (3, 2));
+        // Debug counts; it shows no hash.
+        assert_eq!(
+            format!("{registry:?}"),
+            "Registry { devices: 3, relays: 2, keys: 4 }"
+        );
+        for key in ["ra", "ra2"] {
+            let Ok(Sender::Relay(relay)) = registry.authenticate(key) else {
+                panic!("a relay");
+            };
+            assert_eq!(&*relay.id, "site-a");
+            assert!(relay.speaks_for("pump-7") && relay.speaks_for("line-3-z"));
+            assert!(!relay.speaks_for("pump-8"));
+        }
+        assert_eq!(
+            registry.authenticate("rb").unwrap_err(),
+            AuthFailure::RelayDisabled {
+                relay_id: "site-b".into()
+            }
+        );
+        assert!(matches!(
+            registry.authenticate("kp"),
+            Ok(Sender::Device(Device { ref id, .. })) if &**id == "pump-7"
+        ));
+        assert_eq!(
+            registry.authenticate(&hash_key("ra")).unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+
+        // Devices by id, as a relay names them (a device without keys is still one).
+        assert!(
+            matches!(registry.relayed("line-3-a"), Relayed::Enabled(d) if d.rate_per_sec == NonZeroU32::new(2))
+        );
+        assert!(matches!(registry.relayed("line-3-b"), Relayed::Disabled));
+        assert!(matches!(registry.relayed("line-3-c"), Relayed::Unknown));
+        assert!(matches!(registry.relayed("site-a"), Relayed::Unknown));
+
+        // Without "relays", none.
+        let plain = registry_of_devices();
+        assert_eq!(plain.relay_count(), 0);
+    }
+
+    fn registry_of_devices() -> Registry {
+        registry(r#"{"devices": {"a": {"keys": []}}}"#).unwrap()
+    }
+
+    #[test]
+    fn relay_entries_are_checked_like_devices() {
+        let hash = hash_key("k");
+        let cases = [
+            (r#""relays": []"#.to_owned(), "\"relays\" must be an object"),
+            (
+                r#""relays": {"a b": {"keys": [], "devices": []}}"#.to_owned(),
+                "relay \"a b\": invalid id",
+            ),
+            (
+                r#""relays": {"s": 1}"#.to_owned(),
+                "relay \"s\": entry must be an object",
+            ),
+            (
+                r#""relays": {"s": {"devices": []}}"#.to_owned(),
+                "relay \"s\": \"keys\" must be an array",
+            ),
+            (
+                r#""relays": {"s": {"keys": []}}"#.to_owned(),
+                "relay \"s\": \"devices\" must be an array",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": "pump-7"}}"#.to_owned(),
+                "relay \"s\": \"devices\" must be an array",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": [], "rate_per_sec": 5}}"#.to_owned(),
+                "relay \"s\": unknown field \"rate_per_sec\"",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": [], "disabled": "no"}}"#.to_owned(),
+                "relay \"s\": \"disabled\" must be",
+            ),
+            (
+                r#""relays": {"s": {"keys": ["sha256:00"], "devices": []}}"#.to_owned(),
+                "relay \"s\": key #0 is not",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": ["ok", 7]}}"#.to_owned(),
+                "relay \"s\": device pattern #1 is not a string",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": ["*"]}}"#.to_owned(),
+                "relay \"s\": device pattern #0 \"*\": is \"*\" alone",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": ["line-*-a"]}}"#.to_owned(),
+                "device pattern #0 \"line-*-a\": may hold one \"*\", only at its end",
+            ),
+            (
+                r#""relays": {"s": {"keys": [], "devices": ["pump 7"]}}"#.to_owned(),
+                "device pattern #0 \"pump 7\": is not a device id",
+            ),
+            // A key belongs to one device or one relay.
+            (
+                format!(
+                    r#""relays": {{"s": {{"keys": ["{hash}"], "devices": []}}, "t": {{"keys": ["{hash}"], "devices": []}}}}"#
+                ),
+                "is also listed for relay",
+            ),
+            (
+                format!(
+                    r#""relays": {{"s": {{"keys": ["{}"], "devices": []}}}}"#,
+                    hash_key("kp")
+                ),
+                "relay \"s\": key sha256:",
+            ),
+        ];
+        for (relays, expected) in cases {
+            let json = format!(
+                r#"{{"devices": {{"pump-7": {{"keys": ["{}"]}}}}, {relays}}}"#,
+                hash_key("kp")
+            );
+            let message = error(&json);
+            assert!(message.contains(expected), "{message} !~ {expected}");
+        }
+        let shared = error(&format!(
+            r#"{{"devices": {{"pump-7": {{"keys": ["{}"]}}}}, "relays": {{"s": {{"keys": ["{}"], "devices": []}}}}}}"#,
+            hash_key("kp"),
+            hash_key("kp")
+        ));
+        assert!(
+            shared.contains("also listed for device \"pump-7\""),
+            "{shared}"
+        );
+    }
+
+    #[test]
+    fn relay_errors_never_echo_a_key() {
+        let new = generate_key();
+        let key = secrecy::ExposeSecret::expose_secret(&new.key);
+        for relays in [
+            format!(r#"{{"s": {{"keys": ["{key}"], "devices": []}}}}"#),
+            format!(r#"{{"{key}": {{"keys": [], "devices": []}}}}"#),
+            format!(r#"{{"s": {{"keys": [], "devices": ["{key}"]}}}}"#),
+            format!(r#"{{"s": {{"keys": [], "devices": ["{key}*"]}}}}"#),
+            format!(r#"{{"s": {{"keys": [], "devices": [], "{key}": 1}}}}"#),
+            format!(r#""{key}""#),
+        ] {
+            let message = error(&format!(r#"{{"devices": {{}}, "relays": {relays}}}"#));
+            assert!(!message.contains(&key[4..12]), "{message}");
+        }
+    }
+
+    #[test]
+    fn parts_with_relays_combine_and_come_apart() {
+        let part = |json: String| registry(&json).unwrap();
+        let base = part(format!(
+            r#"{{"devices": {{"a": {{"keys": ["{}"]}}}}, "relays": {{"site-a": {{"keys": ["{}"], "devices": ["b"]}}}}}}"#,
+            hash_key("ka"),
+            hash_key("ra")
+        ));
+        let shard = part(format!(
+            r#"{{"devices": {{"b": {{"keys": ["{}"]}}}}}}"#,
+            hash_key("kb")
+        ));
+        let mut combined = Registry::empty();
+        let base_contents = base.contents();
+        combined.absorb(base).unwrap();
+        combined.absorb(shard).unwrap();
+        assert_eq!((combined.device_count(), combined.relay_count()), (2, 1));
+        assert!(matches!(combined.authenticate("ra"), Ok(Sender::Relay(_))));
+        assert!(matches!(combined.relayed("b"), Relayed::Enabled(_)));
+
+        // A relay id in two parts is an error, as a device id is.
+        let mut twice = combined.clone();
+        let again = part(format!(
+            r#"{{"devices": {{}}, "relays": {{"site-a": {{"keys": ["{}"], "devices": []}}}}}}"#,
+            hash_key("other")
+        ));
+        let message = twice.absorb(again).unwrap_err().to_string();
+        assert!(
+            message.contains("relay \"site-a\": is listed in two parts"),
+            "{message}"
+        );
+        // So is a key of a relay in one part and of a device in another.
+        let mut shared = combined.clone();
+        let stolen = part(format!(
+            r#"{{"devices": {{"c": {{"keys": ["{}"]}}}}}}"#,
+            hash_key("ra")
+        ));
+        let message = shared.absorb(stolen).unwrap_err().to_string();
+        assert!(
+            message.contains("device \"c\": key sha256:")
+                && message.contains("also listed for relay \"site-a\""),
+            "{message}"
+        );
+
+        combined.remove(&base_contents);
+        assert_eq!((combined.device_count(), combined.relay_count()), (1, 0));
+        assert_eq!(
+            combined.authenticate("ra").unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+        assert!(matches!(combined.relayed("a"), Relayed::Unknown));
     }
 }

@@ -11,8 +11,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use super::keys::KeyHash;
-use super::registry::{Registry, RegistryError};
+use super::registry::{Contents, Registry, RegistryError};
 use super::shards::is_part;
 use crate::databricks::Secrets;
 
@@ -86,8 +85,7 @@ struct Part {
     confirmed: bool,
     /// What the part put into the combined registry, to take out when it changes; the
     /// entries themselves live only there.
-    keys: Vec<KeyHash>,
-    devices: Vec<Arc<str>>,
+    contents: Contents,
 }
 
 /// Parts read at once.
@@ -183,18 +181,17 @@ impl SecretRegistry {
         let gone = removed.iter().chain(replaced.iter().map(|(key, ..)| key));
         for key in gone {
             if let Some(part) = loaded.parts.remove(key) {
-                combined.remove(&part.keys, &part.devices);
+                combined.remove(&part.contents);
             }
         }
         for (key, updated_ms, digest, registry) in replaced {
-            let (keys, devices) = registry.contents();
+            let contents = registry.contents();
             combined.absorb(registry)?;
             let part = Part {
                 updated_ms,
                 digest,
                 confirmed: false,
-                keys,
-                devices,
+                contents,
             };
             loaded.parts.insert(key, part);
         }
@@ -286,7 +283,7 @@ pub(crate) mod tests {
             .load(&offline_secrets())
             .await
             .unwrap();
-        assert_eq!(&*registry.authenticate("k").unwrap().id, "d");
+        assert_eq!(&**registry.authenticate("k").unwrap().id(), "d");
 
         std::fs::remove_file(&path).unwrap();
         let missing = KeySource::File(path)
@@ -325,7 +322,7 @@ pub(crate) mod tests {
 
         let source = KeySource::parse_secret_ref("iot/registry").unwrap();
         let registry = source.load(&secrets).await.unwrap();
-        assert_eq!(&*registry.authenticate("k").unwrap().id, "d");
+        assert_eq!(&**registry.authenticate("k").unwrap().id(), "d");
 
         let missing = KeySource::parse_secret_ref("iot/absent").unwrap();
         let error = missing.load(&secrets).await.unwrap_err();
@@ -372,7 +369,7 @@ pub(crate) mod tests {
         let source = KeySource::parse_secret_ref("iot/registry").unwrap();
         let first = source.load(&secrets).await.unwrap();
         assert_eq!(first.device_count(), 2);
-        assert_eq!(&*first.authenticate("kb").unwrap().id, "b");
+        assert_eq!(&**first.authenticate("kb").unwrap().id(), "b");
         // Read once more to confirm (nothing changed: the same registry), then only listed.
         let confirmed = source.load(&secrets).await.unwrap();
         assert!(Arc::ptr_eq(&first, &confirmed));
@@ -398,8 +395,8 @@ pub(crate) mod tests {
             "one list, one read"
         );
         assert!(changed.authenticate("kb").is_err());
-        assert_eq!(&*changed.authenticate("kb2").unwrap().id, "b");
-        assert_eq!(&*changed.authenticate("ka").unwrap().id, "a");
+        assert_eq!(&**changed.authenticate("kb2").unwrap().id(), "b");
+        assert_eq!(&**changed.authenticate("ka").unwrap().id(), "a");
 
         // A device in two parts is refused; the caller keeps what it had.
         secrets

@@ -113,7 +113,17 @@ impl IngestQueue {
     /// Claims room for `rows`, so that nothing else is spent (rate limits) on a
     /// request the queue would refuse anyway.
     pub fn reserve(&self, rows: &[TableRow]) -> Result<Reservation, QueueError> {
-        let bytes = rows.iter().map(TableRow::queued_bytes).sum();
+        self.reserve_for(rows)
+    }
+
+    /// [`IngestQueue::reserve`] for rows that are not in one slice.
+    pub fn reserve_for<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a TableRow>,
+    ) -> Result<Reservation, QueueError> {
+        let (count, bytes) = rows.into_iter().fold((0, 0), |(count, bytes), row| {
+            (count + 1, bytes + row.queued_bytes())
+        });
         let take = |semaphore: &Arc<Semaphore>, n: usize| {
             let n = u32::try_from(n).map_err(|_| QueueError::Full)?;
             semaphore
@@ -122,7 +132,7 @@ impl IngestQueue {
                 .map_err(|_| QueueError::Full)
         };
         let room = QueueRoom {
-            rows: take(&self.rows, rows.len())?,
+            rows: take(&self.rows, count)?,
             bytes: take(&self.bytes, bytes)?,
         };
         Ok(Reservation {
@@ -166,6 +176,18 @@ fn lane_of(device_id: &str, lanes: usize) -> usize {
 }
 
 impl Reservation {
+    /// Gives back the room reserved beyond what `rows` take: some of the rows it was
+    /// reserved for will not be queued after all.
+    pub fn keep_only(&mut self, rows: &[TableRow]) {
+        let bytes: usize = rows.iter().map(TableRow::queued_bytes).sum();
+        let release = |permit: &mut OwnedSemaphorePermit, keep: usize| {
+            let excess = permit.num_permits().saturating_sub(keep);
+            drop(permit.split(excess));
+        };
+        release(&mut self.room.rows, rows.len());
+        release(&mut self.room.bytes, bytes);
+    }
+
     /// Queues `rows`, the rows room was reserved for, each in its device's lane.
     pub fn submit(
         self,
@@ -223,12 +245,23 @@ impl Reservation {
 mod tests {
     use super::*;
 
-    fn row(device: &str, reading: &str) -> TableRow {
+    fn row_of(device: &str, reading: &str) -> TableRow {
         TableRow {
             device_id: device.into(),
             reading_id: reading.into(),
             ts_us: 1,
             metric: "t".into(),
+            value: Some(1.0),
+            value_str: None,
+        }
+    }
+
+    fn row(metric: &str) -> TableRow {
+        TableRow {
+            device_id: "d".into(),
+            reading_id: "r".into(),
+            ts_us: 0,
+            metric: metric.to_owned(),
             value: Some(1.0),
             value_str: None,
         }
@@ -242,7 +275,7 @@ mod tests {
         };
         let (queue, mut lanes) = IngestQueue::new(capacity, 4);
         let rows: Vec<TableRow> = (0..16)
-            .map(|n| row(&format!("device-{}", n % 8), &format!("r-{n}")))
+            .map(|n| row_of(&format!("device-{}", n % 8), &format!("r-{n}")))
             .collect();
         let committed = queue.submit(rows, true).unwrap().unwrap();
         assert_eq!(queue.depth(), 16);
@@ -279,5 +312,37 @@ mod tests {
         drop(last);
         assert_eq!(queue.depth(), 0);
         assert_eq!(queue.depth_bytes(), 0);
+    }
+
+    #[test]
+    fn room_not_needed_after_all_is_given_back_at_once() {
+        let rows: Vec<TableRow> = ["a", "b", "c", "d"].map(row).into();
+        let bytes: usize = rows.iter().map(TableRow::queued_bytes).sum();
+        let (queue, mut lanes) = IngestQueue::new(
+            QueueCapacity {
+                rows: 5,
+                bytes: bytes * 2,
+            },
+            1,
+        );
+        let receiver = &mut lanes[0];
+        let mut reservation = queue.reserve_for(&rows).unwrap();
+        assert_eq!((queue.depth(), queue.depth_bytes()), (4, bytes));
+        assert!(matches!(queue.reserve(&rows[..2]), Err(QueueError::Full)));
+
+        // Only one of the four rows is queued after all: three rows' room is free again.
+        let kept = vec![row("a")];
+        reservation.keep_only(&kept);
+        assert_eq!(
+            (queue.depth(), queue.depth_bytes()),
+            (1, kept[0].queued_bytes())
+        );
+        assert!(queue.reserve(&rows[..3]).is_ok());
+        reservation.submit(kept, false).unwrap();
+        let submission = receiver.try_recv().unwrap();
+        assert_eq!(submission.rows.len(), 1);
+        assert_eq!(queue.depth(), 1, "held until the rows are committed");
+        drop(submission);
+        assert_eq!((queue.depth(), queue.depth_bytes()), (0, 0));
     }
 }

@@ -3,7 +3,8 @@
 //! ```json
 //! {"id": "r-17", "ts": "2025-06-01T12:00:00Z", "metrics": {"temp_c": 21.5, "door_open": false, "fw": "1.4.2"}}
 //! ```
-//! `id` and `device_id` are optional; `ts` may also be epoch milliseconds.
+//! `id` and `device_id` are optional (a relay's readings must name `device_id`); `ts`
+//! may also be epoch milliseconds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use crate::table::TableRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
+    /// The device the reading is from: the authenticated device, or the one a relay named.
+    pub device_id: Arc<str>,
     pub reading_id: String,
     pub ts: DateTime<Utc>,
     /// Sorted by name; names are unique.
@@ -27,10 +30,10 @@ pub struct Reading {
 impl Reading {
     /// One table row per metric; booleans become 1.0 / 0.0 in `value`, strings go to
     /// `value_str`.
-    pub fn into_rows(self, device_id: &Arc<str>) -> impl Iterator<Item = TableRow> {
+    pub fn into_rows(self) -> impl Iterator<Item = TableRow> {
         let reading_id: Arc<str> = self.reading_id.into();
         let ts_us = self.ts.timestamp_micros();
-        let device_id = device_id.clone();
+        let device_id = self.device_id;
         self.metrics.into_iter().map(move |(metric, value)| {
             let (value, value_str) = match value {
                 ReadingValue::Number(number) => (Some(number), None),
@@ -65,10 +68,12 @@ const EARLIEST_TS: DateTime<Utc> = DateTime::from_timestamp(946_684_800, 0).unwr
 /// How far ahead of our clock a device's clock may run.
 const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::days(1);
 
-/// Validates one reading for an authenticated device. `now` injected for tests.
+/// Validates one reading of `device_id`: the authenticated device, or the device a
+/// relay named (the reading id derived from it is then the same either way). `now`
+/// injected for tests.
 pub fn validate(
     value: Value,
-    device_id: &str,
+    device_id: &Arc<str>,
     caps: &BodyCaps,
     now: DateTime<Utc>,
 ) -> Result<Reading, Rejection> {
@@ -88,6 +93,7 @@ pub fn validate(
     let metrics = parse_metrics(fields.remove("metrics"), caps)?;
     let reading_id = given_id.unwrap_or_else(|| derived_id(device_id, ts, &metrics));
     Ok(Reading {
+        device_id: device_id.clone(),
         reading_id,
         ts,
         metrics,
@@ -95,14 +101,16 @@ pub fn validate(
 }
 
 /// Marks later readings in one request that repeat an earlier reading's identity, its
-/// `(reading_id, ts)`, as DuplicateId. The same id with another `ts` is another reading
-/// (a device whose counter restarted), as in the table.
+/// `(device_id, reading_id, ts)`, as DuplicateId. The same id with another `ts` is
+/// another reading (a device whose counter restarted), as in the table; so is the same
+/// id of another device (in a relay's batch).
 pub fn reject_duplicate_ids(results: &mut [Result<Reading, Rejection>]) {
-    let mut first_seen: HashMap<(&str, DateTime<Utc>), usize> = HashMap::new();
+    type Identity<'a> = (&'a str, &'a str, DateTime<Utc>);
+    let mut first_seen: HashMap<Identity, usize> = HashMap::new();
     let mut duplicates = Vec::new();
     for (index, result) in results.iter().enumerate() {
         if let Ok(reading) = result {
-            let identity = (reading.reading_id.as_str(), reading.ts);
+            let identity = (&*reading.device_id, reading.reading_id.as_str(), reading.ts);
             if let Some(&first) = first_seen.get(&identity) {
                 duplicates.push((index, first));
             } else {
@@ -387,7 +395,7 @@ mod tests {
     }
 
     fn check(value: Value) -> Result<Reading, Rejection> {
-        validate(value, DEVICE, &BodyCaps::for_tests(), now())
+        validate(value, &DEVICE.into(), &BodyCaps::for_tests(), now())
     }
 
     fn valid() -> Value {
@@ -432,6 +440,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(reading.reading_id, "r-17");
+        assert_eq!(&*reading.device_id, DEVICE);
         assert_eq!(
             reading.ts,
             "2025-06-01T11:00:00.123456Z"
@@ -712,7 +721,7 @@ mod tests {
         }
         let other_device = validate(
             with("metrics", json!({"t": 1})),
-            "dev-2",
+            &"dev-2".into(),
             &BodyCaps::for_tests(),
             now(),
         );
@@ -796,5 +805,32 @@ mod tests {
                 .message
                 .contains("reading 7")
         );
+    }
+
+    #[test]
+    fn the_same_id_of_two_devices_is_two_readings() {
+        let of = |device: &str| {
+            validate(
+                with("id", json!("r-1")),
+                &device.into(),
+                &BodyCaps::for_tests(),
+                now(),
+            )
+        };
+        let mut results = vec![of("dev-1"), of("dev-2"), of("dev-1")];
+        reject_duplicate_ids(&mut results);
+        let reasons: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.reason))
+            .collect();
+        assert_eq!(reasons, [None, None, Some(RejectReason::DuplicateId)]);
+    }
+
+    #[test]
+    fn a_reading_names_its_device_in_its_rows() {
+        let reading = check(with("metrics", json!({"a": 1, "b": "x"}))).unwrap();
+        let rows: Vec<TableRow> = reading.into_rows().collect();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|row| &*row.device_id == DEVICE));
     }
 }

@@ -48,11 +48,21 @@ pub enum RejectReason {
     StringTooLong,
     DeviceMismatch,
     DuplicateId,
+    /// From a relay: the reading does not name its device.
+    MissingDeviceId,
+    /// From a relay: the device is not one the relay's patterns name.
+    DeviceNotAllowed,
+    /// From a relay: the relay may speak for the device, but the registry has no such device.
+    UnknownDevice,
+    /// From a relay: the device is disabled.
+    DeviceDisabled,
+    /// From a relay: the device is over its own rate; the reading may be sent again later.
+    DeviceRateLimited,
 }
 
 impl RejectReason {
     /// Every reason, e.g. to register metric labels up front.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 21] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnObject,
         RejectReason::UnknownField,
@@ -69,6 +79,11 @@ impl RejectReason {
         RejectReason::StringTooLong,
         RejectReason::DeviceMismatch,
         RejectReason::DuplicateId,
+        RejectReason::MissingDeviceId,
+        RejectReason::DeviceNotAllowed,
+        RejectReason::UnknownDevice,
+        RejectReason::DeviceDisabled,
+        RejectReason::DeviceRateLimited,
     ];
 
     /// The same snake_case name as in JSON reports; used as a metric label.
@@ -90,6 +105,11 @@ impl RejectReason {
             RejectReason::StringTooLong => "string_too_long",
             RejectReason::DeviceMismatch => "device_mismatch",
             RejectReason::DuplicateId => "duplicate_id",
+            RejectReason::MissingDeviceId => "missing_device_id",
+            RejectReason::DeviceNotAllowed => "device_not_allowed",
+            RejectReason::UnknownDevice => "unknown_device",
+            RejectReason::DeviceDisabled => "device_disabled",
+            RejectReason::DeviceRateLimited => "device_rate_limited",
         }
     }
 }

@@ -1,26 +1,35 @@
-//! Device authentication as an extractor: a handler that takes
-//! `AuthenticatedDevice` only runs for a known, enabled device's key, and the
-//! key is checked before the body is read.
+//! Sender authentication as an extractor: a handler that takes
+//! `AuthenticatedSender` only runs for the key of a known, enabled device or site
+//! relay, and the key is checked before the body is read.
 //!
 //! The key is checked first: a valid key is never held up by failures from its
 //! address (a site's NAT, a carrier gateway, the Apps proxy), only by its own
-//! device and the global limits. The address's failure budget slows failures only.
+//! device's (or relay's) and the global limits. The address's failure budget slows
+//! failures only. A device key and a relay key are one kind of credential: a key that
+//! matches neither gets the same 401 whether it was missing or wrong.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::error::HttpError;
 use super::state::AppState;
-use crate::devices::{AuthFailure, Device};
+use crate::devices::{AuthFailure, Registry, Sender};
 use crate::rate_limits::{Credential, address_block, client_address};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-pub struct AuthenticatedDevice(pub Device);
+/// Who sent the request, and the registry that said so: a relay's readings name their
+/// devices, which are looked up in that same registry (a reload meanwhile does not
+/// change what the request sees).
+pub struct AuthenticatedSender {
+    pub sender: Sender,
+    pub registry: Arc<Registry>,
+}
 
-impl FromRequestParts<AppState> for AuthenticatedDevice {
+impl FromRequestParts<AppState> for AuthenticatedSender {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
@@ -29,8 +38,9 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             .get(API_KEY_HEADER)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        match app.keys.current().authenticate(key) {
-            Ok(device) => Ok(AuthenticatedDevice(device)),
+        let registry = app.keys.current();
+        match registry.authenticate(key) {
+            Ok(sender) => Ok(AuthenticatedSender { sender, registry }),
             Err(AuthFailure::UnknownKey) => Err(failed_authentication(
                 parts,
                 app,
@@ -44,6 +54,12 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
                     .auth_failure(Credential::Device.as_str(), "disabled");
                 app.rate_limits.admit_disabled(&device_id)?;
                 Err(HttpError::device_disabled(&device_id))
+            }
+            Err(AuthFailure::RelayDisabled { relay_id }) => {
+                // The same for a relay: its own request budget, not its address's.
+                app.metrics.auth_failure("relay", "disabled");
+                app.rate_limits.admit_relay_request(&relay_id)?;
+                Err(HttpError::relay_disabled(&relay_id))
             }
         }
     }

@@ -52,6 +52,30 @@ impl HttpError {
         )
     }
 
+    pub(crate) fn relay_disabled(relay_id: &str) -> Self {
+        HttpError::new(
+            ErrorCode::RelayDisabled,
+            format!("relay {relay_id:?} is disabled"),
+        )
+    }
+
+    /// Every reading of a relay's request that could be taken was for a device over its
+    /// rate: push-back for the whole request, with the list of what was refused and why.
+    pub(crate) fn relayed_devices_rate_limited(
+        rejected: Vec<RejectedReading>,
+        retry_after: Duration,
+    ) -> Self {
+        HttpError {
+            rejected,
+            ..HttpError::new(
+                ErrorCode::DeviceRateLimited,
+                "every reading that could be taken is for a device over its rate limit; \
+                 see `rejected`, and send those readings again later",
+            )
+            .retry_after(retry_after)
+        }
+    }
+
     /// Every reading of the request was refused; the list says why.
     pub(crate) fn all_rejected(rejected: Vec<RejectedReading>) -> Self {
         HttpError {
@@ -88,6 +112,10 @@ impl From<RateLimited> for HttpError {
             RateLimitKind::Device => (
                 ErrorCode::DeviceRateLimited,
                 "this device sends faster than its rate limit",
+            ),
+            RateLimitKind::Relay => (
+                ErrorCode::RelayRateLimited,
+                "this relay sends more requests than its rate limit; send fewer, larger batches",
             ),
             RateLimitKind::Global => (
                 ErrorCode::GatewayRateLimited,

@@ -1,4 +1,5 @@
-//! `POST /ingest` (also `/api/ingest`, the path the Apps proxy documents for token access).
+//! `POST /ingest` (also `/api/ingest`, the path the Apps proxy documents for token
+//! access), from a device or a site relay (`relayed.rs`).
 
 use std::time::Duration;
 
@@ -12,11 +13,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::AuthenticatedDevice;
+use super::auth::AuthenticatedSender;
 use super::error::HttpError;
+use super::relayed::from_relay;
 use super::state::AppState;
+use crate::devices::{Device, Sender};
 use crate::error_code::ErrorCode;
-use crate::ingest::{BodyError, BodyFormat, Encoding, decode, parse_request};
+use crate::ingest::{
+    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, decode, parse_request,
+};
 use crate::table::TableRow;
 
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
@@ -57,7 +62,7 @@ fn is_length_limit(err: &axum::Error) -> bool {
 
 pub async fn ingest(
     State(app): State<AppState>,
-    AuthenticatedDevice(device): AuthenticatedDevice,
+    AuthenticatedSender { sender, registry }: AuthenticatedSender,
     params: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -68,8 +73,11 @@ pub async fn ingest(
             format!("{err}; use ack=commit or ack=accept"),
         )
     })?;
-    // A device over its rate is refused before its body is read.
-    app.rate_limits.admit_request(&device)?;
+    // A device over its rate, or a relay over its own, is refused before its body is read.
+    match &sender {
+        Sender::Device(device) => app.rate_limits.admit_request(device)?,
+        Sender::Relay(relay) => app.rate_limits.admit_relay_request(&relay.id)?,
+    }
     let caps = &app.config.body;
     let format = BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header_str(&headers, header::CONTENT_ENCODING))?;
@@ -85,39 +93,23 @@ pub async fn ingest(
             ),
         })?;
     let decoded = decode(raw, encoding, caps)?;
-    let parsed = parse_request(&decoded, format, &device.id, caps, Utc::now())?;
-    for rejected in &parsed.rejected {
-        app.metrics.reject(&device.id, rejected.reason.as_str());
-    }
-    if parsed.readings.is_empty() {
-        return Err(HttpError::all_rejected(parsed.rejected));
-    }
-
-    // The table refuses writes for good (dropped, permission revoked): what is queued is
-    // kept and retried, but taking more would only fill the queue.
-    if app.metrics.writes.is_unwritable() {
-        return Err(HttpError::new(
-            ErrorCode::WritesFailing,
-            "the gateway cannot write to its table at the moment; nothing from this request \
-             was accepted; retry later",
-        )
-        .retry_after(std::time::Duration::from_secs(30)));
-    }
-    let accepted = parsed.readings.len();
-    let rows: Vec<TableRow> = parsed
-        .readings
-        .into_iter()
-        .flat_map(|reading| reading.into_rows(&device.id))
-        .collect();
-    // Room first: a request the queue refuses must not spend more of the rate budgets.
-    let room = app.queue.reserve(&rows)?;
-    app.rate_limits
-        .admit(&device, accepted as u32, rows.len() as u32)?;
+    let Taken {
+        room,
+        rows,
+        accepted,
+        rejected,
+    } = match &sender {
+        Sender::Device(device) => from_device(&app, device, &decoded, format)?,
+        Sender::Relay(relay) => from_relay(&app, relay, &registry, &decoded, format)?,
+    };
     let committed = room.submit(rows, params.ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
+    if let Sender::Relay(relay) = &sender {
+        app.metrics.relay_accepted(&relay.id, accepted as u64);
+    }
 
     let Some(committed) = committed else {
-        let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": false});
+        let body = json!({"accepted": accepted, "rejected": rejected, "committed": false});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     };
     // Answer before the server stops waiting for requests.
@@ -128,7 +120,7 @@ pub async fn ingest(
     tokio::select! {
         done = tokio::time::timeout(app.config.ack_timeout, committed) => match done {
             Ok(Ok(())) => {
-                let body = json!({"accepted": accepted, "rejected": parsed.rejected, "committed": true});
+                let body = json!({"accepted": accepted, "rejected": rejected, "committed": true});
                 Ok((StatusCode::OK, Json(body)).into_response())
             }
             Err(_) if !app.shutting_down.is_cancelled() => Err(HttpError::new(
@@ -143,6 +135,62 @@ pub async fn ingest(
         },
         () = shutdown_bound => Err(not_committed_at_shutdown()),
     }
+}
+
+/// What a request may queue: its rows, the room they take, and the report of the
+/// readings taken and refused.
+pub(super) struct Taken {
+    pub(super) room: Reservation,
+    pub(super) rows: Vec<TableRow>,
+    pub(super) accepted: usize,
+    pub(super) rejected: Vec<RejectedReading>,
+}
+
+/// A device's own readings: all of them within its rate and the global rate, or none.
+fn from_device(
+    app: &AppState,
+    device: &Device,
+    decoded: &[u8],
+    format: BodyFormat,
+) -> Result<Taken, HttpError> {
+    let parsed = parse_request(decoded, format, &device.id, &app.config.body, Utc::now())?;
+    for rejected in &parsed.rejected {
+        app.metrics.reject(&device.id, rejected.reason.as_str());
+    }
+    if parsed.readings.is_empty() {
+        return Err(HttpError::all_rejected(parsed.rejected));
+    }
+    writable(app)?;
+    let accepted = parsed.readings.len();
+    let rows: Vec<TableRow> = parsed
+        .readings
+        .into_iter()
+        .flat_map(|(_, reading)| reading.into_rows())
+        .collect();
+    // Room first: a request the queue refuses must not spend more of the rate budgets.
+    let room = app.queue.reserve(&rows)?;
+    app.rate_limits
+        .admit(device, accepted as u32, rows.len() as u32)?;
+    Ok(Taken {
+        room,
+        rows,
+        accepted,
+        rejected: parsed.rejected,
+    })
+}
+
+/// The table refuses writes for good (dropped, permission revoked): what is queued is
+/// kept and retried, but taking more would only fill the queue.
+pub(super) fn writable(app: &AppState) -> Result<(), HttpError> {
+    if app.metrics.writes.is_unwritable() {
+        return Err(HttpError::new(
+            ErrorCode::WritesFailing,
+            "the gateway cannot write to its table at the moment; nothing from this request \
+             was accepted; retry later",
+        )
+        .retry_after(Duration::from_secs(30)));
+    }
+    Ok(())
 }
 
 /// No promise that the rows will still be written: the grace period may end first.

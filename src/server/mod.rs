@@ -7,6 +7,7 @@ mod ops;
 mod page;
 mod read;
 mod readiness;
+mod relayed;
 mod state;
 
 use std::time::Duration;

@@ -35,6 +35,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub keys: Keys,
     pub registry_file: PathBuf,
+    /// Entries added to the test registry (`start_with_registry`).
+    registry_additions: Json,
     reader: Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -42,15 +44,24 @@ pub struct Harness {
     _dir: TempDir,
 }
 
-/// The registry with the test devices, written to a file the gateway reloads.
-fn write_registry(keys: &Keys, path: &PathBuf, sensor_keys: &[&str]) {
+/// The registry with the test devices, and the devices and relays of `additions`
+/// (`{"devices": {...}, "relays": {...}}`, either optional), written to a file the
+/// gateway reloads.
+fn write_registry(keys: &Keys, path: &PathBuf, sensor_keys: &[&str], additions: &Json) {
     let hash = lakegate::devices::hash_key;
-    let registry = json!({"devices": {
+    let mut registry = json!({"devices": {
         "sensor-1": {"keys": sensor_keys.iter().map(|k| hash(k)).collect::<Vec<_>>()},
         "sensor-2": {"keys": [hash(&keys.other)]},
         "retired-1": {"keys": [hash(&keys.disabled)], "disabled": true},
         "slow-1": {"keys": [hash(&keys.slow)], "rate_per_sec": 1, "burst": 3},
     }});
+    if let Some(devices) = additions.get("devices").and_then(Json::as_object) {
+        let all = registry["devices"].as_object_mut().unwrap();
+        all.extend(devices.clone());
+    }
+    if let Some(relays) = additions.get("relays") {
+        registry["relays"] = relays.clone();
+    }
     let mut file = std::fs::File::create(path).unwrap();
     file.write_all(registry.to_string().as_bytes()).unwrap();
 }
@@ -72,11 +83,22 @@ impl Harness {
     }
 
     pub async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)]) -> Harness {
+        Self::start_with_registry(emulator, extra, Json::Null).await
+    }
+
+    /// A gateway whose registry also holds the devices and relays of `additions`
+    /// (`{"devices": {...}, "relays": {...}}`).
+    pub async fn start_with_registry(
+        emulator: EmulatorConfig,
+        extra: &[(&str, &str)],
+        additions: Json,
+    ) -> Harness {
         let emulator = start_emulator(emulator).await;
         let keys = new_keys();
         let dir = lakegate_testkit::temp_dir();
         let registry_file = dir.path().join("devices.json");
-        write_registry(&keys, &registry_file, &[&keys.sensor, &keys.sensor_next]);
+        let sensor_keys = [keys.sensor.as_str(), keys.sensor_next.as_str()];
+        write_registry(&keys, &registry_file, &sensor_keys, &additions);
         let env = gateway_env(&emulator, &registry_file, extra);
         let config = GatewayConfig::from_map(&env).expect("valid gateway config");
         let reader = common::reader(&env);
@@ -94,6 +116,7 @@ impl Harness {
             http: lakegate::databricks::http_client().unwrap(),
             keys,
             registry_file,
+            registry_additions: additions,
             reader,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -103,7 +126,12 @@ impl Harness {
 
     /// Rewrites the registry file with these keys for sensor-1 and waits for a reload.
     pub async fn rotate_sensor_keys(&self, sensor_keys: &[&str]) {
-        write_registry(&self.keys, &self.registry_file, sensor_keys);
+        write_registry(
+            &self.keys,
+            &self.registry_file,
+            sensor_keys,
+            &self.registry_additions,
+        );
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
 

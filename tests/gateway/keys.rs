@@ -180,7 +180,7 @@ fn keys_new_prints_a_key_once_with_its_registry_entry() {
         .expect("the registry entry is printed");
     let registry = format!("{{\"devices\": {entry}}}");
     let registry = Registry::parse(registry.as_bytes()).unwrap();
-    assert_eq!(&*registry.authenticate(key).unwrap().id, "pump-7");
+    assert_eq!(&**registry.authenticate(key).unwrap().id(), "pump-7");
 
     let bad = Command::new(env!("CARGO_BIN_EXE_lakegate"))
         .args(["keys", "new", "bad id"])

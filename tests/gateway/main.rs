@@ -18,5 +18,6 @@ mod logs;
 mod operations;
 mod query;
 mod refusals;
+mod relay_entries;
 mod request_id;
 mod resilience;

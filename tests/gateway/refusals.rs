@@ -224,6 +224,96 @@ async fn refusals_of_requests_and_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_of_a_site_relay() {
+    let relay_key = generate_key().key.expose_secret().to_owned();
+    let disabled_key = generate_key().key.expose_secret().to_owned();
+    let registry = json!({
+        "devices": {
+            "pump-7": {"keys": []},
+            "line-3-off": {"keys": [], "disabled": true},
+            "line-3-slow": {"keys": [], "rate_per_sec": 1, "burst": 1},
+        },
+        "relays": {
+            "site-a": {"keys": [hash_key(&relay_key)], "devices": ["pump-7", "line-3-*"]},
+            "site-off": {"keys": [hash_key(&disabled_key)], "devices": ["pump-7"], "disabled": true},
+        }
+    });
+    // A relay's own budget is the default device quota, in requests: 8 at once.
+    let mut gateway = Harness::start_with_registry(
+        emulator_config(),
+        &[
+            ("LAKEGATE_DEVICE_RATE_PER_SEC", "1"),
+            ("LAKEGATE_DEVICE_BURST", "8"),
+        ],
+        registry,
+    )
+    .await;
+    let relayed = |device: &str, id: &str| json!({"device_id": device, "id": id, "ts": "2026-11-29T12:00:00Z", "metrics": {"t": 1}});
+    let mut refusals = Vec::new();
+    let batch = json!([
+        relayed("pump-7", "ok"),
+        {"id": "no-device", "ts": "2026-11-29T12:00:00Z", "metrics": {"t": 1}},
+        relayed("other-9", "not-the-relays"),
+        relayed("line-3-zz", "unknown"),
+        relayed("line-3-off", "disabled"),
+        relayed("line-3-slow", "within-burst"),
+        relayed("line-3-slow", "over-rate"),
+    ]);
+    let partly = gateway
+        .post_to("/ingest?ack=accept", &relay_key)
+        .json(&batch);
+    refusals.push(sent("relay_readings_refused_one_by_one", partly).await);
+    let nothing = gateway
+        .post(&relay_key)
+        .json(&json!([relayed("other-9", "x")]));
+    refusals.push(sent("relay_no_valid_readings", nothing).await);
+    // line-3-slow (burst 1, one more a second) spent its budget above.
+    let mut limited = None;
+    for i in 0..3 {
+        let response = gateway
+            .post_to("/ingest?ack=accept", &relay_key)
+            .json(&json!([relayed("line-3-slow", &format!("slow-{i}"))]))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(refusal("relay_devices_rate_limited", response).await);
+            break;
+        }
+        assert!(response.status().is_success(), "{i}");
+    }
+    refusals.push(limited.expect("the slow device is limited"));
+    refusals.push(
+        sent(
+            "relay_disabled",
+            gateway
+                .post(&disabled_key)
+                .json(&json!([relayed("pump-7", "d")])),
+        )
+        .await,
+    );
+    let mut limited = None;
+    for i in 0..10 {
+        let response = gateway
+            .post(&relay_key)
+            .header("Content-Type", "application/json")
+            .body("[")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(refusal("relay_rate_limited", response).await);
+            break;
+        }
+        assert_eq!(response.status(), 400, "{i}");
+    }
+    refusals.push(limited.expect("the relay is limited"));
+
+    insta::assert_json_snapshot!("relay", refusals);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_of_a_gateway_that_cannot_keep_up() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(2500);

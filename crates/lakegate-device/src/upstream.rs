@@ -33,12 +33,19 @@ pub struct Upstream {
     http: reqwest::Client,
 }
 
-/// A reading the gateway refused for good, by its index in the batch.
+/// A reading the gateway refused, by its index in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub index: usize,
     pub reason: String,
     pub message: String,
+}
+
+impl Refused {
+    /// Refused for now only: its device is over its rate (a relay's batch).
+    pub fn is_transient(&self) -> bool {
+        self.reason == "device_rate_limited"
+    }
 }
 
 /// What the upstream's answer means for the batch.
@@ -155,7 +162,29 @@ impl Upstream {
         let started = Instant::now();
         loop {
             let (after, why) = match self.deliver(readings).await {
-                Delivery::Committed { refused } => return Ok(refused),
+                Delivery::Committed { refused } => {
+                    let (later, settled): (Vec<Refused>, Vec<Refused>) =
+                        refused.into_iter().partition(Refused::is_transient);
+                    if later.is_empty() {
+                        return Ok(settled);
+                    }
+                    // Readings over their device's rate (a relay's batch): again, later.
+                    let again: Vec<Value> =
+                        later.iter().map(|r| readings[r.index].clone()).collect();
+                    let wait = schedule
+                        .next_wait(started.elapsed(), None)
+                        .unwrap_or(Duration::from_secs(30));
+                    if deadline.is_none_or(|deadline| Instant::now() + wait > deadline) {
+                        return Ok(settled.into_iter().chain(later).collect());
+                    }
+                    tokio::time::sleep(wait).await;
+                    let retried = Box::pin(self.deliver_retrying(&again, deadline)).await?;
+                    let mapped = retried.into_iter().map(|r| Refused {
+                        index: later[r.index].index,
+                        ..r
+                    });
+                    return Ok(settled.into_iter().chain(mapped).collect());
+                }
                 Delivery::TooLarge => {
                     let (left, right) = readings.split_at(readings.len() / 2);
                     let mut refused = Box::pin(self.deliver_retrying(left, deadline)).await?;
