@@ -426,7 +426,8 @@ impl GatewayConfig {
                     env.parse("LAKEGATE_DEVICE_LIST_CACHE_SECS", 5u64)?,
                 ),
                 device_list_window: Duration::from_secs(
-                    24 * 3600 * env.within("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", 365, 1..=36500)? as u64,
+                    24 * 3600
+                        * env.within("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", 365, 1..=36500)? as u64,
                 ),
             },
             connections: ConnectionLimits {
