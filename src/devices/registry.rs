@@ -174,15 +174,9 @@ impl Registry {
                 device: quoted(&id),
                 problem,
             };
-            if !is_valid_device_id(&id) {
-                return Err(fail(
-                    "invalid id: use 1 to 128 characters of A-Z a-z 0-9 . _ : - (not a key)".into(),
-                ));
-            }
-            let Value::Object(entry) = entry else {
-                return Err(fail("entry must be an object".into()));
-            };
-            let entry = parse_entry(entry).map_err(fail)?;
+            let entry = checked_entry(&id, entry)
+                .and_then(parse_entry)
+                .map_err(fail)?;
             let registered = Registered {
                 device: Device {
                     id: id.clone(),
@@ -213,15 +207,9 @@ impl Registry {
                 relay: quoted(&id),
                 problem,
             };
-            if !is_valid_device_id(&id) {
-                return Err(fail(
-                    "invalid id: use 1 to 128 characters of A-Z a-z 0-9 . _ : - (not a key)".into(),
-                ));
-            }
-            let Value::Object(entry) = entry else {
-                return Err(fail("entry must be an object".into()));
-            };
-            let (keys, registered) = parse_relay_entry(id.clone(), entry).map_err(fail)?;
+            let (keys, registered) = checked_entry(&id, entry)
+                .and_then(|entry| parse_relay_entry(id.clone(), entry))
+                .map_err(fail)?;
             let registered = Arc::new(registered);
             registry.relays.insert(id.clone());
             for hash in keys {
@@ -379,6 +367,19 @@ struct Entry {
     disabled: bool,
     rate_per_sec: Option<NonZeroU32>,
     burst: Option<NonZeroU32>,
+}
+
+/// A device's or a relay's entry: its id checked, its fields.
+fn checked_entry(id: &str, entry: Value) -> Result<Map<String, Value>, String> {
+    if !is_valid_device_id(id) {
+        return Err(
+            "invalid id: use 1 to 128 characters of A-Z a-z 0-9 . _ : - (not a key)".into(),
+        );
+    }
+    match entry {
+        Value::Object(fields) => Ok(fields),
+        _ => Err("entry must be an object".into()),
+    }
 }
 
 fn parse_entry(mut fields: Map<String, Value>) -> Result<Entry, String> {
