@@ -1,8 +1,7 @@
-//! The lakegate binary: `lakegate` (or `lakegate serve`) runs the gateway;
-//! `lakegate keys add/rotate/revoke-old/revoke/disable/enable/list` manage the
-//! device registry where it lives;
-//! `lakegate keys new <device-id>` creates a device key, `lakegate keys new-reader`
-//! a token for the read API.
+//! The lakegate binary: `lakegate` (or `lakegate serve [--behind-apps-proxy]`) runs
+//! the gateway; `lakegate keys ...` manages devices and site relays in the registry
+//! where it lives (or prints a key, `keys new`, or a reader token, `keys new-reader`);
+//! `lakegate send` is the device agent (`lakegate-device`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
