@@ -91,6 +91,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     /// Rows the table refused, stored in the dead-letter table.
     pub rows_dead_lettered: Counter,
+    /// Batch attempts that failed on a Delta write conflict (another writer committed first).
+    pub batch_conflicts: Counter,
     /// 1 while the table refuses writes for good (see `WriteHealth`), read at scrape time.
     writes_unwritable: Gauge,
     pub writes: WriteHealth,
@@ -115,6 +117,7 @@ impl Default for Metrics {
         let connections = ConnectionMetrics::default();
         let auth_failures = Family::default();
         let rows_dead_lettered = Counter::default();
+        let batch_conflicts = Counter::default();
         let writes_unwritable = Gauge::default();
 
         let mut registry = Registry::with_prefix("lakegate");
@@ -210,6 +213,11 @@ impl Default for Metrics {
             rows_dead_lettered.clone(),
         );
         registry.register(
+            "batch_conflicts",
+            "Batch attempts that failed on a Delta concurrent-write conflict (retried at once)",
+            batch_conflicts.clone(),
+        );
+        registry.register(
             "writes_unwritable",
             "1 while the table refuses writes for good (rows are kept and retried)",
             writes_unwritable.clone(),
@@ -233,6 +241,7 @@ impl Default for Metrics {
             token_fetches,
             auth_failures,
             rows_dead_lettered,
+            batch_conflicts,
             writes_unwritable,
             writes: WriteHealth::default(),
             activity: Activity::default(),

@@ -83,6 +83,74 @@ pub struct Faults {
     pub token_expires_in: Option<u64>,
     /// Rows a table refuses, like a CHECK constraint: see [`RejectRows`].
     pub reject_rows: Option<RejectRows>,
+    /// Whether concurrent writes into one table can fail as Delta's optimistic concurrency
+    /// makes them fail: see [`WriteConflicts`].
+    pub write_conflicts: WriteConflicts,
+    /// Time a write (INSERT, MERGE) spends RUNNING for its size, on top of
+    /// `statement_latency`: see [`StatementCost`].
+    pub statement_cost: Option<StatementCost>,
+}
+
+/// How the emulator resolves two writes into one table that overlap in time.
+///
+/// Every write reads first (a MERGE its target, an INSERT ... SELECT its query), noting the
+/// table version it read, spends its latency and cost, then validates and commits, one
+/// commit at a time. Only writes that read their target can conflict: a plain INSERT (VALUES,
+/// or a SELECT from other tables) appends blindly, as on Delta.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteConflicts {
+    /// Never fail: a write whose target changed since it read reads again at commit (the
+    /// emulator's behaviour before conflicts were modelled).
+    #[default]
+    Off,
+    /// Row-level concurrency (deletion vectors, liquid clustering; Databricks' default for
+    /// new clustered tables): a MERGE fails only if a row committed since it read is one its
+    /// ON condition matches, i.e. another writer inserted the same rows
+    /// (`[DELTA_CONCURRENT_APPEND.ROW_LEVEL_CHANGES]`). An INSERT ... SELECT reading its
+    /// target fails if the number of rows it would insert changed.
+    RowLevel,
+    /// File-level concurrency: a MERGE fails if any row committed since it read satisfies the
+    /// ON condition's conjuncts on the target alone (its read range, e.g. a `ts` range), whatever
+    /// the source holds (`[DELTA_CONCURRENT_APPEND.NO_HINT]`); with no such conjunct, and for an
+    /// INSERT ... SELECT reading its target, any append to the table conflicts
+    /// (`[DELTA_CONCURRENT_APPEND.WHOLE_TABLE_READ]`). Rows are tested one by one, where
+    /// Databricks tests files (by their statistics), so the emulator conflicts at most as
+    /// often as Databricks.
+    FileLevel,
+}
+
+impl std::str::FromStr for WriteConflicts {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().replace('_', "-").as_str() {
+            "off" => Ok(WriteConflicts::Off),
+            "row-level" | "row" => Ok(WriteConflicts::RowLevel),
+            "file-level" | "file" => Ok(WriteConflicts::FileLevel),
+            _ => Err(format!(
+                "{text:?} is not a conflict mode: off, row-level or file-level"
+            )),
+        }
+    }
+}
+
+/// A write's running time for its size: `fixed + per_row * rows`, where `rows` is what the
+/// statement inserts (for a MERGE, its source rows not in the table yet). The write sleeps
+/// that long between its read and its commit (cancellable, like `statement_latency`), so a
+/// benchmark sees the trade-off between few large statements and many small ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatementCost {
+    pub fixed: Duration,
+    pub per_row: Duration,
+}
+
+impl StatementCost {
+    /// The running time of a write inserting `rows` rows.
+    pub fn of(&self, rows: usize) -> Duration {
+        let rows = u32::try_from(rows).unwrap_or(u32::MAX);
+        self.fixed
+            .saturating_add(self.per_row.checked_mul(rows).unwrap_or(Duration::MAX))
+    }
 }
 
 /// A write into `table` (`catalog.schema.table`, any case) whose parameter values contain
@@ -107,6 +175,8 @@ impl Default for Faults {
             lost_statement_responses: 0,
             token_expires_in: None,
             reject_rows: None,
+            write_conflicts: WriteConflicts::Off,
+            statement_cost: None,
         }
     }
 }

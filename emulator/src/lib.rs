@@ -29,6 +29,15 @@
 //!   (subquery) [AS s] ON cond WHEN NOT MATCHED [AND cond] THEN INSERT (cols) VALUES (...)` or
 //!   `INSERT *`. The check and the insert are one atomic step, so concurrent MERGEs never
 //!   duplicate a row; source rows that duplicate each other are all inserted, as on Databricks.
+//! - **Optimistic concurrency** (`sql/commit.rs`): a write reads first, noting the version of
+//!   its target, spends its latency and cost, then validates and commits, one commit at a time;
+//!   writes overlap in time. With the [`WriteConflicts`] fault a MERGE or an INSERT ... SELECT
+//!   whose read a concurrent commit changed fails FAILED with
+//!   `[DELTA_CONCURRENT_APPEND.<subclass>] ... SQLSTATE: 2D521` (`ROW_LEVEL_CHANGES`:
+//!   another commit inserted rows its ON condition matches; `NO_HINT`: rows in its read range,
+//!   the ON conjuncts on the target alone; `WHOLE_TABLE_READ`: no such range), counted in
+//!   [`Stats::write_conflicts`]; blind INSERTs never conflict. Off (the default), such a write
+//!   reads again at commit instead.
 //!   The result row is `num_affected_rows`, `num_updated_rows`, `num_deleted_rows`,
 //!   `num_inserted_rows`.
 //! - **Databricks functions** DataFusion lacks: `from_json(json, schema)` with a literal schema in
@@ -53,8 +62,11 @@
 //! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
 //!   of 503 `TEMPORARILY_UNAVAILABLE` (both with a `Retry-After` of the caller's choice), failing
 //!   token calls, a token `expires_in` of the caller's choice, lost statement answers, rows a
-//!   table refuses as a CHECK constraint would ([`RejectRows`]), and extra statement latency
-//!   (cancellable), all changeable at run time from Rust.
+//!   table refuses as a CHECK constraint would ([`RejectRows`]), extra statement latency
+//!   (cancellable), write conflicts ([`WriteConflicts`]) and a cost model for writes
+//!   ([`StatementCost`]: a fixed time plus a time per inserted row, spent between a write's read
+//!   and its commit, so batch-size trade-offs show in benchmarks), all changeable at run time
+//!   from Rust.
 //!
 //! ## Command line
 //!
@@ -64,7 +76,8 @@
 //!                   [--token-lifetime-secs 3600] [--rows-per-chunk 10000]
 //!                   [--link-lifetime-secs 900] [--statement-latency-ms 0]
 //!                   [--throttle-share 0.0] [--throttle-retry-after-secs 1]
-//!                   [--token-failures 0]
+//!                   [--token-failures 0] [--write-conflicts off|row-level|file-level]
+//!                   [--statement-cost-fixed-ms 0] [--statement-cost-per-row-us 0]
 //!                   [--apps-proxy-listen ADDR --apps-proxy-app http://HOST:PORT
 //!                    [--apps-proxy-user-authorization] [--apps-proxy-can-use PRINCIPAL]...
 //!                    [--apps-proxy-strip-custom-headers] [--apps-proxy-timeout-secs 120]
@@ -135,7 +148,12 @@
 //!   refuses (`yyyy-MM-ddTHH`) fail with INVALID_DATETIME_PATTERN.WITH_SUGGESTION (Databricks
 //!   documents INVALID_DATETIME_PATTERN) and unparseable values with CANNOT_PARSE_TIMESTAMP; the
 //!   text after the class may be worded otherwise.
-//! - Transactions: a write that fails midway may leave rows behind; writes are serialized.
+//! - Transactions: a write that fails midway may leave rows behind; commits are serialized
+//!   (reads are not). Conflicts are decided row by row where Databricks decides file by file,
+//!   so the emulator conflicts at most as often; an INSERT ... SELECT reading its target
+//!   conflicts at row level only when the number of rows it would insert changed; metadata
+//!   conflicts (ALTER, OPTIMIZE) are not modelled, a table replaced under a write is
+//!   `WHOLE_TABLE_REPLACE`.
 //! - Permissions and ACLs (every authenticated caller may do everything), PAT management,
 //!   secret ACLs, Azure Key Vault scopes; secrets are not persisted.
 //! - Result expiry (CLOSED), `byte_limit`, statement purging; multiple statements per request.
@@ -171,7 +189,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use apps_proxy::{AppsProxy, AppsProxyConfig};
-pub use config::{EmulatorConfig, Faults, RejectRows};
+pub use config::{EmulatorConfig, Faults, RejectRows, StatementCost, WriteConflicts};
 pub use identity::TokenOwner;
 pub use stats::Stats;
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use lakegate_emulator::{AppsProxy, AppsProxyConfig, Emulator, EmulatorConfig, Faults};
+use lakegate_emulator::{
+    AppsProxy, AppsProxyConfig, Emulator, EmulatorConfig, Faults, StatementCost, WriteConflicts,
+};
 
 /// A local Databricks workspace emulator (OAuth M2M, Secrets, SQL Statement Execution),
 /// optionally with a Databricks Apps proxy in front of a local app.
@@ -39,6 +41,15 @@ struct Cli {
     /// Extra time every statement spends RUNNING, in milliseconds.
     #[arg(long, default_value_t = 0)]
     statement_latency_ms: u64,
+    /// How concurrent writes into one table conflict: off, row-level or file-level.
+    #[arg(long, default_value = "off")]
+    write_conflicts: WriteConflicts,
+    /// Fixed running time of every write (INSERT, MERGE), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    statement_cost_fixed_ms: u64,
+    /// Running time of a write per row it inserts, in microseconds.
+    #[arg(long, default_value_t = 0)]
+    statement_cost_per_row_us: u64,
     /// Share (0.0 to 1.0) of /api/ requests answered 429.
     #[arg(long, default_value_t = 0.0)]
     throttle_share: f64,
@@ -125,6 +136,13 @@ impl From<Cli> for EmulatorConfig {
                 throttle_share: cli.throttle_share.clamp(0.0, 1.0),
                 throttle_retry_after_secs: cli.throttle_retry_after_secs,
                 token_failures: cli.token_failures,
+                write_conflicts: cli.write_conflicts,
+                statement_cost: (cli.statement_cost_fixed_ms > 0
+                    || cli.statement_cost_per_row_us > 0)
+                    .then(|| StatementCost {
+                        fixed: Duration::from_millis(cli.statement_cost_fixed_ms),
+                        per_row: Duration::from_micros(cli.statement_cost_per_row_us),
+                    }),
                 ..Faults::default()
             },
         }

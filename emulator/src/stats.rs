@@ -29,6 +29,10 @@ pub struct Stats {
     pub link_downloads: u64,
     /// Statement answers lost by fault injection (the statement itself ran).
     pub lost_responses: u64,
+    /// Writes that committed rows or DDL (INSERT, MERGE, CREATE, ...).
+    pub commits: u64,
+    /// Writes that failed with `DELTA_CONCURRENT_APPEND` (see `WriteConflicts`).
+    pub write_conflicts: u64,
 }
 
 #[derive(Default)]
@@ -43,6 +47,8 @@ pub struct Counters {
     pub cancels: AtomicU64,
     pub link_downloads: AtomicU64,
     pub lost_responses: AtomicU64,
+    pub commits: AtomicU64,
+    pub write_conflicts: AtomicU64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -85,6 +91,8 @@ impl Counters {
             cancels: get(&self.cancels),
             link_downloads: get(&self.link_downloads),
             lost_responses: get(&self.lost_responses),
+            commits: get(&self.commits),
+            write_conflicts: get(&self.write_conflicts),
         }
     }
 }

@@ -10,7 +10,11 @@
 //!
 //! Failures are told apart by what retrying can do ([`FailureKind`]):
 //! * transient (throttling, unavailability, lost answers, write conflicts): the same
-//!   batch again, with backoff;
+//!   batch again, with backoff; a Delta write conflict (another writer committed first)
+//!   is retried at once, up to [`IMMEDIATE_CONFLICT_RETRIES`] times in a row, since the
+//!   MERGE is idempotent and the other writer is done: waiting would only delay the rows;
+//!   conflicts beyond that take the backoff too (`lakegate_batch_conflicts_total` counts
+//!   them all);
 //! * the batch itself (a row breaks a type or a constraint): the batch is halved until
 //!   the rows the table refuses are alone, and those go to the dead-letter table, so one
 //!   bad row never blocks the others;
@@ -30,6 +34,9 @@ use super::queue::Submission;
 use crate::databricks::{self, FailureKind, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::table::TableRow;
+
+/// Write conflicts in a row retried without waiting before the backoff applies.
+pub(crate) const IMMEDIATE_CONFLICT_RETRIES: u32 = 3;
 
 /// Rows of one statement, encoded as the JSON array the statement expands.
 #[derive(Debug, Clone, PartialEq)]
@@ -298,6 +305,7 @@ impl<S: BatchSink> Writer<S> {
     /// Retries until the batch is committed (`Ok`) or refused for its data (`Err`).
     async fn write_until_settled(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
         let mut backoff = Backoff::new();
+        let mut conflicts_in_a_row = 0;
         loop {
             let started = Instant::now();
             let err = match self.sink.write(batch).await {
@@ -310,6 +318,16 @@ impl<S: BatchSink> Writer<S> {
                 Err(err) => err,
             };
             self.metrics.batch_failed();
+            if err.is_write_conflict() {
+                self.metrics.batch_conflicts.inc();
+                conflicts_in_a_row += 1;
+                if conflicts_in_a_row <= IMMEDIATE_CONFLICT_RETRIES {
+                    tracing::debug!(error = %err, rows = batch.rows, "write conflict; retrying at once");
+                    continue;
+                }
+            } else {
+                conflicts_in_a_row = 0;
+            }
             match err.kind() {
                 FailureKind::Request => return Err(err),
                 FailureKind::Target => {
@@ -459,11 +477,27 @@ mod tests {
         assert_eq!(noisy[0].wire_bytes, quoted(&noisy[0]));
     }
 
-    /// Fails its first `failures` writes, then records what it was given.
+    /// Fails its first `failures` writes (503s, or Delta write conflicts with
+    /// `conflicts`), then records what it was given.
     #[derive(Default)]
     struct FlakySink {
         failures: std::sync::Mutex<u32>,
+        conflicts: bool,
         written: std::sync::Mutex<Vec<EncodedBatch>>,
+    }
+
+    fn write_conflict() -> databricks::Error {
+        databricks::Error::Statement(databricks::StatementError {
+            statement_id: "s".into(),
+            state: databricks::StatementState::Failed,
+            error_code: Some("BAD_REQUEST".into()),
+            message: Some(
+                "[DELTA_CONCURRENT_APPEND.ROW_LEVEL_CHANGES] Transaction conflict detected. \
+                 SQLSTATE: 2D521"
+                    .into(),
+            ),
+            sql_state: Some("2D521".into()),
+        })
     }
 
     impl BatchSink for Arc<FlakySink> {
@@ -471,6 +505,9 @@ mod tests {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
+                if self.conflicts {
+                    return Err(write_conflict());
+                }
                 return Err(databricks::Error::Api(databricks::ErrorResponse {
                     status: 503,
                     error_code: "TEMPORARILY_UNAVAILABLE".into(),
@@ -532,6 +569,63 @@ mod tests {
         assert_eq!(queue.depth(), 0, "queue space is returned");
         closing.cancel();
         task.await.unwrap();
+    }
+
+    /// Commits one row through a writer over `sink`; returns the time it took and the
+    /// conflicts counted.
+    async fn commit_through(sink: Arc<FlakySink>) -> (Duration, u64) {
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let closing = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::new(
+            lanes.remove(0),
+            sink.clone(),
+            settings(10),
+            metrics.clone(),
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+        let started = tokio::time::Instant::now();
+        let committed = queue
+            .submit(vec![row("d", "r", "t", 1)], true)
+            .unwrap()
+            .unwrap();
+        committed.await.expect("committed after the retries");
+        let took = started.elapsed();
+        assert_eq!(sink.written.lock().unwrap().len(), 1);
+        closing.cancel();
+        task.await.unwrap();
+        (took, metrics.batch_conflicts.get())
+    }
+
+    #[tokio::test]
+    async fn write_conflicts_are_retried_at_once_then_with_backoff() {
+        let conflicts = |n: u32| {
+            Arc::new(FlakySink {
+                failures: n.into(),
+                conflicts: true,
+                ..FlakySink::default()
+            })
+        };
+        // Up to the bound, conflicts cost no wait beyond the linger (10 ms); the first
+        // backoff is at least 200 ms.
+        let (took, counted) = commit_through(conflicts(IMMEDIATE_CONFLICT_RETRIES)).await;
+        assert!(took < Duration::from_millis(190), "{took:?}");
+        assert_eq!(counted, u64::from(IMMEDIATE_CONFLICT_RETRIES));
+
+        // Beyond it, the backoff applies.
+        let (took, counted) = commit_through(conflicts(IMMEDIATE_CONFLICT_RETRIES + 2)).await;
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert_eq!(counted, u64::from(IMMEDIATE_CONFLICT_RETRIES + 2));
+
+        // Other transient failures wait from the first, and are no conflicts.
+        let unavailable = Arc::new(FlakySink {
+            failures: 1.into(),
+            ..FlakySink::default()
+        });
+        let (took, counted) = commit_through(unavailable).await;
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert_eq!(counted, 0);
     }
 
     /// Holds every write until released, and records the batches.

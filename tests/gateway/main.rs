@@ -8,6 +8,7 @@ mod admission;
 mod agent;
 mod apps_proxy;
 mod auth;
+mod conflicts;
 mod connections;
 mod dashboard_sql;
 mod harness;

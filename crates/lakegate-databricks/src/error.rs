@@ -79,6 +79,13 @@ impl Error {
         }
     }
 
+    /// Whether a statement failed on a Delta concurrent-write conflict
+    /// (`DELTA_CONCURRENT_APPEND`, `ConcurrentAppendException`, ...): another writer
+    /// committed first; an idempotent statement can run again at once.
+    pub fn is_write_conflict(&self) -> bool {
+        matches!(self, Error::Statement(stmt) if stmt.is_write_conflict())
+    }
+
     /// What retrying can do about this failure.
     pub fn kind(&self) -> FailureKind {
         match self {
@@ -248,6 +255,18 @@ impl StatementError {
         bracketed.or(self.error_code.as_deref())
     }
 
+    /// Delta's optimistic concurrency: another writer won.
+    pub fn is_write_conflict(&self) -> bool {
+        let class = self.error_class().unwrap_or_default();
+        let message = self.message.as_deref().unwrap_or_default();
+        self.state == StatementState::Failed
+            && (class.starts_with("DELTA_CONCURRENT")
+                || class.contains("CONCURRENT_WRITE")
+                || message.contains("ConcurrentAppendException")
+                || message.contains("ConcurrentDeleteReadException")
+                || message.contains("ConcurrentTransactionException"))
+    }
+
     fn kind(&self) -> FailureKind {
         if self.state != StatementState::Failed {
             // Cancelled by someone else, or its result expired: running it again can work.
@@ -255,14 +274,11 @@ impl StatementError {
         }
         let class = self.error_class().unwrap_or_default();
         let code = self.error_code.as_deref().unwrap_or_default();
-        let message = self.message.as_deref().unwrap_or_default();
-        // Delta's optimistic concurrency: another writer won; the MERGE is idempotent.
-        let conflict = class.starts_with("DELTA_CONCURRENT")
-            || class.contains("CONCURRENT_WRITE")
-            || message.contains("ConcurrentAppendException")
-            || message.contains("ConcurrentDeleteReadException")
-            || message.contains("ConcurrentTransactionException");
-        if conflict || TRANSIENT_CODES.contains(&code) || TRANSIENT_CODES.contains(&class) {
+        // A write conflict: the MERGE is idempotent, so running it again is safe.
+        if self.is_write_conflict()
+            || TRANSIENT_CODES.contains(&code)
+            || TRANSIENT_CODES.contains(&class)
+        {
             return FailureKind::Transient;
         }
         let family = class.split('.').next().unwrap_or_default();

@@ -50,6 +50,12 @@ impl SqlError {
         )
     }
 
+    /// Whether this is a Delta write conflict (`DELTA_CONCURRENT_APPEND` and its subclasses).
+    pub fn is_write_conflict(&self) -> bool {
+        self.class
+            .is_some_and(|class| class.split('.').next() == Some("DELTA_CONCURRENT_APPEND"))
+    }
+
     /// The text Databricks puts in `status.error.message`.
     pub fn message(&self) -> String {
         let mut message = match self.class {

@@ -6,15 +6,19 @@
 //! ```
 //!
 //! becomes `INSERT INTO target (cols) SELECT values FROM source [AS s] WHERE [<cond> AND]
-//! NOT EXISTS (SELECT TRUE FROM target [AS t] WHERE <on>)`. The engine runs it under its write lock,
-//! so the check and the insert are one atomic step, as Delta's conflict detection makes them:
-//! concurrent MERGEs never duplicate a row. As on Databricks, source rows that duplicate each
+//! NOT EXISTS (SELECT TRUE FROM target [AS t] WHERE <on>)`. The engine validates it at commit,
+//! under its write lock, against what was committed since it read (`commit.rs`), so the check and
+//! the insert are one atomic step, as Delta's conflict detection makes them: concurrent MERGEs
+//! never duplicate a row. [`read_range`] is the part of the target a MERGE reads whatever its
+//! source holds: the ON condition's conjuncts on the target alone. As on Databricks, source rows that duplicate each
 //! other are all inserted. Other clauses (WHEN MATCHED, WHEN NOT MATCHED BY SOURCE) fail.
+
+use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, Ident, Merge, MergeAction, MergeClause, MergeClauseKind, MergeInsertExpr,
     MergeInsertKind, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
-    Value, Values,
+    Value, Values, visit_expressions,
 };
 use datafusion::sql::sqlparser::dialect::DatabricksDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -116,6 +120,66 @@ pub fn to_insert(
     Ok(Statement::Insert(insert_into))
 }
 
+/// The target's qualifier in the ON condition (its alias, else its last name part) and the ON
+/// condition's conjuncts that refer to the target's columns alone, `qualifier.column`; `None`
+/// when there are none, i.e. the MERGE reads the whole target. Conjuncts with unqualified
+/// columns or subqueries are left out, which only widens the range.
+pub fn read_range(merge: &Merge) -> Option<(Ident, Expr)> {
+    let TableFactor::Table { name, alias, .. } = &merge.table else {
+        return None;
+    };
+    let qualifier = match alias {
+        Some(alias) => alias.name.clone(),
+        None => name.0.last()?.as_ident()?.clone(),
+    };
+    let mut conjuncts = Vec::new();
+    split_conjunction(&merge.on, &mut conjuncts);
+    conjuncts
+        .into_iter()
+        .filter(|conjunct| refers_only_to(conjunct, &qualifier))
+        .cloned()
+        .reduce(|left, right| Expr::BinaryOp {
+            left: Box::new(left),
+            op: BinaryOperator::And,
+            right: Box::new(right),
+        })
+        .map(|range| (qualifier, range))
+}
+
+fn split_conjunction<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            split_conjunction(left, out);
+            split_conjunction(right, out);
+        }
+        Expr::Nested(inner) => split_conjunction(inner, out),
+        other => out.push(other),
+    }
+}
+
+/// Whether `expr` names at least one column and only columns `qualifier.column`.
+fn refers_only_to(expr: &Expr, qualifier: &Ident) -> bool {
+    let same = |a: &Ident, b: &Ident| super::normalize(a) == super::normalize(b);
+    let mut columns = 0;
+    let flow = visit_expressions(expr, |e| match e {
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 && same(&parts[0], qualifier) => {
+            columns += 1;
+            ControlFlow::Continue(())
+        }
+        Expr::Identifier(_)
+        | Expr::CompoundIdentifier(_)
+        | Expr::Subquery(_)
+        | Expr::Exists { .. }
+        | Expr::InSubquery { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    flow.is_continue() && columns > 0
+}
+
 /// The one `WHEN NOT MATCHED [AND <condition>] THEN INSERT` clause, with its condition.
 fn only_insert(clauses: Vec<MergeClause>) -> Result<(Option<Expr>, MergeInsertExpr), SqlError> {
     let mut inserts = Vec::with_capacity(1);
@@ -183,7 +247,11 @@ fn insert_values(
 
 /// `SELECT <projection> FROM <from> WHERE <selection>`, built from a parsed template since
 /// sqlparser's nodes have no constructors.
-fn select(projection: Vec<SelectItem>, from: TableFactor, selection: Expr) -> Box<Query> {
+pub(super) fn select(
+    projection: Vec<SelectItem>,
+    from: TableFactor,
+    selection: Expr,
+) -> Box<Query> {
     let Statement::Query(mut query) = template("SELECT 1 FROM t WHERE TRUE").remove(0) else {
         unreachable!("the template is a query");
     };

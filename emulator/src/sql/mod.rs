@@ -10,9 +10,12 @@
 //! built-in means something else, a Databricks one replaces it: division ([`arithmetic`]) and
 //! the functions that take Spark's datetime patterns ([`datetime`]). Tables are
 //! in-memory Arrow tables that accept INSERT; NOT NULL columns are enforced by DataFusion's insert
-//! path. Writes are serialized by one lock and, with a data directory, persisted by [`store`].
+//! path. Writes read concurrently and commit one at a time under one lock, where Delta's
+//! optimistic concurrency is modelled ([`commit`]), and with a data directory are persisted by
+//! [`store`].
 
 mod arithmetic;
+mod commit;
 mod datetime;
 mod ddl;
 mod dialect;
@@ -41,7 +44,7 @@ use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as EngineStatement;
 use datafusion::sql::sqlparser::ast::{
-    self, Expr, Ident, ObjectName, Statement, visit_expressions_mut,
+    self, Expr, Ident, ObjectName, Statement, visit_expressions_mut, visit_relations,
 };
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Tokenizer;
@@ -81,6 +84,7 @@ pub struct Engine {
     ctx: SessionContext,
     store: Option<store::Store>,
     writes: tokio::sync::Mutex<()>,
+    versions: commit::Versions,
 }
 
 /// A parsed and bound statement, ready to run.
@@ -99,6 +103,10 @@ enum Kind {
         statement: Box<Statement>,
         effect: Effect,
         counts: Option<Counts>,
+        /// Whether an INSERT (or MERGE) reads the table it writes.
+        reads_target: bool,
+        /// What a MERGE reads of its target; see [`commit::ReadRange`].
+        range: Option<Box<commit::ReadRange>>,
     },
 }
 
@@ -155,6 +163,7 @@ impl Engine {
             ctx,
             store,
             writes: tokio::sync::Mutex::new(()),
+            versions: commit::Versions::default(),
         })
     }
 
@@ -188,39 +197,64 @@ impl Engine {
                 if statements.len() != 1 {
                     return Err(SqlError::syntax("exactly one statement is expected"));
                 }
-                let (mut statement, counts) = match statements.remove(0) {
-                    Statement::Merge(merge) => (
-                        merge::to_insert(merge, |name| table_columns(name, &state))?,
-                        Some(Counts::Merge),
-                    ),
-                    insert @ Statement::Insert(_) => (insert, Some(Counts::Insert)),
-                    statement => (statement, None),
+                let (mut statement, counts, mut range) = match statements.remove(0) {
+                    Statement::Merge(merge) => {
+                        let range = merge::read_range(&merge);
+                        (
+                            merge::to_insert(merge, |name| table_columns(name, &state))?,
+                            Some(Counts::Merge),
+                            range,
+                        )
+                    }
+                    insert @ Statement::Insert(_) => (insert, Some(Counts::Insert), None),
+                    statement => (statement, None, None),
                 };
                 databricks_dialect(&mut statement)?;
                 bind(&mut statement, request.parameters)?;
+                if let Some((_, predicate)) = &mut range {
+                    bind(predicate, request.parameters)?;
+                }
                 let effect = effect(&statement, &state)?;
+                let reads_target = reads_target(&statement, &effect, &state);
                 Kind::Sql {
                     statement: Box::new(statement),
                     effect,
                     counts,
+                    reads_target,
+                    range: range.map(|(qualifier, predicate)| {
+                        Box::new(commit::ReadRange::Rows {
+                            qualifier,
+                            predicate: Box::new(predicate),
+                        })
+                    }),
                 }
             }
         };
         Ok(Prepared { kind, state })
     }
 
-    /// Runs a prepared statement. Dropping the future cancels a read; a write is short and
-    /// callers let it finish (see [`Prepared::is_read_only`]).
+    /// Runs a prepared statement, a write without conflicts. Dropping the future cancels a
+    /// read; a write is short and callers let it finish (see [`Prepared::is_read_only`]).
+    /// The statement runner calls [`Engine::stage`] and [`Engine::commit`] for writes instead.
     pub async fn run(&self, prepared: Prepared) -> Result<Output, SqlError> {
-        let Prepared { kind, state } = prepared;
-        if let Kind::Sql {
-            statement,
-            effect: Effect::None,
-            ..
-        } = kind
-        {
+        if prepared.is_read_only() {
+            let Prepared {
+                kind: Kind::Sql { statement, .. },
+                state,
+            } = prepared
+            else {
+                unreachable!("read-only statements are SQL");
+            };
             return execute(&state, *statement).await;
         }
+        let staged = self.stage(prepared).await?;
+        self.commit(staged, crate::config::WriteConflicts::Off)
+            .await
+    }
+
+    /// Runs a statement whole under the write lock (DDL).
+    async fn run_serial(&self, prepared: Prepared) -> Result<Output, SqlError> {
+        let Prepared { kind, state } = prepared;
         let _write = self.writes.lock().await;
         let (output, effect) = match kind {
             Kind::CreateTable(create) => {
@@ -239,6 +273,7 @@ impl Engine {
                 statement,
                 effect,
                 counts,
+                ..
             } => {
                 let insert_columns = match statement.as_ref() {
                     Statement::Insert(insert) => insert.columns.iter().map(column_name).collect(),
@@ -253,6 +288,9 @@ impl Engine {
                 }
             }
         };
+        if let Effect::Table(table) = &effect {
+            self.versions.bump(table, "WRITE");
+        }
         self.persist(&effect).await?;
         Ok(output)
     }
@@ -354,6 +392,24 @@ async fn execute(state: &SessionState, statement: Statement) -> Result<Output, S
     let batches = datafusion::physical_plan::collect(physical, task).await?;
     naming::unmark(Output { schema, batches })
         .map_err(|err| SqlError::from(datafusion::error::DataFusionError::from(err)))
+}
+
+/// Whether an INSERT's query reads the table it inserts into.
+fn reads_target(statement: &Statement, effect: &Effect, state: &SessionState) -> bool {
+    let (Statement::Insert(insert), Effect::Table(target)) = (statement, effect) else {
+        return false;
+    };
+    let Some(source) = &insert.source else {
+        return false;
+    };
+    let target = target.to_string();
+    visit_relations(source.as_ref(), |name| {
+        match resolve(name, state).is_ok_and(|name| name.to_string() == target) {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        }
+    })
+    .is_break()
 }
 
 fn effect(statement: &Statement, state: &SessionState) -> Result<Effect, SqlError> {

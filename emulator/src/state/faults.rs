@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 
 use crate::clock::far_future;
-use crate::config::Faults;
+use crate::config::{Faults, StatementCost, WriteConflicts};
 use crate::error::ErrorReply;
 use crate::stats::{Counters, bump};
 
@@ -35,6 +35,14 @@ impl FaultState {
 
     pub fn statement_latency(&self) -> Duration {
         self.lock().faults.statement_latency
+    }
+
+    pub fn write_conflicts(&self) -> WriteConflicts {
+        self.lock().faults.write_conflicts
+    }
+
+    pub fn statement_cost(&self) -> Option<StatementCost> {
+        self.lock().faults.statement_cost
     }
 
     pub fn token_expires_in(&self) -> Option<u64> {

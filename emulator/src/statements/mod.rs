@@ -27,7 +27,7 @@ pub use self::links::download;
 use crate::error::{ApiJson, ErrorReply};
 use crate::identity::TokenOwner;
 use crate::results::{self, Format, ResultSet};
-use crate::sql::{Parameter, Request, SqlError};
+use crate::sql::{Output, Parameter, Request, SqlError};
 use crate::state::{App, BaseUrl, Phase, Statement};
 use crate::stats::bump;
 
@@ -258,34 +258,7 @@ fn parse_wait_timeout(value: Option<&str>) -> Result<Duration, ErrorReply> {
 async fn run(app: Arc<App>, statement: Arc<Statement>, job: Job) {
     statement.phase.send_replace(Phase::Running);
     let mut cancel = statement.cancel.subscribe();
-    let request = Request {
-        statement: &job.statement,
-        parameters: &job.parameters,
-        catalog: job.catalog.as_deref(),
-        schema: job.schema.as_deref(),
-    };
-    let latency = app.faults.statement_latency();
-    let prepared = tokio::select! {
-        _ = cancel.wait_for(|c| *c) => None,
-        prepared = async { tokio::time::sleep(latency).await; app.engine.prepare(&request) } => Some(prepared),
-    };
-    let output = match prepared {
-        None => None,
-        Some(Err(err)) => Some(Err(err)),
-        Some(Ok(prepared)) if rejected_by_constraint(&app, &prepared, &job) => {
-            Some(Err(SqlError::new(
-                "DELTA_VIOLATE_CONSTRAINT_WITH_VALUES",
-                "23001",
-                "CHECK constraint emulator_reject_rows violated by row with values: \
-                 (a row holding the rejected marker).",
-            )))
-        }
-        Some(Ok(prepared)) if prepared.is_read_only() => tokio::select! {
-            _ = cancel.wait_for(|c| *c) => None,
-            output = app.engine.run(prepared) => Some(output),
-        },
-        Some(Ok(prepared)) => Some(app.engine.run(prepared).await),
-    };
+    let output = execute_job(&app, &job, &mut cancel).await;
     let phase = match output {
         None => Phase::Canceled,
         Some(output) => match output
@@ -304,6 +277,81 @@ async fn run(app: Arc<App>, statement: Arc<Statement>, job: Job) {
     };
     let _ = statement.finished_at.set(Instant::now());
     statement.phase.send_replace(phase);
+}
+
+/// Runs the job's statement; `None` if it was cancelled first. A read spends the injected
+/// latency, then runs (cancellable throughout). A write reads (`Engine::stage`), spends the
+/// latency and its cost (cancellable: nothing is committed), then validates and commits
+/// (`Engine::commit`), which a cancel no longer stops, as with a Delta commit; so writes into
+/// one table overlap in time, and conflict as the `write_conflicts` fault says.
+async fn execute_job(
+    app: &App,
+    job: &Job,
+    cancel: &mut watch::Receiver<bool>,
+) -> Option<Result<Output, SqlError>> {
+    let request = Request {
+        statement: &job.statement,
+        parameters: &job.parameters,
+        catalog: job.catalog.as_deref(),
+        schema: job.schema.as_deref(),
+    };
+    let latency = app.faults.statement_latency();
+    let prepared = match app.engine.prepare(&request) {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            pause(latency, cancel).await?;
+            return Some(Err(err));
+        }
+    };
+    if prepared.is_read_only() {
+        pause(latency, cancel).await?;
+        return tokio::select! {
+            _ = cancel.wait_for(|c| *c) => None,
+            output = app.engine.run(prepared) => Some(output),
+        };
+    }
+    let rejected = rejected_by_constraint(app, &prepared, job);
+    let staged = match app.engine.stage(prepared).await {
+        Ok(staged) => staged,
+        Err(err) => {
+            pause(latency, cancel).await?;
+            return Some(Err(err));
+        }
+    };
+    let cost = app
+        .faults
+        .statement_cost()
+        .map_or(Duration::ZERO, |cost| cost.of(staged.rows()));
+    pause(latency.saturating_add(cost), cancel).await?;
+    if rejected {
+        return Some(Err(SqlError::new(
+            "DELTA_VIOLATE_CONSTRAINT_WITH_VALUES",
+            "23001",
+            "CHECK constraint emulator_reject_rows violated by row with values: \
+             (a row holding the rejected marker).",
+        )));
+    }
+    let result = app
+        .engine
+        .commit(staged, app.faults.write_conflicts())
+        .await;
+    match &result {
+        Ok(_) => bump(&app.stats.commits),
+        Err(err) if err.is_write_conflict() => bump(&app.stats.write_conflicts),
+        Err(_) => {}
+    }
+    Some(result)
+}
+
+/// Sleeps `duration`; `None` if the statement is cancelled first.
+async fn pause(duration: Duration, cancel: &mut watch::Receiver<bool>) -> Option<()> {
+    if duration.is_zero() {
+        return (!*cancel.borrow()).then_some(());
+    }
+    tokio::select! {
+        _ = cancel.wait_for(|c| *c) => None,
+        () = tokio::time::sleep(duration) => Some(()),
+    }
 }
 
 /// The `reject_rows` fault: a write into its table carrying its marker.
