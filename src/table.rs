@@ -164,6 +164,15 @@ fn create_table_sql<'a>(
 /// so a retried batch or a device's resend is a no-op, while the same reading id at
 /// another time is a new reading. The `:ts_min` / `:ts_max` bounds only prune the scan
 /// to the batch's time range (the table is clustered by device and time).
+///
+/// The batch's device ids are deliberately not in the condition, though a parameter could
+/// carry them (`array_contains(from_json(:devices, 'ARRAY<STRING>'), t.device_id)`, no value
+/// in the text): with row-level concurrency (this clustered table's default) MERGEs conflict
+/// only on the same rows, and a device's rows always go through the same writer, so writers
+/// never conflict whatever the condition; with file-level concurrency, a device set spread
+/// over the key space matches nearly every file's device statistics, and a predicate on a
+/// function of a parameter cannot prune files at all. The time range is what narrows both
+/// the scan and the conflicts; conflicts left are retried at once by the writer.
 /// `FAILFAST`: a batch the warehouse cannot parse fails loudly; the default (PERMISSIVE)
 /// would turn it into NULL, `explode(NULL)` into no rows, and the MERGE would commit
 /// nothing. Parameters: `:rows` (the batch), `:ts_min`, `:ts_max`.

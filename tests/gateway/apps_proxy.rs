@@ -136,8 +136,15 @@ async fn if_the_proxy_stripped_the_device_key_lakegate_would_refuse_every_device
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_run_with_the_signed_in_users_token() {
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[
+            ("LAKEGATE_APPS_PROXY_AUTH", "true"),
+            // The harness's readings have a fixed date; list them however long ago it is.
+            ("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", "3650"),
+        ],
+    )
+    .await;
     let config = AppsProxyConfig {
         user_authorization: true,
         ..AppsProxyConfig::new(&gateway.url)
