@@ -553,3 +553,46 @@ async fn a_running_gateway_follows_the_relay_key_commands() {
     assert_eq!(gateway.post_json(&gateway.keys.sensor, &own).await.0, 200);
     gateway.stop().await;
 }
+
+/// A relay built from `lakegate-device`: `Upstream::deliver_retrying` with the relay key
+/// sends the readings refused with `device_rate_limited` again until they are taken,
+/// and each is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_built_from_lakegate_device_sends_rate_limited_readings_again() {
+    let (mut gateway, site) = start_site(&[]).await;
+    let upstream =
+        lakegate_device::Upstream::new(&gateway.url, site.relay.clone().into(), None).unwrap();
+    // line-3-slow takes two readings at once, then one a second.
+    let mut batch: Vec<Json> = (1..=4)
+        .map(|n| relayed("line-3-slow", &format!("s-{n}"), f64::from(n)))
+        .collect();
+    batch.push(relayed("pump-7", "p-1", 9.0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let refused = upstream.deliver_retrying(&batch, Some(deadline)).await;
+    assert_eq!(refused, Ok(Vec::new()));
+    let rows = gateway
+        .query(&format!(
+            "SELECT device_id, count(*), count(DISTINCT reading_id) FROM {TABLE} \
+             GROUP BY device_id ORDER BY device_id"
+        ))
+        .await;
+    let counts: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|row| match &row[..] {
+            [
+                Value::String(device),
+                Value::Int(rows),
+                Value::Int(readings),
+            ] => (device.clone(), *rows, *readings),
+            other => panic!("unexpected row {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("line-3-slow".to_owned(), 4, 4),
+            ("pump-7".to_owned(), 1, 1)
+        ]
+    );
+    gateway.stop().await;
+}
