@@ -874,23 +874,28 @@ impl ScalarUDFImpl for DateFormat {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         per_row(args, "date_format", |values, patterns| {
             let instants = instants(values, false)?;
-            let instants = instants.as_primitive::<TimestampMicrosecondType>();
-            let mut compiled = Patterns::new(false);
-            let text = instants
-                .iter()
-                .zip(patterns.iter())
-                .map(|pair| match pair {
-                    (Some(micros), Some(pattern)) => compiled
-                        .get(pattern)?
-                        .format(micros)
-                        .map(Some)
-                        .map_err(external),
-                    _ => Ok(None),
-                })
-                .collect::<Result<StringArray>>()?;
-            Ok(Arc::new(text) as ArrayRef)
+            format_instants(&instants, patterns)
         })
     }
+}
+
+/// Each instant (TIMESTAMP microseconds) as text, by its row's pattern.
+fn format_instants(instants: &ArrayRef, patterns: &StringArray) -> Result<ArrayRef> {
+    let instants = instants.as_primitive::<TimestampMicrosecondType>();
+    let mut compiled = Patterns::new(false);
+    let text = instants
+        .iter()
+        .zip(patterns.iter())
+        .map(|pair| match pair {
+            (Some(micros), Some(pattern)) => compiled
+                .get(pattern)?
+                .format(micros)
+                .map(Some)
+                .map_err(external),
+            _ => Ok(None),
+        })
+        .collect::<Result<StringArray>>()?;
+    Ok(Arc::new(text) as ArrayRef)
 }
 
 /// `from_unixtime(seconds [, fmt])`: seconds since the epoch as text, by default
@@ -940,21 +945,7 @@ impl ScalarUDFImpl for FromUnixtime {
             // Spark takes whole seconds.
             let seconds = cast(&cast(values, &DataType::Int64)?, &DataType::Float64)?;
             let instants = seconds_to_instants(&seconds)?;
-            let instants = instants.as_primitive::<TimestampMicrosecondType>();
-            let mut compiled = Patterns::new(false);
-            let text = instants
-                .iter()
-                .zip(patterns.iter())
-                .map(|pair| match pair {
-                    (Some(micros), Some(pattern)) => compiled
-                        .get(pattern)?
-                        .format(micros)
-                        .map(Some)
-                        .map_err(external),
-                    _ => Ok(None),
-                })
-                .collect::<Result<StringArray>>()?;
-            Ok(Arc::new(text) as ArrayRef)
+            format_instants(&instants, patterns)
         })
     }
 }
