@@ -133,7 +133,7 @@ async fn run(devices: usize) -> anyhow::Result<()> {
     let source = KeySource::parse_secret_ref(&format!("{SCOPE}/{BASE}"))?;
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let (registry, first) = timed("first load", async || Ok(source.load(&secrets).await?)).await?;
+    let (registry, first) = timed("first load", async || Ok(source.load(Some(&secrets)).await?)).await?;
     let (held, peak) = (
         LIVE.load(Ordering::Relaxed).saturating_sub(before),
         PEAK.load(Ordering::Relaxed).saturating_sub(before),
@@ -142,11 +142,11 @@ async fn run(devices: usize) -> anyhow::Result<()> {
         bail!("loaded {} devices of {devices}", registry.device_count());
     }
     let (_, confirming) = timed("confirming reload", async || {
-        Ok(source.load(&secrets).await?)
+        Ok(source.load(Some(&secrets)).await?)
     })
     .await?;
     let (steady_registry, steady) =
-        timed("steady reload", async || Ok(source.load(&secrets).await?)).await?;
+        timed("steady reload", async || Ok(source.load(Some(&secrets)).await?)).await?;
     if !Arc::ptr_eq(&registry, &steady_registry) {
         bail!("a reload with nothing changed rebuilt the registry");
     }
@@ -160,7 +160,7 @@ async fn run(devices: usize) -> anyhow::Result<()> {
         .put_string(SCOPE, &shard, &json!({ "devices": smaller }).to_string())
         .await?;
     let (changed_registry, one_changed) = timed("reload after one change", async || {
-        Ok(source.load(&secrets).await?)
+        Ok(source.load(Some(&secrets)).await?)
     })
     .await?;
     if changed_registry.authenticate(&key_of(devices / 2)).is_ok() {

@@ -17,7 +17,8 @@ use crate::databricks;
 use crate::devices::{DeviceKeys, KeySource, reload_loop};
 use crate::ingest::{IngestQueue, StatementSink, Writer};
 use crate::metrics::Metrics;
-use crate::server::{self, AppState};
+use crate::relay::{Site, forward_loop, spool_loop};
+use crate::server::{self, AppState, Backend};
 use crate::table::ensure_tables;
 
 pub struct Gateway {
@@ -35,7 +36,8 @@ pub struct Gateway {
 
 /// The workspace to talk to and where the registry lives, once local mode had its say.
 struct Connection {
-    client: databricks::Config,
+    /// `None`: a relay without a workspace.
+    client: Option<databricks::Config>,
     keys: KeySource,
     #[cfg(feature = "local")]
     local: Option<crate::local::LocalWorkspace>,
@@ -46,46 +48,61 @@ impl Gateway {
     /// registry, creates the table when missing and starts the writer.
     pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Gateway> {
         let connection = connect(&mut config).await?;
-        let client = databricks::Client::new(&connection.client)
+        let client = connection
+            .client
+            .as_ref()
+            .map(databricks::Client::new)
+            .transpose()
             .context("building the Databricks client")?;
-        let secrets = client.secrets();
+        let secrets = client.as_ref().map(databricks::Client::secrets);
         let registry = connection
             .keys
-            .load(&secrets)
+            .load(secrets.as_ref())
             .await
             .context("loading the device registry")?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(match config.is_relay() {
+            true => Metrics::for_relay(),
+            false => Metrics::default(),
+        });
         metrics.registry_devices.set(registry.device_count() as i64);
         let keys = DeviceKeys::new(registry);
-        ensure_tables(&client.statements(), &config.table, &config.rejected_table)
-            .await
-            .with_context(|| {
-                format!(
-                    "creating tables {} and {}",
-                    config.table, config.rejected_table
-                )
-            })?;
 
-        let (queue, lanes) = IngestQueue::new(config.queue, config.writers);
         let writer_closing = CancellationToken::new();
-        let sink = StatementSink::new(client.statements(), &config.table, &config.rejected_table);
         let writers = TaskTracker::new();
-        for lane in lanes {
-            writers.spawn(
-                Writer::new(
-                    lane,
-                    sink.clone(),
-                    config.batch.clone(),
-                    metrics.clone(),
-                    writer_closing.clone(),
-                )
-                .run(),
-            );
-        }
-        writers.close();
-
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
+        let (backend, queue) = match (&config.relay, client) {
+            (Some(relay), _) => {
+                let site = Site::open(relay, connection.client.as_ref())
+                    .with_context(|| format!("opening the spool {}", relay.spool_dir.display()))?;
+                let site = Arc::new(site);
+                // One lane: one spooler appends everything, in arrival order.
+                let (queue, lanes) = IngestQueue::new(config.queue, 1);
+                for lane in lanes {
+                    writers.spawn(spool_loop(
+                        lane,
+                        site.clone(),
+                        metrics.clone(),
+                        writer_closing.clone(),
+                    ));
+                }
+                background.spawn(forward_loop(
+                    site.clone(),
+                    metrics.clone(),
+                    background_stop.clone(),
+                ));
+                (Backend::Relay(site), queue)
+            }
+            (None, Some(client)) => {
+                let queue =
+                    start_table_writers(&config, &client, &metrics, &writers, &writer_closing)
+                        .await?;
+                (Backend::Table(client), queue)
+            }
+            (None, None) => anyhow::bail!("a gateway needs a workspace"),
+        };
+        writers.close();
+
         background.spawn(reloads(
             &config,
             keys.clone(),
@@ -94,7 +111,7 @@ impl Gateway {
             metrics.clone(),
             background_stop.clone(),
         ));
-        let state = AppState::new(config, client, keys, queue, metrics);
+        let state = AppState::new(config, backend, keys, queue, metrics);
         background.spawn(prune_rate_limits(state.clone(), background_stop.clone()));
         background.close();
         Ok(Gateway {
@@ -176,16 +193,58 @@ impl Gateway {
     }
 }
 
+/// Creates the tables when missing and starts one batch writer per queue lane.
+async fn start_table_writers(
+    config: &GatewayConfig,
+    client: &databricks::Client,
+    metrics: &Arc<Metrics>,
+    writers: &TaskTracker,
+    closing: &CancellationToken,
+) -> anyhow::Result<IngestQueue> {
+    ensure_tables(&client.statements(), &config.table, &config.rejected_table)
+        .await
+        .with_context(|| {
+            format!(
+                "creating tables {} and {}",
+                config.table, config.rejected_table
+            )
+        })?;
+    let (queue, lanes) = IngestQueue::new(config.queue, config.writers);
+    let sink = StatementSink::new(client.statements(), &config.table, &config.rejected_table);
+    for lane in lanes {
+        writers.spawn(
+            Writer::new(
+                lane,
+                sink.clone(),
+                config.batch.clone(),
+                metrics.clone(),
+                closing.clone(),
+            )
+            .run(),
+        );
+    }
+    Ok(queue)
+}
+
 /// The workspace client's settings and the registry's source: the configured ones, or in
 /// local mode the embedded workspace's.
 async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
+    let configured_keys = || {
+        config
+            .device_keys
+            .clone()
+            .context("no device key source configured")
+    };
     match &config.workspace {
         Workspace::Remote { client } => Ok(Connection {
-            client: (**client).clone(),
-            keys: config
-                .device_keys
-                .clone()
-                .context("no device key source configured")?,
+            client: Some((**client).clone()),
+            keys: configured_keys()?,
+            #[cfg(feature = "local")]
+            local: None,
+        }),
+        Workspace::None => Ok(Connection {
+            client: None,
+            keys: configured_keys()?,
             #[cfg(feature = "local")]
             local: None,
         }),
@@ -197,7 +256,7 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
             let (data_dir, apps_proxy) = (data_dir.clone(), *apps_proxy);
             let (local, client, keys) = crate::local::attach(config, &data_dir, apps_proxy).await?;
             Ok(Connection {
-                client,
+                client: Some(client),
                 keys,
                 local: Some(local),
             })
@@ -210,7 +269,7 @@ fn reloads(
     config: &GatewayConfig,
     keys: DeviceKeys,
     source: KeySource,
-    secrets: databricks::Secrets,
+    secrets: Option<databricks::Secrets>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {

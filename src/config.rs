@@ -34,6 +34,23 @@ pub(crate) enum Workspace {
         /// Put the emulated Databricks Apps proxy in front, as on Databricks.
         apps_proxy: bool,
     },
+    /// None: a site relay whose registry is a file or a variable and whose upstream takes
+    /// no OAuth token.
+    None,
+}
+
+/// What `lakegate relay` adds: where accepted readings wait on disk, and where they go.
+#[derive(Debug, Clone)]
+pub(crate) struct RelaySettings {
+    /// The gateway the relay forwards to: a Databricks App's URL or a gateway of one's own.
+    pub(crate) upstream: String,
+    pub(crate) spool_dir: PathBuf,
+    /// Bytes of readings spooled and not yet forwarded; beyond this devices get 503.
+    pub(crate) spool_max_bytes: u64,
+    /// The relay's own key for the upstream (`Debug` shows no secret).
+    pub(crate) key: SecretString,
+    /// Readings per upstream request.
+    pub(crate) batch: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +80,9 @@ pub struct GatewayConfig {
     pub(crate) read: ReadSettings,
     /// Header and idle timeouts, and how many connections may be open.
     pub(crate) connections: ConnectionLimits,
+    /// Set when this process is a site relay (`lakegate relay`): it spools and forwards
+    /// instead of writing the table, and serves no reads.
+    pub(crate) relay: Option<RelaySettings>,
 }
 
 /// The shutdown timeline, all from one grace period (measured from the signal): requests
@@ -264,17 +284,90 @@ impl GatewayConfig {
     /// From the process environment.
     /// Whether this runs on the embedded workspace (no workspace configured).
     pub fn is_local(&self) -> bool {
-        !matches!(self.workspace, Workspace::Remote { .. })
+        !matches!(self.workspace, Workspace::Remote { .. } | Workspace::None)
     }
 
+    /// Whether this process is a site relay (`lakegate relay`).
+    pub fn is_relay(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// The gateway's settings from an environment map.
     pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let env = Env(vars);
         let workspace = workspace(&env, vars)?;
-        let local = !matches!(workspace, Workspace::Remote { .. });
+        GatewayConfig::build(&env, workspace, None)
+    }
+
+    /// A site relay's settings (`lakegate relay`): the gateway's API, validation and
+    /// limits, plus `LAKEGATE_UPSTREAM`, `LAKEGATE_SPOOL_DIR`, `LAKEGATE_SPOOL_MAX_BYTES`,
+    /// `LAKEGATE_RELAY_KEY` and `LAKEGATE_RELAY_BATCH`; a workspace (`DATABRICKS_HOST` or a
+    /// profile) only for OAuth tokens in front of an App or a registry in secrets.
+    pub fn relay_from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Env(vars);
+        let upstream = env
+            .raw("LAKEGATE_UPSTREAM")
+            .ok_or_else(|| invalid("LAKEGATE_UPSTREAM", "is required (the gateway's URL)"))?;
+        let url = reqwest::Url::parse(upstream)
+            .map_err(|err| invalid("LAKEGATE_UPSTREAM", format!("is not a URL: {err}")))?;
+        if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
+            return Err(invalid(
+                "LAKEGATE_UPSTREAM",
+                "must be an http:// or https:// URL without credentials",
+            ));
+        }
+        let relay = RelaySettings {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            spool_dir: env
+                .raw("LAKEGATE_SPOOL_DIR")
+                .map(PathBuf::from)
+                .ok_or_else(|| invalid("LAKEGATE_SPOOL_DIR", "is required (a directory)"))?,
+            spool_max_bytes: env.count("LAKEGATE_SPOOL_MAX_BYTES", 1024 * 1024 * 1024)? as u64,
+            key: env
+                .raw("LAKEGATE_RELAY_KEY")
+                .map(SecretString::from)
+                .ok_or_else(|| {
+                    invalid(
+                        "LAKEGATE_RELAY_KEY",
+                        "is required (the relay's key, from `lakegate keys add-relay`)",
+                    )
+                })?,
+            batch: env.within("LAKEGATE_RELAY_BATCH", 500, 1..=10_000)?,
+        };
+        let configured =
+            env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some();
+        let workspace = match configured {
+            true => Workspace::Remote {
+                client: Box::new(databricks::Config::resolve(
+                    databricks::Settings::default(),
+                    vars,
+                )?),
+            },
+            false => Workspace::None,
+        };
+        if matches!(workspace, Workspace::None) && env.raw("LAKEGATE_DEVICE_KEYS_SECRET").is_some()
+        {
+            return Err(invalid(
+                "LAKEGATE_DEVICE_KEYS_SECRET",
+                "needs a workspace to read the secret from: set DATABRICKS_HOST (or a profile)",
+            ));
+        }
+        GatewayConfig::build(&env, workspace, Some(relay))
+    }
+
+    fn build(
+        env: &Env,
+        workspace: Workspace,
+        relay: Option<RelaySettings>,
+    ) -> Result<Self, ConfigError> {
+        let local = !matches!(workspace, Workspace::Remote { .. } | Workspace::None);
 
         let table = match env.raw("LAKEGATE_TABLE") {
             Some(raw) => raw.parse().map_err(|p| invalid("LAKEGATE_TABLE", p))?,
-            None if local => "main.lakegate.readings".parse().expect("valid default"),
+            // A relay writes no table.
+            None if local || relay.is_some() => {
+                "main.lakegate.readings".parse().expect("valid default")
+            }
             None => {
                 return Err(invalid(
                     "LAKEGATE_TABLE",
@@ -299,7 +392,7 @@ impl GatewayConfig {
                 "must differ from LAKEGATE_TABLE",
             ));
         }
-        let device_keys = device_keys(&env)?;
+        let device_keys = device_keys(env)?;
         if device_keys.is_none() && !local {
             return Err(invalid(
                 "LAKEGATE_DEVICE_KEYS",
@@ -383,7 +476,7 @@ impl GatewayConfig {
         let behind_local_proxy = false;
         let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some() || behind_local_proxy;
         let apps_proxy_auth = env.parse("LAKEGATE_APPS_PROXY_AUTH", on_databricks_apps)?;
-        let (identity, readers) = read_identity(&env, apps_proxy_auth)?;
+        let (identity, readers) = read_identity(env, apps_proxy_auth)?;
 
         Ok(GatewayConfig {
             // A local trial stays on this machine; an app must listen on every interface.
@@ -408,11 +501,11 @@ impl GatewayConfig {
             queue,
             body,
             rate_limits,
-            trusted_proxies: trusted_proxies(&env, on_databricks_apps)?,
+            trusted_proxies: trusted_proxies(env, on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
             shutdown: ShutdownDeadlines::new(env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?),
             read: ReadSettings {
-                reader_tokens: reader_tokens(&env)?,
+                reader_tokens: reader_tokens(env)?,
                 apps_proxy_auth,
                 identity,
                 readers,
@@ -436,6 +529,7 @@ impl GatewayConfig {
                 max_connections: env.within("LAKEGATE_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
                 h2_keepalive: env.secs("LAKEGATE_H2_KEEPALIVE_SECS", 20)?,
             },
+            relay,
         })
     }
 }

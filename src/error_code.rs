@@ -84,7 +84,10 @@ error_codes! {
     Unavailable = ("unavailable", SERVICE_UNAVAILABLE),
     /// The table refuses writes; nothing from the request was accepted.
     WritesFailing = ("writes_failing", SERVICE_UNAVAILABLE),
-    /// Accepted and queued, but not committed in time (or the gateway is stopping).
+    /// A site relay's spool is full while its upstream catches up; nothing was accepted.
+    SpoolFull = ("spool_full", SERVICE_UNAVAILABLE),
+    /// Accepted and queued, but not committed in time (or the gateway is stopping); at a
+    /// relay, not on disk in time.
     NotYetCommitted = ("not_yet_committed", SERVICE_UNAVAILABLE),
     /// More connections open than the cap; answered as the connection opens.
     Overloaded = ("overloaded", SERVICE_UNAVAILABLE),

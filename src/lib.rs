@@ -100,5 +100,6 @@ pub mod local;
 pub(crate) mod metrics;
 pub(crate) mod query;
 pub(crate) mod rate_limits;
+pub(crate) mod relay;
 pub(crate) mod server;
 pub mod table;

@@ -1,7 +1,8 @@
 //! The lakegate binary: `lakegate` (or `lakegate serve [--behind-apps-proxy]`) runs
 //! the gateway; `lakegate keys ...` manages devices and site relays in the registry
 //! where it lives (or prints a key, `keys new`, or a reader token, `keys new-reader`);
-//! `lakegate send` is the device agent (`lakegate-device`).
+//! `lakegate send` is the device agent (`lakegate-device`); `lakegate relay` is the
+//! site relay (`relay/`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -49,6 +50,32 @@ enum Command {
     /// The device agent: send readings (NDJSON, from files or stdin) to a gateway with
     /// this device's key, optionally through a durable spool.
     Send(SendArgs),
+    /// A site relay: takes readings from the site's devices with their own keys, as the
+    /// gateway does, spools them on disk and forwards them with the relay's key
+    /// (LAKEGATE_RELAY_KEY); configured like the gateway, by environment variables.
+    Relay(RelayArgs),
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// The gateway to forward to: a Databricks App's URL, or a gateway of one's own.
+    #[arg(long, env = "LAKEGATE_UPSTREAM")]
+    upstream: String,
+    /// Where accepted readings wait on disk until the upstream has committed them.
+    #[arg(long, env = "LAKEGATE_SPOOL_DIR")]
+    spool: PathBuf,
+    /// Address and port to listen on; default LAKEGATE_LISTEN_ADDR (0.0.0.0) and
+    /// DATABRICKS_APP_PORT (8000).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// A file holding the relay's key; default: the LAKEGATE_RELAY_KEY variable.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Get OAuth tokens for the Databricks Apps proxy from this ~/.databrickscfg profile
+    /// (else from DATABRICKS_HOST, DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET
+    /// when set).
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -211,16 +238,22 @@ fn main() -> ExitCode {
         Command::Keys { action } => keys(action),
         Command::Send(args) => send(args),
         Command::Serve { behind_apps_proxy } => {
-            init_logging();
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(serve(behind_apps_proxy || cli.behind_apps_proxy)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!(error = format!("{err:#}"), "lakegate stopped");
-                    eprintln!("error: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_service(serve(behind_apps_proxy || cli.behind_apps_proxy))
+        }
+        Command::Relay(args) => run_service(relay(args)),
+    }
+}
+
+/// Runs the gateway or the relay to its end, logging why it stopped if it failed.
+fn run_service(service: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(service) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "lakegate stopped");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -512,6 +545,35 @@ async fn serve(behind_apps_proxy: bool) -> anyhow::Result<()> {
         println!("{}", local.instructions(&url));
     }
     gateway.run(listener, shutdown_signal()).await
+}
+
+async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    vars.insert("LAKEGATE_UPSTREAM".into(), args.upstream);
+    vars.insert(
+        "LAKEGATE_SPOOL_DIR".into(),
+        args.spool.to_string_lossy().into_owned(),
+    );
+    if let Some(path) = &args.key_file {
+        let key = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the relay key file {}", path.display()))?;
+        vars.insert("LAKEGATE_RELAY_KEY".into(), key.trim().to_owned());
+    }
+    if let Some(profile) = args.profile {
+        vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile);
+    }
+    let mut config = GatewayConfig::relay_from_map(&vars).context("configuration")?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let listen = config.listen;
+    let relay = Gateway::start(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, role = "relay", "lakegate listening");
+    relay.run(listener, shutdown_signal()).await
 }
 
 /// SIGTERM (Databricks Apps, then SIGKILL after 15 s) or Ctrl-C.

@@ -69,8 +69,28 @@ pub struct AuthFailureLabels {
     pub outcome: &'static str,
 }
 
+/// What a site relay (`lakegate relay`) adds: its spool and its forwarding.
+#[derive(Clone, Default)]
+pub struct SiteMetrics {
+    /// Bytes and readings spooled and not yet committed upstream; set at scrape time.
+    pub spool_bytes: Gauge,
+    pub spool_readings: Gauge,
+    /// Age by its own `ts` of the oldest reading waiting to be forwarded (0 when none):
+    /// how far the table lags behind this site.
+    pub oldest_reading_age_seconds: Gauge,
+    pub forwarded: Counter,
+    /// Readings the upstream refused for good (kept in the spool's `refused.ndjson`).
+    pub refused_upstream: Counter,
+    /// Forwarding attempts the upstream did not commit (each is retried).
+    pub upstream_failures: Counter,
+    /// Spool appends that failed (the rows stay queued and are tried again).
+    pub spool_write_failures: Counter,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Registered only in a site relay.
+    pub site: SiteMetrics,
     pub connections: ConnectionMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub readings_accepted: Counter,
@@ -245,7 +265,53 @@ impl Default for Metrics {
             writes_unwritable,
             writes: WriteHealth::default(),
             activity: Activity::default(),
+            site: SiteMetrics::default(),
         }
+    }
+}
+
+impl Metrics {
+    /// A site relay's metrics: the gateway's, and the spool's and forwarding's.
+    pub fn for_relay() -> Metrics {
+        let mut metrics = Metrics::default();
+        let site = metrics.site.clone();
+        let registry = &mut metrics.registry;
+        registry.register(
+            "spool_bytes",
+            "Bytes spooled and not yet committed upstream",
+            site.spool_bytes,
+        );
+        registry.register(
+            "spool_readings",
+            "Readings spooled and not yet committed upstream",
+            site.spool_readings,
+        );
+        registry.register(
+            "spool_oldest_reading_age_seconds",
+            "Age (by its ts) of the oldest reading waiting to be forwarded; 0 when none",
+            site.oldest_reading_age_seconds,
+        );
+        registry.register(
+            "relay_forwarded_readings",
+            "Readings the upstream committed",
+            site.forwarded,
+        );
+        registry.register(
+            "relay_refused_readings",
+            "Readings the upstream refused for good (kept in refused.ndjson)",
+            site.refused_upstream,
+        );
+        registry.register(
+            "relay_upstream_failures",
+            "Forwarding attempts the upstream did not commit (retried)",
+            site.upstream_failures,
+        );
+        registry.register(
+            "spool_write_failures",
+            "Spool appends that failed (retried)",
+            site.spool_write_failures,
+        );
+        metrics
     }
 }
 

@@ -946,7 +946,7 @@ mod tests {
         assert!(listed.contains("site-a\t1\tfalse\tpump-*"), "{listed}");
 
         let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
-        let registry = source.load(&secrets).await.unwrap();
+        let registry = source.load(Some(&secrets)).await.unwrap();
         let Ok(crate::devices::Sender::Relay(relay)) =
             registry.authenticate(relay_key.key.expose_secret())
         else {
@@ -1024,7 +1024,7 @@ mod tests {
 
         // The gateway's loader sees both parts.
         let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
-        let registry = source.load(&secrets).await.unwrap();
+        let registry = source.load(Some(&secrets)).await.unwrap();
         for key in [first.new_key.unwrap(), added.new_key.unwrap()] {
             assert!(registry.authenticate(key.key.expose_secret()).is_ok());
         }

@@ -82,6 +82,8 @@ pub enum RegistryError {
     },
     #[error("device registry secret reference {0:?} is not \"<scope>/<key>\"")]
     SecretRef(String),
+    #[error("the device registry is in Databricks secrets, but no workspace is configured")]
+    NoWorkspace,
 }
 
 /// The parsed registry, indexed by key hash, and its devices by id (for the readings

@@ -39,7 +39,8 @@ impl KeySource {
         }
     }
 
-    pub async fn load(&self, secrets: &Secrets) -> Result<Arc<Registry>, RegistryError> {
+    /// Reads the registry; `secrets` is the workspace's, needed for a registry in secrets.
+    pub async fn load(&self, secrets: Option<&Secrets>) -> Result<Arc<Registry>, RegistryError> {
         match self {
             KeySource::Inline(json) => {
                 Registry::parse(json.expose_secret().as_bytes()).map(Arc::new)
@@ -55,7 +56,11 @@ impl KeySource {
                 })?;
                 Registry::parse(&json).map(Arc::new)
             }
-            KeySource::Secret(registry) => registry.load(secrets).await,
+            KeySource::Secret(registry) => {
+                registry
+                    .load(secrets.ok_or(RegistryError::NoWorkspace)?)
+                    .await
+            }
         }
     }
 }
@@ -266,30 +271,17 @@ pub(crate) mod tests {
             hash_key("k")
         );
         let inline = KeySource::Inline(json.clone().into());
-        assert_eq!(
-            inline
-                .load(&offline_secrets())
-                .await
-                .unwrap()
-                .device_count(),
-            1
-        );
+        assert_eq!(inline.load(None).await.unwrap().device_count(), 1);
 
         let dir = std::env::temp_dir().join(format!("lakegate-source-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("registry.json");
         std::fs::write(&path, &json).unwrap();
-        let registry = KeySource::File(path.clone())
-            .load(&offline_secrets())
-            .await
-            .unwrap();
+        let registry = KeySource::File(path.clone()).load(None).await.unwrap();
         assert_eq!(&**registry.authenticate("k").unwrap().id(), "d");
 
         std::fs::remove_file(&path).unwrap();
-        let missing = KeySource::File(path)
-            .load(&offline_secrets())
-            .await
-            .unwrap_err();
+        let missing = KeySource::File(path).load(None).await.unwrap_err();
         assert!(matches!(missing, RegistryError::Io { .. }), "{missing}");
         std::fs::remove_dir(&dir).unwrap();
     }
@@ -321,11 +313,11 @@ pub(crate) mod tests {
         secrets.put_string("iot", "registry", &json).await.unwrap();
 
         let source = KeySource::parse_secret_ref("iot/registry").unwrap();
-        let registry = source.load(&secrets).await.unwrap();
+        let registry = source.load(Some(&secrets)).await.unwrap();
         assert_eq!(&**registry.authenticate("k").unwrap().id(), "d");
 
         let missing = KeySource::parse_secret_ref("iot/absent").unwrap();
-        let error = missing.load(&secrets).await.unwrap_err();
+        let error = missing.load(Some(&secrets)).await.unwrap_err();
         assert!(
             error
                 .to_string()
@@ -367,14 +359,14 @@ pub(crate) mod tests {
             .unwrap();
 
         let source = KeySource::parse_secret_ref("iot/registry").unwrap();
-        let first = source.load(&secrets).await.unwrap();
+        let first = source.load(Some(&secrets)).await.unwrap();
         assert_eq!(first.device_count(), 2);
         assert_eq!(&**first.authenticate("kb").unwrap().id(), "b");
         // Read once more to confirm (nothing changed: the same registry), then only listed.
-        let confirmed = source.load(&secrets).await.unwrap();
+        let confirmed = source.load(Some(&secrets)).await.unwrap();
         assert!(Arc::ptr_eq(&first, &confirmed));
         let calls = emulator.stats().api_requests;
-        let steady = source.load(&secrets).await.unwrap();
+        let steady = source.load(Some(&secrets)).await.unwrap();
         assert!(Arc::ptr_eq(&first, &steady));
         assert_eq!(
             emulator.stats().api_requests - calls,
@@ -388,7 +380,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let calls = emulator.stats().api_requests;
-        let changed = source.load(&secrets).await.unwrap();
+        let changed = source.load(Some(&secrets)).await.unwrap();
         assert_eq!(
             emulator.stats().api_requests - calls,
             2,
@@ -403,10 +395,10 @@ pub(crate) mod tests {
             .put_string("iot", &shard_b, &entry("a", "kx"))
             .await
             .unwrap();
-        let error = source.load(&secrets).await.unwrap_err();
+        let error = source.load(Some(&secrets)).await.unwrap_err();
         assert!(error.to_string().contains("two parts"), "{error}");
         secrets.delete("iot", &shard_b).await.unwrap();
-        let healed = source.load(&secrets).await.unwrap();
+        let healed = source.load(Some(&secrets)).await.unwrap();
         assert_eq!(healed.device_count(), 1);
         emulator.shutdown().await;
     }
@@ -416,17 +408,6 @@ pub(crate) mod tests {
         let settings = crate::databricks::Settings {
             host: Some(emulator.url()),
             token: Some(lakegate_testkit::PAT.into()),
-            ..Default::default()
-        };
-        let config = crate::databricks::Config::resolve(settings, &Default::default()).unwrap();
-        crate::databricks::Client::new(&config).unwrap().secrets()
-    }
-
-    /// A Secrets client for sources that never call the workspace (its host refuses).
-    pub(crate) fn offline_secrets() -> Secrets {
-        let settings = crate::databricks::Settings {
-            host: Some("http://127.0.0.1:9".into()),
-            token: Some("dapi-never-sent".into()),
             ..Default::default()
         };
         let config = crate::databricks::Config::resolve(settings, &Default::default()).unwrap();

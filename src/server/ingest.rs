@@ -25,7 +25,8 @@ use crate::ingest::{
 use crate::table::TableRow;
 
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
-/// table. `?ack=accept`: answer 202 as soon as they are queued.
+/// table. `?ack=accept`: answer 202 as soon as they are queued. A site relay answers
+/// 202 once they are spooled on disk, either way.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 pub enum Ack {
@@ -93,6 +94,16 @@ pub async fn ingest(
             ),
         })?;
     let decoded = decode(raw, encoding, caps)?;
+    if let Some(site) = app.site()
+        && !site.has_room_for(decoded.len() as u64)
+    {
+        return Err(HttpError::new(
+            ErrorCode::SpoolFull,
+            "the relay's spool is full while the upstream catches up; nothing from this \
+             request was accepted; retry later",
+        )
+        .retry_after(SPOOL_FULL_RETRY));
+    }
     let Taken {
         room,
         rows,
@@ -102,7 +113,9 @@ pub async fn ingest(
         Sender::Device(device) => from_device(&app, device, &decoded, format)?,
         Sender::Relay(relay) => from_relay(&app, relay, &registry, &decoded, format)?,
     };
-    let committed = room.submit(rows, params.ack == Ack::Commit)?;
+    // A relay answers once the readings are on disk, whatever the acknowledgement asked.
+    let relay = app.site().is_some();
+    let committed = room.submit(rows, relay || params.ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
     if let Sender::Relay(relay) = &sender {
         app.metrics.relay_accepted(&relay.id, accepted as u64);
@@ -119,15 +132,24 @@ pub async fn ingest(
     };
     tokio::select! {
         done = tokio::time::timeout(app.config.ack_timeout, committed) => match done {
+            Ok(Ok(())) if relay => {
+                let body = json!({"accepted": accepted, "rejected": rejected, "committed": false, "spooled": true});
+                Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+            }
             Ok(Ok(())) => {
                 let body = json!({"accepted": accepted, "rejected": rejected, "committed": true});
                 Ok((StatusCode::OK, Json(body)).into_response())
             }
             Err(_) if !app.shutting_down.is_cancelled() => Err(HttpError::new(
                 ErrorCode::NotYetCommitted,
-                "the readings are queued but not committed yet; the gateway keeps writing them \
-                 while it runs, and resending them is safe because repeated readings are \
-                 written once",
+                match relay {
+                    false => "the readings are queued but not committed yet; the gateway keeps \
+                              writing them while it runs, and resending them is safe because \
+                              repeated readings are written once",
+                    true => "the readings are queued but not on the relay's disk yet; the relay \
+                             keeps trying while it runs, and resending them is safe because \
+                             repeated readings are written once",
+                },
             )
             .retry_after(Duration::from_secs(5))),
             // The writer let go of the rows: the gateway is stopping.
@@ -192,6 +214,9 @@ pub(super) fn writable(app: &AppState) -> Result<(), HttpError> {
     }
     Ok(())
 }
+
+/// When a device may try again after finding the relay's spool full.
+const SPOOL_FULL_RETRY: Duration = Duration::from_secs(30);
 
 /// No promise that the rows will still be written: the grace period may end first.
 fn not_committed_at_shutdown() -> HttpError {

@@ -25,23 +25,29 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::error_code::ErrorCode;
 use crate::metrics::RequestLabels;
 use error::HttpError;
-pub(crate) use state::AppState;
+pub(crate) use state::{AppState, Backend};
 
 pub fn router(state: AppState) -> Router {
     // Longest a request may take: a body trickling in, or waiting for its commit.
     let request_timeout = state.config.ack_timeout + Duration::from_secs(30);
-    Router::new()
+    let ingest_and_ops = Router::new()
         .route("/ingest", post(ingest::ingest))
         .route("/api/ingest", post(ingest::ingest))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/devices", get(read::devices))
-        .route("/api/devices/{device_id}/series", get(read::series))
-        .route("/api/devices/{device_id}/latest", get(read::latest))
-        .route("/api/stats", get(read::stats))
-        .route("/", get(page::index))
-        .route("/static/{file}", get(page::static_file))
+        .route("/metrics", get(ops::metrics));
+    // A site relay takes readings only: the table and its page are the gateway's.
+    let routes = match state.site() {
+        Some(_) => ingest_and_ops,
+        None => ingest_and_ops
+            .route("/api/devices", get(read::devices))
+            .route("/api/devices/{device_id}/series", get(read::series))
+            .route("/api/devices/{device_id}/latest", get(read::latest))
+            .route("/api/stats", get(read::stats))
+            .route("/", get(page::index))
+            .route("/static/{file}", get(page::static_file)),
+    };
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // A layer, not a route_layer: unmatched requests (404) are counted too.

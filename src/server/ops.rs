@@ -8,9 +8,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::readiness::Readiness;
-use super::state::AppState;
-use crate::databricks::StatementRequest;
+use super::readiness::{Checks, Readiness};
+use super::state::{AppState, Backend};
+use crate::databricks::{self, StatementRequest};
 
 /// The process is up and serving.
 pub async fn healthz() -> Response {
@@ -21,8 +21,9 @@ pub async fn healthz() -> Response {
 /// (a throttled statement, a token refresh) don't.
 const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(30);
 
-/// Ready when a token is obtainable, the warehouse answers, batches are being written
-/// and the registry has at least one device; never once shutdown has begun, so that
+/// Ready when the registry has at least one device and, at a gateway, a token is
+/// obtainable, the warehouse answers and batches are being written; at a relay, the
+/// upstream answers and the spool can be written; never once shutdown has begun, so that
 /// the platform stops routing requests here at once.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     // A probe waiting on a slow check also hears at once that shutdown began.
@@ -41,8 +42,35 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 async fn check(app: &AppState) -> Readiness {
+    let devices = app.keys.current().device_count();
+    let checks = match &app.backend {
+        Backend::Table(client) => gateway_checks(app, client).await,
+        Backend::Relay(site) => {
+            let health = site.health().await;
+            Checks::Relay {
+                upstream: health.upstream,
+                spool: health.spool,
+            }
+        }
+    };
+    let ready = devices > 0
+        && match &checks {
+            Checks::Gateway {
+                warehouse, writes, ..
+            } => *warehouse == "ok" && *writes == "ok",
+            Checks::Relay { upstream, spool } => *upstream == "ok" && *spool == "ok",
+        };
+    Readiness {
+        ready,
+        checks,
+        devices,
+        shutting_down: false,
+    }
+}
+
+async fn gateway_checks(app: &AppState, client: &databricks::Client) -> Checks {
     let probe = StatementRequest::new("SELECT 1").deadline(Duration::from_secs(10));
-    let warehouse = match app.client.statements().execute(probe).await {
+    let warehouse = match client.statements().execute(probe).await {
         Ok(_) => "ok",
         Err(err) => {
             tracing::warn!(error = %err, "readiness: warehouse check failed");
@@ -55,21 +83,24 @@ async fn check(app: &AppState) -> Readiness {
         _ => None,
     };
     let writes = if reason.is_some() { "failing" } else { "ok" };
-    let devices = app.keys.current().device_count();
-    Readiness {
-        ready: warehouse == "ok" && writes == "ok" && devices > 0,
+    Checks::Gateway {
         warehouse,
         writes,
         reason,
-        devices,
-        shutting_down: false,
     }
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.queue_rows.set(app.queue.depth() as i64);
     app.metrics.queue_bytes.set(app.queue.depth_bytes() as i64);
-    let text = app.metrics.render(app.client.token_fetches());
+    let tokens = match &app.backend {
+        Backend::Table(client) => client.token_fetches(),
+        Backend::Relay(site) => {
+            site.observe(&app.metrics.site).await;
+            site.token_fetches()
+        }
+    };
+    let text = app.metrics.render(tokens);
     (
         [(
             header::CONTENT_TYPE,

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::failed_authentication;
 use super::error::HttpError;
-use super::state::{App, AppState};
+use super::state::{App, AppState, Backend};
 use crate::config::ReadIdentity;
 use crate::databricks;
 use crate::devices::KeyHash;
@@ -62,6 +62,13 @@ impl FromRequestParts<AppState> for Reader {
 
 /// The reader, and who it is for its rate limit (a token's hash, a user).
 fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str>), HttpError> {
+    // A relay routes no reads; this only makes the type say so.
+    let Backend::Table(client) = &app.backend else {
+        return Err(HttpError::new(
+            ErrorCode::NotFound,
+            "a site relay serves no reads; read from the gateway",
+        ));
+    };
     let headers = &parts.headers;
     let settings = &app.config.read;
     // Only the Apps proxy may vouch for a user: elsewhere anyone could send these.
@@ -69,7 +76,7 @@ fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str
         let email = header_text(headers, FORWARDED_EMAIL);
         let user = header_text(headers, FORWARDED_USER);
         if email.is_some() || user.is_some() {
-            return signed_in_reader(app, headers, email, user);
+            return signed_in_reader(app, client, headers, email, user);
         }
     }
     if settings.reader_tokens.is_empty() {
@@ -85,7 +92,7 @@ fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str
         .filter(|hash| settings.reader_tokens.contains(hash))
     {
         let reader = Reader {
-            client: app.client.clone(),
+            client: client.clone(),
             view: APP_VIEW.into(),
         };
         return Ok((reader, format!("token:{hash}").into()));
@@ -106,6 +113,7 @@ fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str
 /// nothing by itself: the user's own token reads, or the app's for listed readers.
 fn signed_in_reader(
     app: &AppState,
+    client: &databricks::Client,
     headers: &HeaderMap,
     email: Option<&str>,
     user: Option<&str>,
@@ -123,7 +131,7 @@ fn signed_in_reader(
             Some(token) => {
                 // The user's view is what the token may read: cached per token.
                 let reader = Reader {
-                    client: app.client.with_token(SecretString::from(token)),
+                    client: client.with_token(SecretString::from(token)),
                     view: format!("token:{}", KeyHash::of(token)).into(),
                 };
                 Ok((reader, who))
@@ -139,7 +147,7 @@ fn signed_in_reader(
         },
         ReadIdentity::App if settings.readers.admits(email, user) => {
             let reader = Reader {
-                client: app.client.clone(),
+                client: client.clone(),
                 view: APP_VIEW.into(),
             };
             Ok((reader, who))

@@ -9,30 +9,48 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
-    /// `ok` when a token was obtained and the warehouse ran `SELECT 1`, else `unreachable`
-    /// (the details go to the log: this route needs no credentials).
-    pub warehouse: &'static str,
-    /// `ok`, or `failing` when batch writes have failed for longer than a grace period,
-    /// or the table refuses them for good.
-    pub writes: &'static str,
-    /// Why writes are `failing`: `table_unwritable` (the table refuses every write: it is
-    /// missing, or permission is denied; rows are kept and retried) or `write_errors`
-    /// (failures retrying may fix, for longer than the grace period).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    #[serde(flatten)]
+    pub checks: Checks,
     pub devices: usize,
     /// Present (true) once shutdown has begun.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shutting_down: bool,
 }
 
+/// What was checked: a gateway's warehouse and writes, or a relay's upstream and spool.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Checks {
+    Gateway {
+        /// `ok` when a token was obtained and the warehouse ran `SELECT 1`, else
+        /// `unreachable` (the details go to the log: this route needs no credentials).
+        warehouse: &'static str,
+        /// `ok`, or `failing` when batch writes have failed for longer than a grace
+        /// period, or the table refuses them for good.
+        writes: &'static str,
+        /// Why writes are `failing`: `table_unwritable` (the table refuses every write:
+        /// it is missing, or permission is denied; rows are kept and retried) or
+        /// `write_errors` (failures retrying may fix, for longer than the grace period).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    Relay {
+        /// `ok` when the upstream's `/healthz` answered, else `unreachable`.
+        upstream: &'static str,
+        /// `ok`, `full` (devices get 503 until the forwarder makes room) or `failing`.
+        spool: &'static str,
+    },
+}
+
 impl Readiness {
     pub(super) fn shutting_down(devices: usize) -> Readiness {
         Readiness {
             ready: false,
-            warehouse: "not_checked",
-            writes: "not_checked",
-            reason: None,
+            checks: Checks::Gateway {
+                warehouse: "not_checked",
+                writes: "not_checked",
+                reason: None,
+            },
             devices,
             shutting_down: true,
         }

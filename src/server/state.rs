@@ -13,14 +13,23 @@ use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::query::ReadGate;
 use crate::rate_limits::RateLimits;
+use crate::relay::Site;
 
 /// Everything a request may need; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<App>);
 
+/// What the queue's rows go to.
+pub enum Backend {
+    /// A gateway: the table, and the reads, through this client.
+    Table(databricks::Client),
+    /// A site relay: the spool, and the upstream it forwards to.
+    Relay(Arc<Site>),
+}
+
 pub struct App {
     pub config: GatewayConfig,
-    pub client: databricks::Client,
+    pub backend: Backend,
     pub keys: DeviceKeys,
     pub rate_limits: RateLimits,
     pub queue: IngestQueue,
@@ -36,7 +45,7 @@ pub struct App {
 impl AppState {
     pub fn new(
         config: GatewayConfig,
-        client: databricks::Client,
+        backend: Backend,
         keys: DeviceKeys,
         queue: IngestQueue,
         metrics: Arc<Metrics>,
@@ -49,13 +58,23 @@ impl AppState {
                 config.read.device_list_ttl,
             ),
             config,
-            client,
+            backend,
             keys,
             queue,
             metrics,
             shutting_down: CancellationToken::new(),
             readiness: ReadinessCache::default(),
         }))
+    }
+}
+
+impl App {
+    /// The relay's spool and upstream; `None` in a gateway.
+    pub fn site(&self) -> Option<&Arc<Site>> {
+        match &self.backend {
+            Backend::Relay(site) => Some(site),
+            Backend::Table(_) => None,
+        }
     }
 }
 

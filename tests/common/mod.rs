@@ -101,9 +101,19 @@ impl LakegateProcess {
     /// pipe, and hands every JSON line to `on_log`.
     pub fn spawn(
         env: &HashMap<String, String>,
+        on_log: impl FnMut(&serde_json::Value) + Send + 'static,
+    ) -> anyhow::Result<LakegateProcess> {
+        Self::spawn_command(&[], env, on_log)
+    }
+
+    /// [`LakegateProcess::spawn`] with these arguments (`relay --upstream ...`).
+    pub fn spawn_command(
+        args: &[&str],
+        env: &HashMap<String, String>,
         mut on_log: impl FnMut(&serde_json::Value) + Send + 'static,
     ) -> anyhow::Result<LakegateProcess> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+            .args(args)
             .env_clear()
             .envs(env)
             .envs([

@@ -140,7 +140,11 @@ async fn parallel_writers_land_every_reading_once(
     );
 
     let stats = gateway.emulator.stats();
-    assert_eq!(stats.lost_responses, u64::from(lost_answers), "answers were lost");
+    assert_eq!(
+        stats.lost_responses,
+        u64::from(lost_answers),
+        "answers were lost"
+    );
     assert!(
         stats.throttled + stats.unavailable > 0,
         "requests were pushed back"

@@ -93,6 +93,18 @@ impl Harness {
         extra: &[(&str, &str)],
         additions: Json,
     ) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, emulator, extra, additions).await
+    }
+
+    /// [`Harness::start_with_registry`] on `listener` (a port chosen beforehand, where
+    /// nothing answered until now).
+    pub async fn start_on(
+        listener: TcpListener,
+        emulator: EmulatorConfig,
+        extra: &[(&str, &str)],
+        additions: Json,
+    ) -> Harness {
         let emulator = start_emulator(emulator).await;
         let keys = new_keys();
         let dir = lakegate_testkit::temp_dir();
@@ -104,7 +116,6 @@ impl Harness {
         let reader = common::reader(&env);
 
         let gateway = Gateway::start(config).await.expect("gateway starts");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(gateway.run(listener, async {

@@ -19,6 +19,7 @@ mod logs;
 mod operations;
 mod query;
 mod refusals;
+mod relay;
 mod relay_entries;
 mod request_id;
 mod resilience;

@@ -11,15 +11,19 @@
 //!   not take (readings keep their identity, so a batch sent twice is written once).
 //! - [`Spool`] (`spool.rs`): a durable, bounded queue on disk: records fsync'd before
 //!   [`Spool::append`] returns, forwarded from an atomic cursor, cut clean after a crash.
+//! - [`forward_next`] (`forward.rs`): the oldest spooled readings upstream, off the
+//!   spool once committed; the agent and the site relay (`lakegate relay`) both use it.
 //! - [`send`] (`send.rs`): the device agent behind `lakegate send`: NDJSON from files
 //!   or stdin through an optional spool to the upstream.
 //!
 //! `examples/send_readings.rs` sends readings from Rust.
 
+mod forward;
 mod send;
 mod spool;
 mod upstream;
 
+pub use forward::{Forwarded, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
 pub use spool::{Pending, Position, Spool, SpoolError};
 pub use upstream::{Delivery, Refused, Upstream};

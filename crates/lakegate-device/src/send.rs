@@ -14,14 +14,12 @@ use tokio::time::Instant;
 
 use lakegate_databricks as databricks;
 
+use crate::forward::{Forwarded, forward_next};
 use crate::spool::{Spool, SpoolError};
 use crate::upstream::{Refused, Upstream};
 
 /// Readings per upstream request (the gateway takes 1,000 by default).
 pub const DEFAULT_BATCH: usize = 500;
-
-/// Bytes of records the spool hands over at once.
-const SPOOL_READ_BYTES: u64 = 4 * 1024 * 1024;
 
 pub struct SendOptions {
     pub upstream: String,
@@ -178,26 +176,22 @@ async fn drain(
     report: &mut SendReport,
 ) -> Result<(), SendError> {
     loop {
-        let pending = spool.peek(batch.max(1), SPOOL_READ_BYTES)?;
-        if pending.records.is_empty() {
-            return Ok(());
-        }
-        let mut readings = Vec::new();
-        for record in &pending.records {
-            match serde_json::from_slice::<Vec<Value>>(record) {
-                Ok(batch) => readings.extend(batch),
-                // Only we write records, each checked by its CRC: this is a bug, said once.
-                Err(err) => report
-                    .refused
-                    .push(format!("a spooled record is not JSON: {err}")),
-            }
-        }
-        match upstream.deliver_retrying(&readings, deadline).await {
-            Ok(refused) => {
+        match forward_next(upstream, spool, batch, deadline).await? {
+            Forwarded::Nothing => return Ok(()),
+            Forwarded::Batch {
+                readings,
+                refused,
+                unreadable,
+            } => {
                 record(report, &readings, refused);
-                spool.commit(pending.end, pending.records.len() as u64)?;
+                // A bug, said once per record.
+                for _ in 0..unreadable {
+                    report
+                        .refused
+                        .push("a spooled record is not a reading".to_owned());
+                }
             }
-            Err(why) => {
+            Forwarded::NotTaken { why } => {
                 // Still spooled: the next attempt (or the next run) sends it.
                 if deadline.is_some() {
                     report.stopped = Some(why);

@@ -160,12 +160,17 @@ impl Spool {
 
     /// Appends one record and returns once it is on disk.
     pub fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|&len| len <= MAX_RECORD)
-            .expect("request bodies are capped far below a record's limit");
+        self.append_all(&[payload])
+    }
+
+    /// Appends records with one write and one fsync (a relay's group commit), all or
+    /// none, and returns once they are on disk.
+    pub fn append_all(&self, payloads: &[&[u8]]) -> Result<(), SpoolError> {
+        let size: u64 = payloads
+            .iter()
+            .map(|payload| HEADER + payload.len() as u64)
+            .sum();
         let mut state = self.lock();
-        let size = HEADER + u64::from(len);
         if state.used + size > self.max_bytes {
             return Err(SpoolError::Full {
                 used: state.used,
@@ -175,14 +180,20 @@ impl Spool {
         if state.head_len > 0 && state.head_len + size > SEGMENT_BYTES {
             self.start_segment(&mut state)?;
         }
-        let mut record = Vec::with_capacity(size as usize);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        record.extend_from_slice(payload);
+        let mut records = Vec::with_capacity(size as usize);
+        for payload in payloads {
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|&len| len <= MAX_RECORD)
+                .expect("request bodies are capped far below a record's limit");
+            records.extend_from_slice(&len.to_le_bytes());
+            records.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            records.extend_from_slice(payload);
+        }
         let path = segment_path(&self.dir, state.head_segment);
         let written = state
             .head
-            .write_all(&record)
+            .write_all(&records)
             .and_then(|()| state.head.sync_data());
         if let Err(source) = written {
             // Whatever part landed is cut off, so the next record starts clean.
@@ -191,8 +202,18 @@ impl Spool {
         }
         state.head_len += size;
         state.used += size;
-        state.records += 1;
+        state.records += payloads.len() as u64;
         Ok(())
+    }
+
+    /// Bytes the spool may hold not yet forwarded.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Where the spool lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Up to `max_records` records (and about `max_bytes` of them) from the cursor on,
@@ -511,6 +532,22 @@ mod tests {
         assert_eq!(drain(&spool), ["aaaa", "bbbb"]);
         spool.append(b"cccc").unwrap();
         assert_eq!(drain(&spool), ["cccc"]);
+    }
+
+    #[test]
+    fn records_appended_together_land_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 3 * (HEADER + 4)).unwrap();
+        spool.append_all(&[b"aaaa", b"bbbb"]).unwrap();
+        assert_eq!(spool.backlog(), (2 * (HEADER + 4), 2));
+        // Two more do not fit: neither is written.
+        assert!(matches!(
+            spool.append_all(&[b"cccc", b"dddd"]),
+            Err(SpoolError::Full { .. })
+        ));
+        drop(spool);
+        let spool = Spool::open(dir.path(), 3 * (HEADER + 4)).unwrap();
+        assert_eq!(drain(&spool), ["aaaa", "bbbb"]);
     }
 
     #[test]

@@ -26,8 +26,12 @@ const API_KEY_HEADER: &str = "X-API-Key";
 /// Longest one upstream request may take, the gateway's commit wait included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Longest a reachability check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Upstream {
     ingest_url: String,
+    healthz_url: String,
     key: SecretString,
     tokens: Option<Arc<dyn TokenSource>>,
     http: reqwest::Client,
@@ -80,12 +84,39 @@ impl Upstream {
             })
             .transpose()?;
         let http = databricks::http_client()?;
+        let base = base.trim_end_matches('/');
         Ok(Upstream {
-            ingest_url: format!("{}/api/ingest", base.trim_end_matches('/')),
+            ingest_url: format!("{base}/api/ingest"),
+            healthz_url: format!("{base}/healthz"),
             key,
             tokens,
             http,
         })
+    }
+
+    /// OAuth token fetches for the Apps proxy so far (none without a workspace).
+    pub fn token_fetches(&self) -> databricks::TokenFetches {
+        self.tokens
+            .as_ref()
+            .map_or_else(Default::default, |tokens| tokens.fetches())
+    }
+
+    /// Whether the upstream answers its liveness route (`/healthz`), with a token for the
+    /// Apps proxy when one is configured; why not, if it does not.
+    pub async fn check_reachable(&self) -> Result<(), String> {
+        let mut request = self.http.get(&self.healthz_url).timeout(PROBE_TIMEOUT);
+        if let Some(tokens) = &self.tokens {
+            let token = tokens
+                .token()
+                .await
+                .map_err(|err| format!("no OAuth token for the Apps proxy: {err}"))?;
+            request = request.bearer_auth(token.expose_secret());
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("upstream /healthz answered {}", response.status())),
+            Err(err) => Err(format!("upstream unreachable: {}", err.without_url())),
+        }
     }
 
     /// Sends one batch and tells what became of it.

@@ -1,0 +1,132 @@
+//! The forwarder: the spool's oldest readings upstream, one batch in flight, until the
+//! relay stops. A batch leaves the spool only once the upstream committed it; what the
+//! upstream did not take is tried again with backoff (honouring `Retry-After`), and
+//! readings it refused for good are kept in `refused.ndjson` beside the spool and logged.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use lakegate_device::{Forwarded, forward_next};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Site;
+use crate::databricks::RetryPolicy;
+use crate::metrics::Metrics;
+
+/// How long one batch may keep retrying (honouring `Retry-After`) before the forwarder
+/// counts a failure and backs off.
+const ATTEMPT_WINDOW: Duration = Duration::from_secs(5);
+
+/// Longest wait between attempts while the upstream does not commit.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often an idle forwarder looks at the spool without being woken.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Forwards until `stop` is cancelled. A batch in flight then is dropped: it stays
+/// spooled and goes again on the next start (the upstream writes it once).
+pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let policy = RetryPolicy::batch_writes();
+    let mut schedule = policy.schedule();
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let step = tokio::select! {
+            () = stop.cancelled() => return,
+            step = forward_next(
+                &site.upstream,
+                &site.spool,
+                site.batch,
+                Some(Instant::now() + ATTEMPT_WINDOW),
+            ) => step,
+        };
+        let wait = match step {
+            Ok(Forwarded::Nothing) => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = site.appended.notified() => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
+            Ok(Forwarded::Batch {
+                readings,
+                refused,
+                unreadable,
+            }) => {
+                if failing_since.take().is_some() {
+                    tracing::info!("the upstream takes readings again");
+                }
+                schedule = policy.schedule();
+                site.turned_away.store(false, Ordering::Relaxed);
+                metrics
+                    .site
+                    .forwarded
+                    .inc_by((readings.len() - refused.len().min(readings.len())) as u64);
+                if unreadable > 0 {
+                    tracing::error!(
+                        records = unreadable,
+                        "spooled records that are not readings were skipped"
+                    );
+                }
+                if !refused.is_empty() {
+                    keep_refused(&site, &metrics, &readings, &refused);
+                }
+                continue;
+            }
+            Ok(Forwarded::NotTaken { why }) => {
+                metrics.site.upstream_failures.inc();
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tracing::warn!(%why, failing_for = ?since.elapsed(), "the upstream did not commit a batch; it stays spooled");
+                schedule.next_wait(since.elapsed(), None)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the spool cannot be read; retrying");
+                schedule.next_wait(Duration::ZERO, None)
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait.unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)) => {}
+        }
+    }
+}
+
+/// Readings the upstream refused for good (a device it does not know, one the relay may
+/// not speak for, a disabled device): appended to `refused.ndjson` in the spool
+/// directory with why, counted and logged, so that an operator can act and resend.
+fn keep_refused(
+    site: &Site,
+    metrics: &Metrics,
+    readings: &[Value],
+    refused: &[lakegate_device::Refused],
+) {
+    metrics.site.refused_upstream.inc_by(refused.len() as u64);
+    let mut lines = Vec::new();
+    for refusal in refused {
+        let reading = readings.get(refusal.index).cloned().unwrap_or(Value::Null);
+        tracing::warn!(
+            device_id = reading["device_id"].as_str().unwrap_or_default(),
+            reading_id = reading["id"].as_str().unwrap_or_default(),
+            reason = %refusal.reason,
+            message = %refusal.message,
+            "the upstream refused a reading for good; it is kept in refused.ndjson"
+        );
+        let line =
+            json!({"reason": refusal.reason, "message": refusal.message, "reading": reading});
+        lines.extend_from_slice(line.to_string().as_bytes());
+        lines.push(b'\n');
+    }
+    let path = site.spool.dir().join("refused.ndjson");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(&lines).and_then(|()| file.sync_data()));
+    if let Err(err) = written {
+        tracing::error!(error = %err, path = %path.display(), "cannot keep refused readings");
+    }
+}

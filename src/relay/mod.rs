@@ -1,0 +1,155 @@
+//! The site relay (`lakegate relay`): the gateway's front half in front of a durable
+//! spool instead of the table, so that devices at a site hold only their own key.
+//!
+//! A device's request goes through the same connection handling, authentication,
+//! limits, validation and queue as at the gateway (`server/`, `ingest/`). Then:
+//! 1. **Spooler** (`spooler.rs`): takes the queue's rows, turns each reading back into
+//!    one JSON record with its full identity (device, id — given or derived — and
+//!    microsecond `ts`) and appends what queued meanwhile with one fsync (group commit).
+//!    Only then do the waiting requests hear 202.
+//! 2. **Forwarder** (`forwarder.rs`): sends the oldest records upstream in batches
+//!    (`lakegate_device::forward_next`: gzip, the relay's key, an OAuth token for the
+//!    Apps proxy when configured, `?ack=commit`) and moves the spool's cursor only after
+//!    the upstream's 200. One batch in flight, oldest first: each device's readings stay
+//!    in order. Readings the upstream refuses for good go to `refused.ndjson` in the
+//!    spool directory.
+//!
+//! A reading keeps its identity from the device to the table, so a relay killed at any
+//! point and restarted on its spool, or an upstream whose answer was lost, writes it
+//! once; device keys never reach the spool or the upstream.
+
+mod forwarder;
+mod spooler;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use lakegate_device::{Spool, SpoolError, Upstream};
+use tokio::sync::Notify;
+
+use crate::config::RelaySettings;
+use crate::databricks;
+use crate::metrics::SiteMetrics;
+
+pub(crate) use forwarder::forward_loop;
+pub(crate) use spooler::spool_loop;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SiteError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("the upstream client: {0}")]
+    Upstream(#[from] databricks::Error),
+}
+
+/// A relay's spool and upstream, shared by the handlers, the spooler and the forwarder.
+pub(crate) struct Site {
+    spool: Arc<Spool>,
+    upstream: Upstream,
+    /// Readings per upstream request.
+    batch: usize,
+    /// Set while spool appends fail; cleared by the next that works.
+    spool_failing: AtomicBool,
+    /// Woken by each append, so that an idle forwarder sends at once.
+    appended: Notify,
+    /// Set when a request was turned away for room; cleared when the forwarder frees some.
+    turned_away: AtomicBool,
+}
+
+/// How the relay's two ends are doing, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SiteHealth {
+    /// `ok` or `unreachable` (the reason goes to the log).
+    pub(crate) upstream: &'static str,
+    /// `ok`, `full`, or `failing` (appends or a test write fail).
+    pub(crate) spool: &'static str,
+}
+
+impl Site {
+    /// Opens the spool (cutting a record torn by a crash) and the upstream client.
+    pub(crate) fn open(
+        settings: &RelaySettings,
+        workspace: Option<&databricks::Config>,
+    ) -> Result<Site, SiteError> {
+        let spool = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
+        let upstream = Upstream::new(&settings.upstream, settings.key.clone(), workspace)?;
+        Ok(Site {
+            spool: Arc::new(spool),
+            upstream,
+            batch: settings.batch,
+            spool_failing: AtomicBool::new(false),
+            appended: Notify::new(),
+            turned_away: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether about `bytes` more fit in the spool; when they don't, the spool counts as
+    /// full until the forwarder next makes room.
+    pub(crate) fn has_room_for(&self, bytes: u64) -> bool {
+        let room = self.spool.backlog().0.saturating_add(bytes) <= self.spool.max_bytes();
+        if !room {
+            self.turned_away.store(true, Ordering::Relaxed);
+        }
+        room
+    }
+
+    pub(crate) fn token_fetches(&self) -> databricks::TokenFetches {
+        self.upstream.token_fetches()
+    }
+
+    /// Checks the upstream (its `/healthz`) and the spool (a test write in its directory).
+    pub(crate) async fn health(&self) -> SiteHealth {
+        let upstream = match self.upstream.check_reachable().await {
+            Ok(()) => "ok",
+            Err(why) => {
+                tracing::warn!(%why, "readiness: the upstream is not reachable");
+                "unreachable"
+            }
+        };
+        let dir = self.spool.dir().to_owned();
+        let writable = tokio::task::spawn_blocking(move || probe_write(&dir))
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(join)));
+        let spool = match writable {
+            Err(err) => {
+                tracing::warn!(error = %err, "readiness: the spool directory cannot be written");
+                "failing"
+            }
+            Ok(()) if self.spool_failing.load(Ordering::Relaxed) => "failing",
+            Ok(()) if self.turned_away.load(Ordering::Relaxed) => "full",
+            Ok(()) => "ok",
+        };
+        SiteHealth { upstream, spool }
+    }
+
+    /// Sets the spool's gauges (read at scrape time).
+    pub(crate) async fn observe(self: &Arc<Self>, metrics: &SiteMetrics) {
+        let (bytes, readings) = self.spool.backlog();
+        metrics.spool_bytes.set(bytes as i64);
+        metrics.spool_readings.set(readings as i64);
+        let site = Arc::clone(self);
+        let oldest = tokio::task::spawn_blocking(move || site.oldest_reading_ts())
+            .await
+            .ok()
+            .flatten();
+        let age = oldest.map_or(0, |ts| (Utc::now() - ts).num_seconds().max(0));
+        metrics.oldest_reading_age_seconds.set(age);
+    }
+
+    /// The `ts` of the first reading waiting to be forwarded.
+    fn oldest_reading_ts(&self) -> Option<DateTime<Utc>> {
+        let pending = self.spool.peek(1, 1).ok()?;
+        let record: serde_json::Value = serde_json::from_slice(pending.records.first()?).ok()?;
+        record["ts"].as_str()?.parse().ok()
+    }
+}
+
+/// Creates, syncs and removes a small file in `dir`.
+fn probe_write(dir: &std::path::Path) -> io::Result<()> {
+    let path = dir.join(".lakegate-probe");
+    std::fs::write(&path, b"ok")?;
+    std::fs::File::open(&path)?.sync_all()?;
+    std::fs::remove_file(&path)
+}

@@ -1,0 +1,513 @@
+//! `lakegate relay` as a real process between a site's devices and a gateway: devices
+//! hold only their own keys; the relay answers 202 once readings are on its disk and
+//! forwards them with its relay key. Killed with SIGKILL mid-stream, cut off from its
+//! upstream, filled to its cap, or in front of an Apps proxy whose tokens live seconds:
+//! every reading it acknowledged lands exactly once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lakegate::databricks::Value;
+use lakegate::devices::{generate_key, hash_key};
+use lakegate_emulator::{AppsProxy, AppsProxyConfig, EmulatorConfig};
+use lakegate_testkit::{SP_ID, SP_SECRET, TABLE, TempDir, emulator_config, eventually_async, poll};
+use secrecy::ExposeSecret;
+use serde_json::{Value as Json, json};
+use tokio::net::TcpListener;
+
+use crate::common::LakegateProcess;
+use crate::harness::{Harness, respond};
+
+/// The site: `pump-1` … `pump-4` and `other-9` with their own keys, and relay `site-a`
+/// that the gateway lets speak for `pump-*` only.
+struct Site {
+    relay_key: String,
+    /// (device id, key), the pumps first, `other-9` last.
+    devices: Vec<(String, String)>,
+    dir: TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let key = || generate_key().key.expose_secret().to_owned();
+        let mut devices: Vec<(String, String)> =
+            (1..=4).map(|n| (format!("pump-{n}"), key())).collect();
+        devices.push(("other-9".to_owned(), key()));
+        let site = Site {
+            relay_key: key(),
+            devices,
+            dir: lakegate_testkit::temp_dir(),
+        };
+        // The relay validates device keys from a registry of its own.
+        std::fs::write(site.registry_file(), site.registry().to_string()).unwrap();
+        site
+    }
+
+    fn registry(&self) -> Json {
+        let devices: serde_json::Map<String, Json> = self
+            .devices
+            .iter()
+            .map(|(id, key)| (id.clone(), json!({"keys": [hash_key(key)]})))
+            .collect();
+        json!({
+            "devices": devices,
+            "relays": {"site-a": {"keys": [hash_key(&self.relay_key)], "devices": ["pump-*"]}},
+        })
+    }
+
+    fn registry_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("site-devices.json")
+    }
+
+    fn spool(&self) -> std::path::PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    fn key(&self, device: &str) -> &str {
+        &self.devices.iter().find(|(id, _)| id == device).unwrap().1
+    }
+
+    /// A gateway whose registry knows the site's devices and relay.
+    async fn gateway(&self) -> Harness {
+        Harness::start_with_registry(emulator_config(), &[], self.registry()).await
+    }
+
+    /// Starts `lakegate relay` in front of `upstream`, on this site's spool.
+    fn relay(&self, upstream: &str, extra: &[(&str, &str)]) -> Relay {
+        let mut env: HashMap<String, String> = [
+            (
+                "LAKEGATE_DEVICE_KEYS_FILE",
+                self.registry_file().display().to_string(),
+            ),
+            ("LAKEGATE_RELAY_KEY", self.relay_key.clone()),
+            ("LAKEGATE_LISTEN_ADDR", "127.0.0.1".to_owned()),
+            ("LAKEGATE_KEYS_REFRESH_SECS", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        env.extend(
+            extra
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        );
+        let spool = self.spool().display().to_string();
+        let args = ["relay", "--upstream", upstream, "--spool", &spool];
+        let process = LakegateProcess::spawn_command(&args, &env, |_| {}).expect("relay starts");
+        Relay {
+            url: format!("http://{}", process.address),
+            process,
+            http: lakegate::databricks::http_client().unwrap(),
+        }
+    }
+}
+
+struct Relay {
+    process: LakegateProcess,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Relay {
+    async fn post(&self, key: &str, readings: &Json) -> (u16, Json) {
+        let response = self
+            .http
+            .post(format!("{}/ingest", self.url))
+            .header("X-API-Key", key)
+            .json(readings)
+            .send()
+            .await
+            .unwrap();
+        respond(response).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The value of a metric series of the relay (given with its labels, if any).
+    async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    }
+}
+
+fn reading(id: &str, second: usize, value: f64) -> Json {
+    json!({
+        "id": id,
+        "ts": format!("2026-12-01T10:{:02}:{:02}Z", (second / 60) % 60, second % 60),
+        "metrics": {"flow": value},
+    })
+}
+
+/// A port where nothing listens (yet): the upstream is down.
+async fn free_port() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The gateway, started late on `address` (the relay's upstream that was down).
+async fn gateway_on(address: std::net::SocketAddr, site: &Site) -> Harness {
+    let listener = TcpListener::bind(address).await.unwrap();
+    Harness::start_on(listener, emulator_config(), &[], site.registry()).await
+}
+
+/// (device, reading id) of every row, and how many rows there are.
+async fn landed(gateway: &Harness) -> (BTreeSet<(String, String)>, usize) {
+    let rows = gateway
+        .query(&format!("SELECT device_id, reading_id FROM {TABLE}"))
+        .await;
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => panic!("expected a string, got {other:?}"),
+    };
+    let count = rows.len();
+    let set = rows.iter().map(|r| (text(&r[0]), text(&r[1]))).collect();
+    (set, count)
+}
+
+/// Waits until every reading in `acknowledged` is in the table, then checks none is
+/// there twice (each reading has one metric, so one row).
+async fn assert_landed_once(gateway: &Harness, acknowledged: &BTreeSet<(String, String)>) {
+    let landed_sets = async || landed(gateway).await;
+    let (set, count) = match poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        landed_sets,
+        |(set, _)| acknowledged.is_subset(set),
+    )
+    .await
+    {
+        Ok(landed) => landed,
+        Err((set, _)) => panic!(
+            "{} of {} acknowledged readings missing",
+            acknowledged.difference(&set).count(),
+            acknowledged.len()
+        ),
+    };
+    assert_eq!(count, set.len(), "a reading was written twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_with_only_its_key_reaches_the_table_through_the_relay() {
+    let site = Site::new();
+    let gateway = site.gateway().await;
+    let relay = site.relay(&gateway.url, &[]);
+    let pump = site.key("pump-1");
+
+    // With an id and without one; a boolean, a string and a number.
+    let readings = json!([
+        {"id": "r-1", "ts": "2026-12-01T10:00:00.123456Z", "metrics": {"flow": 1.5, "open": true, "state": "run"}},
+        {"ts": "2026-12-01T10:00:01Z", "metrics": {"flow": 2.5}},
+    ]);
+    let (status, body) = relay.post(pump, &readings).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["spooled"], true);
+    gateway.wait_for_rows(4, Duration::from_secs(30)).await;
+    let rows = gateway.rows().await;
+    assert!(rows.iter().all(|row| row.0 == "pump-1"), "{rows:?}");
+    assert!(rows.contains(&(
+        "pump-1".into(),
+        "r-1".into(),
+        "open".into(),
+        Value::Float(1.0),
+        Value::Null
+    )));
+
+    // The same readings straight to the gateway: the same identities (the derived id
+    // too), so nothing new is written.
+    let (status, body) = gateway.post_json(pump, &readings).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gateway.row_count().await, 4);
+
+    // The gateway's validation and refusals, at the relay.
+    let bad = json!([{"id": "b", "ts": "2026-12-01T10:00:00Z", "metrics": {"bad name": 1}}]);
+    let (relay_status, relay_body) = relay.post(pump, &bad).await;
+    let (gateway_status, gateway_body) = gateway.post_json(pump, &bad).await;
+    assert_eq!(relay_status, gateway_status);
+    assert_eq!(relay_body["error"], gateway_body["error"]);
+    assert_eq!(relay_body["rejected"], gateway_body["rejected"]);
+    let (status, body) = relay.post("not-a-key", &readings).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    // The relay forwards with its own key: the device's never leaves the site.
+    let spooled = std::fs::read_dir(site.spool())
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap_or_default())
+        .any(|bytes| String::from_utf8_lossy(&bytes).contains(pump));
+    assert!(!spooled, "a device key was written to the spool");
+
+    // Operations: ready (upstream and spool), counted; no reads at a relay.
+    let (status, ready) = relay.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let ready: Json = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        (ready["upstream"].as_str(), ready["spool"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+    eventually_async(
+        Duration::from_secs(10),
+        "the relay counted its forwarded readings",
+        async || {
+            relay
+                .metric("lakegate_relay_forwarded_readings_total")
+                .await
+                == 2.0
+        },
+    )
+    .await;
+    assert_eq!(relay.metric("lakegate_spool_readings").await, 0.0);
+    assert_eq!(relay.get("/api/devices").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_killed_mid_stream_and_restarted_writes_every_acknowledged_reading_once() {
+    let site = Site::new();
+    let gateway = site.gateway().await;
+    let relay = site.relay(&gateway.url, &[]);
+    let url = Arc::new(Mutex::new(relay.url.clone()));
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = lakegate::databricks::http_client().unwrap();
+
+    // Four pumps, each sending one reading a request and resending it until a 202.
+    let senders: Vec<_> = site.devices[..4]
+        .iter()
+        .map(|(device, key)| {
+            let (device, key) = (device.clone(), key.clone());
+            let (url, acknowledged, stop, http) = (
+                url.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+                http.clone(),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("{device}-{n}");
+                    let target = format!("{}/ingest", url.lock().unwrap());
+                    let sent = http
+                        .post(target)
+                        .header("X-API-Key", &key)
+                        .timeout(Duration::from_secs(5))
+                        .json(&json!([reading(&id, n, n as f64)]))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status() == 202 => {
+                            acknowledged.lock().unwrap().insert((device.clone(), id));
+                            n += 1;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let Relay { mut process, .. } = relay;
+    process.child.kill().unwrap(); // SIGKILL
+    process.child.wait().unwrap();
+    let at_kill = acknowledged.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = site.relay(&gateway.url, &[]);
+    *url.lock().unwrap() = restarted.url.clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(at_kill > 20, "only {at_kill} readings before the kill");
+    assert!(acknowledged.len() > at_kill, "none after the restart");
+    assert_landed_once(&gateway, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_upstream_is_down_devices_get_202_and_the_spool_drains_after() {
+    let site = Site::new();
+    let upstream = free_port().await;
+    let relay = site.relay(&format!("http://{upstream}"), &[]);
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..10 {
+        let (device, key) = &site.devices[n % 4];
+        let id = format!("{device}-{n}");
+        let (status, body) = relay.post(key, &json!([reading(&id, n, 1.0)])).await;
+        assert_eq!(status, 202, "{body}");
+        acknowledged.insert((device.clone(), id));
+    }
+    let (status, ready) = relay.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains(r#""upstream":"unreachable""#), "{ready}");
+    assert_eq!(relay.metric("lakegate_spool_readings").await, 10.0);
+    eventually_async(
+        Duration::from_secs(10),
+        "the relay counted the upstream's failures",
+        async || relay.metric("lakegate_relay_upstream_failures_total").await >= 1.0,
+    )
+    .await;
+
+    let gateway = gateway_on(upstream, &site).await;
+    assert_landed_once(&gateway, &acknowledged).await;
+    eventually_async(Duration::from_secs(10), "the spool emptied", async || {
+        relay.metric("lakegate_spool_readings").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_answers_503_and_loses_nothing() {
+    let site = Site::new();
+    let upstream = free_port().await;
+    let relay = site.relay(
+        &format!("http://{upstream}"),
+        &[("LAKEGATE_SPOOL_MAX_BYTES", "3000")],
+    );
+    let (device, key) = &site.devices[0];
+    let mut acknowledged = BTreeSet::new();
+    let mut refused = None;
+    for n in 0..100 {
+        let readings: Vec<Json> = (0..5)
+            .map(|i| reading(&format!("{device}-{n}-{i}"), n * 5 + i, 1.0))
+            .collect();
+        let response = relay
+            .http
+            .post(format!("{}/ingest", relay.url))
+            .header("X-API-Key", key)
+            .json(&readings)
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, body) = respond(response).await;
+        if status == 503 {
+            refused = Some((body, retry_after));
+            break;
+        }
+        assert_eq!(status, 202, "{body}");
+        acknowledged.extend((0..5).map(|i| (device.clone(), format!("{device}-{n}-{i}"))));
+    }
+    let (body, retry_after) = refused.expect("the spool filled up");
+    assert_eq!(body["error"], "spool_full", "{body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert!(!acknowledged.is_empty());
+    let (_, ready) = relay.get("/readyz").await;
+    assert!(ready.contains(r#""spool":"full""#), "{ready}");
+
+    let gateway = gateway_on(upstream, &site).await;
+    assert_landed_once(&gateway, &acknowledged).await;
+    // Room again once forwarded.
+    eventually_async(
+        Duration::from_secs(10),
+        "the relay takes readings again",
+        async || {
+            let again = json!([reading("after", 0, 2.0)]);
+            relay.post(key, &again).await.0 == 202
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readings_the_gateway_refuses_for_the_relay_are_kept_and_the_rest_land() {
+    let site = Site::new();
+    let gateway = site.gateway().await;
+    let relay = site.relay(&gateway.url, &[]);
+    // `other-9` has a valid key at the site, but the gateway lets site-a speak only
+    // for pump-*.
+    let (status, body) = relay
+        .post(site.key("other-9"), &json!([reading("o-1", 1, 9.0)]))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = relay
+        .post(site.key("pump-2"), &json!([reading("p-1", 1, 2.0)]))
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    assert_landed_once(
+        &gateway,
+        &BTreeSet::from([("pump-2".to_owned(), "p-1".to_owned())]),
+    )
+    .await;
+    let refused_file = site.spool().join("refused.ndjson");
+    eventually_async(Duration::from_secs(10), "refused.ndjson", async || {
+        refused_file.exists()
+    })
+    .await;
+    let refused: Json = serde_json::from_str(
+        std::fs::read_to_string(&refused_file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(refused["reading"]["device_id"], "other-9");
+    assert_eq!(refused["reading"]["id"], "o-1");
+    assert!(refused["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(
+        relay.metric("lakegate_relay_refused_readings_total").await,
+        1.0
+    );
+    let (set, _) = landed(&gateway).await;
+    assert!(!set.iter().any(|(device, _)| device == "other-9"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_the_apps_proxy_with_tokens_of_seconds_no_send_fails() {
+    let site = Site::new();
+    let emulator = EmulatorConfig {
+        token_lifetime: Duration::from_secs(3),
+        ..emulator_config()
+    };
+    let gateway = Harness::start_with_registry(emulator, &[], site.registry()).await;
+    let proxy = AppsProxy::start(AppsProxyConfig::new(&gateway.url), &gateway.emulator)
+        .await
+        .expect("the proxy starts");
+    let emulator_url = gateway.emulator.url();
+    let relay = site.relay(
+        &proxy.url(),
+        &[
+            ("DATABRICKS_HOST", emulator_url.as_str()),
+            ("DATABRICKS_CLIENT_ID", SP_ID),
+            ("DATABRICKS_CLIENT_SECRET", SP_SECRET),
+        ],
+    );
+    let mut acknowledged = BTreeSet::new();
+    // Eight seconds of readings: the relay's token must be renewed twice or more.
+    for n in 0..16 {
+        let (device, key) = &site.devices[n % 4];
+        let id = format!("{device}-{n}");
+        let (status, body) = relay.post(key, &json!([reading(&id, n, 1.0)])).await;
+        assert_eq!(status, 202, "{body}");
+        acknowledged.insert((device.clone(), id));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_landed_once(&gateway, &acknowledged).await;
+    assert_eq!(
+        relay.metric("lakegate_relay_upstream_failures_total").await,
+        0.0,
+        "a send failed"
+    );
+    let fetched = relay
+        .metric(r#"lakegate_token_fetches_total{outcome="succeeded"}"#)
+        .await;
+    assert!(fetched >= 2.0, "{fetched} token fetches");
+    let (status, ready) = relay.get("/readyz").await;
+    assert_eq!(status, 200, "through the proxy: {ready}");
+}
