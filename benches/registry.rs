@@ -133,7 +133,10 @@ async fn run(devices: usize) -> anyhow::Result<()> {
     let source = KeySource::parse_secret_ref(&format!("{SCOPE}/{BASE}"))?;
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let (registry, first) = timed("first load", async || Ok(source.load(Some(&secrets)).await?)).await?;
+    let (registry, first) = timed("first load", async || {
+        Ok(source.load(Some(&secrets)).await?)
+    })
+    .await?;
     let (held, peak) = (
         LIVE.load(Ordering::Relaxed).saturating_sub(before),
         PEAK.load(Ordering::Relaxed).saturating_sub(before),
@@ -145,8 +148,10 @@ async fn run(devices: usize) -> anyhow::Result<()> {
         Ok(source.load(Some(&secrets)).await?)
     })
     .await?;
-    let (steady_registry, steady) =
-        timed("steady reload", async || Ok(source.load(Some(&secrets)).await?)).await?;
+    let (steady_registry, steady) = timed("steady reload", async || {
+        Ok(source.load(Some(&secrets)).await?)
+    })
+    .await?;
     if !Arc::ptr_eq(&registry, &steady_registry) {
         bail!("a reload with nothing changed rebuilt the registry");
     }

@@ -51,6 +51,8 @@ pub(crate) struct RelaySettings {
     pub(crate) key: SecretString,
     /// Readings per upstream request.
     pub(crate) batch: usize,
+    /// Upstream requests in flight at once, each for its own devices.
+    pub(crate) lanes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -301,7 +303,7 @@ impl GatewayConfig {
 
     /// A site relay's settings (`lakegate relay`): the gateway's API, validation and
     /// limits, plus `LAKEGATE_UPSTREAM`, `LAKEGATE_SPOOL_DIR`, `LAKEGATE_SPOOL_MAX_BYTES`,
-    /// `LAKEGATE_RELAY_KEY` and `LAKEGATE_RELAY_BATCH`; a workspace (`DATABRICKS_HOST` or a
+    /// `LAKEGATE_RELAY_KEY`, `LAKEGATE_RELAY_BATCH` and `LAKEGATE_RELAY_LANES`; a workspace (`DATABRICKS_HOST` or a
     /// profile) only for OAuth tokens in front of an App or a registry in secrets.
     pub fn relay_from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let env = Env(vars);
@@ -333,6 +335,8 @@ impl GatewayConfig {
                     )
                 })?,
             batch: env.within("LAKEGATE_RELAY_BATCH", 500, 1..=10_000)?,
+            // As many as the gateway's default writers: each takes one lane's devices.
+            lanes: env.within("LAKEGATE_RELAY_LANES", 4, 1..=16)?,
         };
         let configured =
             env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some();

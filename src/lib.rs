@@ -70,13 +70,24 @@
 //! 4. The fleet page itself (`static/`) is served from the binary by
 //!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
 //!
-//! ## Devices without a Databricks token (`crates/lakegate-device/`)
+//! ## Devices without a Databricks token (`relay/`, `crates/lakegate-device/`)
+//!
+//! `lakegate relay` is the same process as a site relay (`config::GatewayConfig::relay_from_map`):
+//! steps 1 to 5 above as they are, then instead of the writers and the table the
+//! spooler (`relay/spooler.rs`) appends each queued reading as one record to a durable
+//! spool, one fsync per group, and only then do devices hear 202; the forwarder
+//! (`relay/forwarder.rs`) sends the spool's oldest records upstream with the relay key
+//! and moves the spool's cursor once the upstream committed them. The relay's
+//! [`app::Gateway`] holds a `Backend::Relay` in place of the table's client
+//! (`server/state.rs`), so the router serves no reads and `/readyz` checks the upstream
+//! and the spool.
 //!
 //! `lakegate send` is the device agent, from the `lakegate-device` crate that device
 //! makers can embed without this crate's server or SQL dependencies: readings from
-//! stdin or files, spooled on disk (`spool.rs`: fsync'd records, an atomic cursor) and
-//! sent to a gateway with the device's key and, in front of a Databricks App, an OAuth
-//! token from the client's token source (`upstream.rs`).
+//! stdin or files, spooled on disk (`spool.rs`: fsync'd records, an atomic cursor),
+//! forwarded from it (`forward.rs`, which the relay shares) and sent to a gateway with
+//! the device's key and, in front of a Databricks App, an OAuth token from the client's
+//! token source (`upstream.rs`).
 //!
 //! ## Operations
 //!

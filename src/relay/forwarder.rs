@@ -1,5 +1,6 @@
-//! The forwarder: the spool's oldest readings upstream, one batch in flight, until the
-//! relay stops. A batch leaves the spool only once the upstream committed it; what the
+//! The forwarder: the spool's oldest readings upstream until the relay stops, in up to
+//! `LAKEGATE_RELAY_LANES` requests at once, each device's readings in one lane (so in
+//! order). A batch leaves the spool only once the upstream committed it; what the
 //! upstream did not take is tried again with backoff (honouring `Retry-After`), and
 //! readings it refused for good are kept in `refused.ndjson` beside the spool and logged.
 
@@ -40,6 +41,7 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
                 &site.upstream,
                 &site.spool,
                 site.batch,
+                site.lanes,
                 Some(Instant::now() + ATTEMPT_WINDOW),
             ) => step,
         };

@@ -10,8 +10,8 @@
 //! 2. **Forwarder** (`forwarder.rs`): sends the oldest records upstream in batches
 //!    (`lakegate_device::forward_next`: gzip, the relay's key, an OAuth token for the
 //!    Apps proxy when configured, `?ack=commit`) and moves the spool's cursor only after
-//!    the upstream's 200. One batch in flight, oldest first: each device's readings stay
-//!    in order. Readings the upstream refuses for good go to `refused.ndjson` in the
+//!    the upstream's 200. Oldest first, a few requests at once, each device's readings
+//!    in one of them: they stay in order. Readings the upstream refuses for good go to `refused.ndjson` in the
 //!    spool directory.
 //!
 //! A reading keeps its identity from the device to the table, so a relay killed at any
@@ -50,6 +50,8 @@ pub(crate) struct Site {
     upstream: Upstream,
     /// Readings per upstream request.
     batch: usize,
+    /// Upstream requests at once, each for its own devices.
+    lanes: usize,
     /// Set while spool appends fail; cleared by the next that works.
     spool_failing: AtomicBool,
     /// Woken by each append, so that an idle forwarder sends at once.
@@ -79,6 +81,7 @@ impl Site {
             spool: Arc::new(spool),
             upstream,
             batch: settings.batch,
+            lanes: settings.lanes,
             spool_failing: AtomicBool::new(false),
             appended: Notify::new(),
             turned_away: AtomicBool::new(false),

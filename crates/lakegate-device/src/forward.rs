@@ -3,6 +3,7 @@
 //! (`send.rs`) and the site relay (`lakegate relay`), so both keep one rule: a record
 //! leaves the spool after the upstream's 200, never before.
 
+use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -30,47 +31,79 @@ pub enum Forwarded {
     NotTaken { why: String },
 }
 
-/// Sends the oldest spooled readings (up to `batch` records, each a reading or an
-/// array of readings) and removes them from the spool once committed. Retries within
-/// `deadline` (`None`: one attempt, a few immediate ones for readings over their
-/// device's rate excepted).
+/// Sends the oldest spooled readings (up to `batch` records a request, each record a
+/// reading or an array of readings) and removes them from the spool once committed.
+/// With `lanes` > 1, up to `lanes` requests go at once, each for its own devices, so
+/// that every device's readings still arrive in order. Retries within `deadline`
+/// (`None`: one attempt, a few immediate ones for readings over their device's rate
+/// excepted).
 pub async fn forward_next(
     upstream: &Upstream,
     spool: &Spool,
     batch: usize,
+    lanes: usize,
     deadline: Option<Instant>,
 ) -> Result<Forwarded, SpoolError> {
-    let pending = spool.peek(batch.max(1), SPOOL_READ_BYTES)?;
+    let batch = batch.max(1);
+    let pending = spool.peek(batch * lanes.max(1), SPOOL_READ_BYTES)?;
     if pending.records.is_empty() {
         return Ok(Forwarded::Nothing);
     }
     let (readings, unreadable) = readings_of(&pending.records);
-    if !readings.is_empty() {
-        match upstream.deliver_retrying(&readings, deadline).await {
-            // Readings still over their device's rate at the deadline: the whole batch
-            // stays first in line (what was committed of it is written once again).
-            Ok(refused) if refused.iter().any(Refused::is_transient) => {
-                return Ok(Forwarded::NotTaken {
-                    why: "readings over their device's rate; the batch goes again".to_owned(),
-                });
+    // Each lane sends its requests one after another; the lanes go at once.
+    let answers = join_all(by_device(&readings, lanes).into_iter().map(|lane| {
+        let readings = &readings;
+        async move {
+            let mut refused = Vec::new();
+            for indices in lane.chunks(batch) {
+                let part: Vec<Value> = indices.iter().map(|&i| readings[i].clone()).collect();
+                let settled = upstream.deliver_retrying(&part, deadline).await?;
+                // Readings still over their device's rate at the deadline: the whole
+                // batch stays first in line (what was committed is written once again).
+                if settled.iter().any(Refused::is_transient) {
+                    return Err(
+                        "readings over their device's rate; the batch goes again".to_owned()
+                    );
+                }
+                refused.extend(settled.into_iter().map(|r| Refused {
+                    index: indices[r.index],
+                    ..r
+                }));
             }
-            Ok(refused) => {
-                spool.commit(pending.end, pending.records.len() as u64)?;
-                return Ok(Forwarded::Batch {
-                    readings,
-                    refused,
-                    unreadable,
-                });
-            }
+            Ok(refused)
+        }
+    }))
+    .await;
+    let mut refused = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(lane) => refused.extend(lane),
             Err(why) => return Ok(Forwarded::NotTaken { why }),
         }
     }
+    refused.sort_by_key(|r| r.index);
     spool.commit(pending.end, pending.records.len() as u64)?;
     Ok(Forwarded::Batch {
         readings,
-        refused: Vec::new(),
+        refused,
         unreadable,
     })
+}
+
+/// Splits readings (by index) into `lanes` lanes, each device's readings in one lane,
+/// in their order.
+fn by_device(readings: &[Value], lanes: usize) -> Vec<Vec<usize>> {
+    let lanes = lanes.max(1);
+    let mut by_lane: Vec<Vec<usize>> = vec![Vec::new(); lanes];
+    for (index, reading) in readings.iter().enumerate() {
+        let device = reading["device_id"].as_str().unwrap_or_default();
+        let lane = device.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        by_lane[lane % lanes].push(index);
+    }
+    by_lane.retain(|lane| !lane.is_empty());
+    by_lane
 }
 
 /// The readings in spooled records, and how many records are not readings.
@@ -104,5 +137,29 @@ mod tests {
         let ids: Vec<&str> = readings.iter().map(|r| r["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(unreadable, 2);
+    }
+
+    #[test]
+    fn each_devices_readings_stay_in_one_lane_in_order() {
+        let readings: Vec<Value> = (0..40)
+            .map(|n| serde_json::json!({"device_id": format!("d-{}", n % 5), "n": n}))
+            .collect();
+        let lanes = by_device(&readings, 3);
+        assert!(lanes.len() <= 3);
+        assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), 40);
+        for device in 0..5 {
+            let name = format!("d-{device}");
+            let holding: Vec<&Vec<usize>> = lanes
+                .iter()
+                .filter(|lane| lane.iter().any(|&i| readings[i]["device_id"] == *name))
+                .collect();
+            assert_eq!(holding.len(), 1, "{name} in one lane");
+            let order: Vec<usize> = holding[0]
+                .iter()
+                .copied()
+                .filter(|&i| readings[i]["device_id"] == *name)
+                .collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "{name} in order");
+        }
     }
 }

@@ -176,7 +176,7 @@ async fn drain(
     report: &mut SendReport,
 ) -> Result<(), SendError> {
     loop {
-        match forward_next(upstream, spool, batch, deadline).await? {
+        match forward_next(upstream, spool, batch, 1, deadline).await? {
             Forwarded::Nothing => return Ok(()),
             Forwarded::Batch {
                 readings,
