@@ -43,6 +43,7 @@ const MEMORY_HEADROOM: u64 = 64 * 1024 * 1024;
 /// Longer than the gateway's commit wait (30 s), so its own 503 comes first.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
 
+#[derive(Clone)]
 struct Settings {
     concurrency: usize,
     measure: Duration,
@@ -186,6 +187,9 @@ impl Tally {
 struct LoadClient {
     http: reqwest::Client,
     url: String,
+    /// Device keys; worker `i` sends as device `i % keys.len()`.
+    keys: Arc<[Arc<str>]>,
+    /// This worker's key.
     key: Arc<str>,
     /// Source of reading ids, unique across the run so that none is deduplicated.
     next_id: Arc<AtomicU64>,
@@ -194,6 +198,14 @@ struct LoadClient {
 }
 
 impl LoadClient {
+    /// The client of worker `index`, sending as its device.
+    fn for_worker(&self, index: usize) -> LoadClient {
+        LoadClient {
+            key: self.keys[index % self.keys.len()].clone(),
+            ..self.clone()
+        }
+    }
+
     /// A JSON array of `readings` readings, each with a fresh id.
     fn body(&self, readings: usize) -> String {
         let ts = SystemTime::now()
@@ -282,7 +294,10 @@ async fn pass(
     let started = Instant::now();
     let deadline = started + length;
     let workers: Vec<_> = (0..settings.concurrency)
-        .map(|_| tokio::spawn(worker(gateway.clone(), target, deadline, budget.clone())))
+        .map(|index| {
+            let client = gateway.for_worker(index);
+            tokio::spawn(worker(client, target, deadline, budget.clone()))
+        })
         .collect();
     let mut tally = Tally::default();
     for worker in workers {
@@ -411,19 +426,35 @@ fn spawn_gateway(
     registry: &Path,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<(common::LakegateProcess, Complaints)> {
-    let settings = [
-        ("LAKEGATE_TABLE", TABLE),
-        ("LAKEGATE_FLUSH_MS", "100"),
-        // RateLimits far above what one box can send: we measure the path, not the quotas.
+    // Limits far above what one box can send: we measure the path, not the quotas.
+    let lifted = [
         ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1000000000"),
         ("LAKEGATE_GLOBAL_BURST", "1000000000"),
         ("LAKEGATE_QUEUE_MAX_ROWS", "2000000"),
     ];
-    let settings: Vec<_> = settings.iter().chain(extra).copied().collect();
+    let settings: Vec<_> = lifted.iter().chain(extra).copied().collect();
+    spawn_gateway_with_defaults(emulator, registry, &settings)
+}
+
+/// The `lakegate` binary in front of `emulator` with its default settings, but for the
+/// table and `extra`.
+fn spawn_gateway_with_defaults(
+    emulator: &Emulator,
+    registry: &Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(common::LakegateProcess, Complaints)> {
+    let settings: Vec<_> = [("LAKEGATE_TABLE", TABLE)]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
     let mut env = gateway_env(emulator, registry, &settings);
     // The registry is reloaded as often as deployed, not every second as in tests; the
-    // log level is the deployed one (info).
+    // linger is the deployed one; the log level is the deployed one (info).
     env.remove("LAKEGATE_KEYS_REFRESH_SECS");
+    if !extra.iter().any(|(name, _)| *name == "LAKEGATE_FLUSH_MS") {
+        env.remove("LAKEGATE_FLUSH_MS");
+    }
     let complaints = Arc::new(Mutex::new(BTreeMap::new()));
     let counted = complaints.clone();
     let process = common::LakegateProcess::spawn(&env, move |log| {
@@ -477,13 +508,32 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         .key
         .expose_secret()
         .to_owned();
-    // One device whose quota never binds.
-    let devices = serde_json::json!({"devices": {DEVICE_ID: {
-        "keys": [lakegate::devices::hash_key(&key)],
-        "rate_per_sec": 1_000_000_000,
-        "burst": 1_000_000_000,
-    }}});
-    std::fs::write(&registry, devices.to_string())?;
+    // One device whose quota never binds for the scenarios; a fleet of such devices for
+    // the writers' passes, whose rows spread over the writers by device.
+    let fleet_keys: Vec<String> = (0..FLEET)
+        .map(|_| {
+            lakegate::devices::generate_key()
+                .key
+                .expose_secret()
+                .to_owned()
+        })
+        .collect();
+    let unlimited = |key: &str| {
+        serde_json::json!({
+            "keys": [lakegate::devices::hash_key(key)],
+            "rate_per_sec": 1_000_000_000,
+            "burst": 1_000_000_000,
+        })
+    };
+    let mut devices = serde_json::Map::new();
+    devices.insert(DEVICE_ID.to_owned(), unlimited(&key));
+    for (n, fleet_key) in fleet_keys.iter().enumerate() {
+        devices.insert(format!("fleet-{n:02}"), unlimited(fleet_key));
+    }
+    std::fs::write(
+        &registry,
+        serde_json::json!({ "devices": devices }).to_string(),
+    )?;
 
     let (process, complaints) = spawn_gateway(emulator, &registry, &[])?;
     let http = http_client_builder()
@@ -493,6 +543,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     let gateway = LoadClient {
         http,
         url: format!("http://{}", process.address),
+        keys: Arc::from([Arc::from(key.as_str())]),
         key: key.into(),
         next_id: Arc::new(AtomicU64::new(0)),
         metrics: METRICS.iter().map(|name| (*name).to_owned()).collect(),
@@ -537,6 +588,14 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         total.merge(tally);
     }
     print_table(&rows, &settings);
+    let fleet = LoadClient {
+        keys: fleet_keys
+            .iter()
+            .map(|key| Arc::from(key.as_str()))
+            .collect(),
+        ..gateway.clone()
+    };
+    total.merge(writers(emulator, &registry, &fleet, &settings).await?);
     let overload = overload(emulator, &registry, &gateway, &settings).await?;
 
     // Every acknowledged reading must reach the table exactly once.
@@ -596,6 +655,156 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         bail!("the overloaded gateway's memory went past its queue budget + headroom");
     }
     Ok(())
+}
+
+/// Devices of the writers' passes (one connection each at most).
+const FLEET: usize = 32;
+/// Statement latencies of the writers' passes: a fast warehouse, and a realistic MERGE
+/// into a growing Delta table.
+const WRITER_LATENCIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(1500)];
+/// The emulator's injected cost of each row a write inserts, on top of the latency.
+const PER_ROW_COST: Duration = Duration::from_micros(5);
+/// Requests of the low-load pass (one at a time, one reading, commit acknowledgement).
+const LOW_LOAD_REQUESTS: u64 = 10;
+
+/// What one writers' pass measured.
+struct WriterFigures {
+    latency: Duration,
+    writers: &'static str,
+    low_load: Vec<Duration>,
+    landed_rows_per_sec: f64,
+    accepted_rows_per_sec: f64,
+    statements_per_1000_rows: f64,
+    rows_per_statement: f64,
+    refusals: BTreeMap<String, u64>,
+    high_water: u64,
+}
+
+/// The writers under statement latency: for each of [`WRITER_LATENCIES`], a gateway with
+/// one writer and one with the default number (its other settings the defaults too).
+/// First a low-load pass (one request at a time, one reading, commit acknowledgement)
+/// for the commit latency, then `FLEET` devices saturating it with 100-reading requests
+/// (`ack=accept`): rows committed per second, rows accepted per second, statements per
+/// 1,000 rows and peak memory. Returns the readings the table must end up with.
+async fn writers(
+    emulator: &Emulator,
+    registry: &Path,
+    fleet: &LoadClient,
+    settings: &Settings,
+) -> anyhow::Result<Tally> {
+    let mut figures = Vec::new();
+    let mut total = Tally::default();
+    for latency in WRITER_LATENCIES {
+        for (writers, extra) in [
+            ("1", &[("LAKEGATE_WRITERS", "1")][..]),
+            ("default", &[][..]),
+        ] {
+            eprintln!("running: writers {writers}, statements of {latency:?}");
+            let (process, _) = spawn_gateway_with_defaults(emulator, registry, extra)?;
+            let gateway = LoadClient {
+                url: format!("http://{}", process.address),
+                ..fleet.clone()
+            };
+            wait_until_ready(&gateway).await?;
+            emulator.set_faults(lakegate_emulator::Faults {
+                statement_latency: latency,
+                statement_cost: Some(lakegate_emulator::StatementCost {
+                    fixed: Duration::ZERO,
+                    per_row: PER_ROW_COST,
+                }),
+                ..Default::default()
+            });
+            let one_at_a_time = Settings {
+                concurrency: 1,
+                max_requests: LOW_LOAD_REQUESTS,
+                ..settings.clone()
+            };
+            let low = Target::Ingest {
+                wait_for_commit: true,
+                readings: 1,
+            };
+            let (mut low_load, _) =
+                pass(&gateway, low, &one_at_a_time, Duration::from_secs(120)).await;
+            low_load.latencies.sort_unstable();
+            let saturated = Settings {
+                concurrency: FLEET,
+                ..settings.clone()
+            };
+            let flood = Target::Ingest {
+                wait_for_commit: false,
+                readings: BATCH,
+            };
+            // A warm-up that fills the writers' pipeline, then the measured pass.
+            let (warmup, _) = pass(&gateway, flood, &saturated, latency * 2).await;
+            let before = batch_stats(&gateway).await?;
+            let (tally, elapsed) = pass(&gateway, flood, &saturated, settings.measure * 2).await;
+            let after = batch_stats(&gateway).await?;
+            let (_, high_water) = memory_of(process.child.id())?;
+            emulator.set_faults(lakegate_emulator::Faults::default());
+            wait_for_empty_queue(&gateway).await?;
+            let secs = elapsed.as_secs_f64();
+            let rows = after.rows - before.rows;
+            let statements = after.statements - before.statements;
+            figures.push(WriterFigures {
+                latency,
+                writers,
+                low_load: low_load.latencies.clone(),
+                landed_rows_per_sec: rows / secs,
+                accepted_rows_per_sec: (tally.acknowledged * METRICS.len() as u64) as f64 / secs,
+                statements_per_1000_rows: statements / (rows / 1000.0).max(f64::MIN_POSITIVE),
+                rows_per_statement: rows / statements.max(1.0),
+                refusals: tally.errors.clone(),
+                high_water,
+            });
+            for done in [low_load, warmup, tally] {
+                total.merge(done);
+            }
+            let (status, _) = process.terminate().await?;
+            if !status.success() {
+                bail!("the gateway did not stop cleanly: {status}");
+            }
+        }
+    }
+    print_writers(&figures);
+    Ok(total)
+}
+
+fn print_writers(figures: &[WriterFigures]) {
+    println!(
+        "\nWriters under statement latency (each write also costs {} µs a row in the \
+         emulator); low load: one request at a time, 1 reading, ack=commit; saturated: \
+         {FLEET} devices, {BATCH}-reading requests, ack=accept. Rows committed are counted \
+         by the gateway as its statements succeed (the final check confirms the table).\n",
+        PER_ROW_COST.as_micros()
+    );
+    println!(
+        "| statement latency | writers | commit-ack p50 (low load) | p99 | landed rows/s | accepted rows/s | statements per 1,000 rows | rows per statement | peak RSS (MiB) | refusals |"
+    );
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for row in figures {
+        println!(
+            "| {:.1} s | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:?} |",
+            row.latency.as_secs_f64(),
+            row.writers,
+            ms(percentile(&row.low_load, 0.50)),
+            ms(percentile(&row.low_load, 0.99)),
+            row.landed_rows_per_sec,
+            row.accepted_rows_per_sec,
+            row.statements_per_1000_rows,
+            row.rows_per_statement,
+            row.high_water as f64 / (1024.0 * 1024.0),
+            row.refusals,
+        );
+    }
+    for pair in figures.chunks(2) {
+        if let [one, many] = pair {
+            println!(
+                "at {:.1} s: the default writers land {:.2}x one writer",
+                one.latency.as_secs_f64(),
+                many.landed_rows_per_sec / one.landed_rows_per_sec.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
 }
 
 /// Resident and peak resident memory of a process, in bytes (Linux).
