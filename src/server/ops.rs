@@ -30,7 +30,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let readiness = tokio::select! {
         biased;
         () = app.shutting_down.cancelled() => {
-            Readiness::shutting_down(app.keys.current().device_count())
+            Readiness::shutting_down(app.keys.current().device_count(), app.site().is_some())
         }
         readiness = app.readiness.get_or_check(check(&app)) => readiness,
     };

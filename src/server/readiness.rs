@@ -43,14 +43,21 @@ pub enum Checks {
 }
 
 impl Readiness {
-    pub(super) fn shutting_down(devices: usize) -> Readiness {
-        Readiness {
-            ready: false,
-            checks: Checks::Gateway {
+    pub(super) fn shutting_down(devices: usize, relay: bool) -> Readiness {
+        let checks = match relay {
+            false => Checks::Gateway {
                 warehouse: "not_checked",
                 writes: "not_checked",
                 reason: None,
             },
+            true => Checks::Relay {
+                upstream: "not_checked",
+                spool: "not_checked",
+            },
+        };
+        Readiness {
+            ready: false,
+            checks,
             devices,
             shutting_down: true,
         }

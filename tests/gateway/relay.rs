@@ -339,7 +339,7 @@ async fn a_relay_killed_mid_stream_and_restarted_writes_every_acknowledged_readi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn while_the_upstream_is_down_devices_get_202_and_the_spool_drains_after() {
+async fn while_the_upstream_is_down_devices_get_202_and_the_spool_drains_after_a_restart() {
     let site = Site::new();
     let upstream = free_port().await;
     let relay = site.relay(&format!("http://{upstream}"), &[]);
@@ -361,6 +361,17 @@ async fn while_the_upstream_is_down_devices_get_202_and_the_spool_drains_after()
         async || relay.metric("lakegate_relay_upstream_failures_total").await >= 1.0,
     )
     .await;
+
+    // A clean stop and a restart on the same spool, still without the upstream: the
+    // spool is all there is, and nothing in it is lost.
+    let (status, took) = relay.process.terminate().await.unwrap();
+    assert!(status.success(), "the relay stopped with {status}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the relay took {took:?} to stop"
+    );
+    let relay = site.relay(&format!("http://{upstream}"), &[]);
+    assert_eq!(relay.metric("lakegate_spool_readings").await, 10.0);
 
     let gateway = gateway_on(upstream, &site).await;
     assert_landed_once(&gateway, &acknowledged).await;
