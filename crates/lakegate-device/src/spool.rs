@@ -33,6 +33,8 @@ pub enum SpoolError {
     Full { used: u64, max: u64 },
     #[error("spool {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("spool {0}: another process has it open (one relay or agent per spool)")]
+    InUse(PathBuf),
 }
 
 /// Where a record starts: its segment and byte offset.
@@ -52,6 +54,8 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Held locked while the spool is open, so that two processes never share it.
+    _lock: File,
 }
 
 struct State {
@@ -75,6 +79,18 @@ impl Spool {
             move |source| SpoolError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse(dir.to_owned())),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(SpoolError::Io {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
         let mut segments = segments(dir).map_err(io_err(dir))?;
         let cursor_path = dir.join("cursor");
         let mut cursor = match fs::read_to_string(&cursor_path) {
@@ -145,6 +161,7 @@ impl Spool {
             records += count_records(&path, from, len).map_err(io_err(&path))?;
         }
         Ok(Spool {
+            _lock: lock,
             dir: dir.to_owned(),
             max_bytes,
             state: Mutex::new(State {
@@ -532,6 +549,18 @@ mod tests {
         assert_eq!(drain(&spool), ["aaaa", "bbbb"]);
         spool.append(b"cccc").unwrap();
         assert_eq!(drain(&spool), ["cccc"]);
+    }
+
+    #[test]
+    fn a_spool_is_open_in_one_place_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(dir.path(), 1024).unwrap();
+        assert!(matches!(
+            Spool::open(dir.path(), 1024),
+            Err(SpoolError::InUse(_))
+        ));
+        drop(first);
+        Spool::open(dir.path(), 1024).unwrap();
     }
 
     #[test]
