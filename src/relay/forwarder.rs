@@ -33,7 +33,6 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let policy = RetryPolicy::batch_writes();
     let mut schedule = policy.schedule();
-    let mut failing_since: Option<Instant> = None;
     loop {
         let step = tokio::select! {
             () = stop.cancelled() => return,
@@ -59,7 +58,7 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
                 refused,
                 unreadable,
             }) => {
-                if failing_since.take().is_some() {
+                if site.forwarding_worked() {
                     tracing::info!("the upstream takes readings again");
                 }
                 schedule = policy.schedule();
@@ -81,9 +80,9 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
             }
             Ok(Forwarded::NotTaken { why }) => {
                 metrics.site.upstream_failures.inc();
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                tracing::warn!(%why, failing_for = ?since.elapsed(), "the upstream did not commit a batch; it stays spooled");
-                schedule.next_wait(since.elapsed(), None)
+                let failing_for = site.forwarding_failed();
+                tracing::warn!(%why, ?failing_for, "the upstream did not commit a batch; it stays spooled");
+                schedule.next_wait(failing_for, None)
             }
             Err(err) => {
                 tracing::error!(error = %err, "the spool cannot be read; retrying");

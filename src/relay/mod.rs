@@ -22,8 +22,9 @@ mod forwarder;
 mod spooler;
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use lakegate_device::{Spool, SpoolError, Upstream};
@@ -58,6 +59,9 @@ pub(crate) struct Site {
     appended: Notify,
     /// Set when a request was turned away for room; cleared when the forwarder frees some.
     turned_away: AtomicBool,
+    /// Since when the upstream has not committed what the forwarder sends; `None` while
+    /// it does.
+    failing_since: Mutex<Option<Instant>>,
 }
 
 /// How the relay's two ends are doing, for `/readyz`.
@@ -67,7 +71,14 @@ pub(crate) struct SiteHealth {
     pub(crate) upstream: &'static str,
     /// `ok`, `full`, or `failing` (appends or a test write fail).
     pub(crate) spool: &'static str,
+    /// `ok`, or `failing` when the upstream has committed nothing the forwarder sent for
+    /// longer than [`FORWARDING_GRACE`] (a refused relay key, a gateway that cannot
+    /// write): reachable is not enough.
+    pub(crate) forwarding: &'static str,
 }
+
+/// Forwarding that keeps failing this long makes the relay unready; blips don't.
+const FORWARDING_GRACE: Duration = Duration::from_secs(30);
 
 impl Site {
     /// Opens the spool (cutting a record torn by a crash) and the upstream client.
@@ -85,6 +96,7 @@ impl Site {
             spool_failing: AtomicBool::new(false),
             appended: Notify::new(),
             turned_away: AtomicBool::new(false),
+            failing_since: Mutex::new(None),
         })
     }
 
@@ -96,6 +108,24 @@ impl Site {
             self.turned_away.store(true, Ordering::Relaxed);
         }
         room
+    }
+
+    /// The forwarder's attempt failed; returns how long forwarding has been failing.
+    pub(crate) fn forwarding_failed(&self) -> Duration {
+        let mut since = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        since.get_or_insert_with(Instant::now).elapsed()
+    }
+
+    /// The upstream committed a batch; returns whether forwarding had been failing.
+    pub(crate) fn forwarding_worked(&self) -> bool {
+        let mut since = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        since.take().is_some()
     }
 
     pub(crate) fn token_fetches(&self) -> databricks::TokenFetches {
@@ -124,7 +154,19 @@ impl Site {
             Ok(()) if self.turned_away.load(Ordering::Relaxed) => "full",
             Ok(()) => "ok",
         };
-        SiteHealth { upstream, spool }
+        let failing_for = *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let forwarding = match failing_for {
+            Some(since) if since.elapsed() > FORWARDING_GRACE => "failing",
+            _ => "ok",
+        };
+        SiteHealth {
+            upstream,
+            spool,
+            forwarding,
+        }
     }
 
     /// Sets the spool's gauges (read at scrape time).

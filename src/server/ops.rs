@@ -50,6 +50,7 @@ async fn check(app: &AppState) -> Readiness {
             Checks::Relay {
                 upstream: health.upstream,
                 spool: health.spool,
+                forwarding: health.forwarding,
             }
         }
     };
@@ -58,7 +59,13 @@ async fn check(app: &AppState) -> Readiness {
             Checks::Gateway {
                 warehouse, writes, ..
             } => *warehouse == "ok" && *writes == "ok",
-            Checks::Relay { upstream, spool } => *upstream == "ok" && *spool == "ok",
+            Checks::Relay {
+                upstream,
+                spool,
+                forwarding,
+            } => [upstream, spool, forwarding]
+                .iter()
+                .all(|check| **check == "ok"),
         };
     Readiness {
         ready,

@@ -39,6 +39,8 @@ pub enum Checks {
         upstream: &'static str,
         /// `ok`, `full` (devices get 503 until the forwarder makes room) or `failing`.
         spool: &'static str,
+        /// `ok`, or `failing` when the upstream has committed nothing for 30 s.
+        forwarding: &'static str,
     },
 }
 
@@ -53,6 +55,7 @@ impl Readiness {
             true => Checks::Relay {
                 upstream: "not_checked",
                 spool: "not_checked",
+                forwarding: "not_checked",
             },
         };
         Readiness {

@@ -522,3 +522,43 @@ async fn through_the_apps_proxy_with_tokens_of_seconds_no_send_fails() {
     let (status, ready) = relay.get("/readyz").await;
     assert_eq!(status, 200, "through the proxy: {ready}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_whose_key_the_gateway_refuses_turns_unready_and_keeps_the_readings() {
+    let site = Site::new();
+    // The gateway knows the devices but not this relay's key.
+    let mut registry = site.registry();
+    registry["relays"]["site-a"]["keys"] = json!([hash_key("some-other-key")]);
+    let gateway = Harness::start_with_registry(emulator_config(), &[], registry).await;
+    let relay = site.relay(&gateway.url, &[]);
+    let (status, body) = relay
+        .post(site.key("pump-1"), &json!([reading("k-1", 1, 1.0)]))
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // Reachable, but refusing: unready once that has lasted 30 s; the reading stays.
+    eventually_async(
+        Duration::from_secs(60),
+        "forwarding reported failing",
+        async || {
+            let (status, ready) = relay.get("/readyz").await;
+            status == 503
+                && ready.contains(r#""forwarding":"failing""#)
+                && ready.contains(r#""upstream":"ok""#)
+        },
+    )
+    .await;
+    assert_eq!(relay.metric("lakegate_spool_readings").await, 1.0);
+
+    // The operator adds the key at the gateway: the reading lands, the relay is ready.
+    std::fs::write(&gateway.registry_file, site.registry().to_string()).unwrap();
+    assert_landed_once(
+        &gateway,
+        &BTreeSet::from([("pump-1".to_owned(), "k-1".to_owned())]),
+    )
+    .await;
+    eventually_async(Duration::from_secs(15), "ready again", async || {
+        relay.get("/readyz").await.0 == 200
+    })
+    .await;
+}
