@@ -191,6 +191,9 @@ struct LoadClient {
     keys: Arc<[Arc<str>]>,
     /// This worker's key.
     key: Arc<str>,
+    /// Wait as `Retry-After` says before the next request (the writers' passes), rather
+    /// than resending at once.
+    honours_retry_after: bool,
     /// Source of reading ids, unique across the run so that none is deduplicated.
     next_id: Arc<AtomicU64>,
     /// The metric names of every reading.
@@ -265,11 +268,24 @@ async fn worker(
         let answer = async {
             let response = request.send().await?;
             let status = response.status().as_u16();
-            Ok((status, response.bytes().await?))
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+            Ok((status, retry_after, response.bytes().await?))
         }
         .await;
         tally.latencies.push(started.elapsed());
-        tally.record(readings, answer);
+        let pause = match &answer {
+            Ok((_, Some(secs), _)) if gateway.honours_retry_after => Some(*secs),
+            _ => None,
+        };
+        tally.record(readings, answer.map(|(status, _, body)| (status, body)));
+        // As a device does: wait as told, within the pass.
+        if let Some(secs) = pause {
+            let until = (Instant::now() + Duration::from_secs(secs)).min(deadline);
+            tokio::time::sleep_until(until.into()).await;
+        }
     }
     tally
 }
@@ -545,6 +561,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         url: format!("http://{}", process.address),
         keys: Arc::from([Arc::from(key.as_str())]),
         key: key.into(),
+        honours_retry_after: false,
         next_id: Arc::new(AtomicU64::new(0)),
         metrics: METRICS.iter().map(|name| (*name).to_owned()).collect(),
     };
@@ -589,6 +606,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     }
     print_table(&rows, &settings);
     let fleet = LoadClient {
+        honours_retry_after: true,
         keys: fleet_keys
             .iter()
             .map(|key| Arc::from(key.as_str()))
@@ -687,7 +705,7 @@ struct WriterFigures {
 /// one writer and one with the default number (its other settings the defaults too).
 /// First a low-load pass (one request at a time, one reading, commit acknowledgement)
 /// for the commit latency, then `FLEET` devices saturating it with 100-reading requests
-/// (`ack=accept`): rows committed per second, rows accepted per second, statements per
+/// (`ack=accept`), each waiting as `Retry-After` says when refused, as devices do: rows committed per second, rows accepted per second, statements per
 /// 1,000 rows and peak memory. Each pass writes a table of its own, so that what the
 /// earlier passes wrote does not slow the emulator's MERGEs, and checks it holds every
 /// acknowledged reading once.
@@ -788,7 +806,8 @@ fn print_writers(figures: &[WriterFigures]) {
     println!(
         "\nWriters under statement latency (each write also costs {} µs a row in the \
          emulator); low load: one request at a time, 1 reading, ack=commit; saturated: \
-         {FLEET} devices, {BATCH}-reading requests, ack=accept. Rows committed are counted \
+         {FLEET} devices, {BATCH}-reading requests, ack=accept, waiting as Retry-After \
+         says when refused. Rows committed are counted \
          by the gateway as its statements succeed (the final check confirms the table).\n",
         PER_ROW_COST.as_micros()
     );
