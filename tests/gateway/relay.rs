@@ -259,7 +259,7 @@ async fn a_device_with_only_its_key_reaches_the_table_through_the_relay() {
         (Some("ok"), Some("ok"))
     );
     eventually_async(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the relay counted its forwarded readings",
         async || {
             relay
@@ -356,7 +356,7 @@ async fn while_the_upstream_is_down_devices_get_202_and_the_spool_drains_after_a
     assert!(ready.contains(r#""upstream":"unreachable""#), "{ready}");
     assert_eq!(relay.metric("lakegate_spool_readings").await, 10.0);
     eventually_async(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the relay counted the upstream's failures",
         async || relay.metric("lakegate_relay_upstream_failures_total").await >= 1.0,
     )
@@ -375,7 +375,7 @@ async fn while_the_upstream_is_down_devices_get_202_and_the_spool_drains_after_a
 
     let gateway = gateway_on(upstream, &site).await;
     assert_landed_once(&gateway, &acknowledged).await;
-    eventually_async(Duration::from_secs(10), "the spool emptied", async || {
+    eventually_async(Duration::from_secs(30), "the spool emptied", async || {
         relay.metric("lakegate_spool_readings").await == 0.0
     })
     .await;
@@ -424,7 +424,7 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
     assert_landed_once(&gateway, &acknowledged).await;
     // Room again once forwarded.
     eventually_async(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the relay takes readings again",
         async || {
             let again = json!([reading("after", 0, 2.0)]);
@@ -456,7 +456,7 @@ async fn readings_the_gateway_refuses_for_the_relay_are_kept_and_the_rest_land()
     )
     .await;
     let refused_file = site.spool().join("refused.ndjson");
-    eventually_async(Duration::from_secs(10), "refused.ndjson", async || {
+    eventually_async(Duration::from_secs(30), "refused.ndjson", async || {
         refused_file.exists()
     })
     .await;
