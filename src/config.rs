@@ -338,9 +338,7 @@ impl GatewayConfig {
             // As many as the gateway's default writers: each takes one lane's devices.
             lanes: env.within("LAKEGATE_RELAY_LANES", 4, 1..=16)?,
         };
-        let configured =
-            env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some();
-        let workspace = match configured {
+        let workspace = match workspace_configured(&env) {
             true => Workspace::Remote {
                 client: Box::new(databricks::Config::resolve(
                     databricks::Settings::default(),
@@ -544,12 +542,15 @@ impl GatewayConfig {
     }
 }
 
+/// Whether `DATABRICKS_HOST` or a profile names a workspace.
+fn workspace_configured(env: &Env) -> bool {
+    env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some()
+}
+
 /// A workspace is configured by `DATABRICKS_HOST` or a profile; without one a
 /// build with the `local` feature runs on the embedded emulator.
 fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, ConfigError> {
-    let configured =
-        env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some();
-    if !configured {
+    if !workspace_configured(env) {
         #[cfg(feature = "local")]
         {
             let data_dir = env.parse("LAKEGATE_LOCAL_DIR", PathBuf::from(".lakegate-local"))?;

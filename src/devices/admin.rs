@@ -899,21 +899,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn relays_live_in_the_base_secret() {
-        use crate::devices::KeySource;
-        use crate::devices::source::tests::secrets_of;
-
+    /// An emulator with a `fleet` secret scope, and the registry store `fleet/devices` in it.
+    async fn fleet_secret_store() -> (lakegate_emulator::Emulator, Secrets, RegistryStore) {
         let emulator = lakegate_emulator::Emulator::start(lakegate_testkit::emulator_config())
             .await
             .unwrap();
-        let secrets = secrets_of(&emulator);
+        let secrets = crate::devices::source::tests::secrets_of(&emulator);
         secrets.create_scope("fleet").await.unwrap();
         let store = RegistryStore::Secret {
             secrets: secrets.clone(),
             scope: "fleet".into(),
             key: "devices".into(),
         };
+        (emulator, secrets, store)
+    }
+
+    #[tokio::test]
+    async fn relays_live_in_the_base_secret() {
+        use crate::devices::KeySource;
+
+        let (emulator, secrets, store) = fleet_secret_store().await;
         // A device in its shard (as in a fleet that outgrew the base), a relay for it.
         let shard = shard_key("devices", "pump-7");
         let device_key = generate_key();
@@ -963,18 +968,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_base_secret_spills_new_devices_into_their_shards() {
         use crate::devices::KeySource;
-        use crate::devices::source::tests::secrets_of;
 
-        let emulator = lakegate_emulator::Emulator::start(lakegate_testkit::emulator_config())
-            .await
-            .unwrap();
-        let secrets = secrets_of(&emulator);
-        secrets.create_scope("fleet").await.unwrap();
-        let store = RegistryStore::Secret {
-            secrets: secrets.clone(),
-            scope: "fleet".into(),
-            key: "devices".into(),
-        };
+        let (emulator, secrets, store) = fleet_secret_store().await;
         let add = |device: &str| KeyChange::Add {
             device: device.into(),
             rate_per_sec: None,
