@@ -115,6 +115,39 @@ async fn create_insert_select_with_databricks_clauses_and_parameters() {
     assert_eq!(body["result"]["data_array"], json!([["1"]]), "{body}");
 }
 
+/// A long STRING value (a batch as one JSON document) is bound apart from the statement's
+/// text; it must read the same as a short one wherever a value may stand.
+#[tokio::test]
+async fn long_string_parameters_bind_like_short_ones() {
+    let ws = with_table(emulator_config()).await;
+    let long = "x".repeat(200_000);
+    let json_doc = serde_json::to_string(
+        &(0..5_000)
+            .map(|i| json!({ "device": format!("d{}", i % 7), "v": i }))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let (status, body) = ws
+        .execute(json!({
+            "statement": "SELECT length(:long) AS n, :long = :copy AS same, substr(:long, 1, 3) AS head, \
+                          (SELECT count(*) FROM (SELECT explode(from_json(:doc, 'ARRAY<STRUCT<device: STRING, v: INT>>')) AS r) \
+                           AS rows WHERE r.device = :device) AS matching",
+            "parameters": [
+                param("long", Some(&long), None),
+                param("copy", Some(&long), Some("STRING")),
+                param("doc", Some(&json_doc), None),
+                param("device", Some("d3"), None),
+            ],
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"]["state"], "SUCCEEDED", "{body}");
+    assert_eq!(
+        body["result"]["data_array"],
+        json!([["200000", "true", "xxx", "714"]])
+    );
+}
+
 #[tokio::test]
 async fn failed_statements_are_http_200_with_databricks_errors() {
     let ws = with_table(emulator_config()).await;

@@ -181,7 +181,7 @@ impl Engine {
             Some(ddl::Ddl::CreateTable(mut create)) => {
                 if let Some(query) = &mut create.query {
                     databricks_dialect(query.as_mut())?;
-                    bind(query.as_mut(), request.parameters)?;
+                    bind(query.as_mut(), request.parameters, &mut state)?;
                 }
                 Kind::CreateTable(Box::new(create))
             }
@@ -210,9 +210,9 @@ impl Engine {
                     statement => (statement, None, None),
                 };
                 databricks_dialect(&mut statement)?;
-                bind(&mut statement, request.parameters)?;
+                bind(&mut statement, request.parameters, &mut state)?;
                 if let Some((_, predicate)) = &mut range {
-                    bind(predicate, request.parameters)?;
+                    bind(predicate, request.parameters, &mut state)?;
                 }
                 let effect = effect(&statement, &state)?;
                 let reads_target = reads_target(&statement, &effect, &state);
@@ -357,8 +357,12 @@ fn databricks_dialect<N: ast::VisitMut>(node: &mut N) -> Result<(), SqlError> {
 }
 
 /// Binds the parameters and rewrites Databricks spellings of types and functions.
-fn bind<N: ast::VisitMut>(node: &mut N, parameters: &[Parameter]) -> Result<(), SqlError> {
-    params::bind(node, parameters)?;
+fn bind<N: ast::VisitMut>(
+    node: &mut N,
+    parameters: &[Parameter],
+    state: &mut SessionState,
+) -> Result<(), SqlError> {
+    params::bind(node, parameters, state)?;
     let _ = visit_expressions_mut(node, |expr| {
         let data_type = match expr {
             Expr::Cast { data_type, .. } => data_type,

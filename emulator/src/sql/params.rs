@@ -1,13 +1,29 @@
 //! Named parameter markers (`:name`) bound by rewriting the parsed statement: each marker becomes
 //! a string literal (STRING) or `CAST('<value>' AS <type>)`, and a missing value becomes
 //! `CAST(NULL AS <type>)`. Values never pass through the SQL text, so they cannot inject SQL.
+//!
+//! A long STRING value (a batch of rows as one JSON document) becomes a call to a function of
+//! the statement's own that returns it, [`ParameterValue`]: DataFusion names expressions by
+//! their text and hashes and copies those names while planning, so a literal of megabytes
+//! would cost that much at every step (it made a 25,000-row MERGE take seconds).
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::sql::sqlparser::ast::{self, CastKind, Expr, Value, visit_expressions_mut};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::execution::{FunctionRegistry, SessionState};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::sql::sqlparser::ast::{
+    self, CastKind, Expr, Function, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+    Value, visit_expressions_mut,
+};
 use serde::Deserialize;
 
 use super::{SqlError, types};
@@ -23,11 +39,28 @@ pub struct Parameter {
     pub type_name: Option<String>,
 }
 
-/// Replaces every parameter marker in `node` with its bound value.
-pub fn bind<N: ast::VisitMut>(node: &mut N, parameters: &[Parameter]) -> Result<(), SqlError> {
+/// STRING values longer than this are bound as a [`ParameterValue`] call, not a literal.
+const INLINE_MAX_BYTES: usize = 1024;
+
+/// Replaces every parameter marker in `node` with its bound value; registers in `state` the
+/// functions that return long values.
+pub fn bind<N: ast::VisitMut>(
+    node: &mut N,
+    parameters: &[Parameter],
+    state: &mut SessionState,
+) -> Result<(), SqlError> {
     let mut bound = HashMap::with_capacity(parameters.len());
     for parameter in parameters {
-        bound.insert(parameter.name.as_str(), bound_expr(parameter)?);
+        let expr = match &parameter.value {
+            Some(value) if value.len() > INLINE_MAX_BYTES && is_string(parameter) => {
+                let function = ParameterValue::new(&parameter.name, value);
+                let call = function.call();
+                state.register_udf(Arc::new(ScalarUDF::from(function)))?;
+                call
+            }
+            _ => bound_expr(parameter)?,
+        };
+        bound.insert(parameter.name.as_str(), expr);
     }
     let flow = visit_expressions_mut(node, |expr| {
         if let Expr::Value(value) = expr
@@ -56,6 +89,88 @@ fn unbound(marker: &str) -> SqlError {
             marker.trim_start_matches(':')
         ),
     )
+}
+
+fn is_string(parameter: &Parameter) -> bool {
+    parameter
+        .type_name
+        .as_deref()
+        .is_none_or(|name| name.trim().eq_ignore_ascii_case("STRING"))
+}
+
+/// A zero-argument function returning one parameter's value, named after the parameter.
+/// `Volatile`, so that DataFusion does not fold it into a literal while planning (it folds
+/// `Stable` functions too, once per statement).
+#[derive(Debug)]
+struct ParameterValue {
+    name: String,
+    value: Arc<str>,
+    signature: Signature,
+}
+
+impl ParameterValue {
+    fn new(parameter: &str, value: &str) -> Self {
+        Self {
+            name: format!("__parameter_{parameter}"),
+            value: Arc::from(value),
+            signature: Signature::exact(vec![], Volatility::Volatile),
+        }
+    }
+
+    fn call(&self) -> Expr {
+        Expr::Function(Function {
+            name: ObjectName::from(vec![Ident::with_quote('`', self.name.clone())]),
+            uses_odbc_syntax: false,
+            parameters: FunctionArguments::None,
+            args: FunctionArguments::List(FunctionArgumentList {
+                duplicate_treatment: None,
+                args: vec![],
+                clauses: vec![],
+            }),
+            filter: None,
+            null_treatment: None,
+            over: None,
+            within_group: vec![],
+        })
+    }
+}
+
+// By name and identity: hashing or comparing the value itself would cost its length.
+impl PartialEq for ParameterValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.value, &other.value)
+    }
+}
+
+impl Eq for ParameterValue {}
+
+impl Hash for ParameterValue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ParameterValue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+            self.value.to_string(),
+        ))))
+    }
 }
 
 fn bound_expr(parameter: &Parameter) -> Result<Expr, SqlError> {
