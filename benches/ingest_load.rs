@@ -7,7 +7,9 @@
 //! `GET /healthz` route of the same binary, then checks that the table holds
 //! exactly the rows of every acknowledged reading. A last pass overloads a second
 //! gateway (slow statements, 100-metric readings) and samples its resident memory
-//! against the write queue's byte budget. See docs/benchmark.md.
+//! against the write queue's byte budget. When `wrk` is installed, the bare route and
+//! the one-reading ingest are also measured from a second process, in alternating
+//! rounds. See docs/benchmark.md.
 //!
 //! Settings (environment): `BENCH_CONCURRENCY` (32 connections), `BENCH_SECS`
 //! (5 s measured per scenario), `BENCH_WARMUP_SECS` (1 s, discarded),
@@ -605,6 +607,8 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         total.merge(tally);
     }
     print_table(&rows, &settings);
+    // One reading a round, sent again and again: written once.
+    total.to_be_written += second_process(&gateway, dir.path(), &settings).await?;
     let fleet = LoadClient {
         honours_retry_after: true,
         keys: fleet_keys
@@ -673,6 +677,143 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         bail!("the overloaded gateway's memory went past its queue budget + headroom");
     }
     Ok(())
+}
+
+/// Alternating rounds of the second-process comparison, each a `/healthz` run and an
+/// ingest run of `BENCH_SECS`.
+const WRK_ROUNDS: u64 = 3;
+
+/// What one `wrk` run reported.
+#[derive(serde::Deserialize)]
+struct WrkRun {
+    requests: u64,
+    duration_us: u64,
+    /// Answers that were not 2xx or 3xx.
+    status_errors: u64,
+    socket_errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl WrkRun {
+    fn per_sec(&self) -> f64 {
+        self.requests as f64 / (self.duration_us as f64 / 1e6)
+    }
+}
+
+/// The throughput issue's own measure of the ingest route's cost: `wrk` (one thread,
+/// `BENCH_CONCURRENCY` connections) from a second process, so that the load generator
+/// costs the same for both routes, against `GET /healthz` and against
+/// `POST /ingest?ack=accept` with one reading, in alternating rounds after a warm-up of
+/// each. Each round sends one reading of its own over and over (a device resending: the
+/// gateway writes it once), so a round writes one reading; returns how many were
+/// acknowledged, for the final check. Skipped, with a note, without `wrk`.
+async fn second_process(
+    gateway: &LoadClient,
+    dir: &Path,
+    settings: &Settings,
+) -> anyhow::Result<u64> {
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("
+wrk is not installed (apt-get install wrk): no second-process comparison");
+        return Ok(0);
+    }
+    let done = r#"done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('\n{"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#;
+    let healthz = dir.join("healthz.lua");
+    std::fs::write(&healthz, done)?;
+    let ingest = |round: u64| -> anyhow::Result<std::path::PathBuf> {
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+        let reading = format!(
+            r#"[{{"id":"wrk-{round}-{ts}","ts":{ts},"metrics":{{"{}":21.5,"{}":40}}}}]"#,
+            METRICS[0], METRICS[1]
+        );
+        let script = format!(
+            "wrk.method = \"POST\"\nwrk.body = '{reading}'\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"X-API-Key\"] = \"{}\"\n{done}",
+            gateway.key
+        );
+        let path = dir.join(format!("ingest-{round}.lua"));
+        std::fs::write(&path, script)?;
+        Ok(path)
+    };
+    let run = async |script: &Path, path: &str, length: Duration| -> anyhow::Result<WrkRun> {
+        let mut command = std::process::Command::new("wrk");
+        command.args([
+            "-t1".to_owned(),
+            format!("-c{}", settings.concurrency),
+            format!("-d{}s", length.as_secs().max(1)),
+            "--latency".to_owned(),
+            "-s".to_owned(),
+            script.display().to_string(),
+            format!("{}{path}", gateway.url),
+        ]);
+        let output = tokio::task::spawn_blocking(move || command.output()).await??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report = stdout
+            .lines()
+            .rev()
+            .find(|line| line.starts_with("{\"requests\""))
+            .ok_or_else(|| anyhow!("wrk reported nothing: {stdout}"))?;
+        Ok(serde_json::from_str(report)?)
+    };
+    const INGEST: &str = "/ingest?ack=accept";
+    eprintln!("running: wrk, /healthz and /ingest in alternating rounds");
+    run(&healthz, "/healthz", settings.warmup).await?;
+    let warmup = run(&ingest(0)?, INGEST, settings.warmup).await?;
+    let mut written = u64::from(warmup.requests > warmup.status_errors);
+    let mut rounds = Vec::new();
+    for round in 1..=WRK_ROUNDS {
+        let bare = run(&healthz, "/healthz", settings.measure).await?;
+        let ingested = run(&ingest(round)?, INGEST, settings.measure).await?;
+        written += u64::from(ingested.requests > ingested.status_errors);
+        rounds.push((bare, ingested));
+    }
+    println!(
+        "
+Second process: wrk, 1 thread, {} connections, {} s a run, alternating rounds; \
+         latency in ms\n",
+        settings.concurrency,
+        settings.measure.as_secs()
+    );
+    println!(
+        "| round | GET /healthz requests/s | p50 | p99 | POST /ingest?ack=accept, 1 reading, requests/s | p50 | p99 | non-2xx | socket errors | ingest vs /healthz |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut ratios = Vec::new();
+    for (n, (bare, ingested)) in rounds.iter().enumerate() {
+        let ratio = ingested.per_sec() / bare.per_sec();
+        ratios.push(ratio);
+        let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+        println!(
+            "| {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {ratio:.3} |",
+            n + 1,
+            bare.per_sec(),
+            ms(bare.p50_us),
+            ms(bare.p99_us),
+            ingested.per_sec(),
+            ms(ingested.p50_us),
+            ms(ingested.p99_us),
+            bare.status_errors + ingested.status_errors,
+            bare.socket_errors + ingested.socket_errors,
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "\nMedian ingest vs /healthz over {WRK_ROUNDS} rounds: {:.3}",
+        ratios[ratios.len() / 2]
+    );
+    Ok(written)
 }
 
 /// Devices of the writers' passes (one connection each at most).
