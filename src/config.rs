@@ -460,8 +460,8 @@ impl GatewayConfig {
             device_rate_per_sec: env.positive("LAKEGATE_DEVICE_RATE_PER_SEC", 50)?,
             device_burst: env.positive("LAKEGATE_DEVICE_BURST", 1000)?,
             // Above what the default writers land, so that the writers, not this, bind.
-            global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 100_000)?,
-            global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 200_000)?,
+            global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 250_000)?,
+            global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 500_000)?,
             auth_failures_per_min: env.positive("LAKEGATE_AUTH_FAILURES_PER_MIN", 30)?,
             auth_failure_burst: env.positive("LAKEGATE_AUTH_FAILURE_BURST", 10)?,
             reader_requests_per_min: env.positive("LAKEGATE_READER_REQUESTS_PER_MIN", 600)?,
