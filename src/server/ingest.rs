@@ -10,8 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::auth::AuthenticatedSender;
 use super::error::HttpError;
@@ -122,8 +121,8 @@ pub async fn ingest(
     }
 
     let Some(committed) = committed else {
-        let body = json!({"accepted": accepted, "rejected": rejected, "committed": false});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        let answer = Answer::new(accepted, &rejected);
+        return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
     };
     // Answer before the server stops waiting for requests.
     let shutdown_bound = async {
@@ -133,12 +132,18 @@ pub async fn ingest(
     tokio::select! {
         done = tokio::time::timeout(app.config.ack_timeout, committed) => match done {
             Ok(Ok(())) if relay => {
-                let body = json!({"accepted": accepted, "rejected": rejected, "committed": false, "spooled": true});
-                Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+                let answer = Answer {
+                    spooled: Some(true),
+                    ..Answer::new(accepted, &rejected)
+                };
+                Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
             }
             Ok(Ok(())) => {
-                let body = json!({"accepted": accepted, "rejected": rejected, "committed": true});
-                Ok((StatusCode::OK, Json(body)).into_response())
+                let answer = Answer {
+                    committed: true,
+                    ..Answer::new(accepted, &rejected)
+                };
+                Ok((StatusCode::OK, Json(answer)).into_response())
             }
             Err(_) if !app.shutting_down.is_cancelled() => Err(HttpError::new(
                 ErrorCode::NotYetCommitted,
@@ -156,6 +161,28 @@ pub async fn ingest(
             _ => Err(not_committed_at_shutdown()),
         },
         () = shutdown_bound => Err(not_committed_at_shutdown()),
+    }
+}
+
+/// The answer to a request whose readings were taken: how many, the ones refused, and
+/// whether they are committed (or, from a relay, spooled).
+#[derive(Serialize)]
+struct Answer<'a> {
+    accepted: usize,
+    rejected: &'a [RejectedReading],
+    committed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spooled: Option<bool>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(accepted: usize, rejected: &'a [RejectedReading]) -> Self {
+        Answer {
+            accepted,
+            rejected,
+            committed: false,
+            spooled: None,
+        }
     }
 }
 
