@@ -608,7 +608,8 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     }
     print_table(&rows, &settings);
     // One reading a round, sent again and again: written once.
-    total.to_be_written += second_process(&gateway, dir.path(), &settings).await?;
+    total.to_be_written +=
+        second_process(&gateway, process.child.id(), dir.path(), &settings).await?;
     let fleet = LoadClient {
         honours_retry_after: true,
         keys: fleet_keys
@@ -693,6 +694,12 @@ struct WrkRun {
     socket_errors: u64,
     p50_us: u64,
     p99_us: u64,
+    /// CPU the gateway and this process (the emulator) used during the run, in µs per
+    /// request.
+    #[serde(skip)]
+    gateway_cpu_us: f64,
+    #[serde(skip)]
+    emulator_cpu_us: f64,
 }
 
 impl WrkRun {
@@ -710,6 +717,7 @@ impl WrkRun {
 /// acknowledged, for the final check. Skipped, with a note, without `wrk`.
 async fn second_process(
     gateway: &LoadClient,
+    gateway_pid: u32,
     dir: &Path,
     settings: &Settings,
 ) -> anyhow::Result<u64> {
@@ -718,8 +726,10 @@ async fn second_process(
         .output()
         .is_err()
     {
-        println!("
-wrk is not installed (apt-get install wrk): no second-process comparison");
+        println!(
+            "
+wrk is not installed (apt-get install wrk): no second-process comparison"
+        );
         return Ok(0);
     }
     let done = r#"done = function(summary, latency, requests)
@@ -758,14 +768,21 @@ end
             script.display().to_string(),
             format!("{}{path}", gateway.url),
         ]);
+        let gateway_pid = gateway_pid.to_string();
+        let cpu_before = (cpu_seconds(&gateway_pid)?, cpu_seconds("self")?);
         let output = tokio::task::spawn_blocking(move || command.output()).await??;
+        let cpu_after = (cpu_seconds(&gateway_pid)?, cpu_seconds("self")?);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let report = stdout
             .lines()
             .rev()
             .find(|line| line.starts_with("{\"requests\""))
             .ok_or_else(|| anyhow!("wrk reported nothing: {stdout}"))?;
-        Ok(serde_json::from_str(report)?)
+        let mut run: WrkRun = serde_json::from_str(report)?;
+        let per_request = |seconds: f64| seconds * 1e6 / run.requests.max(1) as f64;
+        run.gateway_cpu_us = per_request(cpu_after.0 - cpu_before.0);
+        run.emulator_cpu_us = per_request(cpu_after.1 - cpu_before.1);
+        Ok(run)
     };
     const INGEST: &str = "/ingest?ack=accept";
     eprintln!("running: wrk, /healthz and /ingest in alternating rounds");
@@ -787,23 +804,28 @@ Second process: wrk, 1 thread, {} connections, {} s a run, alternating rounds; \
         settings.measure.as_secs()
     );
     println!(
-        "| round | GET /healthz requests/s | p50 | p99 | POST /ingest?ack=accept, 1 reading, requests/s | p50 | p99 | non-2xx | socket errors | ingest vs /healthz |"
+        "| round | GET /healthz requests/s | p50 | p99 | gateway CPU µs a request | POST /ingest?ack=accept, 1 reading, requests/s | p50 | p99 | gateway CPU µs a request | emulator CPU µs a request | non-2xx | socket errors | ingest vs /healthz |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let mut ratios = Vec::new();
     for (n, (bare, ingested)) in rounds.iter().enumerate() {
         let ratio = ingested.per_sec() / bare.per_sec();
         ratios.push(ratio);
         let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
         println!(
-            "| {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {ratio:.3} |",
+            "| {} | {:.0} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {:.1} | {} | {} | {ratio:.3} |",
             n + 1,
             bare.per_sec(),
             ms(bare.p50_us),
             ms(bare.p99_us),
+            bare.gateway_cpu_us,
             ingested.per_sec(),
             ms(ingested.p50_us),
             ms(ingested.p99_us),
+            ingested.gateway_cpu_us,
+            ingested.emulator_cpu_us,
             bare.status_errors + ingested.status_errors,
             bare.socket_errors + ingested.socket_errors,
         );
@@ -984,6 +1006,25 @@ fn print_writers(figures: &[WriterFigures]) {
 }
 
 /// Resident and peak resident memory of a process, in bytes (Linux).
+/// CPU time a process has used (user + system), from `/proc/<pid>/stat`, in seconds of
+/// 100 clock ticks (Linux's `USER_HZ`).
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |n: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(n)
+            .with_context(|| format!("no field {n} in /proc/{pid}/stat"))?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15, the 12th and 13th after the name.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 fn memory_of(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |name: &str| {
