@@ -3,6 +3,9 @@
 //! (`send.rs`) and the site relay (`lakegate relay`), so both keep one rule: a record
 //! leaves the spool after the upstream's 200, never before.
 
+use std::io;
+use std::sync::Arc;
+
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -39,13 +42,15 @@ pub enum Forwarded {
 /// excepted).
 pub async fn forward_next(
     upstream: &Upstream,
-    spool: &Spool,
+    spool: &Arc<Spool>,
     batch: usize,
     lanes: usize,
     deadline: Option<Instant>,
 ) -> Result<Forwarded, SpoolError> {
     let batch = batch.max(1);
-    let pending = spool.peek(batch * lanes.max(1), SPOOL_READ_BYTES)?;
+    let records = batch * lanes.max(1);
+    let pending =
+        on_blocking_thread(spool, move |spool| spool.peek(records, SPOOL_READ_BYTES)).await?;
     if pending.records.is_empty() {
         return Ok(Forwarded::Nothing);
     }
@@ -82,12 +87,31 @@ pub async fn forward_next(
         }
     }
     refused.sort_by_key(|r| r.index);
-    spool.commit(pending.end, pending.records.len() as u64)?;
+    let (end, taken) = (pending.end, pending.records.len() as u64);
+    on_blocking_thread(spool, move |spool| spool.commit(end, taken)).await?;
     Ok(Forwarded::Batch {
         readings,
         refused,
         unreadable,
     })
+}
+
+/// Runs a spool's file work on the runtime's blocking threads: reading megabytes of
+/// records or syncing the cursor would otherwise hold up every task on the worker (a
+/// relay's requests among them). Dropped midway, the work still finishes.
+async fn on_blocking_thread<T: Send + 'static>(
+    spool: &Arc<Spool>,
+    work: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    let shared = Arc::clone(spool);
+    match tokio::task::spawn_blocking(move || work(&shared)).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(SpoolError::Io {
+            path: spool.dir().to_path_buf(),
+            source: io::Error::other("the runtime is shutting down"),
+        }),
+    }
 }
 
 /// Splits readings (by index) into `lanes` lanes, each device's readings in one lane,

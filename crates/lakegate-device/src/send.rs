@@ -6,6 +6,7 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -82,7 +83,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
     let upstream = Upstream::new(&options.upstream, options.key, options.workspace.as_ref())
         .map_err(|err| SendError::Setup(format!("upstream: {err}")))?;
     let spool = match &options.spool {
-        Some((dir, max_bytes)) => Some(Spool::open(dir, *max_bytes)?),
+        Some((dir, max_bytes)) => Some(Arc::new(Spool::open(dir, *max_bytes)?)),
         None => None,
     };
     let mut report = SendReport::default();
@@ -114,7 +115,14 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         if full_or_due {
             linger_until = None;
             let deadline = Instant::now() + options.deadline;
-            take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
+            take(
+                &upstream,
+                spool.as_deref(),
+                &mut batch,
+                deadline,
+                &mut report,
+            )
+            .await?;
             if let Some(spool) = &spool {
                 // Forward what is spooled while the input goes on, without waiting.
                 drain(&upstream, spool, options.batch, None, &mut report).await?;
@@ -122,7 +130,14 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         }
     }
     let deadline = Instant::now() + options.deadline;
-    take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
+    take(
+        &upstream,
+        spool.as_deref(),
+        &mut batch,
+        deadline,
+        &mut report,
+    )
+    .await?;
     if let Some(spool) = &spool {
         drain(&upstream, spool, options.batch, Some(deadline), &mut report).await?;
         report.spooled = spool.backlog().1;
@@ -170,7 +185,7 @@ async fn take(
 /// the deadline passes; without one, until the upstream does not take a batch at once.
 async fn drain(
     upstream: &Upstream,
-    spool: &Spool,
+    spool: &Arc<Spool>,
     batch: usize,
     deadline: Option<Instant>,
     report: &mut SendReport,
