@@ -161,32 +161,55 @@ async fn batches_whose_answer_was_lost_are_not_written_twice() {
 }
 
 /// The `lakegate` binary as its own process in front of `emulator`.
+/// Devices of a [`GatewayProcess`]: enough that every writer lane gets some.
+const FLEET: usize = 8;
+
 struct GatewayProcess {
     process: common::LakegateProcess,
     env: std::collections::HashMap<String, String>,
-    key: String,
+    /// The key of device `sensor-{n + 1}` at `n`.
+    keys: Vec<String>,
 }
 
 impl GatewayProcess {
     fn start(emulator: &Emulator, extra: &[(&str, &str)]) -> GatewayProcess {
-        let key = harness::new_keys().sensor;
-        let registry =
-            json!({"devices": {"sensor-1": {"keys": [lakegate::devices::hash_key(&key)]}}});
+        let keys: Vec<String> = (0..FLEET).map(|_| harness::new_keys().sensor).collect();
+        let devices: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .enumerate()
+            .map(|(n, key)| {
+                let entry = json!({"keys": [lakegate::devices::hash_key(key)]});
+                (format!("sensor-{}", n + 1), entry)
+            })
+            .collect();
+        let registry = json!({ "devices": devices });
         let mut env = gateway_env(emulator, &std::path::PathBuf::new(), extra);
         env.remove("LAKEGATE_DEVICE_KEYS_FILE");
         env.insert("LAKEGATE_DEVICE_KEYS".into(), registry.to_string());
         let process = common::LakegateProcess::spawn(&env, |_| {}).unwrap();
-        GatewayProcess { process, env, key }
+        GatewayProcess { process, env, keys }
     }
 
+    /// A request of device `sensor-1`.
     fn post(
         &self,
         http: &reqwest::Client,
         query: &str,
         body: &serde_json::Value,
     ) -> reqwest::RequestBuilder {
+        self.post_as(0, http, query, body)
+    }
+
+    /// A request of device `sensor-{device + 1}`.
+    fn post_as(
+        &self,
+        device: usize,
+        http: &reqwest::Client,
+        query: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::RequestBuilder {
         http.post(format!("http://{}/ingest{query}", self.process.address))
-            .header("X-API-Key", &self.key)
+            .header("X-API-Key", &self.keys[device])
             .json(body)
     }
 
@@ -203,27 +226,45 @@ async fn sigterm_flushes_every_queued_reading() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(300);
     let emulator = start_emulator(config).await;
-    // Long flush interval: the readings are surely still queued at SIGTERM.
+    // Long flush interval: the readings are surely still queued at SIGTERM, in every
+    // writer's lane (the fleet's devices spread over the 4 default writers).
     let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "20000")]);
 
     let http = lakegate::databricks::http_client().unwrap();
     for request in 0..10 {
-        let body = json!(
-            (0..3)
-                .map(|i| reading(&format!("t-{request}-{i}"), 1.0))
-                .collect::<Vec<_>>()
-        );
-        let response = gateway
-            .post(&http, "?ack=accept", &body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
+        for device in 0..FLEET {
+            let body = json!(
+                (0..3)
+                    .map(|i| reading(&format!("t-{request}-{i}"), 1.0))
+                    .collect::<Vec<_>>()
+            );
+            let response = gateway
+                .post_as(device, &http, "?ack=accept", &body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+        }
     }
     let reader = common::reader(&gateway.env);
     let took = gateway.terminate().await;
     assert!(took < Duration::from_secs(15), "{took:?}");
-    assert_eq!(common::row_count(&reader, TABLE).await.unwrap(), 30);
+    let expected = (10 * FLEET * 3) as i64;
+    assert_eq!(common::row_count(&reader, TABLE).await.unwrap(), expected);
+    let sql = format!("SELECT count(DISTINCT device_id) FROM {TABLE}");
+    let devices = reader
+        .statements()
+        .execute(lakegate::databricks::StatementRequest::new(sql))
+        .await
+        .unwrap()
+        .collect_rows()
+        .await
+        .unwrap();
+    assert_eq!(
+        devices[0][0],
+        Value::Int(FLEET as i64),
+        "every writer's lane"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
