@@ -53,10 +53,13 @@ pub fn bind<N: ast::VisitMut>(
     for parameter in parameters {
         let expr = match &parameter.value {
             Some(value) if value.len() > INLINE_MAX_BYTES && is_string(parameter) => {
-                let function = ParameterValue::new(&parameter.name, value);
-                let call = function.call();
-                state.register_udf(Arc::new(ScalarUDF::from(function)))?;
-                call
+                let name = ParameterValue::name_of(&parameter.name);
+                // Bound once per statement (its MERGE read range binds the same values).
+                if state.udf(&name).is_err() {
+                    let function = ParameterValue::new(name.clone(), value);
+                    state.register_udf(Arc::new(ScalarUDF::from(function)))?;
+                }
+                ParameterValue::call(&name)
             }
             _ => bound_expr(parameter)?,
         };
@@ -109,17 +112,22 @@ struct ParameterValue {
 }
 
 impl ParameterValue {
-    fn new(parameter: &str, value: &str) -> Self {
+    fn name_of(parameter: &str) -> String {
+        format!("__parameter_{parameter}")
+    }
+
+    fn new(name: String, value: &str) -> Self {
         Self {
-            name: format!("__parameter_{parameter}"),
+            name,
             value: Arc::from(value),
             signature: Signature::exact(vec![], Volatility::Volatile),
         }
     }
 
-    fn call(&self) -> Expr {
+    /// A call of the function named `name`.
+    fn call(name: &str) -> Expr {
         Expr::Function(Function {
-            name: ObjectName::from(vec![Ident::with_quote('`', self.name.clone())]),
+            name: ObjectName::from(vec![Ident::with_quote('`', name)]),
             uses_odbc_syntax: false,
             parameters: FunctionArguments::None,
             args: FunctionArguments::List(FunctionArgumentList {
