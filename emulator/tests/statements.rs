@@ -445,6 +445,91 @@ async fn external_links_require_their_headers_refuse_auth_and_expire() {
     assert_eq!(ws.emulator.stats().link_downloads, 1);
 }
 
+/// Tables only grow: a write adds a segment of its own rows, the base is rewritten only every
+/// so many writes (or for a new table), and a restart reads each row back once, ignoring a
+/// segment a crash left behind after the base took it in.
+#[tokio::test]
+async fn persistence_appends_a_segment_per_write_and_compacts() {
+    let dir = lakegate_testkit::temp_dir();
+    let persistent = || EmulatorConfig {
+        data_dir: Some(dir.path().to_owned()),
+        ..emulator_config()
+    };
+    let schema_dir = dir.path().join("main").join("iot");
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&schema_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("readings.arrow"))
+            .collect();
+        names.sort();
+        names
+    };
+    let insert = |n: usize| {
+        format!(
+            "INSERT INTO main.iot.readings (device_id, ts) VALUES ('d{n}', TIMESTAMP '2026-11-29 10:00:00')"
+        )
+    };
+    let count = async |ws: &Workspace| {
+        ws.sql("SELECT count(*), count(DISTINCT device_id) FROM main.iot.readings")
+            .await["result"]["data_array"]
+            .clone()
+    };
+
+    let ws = with_table(persistent()).await;
+    let base = schema_dir.join("readings.arrow");
+    let empty_base = std::fs::read(&base).unwrap();
+    for n in 0..10 {
+        ws.sql(&insert(n)).await;
+    }
+    assert_eq!(
+        files().len(),
+        11,
+        "the base and a segment per write: {:?}",
+        files()
+    );
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        empty_base,
+        "the base is left as it was"
+    );
+    ws.emulator.shutdown().await;
+
+    let ws = Workspace::start(persistent()).await;
+    assert_eq!(count(&ws).await, json!([["10", "10"]]));
+    // 54 more segments make 64; the next write rewrites the base, then 15 segments follow.
+    for n in 10..80 {
+        ws.sql(&insert(n)).await;
+    }
+    let after = files();
+    assert_eq!(after.len(), 16, "the base and 15 segments: {after:?}");
+    assert_ne!(
+        std::fs::read(&base).unwrap(),
+        empty_base,
+        "the base was rewritten"
+    );
+    let kept = schema_dir.join(&after[1]);
+    ws.emulator.shutdown().await;
+
+    // As if a crash came between the base's rewrite and the deletion of what it holds.
+    std::fs::copy(&kept, schema_dir.join("readings.arrow-0000000001")).unwrap();
+    let ws = Workspace::start(persistent()).await;
+    assert_eq!(count(&ws).await, json!([["80", "80"]]));
+
+    // A table dropped and created again starts over, without the old one's segments.
+    ws.sql("CREATE TABLE main.iot.again (x INT)").await;
+    ws.sql("INSERT INTO main.iot.again VALUES (1), (2)").await;
+    ws.sql("DROP TABLE main.iot.again").await;
+    ws.sql("CREATE TABLE main.iot.again (x INT)").await;
+    ws.sql("INSERT INTO main.iot.again VALUES (3)").await;
+    ws.emulator.shutdown().await;
+    let ws = Workspace::start(persistent()).await;
+    let body = ws.sql("SELECT x FROM main.iot.again").await;
+    assert_eq!(body["result"]["data_array"], json!([["3"]]));
+    ws.emulator.shutdown().await;
+    dir.close().unwrap();
+}
+
 #[tokio::test]
 async fn persistence_round_trip() {
     let dir = lakegate_testkit::temp_dir();
