@@ -58,7 +58,8 @@
 //!   User tokens for tests come from [`Emulator::user_token`]; [`Emulator::token_owner`]
 //!   says whose a token is, and [`Stats::statements_by`] whose tokens statements ran with.
 //! - **Persistence** with `--data-dir`: catalogs and schemas as directories, each table as an
-//!   Arrow IPC file rewritten after every successful write, all loaded at start.
+//!   Arrow IPC file plus one file of the rows each write appended since (folded into it every
+//!   64 writes), all loaded at start.
 //! - **Fault injection**: a share of `/api/` calls answered 429 `REQUEST_LIMIT_EXCEEDED`, a window
 //!   of 503 `TEMPORARILY_UNAVAILABLE` (both with a `Retry-After` of the caller's choice), failing
 //!   token calls, a token `expires_in` of the caller's choice, lost statement answers, rows a
