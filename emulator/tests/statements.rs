@@ -445,16 +445,21 @@ async fn external_links_require_their_headers_refuse_auth_and_expire() {
     assert_eq!(ws.emulator.stats().link_downloads, 1);
 }
 
+/// An emulator keeping its tables in `dir`.
+fn persistent_in(dir: &std::path::Path) -> EmulatorConfig {
+    EmulatorConfig {
+        data_dir: Some(dir.to_owned()),
+        ..emulator_config()
+    }
+}
+
 /// Tables only grow: a write adds a segment of its own rows, the base is rewritten only every
 /// so many writes (or for a new table), and a restart reads each row back once, ignoring a
 /// segment a crash left behind after the base took it in.
 #[tokio::test]
 async fn persistence_appends_a_segment_per_write_and_compacts() {
     let dir = lakegate_testkit::temp_dir();
-    let persistent = || EmulatorConfig {
-        data_dir: Some(dir.path().to_owned()),
-        ..emulator_config()
-    };
+    let persistent = || persistent_in(dir.path());
     let schema_dir = dir.path().join("main").join("iot");
     let files = || {
         let mut names: Vec<String> = std::fs::read_dir(&schema_dir)
@@ -533,10 +538,7 @@ async fn persistence_appends_a_segment_per_write_and_compacts() {
 #[tokio::test]
 async fn persistence_round_trip() {
     let dir = lakegate_testkit::temp_dir();
-    let persistent = || EmulatorConfig {
-        data_dir: Some(dir.path().to_owned()),
-        ..emulator_config()
-    };
+    let persistent = || persistent_in(dir.path());
     let ws = with_table(persistent()).await;
     ws.sql("INSERT INTO main.iot.readings (device_id, ts, value) VALUES ('a', TIMESTAMP '2026-11-29 10:00:00', 1.5), ('b', TIMESTAMP '2026-11-29 11:00:00', NULL)").await;
     ws.sql("CREATE TABLE main.iot.gone (x INT)").await;

@@ -115,14 +115,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         if full_or_due {
             linger_until = None;
             let deadline = Instant::now() + options.deadline;
-            take(
-                &upstream,
-                spool.as_deref(),
-                &mut batch,
-                deadline,
-                &mut report,
-            )
-            .await?;
+            take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
             if let Some(spool) = &spool {
                 // Forward what is spooled while the input goes on, without waiting.
                 drain(&upstream, spool, options.batch, None, &mut report).await?;
@@ -130,14 +123,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         }
     }
     let deadline = Instant::now() + options.deadline;
-    take(
-        &upstream,
-        spool.as_deref(),
-        &mut batch,
-        deadline,
-        &mut report,
-    )
-    .await?;
+    take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
     if let Some(spool) = &spool {
         drain(&upstream, spool, options.batch, Some(deadline), &mut report).await?;
         report.spooled = spool.backlog().1;
@@ -148,7 +134,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
 /// Hands a batch on: to the spool, or straight upstream.
 async fn take(
     upstream: &Upstream,
-    spool: Option<&Spool>,
+    spool: Option<&Arc<Spool>>,
     batch: &mut Vec<Value>,
     deadline: Instant,
     report: &mut SendReport,

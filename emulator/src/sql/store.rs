@@ -84,7 +84,7 @@ impl Store {
                 for entry in fs::read_dir(&schema_dir)? {
                     let path = entry?.path();
                     if path.extension().is_some_and(|e| e == EXTENSION) {
-                        let (table, saved) = read_table(&path)?;
+                        let saved = read_table(&path)?;
                         let name = path
                             .file_stem()
                             .unwrap_or_default()
@@ -92,15 +92,9 @@ impl Store {
                             .into_owned();
                         let key = format!("{catalog_name}.{}.{name}", file_name(&schema_dir));
                         schema
-                            .register_table(name, Arc::clone(&table))
+                            .register_table(name, Arc::clone(&saved.provider))
                             .map_err(io::Error::other)?;
-                        self.saved().insert(
-                            key,
-                            Saved {
-                                provider: table,
-                                ..saved
-                            },
-                        );
+                        self.saved().insert(key, saved);
                     }
                 }
                 catalog
@@ -239,8 +233,8 @@ impl Store {
     }
 }
 
-/// A table's base and the segments written after it, and what of it is on disk.
-fn read_table(base: &Path) -> io::Result<(Arc<dyn datafusion::catalog::TableProvider>, Saved)> {
+/// A table read from its base and the segments written after it, as saved.
+fn read_table(base: &Path) -> io::Result<Saved> {
     let reader = FileReader::try_new(File::open(base)?, None).map_err(io::Error::other)?;
     let schema = reader.schema();
     let upto: u64 = reader
@@ -271,14 +265,12 @@ fn read_table(base: &Path) -> io::Result<(Arc<dyn datafusion::catalog::TableProv
     }
     let count = batches.len();
     let table = MemTable::try_new(schema, vec![batches]).map_err(io::Error::other)?;
-    let table: Arc<dyn datafusion::catalog::TableProvider> = Arc::new(table);
-    let saved = Saved {
-        provider: Arc::clone(&table),
+    Ok(Saved {
+        provider: Arc::new(table),
         batches: vec![count],
         segments,
         last,
-    };
-    Ok((table, saved))
+    })
 }
 
 /// `<table>.arrow-<seq>`, the segment after the base at `base`.
