@@ -16,7 +16,9 @@ mod sink;
 mod writer;
 
 pub(crate) use body::{BodyCaps, BodyError, BodyFormat, Encoding, decode};
-pub(crate) use queue::{IngestQueue, QueueCapacity, QueueError, Reservation, Submission};
+pub(crate) use queue::{
+    IngestQueue, QueueCapacity, QueueError, Reservation, Submission, Unwritten,
+};
 pub(crate) use reading::is_name_char;
 pub(crate) use rejection::RejectReason;
 pub(crate) use relayed::RelayedDevices;

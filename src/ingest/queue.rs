@@ -17,8 +17,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::table::TableRow;
 
-/// Told to a waiting request once its rows are committed.
-pub type Committed = oneshot::Receiver<()>;
+/// Told to a waiting request once its rows are committed, or why they never will be.
+pub type Committed = oneshot::Receiver<Result<(), Unwritten>>;
+
+/// Why queued rows will not be written after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritten {
+    /// A relay's spool has no room for them (room is checked against the records as they
+    /// will be written, which only the spooler knows): this request alone is refused.
+    NoRoom,
+}
 
 /// Rows of one request (those of one lane) on their way to a writer.
 pub struct Submission {
@@ -33,21 +41,30 @@ pub struct Submission {
 pub struct Completion {
     parts_left: AtomicUsize,
     /// Dropped unsent if some part is never committed (the process ends first).
-    committed: Mutex<Option<oneshot::Sender<()>>>,
+    committed: Mutex<Option<oneshot::Sender<Result<(), Unwritten>>>>,
 }
 
 impl Completion {
     /// One part is committed; the request hears when the last one is.
     pub fn part_committed(&self) {
         if self.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let sender = self
-                .committed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            // The request may have stopped waiting; its rows are committed all the same.
-            let _ = sender.map(|sender| sender.send(()));
+            self.tell(Ok(()));
         }
+    }
+
+    /// One part will not be written: the request hears why at once.
+    pub fn part_unwritten(&self, why: Unwritten) {
+        self.tell(Err(why));
+    }
+
+    fn tell(&self, outcome: Result<(), Unwritten>) {
+        let sender = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The request may have stopped waiting; its rows are settled all the same.
+        let _ = sender.map(|sender| sender.send(outcome));
     }
 }
 

@@ -25,6 +25,10 @@ const ATTEMPT_WINDOW: Duration = Duration::from_secs(5);
 /// Longest wait between attempts while the upstream does not commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Wait before readings left over their device's rate go again, when the upstream named
+/// no time.
+const RATE_LIMITED_PACE: Duration = Duration::from_secs(1);
+
 /// How often an idle forwarder looks at the spool without being woken.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -56,17 +60,18 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
             Ok(Forwarded::Batch {
                 readings,
                 refused,
+                left,
+                why,
+                retry_after,
                 unreadable,
             }) => {
+                let taken = readings.len().saturating_sub(refused.len() + left);
                 if site.forwarding_worked() {
                     tracing::info!("the upstream takes readings again");
                 }
                 schedule = policy.schedule();
                 site.turned_away.store(false, Ordering::Relaxed);
-                metrics
-                    .site
-                    .forwarded
-                    .inc_by((readings.len() - refused.len().min(readings.len())) as u64);
+                metrics.site.forwarded.inc_by(taken as u64);
                 if unreadable > 0 {
                     tracing::error!(
                         records = unreadable,
@@ -76,13 +81,30 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
                 if !refused.is_empty() {
                     keep_refused(&site, &metrics, &readings, &refused);
                 }
-                continue;
+                if left == 0 {
+                    continue;
+                }
+                // Readings the upstream did not take (their devices over their rates):
+                // back on the spool; pace them to what the upstream asked.
+                tracing::debug!(
+                    left,
+                    why = why.as_deref().unwrap_or_default(),
+                    "readings left for later"
+                );
+                Some(retry_after.unwrap_or(RATE_LIMITED_PACE))
             }
-            Ok(Forwarded::NotTaken { why }) => {
+            Ok(Forwarded::NotTaken {
+                retry_after,
+                rate_limited: true,
+                ..
+            }) => Some(retry_after.unwrap_or(RATE_LIMITED_PACE)),
+            Ok(Forwarded::NotTaken {
+                why, retry_after, ..
+            }) => {
                 metrics.site.upstream_failures.inc();
                 let failing_for = site.forwarding_failed();
-                tracing::warn!(%why, ?failing_for, "the upstream did not commit a batch; it stays spooled");
-                schedule.next_wait(failing_for, None)
+                tracing::warn!(%why, ?failing_for, "the upstream did not take a batch; it stays spooled");
+                schedule.next_wait(failing_for, retry_after)
             }
             Err(err) => {
                 tracing::error!(error = %err, "the spool cannot be read; retrying");

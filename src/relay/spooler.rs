@@ -13,8 +13,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use lakegate_device::{Spool, SpoolError};
+
 use super::Site;
-use crate::ingest::Submission;
+use crate::ingest::{Submission, Unwritten};
 use crate::metrics::Metrics;
 use crate::table::TableRow;
 
@@ -48,45 +50,77 @@ pub(crate) async fn spool_loop(
                 Err(_) => break,
             }
         }
-        let records: Vec<Vec<u8>> = group
+        let records: Vec<Vec<Vec<u8>>> = group
             .iter()
-            .flat_map(|submission| reading_records(&submission.rows))
+            .map(|submission| reading_records(&submission.rows))
             .collect();
-        append_until_done(&site, &metrics, records).await;
+        let fitted = append_until_done(&site, &metrics, records).await;
         site.appended.notify_one();
-        for submission in group {
-            if let Some(completion) = submission.completion {
-                completion.part_committed();
+        for (submission, fitted) in group.into_iter().zip(fitted) {
+            let Some(completion) = submission.completion else {
+                continue;
+            };
+            match fitted {
+                true => completion.part_committed(),
+                false => completion.part_unwritten(Unwritten::NoRoom),
             }
         }
     }
 }
 
-/// Appends `records`, retrying until it works (a full spool empties as the forwarder
-/// sends; a failing disk may come back).
-async fn append_until_done(site: &Arc<Site>, metrics: &Metrics, records: Vec<Vec<u8>>) {
+/// Appends each submission's records, the group with one fsync when it fits, else each
+/// submission on its own, so that one that cannot fit is refused alone and never holds
+/// up the others. Retries a failing disk until it works (it may come back). Says, by
+/// submission, whether its records are on disk (`false`: no room for them).
+async fn append_until_done(
+    site: &Arc<Site>,
+    metrics: &Metrics,
+    records: Vec<Vec<Vec<u8>>>,
+) -> Vec<bool> {
     let records = Arc::new(records);
     loop {
-        let (spool, batch) = (Arc::clone(&site.spool), Arc::clone(&records));
-        let appended = tokio::task::spawn_blocking(move || {
-            let payloads: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-            spool.append_all(&payloads)
-        })
-        .await;
+        let (spool, group) = (Arc::clone(&site.spool), Arc::clone(&records));
+        let appended = tokio::task::spawn_blocking(move || append_group(&spool, &group)).await;
         match appended {
-            Ok(Ok(())) => {
+            Ok(Ok(fitted)) => {
                 site.spool_failing.store(false, Ordering::Relaxed);
-                return;
+                if fitted.contains(&false) {
+                    site.turned_away.store(true, Ordering::Relaxed);
+                }
+                return fitted;
             }
             Ok(Err(err)) => {
                 site.spool_failing.store(true, Ordering::Relaxed);
-                tracing::warn!(error = %err, readings = records.len(), "spool append failed; retrying");
+                tracing::warn!(error = %err, requests = records.len(), "spool append failed; retrying");
             }
             Err(join) => tracing::error!(error = %join, "spool append task failed; retrying"),
         }
         metrics.site.spool_write_failures.inc();
         tokio::time::sleep(RETRY_APPEND).await;
     }
+}
+
+/// The group's records with one write when they fit; when they do not, each
+/// submission's on its own, those that do not fit left out.
+fn append_group(spool: &Spool, group: &[Vec<Vec<u8>>]) -> Result<Vec<bool>, SpoolError> {
+    let all: Vec<&[u8]> = group.iter().flatten().map(Vec::as_slice).collect();
+    match spool.append_all(&all) {
+        Ok(()) => return Ok(vec![true; group.len()]),
+        Err(SpoolError::Full { .. }) if group.len() > 1 => {}
+        Err(SpoolError::Full { .. }) => return Ok(vec![false]),
+        Err(err) => return Err(err),
+    }
+    group
+        .iter()
+        .map(|records| {
+            let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            match spool.append_all(&payloads) {
+                Ok(()) => Ok(true),
+                Err(SpoolError::Full { .. }) => Ok(false),
+                Err(err) => Err(err),
+            }
+        })
+        .collect()
 }
 
 /// One record per reading of one request's rows: a reading's rows are adjacent, one per

@@ -160,12 +160,17 @@ impl IntoResponse for HttpError {
         }
         let mut response = (self.code.status(), Json(body)).into_response();
         if let Some(wait) = self.retry_after {
-            // Whole seconds, rounded up: a client that waits that long gets through.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                .insert(header::RETRY_AFTER, retry_after_secs(wait));
         }
         response
     }
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, so that a client that waits that
+/// long gets through.
+pub(crate) fn retry_after_secs(wait: Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }

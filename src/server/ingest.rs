@@ -13,13 +13,14 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::auth::AuthenticatedSender;
-use super::error::HttpError;
+use super::error::{HttpError, retry_after_secs};
 use super::relayed::from_relay;
 use super::state::AppState;
 use crate::devices::{Device, Sender};
 use crate::error_code::ErrorCode;
 use crate::ingest::{
-    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, decode, parse_request,
+    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, Unwritten, decode,
+    parse_request,
 };
 use crate::table::TableRow;
 
@@ -93,21 +94,18 @@ pub async fn ingest(
             ),
         })?;
     let decoded = decode(raw, encoding, caps)?;
+    // A first look; the spooler checks again against the records it writes.
     if let Some(site) = app.site()
         && !site.has_room_for(decoded.len() as u64)
     {
-        return Err(HttpError::new(
-            ErrorCode::SpoolFull,
-            "the relay's spool is full while the upstream catches up; nothing from this \
-             request was accepted; retry later",
-        )
-        .retry_after(SPOOL_FULL_RETRY));
+        return Err(spool_full());
     }
     let Taken {
         room,
         rows,
         accepted,
         rejected,
+        retry_after,
     } = match &sender {
         Sender::Device(device) => from_device(&app, device, &decoded, format)?,
         Sender::Relay(relay) => from_relay(&app, relay, &registry, &decoded, format)?,
@@ -120,9 +118,17 @@ pub async fn ingest(
         app.metrics.relay_accepted(&relay.id, accepted as u64);
     }
 
+    let pace = |mut response: Response| {
+        if let Some(wait) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs(wait));
+        }
+        response
+    };
     let Some(committed) = committed else {
         let answer = Answer::new(accepted, &rejected);
-        return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
+        return Ok(pace((StatusCode::ACCEPTED, Json(answer)).into_response()));
     };
     // Answer before the server stops waiting for requests.
     let shutdown_bound = async {
@@ -131,19 +137,20 @@ pub async fn ingest(
     };
     tokio::select! {
         done = tokio::time::timeout(app.config.ack_timeout, committed) => match done {
-            Ok(Ok(())) if relay => {
+            Ok(Ok(Err(Unwritten::NoRoom))) => Err(spool_full()),
+            Ok(Ok(Ok(()))) if relay => {
                 let answer = Answer {
                     spooled: Some(true),
                     ..Answer::new(accepted, &rejected)
                 };
-                Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+                Ok(pace((StatusCode::ACCEPTED, Json(answer)).into_response()))
             }
-            Ok(Ok(())) => {
+            Ok(Ok(Ok(()))) => {
                 let answer = Answer {
                     committed: true,
                     ..Answer::new(accepted, &rejected)
                 };
-                Ok((StatusCode::OK, Json(answer)).into_response())
+                Ok(pace((StatusCode::OK, Json(answer)).into_response()))
             }
             Err(_) if !app.shutting_down.is_cancelled() => Err(HttpError::new(
                 ErrorCode::NotYetCommitted,
@@ -193,6 +200,9 @@ pub(super) struct Taken {
     pub(super) rows: Vec<TableRow>,
     pub(super) accepted: usize,
     pub(super) rejected: Vec<RejectedReading>,
+    /// When readings refused for now (a relay's devices over their rates) may go again:
+    /// sent as `Retry-After` with the answer, so that a relay paces them.
+    pub(super) retry_after: Option<Duration>,
 }
 
 /// A device's own readings: all of them within its rate and the global rate, or none.
@@ -225,6 +235,7 @@ fn from_device(
         rows,
         accepted,
         rejected: parsed.rejected,
+        retry_after: None,
     })
 }
 
@@ -244,6 +255,15 @@ pub(super) fn writable(app: &AppState) -> Result<(), HttpError> {
 
 /// When a device may try again after finding the relay's spool full.
 const SPOOL_FULL_RETRY: Duration = Duration::from_secs(30);
+
+fn spool_full() -> HttpError {
+    HttpError::new(
+        ErrorCode::SpoolFull,
+        "the relay's spool is full while the upstream catches up; nothing from this request \
+         was accepted; retry later",
+    )
+    .retry_after(SPOOL_FULL_RETRY)
+}
 
 /// No promise that the rows will still be written: the grace period may end first.
 fn not_committed_at_shutdown() -> HttpError {

@@ -119,5 +119,7 @@ pub(super) fn from_relay(
         rows,
         accepted,
         rejected,
+        // When the readings over their devices' rates may go again.
+        retry_after: soonest,
     })
 }

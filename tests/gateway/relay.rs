@@ -562,3 +562,243 @@ async fn a_relay_whose_key_the_gateway_refuses_turns_unready_and_keeps_the_readi
     })
     .await;
 }
+
+/// `pump-1` held by the gateway to the README's `rate_per_sec` 5 and `burst` 10.
+fn rate_limited_registry(site: &Site) -> Json {
+    let mut registry = site.registry();
+    registry["devices"]["pump-1"]["rate_per_sec"] = json!(5);
+    registry["devices"]["pump-1"]["burst"] = json!(10);
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limited_devices_backlog_drains_through_the_relay_once() {
+    let site = Site::new();
+    let upstream = free_port().await;
+    let relay = site.relay(&format!("http://{upstream}"), &[]);
+    let pump = site.key("pump-1");
+    // 60 readings spooled during an outage.
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..60 {
+        let id = format!("b-{n}");
+        let (status, body) = relay.post(pump, &json!([reading(&id, n, 1.0)])).await;
+        assert_eq!(status, 202, "{body}");
+        acknowledged.insert(("pump-1".to_owned(), id));
+    }
+    let listener = TcpListener::bind(upstream).await.unwrap();
+    let gateway = Harness::start_on(
+        listener,
+        emulator_config(),
+        &[],
+        rate_limited_registry(&site),
+    )
+    .await;
+    // At 5 a second after a burst of 10, the backlog takes 10 s: what the gateway took
+    // is never sent again, so every reading's turn comes.
+    assert_landed_once(&gateway, &acknowledged).await;
+    eventually_async(Duration::from_secs(30), "the spool emptied", async || {
+        relay.metric("lakegate_spool_readings").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        relay
+            .metric("lakegate_relay_forwarded_readings_total")
+            .await,
+        60.0
+    );
+    let (status, ready) = relay.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains(r#""forwarding":"ok""#), "{ready}");
+    assert!(!site.spool().join("refused.ndjson").exists());
+}
+
+/// An upstream that answers every ingest with a redirect to a login page that says 200,
+/// as a sign-in wall in front of a wrong URL does. Returns its URL.
+async fn login_wall() -> String {
+    use axum::response::{Html, Redirect};
+    use axum::routing::{get, post};
+    let login = || async { Html("<html><body>Sign in to continue</body></html>") };
+    let app = axum::Router::new()
+        .route(
+            "/api/ingest",
+            post(|| async { Redirect::temporary("/login") }),
+        )
+        .route("/login", get(login).post(login))
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redirect_to_a_login_page_is_not_a_commit() {
+    let site = Site::new();
+    let wall = login_wall().await;
+    let relay = site.relay(&wall, &[]);
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..3 {
+        let id = format!("w-{n}");
+        let (status, body) = relay
+            .post(site.key("pump-2"), &json!([reading(&id, n, 1.0)]))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        acknowledged.insert(("pump-2".to_owned(), id));
+    }
+    eventually_async(
+        Duration::from_secs(30),
+        "the relay counted the redirects as failures",
+        async || relay.metric("lakegate_relay_upstream_failures_total").await >= 2.0,
+    )
+    .await;
+    assert_eq!(
+        relay
+            .metric("lakegate_relay_forwarded_readings_total")
+            .await,
+        0.0
+    );
+    assert_eq!(relay.metric("lakegate_spool_readings").await, 3.0);
+
+    // The agent without a spool: not committed, so exit status 3.
+    let sent = std::process::Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args(["send", "--upstream", &wall, "--timeout", "2"])
+        .env("LAKEGATE_DEVICE_KEY", site.key("pump-3"))
+        .env_remove("DATABRICKS_HOST")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sent = sent;
+    {
+        use std::io::Write;
+        let mut stdin = sent.stdin.take().unwrap();
+        writeln!(stdin, "{}", reading("s-1", 1, 1.0)).unwrap();
+    }
+    let output = sent.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{said}");
+    assert!(said.contains("redirect"), "{said}");
+
+    // Pointed at the real gateway, the relay sends what it kept, once.
+    relay.process.terminate().await.unwrap();
+    let gateway = site.gateway().await;
+    let relay = site.relay(&gateway.url, &[]);
+    assert_landed_once(&gateway, &acknowledged).await;
+    eventually_async(Duration::from_secs(30), "the spool emptied", async || {
+        relay.metric("lakegate_spool_readings").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reading_the_upstream_never_takes_is_kept_aside_and_its_lane_moves_on() {
+    let site = Site::new();
+    // The gateway takes bodies of 8 KiB; the relay, 1 MiB.
+    let gateway = Harness::start_with_registry(
+        emulator_config(),
+        &[("LAKEGATE_MAX_BODY_BYTES", "8192")],
+        site.registry(),
+    )
+    .await;
+    let relay = site.relay(&gateway.url, &[]);
+    let pump = site.key("pump-1");
+    // Text that gzip cannot shrink below the gateway's cap.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = || {
+        (0..1000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'a' + (seed % 26) as u8)
+            })
+            .collect::<String>()
+    };
+    let metrics: serde_json::Map<String, Json> =
+        (0..40).map(|n| (format!("m{n}"), json!(noise()))).collect();
+    let large = json!([{"id": "large", "ts": "2026-12-01T10:00:00Z", "metrics": metrics}]);
+    let (status, body) = relay.post(pump, &large).await;
+    assert_eq!(status, 202, "{body}");
+    // Behind it in the same device's lane.
+    let (status, body) = relay.post(pump, &json!([reading("small", 1, 1.0)])).await;
+    assert_eq!(status, 202, "{body}");
+
+    assert_landed_once(
+        &gateway,
+        &BTreeSet::from([("pump-1".to_owned(), "small".to_owned())]),
+    )
+    .await;
+    let refused_file = site.spool().join("refused.ndjson");
+    eventually_async(Duration::from_secs(30), "refused.ndjson", async || {
+        refused_file.exists()
+    })
+    .await;
+    let kept = std::fs::read_to_string(&refused_file).unwrap();
+    let kept: Json = serde_json::from_str(kept.lines().next().unwrap()).unwrap();
+    assert_eq!(kept["reading"]["id"], "large");
+    assert_eq!(kept["reason"], "body_too_large");
+    eventually_async(Duration::from_secs(30), "the spool emptied", async || {
+        relay.metric("lakegate_spool_readings").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_devices_resend_is_a_success_not_a_refusal() {
+    let site = Site::new();
+    let upstream = free_port().await;
+    let relay = site.relay(&format!("http://{upstream}"), &[]);
+    let pump = site.key("pump-4");
+    // The device did not hear the first 202 and sends the same readings again: both
+    // copies are spooled, and go up in one batch.
+    let readings = json!([reading("again-1", 1, 1.0), reading("again-2", 2, 2.0)]);
+    for _ in 0..2 {
+        let (status, body) = relay.post(pump, &readings).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let gateway = gateway_on(upstream, &site).await;
+    let acknowledged = BTreeSet::from([
+        ("pump-4".to_owned(), "again-1".to_owned()),
+        ("pump-4".to_owned(), "again-2".to_owned()),
+    ]);
+    assert_landed_once(&gateway, &acknowledged).await;
+    eventually_async(Duration::from_secs(30), "the spool emptied", async || {
+        relay.metric("lakegate_spool_readings").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        relay.metric("lakegate_relay_refused_readings_total").await,
+        0.0
+    );
+    assert!(!site.spool().join("refused.ndjson").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_whose_records_cannot_fit_is_refused_alone() {
+    let site = Site::new();
+    let gateway = site.gateway().await;
+    // Room for 80 KB of records. A request of 1,000 short readings is a 35 KB body, but
+    // its records (each with its device, derived id and full timestamp) take far more.
+    let relay = site.relay(&gateway.url, &[("LAKEGATE_SPOOL_MAX_BYTES", "80000")]);
+    let start_ms: u64 = 1_764_590_400_000;
+    let many: Vec<Json> = (0..1000)
+        .map(|n| json!({"ts": start_ms + n, "metrics": {"t": n}}))
+        .collect();
+    let body = Json::Array(many);
+    assert!(body.to_string().len() < 80_000);
+    let (status, answer) = relay.post(site.key("pump-1"), &body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "spool_full");
+
+    // The spooler is not wedged: every other request goes through and lands.
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..5 {
+        let (device, key) = &site.devices[n % 4];
+        let id = format!("after-{n}");
+        let (status, answer) = relay.post(key, &json!([reading(&id, n, 1.0)])).await;
+        assert_eq!(status, 202, "{answer}");
+        acknowledged.insert((device.clone(), id));
+    }
+    assert_landed_once(&gateway, &acknowledged).await;
+}

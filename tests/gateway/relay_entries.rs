@@ -568,8 +568,9 @@ async fn a_relay_built_from_lakegate_device_sends_rate_limited_readings_again() 
         .collect();
     batch.push(relayed("pump-7", "p-1", 9.0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let refused = upstream.deliver_retrying(&batch, Some(deadline)).await;
-    assert_eq!(refused, Ok(Vec::new()));
+    let settled = upstream.deliver_retrying(&batch, Some(deadline)).await;
+    assert_eq!(settled.refused, []);
+    assert_eq!(settled.left, [0usize; 0]);
     let rows = gateway
         .query(&format!(
             "SELECT device_id, count(*), count(DISTINCT reading_id) FROM {TABLE} \

@@ -91,7 +91,8 @@ impl Error {
         match self {
             Error::Api(api) => match api.status {
                 429 | 500 | 502 | 503 | 504 => FailureKind::Transient,
-                401 | 403 | 404 => FailureKind::Target,
+                // A redirect (not followed): a login page or a moved host, not an answer.
+                401 | 403 | 404 | 300..=399 => FailureKind::Target,
                 // A request the API refuses as such (too large, a bad value): this request.
                 _ => FailureKind::Request,
             },

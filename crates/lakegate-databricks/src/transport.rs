@@ -21,8 +21,12 @@ pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
 /// tens of MiB at most), so this leaves a wide margin.
 pub const MAX_DOWNLOAD_BODY: usize = 256 * 1024 * 1024;
 
-/// A reqwest client for Databricks. reqwest is built without a bundled crypto
-/// provider, so install ring once per process before the first client.
+/// A reqwest client for Databricks and for a lakegate upstream. reqwest is built without
+/// a bundled crypto provider, so install ring once per process before the first client.
+///
+/// It never follows redirects: a machine client that follows one can take a login
+/// page's 200 for an answer (a commit that never happened). A 3xx is an answer like any
+/// other non-2xx, for the caller to judge.
 pub fn http_client() -> Result<reqwest::Client, Error> {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
@@ -31,6 +35,7 @@ pub fn http_client() -> Result<reqwest::Client, Error> {
     });
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(Error::transport)
 }

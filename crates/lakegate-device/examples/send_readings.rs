@@ -37,17 +37,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    match upstream.deliver_retrying(&readings, Some(deadline)).await {
-        Ok(refused) if refused.is_empty() => println!("{} readings committed", readings.len()),
-        Ok(refused) => {
-            for refusal in refused {
-                println!(
-                    "reading {} refused: {}: {}",
-                    refusal.index, refusal.reason, refusal.message
-                );
-            }
-        }
-        Err(why) => println!("not delivered: {why}"),
+    let settled = upstream.deliver_retrying(&readings, Some(deadline)).await;
+    let taken = readings.len() - settled.refused.len() - settled.left.len();
+    println!("{taken} readings committed");
+    for refusal in settled.refused {
+        println!(
+            "reading {} refused: {}: {}",
+            refusal.index, refusal.reason, refusal.message
+        );
+    }
+    if !settled.left.is_empty() {
+        let why = settled.why.unwrap_or_default();
+        println!("{} readings not delivered: {why}", settled.left.len());
     }
     Ok(())
 }

@@ -5,13 +5,14 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::spool::{Spool, SpoolError};
-use crate::upstream::{Refused, Upstream};
+use crate::upstream::{Refused, Settled, Upstream};
 
 /// Bytes of records taken from the spool for one batch, at most.
 const SPOOL_READ_BYTES: u64 = 4 * 1024 * 1024;
@@ -21,25 +22,41 @@ const SPOOL_READ_BYTES: u64 = 4 * 1024 * 1024;
 pub enum Forwarded {
     /// The spool holds nothing.
     Nothing,
-    /// A batch was committed upstream and is off the spool.
+    /// The upstream took (or refused for good) some of the oldest readings: they are off
+    /// the spool; the ones it did not take were appended to the spool again, to go later.
     Batch {
         readings: Vec<Value>,
         /// Readings the upstream refused for good (by index in `readings`): retrying
         /// cannot fix them.
         refused: Vec<Refused>,
+        /// Readings the upstream did not take (yet), kept in the spool.
+        left: usize,
+        /// Why some were left, and when they may go again if the upstream said.
+        why: Option<String>,
+        retry_after: Option<Duration>,
         /// Records that were not readings (only a bug or a hand-edited spool makes one).
         unreadable: usize,
     },
-    /// The upstream did not commit the batch: it stays spooled, first in line.
-    NotTaken { why: String },
+    /// The upstream took nothing: the batch stays spooled, first in line.
+    NotTaken {
+        why: String,
+        retry_after: Option<Duration>,
+        /// Only because the readings' devices are over their rates: nothing is failing,
+        /// the batch goes again at the upstream's pace.
+        rate_limited: bool,
+    },
 }
 
-/// Sends the oldest spooled readings (up to `batch` records a request, each record a
-/// reading or an array of readings) and removes them from the spool once committed.
-/// With `lanes` > 1, up to `lanes` requests go at once, each for its own devices, so
-/// that every device's readings still arrive in order. Retries within `deadline`
-/// (`None`: one attempt, a few immediate ones for readings over their device's rate
-/// excepted).
+/// Sends the oldest spooled readings (up to `batch` readings a request, each record a
+/// reading or an array of readings) and removes them from the spool once the upstream
+/// took them. With `lanes` > 1, up to `lanes` requests go at once, each for its own
+/// devices, so that every device's readings still arrive in order. Retries within
+/// `deadline` (`None`: one attempt).
+///
+/// What the upstream took is never sent again: when it took only part of the batch (some
+/// devices over their rate, one lane failing), the readings it did not take are appended
+/// to the spool again and the cursor moves past the whole batch. A crash in between
+/// leaves both copies, which the upstream writes once.
 pub async fn forward_next(
     upstream: &Upstream,
     spool: &Arc<Spool>,
@@ -56,42 +73,59 @@ pub async fn forward_next(
     }
     let (readings, unreadable) = readings_of(&pending.records);
     // Each lane sends its requests one after another; the lanes go at once.
-    let answers = join_all(by_device(&readings, lanes).into_iter().map(|lane| {
+    let lanes = join_all(by_device(&readings, lanes).into_iter().map(|lane| {
         let readings = &readings;
         async move {
-            let mut refused = Vec::new();
+            let mut settled = Settled::default();
+            let mut failed = false;
             for indices in lane.chunks(batch) {
-                let part: Vec<Value> = indices.iter().map(|&i| readings[i].clone()).collect();
-                let settled = upstream.deliver_retrying(&part, deadline).await?;
-                // Readings still over their device's rate at the deadline: the whole
-                // batch stays first in line (what was committed is written once again).
-                if settled.iter().any(Refused::is_transient) {
-                    return Err(
-                        "readings over their device's rate; the batch goes again".to_owned()
-                    );
+                if failed {
+                    // The lane's earlier part was not taken: keep its devices' order.
+                    settled.left.extend_from_slice(indices);
+                    continue;
                 }
-                refused.extend(settled.into_iter().map(|r| Refused {
-                    index: indices[r.index],
-                    ..r
-                }));
+                let part: Vec<Value> = indices.iter().map(|&i| readings[i].clone()).collect();
+                let outcome = upstream.deliver_retrying(&part, deadline).await;
+                failed = outcome.took_nothing(part.len());
+                settled.merge(outcome, indices);
             }
-            Ok(refused)
+            settled
         }
     }))
     .await;
-    let mut refused = Vec::new();
-    for answer in answers {
-        match answer {
-            Ok(lane) => refused.extend(lane),
-            Err(why) => return Ok(Forwarded::NotTaken { why }),
-        }
+    let mut settled = Settled::default();
+    for lane in lanes {
+        let indices: Vec<usize> = (0..readings.len()).collect();
+        settled.merge(lane, &indices);
     }
-    refused.sort_by_key(|r| r.index);
+    if !readings.is_empty() && settled.took_nothing(readings.len()) {
+        return Ok(Forwarded::NotTaken {
+            rate_limited: settled.rate_limited == readings.len(),
+            why: settled
+                .why
+                .unwrap_or_else(|| "the upstream took nothing".to_owned()),
+            retry_after: settled.retry_after,
+        });
+    }
+    settled.refused.sort_by_key(|r| r.index);
+    settled.left.sort_unstable();
+    let keep: Vec<Vec<u8>> = settled
+        .left
+        .iter()
+        .map(|&i| serde_json::to_vec(&readings[i]).expect("JSON values serialize"))
+        .collect();
     let (end, taken) = (pending.end, pending.records.len() as u64);
-    on_blocking_thread(spool, move |spool| spool.commit(end, taken)).await?;
+    on_blocking_thread(spool, move |spool| {
+        let keep: Vec<&[u8]> = keep.iter().map(Vec::as_slice).collect();
+        spool.commit_keeping(end, taken, &keep)
+    })
+    .await?;
     Ok(Forwarded::Batch {
+        left: settled.left.len(),
         readings,
-        refused,
+        refused: settled.refused,
+        why: settled.why,
+        retry_after: settled.retry_after,
         unreadable,
     })
 }

@@ -12,7 +12,9 @@
 //! - [`Spool`] (`spool.rs`): a durable, bounded queue on disk: records fsync'd before
 //!   [`Spool::append`] returns, forwarded from an atomic cursor, cut clean after a crash.
 //! - [`forward_next`] (`forward.rs`): the oldest spooled readings upstream, off the
-//!   spool once committed; the agent and the site relay (`lakegate relay`) both use it.
+//!   spool once the upstream took them; what it did not take goes back on the spool and
+//!   is never sent with what it took; the agent and the site relay (`lakegate relay`)
+//!   both use it.
 //! - [`send`] (`send.rs`): the device agent behind `lakegate send`: NDJSON from files
 //!   or stdin through an optional spool to the upstream.
 //!
@@ -26,4 +28,4 @@ mod upstream;
 pub use forward::{Forwarded, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
 pub use spool::{Pending, Position, Spool, SpoolError};
-pub use upstream::{Delivery, Refused, Upstream};
+pub use upstream::{Delivery, Refused, Settled, Upstream};

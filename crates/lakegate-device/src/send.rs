@@ -157,13 +157,12 @@ async fn take(
             Err(err) => Err(err.into()),
         };
     }
-    match upstream.deliver_retrying(&readings, Some(deadline)).await {
-        Ok(refused) => record(report, &readings, refused),
-        Err(why) => {
-            report.undelivered += readings.len();
-            report.stopped = Some(why);
-        }
+    let settled = upstream.deliver_retrying(&readings, Some(deadline)).await;
+    if !settled.left.is_empty() {
+        report.undelivered += settled.left.len();
+        report.stopped = settled.why.clone();
     }
+    record(report, &readings, settled.refused, settled.left.len());
     Ok(())
 }
 
@@ -182,17 +181,36 @@ async fn drain(
             Forwarded::Batch {
                 readings,
                 refused,
+                left,
+                why,
+                retry_after,
                 unreadable,
             } => {
-                record(report, &readings, refused);
+                record(report, &readings, refused, left);
                 // A bug, said once per record.
                 for _ in 0..unreadable {
                     report
                         .refused
                         .push("a spooled record is not a reading".to_owned());
                 }
+                if left == 0 {
+                    continue;
+                }
+                // Readings left spooled (their device over its rate): they go again at
+                // the upstream's pace, within the deadline, else on the next run.
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                match deadline {
+                    Some(deadline) if Instant::now() + wait <= deadline => {
+                        tokio::time::sleep(wait).await;
+                    }
+                    Some(_) => {
+                        report.stopped = why;
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                }
             }
-            Forwarded::NotTaken { why } => {
+            Forwarded::NotTaken { why, .. } => {
                 // Still spooled: the next attempt (or the next run) sends it.
                 if deadline.is_some() {
                     report.stopped = Some(why);
@@ -203,8 +221,9 @@ async fn drain(
     }
 }
 
-fn record(report: &mut SendReport, readings: &[Value], refused: Vec<Refused>) {
-    report.committed += readings.len() - refused.len().min(readings.len());
+/// Counts a batch's outcome: taken but for the `refused` (for good) and `left` ones.
+fn record(report: &mut SendReport, readings: &[Value], refused: Vec<Refused>, left: usize) {
+    report.committed += readings.len().saturating_sub(refused.len() + left);
     for refusal in refused {
         let which = readings
             .get(refusal.index)

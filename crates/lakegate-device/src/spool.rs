@@ -310,6 +310,21 @@ impl Spool {
         Ok(())
     }
 
+    /// The upstream took everything before `end` but the `keep` records: appends those
+    /// again, then moves the cursor. A crash in between leaves both copies (the upstream
+    /// writes a reading once).
+    pub fn commit_keeping(
+        &self,
+        end: Position,
+        records: u64,
+        keep: &[&[u8]],
+    ) -> Result<(), SpoolError> {
+        if !keep.is_empty() {
+            self.append_all(keep)?;
+        }
+        self.commit(end, records)
+    }
+
     /// Bytes and records not yet committed upstream.
     pub fn backlog(&self) -> (u64, u64) {
         let state = self.lock();
