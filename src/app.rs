@@ -65,7 +65,7 @@ impl Gateway {
             false => Metrics::default(),
         });
         metrics.registry_devices.set(registry.device_count() as i64);
-        let keys = DeviceKeys::new(registry);
+        let keys = DeviceKeys::new(registry.clone());
 
         let writer_closing = CancellationToken::new();
         let writers = TaskTracker::new();
@@ -76,6 +76,15 @@ impl Gateway {
                 let site = Site::open(relay, connection.client.as_ref())
                     .with_context(|| format!("opening the spool {}", relay.spool_dir.display()))?;
                 let site = Arc::new(site);
+                site.check_key().await.map_err(anyhow::Error::msg)?;
+                if !site.admission.knows_own_entry(&registry) {
+                    tracing::warn!(
+                        "the site's registry has no entry for this relay's key, so the relay \
+                         cannot tell which devices the upstream lets it speak for: readings of \
+                         others are taken here and refused upstream (kept in refused.ndjson); \
+                         copy the relay's entry from the gateway's registry to check them here"
+                    );
+                }
                 // One lane: one spooler appends everything, in arrival order.
                 let (queue, lanes) = IngestQueue::new(config.queue, 1);
                 for lane in lanes {

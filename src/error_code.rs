@@ -61,6 +61,10 @@ error_codes! {
     DeviceDisabled = ("device_disabled", FORBIDDEN),
     /// A site relay's key, and the relay is disabled.
     RelayDisabled = ("relay_disabled", FORBIDDEN),
+    /// A site relay does not forward this device: its entry does not name it.
+    DeviceNotAllowed = ("device_not_allowed", FORBIDDEN),
+    /// A site relay's upstream refused this device's readings for good.
+    RefusedUpstream = ("refused_upstream", FORBIDDEN),
     /// The read API has no way to authenticate anyone.
     ReadApiDisabled = ("read_api_disabled", NOT_FOUND),
     /// Behind the Apps proxy, reads run as the user, and the proxy sent no user token.

@@ -81,6 +81,8 @@ pub struct SiteMetrics {
     pub forwarded: Counter,
     /// Readings the upstream refused for good (kept in the spool's `refused.ndjson`).
     pub refused_upstream: Counter,
+    /// Refused readings let go when `refused.ndjson` rotated twice (its bound).
+    pub refused_discarded: Counter,
     /// Forwarding attempts the upstream did not commit (each is retried).
     pub upstream_failures: Counter,
     /// Spool appends that failed (the rows stay queued and are tried again).
@@ -300,6 +302,11 @@ impl Metrics {
             "relay_refused_readings",
             "Readings the upstream refused for good (kept in refused.ndjson)",
             site.refused_upstream,
+        );
+        registry.register(
+            "relay_refused_discarded_readings",
+            "Refused readings let go from refused.ndjson.1 when refused.ndjson rotated (its bound)",
+            site.refused_discarded,
         );
         registry.register(
             "relay_upstream_failures",

@@ -23,6 +23,11 @@ impl Relay {
         }
     }
 
+    /// The relay's patterns as an operator writes them (`pump-7`, `line-3-*`).
+    pub fn patterns(&self) -> Vec<String> {
+        self.patterns.iter().map(|p| format!("{p:?}")).collect()
+    }
+
     /// Whether one of the relay's patterns names `device_id`.
     pub fn speaks_for(&self, device_id: &str) -> bool {
         self.patterns

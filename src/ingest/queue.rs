@@ -324,7 +324,7 @@ mod tests {
         );
         let last = parts.pop().unwrap();
         last.completion.as_ref().unwrap().part_committed();
-        committed.await.unwrap();
+        committed.await.unwrap().unwrap();
         assert!(queue.depth() > 0, "the last part still holds its room");
         drop(last);
         assert_eq!(queue.depth(), 0);

@@ -564,7 +564,7 @@ mod tests {
             .submit(vec![row("d", "r", "t", 1)], true)
             .unwrap()
             .unwrap();
-        committed.await.expect("committed after the retries");
+        committed.await.expect("committed after the retries").unwrap();
         assert_eq!(sink.written.lock().unwrap().len(), 1);
         assert_eq!(queue.depth(), 0, "queue space is returned");
         closing.cancel();
@@ -590,7 +590,7 @@ mod tests {
             .submit(vec![row("d", "r", "t", 1)], true)
             .unwrap()
             .unwrap();
-        committed.await.expect("committed after the retries");
+        committed.await.expect("committed after the retries").unwrap();
         let took = started.elapsed();
         assert_eq!(sink.written.lock().unwrap().len(), 1);
         closing.cancel();
@@ -677,7 +677,7 @@ mod tests {
         let second = queue.submit(vec![row("d", "b", "t", 2)], true).unwrap();
         let third = queue.submit(vec![row("e", "c", "t", 3)], true).unwrap();
         sink.release.add_permits(1);
-        first.unwrap().await.unwrap();
+        first.unwrap().await.unwrap().unwrap();
 
         // The rows that queued meanwhile start their statement without a linger.
         let released = Instant::now();
@@ -685,8 +685,8 @@ mod tests {
             .await
             .expect("the next statement starts at once");
         sink.release.add_permits(1);
-        second.unwrap().await.unwrap();
-        third.unwrap().await.unwrap();
+        second.unwrap().await.unwrap().unwrap();
+        third.unwrap().await.unwrap().unwrap();
         assert!(released.elapsed() < linger / 2);
         let batches: Vec<usize> = sink
             .written

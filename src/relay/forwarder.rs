@@ -131,6 +131,17 @@ fn keep_refused(
     let mut lines = Vec::new();
     for refusal in refused {
         let reading = readings.get(refusal.index).cloned().unwrap_or(Value::Null);
+        let device_id = reading["device_id"].as_str().unwrap_or_default();
+        if site
+            .admission
+            .upstream_refused(device_id, &refusal.reason, &refusal.message)
+        {
+            tracing::warn!(
+                device_id,
+                reason = %refusal.reason,
+                "the upstream refuses this device's readings; the relay takes none until its registry is reloaded"
+            );
+        }
         tracing::warn!(
             device_id = reading["device_id"].as_str().unwrap_or_default(),
             reading_id = reading["id"].as_str().unwrap_or_default(),
@@ -143,7 +154,22 @@ fn keep_refused(
         lines.extend_from_slice(line.to_string().as_bytes());
         lines.push(b'\n');
     }
-    let path = site.spool.dir().join("refused.ndjson");
+    let dir = site.spool.dir();
+    // Bounded: beyond its share of the spool's budget, the file becomes refused.ndjson.1
+    // and the one before that goes (counted).
+    let cap = (site.spool.max_bytes() / REFUSED_SHARE).max(MIN_REFUSED_BYTES);
+    match rotate_if_full(dir, cap, lines.len() as u64) {
+        Ok(0) => {}
+        Ok(discarded) => {
+            metrics.site.refused_discarded.inc_by(discarded);
+            tracing::warn!(
+                discarded,
+                "refused.ndjson reached its bound; the oldest refused readings were let go"
+            );
+        }
+        Err(err) => tracing::error!(error = %err, "cannot rotate refused.ndjson"),
+    }
+    let path = dir.join("refused.ndjson");
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -152,4 +178,33 @@ fn keep_refused(
     if let Err(err) = written {
         tracing::error!(error = %err, path = %path.display(), "cannot keep refused readings");
     }
+}
+
+/// `refused.ndjson` and `refused.ndjson.1` each take at most this share of the spool's
+/// budget.
+const REFUSED_SHARE: u64 = 16;
+
+/// ... but at least this much, so that a small spool still keeps a few refusals.
+const MIN_REFUSED_BYTES: u64 = 64 * 1024;
+
+/// When `more` bytes would take `refused.ndjson` past `cap`, moves it to
+/// `refused.ndjson.1` (replacing the one there); returns how many readings that let go.
+fn rotate_if_full(dir: &std::path::Path, cap: u64, more: u64) -> std::io::Result<u64> {
+    let current = dir.join("refused.ndjson");
+    let len = match std::fs::metadata(&current) {
+        Ok(meta) => meta.len(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    if len + more <= cap {
+        return Ok(0);
+    }
+    let previous = dir.join("refused.ndjson.1");
+    let discarded = match std::fs::read(&previous) {
+        Ok(bytes) => bytes.iter().filter(|&&b| b == b'\n').count() as u64,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(err) => return Err(err),
+    };
+    std::fs::rename(&current, &previous)?;
+    Ok(discarded)
 }

@@ -18,6 +18,7 @@
 //! point and restarted on its spool, or an upstream whose answer was lost, writes it
 //! once; device keys never reach the spool or the upstream.
 
+mod admission;
 mod forwarder;
 mod spooler;
 
@@ -27,13 +28,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use lakegate_device::{Spool, SpoolError, Upstream};
+use lakegate_device::{KeyCheck, Spool, SpoolError, Upstream};
 use tokio::sync::Notify;
 
 use crate::config::RelaySettings;
 use crate::databricks;
 use crate::metrics::SiteMetrics;
 
+pub(crate) use admission::NotForwarded;
 pub(crate) use forwarder::forward_loop;
 pub(crate) use spooler::spool_loop;
 
@@ -47,6 +49,8 @@ pub(crate) enum SiteError {
 
 /// A relay's spool and upstream, shared by the handlers, the spooler and the forwarder.
 pub(crate) struct Site {
+    /// Which devices' readings the relay takes.
+    pub(crate) admission: admission::Admission,
     spool: Arc<Spool>,
     upstream: Upstream,
     /// Readings per upstream request.
@@ -89,6 +93,7 @@ impl Site {
         let spool = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
         let upstream = Upstream::new(&settings.upstream, settings.key.clone(), workspace)?;
         Ok(Site {
+            admission: admission::Admission::new(settings.key.clone()),
             spool: Arc::new(spool),
             upstream,
             batch: settings.batch,
@@ -126,6 +131,30 @@ impl Site {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         since.take().is_some()
+    }
+
+    /// Checks the relay key with the upstream, writing nothing: an error when the upstream
+    /// refuses it or it is a device's key; a warning when the upstream cannot tell now
+    /// (the forwarder finds out when it can).
+    pub(crate) async fn check_key(&self) -> Result<(), String> {
+        match self.upstream.check_key().await {
+            KeyCheck::Relay { id } => {
+                tracing::info!(relay_id = %id, "the upstream knows the relay key");
+                Ok(())
+            }
+            KeyCheck::Device { id } => Err(format!(
+                "the relay key (LAKEGATE_RELAY_KEY or --key-file) is device {id:?}'s key, not a \
+                 relay's: give the relay its own with `lakegate keys add-relay`"
+            )),
+            KeyCheck::Refused { why } => Err(format!(
+                "the upstream refuses the relay key (LAKEGATE_RELAY_KEY or --key-file): {why}. \
+                 A key just added reaches a running gateway at its next registry reload"
+            )),
+            KeyCheck::Unchecked { why } => {
+                tracing::warn!(%why, "could not check the relay key with the upstream now; forwarding will tell");
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn token_fetches(&self) -> databricks::TokenFetches {

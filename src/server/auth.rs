@@ -105,3 +105,31 @@ pub(super) fn client_of(parts: &Parts, app: &AppState) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
     client_address(&parts.headers, peer, &app.config.trusted_proxies)
 }
+
+/// Who a key belongs to, as `GET /api/whoami` tells its holder: a site relay checks its
+/// key (and learns its patterns) at start-up with it, writing nothing.
+#[derive(serde::Serialize)]
+pub struct KeyHolder {
+    sender: &'static str,
+    id: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<Vec<String>>,
+}
+
+/// `GET /api/whoami`: the holder of the `X-API-Key`, or the same 401 as ingest.
+pub async fn whoami(
+    AuthenticatedSender { sender, .. }: AuthenticatedSender,
+) -> axum::Json<KeyHolder> {
+    axum::Json(match sender {
+        Sender::Device(device) => KeyHolder {
+            sender: "device",
+            id: device.id,
+            devices: None,
+        },
+        Sender::Relay(relay) => KeyHolder {
+            sender: "relay",
+            devices: Some(relay.patterns()),
+            id: relay.id,
+        },
+    })
+}

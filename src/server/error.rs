@@ -13,6 +13,7 @@ use crate::error_code::ErrorCode;
 use crate::ingest::{BodyError, QueueError, RejectedReading};
 use crate::query::{ParamError, ReadsBusy};
 use crate::rate_limits::{RateLimitKind, RateLimited};
+use crate::relay::NotForwarded;
 
 #[derive(Debug)]
 pub struct HttpError {
@@ -41,7 +42,7 @@ impl HttpError {
     pub(crate) fn unauthorized() -> Self {
         HttpError::new(
             ErrorCode::Unauthorized,
-            "a valid device key is required in the X-API-Key header",
+            "a valid device or relay key is required in the X-API-Key header",
         )
     }
 
@@ -91,6 +92,27 @@ impl HttpError {
 impl From<BodyError> for HttpError {
     fn from(err: BodyError) -> Self {
         HttpError::new(err.code(), err.to_string())
+    }
+}
+
+impl From<NotForwarded> for HttpError {
+    fn from(why: NotForwarded) -> Self {
+        match why {
+            NotForwarded::NotThisRelays { relay } => HttpError::new(
+                ErrorCode::DeviceNotAllowed,
+                format!(
+                    "this site relay ({relay:?}) does not forward readings of this device: its \
+                     entry in the registry does not name it"
+                ),
+            ),
+            NotForwarded::RefusedUpstream { reason, message } => HttpError::new(
+                ErrorCode::RefusedUpstream,
+                format!(
+                    "the relay's upstream refuses this device's readings ({reason}: {message}); \
+                     the relay takes none until its registry is reloaded"
+                ),
+            ),
+        }
     }
 }
 

@@ -19,8 +19,7 @@ use super::state::AppState;
 use crate::devices::{Device, Sender};
 use crate::error_code::ErrorCode;
 use crate::ingest::{
-    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, Unwritten, decode,
-    parse_request,
+    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, Unwritten, decode, parse_request,
 };
 use crate::table::TableRow;
 
@@ -74,9 +73,15 @@ pub async fn ingest(
             format!("{err}; use ack=commit or ack=accept"),
         )
     })?;
-    // A device over its rate, or a relay over its own, is refused before its body is read.
+    // A device over its rate, or a relay over its own, is refused before its body is read;
+    // so is, at a site relay, a device whose readings it would not forward.
     match &sender {
-        Sender::Device(device) => app.rate_limits.admit_request(device)?,
+        Sender::Device(device) => {
+            if let Some(site) = app.site() {
+                site.admission.check(&device.id, &registry)?;
+            }
+            app.rate_limits.admit_request(device)?;
+        }
         Sender::Relay(relay) => app.rate_limits.admit_relay_request(&relay.id)?,
     }
     let caps = &app.config.body;

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     let ingest_and_ops = Router::new()
         .route("/ingest", post(ingest::ingest))
         .route("/api/ingest", post(ingest::ingest))
+        .route("/api/whoami", get(auth::whoami))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));

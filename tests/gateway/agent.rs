@@ -177,3 +177,44 @@ async fn a_device_piping_readings_in_is_served_as_it_writes_them() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limited_devices_spool_drains_in_one_run() {
+    use lakegate::devices::{generate_key, hash_key};
+    use secrecy::ExposeSecret;
+    let key = generate_key().key.expose_secret().to_owned();
+    // The README's own limits: 5 readings a second after a burst of 10.
+    let registry = serde_json::json!({
+        "devices": {"meter-1": {"keys": [hash_key(&key)], "rate_per_sec": 5, "burst": 10}}
+    });
+    let mut gateway =
+        Harness::start_with_registry(lakegate_testkit::emulator_config(), &[], registry).await;
+    let spool = temp_dir();
+    let input: String = (0..100)
+        .map(|n| {
+            format!(
+                "{{\"id\": \"m-{n}\", \"ts\": \"2026-12-01T10:{:02}:{:02}Z\", \"metrics\": {{\"kwh\": {n}}}}}\n",
+                n / 60,
+                n % 60
+            )
+        })
+        .collect();
+    let sent = send(
+        &key,
+        &[
+            "--upstream",
+            &gateway.url,
+            "--spool",
+            spool.path().to_str().unwrap(),
+            "--timeout",
+            "90",
+        ],
+        &input,
+    );
+    let said = stderr(&sent);
+    assert_eq!(sent.status.code(), Some(0), "{said}");
+    assert!(said.contains("100 committed"), "{said}");
+    assert!(said.contains("0 spooled batches wait"), "{said}");
+    assert_eq!(gateway.row_count().await, 100);
+    gateway.stop().await;
+}

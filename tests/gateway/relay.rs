@@ -74,8 +74,8 @@ impl Site {
         Harness::start_with_registry(emulator_config(), &[], self.registry()).await
     }
 
-    /// Starts `lakegate relay` in front of `upstream`, on this site's spool.
-    fn relay(&self, upstream: &str, extra: &[(&str, &str)]) -> Relay {
+    /// The environment of a relay of this site.
+    fn relay_env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut env: HashMap<String, String> = [
             (
                 "LAKEGATE_DEVICE_KEYS_FILE",
@@ -93,14 +93,36 @@ impl Site {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
         );
+        env
+    }
+
+    /// Starts `lakegate relay` in front of `upstream`, on this site's spool.
+    fn relay(&self, upstream: &str, extra: &[(&str, &str)]) -> Relay {
         let spool = self.spool().display().to_string();
         let args = ["relay", "--upstream", upstream, "--spool", &spool];
-        let process = LakegateProcess::spawn_command(&args, &env, |_| {}).expect("relay starts");
+        let process = LakegateProcess::spawn_command(&args, &self.relay_env(extra), |_| {})
+            .expect("relay starts");
         Relay {
             url: format!("http://{}", process.address),
             process,
             http: lakegate::databricks::http_client().unwrap(),
         }
+    }
+
+    /// Runs `lakegate relay` expecting it not to start: its exit status and what it said.
+    fn relay_refusing_to_start(&self, upstream: &str, extra: &[(&str, &str)]) -> (bool, String) {
+        let spool = self.spool().display().to_string();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lakegate"))
+            .args(["relay", "--upstream", upstream, "--spool", &spool])
+            .env_clear()
+            .envs(self.relay_env(extra))
+            .env("DATABRICKS_APP_PORT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), said)
     }
 }
 
@@ -435,14 +457,27 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn readings_the_gateway_refuses_for_the_relay_are_kept_and_the_rest_land() {
+async fn readings_the_upstream_refuses_for_good_are_kept_and_their_device_turned_away() {
     let site = Site::new();
-    let gateway = site.gateway().await;
+    // The gateway does not know pump-3; the site does.
+    let mut registry = site.registry();
+    registry["devices"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pump-3");
+    let gateway = Harness::start_with_registry(emulator_config(), &[], registry).await;
     let relay = site.relay(&gateway.url, &[]);
-    // `other-9` has a valid key at the site, but the gateway lets site-a speak only
-    // for pump-*.
+    // `other-9` has a valid key at the site, but the relay's entry there (as at the
+    // gateway) names pump-* only: refused up front, nothing spooled.
     let (status, body) = relay
         .post(site.key("other-9"), &json!([reading("o-1", 1, 9.0)]))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "device_not_allowed");
+    assert_eq!(relay.metric("lakegate_spool_readings").await, 0.0);
+
+    let (status, body) = relay
+        .post(site.key("pump-3"), &json!([reading("u-1", 1, 3.0)]))
         .await;
     assert_eq!(status, 202, "{body}");
     let (status, body) = relay
@@ -468,15 +503,26 @@ async fn readings_the_gateway_refuses_for_the_relay_are_kept_and_the_rest_land()
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(refused["reading"]["device_id"], "other-9");
-    assert_eq!(refused["reading"]["id"], "o-1");
-    assert!(refused["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(refused["reading"]["device_id"], "pump-3");
+    assert_eq!(refused["reading"]["id"], "u-1");
+    assert_eq!(refused["reason"], "unknown_device");
     assert_eq!(
         relay.metric("lakegate_relay_refused_readings_total").await,
         1.0
     );
+    // The relay takes no more of pump-3's readings: it says so instead of a 202 that
+    // would only fill refused.ndjson.
+    let (status, body) = relay
+        .post(site.key("pump-3"), &json!([reading("u-2", 2, 3.0)]))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "refused_upstream");
+    assert!(
+        body["message"].as_str().unwrap().contains("unknown_device"),
+        "{body}"
+    );
     let (set, _) = landed(&gateway).await;
-    assert!(!set.iter().any(|(device, _)| device == "other-9"));
+    assert!(!set.iter().any(|(device, _)| device != "pump-2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -524,43 +570,99 @@ async fn through_the_apps_proxy_with_tokens_of_seconds_no_send_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_relay_whose_key_the_gateway_refuses_turns_unready_and_keeps_the_readings() {
+async fn a_relay_whose_key_the_gateway_refuses_does_not_start_and_one_revoked_later_turns_unready()
+{
     let site = Site::new();
     // The gateway knows the devices but not this relay's key.
-    let mut registry = site.registry();
-    registry["relays"]["site-a"]["keys"] = json!([hash_key("some-other-key")]);
-    let gateway = Harness::start_with_registry(emulator_config(), &[], registry).await;
-    let relay = site.relay(&gateway.url, &[]);
+    let mut refusing = site.registry();
+    refusing["relays"]["site-a"]["keys"] = json!([hash_key("some-other-key")]);
+    let gateway = Harness::start_with_registry(emulator_config(), &[], refusing.clone()).await;
+    let (started, said) = site.relay_refusing_to_start(&gateway.url, &[]);
+    assert!(!started, "{said}");
+    assert!(said.contains("refuses the relay key"), "{said}");
+    assert!(said.contains("LAKEGATE_RELAY_KEY"), "{said}");
+    assert!(!said.contains(&site.relay_key), "the key is never printed");
+    // A device's key in the relay's place is named for what it is.
+    let (started, said) =
+        site.relay_refusing_to_start(&gateway.url, &[("LAKEGATE_RELAY_KEY", site.key("pump-1"))]);
+    assert!(!started, "{said}");
+    assert!(said.contains("device \"pump-1\"'s key"), "{said}");
+    assert_eq!(gateway.row_count().await, 0);
+
+    // The operator adds the key at the gateway: the relay starts and forwards.
+    std::fs::write(&gateway.registry_file, site.registry().to_string()).unwrap();
+    let relay = eventually_relay(&site, &gateway.url).await;
     let (status, body) = relay
         .post(site.key("pump-1"), &json!([reading("k-1", 1, 1.0)]))
         .await;
     assert_eq!(status, 202, "{body}");
+    assert_landed_once(
+        &gateway,
+        &BTreeSet::from([("pump-1".to_owned(), "k-1".to_owned())]),
+    )
+    .await;
 
-    // Reachable, but refusing: unready once that has lasted 30 s; the reading stays.
+    // Revoked while the relay runs: reachable but refusing, so unready once that has
+    // lasted 30 s; what it took stays spooled.
+    std::fs::write(&gateway.registry_file, refusing.to_string()).unwrap();
+    let mut acknowledged = BTreeSet::from([("pump-1".to_owned(), "k-1".to_owned())]);
     eventually_async(
         Duration::from_secs(60),
         "forwarding reported failing",
         async || {
+            let id = format!("k-{}", acknowledged.len() + 1);
+            let (status, _) = relay
+                .post(
+                    site.key("pump-1"),
+                    &json!([reading(&id, acknowledged.len() + 1, 1.0)]),
+                )
+                .await;
+            if status == 202 {
+                acknowledged.insert(("pump-1".to_owned(), id));
+            }
             let (status, ready) = relay.get("/readyz").await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
             status == 503
                 && ready.contains(r#""forwarding":"failing""#)
                 && ready.contains(r#""upstream":"ok""#)
         },
     )
     .await;
-    assert_eq!(relay.metric("lakegate_spool_readings").await, 1.0);
+    assert!(relay.metric("lakegate_spool_readings").await >= 1.0);
 
-    // The operator adds the key at the gateway: the reading lands, the relay is ready.
+    // The key is back: what was kept lands, the relay is ready.
     std::fs::write(&gateway.registry_file, site.registry().to_string()).unwrap();
-    assert_landed_once(
-        &gateway,
-        &BTreeSet::from([("pump-1".to_owned(), "k-1".to_owned())]),
-    )
-    .await;
+    assert_landed_once(&gateway, &acknowledged).await;
     eventually_async(Duration::from_secs(15), "ready again", async || {
         relay.get("/readyz").await.0 == 200
     })
     .await;
+}
+
+/// Starts a relay once the gateway's registry reload has taken its key.
+async fn eventually_relay(site: &Site, upstream: &str) -> Relay {
+    for _ in 0..30 {
+        if site.relay_refusing_to_start_probe(upstream).await {
+            return site.relay(upstream, &[]);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the gateway never took the relay key")
+}
+
+impl Site {
+    /// Whether the upstream knows the relay key now (`GET /api/whoami`).
+    async fn relay_refusing_to_start_probe(&self, upstream: &str) -> bool {
+        let response = lakegate::databricks::http_client()
+            .unwrap()
+            .get(format!("{upstream}/api/whoami"))
+            .header("X-API-Key", &self.relay_key)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = respond(response).await;
+        status == 200 && body["sender"] == "relay" && body["id"] == "site-a"
+    }
 }
 
 /// `pump-1` held by the gateway to the README's `rate_per_sec` 5 and `burst` 10.

@@ -28,4 +28,4 @@ mod upstream;
 pub use forward::{Forwarded, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
 pub use spool::{Pending, Position, Spool, SpoolError};
-pub use upstream::{Delivery, Refused, Settled, Upstream};
+pub use upstream::{Delivery, KeyCheck, Refused, Settled, Upstream};

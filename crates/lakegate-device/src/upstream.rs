@@ -32,6 +32,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Upstream {
     ingest_url: String,
     healthz_url: String,
+    whoami_url: String,
     key: SecretString,
     tokens: Option<Arc<dyn TokenSource>>,
     http: reqwest::Client,
@@ -56,6 +57,25 @@ impl Refused {
     pub fn is_duplicate(&self) -> bool {
         self.reason == "duplicate_id"
     }
+}
+
+/// Whose key the upstream says a key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    Relay {
+        id: String,
+    },
+    Device {
+        id: String,
+    },
+    /// The upstream refuses the key (unknown, or disabled).
+    Refused {
+        why: String,
+    },
+    /// No answer to judge by (unreachable, an older gateway, a proxy in the way).
+    Unchecked {
+        why: String,
+    },
 }
 
 /// What the upstream's answer means for the batch.
@@ -154,6 +174,7 @@ impl Upstream {
         Ok(Upstream {
             ingest_url: format!("{base}/api/ingest"),
             healthz_url: format!("{base}/healthz"),
+            whoami_url: format!("{base}/api/whoami"),
             key,
             tokens,
             http,
@@ -182,6 +203,47 @@ impl Upstream {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(format!("upstream /healthz answered {}", response.status())),
             Err(err) => Err(format!("upstream unreachable: {}", err.without_url())),
+        }
+    }
+
+    /// Who the upstream says this key belongs to (`GET /api/whoami`), writing nothing.
+    pub async fn check_key(&self) -> KeyCheck {
+        let mut request = self.http.get(&self.whoami_url).timeout(PROBE_TIMEOUT);
+        request = request.header(API_KEY_HEADER, self.key.expose_secret());
+        if let Some(tokens) = &self.tokens {
+            match tokens.token().await {
+                Ok(token) => request = request.bearer_auth(token.expose_secret()),
+                Err(err) => {
+                    return KeyCheck::Unchecked {
+                        why: format!("no OAuth token for the Apps proxy: {err}"),
+                    };
+                }
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                return KeyCheck::Unchecked {
+                    why: format!("upstream unreachable: {}", err.without_url()),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let body = read_capped(response).await.unwrap_or_default();
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let text = |field: &str| json[field].as_str().unwrap_or_default().to_owned();
+        match (status, json["sender"].as_str()) {
+            (200, Some("relay")) => KeyCheck::Relay { id: text("id") },
+            (200, Some("device")) => KeyCheck::Device { id: text("id") },
+            (401 | 403, _) if !text("error").is_empty() => KeyCheck::Refused {
+                why: format!("{} {}: {}", status, text("error"), text("message")),
+            },
+            _ => KeyCheck::Unchecked {
+                why: format!(
+                    "upstream answered /api/whoami with {status}: {}",
+                    excerpt(&body)
+                ),
+            },
         }
     }
 
