@@ -564,7 +564,10 @@ mod tests {
             .submit(vec![row("d", "r", "t", 1)], true)
             .unwrap()
             .unwrap();
-        committed.await.expect("committed after the retries").unwrap();
+        committed
+            .await
+            .expect("committed after the retries")
+            .unwrap();
         assert_eq!(sink.written.lock().unwrap().len(), 1);
         assert_eq!(queue.depth(), 0, "queue space is returned");
         closing.cancel();
@@ -590,7 +593,10 @@ mod tests {
             .submit(vec![row("d", "r", "t", 1)], true)
             .unwrap()
             .unwrap();
-        committed.await.expect("committed after the retries").unwrap();
+        committed
+            .await
+            .expect("committed after the retries")
+            .unwrap();
         let took = started.elapsed();
         assert_eq!(sink.written.lock().unwrap().len(), 1);
         closing.cancel();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lakegate_device::{Forwarded, forward_next};
+use lakegate_device::{Forwarded, Pacing, forward_next};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let policy = RetryPolicy::batch_writes();
     let mut schedule = policy.schedule();
+    let mut pacing = Pacing::default();
     loop {
         let step = tokio::select! {
             () = stop.cancelled() => return,
@@ -46,6 +47,7 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
                 site.batch,
                 site.lanes,
                 Some(Instant::now() + ATTEMPT_WINDOW),
+                &mut pacing,
             ) => step,
         };
         let wait = match step {

@@ -3,6 +3,7 @@
 //! (`send.rs`) and the site relay (`lakegate relay`), so both keep one rule: a record
 //! leaves the spool after the upstream's 200, never before.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,9 @@ use tokio::time::Instant;
 
 use crate::spool::{Spool, SpoolError};
 use crate::upstream::{Refused, Settled, Upstream};
+
+/// How long a device over its rate is held back when the upstream named no time.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 
 /// Bytes of records taken from the spool for one batch, at most.
 const SPOOL_READ_BYTES: u64 = 4 * 1024 * 1024;
@@ -47,6 +51,22 @@ pub enum Forwarded {
     },
 }
 
+/// When each device's readings may go upstream again: set when the upstream left some
+/// of them over the device's rate, for as long as it asked (`Retry-After`). A forwarder
+/// keeps one across steps, so that a device's backlog goes at its own rate while the
+/// other devices' readings go at once.
+#[derive(Debug, Default)]
+pub struct Pacing {
+    not_before: HashMap<String, Instant>,
+}
+
+impl Pacing {
+    /// When `device`'s readings may go again, if not now.
+    fn held_until(&self, device: &str, now: Instant) -> Option<Instant> {
+        self.not_before.get(device).copied().filter(|&at| at > now)
+    }
+}
+
 /// Sends the oldest spooled readings (up to `batch` readings a request, each record a
 /// reading or an array of readings) and removes them from the spool once the upstream
 /// took them. With `lanes` > 1, up to `lanes` requests go at once, each for its own
@@ -56,13 +76,15 @@ pub enum Forwarded {
 /// What the upstream took is never sent again: when it took only part of the batch (some
 /// devices over their rate, one lane failing), the readings it did not take are appended
 /// to the spool again and the cursor moves past the whole batch. A crash in between
-/// leaves both copies, which the upstream writes once.
+/// leaves both copies, which the upstream writes once. Readings of a device that
+/// `pacing` holds back are not sent this time, but kept the same way.
 pub async fn forward_next(
     upstream: &Upstream,
     spool: &Arc<Spool>,
     batch: usize,
     lanes: usize,
     deadline: Option<Instant>,
+    pacing: &mut Pacing,
 ) -> Result<Forwarded, SpoolError> {
     let batch = batch.max(1);
     let records = batch * lanes.max(1);
@@ -72,8 +94,28 @@ pub async fn forward_next(
         return Ok(Forwarded::Nothing);
     }
     let (readings, unreadable) = readings_of(&pending.records);
+    let now = Instant::now();
+    pacing.not_before.retain(|_, at| *at > now);
+    let device_of = |reading: &Value| reading["device_id"].as_str().unwrap_or_default().to_owned();
+    // Readings of devices held back: kept without a request.
+    let mut settled = Settled::default();
+    let mut soonest: Option<Instant> = None;
+    let mut lanes = by_device(&readings, lanes);
+    for lane in &mut lanes {
+        lane.retain(
+            |&i| match pacing.held_until(&device_of(&readings[i]), now) {
+                Some(until) => {
+                    settled.left.push(i);
+                    settled.rate_limited.push(i);
+                    soonest = Some(soonest.map_or(until, |s| s.min(until)));
+                    false
+                }
+                None => true,
+            },
+        );
+    }
     // Each lane sends its requests one after another; the lanes go at once.
-    let lanes = join_all(by_device(&readings, lanes).into_iter().map(|lane| {
+    let sent = join_all(lanes.into_iter().map(|lane| {
         let readings = &readings;
         async move {
             let mut settled = Settled::default();
@@ -85,22 +127,36 @@ pub async fn forward_next(
                     continue;
                 }
                 let part: Vec<Value> = indices.iter().map(|&i| readings[i].clone()).collect();
-                let outcome = upstream.deliver_retrying(&part, deadline).await;
-                failed = outcome.took_nothing(part.len());
+                let outcome = upstream.deliver_paced(&part, deadline).await;
+                failed =
+                    outcome.took_nothing(part.len()) && outcome.rate_limited.len() < part.len();
                 settled.merge(outcome, indices);
             }
             settled
         }
     }))
     .await;
-    let mut settled = Settled::default();
-    for lane in lanes {
-        let indices: Vec<usize> = (0..readings.len()).collect();
-        settled.merge(lane, &indices);
+    let identity: Vec<usize> = (0..readings.len()).collect();
+    let mut newly_limited = Vec::new();
+    for lane in sent {
+        newly_limited.extend(lane.rate_limited.iter().copied());
+        settled.merge(lane, &identity);
+    }
+    let pause = settled.retry_after.unwrap_or(RATE_LIMITED_PAUSE);
+    for &i in &newly_limited {
+        pacing
+            .not_before
+            .insert(device_of(&readings[i]), now + pause);
+        soonest = Some(soonest.map_or(now + pause, |s| s.min(now + pause)));
+    }
+    if let Some(until) = soonest {
+        // When the first device held back may go again.
+        let wait = until.saturating_duration_since(Instant::now());
+        settled.retry_after = Some(settled.retry_after.map_or(wait, |w| w.min(wait)));
     }
     if !readings.is_empty() && settled.took_nothing(readings.len()) {
         return Ok(Forwarded::NotTaken {
-            rate_limited: settled.rate_limited == readings.len(),
+            rate_limited: settled.rate_limited.len() == readings.len(),
             why: settled
                 .why
                 .unwrap_or_else(|| "the upstream took nothing".to_owned()),

@@ -25,7 +25,7 @@ mod send;
 mod spool;
 mod upstream;
 
-pub use forward::{Forwarded, forward_next};
+pub use forward::{Forwarded, Pacing, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
 pub use spool::{Pending, Position, Spool, SpoolError};
 pub use upstream::{Delivery, KeyCheck, Refused, Settled, Upstream};

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use lakegate_databricks as databricks;
 
-use crate::forward::{Forwarded, forward_next};
+use crate::forward::{Forwarded, Pacing, forward_next};
 use crate::spool::{Spool, SpoolError};
 use crate::upstream::{Refused, Upstream};
 
@@ -87,6 +87,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         None => None,
     };
     let mut report = SendReport::default();
+    let mut pacing = Pacing::default();
     let mut lines = Inputs::new(&options.inputs)?.spawn();
     let mut batch = Vec::with_capacity(options.batch);
     let mut linger_until = None;
@@ -118,14 +119,30 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
             take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
             if let Some(spool) = &spool {
                 // Forward what is spooled while the input goes on, without waiting.
-                drain(&upstream, spool, options.batch, None, &mut report).await?;
+                drain(
+                    &upstream,
+                    spool,
+                    options.batch,
+                    None,
+                    &mut pacing,
+                    &mut report,
+                )
+                .await?;
             }
         }
     }
     let deadline = Instant::now() + options.deadline;
     take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
     if let Some(spool) = &spool {
-        drain(&upstream, spool, options.batch, Some(deadline), &mut report).await?;
+        drain(
+            &upstream,
+            spool,
+            options.batch,
+            Some(deadline),
+            &mut pacing,
+            &mut report,
+        )
+        .await?;
         report.spooled = spool.backlog().1;
     }
     Ok(report)
@@ -173,18 +190,18 @@ async fn drain(
     spool: &Arc<Spool>,
     batch: usize,
     deadline: Option<Instant>,
+    pacing: &mut Pacing,
     report: &mut SendReport,
 ) -> Result<(), SendError> {
     loop {
-        match forward_next(upstream, spool, batch, 1, deadline).await? {
+        match forward_next(upstream, spool, batch, 1, deadline, pacing).await? {
             Forwarded::Nothing => return Ok(()),
             Forwarded::Batch {
                 readings,
                 refused,
                 left,
-                why,
-                retry_after,
                 unreadable,
+                ..
             } => {
                 record(report, &readings, refused, left);
                 // A bug, said once per record.
@@ -193,18 +210,20 @@ async fn drain(
                         .refused
                         .push("a spooled record is not a reading".to_owned());
                 }
-                if left == 0 {
-                    continue;
-                }
-                // Readings left spooled (their device over its rate): they go again at
-                // the upstream's pace, within the deadline, else on the next run.
+            }
+            // Over the device's rate: again when the upstream said, within the deadline.
+            Forwarded::NotTaken {
+                why,
+                retry_after,
+                rate_limited: true,
+            } => {
                 let wait = retry_after.unwrap_or(Duration::from_secs(1));
                 match deadline {
                     Some(deadline) if Instant::now() + wait <= deadline => {
                         tokio::time::sleep(wait).await;
                     }
                     Some(_) => {
-                        report.stopped = why;
+                        report.stopped = Some(why);
                         return Ok(());
                     }
                     None => return Ok(()),

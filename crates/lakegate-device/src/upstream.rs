@@ -113,9 +113,9 @@ pub struct Settled {
     pub why: Option<String>,
     /// When the left readings may go again, if the upstream said.
     pub retry_after: Option<Duration>,
-    /// How many of the left readings were left only because their device is over its
-    /// rate: they go again at the upstream's pace, and nothing is failing.
-    pub rate_limited: usize,
+    /// The left readings (by index, a part of `left`) left only because their device is
+    /// over its rate: they go again at the upstream's pace, and nothing is failing.
+    pub rate_limited: Vec<usize>,
 }
 
 impl Settled {
@@ -126,7 +126,7 @@ impl Settled {
             left: (0..count).collect(),
             why: Some(why),
             retry_after,
-            rate_limited: 0,
+            rate_limited: Vec::new(),
         }
     }
 
@@ -151,7 +151,8 @@ impl Settled {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        self.rate_limited += part.rate_limited;
+        self.rate_limited
+            .extend(part.rate_limited.into_iter().map(|index| indices[index]));
     }
 }
 
@@ -462,6 +463,22 @@ impl Upstream {
     /// attempt). What was taken is never sent again: only the readings left (`Settled::left`)
     /// are.
     pub async fn deliver_retrying(&self, readings: &[Value], deadline: Option<Instant>) -> Settled {
+        self.deliver_within(readings, deadline, true).await
+    }
+
+    /// [`Upstream::deliver_retrying`], but readings over their device's rate are left at
+    /// once (in `Settled::rate_limited`) rather than waited for: a forwarder paces each
+    /// device on its own, so that one slow device does not hold up the others.
+    pub async fn deliver_paced(&self, readings: &[Value], deadline: Option<Instant>) -> Settled {
+        self.deliver_within(readings, deadline, false).await
+    }
+
+    async fn deliver_within(
+        &self,
+        readings: &[Value],
+        deadline: Option<Instant>,
+        wait_for_rates: bool,
+    ) -> Settled {
         let mut schedule = RetryPolicy::batch_writes().schedule();
         let started = Instant::now();
         let fits =
@@ -487,9 +504,9 @@ impl Upstream {
                     // Readings over their device's rate: only they go again, at the
                     // pace the upstream asks.
                     let wait = retry_after.unwrap_or(RATE_LIMITED_WAIT);
-                    if !fits(wait) {
+                    if !wait_for_rates || !fits(wait) {
                         let left = Settled {
-                            rate_limited: later.len(),
+                            rate_limited: (0..later.len()).collect(),
                             ..Settled::none_taken(
                                 later.len(),
                                 "readings over their device's rate".to_owned(),
@@ -501,7 +518,8 @@ impl Upstream {
                     }
                     tokio::time::sleep(wait).await;
                     let again: Vec<Value> = later.iter().map(|&i| readings[i].clone()).collect();
-                    let retried = Box::pin(self.deliver_retrying(&again, deadline)).await;
+                    let retried =
+                        Box::pin(self.deliver_within(&again, deadline, wait_for_rates)).await;
                     settled.merge(retried, &later);
                     return settled;
                 }
@@ -509,9 +527,10 @@ impl Upstream {
                     let half = readings.len() / 2;
                     let (left, right) = readings.split_at(half);
                     let mut settled = Settled::default();
-                    let first = Box::pin(self.deliver_retrying(left, deadline)).await;
+                    let first = Box::pin(self.deliver_within(left, deadline, wait_for_rates)).await;
                     settled.merge(first, &(0..half).collect::<Vec<_>>());
-                    let second = Box::pin(self.deliver_retrying(right, deadline)).await;
+                    let second =
+                        Box::pin(self.deliver_within(right, deadline, wait_for_rates)).await;
                     settled.merge(second, &(half..readings.len()).collect::<Vec<_>>());
                     return settled;
                 }
@@ -637,12 +656,12 @@ mod tests {
             left: vec![0],
             why: Some("over rate".into()),
             retry_after: Some(Duration::from_secs(2)),
-            rate_limited: 1,
+            rate_limited: vec![0],
         };
         settled.merge(part, &[4, 7]);
         assert_eq!(settled.refused[0].index, 7);
         assert_eq!(settled.left, [4]);
-        assert_eq!(settled.rate_limited, 1);
+        assert_eq!(settled.rate_limited, [4]);
         assert!(!settled.took_nothing(2));
         assert!(Settled::none_taken(3, "down".into(), None).took_nothing(3));
     }
