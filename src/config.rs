@@ -21,6 +21,7 @@ use crate::devices::{BadHash, KeyHash, KeySource};
 use crate::ingest::{BatchSettings, BodyCaps, QueueCapacity};
 use crate::rate_limits::{RateLimitSettings, TrustedProxies};
 use crate::table::{TableName, TableRow};
+use crate::uploads::UploadSettings;
 
 /// Where the gateway writes.
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ pub struct GatewayConfig {
     /// Rows queued and not yet committed, and their bytes; beyond either, requests get 503.
     pub(crate) queue: QueueCapacity,
     pub(crate) body: BodyCaps,
+    /// Bytes of request bodies being read or held at once, in all and per sender.
+    pub(crate) uploads: UploadSettings,
     pub(crate) rate_limits: RateLimitSettings,
     /// Peers whose `X-Forwarded-For` / `X-Real-Ip` name the client (the Apps proxy).
     pub(crate) trusted_proxies: TrustedProxies,
@@ -434,6 +437,7 @@ impl GatewayConfig {
             max_string_len: env.count("LAKEGATE_MAX_STRING_LEN", 1024)?,
             max_id_len: 128,
         };
+        let uploads = upload_settings(env, body.max_body_bytes)?;
         let largest_request = body.max_readings.saturating_mul(body.max_metrics);
         let rows_named = format!(
             "must hold the largest request: LAKEGATE_MAX_READINGS_PER_REQUEST × \
@@ -508,6 +512,7 @@ impl GatewayConfig {
             writers,
             queue,
             body,
+            uploads,
             rate_limits,
             trusted_proxies: trusted_proxies(env, on_databricks_apps)?,
             ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
@@ -540,6 +545,39 @@ impl GatewayConfig {
             relay,
         })
     }
+}
+
+/// Bounds on body bytes in flight. The defaults leave a normal fleet far below them
+/// (a device sends one request at a time, a relay one per lane) and hold the bytes a
+/// flood of held-open uploads can pin to 64 bodies.
+fn upload_settings(env: &Env, max_body_bytes: usize) -> Result<UploadSettings, ConfigError> {
+    let uploads = UploadSettings {
+        max_bytes: env.count(
+            "LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT",
+            max_body_bytes.saturating_mul(64),
+        )?,
+        max_bytes_per_sender: env.count(
+            "LAKEGATE_MAX_BODY_BYTES_PER_SENDER",
+            max_body_bytes.saturating_mul(4),
+        )?,
+    };
+    // A body as large as the cap must fit, or some requests could never be read.
+    if uploads.max_bytes_per_sender < max_body_bytes {
+        return Err(invalid(
+            "LAKEGATE_MAX_BODY_BYTES_PER_SENDER",
+            format!("must hold one body of LAKEGATE_MAX_BODY_BYTES ({max_body_bytes})"),
+        ));
+    }
+    if uploads.max_bytes < uploads.max_bytes_per_sender {
+        return Err(invalid(
+            "LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT",
+            format!(
+                "must be at least LAKEGATE_MAX_BODY_BYTES_PER_SENDER ({})",
+                uploads.max_bytes_per_sender
+            ),
+        ));
+    }
+    Ok(uploads)
 }
 
 /// Whether `DATABRICKS_HOST` or a profile names a workspace.
@@ -774,6 +812,44 @@ mod tests {
         let mut pairs = remote();
         pairs.push(("LAKEGATE_BATCH_MAX_ROWS", "0"));
         assert!(error_of(&pairs).starts_with("LAKEGATE_BATCH_MAX_ROWS: must be at least 1"));
+    }
+
+    #[test]
+    fn body_bytes_in_flight_follow_the_body_cap_and_hold_one_body() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        let cap = config.body.max_body_bytes;
+        assert_eq!(
+            config.uploads,
+            UploadSettings {
+                max_bytes: 64 * cap,
+                max_bytes_per_sender: 4 * cap,
+            }
+        );
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_MAX_BODY_BYTES", "1000"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.uploads.max_bytes_per_sender, 4000);
+
+        let mut pairs = remote();
+        pairs.extend([
+            ("LAKEGATE_MAX_BODY_BYTES", "1000"),
+            ("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "999"),
+        ]);
+        let message = error_of(&pairs);
+        assert!(
+            message.starts_with("LAKEGATE_MAX_BODY_BYTES_PER_SENDER: must hold one body"),
+            "{message}"
+        );
+        let mut pairs = remote();
+        pairs.extend([
+            ("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "2000000"),
+            ("LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT", "1999999"),
+        ]);
+        let message = error_of(&pairs);
+        assert!(
+            message.starts_with("LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT: must be at least"),
+            "{message}"
+        );
     }
 
     #[test]

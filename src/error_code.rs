@@ -84,6 +84,12 @@ error_codes! {
     TooManyFailedAuthentications = ("too_many_failed_authentications", TOO_MANY_REQUESTS),
     /// More readings in one request than the device's burst could ever admit.
     MoreReadingsThanBurst = ("more_readings_than_burst", PAYLOAD_TOO_LARGE),
+    /// The sender (a device, a site relay) has as many request bodies being read at once
+    /// as it may; this one was refused unread.
+    TooManyUploads = ("too_many_uploads", TOO_MANY_REQUESTS),
+    /// The gateway holds as many request bodies being read as it may; this one was
+    /// refused unread.
+    UploadsFull = ("uploads_full", SERVICE_UNAVAILABLE),
     /// The write queue is full or closed; nothing from the request was accepted.
     Unavailable = ("unavailable", SERVICE_UNAVAILABLE),
     /// The table refuses writes; nothing from the request was accepted.

@@ -31,7 +31,9 @@
 //!    address's budget (`rate_limits.rs`, which also knows which address a request
 //!    comes from).
 //! 4. **The handler** (`server/ingest.rs`, kept thin): the device's (or the relay's)
-//!    rate is checked before the body is read (`rate_limits.rs`); the body is decoded
+//!    rate is checked before the body is read (`rate_limits.rs`), and the bytes the
+//!    body may take are reserved from the sender's and the gateway's budgets of bodies
+//!    in flight (`uploads.rs`; 429 or 503 unread beyond them); the body is decoded
 //!    and split into readings (`ingest/body.rs`: size caps, gzip, JSON or NDJSON), each
 //!    reading validated and turned into rows, one per metric (`ingest/reading.rs`,
 //!    `ingest/request.rs`, reasons in `ingest/rejection.rs`; the row is
@@ -114,3 +116,4 @@ pub(crate) mod rate_limits;
 pub(crate) mod relay;
 pub(crate) mod server;
 pub mod table;
+pub(crate) mod uploads;

@@ -40,6 +40,11 @@ pub struct RelayReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -107,6 +112,10 @@ pub struct Metrics {
     pub statement_seconds: Histogram,
     pub queue_rows: Gauge,
     pub queue_bytes: Gauge,
+    /// Bytes reserved for request bodies being read and parsed; set at scrape time.
+    pub upload_bytes: Gauge,
+    /// Requests refused unread because their body would pass a bound, by bound.
+    uploads_refused: Family<LimitLabels, Counter>,
     pub registry_reloads: Family<OutcomeLabels, Counter>,
     pub registry_devices: Gauge,
     token_fetches: Family<OutcomeLabels, Counter>,
@@ -133,6 +142,8 @@ impl Default for Metrics {
         let statement_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let queue_rows = Gauge::default();
         let queue_bytes = Gauge::default();
+        let upload_bytes = Gauge::default();
+        let uploads_refused = Family::default();
         let registry_reloads = Family::default();
         let registry_devices = Gauge::default();
         let token_fetches = Family::default();
@@ -209,6 +220,17 @@ impl Default for Metrics {
             queue_bytes.clone(),
         );
         registry.register(
+            "upload_bytes",
+            "Bytes reserved for request bodies being read and parsed",
+            upload_bytes.clone(),
+        );
+        registry.register(
+            "uploads_refused",
+            "Requests refused unread because their body would pass the bytes in flight of \
+             its sender or of the gateway, by limit (sender, gateway)",
+            uploads_refused.clone(),
+        );
+        registry.register(
             "registry_reloads",
             "Device registry reloads by outcome",
             registry_reloads.clone(),
@@ -258,6 +280,8 @@ impl Default for Metrics {
             statement_seconds,
             queue_rows,
             queue_bytes,
+            upload_bytes,
+            uploads_refused,
             registry_reloads,
             registry_devices,
             token_fetches,
@@ -408,6 +432,12 @@ impl Metrics {
                 outcome: "failed_attempt",
             })
             .map_or(0, |counter| counter.get())
+    }
+
+    pub fn upload_refused(&self, limit: &'static str) {
+        self.uploads_refused
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     pub fn auth_failure(&self, kind: &'static str, outcome: &'static str) {

@@ -14,6 +14,7 @@ use crate::ingest::{BodyError, QueueError, RejectedReading};
 use crate::query::{ParamError, ReadsBusy};
 use crate::rate_limits::{RateLimitKind, RateLimited};
 use crate::relay::NotForwarded;
+use crate::uploads::UploadRefused;
 
 #[derive(Debug)]
 pub struct HttpError {
@@ -159,6 +160,24 @@ impl From<RateLimited> for HttpError {
             }
         };
         HttpError::new(code, message).retry_after(err.retry_after)
+    }
+}
+
+impl From<UploadRefused> for HttpError {
+    fn from(refused: UploadRefused) -> Self {
+        let (code, message) = match refused {
+            UploadRefused::Sender => (
+                ErrorCode::TooManyUploads,
+                "this sender has too many request bodies in flight at once; the body was not \
+                 read; send it again once an earlier request has been answered",
+            ),
+            UploadRefused::Gateway => (
+                ErrorCode::UploadsFull,
+                "the gateway is reading as many request bodies as it holds at once; the body \
+                 was not read; retry later",
+            ),
+        };
+        HttpError::new(code, message).retry_after(Duration::from_secs(2))
     }
 }
 

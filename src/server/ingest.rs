@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,13 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::auth::AuthenticatedSender;
 use super::error::{HttpError, retry_after_secs};
 use super::relayed::from_relay;
-use super::state::AppState;
+use super::state::{App, AppState};
 use crate::devices::{Device, Sender};
 use crate::error_code::ErrorCode;
 use crate::ingest::{
     BodyError, BodyFormat, Encoding, RejectedReading, Reservation, Unwritten, decode, parse_request,
 };
 use crate::table::TableRow;
+use crate::uploads::{UploadReservation, Uploader};
 
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
 /// table. `?ack=accept`: answer 202 as soon as they are queued. A site relay answers
@@ -60,6 +61,47 @@ fn is_length_limit(err: &axum::Error) -> bool {
     false
 }
 
+/// The body, read after its bytes are reserved from the sender's and the gateway's
+/// budgets of bodies in flight: its declared length (over the cap: refused unread), or
+/// the cap when it declares none. A body that would pass either budget is refused
+/// unread. The reservation is to be held while the body's bytes are in memory; decoding
+/// and parsing run without awaiting, so a gzip body's decoded bytes (at most the cap)
+/// never wait in memory beyond it.
+async fn read_body<'a>(
+    app: &'a App,
+    sender: &Sender,
+    body: Body,
+) -> Result<(Bytes, UploadReservation<'a>), HttpError> {
+    let cap = app.config.body.max_body_bytes;
+    let too_large = || HttpError::from(BodyError::TooLarge { limit: cap });
+    let declared = body.size_hint();
+    if declared.lower() > cap as u64 {
+        return Err(too_large());
+    }
+    let bytes = declared
+        .upper()
+        .map_or(cap, |upper| upper.min(cap as u64) as usize);
+    let upload = app
+        .uploads
+        .reserve(Uploader::from(sender), bytes)
+        .map_err(|refused| {
+            app.metrics.upload_refused(refused.as_str());
+            HttpError::from(refused)
+        })?;
+    // Never more than reserved: a body that declared its length cannot outgrow it.
+    let raw =
+        axum::body::to_bytes(body, bytes)
+            .await
+            .map_err(|err| match is_length_limit(&err) {
+                true => too_large(),
+                false => HttpError::new(
+                    ErrorCode::BodyUnreadable,
+                    "the request body could not be read to its end",
+                ),
+            })?;
+    Ok((raw, upload))
+}
+
 pub async fn ingest(
     State(app): State<AppState>,
     AuthenticatedSender { sender, registry }: AuthenticatedSender,
@@ -87,17 +129,7 @@ pub async fn ingest(
     let caps = &app.config.body;
     let format = BodyFormat::from_content_type(header_str(&headers, header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header_str(&headers, header::CONTENT_ENCODING))?;
-    let raw = axum::body::to_bytes(body, caps.max_body_bytes)
-        .await
-        .map_err(|err| match is_length_limit(&err) {
-            true => HttpError::from(BodyError::TooLarge {
-                limit: caps.max_body_bytes,
-            }),
-            false => HttpError::new(
-                ErrorCode::BodyUnreadable,
-                "the request body could not be read to its end",
-            ),
-        })?;
+    let (raw, upload) = read_body(&app, &sender, body).await?;
     let decoded = decode(raw, encoding, caps)?;
     // A first look; the spooler checks again against the records it writes.
     if let Some(site) = app.site()
@@ -115,6 +147,8 @@ pub async fn ingest(
         Sender::Device(device) => from_device(&app, device, &decoded, format)?,
         Sender::Relay(relay) => from_relay(&app, relay, &registry, &decoded, format)?,
     };
+    // The body is parsed: its bytes, and their room in the budgets, go before any wait.
+    drop((decoded, upload));
     // A relay answers once the readings are on disk, whatever the acknowledgement asked.
     let relay = app.site().is_some();
     let committed = room.submit(rows, relay || params.ack == Ack::Commit)?;

@@ -100,6 +100,7 @@ async fn gateway_checks(app: &AppState, client: &databricks::Client) -> Checks {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.queue_rows.set(app.queue.depth() as i64);
     app.metrics.queue_bytes.set(app.queue.depth_bytes() as i64);
+    app.metrics.upload_bytes.set(app.uploads.in_flight() as i64);
     let tokens = match &app.backend {
         Backend::Table(client) => client.token_fetches(),
         Backend::Relay(site) => {

@@ -1,5 +1,6 @@
 //! The read API under `/api/`: who may read (the `Reader` extractor) and thin
-//! handlers over `crate::query`. `/api/stats` answers from memory, without SQL.
+//! handlers over `crate::query`. `/api/stats` answers from memory, once the reader has
+//! passed the same rules as on the other routes.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -47,6 +48,26 @@ pub struct Reader {
 impl Reader {
     fn table<'a>(&self, app: &'a App) -> TableReader<'a> {
         TableReader::new(self.client.statements(), &app.config.table)
+    }
+
+    /// Whether the queries run with a token the proxy forwarded (the signed-in user's),
+    /// which only the workspace can tell good from made up.
+    fn runs_as_user(&self) -> bool {
+        &*self.view != APP_VIEW
+    }
+
+    /// The device list this reader sees: served from memory while fresh (per view, so
+    /// per user token), else queried with the reader's own credentials.
+    async fn device_list(&self, app: &App) -> Result<Arc<DeviceList>, HttpError> {
+        let settings = &app.config.read;
+        let fetch = async {
+            let _slot = app.reads.slot().await?;
+            let since = Utc::now() - settings.device_list_window;
+            let table = self.table(app);
+            let list = table.devices(Utc::now(), since, settings.max_devices).await;
+            list.map_err(query_failed)
+        };
+        app.reads.device_list(&self.view, fetch).await
     }
 }
 
@@ -181,15 +202,7 @@ pub async fn devices(
     State(app): State<AppState>,
     reader: Reader,
 ) -> Result<Json<DeviceList>, HttpError> {
-    let settings = &app.config.read;
-    let fetch = async {
-        let _slot = app.reads.slot().await?;
-        let since = Utc::now() - settings.device_list_window;
-        let table = reader.table(&app);
-        let list = table.devices(Utc::now(), since, settings.max_devices).await;
-        list.map_err(query_failed)
-    };
-    let mut list = DeviceList::clone(&*app.reads.device_list(&reader.view, fetch).await?);
+    let mut list = DeviceList::clone(&*reader.device_list(&app).await?);
     for device in &mut list.devices {
         device.rejected_since_start = app.metrics.activity.rejected_by(&device.device_id);
     }
@@ -264,13 +277,19 @@ pub struct Stats {
     devices_in_registry: usize,
 }
 
-pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> {
+pub async fn stats(State(app): State<AppState>, reader: Reader) -> Result<Json<Stats>, HttpError> {
+    // Stats run no SQL, so a forwarded user token would be believed unchecked: it must
+    // first read what `/api/devices` reads (cached per token), so the workspace and Unity
+    // Catalog decide here as they do on every other read route.
+    if reader.runs_as_user() {
+        reader.device_list(&app).await?;
+    }
     let metrics = &app.metrics;
     let rejected_by_reason =
         metrics.rejected_by_reason(RejectReason::ALL.iter().map(RejectReason::as_str));
     let batches = metrics.activity.batch_latency();
     let millis = |duration: std::time::Duration| duration.as_secs_f64() * 1000.0;
-    Json(Stats {
+    Ok(Json(Stats {
         uptime_secs: metrics.activity.uptime().as_secs(),
         readings_accepted_total: metrics.readings_accepted.get(),
         readings_per_sec_1m: metrics.activity.accepted_per_sec(),
@@ -286,7 +305,7 @@ pub async fn stats(State(app): State<AppState>, _reader: Reader) -> Json<Stats> 
         },
         batch_latency_ms_last: millis(batches.last),
         devices_in_registry: app.keys.current().device_count(),
-    })
+    }))
 }
 
 fn bad_request(err: impl Display) -> HttpError {

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::query::ReadGate;
 use crate::rate_limits::RateLimits;
 use crate::relay::Site;
+use crate::uploads::UploadBudget;
 
 /// Everything a request may need; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct App {
     pub backend: Backend,
     pub keys: DeviceKeys,
     pub rate_limits: RateLimits,
+    /// Bytes of request bodies being read and parsed, in all and per sender.
+    pub(crate) uploads: UploadBudget,
     pub queue: IngestQueue,
     /// Read statements' slots and the cached device lists.
     pub reads: ReadGate,
@@ -52,6 +55,7 @@ impl AppState {
     ) -> Self {
         AppState(Arc::new(App {
             rate_limits: RateLimits::new(config.rate_limits.clone()),
+            uploads: UploadBudget::new(config.uploads),
             reads: ReadGate::new(
                 config.read.query_concurrency,
                 config.read.query_wait,

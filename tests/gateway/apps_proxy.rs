@@ -400,3 +400,84 @@ async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
     gateway.kill().unwrap();
     gateway.wait().unwrap();
 }
+
+/// `GET {base}{path}` with `headers`.
+async fn get_with(
+    gateway: &Harness,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Json) {
+    let mut request = gateway.http.get(format!("{base}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    respond(request.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_take_only_a_user_token_the_workspace_accepts() {
+    const MADE_UP: &str = "made-up-user-token-never-logged";
+    let logs = crate::logs::capture();
+    let mut gateway =
+        Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let ana_token = gateway.emulator.user_token("ana@example.com");
+    let signed_in = |token: &'static str| {
+        [
+            ("X-Forwarded-Email", "ana@example.com"),
+            ("X-Forwarded-Access-Token", token),
+        ]
+    };
+
+    // A token the workspace never issued: stats refuse it as the device list does.
+    let made_up = signed_in(MADE_UP);
+    let devices = get_with(&gateway, &gateway.url, "/api/devices", &made_up).await;
+    let stats = get_with(&gateway, &gateway.url, "/api/stats", &made_up).await;
+    assert_eq!(
+        (devices.0, &devices.1["error"]),
+        (502, &json!("query_failed")),
+        "{}",
+        devices.1
+    );
+    assert_eq!(
+        (stats.0, &stats.1["error"]),
+        (devices.0, &devices.1["error"]),
+        "{}",
+        stats.1
+    );
+    assert!(stats.1.get("uptime_secs").is_none(), "{}", stats.1);
+
+    // The user's own token, as the proxy forwards it, reads both.
+    let ana = TokenOwner::User("ana@example.com".into());
+    let headers = [
+        ("X-Forwarded-Email", "ana@example.com"),
+        ("X-Forwarded-Access-Token", ana_token.as_str()),
+    ];
+    let (status, body) = get_with(&gateway, &gateway.url, "/api/stats", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["uptime_secs"].is_u64(), "{body}");
+    assert!(gateway.emulator.stats().statements_by(&ana) >= 1);
+
+    // And through the emulated proxy, with on-behalf-of-user authorization.
+    let config = AppsProxyConfig {
+        user_authorization: true,
+        ..AppsProxyConfig::new(&gateway.url)
+    };
+    let proxy = proxy_for(&gateway, config).await;
+    let bearer = format!("Bearer {ana_token}");
+    let (status, body) = get_with(
+        &gateway,
+        &proxy.url(),
+        "/api/stats",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    proxy.shutdown().await;
+    gateway.stop().await;
+
+    let logged = logs.text();
+    for token in [MADE_UP, ana_token.as_str()] {
+        assert!(!logged.contains(token), "a token was logged:\n{logged}");
+    }
+}

@@ -35,7 +35,7 @@ async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Vec<u8> {
 }
 
 /// Reads one response whose body is `Content-Length` long; returns it as text.
-async fn read_response(stream: &mut TcpStream) -> String {
+pub(crate) async fn read_response(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

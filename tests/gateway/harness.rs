@@ -172,10 +172,7 @@ impl Harness {
 
     /// The value of an unlabelled metric, or of one series given with its labels.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+        metric_at(&self.http, &self.url, series).await
     }
 
     /// Rows of the table, in a stable order: (device, reading, metric, value, value_str).
@@ -248,6 +245,15 @@ impl Harness {
             server.await.unwrap().unwrap();
         }
     }
+}
+
+/// The value of a metric (see [`Harness::metric`]) of the gateway at `url`.
+pub async fn metric_at(http: &reqwest::Client, url: &str, series: &str) -> f64 {
+    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
 }
 
 pub async fn respond(response: reqwest::Response) -> (u16, Json) {

@@ -14,6 +14,7 @@ use serde_json::{Value as Json, json};
 use lakegate_testkit::{TABLE, emulator_config, poll};
 
 use crate::harness::{Harness, reading};
+use crate::uploads::HeldUpload;
 
 /// What a client sees of a refusal.
 #[derive(Serialize)]
@@ -310,6 +311,35 @@ async fn refusals_of_a_site_relay() {
     refusals.push(limited.expect("the relay is limited"));
 
     insta::assert_json_snapshot!("relay", refusals);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_of_uploads_in_flight() {
+    // Bodies of up to 1000 bytes: one in flight per device, two in all.
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[
+            ("LAKEGATE_MAX_BODY_BYTES", "1000"),
+            ("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "1000"),
+            ("LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT", "2000"),
+        ],
+    )
+    .await;
+    let address = gateway.url.trim_start_matches("http://").to_owned();
+    let mut refusals = Vec::new();
+    // Held open without a length, each holds the whole cap.
+    let sensor = HeldUpload::admitted(&address, &gateway.keys.sensor, None).await;
+    let again = gateway
+        .post(&gateway.keys.sensor)
+        .json(&reading("u-1", 1.0));
+    refusals.push(sent("too_many_uploads", again).await);
+    let other = HeldUpload::admitted(&address, &gateway.keys.other, None).await;
+    let third = gateway.post(&gateway.keys.slow).json(&reading("u-2", 1.0));
+    refusals.push(sent("uploads_full", third).await);
+
+    insta::assert_json_snapshot!("uploads_in_flight", refusals);
+    drop((sensor, other));
     gateway.stop().await;
 }
 

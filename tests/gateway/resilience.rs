@@ -164,15 +164,15 @@ async fn batches_whose_answer_was_lost_are_not_written_twice() {
 /// Devices of a [`GatewayProcess`]: enough that every writer lane gets some.
 const FLEET: usize = 8;
 
-struct GatewayProcess {
-    process: common::LakegateProcess,
+pub(crate) struct GatewayProcess {
+    pub(crate) process: common::LakegateProcess,
     env: std::collections::HashMap<String, String>,
     /// The key of device `sensor-{n + 1}` at `n`.
-    keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
 }
 
 impl GatewayProcess {
-    fn start(emulator: &Emulator, extra: &[(&str, &str)]) -> GatewayProcess {
+    pub(crate) fn start(emulator: &Emulator, extra: &[(&str, &str)]) -> GatewayProcess {
         let keys: Vec<String> = (0..FLEET).map(|_| harness::new_keys().sensor).collect();
         let devices: serde_json::Map<String, serde_json::Value> = keys
             .iter()
@@ -201,7 +201,7 @@ impl GatewayProcess {
     }
 
     /// A request of device `sensor-{device + 1}`.
-    fn post_as(
+    pub(crate) fn post_as(
         &self,
         device: usize,
         http: &reqwest::Client,
