@@ -25,5 +25,5 @@ mod upstream;
 
 pub use forward::{Forwarded, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
-pub use spool::{Pending, Position, Spool, SpoolError};
+pub use spool::{Damaged, Pending, Position, RECORD_HEADER, Spool, SpoolError};
 pub use upstream::{Delivery, Refused, Upstream};
