@@ -177,3 +177,79 @@ async fn a_device_piping_readings_in_is_served_as_it_writes_them() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     gateway.stop().await;
 }
+
+/// The readings of the table, by id.
+async fn reading_ids(gateway: &Harness) -> Vec<String> {
+    gateway.rows().await.into_iter().map(|row| row.1).collect()
+}
+
+/// The peak resident memory of a running process, in bytes (Linux).
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/<pid>/status");
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_input_line_is_refused_by_number_and_memory_stays_bounded() {
+    let mut gateway = Harness::start().await;
+    let spool = temp_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args(["send", "--upstream", gateway.url.as_str(), "--spool"])
+        .arg(spool.path())
+        .env("LAKEGATE_DEVICE_KEY", &gateway.keys.sensor)
+        .env_remove("DATABRICKS_HOST")
+        .env_remove("DATABRICKS_CONFIG_PROFILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lakegate runs");
+    let reading = |id: &str| {
+        format!("{{\"id\": \"{id}\", \"ts\": \"2026-11-29T12:00:00Z\", \"metrics\": {{\"t\": 1}}")
+    };
+    // A valid reading of 80 MiB: no gateway takes it, and no agent should hold it.
+    let huge_bytes = 80 * 1024 * 1024;
+    let mut input = format!("{}}}\n{}, \"note\": \"", reading("h-1"), reading("h-2")).into_bytes();
+    input.reserve(huge_bytes + 256);
+    input.resize(input.len() + huge_bytes, b'x');
+    input.extend_from_slice(format!("\"}}\n{}}}\n", reading("h-3")).as_bytes());
+    let mut stdin = child.stdin.take().unwrap();
+    let stdin = tokio::task::spawn_blocking(move || {
+        stdin.write_all(&input).unwrap();
+        stdin.flush().unwrap();
+        // Kept open: the process must still run when its memory is read.
+        stdin
+    })
+    .await
+    .unwrap();
+
+    gateway
+        .wait_for_rows(2, std::time::Duration::from_secs(30))
+        .await;
+    let peak = peak_memory(child.id());
+    assert!(
+        peak < 64 * 1024 * 1024,
+        "the agent peaked at {} MiB reading an 80 MiB line",
+        peak / (1024 * 1024)
+    );
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("stdin line 2: longer than"), "{said}");
+    let mut landed = reading_ids(&gateway).await;
+    landed.sort();
+    assert_eq!(landed, ["h-1", "h-3"]);
+    gateway.stop().await;
+}
