@@ -183,6 +183,98 @@ async fn reading_ids(gateway: &Harness) -> Vec<String> {
     gateway.rows().await.into_iter().map(|row| row.1).collect()
 }
 
+/// The spool's one segment file.
+fn only_segment(spool: &std::path::Path) -> std::path::PathBuf {
+    let segments: Vec<_> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_spool_record_is_moved_aside_and_every_other_reading_lands_once() {
+    let mut gateway = Harness::start().await;
+    let key = gateway.keys.sensor.clone();
+    let spool = temp_dir();
+    let spool_dir = spool.path().to_str().unwrap();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let ids: Vec<String> = (1..=9).map(|n| format!("sp-{n}")).collect();
+    let input: String = ids
+        .iter()
+        .map(|id| format!("{{\"id\": \"{id}\", \"ts\": \"2026-11-29T12:00:00Z\", \"metrics\": {{\"t\": 1}}}}\n"))
+        .collect();
+    // One record a reading, spooled while the gateway cannot be reached.
+    let spooled = send(
+        &key,
+        &[
+            "--upstream",
+            &closed,
+            "--spool",
+            spool_dir,
+            "--batch",
+            "1",
+            "--timeout",
+            "1",
+        ],
+        &input,
+    );
+    assert_eq!(spooled.status.code(), Some(0), "{}", stderr(&spooled));
+    assert!(
+        stderr(&spooled).contains("9 spooled batches wait"),
+        "{}",
+        stderr(&spooled)
+    );
+
+    // The disk flips one byte of the fifth record's payload.
+    let segment = only_segment(spool.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut at = 0;
+    for _ in 0..4 {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let payload = &bytes[at + 8..at + 8 + len];
+    assert!(String::from_utf8_lossy(payload).contains("sp-5"));
+    bytes[at + 8 + len - 1] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let next = send(
+        &key,
+        &["--upstream", &gateway.url, "--spool", spool_dir],
+        "",
+    );
+    let said = stderr(&next);
+    assert_eq!(next.status.code(), Some(1), "{said}");
+    assert!(said.contains("1 damaged spool region(s)"), "{said}");
+    assert!(said.contains("0 spooled batches wait"), "{said}");
+    let mut landed = reading_ids(&gateway).await;
+    landed.sort();
+    let intact: Vec<String> = ids.iter().filter(|id| *id != "sp-5").cloned().collect();
+    assert_eq!(landed, intact);
+    let kept: Vec<_> = std::fs::read_dir(spool.path().join("damaged"))
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert!(String::from_utf8_lossy(&kept[0]).contains("\"sp-5\""));
+
+    // Mended for good: the next run finds nothing more, and nothing lands twice.
+    let again = send(
+        &key,
+        &["--upstream", &gateway.url, "--spool", spool_dir],
+        "",
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(gateway.row_count().await, 8);
+    gateway.stop().await;
+}
+
 /// The peak resident memory of a running process, in bytes (Linux).
 fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

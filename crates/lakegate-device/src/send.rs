@@ -140,6 +140,15 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
     if let Some(spool) = &spool {
         drain(&upstream, spool, options.batch, Some(deadline), &mut report).await?;
         report.spooled = spool.backlog().1;
+        let damaged = spool.damaged();
+        if damaged.regions > 0 {
+            report.refused.push(format!(
+                "{} damaged spool region(s) ({} bytes) could not be read; kept in {}",
+                damaged.regions,
+                damaged.bytes,
+                spool.dir().join("damaged").display()
+            ));
+        }
     }
     Ok(report)
 }
