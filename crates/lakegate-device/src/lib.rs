@@ -10,7 +10,9 @@
 //!   client's token source; [`Upstream::deliver_retrying`] retries what the gateway did
 //!   not take (readings keep their identity, so a batch sent twice is written once).
 //! - [`Spool`] (`spool.rs`): a durable, bounded queue on disk: records fsync'd before
-//!   [`Spool::append`] returns, forwarded from an atomic cursor, cut clean after a crash.
+//!   [`Spool::append`] returns, forwarded from an atomic cursor, a torn tail cut after a
+//!   crash, and a damaged record moved aside to `damaged/` (counted in
+//!   [`Spool::damaged`]) while every record after it is kept.
 //! - [`forward_next`] (`forward.rs`): the oldest spooled readings upstream, off the
 //!   spool once committed; the agent and the site relay (`lakegate relay`) both use it.
 //! - [`send`] (`send.rs`): the device agent behind `lakegate send`: NDJSON from files
