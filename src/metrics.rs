@@ -92,6 +92,9 @@ pub struct SiteMetrics {
     pub upstream_failures: Counter,
     /// Spool appends that failed (the rows stay queued and are tried again).
     pub spool_write_failures: Counter,
+    /// Damaged regions of the spool moved aside to `damaged/` since the relay started;
+    /// set at scrape time.
+    pub spool_damaged_regions: Gauge,
 }
 
 pub struct Metrics {
@@ -311,6 +314,11 @@ impl Metrics {
             "spool_readings",
             "Readings spooled and not yet committed upstream",
             site.spool_readings,
+        );
+        registry.register(
+            "spool_damaged_regions",
+            "Damaged regions of the spool moved aside to damaged/ since the relay started",
+            site.spool_damaged_regions,
         );
         registry.register(
             "spool_oldest_reading_age_seconds",

@@ -203,6 +203,8 @@ impl Site {
         let (bytes, readings) = self.spool.backlog();
         metrics.spool_bytes.set(bytes as i64);
         metrics.spool_readings.set(readings as i64);
+        let damaged = self.spool.damaged();
+        metrics.spool_damaged_regions.set(damaged.regions as i64);
         let site = Arc::clone(self);
         let oldest = tokio::task::spawn_blocking(move || site.oldest_reading_ts())
             .await

@@ -106,9 +106,9 @@ fn append_group(spool: &Spool, group: &[Vec<Vec<u8>>]) -> Result<Vec<bool>, Spoo
     let all: Vec<&[u8]> = group.iter().flatten().map(Vec::as_slice).collect();
     match spool.append_all(&all) {
         Ok(()) => return Ok(vec![true; group.len()]),
-        Err(SpoolError::Full { .. }) if group.len() > 1 => {}
-        Err(SpoolError::Full { .. }) => return Ok(vec![false]),
-        Err(err) => return Err(err),
+        Err(err) if !does_not_fit(&err) => return Err(err),
+        Err(_) if group.len() == 1 => return Ok(vec![false]),
+        Err(_) => {}
     }
     group
         .iter()
@@ -116,11 +116,19 @@ fn append_group(spool: &Spool, group: &[Vec<Vec<u8>>]) -> Result<Vec<bool>, Spoo
             let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
             match spool.append_all(&payloads) {
                 Ok(()) => Ok(true),
-                Err(SpoolError::Full { .. }) => Ok(false),
+                Err(err) if does_not_fit(&err) => Ok(false),
                 Err(err) => Err(err),
             }
         })
         .collect()
+}
+
+/// A refusal of these records, not a failing disk: retrying them cannot help now.
+fn does_not_fit(err: &SpoolError) -> bool {
+    matches!(
+        err,
+        SpoolError::Full { .. } | SpoolError::TooLarge { .. } | SpoolError::Unfit(_)
+    )
 }
 
 /// One record per reading of one request's rows: a reading's rows are adjacent, one per

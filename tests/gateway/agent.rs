@@ -218,3 +218,171 @@ async fn a_rate_limited_devices_spool_drains_in_one_run() {
     assert_eq!(gateway.row_count().await, 100);
     gateway.stop().await;
 }
+
+/// The readings of the table, by id.
+async fn reading_ids(gateway: &Harness) -> Vec<String> {
+    gateway.rows().await.into_iter().map(|row| row.1).collect()
+}
+
+/// The spool's one segment file.
+fn only_segment(spool: &std::path::Path) -> std::path::PathBuf {
+    let segments: Vec<_> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_spool_record_is_moved_aside_and_every_other_reading_lands_once() {
+    let mut gateway = Harness::start().await;
+    let key = gateway.keys.sensor.clone();
+    let spool = temp_dir();
+    let spool_dir = spool.path().to_str().unwrap();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let ids: Vec<String> = (1..=9).map(|n| format!("sp-{n}")).collect();
+    let input: String = ids
+        .iter()
+        .map(|id| format!("{{\"id\": \"{id}\", \"ts\": \"2026-11-29T12:00:00Z\", \"metrics\": {{\"t\": 1}}}}\n"))
+        .collect();
+    // One record a reading, spooled while the gateway cannot be reached.
+    let spooled = send(
+        &key,
+        &[
+            "--upstream",
+            &closed,
+            "--spool",
+            spool_dir,
+            "--batch",
+            "1",
+            "--timeout",
+            "1",
+        ],
+        &input,
+    );
+    assert_eq!(spooled.status.code(), Some(0), "{}", stderr(&spooled));
+    assert!(
+        stderr(&spooled).contains("9 spooled batches wait"),
+        "{}",
+        stderr(&spooled)
+    );
+
+    // The disk flips one byte of the fifth record's payload.
+    let segment = only_segment(spool.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut at = 0;
+    for _ in 0..4 {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let payload = &bytes[at + 8..at + 8 + len];
+    assert!(String::from_utf8_lossy(payload).contains("sp-5"));
+    bytes[at + 8 + len - 1] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let next = send(
+        &key,
+        &["--upstream", &gateway.url, "--spool", spool_dir],
+        "",
+    );
+    let said = stderr(&next);
+    assert_eq!(next.status.code(), Some(1), "{said}");
+    assert!(said.contains("1 damaged spool region(s)"), "{said}");
+    assert!(said.contains("0 spooled batches wait"), "{said}");
+    let mut landed = reading_ids(&gateway).await;
+    landed.sort();
+    let intact: Vec<String> = ids.iter().filter(|id| *id != "sp-5").cloned().collect();
+    assert_eq!(landed, intact);
+    let kept: Vec<_> = std::fs::read_dir(spool.path().join("damaged"))
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert!(String::from_utf8_lossy(&kept[0]).contains("\"sp-5\""));
+
+    // Mended for good: the next run finds nothing more, and nothing lands twice.
+    let again = send(
+        &key,
+        &["--upstream", &gateway.url, "--spool", spool_dir],
+        "",
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(gateway.row_count().await, 8);
+    gateway.stop().await;
+}
+
+/// The peak resident memory of a running process, in bytes (Linux).
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/<pid>/status");
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_input_line_is_refused_by_number_and_memory_stays_bounded() {
+    let mut gateway = Harness::start().await;
+    let spool = temp_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args(["send", "--upstream", gateway.url.as_str(), "--spool"])
+        .arg(spool.path())
+        .env("LAKEGATE_DEVICE_KEY", &gateway.keys.sensor)
+        .env_remove("DATABRICKS_HOST")
+        .env_remove("DATABRICKS_CONFIG_PROFILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lakegate runs");
+    let reading = |id: &str| {
+        format!("{{\"id\": \"{id}\", \"ts\": \"2026-11-29T12:00:00Z\", \"metrics\": {{\"t\": 1}}")
+    };
+    // A valid reading of 80 MiB: no gateway takes it, and no agent should hold it.
+    let huge_bytes = 80 * 1024 * 1024;
+    let mut input = format!("{}}}\n{}, \"note\": \"", reading("h-1"), reading("h-2")).into_bytes();
+    input.reserve(huge_bytes + 256);
+    input.resize(input.len() + huge_bytes, b'x');
+    input.extend_from_slice(format!("\"}}\n{}}}\n", reading("h-3")).as_bytes());
+    let mut stdin = child.stdin.take().unwrap();
+    let stdin = tokio::task::spawn_blocking(move || {
+        stdin.write_all(&input).unwrap();
+        stdin.flush().unwrap();
+        // Kept open: the process must still run when its memory is read.
+        stdin
+    })
+    .await
+    .unwrap();
+
+    gateway
+        .wait_for_rows(2, std::time::Duration::from_secs(30))
+        .await;
+    let peak = peak_memory(child.id());
+    assert!(
+        peak < 64 * 1024 * 1024,
+        "the agent peaked at {} MiB reading an 80 MiB line",
+        peak / (1024 * 1024)
+    );
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("stdin line 2: longer than"), "{said}");
+    let mut landed = reading_ids(&gateway).await;
+    landed.sort();
+    assert_eq!(landed, ["h-1", "h-3"]);
+    gateway.stop().await;
+}

@@ -10,7 +10,9 @@
 //!   client's token source; [`Upstream::deliver_retrying`] retries what the gateway did
 //!   not take (readings keep their identity, so a batch sent twice is written once).
 //! - [`Spool`] (`spool.rs`): a durable, bounded queue on disk: records fsync'd before
-//!   [`Spool::append`] returns, forwarded from an atomic cursor, cut clean after a crash.
+//!   [`Spool::append`] returns, forwarded from an atomic cursor, a torn tail cut after a
+//!   crash, and a damaged record moved aside to `damaged/` (counted in
+//!   [`Spool::damaged`]) while every record after it is kept.
 //! - [`forward_next`] (`forward.rs`): the oldest spooled readings upstream, off the
 //!   spool once the upstream took them; what it did not take goes back on the spool and
 //!   is never sent with what it took; the agent and the site relay (`lakegate relay`)
@@ -27,5 +29,5 @@ mod upstream;
 
 pub use forward::{Forwarded, Pacing, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
-pub use spool::{Pending, Position, Spool, SpoolError};
+pub use spool::{Damaged, Pending, Position, RECORD_HEADER, Spool, SpoolError};
 pub use upstream::{Delivery, KeyCheck, Refused, Settled, Upstream};

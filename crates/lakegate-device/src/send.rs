@@ -4,7 +4,7 @@
 //! written once). With a spool, every reading is on disk before anything is sent,
 //! and what the upstream has not committed by the deadline stays for the next run.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,16 @@ pub enum SendError {
 /// How long a reading waits for others to fill its batch.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Input lines longer than this are refused unread: a reading is far smaller (the
+/// gateway takes 1 MiB a request by default), and memory stays bounded.
+const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A batch is handed on once its input lines reach this many bytes, whatever its count.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of readings in one spooled record, about (a bigger reading is a record alone).
+const RECORD_BYTES: usize = 1024 * 1024;
+
 pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
     let upstream = Upstream::new(&options.upstream, options.key, options.workspace.as_ref())
         .map_err(|err| SendError::Setup(format!("upstream: {err}")))?;
@@ -90,6 +100,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
     let mut pacing = Pacing::default();
     let mut lines = Inputs::new(&options.inputs)?.spawn();
     let mut batch = Vec::with_capacity(options.batch);
+    let mut batch_bytes = 0;
     let mut linger_until = None;
     loop {
         let next = match linger_until {
@@ -101,9 +112,10 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
                 if let Some(readings) = readings_of(&line.text, &line.place, &mut report) {
                     report.read += readings.len();
                     batch.extend(readings);
+                    batch_bytes += line.text.len();
                     linger_until.get_or_insert_with(|| Instant::now() + LINGER);
                 }
-                batch.len() >= options.batch
+                batch.len() >= options.batch || batch_bytes >= BATCH_BYTES
             }
             Ok(Some(Input::Skipped(why))) => {
                 report.skipped.push(why);
@@ -115,6 +127,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         };
         if full_or_due {
             linger_until = None;
+            batch_bytes = 0;
             let deadline = Instant::now() + options.deadline;
             take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
             if let Some(spool) = &spool {
@@ -144,6 +157,15 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         )
         .await?;
         report.spooled = spool.backlog().1;
+        let damaged = spool.damaged();
+        if damaged.regions > 0 {
+            report.refused.push(format!(
+                "{} damaged spool region(s) ({} bytes) could not be read; kept in {}",
+                damaged.regions,
+                damaged.bytes,
+                spool.dir().join("damaged").display()
+            ));
+        }
     }
     Ok(report)
 }
@@ -161,8 +183,9 @@ async fn take(
     }
     let readings = std::mem::take(batch);
     if let Some(spool) = spool {
-        let payload = serde_json::to_vec(&readings).expect("JSON values serialize");
-        return match spool.append(&payload) {
+        let records = spool_records(&readings);
+        let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        return match spool.append_all(&payloads) {
             Ok(()) => Ok(()),
             Err(SpoolError::Full { used, max }) => {
                 report.undelivered += readings.len();
@@ -181,6 +204,26 @@ async fn take(
     }
     record(report, &readings, settled.refused, settled.left.len());
     Ok(())
+}
+
+/// A batch as spool records: JSON arrays of readings, each about `RECORD_BYTES` at most.
+fn spool_records(readings: &[Value]) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    for reading in readings {
+        let json = serde_json::to_vec(reading).expect("JSON values serialize");
+        if !record.is_empty() && record.len() + json.len() + 2 > RECORD_BYTES {
+            record.push(b']');
+            records.push(std::mem::take(&mut record));
+        }
+        record.push(if record.is_empty() { b'[' } else { b',' });
+        record.extend_from_slice(&json);
+    }
+    if !record.is_empty() {
+        record.push(b']');
+        records.push(record);
+    }
+    records
 }
 
 /// Sends what the spool holds, oldest first, until it is empty or (with a deadline)
@@ -330,12 +373,21 @@ impl Inputs {
         receiver
     }
 
-    /// The next non-blank line, a line that is not UTF-8, or a read error; `None` at the end.
+    /// The next non-blank line, a line that is not UTF-8 or too long, or a read error;
+    /// `None` at the end.
     fn next_input(&mut self) -> Option<Input> {
         loop {
             let (name, source) = self.sources.last_mut()?;
             let mut bytes = Vec::new();
-            match source.read_until(b'\n', &mut bytes) {
+            // One byte past the cap tells a line too long, without holding all of it.
+            let cap = MAX_LINE_BYTES as u64 + 1;
+            let read = Read::take(&mut *source, cap).read_until(b'\n', &mut bytes);
+            let too_long = bytes.len() > MAX_LINE_BYTES && bytes.last() != Some(&b'\n');
+            let read = match read {
+                Ok(n) if too_long => source.skip_until(b'\n').map(|rest| n + rest),
+                other => other,
+            };
+            match read {
                 Ok(0) => {
                     self.sources.pop();
                     self.line_no = 0;
@@ -350,6 +402,11 @@ impl Inputs {
             }
             self.line_no += 1;
             let place = format!("{name} line {}", self.line_no);
+            if too_long {
+                return Some(Input::Skipped(format!(
+                    "{place}: longer than {MAX_LINE_BYTES} bytes; not read"
+                )));
+            }
             return match String::from_utf8(bytes) {
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => Some(Input::Line(Line { text, place })),
@@ -379,6 +436,56 @@ mod tests {
             report.skipped
         );
         assert_eq!(report.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_line_too_long_is_refused_by_number_and_the_next_line_read() {
+        let mut input = b"{\"id\": \"a\"}\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+        input.extend_from_slice(b"\n{\"id\": \"c\"}\n");
+        // Exactly at the cap: still a line.
+        input.extend(std::iter::repeat_n(b' ', MAX_LINE_BYTES - 12));
+        input.extend_from_slice(b"{\"id\": \"d\"}\n");
+        let mut inputs = Inputs {
+            sources: vec![("mem".into(), Box::new(std::io::Cursor::new(input)))],
+            line_no: 0,
+        };
+        let mut seen = Vec::new();
+        while let Some(input) = inputs.next_input() {
+            seen.push(match input {
+                Input::Line(line) => format!("{}: {}", line.place, line.text.trim()),
+                Input::Skipped(why) | Input::Failed(why) => why,
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "mem line 1: {\"id\": \"a\"}".to_owned(),
+                format!("mem line 2: longer than {MAX_LINE_BYTES} bytes; not read"),
+                "mem line 3: {\"id\": \"c\"}".to_owned(),
+                "mem line 4: {\"id\": \"d\"}".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_is_spooled_as_records_of_bounded_size() {
+        let readings: Vec<Value> = (0..300)
+            .map(|n| serde_json::json!({"id": format!("r-{n}"), "note": "x".repeat(10_000)}))
+            .collect();
+        let records = spool_records(&readings);
+        assert!(records.len() > 1);
+        let mut back = Vec::new();
+        for record in &records {
+            assert!(record.len() <= RECORD_BYTES, "{}", record.len());
+            let Value::Array(part) = serde_json::from_slice(record).unwrap() else {
+                panic!("a record is an array of readings");
+            };
+            back.extend(part);
+        }
+        assert_eq!(back, readings);
+        let alone = serde_json::json!({"note": "y".repeat(RECORD_BYTES)});
+        assert_eq!(spool_records(std::slice::from_ref(&alone)).len(), 1);
     }
 
     #[test]

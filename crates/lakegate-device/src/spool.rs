@@ -5,13 +5,23 @@
 //! [`SEGMENT_BYTES`]) as `length (u32 LE) | CRC-32 (u32 LE) | payload`, and the file is
 //! fsync'd before the append returns, so a device hears 202 only for readings on disk.
 //! The forwarder reads from the cursor (`cursor`: segment and offset of the first record
-//! not yet committed upstream), which moves only after the upstream's 200 and is itself
-//! replaced atomically (written aside, fsync'd, renamed, directory fsync'd).
+//! not yet committed upstream, with a CRC of its own), which moves only after the
+//! upstream's 200 and is itself replaced atomically (written aside, fsync'd, renamed,
+//! directory fsync'd).
 //!
-//! After a crash (`kill -9` included) the spool opens at the cursor; a record torn at
-//! the end of the last segment (never acknowledged: its fsync had not returned) is cut
-//! off. A record may be forwarded twice (committed upstream, the cursor not yet moved):
-//! readings keep their ids, so the upstream writes them once.
+//! Opening checks every record from the cursor on, and reading checks them again (a
+//! disk may rot while the spool is open). A bad record is never a reason to drop what
+//! follows it: the bad bytes, up to the next intact record, are copied to
+//! `damaged/<segment>-<offset>.bin` and overwritten in place by a padding record of the
+//! same length (a payload starting with a 0 byte, which no JSON record does), so no
+//! offset moves and the cursor stays valid; a repair cut short by a crash is simply done
+//! again. Only when nothing intact follows is the segment cut there (at the end of the
+//! last segment, that is a record torn by a crash: never acknowledged, since its fsync
+//! had not returned). Nothing below the cursor is read, cut or rewritten. A cursor that
+//! cannot be read sends everything still on disk again, and a cursor beyond its
+//! segment's end (the file was cut short) moves appends to a new segment, so they never
+//! land below it. A record may thus be forwarded twice: readings keep their ids, so the
+//! upstream writes them once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -21,11 +31,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// A segment is closed and a new one started beyond this size.
 pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Bytes of a record's header: length and CRC-32.
-const HEADER: u64 = 8;
+/// Bytes a record adds to its payload: length and CRC-32.
+pub const RECORD_HEADER: u64 = 8;
 
 /// The largest payload one record may hold.
-const MAX_RECORD: u32 = 64 * 1024 * 1024;
+pub(crate) const MAX_RECORD: u64 = 64 * 1024 * 1024;
+
+/// Where bad regions are kept for inspection, inside the spool's directory.
+const DAMAGED: &str = "damaged";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -35,6 +48,10 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("spool {0}: another process has it open (one relay or agent per spool)")]
     InUse(PathBuf),
+    #[error("a spool record holds at most {max} bytes; this one has {len}; nothing was spooled")]
+    TooLarge { len: u64, max: u64 },
+    #[error("a spool record cannot be {0}; nothing was spooled")]
+    Unfit(&'static str),
 }
 
 /// Where a record starts: its segment and byte offset.
@@ -48,6 +65,15 @@ pub struct Position {
 pub struct Pending {
     pub records: Vec<Vec<u8>>,
     pub end: Position,
+}
+
+/// What the spool moved aside as damaged since it was opened (for a metric): the bad
+/// regions, each holding at least one record that can no longer be read, and their
+/// bytes. Torn tails cut at opening (never acknowledged) are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damaged {
+    pub regions: u64,
+    pub bytes: u64,
 }
 
 pub struct Spool {
@@ -68,16 +94,18 @@ struct State {
     /// Bytes from the cursor to the end: what the spool still holds.
     used: u64,
     records: u64,
+    damaged: Damaged,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + use<> {
+    let path = path.to_owned();
+    move |source| SpoolError::Io { path, source }
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, holding at most `max_bytes` not yet
-    /// forwarded.
+    /// forwarded, and checks (and mends) every record not yet forwarded.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
-        let io_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SpoolError::Io { path, source }
-        };
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("lock");
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
@@ -92,27 +120,27 @@ impl Spool {
             }
         }
         let mut segments = segments(dir).map_err(io_err(dir))?;
-        let cursor_path = dir.join("cursor");
-        let mut cursor = match fs::read_to_string(&cursor_path) {
-            Ok(text) => parse_cursor(&text).ok_or_else(|| SpoolError::Io {
-                path: cursor_path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, "not \"<segment> <offset>\""),
-            })?,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Position {
-                segment: segments.first().copied().unwrap_or(1),
-                offset: 0,
-            },
-            Err(source) => {
-                return Err(SpoolError::Io {
-                    path: cursor_path,
-                    source,
-                });
+        let first = Position {
+            segment: segments.first().copied().unwrap_or(1),
+            offset: 0,
+        };
+        let mut cursor = match read_cursor(&dir.join("cursor"))? {
+            None => first,
+            // The head is never behind the cursor: a cursor past every segment is
+            // damaged, not a reason to delete them all as forwarded.
+            Some(saved) if segments.last().is_some_and(|&last| saved.segment > last) => {
+                tracing::warn!(
+                    cursor = ?saved,
+                    "spool: the cursor names a segment that does not exist; sending again \
+                     from the oldest segment (the upstream writes each reading once)"
+                );
+                first
             }
+            Some(saved) => saved,
         };
         // Segments before the cursor are forwarded (removal may have been cut short).
         for &segment in segments.iter().filter(|&&s| s < cursor.segment) {
-            let path = segment_path(dir, segment);
-            fs::remove_file(&path).map_err(io_err(&path))?;
+            remove_segment(dir, segment)?;
         }
         segments.retain(|&s| s >= cursor.segment);
         match segments.first() {
@@ -129,37 +157,51 @@ impl Spool {
             }
             Some(_) => {}
         }
-        let head_segment = *segments.last().expect("at least one segment");
-        let head_path = segment_path(dir, head_segment);
-        let mut head = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&head_path)
-            .map_err(io_err(&head_path))?;
-        // Keep the whole records of the head segment; a torn one at its end is cut off.
-        let whole = valid_prefix(&mut head).map_err(io_err(&head_path))?;
-        head.set_len(whole).map_err(io_err(&head_path))?;
-        head.sync_all().map_err(io_err(&head_path))?;
-        sync_dir(dir).map_err(io_err(dir))?;
 
         let mut used = 0;
         let mut records = 0;
+        let mut damaged = Damaged::default();
+        let mut head_len = 0;
+        let last = *segments.last().expect("at least one segment");
         for &segment in &segments {
             let path = segment_path(dir, segment);
-            let len = if segment == head_segment {
-                whole
-            } else {
-                fs::metadata(&path).map_err(io_err(&path))?.len()
-            };
+            let len = segment_len(&path).map_err(io_err(&path))?;
             let from = if segment == cursor.segment {
-                cursor.offset.min(len)
+                cursor.offset
             } else {
                 0
             };
-            used += len - from;
-            records += count_records(&path, from, len).map_err(io_err(&path))?;
+            if from > len {
+                // Cut short under the cursor: what it held is gone. Appends must not
+                // land below the cursor, so the next segment (a new one) goes on.
+                tracing::warn!(
+                    segment = %path.display(),
+                    len,
+                    cursor = from,
+                    "spool: a segment is shorter than the cursor; going on from the next"
+                );
+                cursor = Position {
+                    segment: segment + 1,
+                    offset: 0,
+                };
+                // All it still holds is forwarded; gone, it leads the next opening on too.
+                remove_segment(dir, segment)?;
+                continue;
+            }
+            let scan = scan(dir, segment, from, len, segment == last)?;
+            used += scan.end - from;
+            records += scan.records;
+            damaged.regions += scan.damaged.regions;
+            damaged.bytes += scan.damaged.bytes;
+            head_len = scan.end;
         }
+        let (head_segment, head_len) = if cursor.segment > last {
+            (cursor.segment, 0)
+        } else {
+            (last, head_len)
+        };
+        let head_path = segment_path(dir, head_segment);
+        let head = open_head(dir, &head_path)?;
         Ok(Spool {
             _lock: lock,
             dir: dir.to_owned(),
@@ -167,10 +209,11 @@ impl Spool {
             state: Mutex::new(State {
                 head,
                 head_segment,
-                head_len: whole,
+                head_len,
                 cursor,
                 used,
                 records,
+                damaged,
             }),
         })
     }
@@ -181,12 +224,10 @@ impl Spool {
     }
 
     /// Appends records with one write and one fsync (a relay's group commit), all or
-    /// none, and returns once they are on disk.
+    /// none, and returns once they are on disk. Each payload holds 1 to 64 MiB and
+    /// does not start with a 0 byte (JSON never does).
     pub fn append_all(&self, payloads: &[&[u8]]) -> Result<(), SpoolError> {
-        let size: u64 = payloads
-            .iter()
-            .map(|payload| HEADER + payload.len() as u64)
-            .sum();
+        let size = encoded_size(payloads)?;
         let mut state = self.lock();
         if state.used + size > self.max_bytes {
             return Err(SpoolError::Full {
@@ -194,15 +235,144 @@ impl Spool {
                 max: self.max_bytes,
             });
         }
+        self.append_locked(&mut state, payloads, size)
+    }
+
+    /// Bytes the spool may hold not yet forwarded.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Where the spool lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What was moved aside as damaged since the spool was opened.
+    pub fn damaged(&self) -> Damaged {
+        self.lock().damaged
+    }
+
+    /// Up to `max_records` records (and about `max_bytes` of them) from the cursor on,
+    /// without moving it. A bad record met on the way is moved aside (and counted) as
+    /// at opening, and reading goes on after it.
+    pub fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Pending, SpoolError> {
+        let mut position = self.lock().cursor;
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut mended = None;
+        'segments: while records.len() < max_records && bytes < max_bytes {
+            let (head_segment, end) = {
+                let state = self.lock();
+                (
+                    state.head_segment,
+                    self.segment_end(&state, position.segment)?,
+                )
+            };
+            if position.offset >= end {
+                if position.segment >= head_segment {
+                    break;
+                }
+                position = Position {
+                    segment: position.segment + 1,
+                    offset: 0,
+                };
+                continue;
+            }
+            let path = segment_path(&self.dir, position.segment);
+            let mut entries = Entries::open(&path, position.offset, end).map_err(io_err(&path))?;
+            while records.len() < max_records && bytes < max_bytes {
+                match entries.next().map_err(io_err(&path))? {
+                    None => break,
+                    Some(Entry::Record(payload)) => {
+                        bytes += RECORD_HEADER + payload.len() as u64;
+                        records.push(payload);
+                    }
+                    Some(Entry::Padding) => {}
+                    Some(Entry::Bad) => {
+                        // Mending either pads the region or cuts it off: meeting the same
+                        // bad record twice means the disk does not keep what we write.
+                        if mended == Some(position) {
+                            return Err(SpoolError::Io {
+                                path,
+                                source: io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    format!(
+                                        "the record at offset {} stays unreadable after mending",
+                                        position.offset
+                                    ),
+                                ),
+                            });
+                        }
+                        mended = Some(position);
+                        self.mend(position)?;
+                        continue 'segments;
+                    }
+                }
+                position.offset = entries.at;
+            }
+        }
+        Ok(Pending {
+            records,
+            end: position,
+        })
+    }
+
+    /// The upstream committed everything before `end`: moves the cursor there (on disk
+    /// first) and removes the segments it left behind.
+    pub fn commit(&self, end: Position, records: u64) -> Result<(), SpoolError> {
+        let mut state = self.lock();
+        self.commit_locked(&mut state, end, records)
+    }
+
+    /// The upstream committed everything before `end` except the readings in `keep`,
+    /// which must stay: appends them as new records (on disk) and only then moves the
+    /// cursor. A crash between the two leaves both copies, which is safe: the upstream
+    /// writes a reading once. Room is checked against what the spool holds once the
+    /// commit is done, since the kept readings were already counted.
+    pub fn commit_keeping(
+        &self,
+        end: Position,
+        records: u64,
+        keep: &[&[u8]],
+    ) -> Result<(), SpoolError> {
+        let size = encoded_size(keep)?;
+        let mut state = self.lock();
+        if end <= state.cursor {
+            return Ok(());
+        }
+        let freed = self.bytes_between(&state, state.cursor, end)?;
+        if state.used.saturating_sub(freed) + size > self.max_bytes {
+            return Err(SpoolError::Full {
+                used: state.used,
+                max: self.max_bytes,
+            });
+        }
+        if !keep.is_empty() {
+            self.append_locked(&mut state, keep, size)?;
+        }
+        self.commit_locked(&mut state, end, records)
+    }
+
+    /// Bytes and records not yet committed upstream.
+    pub fn backlog(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.used, state.records)
+    }
+
+    /// Writes already-checked records of `size` bytes at the head, fsync'd.
+    fn append_locked(
+        &self,
+        state: &mut State,
+        payloads: &[&[u8]],
+        size: u64,
+    ) -> Result<(), SpoolError> {
         if state.head_len > 0 && state.head_len + size > SEGMENT_BYTES {
-            self.start_segment(&mut state)?;
+            self.start_segment(state)?;
         }
         let mut records = Vec::with_capacity(size as usize);
         for payload in payloads {
-            let len = u32::try_from(payload.len())
-                .ok()
-                .filter(|&len| len <= MAX_RECORD)
-                .expect("request bodies are capped far below a record's limit");
+            let len = u32::try_from(payload.len()).expect("checked by encoded_size");
             records.extend_from_slice(&len.to_le_bytes());
             records.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
             records.extend_from_slice(payload);
@@ -223,112 +393,87 @@ impl Spool {
         Ok(())
     }
 
-    /// Bytes the spool may hold not yet forwarded.
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
-    /// Where the spool lives.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Up to `max_records` records (and about `max_bytes` of them) from the cursor on,
-    /// without moving it.
-    pub fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Pending, SpoolError> {
-        let (mut position, head_segment, head_len) = {
-            let state = self.lock();
-            (state.cursor, state.head_segment, state.head_len)
-        };
-        let mut records = Vec::new();
-        let mut bytes = 0;
-        while records.len() < max_records && bytes < max_bytes {
-            let end = if position.segment == head_segment {
-                head_len
-            } else {
-                let path = segment_path(&self.dir, position.segment);
-                fs::metadata(&path)
-                    .map_err(|source| SpoolError::Io { path, source })?
-                    .len()
-            };
-            if position.offset >= end {
-                if position.segment >= head_segment {
-                    break;
-                }
-                position = Position {
-                    segment: position.segment + 1,
-                    offset: 0,
-                };
-                continue;
-            }
-            let path = segment_path(&self.dir, position.segment);
-            let read = read_records(
-                &path,
-                position.offset,
-                end,
-                max_records - records.len(),
-                max_bytes - bytes,
-            );
-            let (read, next) = read.map_err(|source| SpoolError::Io { path, source })?;
-            bytes += next - position.offset;
-            records.extend(read);
-            position.offset = next;
-        }
-        Ok(Pending {
-            records,
-            end: position,
-        })
-    }
-
-    /// The upstream committed everything before `end`: moves the cursor there (on disk
-    /// first) and removes the segments it left behind.
-    pub fn commit(&self, end: Position, records: u64) -> Result<(), SpoolError> {
-        let mut state = self.lock();
+    fn commit_locked(
+        &self,
+        state: &mut State,
+        end: Position,
+        records: u64,
+    ) -> Result<(), SpoolError> {
         if end <= state.cursor {
             return Ok(());
         }
         let cursor_path = self.dir.join("cursor");
         let staged = self.dir.join("cursor.staged");
-        let io_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SpoolError::Io { path, source }
-        };
         let mut file = File::create(&staged).map_err(io_err(&staged))?;
-        file.write_all(format!("{} {}\n", end.segment, end.offset).as_bytes())
+        file.write_all(format_cursor(end).as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(io_err(&staged))?;
         fs::rename(&staged, &cursor_path).map_err(io_err(&cursor_path))?;
         sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        let freed = self.bytes_between(&state, state.cursor, end)?;
+        let freed = self.bytes_between(state, state.cursor, end)?;
         for segment in state.cursor.segment..end.segment {
-            let path = segment_path(&self.dir, segment);
-            fs::remove_file(&path).map_err(io_err(&path))?;
+            remove_segment(&self.dir, segment)?;
         }
         state.cursor = end;
-        state.used -= freed.min(state.used);
-        state.records -= records.min(state.records);
+        if end
+            >= (Position {
+                segment: state.head_segment,
+                offset: state.head_len,
+            })
+        {
+            // Everything is forwarded: whatever a repair could only estimate is exact again.
+            state.used = 0;
+            state.records = 0;
+        } else {
+            state.used -= freed.min(state.used);
+            state.records -= records.min(state.records);
+        }
         Ok(())
     }
 
-    /// The upstream took everything before `end` but the `keep` records: appends those
-    /// again, then moves the cursor. A crash in between leaves both copies (the upstream
-    /// writes a reading once).
-    pub fn commit_keeping(
-        &self,
-        end: Position,
-        records: u64,
-        keep: &[&[u8]],
-    ) -> Result<(), SpoolError> {
-        if !keep.is_empty() {
-            self.append_all(keep)?;
+    /// Mends the bad record at `at`, met while reading (the disk rotted since opening):
+    /// as at opening, the region is moved aside and padded, or cut when nothing intact
+    /// follows it (appends wait meanwhile, so the head may be cut too).
+    fn mend(&self, at: Position) -> Result<(), SpoolError> {
+        let mut state = self.lock();
+        if at < state.cursor {
+            return Ok(());
         }
-        self.commit(end, records)
+        let end = self.segment_end(&state, at.segment)?;
+        let path = segment_path(&self.dir, at.segment);
+        let bad = at.offset < end
+            && matches!(
+                Entries::open(&path, at.offset, end)
+                    .and_then(|mut entries| entries.next())
+                    .map_err(io_err(&path))?,
+                Some(Entry::Bad)
+            );
+        if !bad {
+            // Mended meanwhile by another reader.
+            return Ok(());
+        }
+        let mended = mend(&self.dir, at.segment, at.offset, end).map_err(io_err(&path))?;
+        if mended.cut {
+            state.used -= (end - at.offset).min(state.used);
+            if at.segment == state.head_segment {
+                state.head_len = at.offset;
+            }
+        }
+        // At least one record; the count is exact again once the spool is drained.
+        state.records = state.records.saturating_sub(1);
+        state.damaged.regions += 1;
+        state.damaged.bytes += mended.bytes;
+        mended.log(&path, at.offset, "reading");
+        Ok(())
     }
 
-    /// Bytes and records not yet committed upstream.
-    pub fn backlog(&self) -> (u64, u64) {
-        let state = self.lock();
-        (state.used, state.records)
+    /// Where a segment's records end: the head's length, or the file's (0 if it is gone).
+    fn segment_end(&self, state: &State, segment: u64) -> Result<u64, SpoolError> {
+        if segment == state.head_segment {
+            return Ok(state.head_len);
+        }
+        let path = segment_path(&self.dir, segment);
+        segment_len(&path).map_err(io_err(&path))
     }
 
     fn bytes_between(
@@ -339,14 +484,7 @@ impl Spool {
     ) -> Result<u64, SpoolError> {
         let mut bytes = 0;
         for segment in from.segment..=to.segment {
-            let len = if segment == state.head_segment {
-                state.head_len
-            } else {
-                let path = segment_path(&self.dir, segment);
-                fs::metadata(&path)
-                    .map_err(|source| SpoolError::Io { path, source })?
-                    .len()
-            };
+            let len = self.segment_end(state, segment)?;
             let start = if segment == from.segment {
                 from.offset
             } else {
@@ -357,22 +495,14 @@ impl Spool {
             } else {
                 len
             };
-            bytes += stop.saturating_sub(start);
+            bytes += stop.min(len).saturating_sub(start);
         }
         Ok(bytes)
     }
 
     fn start_segment(&self, state: &mut State) -> Result<(), SpoolError> {
         let segment = state.head_segment + 1;
-        let path = segment_path(&self.dir, segment);
-        let head = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .and_then(|file| sync_dir(&self.dir).map(|()| file))
-            .map_err(|source| SpoolError::Io { path, source })?;
-        state.head = head;
+        state.head = open_head(&self.dir, &segment_path(&self.dir, segment))?;
         state.head_segment = segment;
         state.head_len = 0;
         Ok(())
@@ -383,8 +513,57 @@ impl Spool {
     }
 }
 
+/// The bytes `payloads` take as records, or why they cannot be records.
+fn encoded_size(payloads: &[&[u8]]) -> Result<u64, SpoolError> {
+    let mut size = 0;
+    for payload in payloads {
+        let len = payload.len() as u64;
+        if len > MAX_RECORD {
+            return Err(SpoolError::TooLarge {
+                len,
+                max: MAX_RECORD,
+            });
+        }
+        match payload.first() {
+            None => return Err(SpoolError::Unfit("empty")),
+            Some(0) => return Err(SpoolError::Unfit("a payload starting with a 0 byte")),
+            Some(_) => {}
+        }
+        size += RECORD_HEADER + len;
+    }
+    Ok(size)
+}
+
+/// Opens a segment for appending (creating it, and syncing the directory).
+fn open_head(dir: &Path, path: &Path) -> Result<File, SpoolError> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .and_then(|file| sync_dir(dir).map(|()| file))
+        .map_err(io_err(path))
+}
+
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
+}
+
+/// A segment's length; 0 for one that is gone (an operator may move a segment out).
+fn segment_len(path: &Path) -> io::Result<u64> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(meta.len()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(err) => Err(err),
+    }
+}
+
+fn remove_segment(dir: &Path, segment: u64) -> Result<(), SpoolError> {
+    let path = segment_path(dir, segment);
+    match fs::remove_file(&path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(err)),
+        _ => Ok(()),
+    }
 }
 
 /// The segment numbers in `dir`, in order.
@@ -401,96 +580,331 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(found)
 }
 
+/// `<segment> <offset> <crc32 of the two, hex>`: a flipped digit is caught, not obeyed.
+fn format_cursor(at: Position) -> String {
+    let text = format!("{} {}", at.segment, at.offset);
+    format!("{text} {:08x}\n", crc32fast::hash(text.as_bytes()))
+}
+
 fn parse_cursor(text: &str) -> Option<Position> {
-    let (segment, offset) = text.trim().split_once(' ')?;
+    let mut fields = text.split_ascii_whitespace();
+    let (segment, offset) = (fields.next()?, fields.next()?);
+    match (fields.next(), fields.next()) {
+        // Written before cursors had a CRC.
+        (None, _) => {}
+        (Some(crc), None) => {
+            let text = format!("{segment} {offset}");
+            if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(text.as_bytes()) {
+                return None;
+            }
+        }
+        (Some(_), Some(_)) => return None,
+    }
     Some(Position {
         segment: segment.parse().ok()?,
         offset: offset.parse().ok()?,
     })
 }
 
+/// The saved cursor; `None` when there is none yet, or when it is damaged (then the
+/// spool is sent again from its oldest segment, which the upstream writes once).
+fn read_cursor(path: &Path) -> Result<Option<Position>, SpoolError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let cursor = std::str::from_utf8(&bytes).ok().and_then(parse_cursor);
+            if cursor.is_none() {
+                tracing::warn!(
+                    cursor = %path.display(),
+                    "spool: the cursor is damaged; sending again from the oldest segment \
+                     (the upstream writes each reading once)"
+                );
+            }
+            Ok(cursor)
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SpoolError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// One record at the reader's position: `Ok(None)` at a clean end, `Err` for a torn or
-/// corrupt record.
-fn next_record(reader: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
-    let mut header = [0; HEADER as usize];
-    match reader.read_exact(&mut header[..1]) {
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        other => other?,
-    }
-    reader.read_exact(&mut header[1..])?;
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > MAX_RECORD {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "record too long",
-        ));
-    }
-    let mut payload = vec![0; len as usize];
-    reader.read_exact(&mut payload)?;
-    if crc32fast::hash(&payload) != crc {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "checksum mismatch",
-        ));
-    }
-    Ok(Some(payload))
+/// What a segment holds at a position.
+enum Entry {
+    Record(Vec<u8>),
+    /// A region moved aside: skipped, not a record.
+    Padding,
+    /// Not a whole, intact record: torn by a crash, rotten, or zeros.
+    Bad,
 }
 
-/// The length of the file's longest prefix of whole, intact records.
-fn valid_prefix(file: &mut File) -> io::Result<u64> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut reader = BufReader::new(&mut *file);
-    let mut whole = 0;
-    loop {
-        match next_record(&mut reader) {
-            Ok(Some(payload)) => whole += HEADER + payload.len() as u64,
-            Ok(None) => return Ok(whole),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
-                ) =>
-            {
-                tracing::warn!(at = whole, "spool: cutting off a record torn by a crash");
-                return Ok(whole);
+/// A segment's entries from an offset up to an end.
+struct Entries {
+    reader: BufReader<File>,
+    /// Where the next entry starts (on `Entry::Bad`, where the bad one does).
+    at: u64,
+    end: u64,
+}
+
+impl Entries {
+    fn open(path: &Path, at: u64, end: u64) -> io::Result<Entries> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(at))?;
+        Ok(Entries {
+            reader: BufReader::new(file),
+            at,
+            end,
+        })
+    }
+
+    /// The next entry, `None` at the end. After `Entry::Bad` the reader is done.
+    fn next(&mut self) -> io::Result<Option<Entry>> {
+        if self.at >= self.end {
+            return Ok(None);
+        }
+        let mut header = [0; RECORD_HEADER as usize];
+        if self.end - self.at < RECORD_HEADER + 1 || !read_fully(&mut self.reader, &mut header)? {
+            return Ok(Some(Entry::Bad));
+        }
+        let Some((len, crc)) = plausible(&header, self.at, self.end) else {
+            return Ok(Some(Entry::Bad));
+        };
+        let mut payload = vec![0; len as usize];
+        if !read_fully(&mut self.reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+            return Ok(Some(Entry::Bad));
+        }
+        self.at += RECORD_HEADER + len;
+        Ok(Some(if payload[0] == 0 {
+            Entry::Padding
+        } else {
+            Entry::Record(payload)
+        }))
+    }
+}
+
+/// Fills `buf`; `false` if the file ends first.
+fn read_fully(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// The length and CRC of a header at `at` that could start a record ending by `end`.
+/// A length of 0 never does, so zeros are never taken for records.
+fn plausible(header: &[u8], at: u64, end: u64) -> Option<(u64, u32)> {
+    let len = u64::from(u32::from_le_bytes(header[..4].try_into().ok()?));
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    ((1..=MAX_RECORD).contains(&len) && at + RECORD_HEADER + len <= end).then_some((len, crc))
+}
+
+/// What the records of a segment held at opening.
+struct Scan {
+    /// Where its records end (a cut tail removed).
+    end: u64,
+    records: u64,
+    damaged: Damaged,
+}
+
+/// Checks a segment's records from `from` to `end` at opening, mending bad regions.
+fn scan(dir: &Path, segment: u64, from: u64, end: u64, head: bool) -> Result<Scan, SpoolError> {
+    let path = segment_path(dir, segment);
+    let mut scan = Scan {
+        end,
+        records: 0,
+        damaged: Damaged::default(),
+    };
+    let mut at = from;
+    if at >= end {
+        // Nothing to check (a new spool's head does not exist yet).
+        return Ok(scan);
+    }
+    'regions: loop {
+        let mut entries = Entries::open(&path, at, scan.end).map_err(io_err(&path))?;
+        loop {
+            match entries.next().map_err(io_err(&path))? {
+                None => return Ok(scan),
+                Some(Entry::Record(_)) => scan.records += 1,
+                Some(Entry::Padding) => {}
+                Some(Entry::Bad) => {
+                    at = entries.at;
+                    let mended = mend(dir, segment, at, scan.end).map_err(io_err(&path))?;
+                    if head && mended.cut {
+                        mended.log(&path, at, "opening: a record torn by a crash");
+                    } else {
+                        scan.damaged.regions += 1;
+                        scan.damaged.bytes += mended.bytes;
+                        mended.log(&path, at, "opening");
+                    }
+                    if mended.cut {
+                        scan.end = at;
+                        return Ok(scan);
+                    }
+                    at += mended.bytes;
+                    continue 'regions;
+                }
             }
-            Err(err) => return Err(err),
         }
     }
 }
 
-fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
-    let (records, _) = read_records(path, from, to, usize::MAX, u64::MAX)?;
-    Ok(records.len() as u64)
+/// What mending a bad region did.
+struct Mended {
+    /// The region's bytes, from the bad record to the next intact one or the end.
+    bytes: u64,
+    /// Nothing intact followed: the segment now ends where the region began.
+    cut: bool,
+    /// Where its bytes were kept (`None`: all zeros, nothing to keep).
+    kept: Option<PathBuf>,
 }
 
-/// Records of `path` from `from` up to `to`, at most `max_records` and about
-/// `max_bytes`; returns them and where the next one starts.
-fn read_records(
-    path: &Path,
-    from: u64,
-    to: u64,
-    max_records: usize,
-    max_bytes: u64,
-) -> io::Result<(Vec<Vec<u8>>, u64)> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(from))?;
-    let mut reader = BufReader::new(file).take(to - from);
-    let mut records = Vec::new();
-    let mut at = from;
-    while records.len() < max_records && at - from < max_bytes && at < to {
-        let Some(payload) = next_record(&mut reader)? else {
-            break;
-        };
-        at += HEADER + payload.len() as u64;
-        records.push(payload);
+impl Mended {
+    fn log(&self, segment: &Path, at: u64, when: &str) {
+        let kept = self.kept.as_ref().map_or_else(
+            || "nothing (all zeros)".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let how = if self.cut { "cut off" } else { "padded" };
+        tracing::warn!(
+            segment = %segment.display(),
+            offset = at,
+            bytes = self.bytes,
+            kept = %kept,
+            "spool: a damaged region was moved aside and {how} ({when}); the records after it are kept"
+        );
     }
-    Ok((records, at))
+}
+
+/// Mends the bad record at `at` of a segment whose records end at `end`: the region up
+/// to the next intact record is copied to `damaged/` and overwritten by padding; when
+/// nothing intact follows, it is copied and the segment cut there. A repair cut short
+/// by a crash is done again on the next opening: the first copy, of the original bytes,
+/// is kept.
+fn mend(dir: &Path, segment: u64, at: u64, end: u64) -> io::Result<Mended> {
+    let path = segment_path(dir, segment);
+    let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+    // A bad record held at least one byte, so the next one starts past its header.
+    let next = next_intact(&mut file, at + RECORD_HEADER + 1, end)?;
+    let stop = next.unwrap_or(end);
+    let kept = keep_aside(dir, segment, at, &mut file, stop)?;
+    match next {
+        Some(_) => write_padding(&mut file, at, stop - at)?,
+        None => file.set_len(at)?,
+    }
+    file.sync_all()?;
+    Ok(Mended {
+        bytes: stop - at,
+        cut: next.is_none(),
+        kept,
+    })
+}
+
+/// Where the first intact record at or after `from` starts, if one does before `end`.
+fn next_intact(file: &mut File, from: u64, end: u64) -> io::Result<Option<u64>> {
+    const WINDOW: usize = 64 * 1024;
+    let header = RECORD_HEADER as usize;
+    let mut window = vec![0; WINDOW];
+    let mut start = from;
+    while start + RECORD_HEADER < end {
+        let len = (end - start).min(WINDOW as u64) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        if !read_fully(file, &mut window[..len])? {
+            return Ok(None);
+        }
+        for i in 0..=len - header {
+            let at = start + i as u64;
+            let Some((size, crc)) = plausible(&window[i..i + header], at, end) else {
+                continue;
+            };
+            let mut payload = vec![0; size as usize];
+            file.seek(SeekFrom::Start(at + RECORD_HEADER))?;
+            if read_fully(file, &mut payload)? && crc32fast::hash(&payload) == crc {
+                return Ok(Some(at));
+            }
+        }
+        // The next window starts at the first offset whose header this one cut.
+        start += (len - header + 1) as u64;
+    }
+    Ok(None)
+}
+
+/// Copies `at..stop` of a segment to `damaged/<segment>-<offset>.bin` (written aside,
+/// fsync'd, renamed) unless it is all zeros or an earlier repair kept it already.
+fn keep_aside(
+    dir: &Path,
+    segment: u64,
+    at: u64,
+    file: &mut File,
+    stop: u64,
+) -> io::Result<Option<PathBuf>> {
+    let damaged = dir.join(DAMAGED);
+    let name = format!("{segment:020}-{at:020}.bin");
+    let kept = damaged.join(&name);
+    if kept.exists() {
+        return Ok(Some(kept));
+    }
+    fs::create_dir_all(&damaged)?;
+    let staged = damaged.join(format!("{name}.partial"));
+    let mut out = File::create(&staged)?;
+    file.seek(SeekFrom::Start(at))?;
+    let mut region = Read::take(&mut *file, stop - at);
+    let mut chunk = vec![0; 64 * 1024];
+    let mut zeros = true;
+    loop {
+        let n = region.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        zeros &= chunk[..n].iter().all(|&b| b == 0);
+        out.write_all(&chunk[..n])?;
+    }
+    if zeros {
+        drop(out);
+        fs::remove_file(&staged)?;
+        return Ok(None);
+    }
+    out.sync_all()?;
+    fs::rename(&staged, &kept)?;
+    sync_dir(&damaged)?;
+    sync_dir(dir)?;
+    Ok(Some(kept))
+}
+
+/// Overwrites `total` bytes at `at` with padding records (payloads of zeros), each
+/// written payload first and header last.
+fn write_padding(file: &mut File, at: u64, total: u64) -> io::Result<()> {
+    let zeros = vec![0; 64 * 1024];
+    let mut pos = at;
+    let mut left = total;
+    while left > 0 {
+        let mut size = left.min(RECORD_HEADER + MAX_RECORD);
+        if left > size && left - size <= RECORD_HEADER {
+            // Leave room for a whole padding record after this one.
+            size -= RECORD_HEADER + 1;
+        }
+        let len = size - RECORD_HEADER;
+        let mut crc = crc32fast::Hasher::new();
+        file.seek(SeekFrom::Start(pos + RECORD_HEADER))?;
+        let mut written = 0;
+        while written < len {
+            let n = (len - written).min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            crc.update(&zeros[..n]);
+            written += n as u64;
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        let len32 = u32::try_from(len).expect("at most MAX_RECORD");
+        file.write_all(&len32.to_le_bytes())?;
+        file.write_all(&crc.finalize().to_le_bytes())?;
+        pos += size;
+        left -= size;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -510,6 +924,321 @@ mod tests {
         texts
     }
 
+    /// A spool in `dir` holding `payloads`, closed again.
+    fn spooled(dir: &Path, payloads: &[&str]) {
+        let spool = Spool::open(dir, 1 << 30).unwrap();
+        for payload in payloads {
+            spool.append(payload.as_bytes()).unwrap();
+        }
+    }
+
+    /// Where each record of a segment starts, as written (before any damage).
+    fn record_starts(dir: &Path, segment: u64) -> Vec<u64> {
+        let bytes = fs::read(segment_path(dir, segment)).unwrap();
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at + RECORD_HEADER as usize <= bytes.len() {
+            starts.push(at as u64);
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            at += RECORD_HEADER as usize + len as usize;
+        }
+        starts
+    }
+
+    /// Flips a byte of a segment, `offset` bytes into the record that starts at `record`.
+    fn flip(dir: &Path, segment: u64, record: u64, offset: u64) {
+        let path = segment_path(dir, segment);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[(record + offset) as usize] ^= 0x20;
+        fs::write(&path, bytes).unwrap();
+    }
+
+    /// The files in `damaged/`, by name.
+    fn damaged_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let Ok(entries) = fs::read_dir(dir.join(DAMAGED)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(String, Vec<u8>)> = entries
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, fs::read(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The bytes of a segment from `from` to `to`.
+    fn segment_bytes(dir: &Path, segment: u64, from: u64, to: u64) -> Vec<u8> {
+        fs::read(segment_path(dir, segment)).unwrap()[from as usize..to as usize].to_vec()
+    }
+
+    const FIVE: [&str; 5] = ["rec-1", "rec-2", "rec-3", "rec-4", "rec-5"];
+
+    #[test]
+    fn a_bad_record_in_the_head_is_moved_aside_and_every_record_after_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        spooled(dir.path(), &FIVE);
+        let starts = record_starts(dir.path(), 1);
+        flip(dir.path(), 1, starts[2], RECORD_HEADER + 2);
+        let bad = segment_bytes(dir.path(), 1, starts[2], starts[3]);
+
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(
+            spool.damaged(),
+            Damaged {
+                regions: 1,
+                bytes: RECORD_HEADER + 5
+            }
+        );
+        assert_eq!(spool.backlog().1, 4);
+        spool.append(b"rec-6").unwrap();
+        assert_eq!(drain(&spool), ["rec-1", "rec-2", "rec-4", "rec-5", "rec-6"]);
+        let name = format!("{:020}-{:020}.bin", 1, starts[2]);
+        assert_eq!(damaged_files(dir.path()), [(name, bad)]);
+    }
+
+    #[test]
+    fn bad_records_in_an_older_segment_are_moved_aside_and_it_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |c: u8| vec![c; (SEGMENT_BYTES / 3) as usize];
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        for c in b'a'..=b'e' {
+            spool.append(&big(c)).unwrap();
+        }
+        drop(spool);
+        // Two records a segment: a b | c d | e.
+        assert_eq!(segments(dir.path()).unwrap(), [1, 2, 3]);
+        // One with an intact record after it, one at an older segment's end.
+        flip(dir.path(), 1, 0, RECORD_HEADER + 100);
+        let second = record_starts(dir.path(), 2)[1];
+        flip(dir.path(), 2, second, 1);
+
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.damaged().regions, 2);
+        assert_eq!(spool.backlog().1, 3);
+        let firsts: Vec<u8> = spool
+            .peek(usize::MAX, u64::MAX)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r[0])
+            .collect();
+        assert_eq!(firsts, b"bce");
+        let kept: Vec<String> = damaged_files(dir.path()).into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            kept,
+            [
+                format!("{:020}-{:020}.bin", 1, 0),
+                format!("{:020}-{:020}.bin", 2, second)
+            ]
+        );
+        drop(spool);
+        // Mended for good: a second opening finds nothing more.
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.damaged(), Damaged::default());
+        assert_eq!(spool.backlog().1, 3);
+    }
+
+    #[test]
+    fn a_bad_record_below_the_cursor_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        spooled(dir.path(), &FIVE[..4]);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let pending = spool.peek(2, u64::MAX).unwrap();
+        spool.commit(pending.end, 2).unwrap();
+        drop(spool);
+        let starts = record_starts(dir.path(), 1);
+        flip(dir.path(), 1, starts[0], RECORD_HEADER);
+
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.damaged(), Damaged::default());
+        spool.append(b"rec-5").unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(drain(&spool), ["rec-3", "rec-4", "rec-5"]);
+        assert!(damaged_files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_segment_cut_short_under_the_cursor_sends_appends_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        spooled(dir.path(), &FIVE[..4]);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let pending = spool.peek(3, u64::MAX).unwrap();
+        spool.commit(pending.end, 3).unwrap();
+        drop(spool);
+        // The disk loses the segment's end, the pending record and part of one before.
+        let starts = record_starts(dir.path(), 1);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .unwrap();
+        file.set_len(starts[1] + 3).unwrap();
+        drop(file);
+
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.backlog(), (0, 0));
+        spool.append(b"rec-5").unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(drain(&spool), ["rec-5"]);
+        assert_eq!(segments(dir.path()).unwrap(), [2]);
+    }
+
+    #[test]
+    fn a_damaged_cursor_sends_everything_on_disk_again() {
+        let dir = tempfile::tempdir().unwrap();
+        spooled(dir.path(), &FIVE[..3]);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let pending = spool.peek(2, u64::MAX).unwrap();
+        spool.commit(pending.end, 2).unwrap();
+        drop(spool);
+        let cursor = dir.path().join("cursor");
+        let saved = fs::read_to_string(&cursor).unwrap();
+        assert_eq!(parse_cursor(&saved), Some(pending.end));
+
+        // A flipped digit that still parses: it must not delete segments as forwarded.
+        fs::write(&cursor, saved.replacen('1', "9", 1)).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(drain(&spool), ["rec-1", "rec-2", "rec-3"]);
+        drop(spool);
+
+        spooled(dir.path(), &["rec-4"]);
+        fs::write(&cursor, b"\xff garbage").unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(drain(&spool), ["rec-1", "rec-2", "rec-3", "rec-4"]);
+    }
+
+    #[test]
+    fn zeros_are_never_records() {
+        let dir = tempfile::tempdir().unwrap();
+        spooled(dir.path(), &FIVE[..3]);
+        let path = segment_path(dir.path(), 1);
+        let starts = record_starts(dir.path(), 1);
+        // The middle record zeroed, and a zero-filled tail (a crash after the file grew).
+        let mut bytes = fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes[starts[1] as usize..starts[2] as usize].fill(0);
+        bytes.extend_from_slice(&[0; 4096]);
+        fs::write(&path, bytes).unwrap();
+
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole as u64);
+        // The zeroed record is counted; the tail was never acknowledged.
+        assert_eq!(
+            spool.damaged(),
+            Damaged {
+                regions: 1,
+                bytes: starts[2] - starts[1]
+            }
+        );
+        assert_eq!(drain(&spool), ["rec-1", "rec-3"]);
+        assert!(
+            damaged_files(dir.path()).is_empty(),
+            "zeros hold nothing to keep"
+        );
+    }
+
+    #[test]
+    fn a_repair_cut_short_by_a_crash_is_done_again_and_keeps_the_original_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        spooled(dir.path(), &FIVE);
+        let starts = record_starts(dir.path(), 1);
+        flip(dir.path(), 1, starts[2], RECORD_HEADER + 1);
+        let path = segment_path(dir.path(), 1);
+        let damaged = fs::read(&path).unwrap();
+        let bad = damaged[starts[2] as usize..starts[3] as usize].to_vec();
+
+        drop(Spool::open(dir.path(), 1 << 30).unwrap());
+        // The crash: the padding's payload written, its header not yet.
+        let mut torn = fs::read(&path).unwrap();
+        let header = starts[2] as usize..(starts[2] + RECORD_HEADER) as usize;
+        torn[header.clone()].copy_from_slice(&damaged[header]);
+        fs::write(&path, &torn).unwrap();
+        let partial = dir.path().join(DAMAGED).join("leftover.partial");
+        fs::write(&partial, b"a copy cut short").unwrap();
+
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.damaged().regions, 1);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.damaged(), Damaged::default(), "nothing left to mend");
+        assert_eq!(drain(&spool), ["rec-1", "rec-2", "rec-4", "rec-5"]);
+        let kept = damaged_files(dir.path());
+        let name = format!("{:020}-{:020}.bin", 1, starts[2]);
+        assert!(kept.contains(&(name, bad)), "{kept:?}");
+    }
+
+    #[test]
+    fn records_that_rot_while_the_spool_is_open_are_moved_aside_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        for payload in FIVE {
+            spool.append(payload.as_bytes()).unwrap();
+        }
+        let starts = record_starts(dir.path(), 1);
+        flip(dir.path(), 1, starts[1], RECORD_HEADER);
+        // The last record too: nothing intact after it, so the head is cut there.
+        flip(dir.path(), 1, starts[4], RECORD_HEADER);
+
+        let pending = spool.peek(usize::MAX, u64::MAX).unwrap();
+        let texts: Vec<&[u8]> = pending.records.iter().map(Vec::as_slice).collect();
+        assert_eq!(texts, [&b"rec-1"[..], b"rec-3", b"rec-4"]);
+        assert_eq!(spool.damaged().regions, 2);
+        assert_eq!(damaged_files(dir.path()).len(), 2);
+        spool.commit(pending.end, 3).unwrap();
+        assert_eq!(spool.backlog(), (0, 0));
+        spool.append(b"rec-6").unwrap();
+        assert_eq!(drain(&spool), ["rec-6"]);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(spool.damaged(), Damaged::default());
+        assert!(drain(&spool).is_empty());
+    }
+
+    #[test]
+    fn payloads_that_cannot_be_records_are_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        let huge = vec![b'x'; MAX_RECORD as usize + 1];
+        assert!(matches!(
+            spool.append_all(&[b"fine", &huge]),
+            Err(SpoolError::TooLarge { len, max: MAX_RECORD }) if len == MAX_RECORD + 1
+        ));
+        assert!(matches!(spool.append(b""), Err(SpoolError::Unfit(_))));
+        assert!(matches!(spool.append(b"\0pad"), Err(SpoolError::Unfit(_))));
+        assert_eq!(spool.backlog(), (0, 0), "all or none");
+    }
+
+    #[test]
+    fn commit_keeping_keeps_some_readings_even_when_the_spool_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 3 * (RECORD_HEADER + 5);
+        let spool = Spool::open(dir.path(), max).unwrap();
+        spool.append_all(&[b"rec-1", b"rec-2", b"rec-3"]).unwrap();
+        assert!(matches!(spool.append(b"k"), Err(SpoolError::Full { .. })));
+        let pending = spool.peek(usize::MAX, u64::MAX).unwrap();
+        spool.commit_keeping(pending.end, 3, &[b"rec-2"]).unwrap();
+        assert_eq!(spool.backlog(), (RECORD_HEADER + 5, 1));
+        // The same commit again (a retry) keeps nothing twice.
+        spool.commit_keeping(pending.end, 3, &[b"rec-2"]).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), max).unwrap();
+        assert_eq!(drain(&spool), ["rec-2"]);
+
+        // Room is what the spool holds once the commit is done.
+        spool.append_all(&[b"rec-4", b"rec-5"]).unwrap();
+        let first = spool.peek(1, u64::MAX).unwrap();
+        let too_much = [&b"rec-4"[..], b"rec-4", b"rec-4"];
+        assert!(matches!(
+            spool.commit_keeping(first.end, 1, &too_much),
+            Err(SpoolError::Full { .. })
+        ));
+        assert_eq!(drain(&spool), ["rec-4", "rec-5"]);
+    }
+
     #[test]
     fn records_survive_a_reopen_until_committed() {
         let dir = tempfile::tempdir().unwrap();
@@ -522,7 +1251,7 @@ mod tests {
         drop(spool);
 
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(spool.backlog(), (HEADER + 3, 1));
+        assert_eq!(spool.backlog(), (RECORD_HEADER + 3, 1));
         assert_eq!(drain(&spool), ["two"]);
         assert_eq!(spool.backlog(), (0, 0));
         drop(spool);
@@ -554,7 +1283,7 @@ mod tests {
     #[test]
     fn a_full_spool_refuses_and_frees_room_as_records_are_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 2 * (HEADER + 4)).unwrap();
+        let spool = Spool::open(dir.path(), 2 * (RECORD_HEADER + 4)).unwrap();
         spool.append(b"aaaa").unwrap();
         spool.append(b"bbbb").unwrap();
         assert!(matches!(
@@ -581,16 +1310,16 @@ mod tests {
     #[test]
     fn records_appended_together_land_all_or_none() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 3 * (HEADER + 4)).unwrap();
+        let spool = Spool::open(dir.path(), 3 * (RECORD_HEADER + 4)).unwrap();
         spool.append_all(&[b"aaaa", b"bbbb"]).unwrap();
-        assert_eq!(spool.backlog(), (2 * (HEADER + 4), 2));
+        assert_eq!(spool.backlog(), (2 * (RECORD_HEADER + 4), 2));
         // Two more do not fit: neither is written.
         assert!(matches!(
             spool.append_all(&[b"cccc", b"dddd"]),
             Err(SpoolError::Full { .. })
         ));
         drop(spool);
-        let spool = Spool::open(dir.path(), 3 * (HEADER + 4)).unwrap();
+        let spool = Spool::open(dir.path(), 3 * (RECORD_HEADER + 4)).unwrap();
         assert_eq!(drain(&spool), ["aaaa", "bbbb"]);
     }
 
