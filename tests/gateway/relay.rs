@@ -853,13 +853,15 @@ async fn a_devices_resend_is_a_success_not_a_refusal() {
     let relay = site.relay(&format!("http://{upstream}"), &[]);
     let pump = site.key("pump-4");
     // The device did not hear the first 202 and sends the same readings again: both
-    // copies are spooled, and go up in one batch.
+    // copies are spooled. After a restart they go up in one batch.
     let readings = json!([reading("again-1", 1, 1.0), reading("again-2", 2, 2.0)]);
     for _ in 0..2 {
         let (status, body) = relay.post(pump, &readings).await;
         assert_eq!(status, 202, "{body}");
     }
+    relay.process.terminate().await.unwrap();
     let gateway = gateway_on(upstream, &site).await;
+    let relay = site.relay(&format!("http://{upstream}"), &[]);
     let acknowledged = BTreeSet::from([
         ("pump-4".to_owned(), "again-1".to_owned()),
         ("pump-4".to_owned(), "again-2".to_owned()),
