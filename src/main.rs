@@ -470,13 +470,17 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
         print!("{}", listing(&store.read_all().await?)?);
         return Ok(());
     };
+    // Returns once the change is confirmed in the registry, so a key printed works.
     let applied = change_registry(&store, &change).await?;
     eprintln!("{change_done} in {store}", change_done = describe(&change));
     if let Some(key) = applied.new_key {
         eprintln!("The key, shown once (the registry holds only its hash):");
         println!("{}", key.key.expose_secret());
     }
-    Ok(())
+    match applied.overran {
+        Some(took) => Err(AdminError::Overran(took)),
+        None => Ok(()),
+    }
 }
 
 fn describe(change: &KeyChange) -> String {

@@ -89,6 +89,10 @@ pub struct Faults {
     /// Time a write (INSERT, MERGE) spends RUNNING for its size, on top of
     /// `statement_latency`: see [`StatementCost`].
     pub statement_cost: Option<StatementCost>,
+    /// Time each Secrets API call (get, put, list, delete) takes, half before it reads or
+    /// changes the secret and half after, as a remote service's calls do: concurrent
+    /// read-modify-writes of one secret then overlap as they would against a workspace.
+    pub secrets_latency: Duration,
 }
 
 /// How the emulator resolves two writes into one table that overlap in time.
@@ -177,6 +181,7 @@ impl Default for Faults {
             reject_rows: None,
             write_conflicts: WriteConflicts::Off,
             statement_cost: None,
+            secrets_latency: Duration::ZERO,
         }
     }
 }

@@ -66,8 +66,8 @@
 //!   table refuses as a CHECK constraint would ([`RejectRows`]), extra statement latency
 //!   (cancellable), write conflicts ([`WriteConflicts`]) and a cost model for writes
 //!   ([`StatementCost`]: a fixed time plus a time per inserted row, spent between a write's read
-//!   and its commit, so batch-size trade-offs show in benchmarks), all changeable at run time
-//!   from Rust.
+//!   and its commit, so batch-size trade-offs show in benchmarks) and latency on Secrets API calls,
+//!   all changeable at run time from Rust.
 //!
 //! ## Command line
 //!

@@ -1,6 +1,7 @@
 //! The Secrets API (`/api/2.0/secrets/...`) with Databricks' validation rules and error codes:
 //! scope and key names `[A-Za-z0-9-_.]{1,128}`, values up to 128 KB, at most 1000 secrets per
-//! scope and 1000 scopes per workspace. Secrets live in memory only.
+//! scope and 1000 scopes per workspace. Secrets live in memory only. Each call can be made
+//! slow ([`crate::Faults::secrets_latency`]), its effect landing mid-call.
 //!
 //! Assumptions: empty lists are answered as `{}` (Databricks omits empty repeated fields);
 //! messages follow the wording the Databricks CLI shows ("Scope x does not exist!").
@@ -84,6 +85,10 @@ pub async fn delete_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<Sc
 }
 
 pub async fn put(State(app): State<Arc<App>>, ApiJson(body): ApiJson<PutBody>) -> Reply {
+    slowly(&app, || put_now(&app, body)).await
+}
+
+fn put_now(app: &App, body: PutBody) -> Reply {
     let scope = required(body.scope, "scope")?;
     let key = valid_name(body.key, "key")?;
     let value = match (body.string_value, body.bytes_value) {
@@ -130,6 +135,10 @@ pub async fn get(
     State(app): State<Arc<App>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Reply {
+    slowly(&app, || get_now(&app, &query)).await
+}
+
+fn get_now(app: &App, query: &HashMap<String, String>) -> Reply {
     let scope = required(query.get("scope").cloned(), "scope")?;
     let key = required(query.get("key").cloned(), "key")?;
     let scopes = app.secrets.lock();
@@ -147,6 +156,10 @@ pub async fn list(
     State(app): State<Arc<App>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Reply {
+    slowly(&app, || list_now(&app, &query)).await
+}
+
+fn list_now(app: &App, query: &HashMap<String, String>) -> Reply {
     let scope = required(query.get("scope").cloned(), "scope")?;
     let scopes = app.secrets.lock();
     let secrets: Vec<Value> = scopes
@@ -159,6 +172,10 @@ pub async fn list(
 }
 
 pub async fn delete(State(app): State<Arc<App>>, ApiJson(body): ApiJson<KeyBody>) -> Reply {
+    slowly(&app, || delete_now(&app, body)).await
+}
+
+fn delete_now(app: &App, body: KeyBody) -> Reply {
     let scope = required(body.scope, "scope")?;
     let key = required(body.key, "key")?;
     let mut scopes = app.secrets.lock();
@@ -167,6 +184,21 @@ pub async fn delete(State(app): State<Arc<App>>, ApiJson(body): ApiJson<KeyBody>
         .remove(&key)
         .ok_or_else(|| no_secret(&scope, &key))?;
     Ok(Json(json!({})))
+}
+
+/// Runs a secret call's effect between the two halves of the injected latency
+/// ([`crate::Faults::secrets_latency`]), so it lands in the middle of the call as on a
+/// remote service.
+async fn slowly(app: &App, effect: impl FnOnce() -> Reply) -> Reply {
+    let half = app.faults.secrets_latency() / 2;
+    if !half.is_zero() {
+        tokio::time::sleep(half).await;
+    }
+    let reply = effect();
+    if !half.is_zero() {
+        tokio::time::sleep(half).await;
+    }
+    reply
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, ErrorReply> {

@@ -1,20 +1,28 @@
 //! Fleet key management (`lakegate keys ...`): changes to the registry where it
 //! lives, a file or a Databricks secret, as read-modify-write. The registry is read,
-//! changed, checked the way the gateway will parse it, and written only if nobody
-//! changed it in between; a new key is returned once and never stored.
+//! changed, checked the way the gateway will parse it, and written; a new key is
+//! returned once, only after the write is known to have stuck, and never stored.
+//!
+//! Two operators at once: a file is changed under an exclusive lock on a file beside it
+//! and replaced by an atomic rename. The Secrets API has no compare-and-swap (a put
+//! overwrites), so a change to a secret is written, then read back after a settle delay
+//! longer than any writer's read-to-write window: a concurrent writer that read before
+//! our write and wrote after it shows up as different content, and the change is made
+//! again on what is there now, a bounded number of times (see [`change_registry`]).
 
 use std::fmt;
+use std::fs::File;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use super::keys::{NewKey, generate_key, looks_like_key};
 use super::registry::{Registry, is_valid_device_id};
 use super::relays::check_pattern;
-use super::shards::{PART_BUDGET, is_part, shard_key};
+use super::shards::{PART_BUDGET, SECRET_LIMIT, is_part, shard_key};
 use crate::databricks::{self, Secrets};
 
 /// One change an operator asks for.
@@ -148,10 +156,14 @@ pub enum AdminError {
     #[error("the registry is not valid: {0}")]
     Invalid(String),
     #[error(
-        "the registry changed while this change was being made (another operator?); nothing was written: run the command again"
+        "the registry kept changing while this change was being made (other operators?) and it could not be confirmed after {0} attempts: it may or may not be in the registry, and a new key was not shown; check with `lakegate keys list` and run the command again (after `revoke` if an added entry is there)"
     )]
-    Conflict,
-    #[error("{0} is full; its device entries need another shard")]
+    Conflict(u32),
+    #[error(
+        "the change was made and confirmed, but one of its writes took {0:?} from reading to being acknowledged, longer than other operators' commands allow for: a change another operator made in that time may have been overwritten; check with `lakegate keys list`"
+    )]
+    Overran(Duration),
+    #[error("{0} has no room for this change (a secret holds at most 128 KB)")]
     Full(String),
     #[error("{0}")]
     Store(String),
@@ -161,30 +173,95 @@ pub enum AdminError {
 #[derive(Debug)]
 pub struct Applied {
     pub new_key: Option<NewKey>,
+    /// A write of the change to a secret took this long from its read to its
+    /// acknowledgement, longer than other operators' commands allow for: it may have
+    /// overwritten another operator's change (see [`AdminError::Overran`]).
+    pub overran: Option<Duration>,
 }
 
 /// Applies `change` to a registry document; the result is checked as the gateway
 /// would parse it. A refused change leaves the document as it was.
 pub fn apply(document: &mut Value, change: &KeyChange) -> Result<Applied, AdminError> {
-    let mut changed = document.clone();
-    let applied = apply_to(&mut changed, change)?;
-    *document = changed;
-    Ok(applied)
+    let new_key = change.makes_key().then(generate_key);
+    apply_keyed(document, change, new_key.as_ref())?;
+    Ok(Applied {
+        new_key,
+        overran: None,
+    })
 }
 
-fn apply_to(document: &mut Value, change: &KeyChange) -> Result<Applied, AdminError> {
+/// [`apply`] with the new key made beforehand, so that every attempt at a change
+/// writes the same key; returns how to recognise the change in a registry.
+fn apply_keyed(
+    document: &mut Value,
+    change: &KeyChange,
+    key: Option<&NewKey>,
+) -> Result<Effect, AdminError> {
+    let mut changed = document.clone();
+    let effect = apply_to(&mut changed, change, key)?;
+    *document = changed;
+    Ok(effect)
+}
+
+/// What a change leaves in its entry, to recognise it on a later attempt: an
+/// attempt whose write was overwritten by one that carried it along must not make it
+/// twice (an add would find its own entry "already in the registry").
+#[derive(Debug, Clone, PartialEq)]
+enum Effect {
+    /// The entry holds this key hash.
+    HasKey(String),
+    /// The entry is there and holds none of these key hashes.
+    LacksKeys(Vec<Value>),
+    /// There is no entry.
+    Removed,
+    /// The entry is (or is not) disabled.
+    Disabled(bool),
+    /// The relay's device patterns are these.
+    Patterns(Vec<String>),
+}
+
+impl Effect {
+    fn shown_in(&self, document: &Value, subject: &Subject) -> bool {
+        let entry = document
+            .get(subject.section())
+            .and_then(|entries| entries.get(&subject.id));
+        let keys = || entry.and_then(|entry| entry["keys"].as_array());
+        match self {
+            Effect::HasKey(hash) => keys().is_some_and(|keys| keys.iter().any(|k| k == hash)),
+            Effect::LacksKeys(gone) => {
+                keys().is_some_and(|keys| !keys.iter().any(|k| gone.contains(k)))
+            }
+            Effect::Removed => entry.is_none(),
+            Effect::Disabled(disabled) => {
+                entry.is_some_and(|entry| entry["disabled"].as_bool().unwrap_or(false) == *disabled)
+            }
+            Effect::Patterns(patterns) => {
+                entry.is_some_and(|entry| entry["devices"] == json!(patterns))
+            }
+        }
+    }
+}
+
+fn apply_to(
+    document: &mut Value,
+    change: &KeyChange,
+    key: Option<&NewKey>,
+) -> Result<Effect, AdminError> {
     let subject = change.subject();
     let entries = entries_of(document, &subject, change.adds())?;
     let id = subject.id.clone();
-    let mut new_key = None;
-    match change {
+    let hash = || {
+        key.map(|key| key.hash.clone())
+            .expect("a change that makes a key is given one")
+    };
+    let effect = match change {
         KeyChange::Add {
             rate_per_sec,
             burst,
             ..
         } => {
-            let key = add_entry(entries, &subject)?;
-            let mut entry = json!({"keys": [key.hash]});
+            check_new_entry(entries, &subject)?;
+            let mut entry = json!({"keys": [hash()]});
             if let Some(rate) = rate_per_sec {
                 entry["rate_per_sec"] = json!(rate.get());
             }
@@ -192,68 +269,72 @@ fn apply_to(document: &mut Value, change: &KeyChange) -> Result<Applied, AdminEr
                 entry["burst"] = json!(burst.get());
             }
             entries.insert(id, entry);
-            new_key = Some(key);
+            Effect::HasKey(hash())
         }
         KeyChange::AddRelay { devices, .. } => {
             let patterns = patterns(devices)?;
-            let key = add_entry(entries, &subject)?;
-            entries.insert(id, json!({"keys": [key.hash], "devices": patterns}));
-            new_key = Some(key);
+            check_new_entry(entries, &subject)?;
+            entries.insert(id, json!({"keys": [hash()], "devices": patterns}));
+            Effect::HasKey(hash())
         }
         KeyChange::Rotate { .. } | KeyChange::RotateRelay { .. } => {
             let keys = keys_of(entries, &subject)?;
             if keys.len() >= 2 {
                 return Err(AdminError::RotationPending(subject, keys.len()));
             }
-            let key = generate_key();
-            keys.push(json!(key.hash));
-            new_key = Some(key);
+            keys.push(json!(hash()));
+            Effect::HasKey(hash())
         }
         KeyChange::RevokeOld { .. } | KeyChange::RevokeOldRelay { .. } => {
             let keys = keys_of(entries, &subject)?;
             let Some(newest) = keys.pop().filter(|_| !keys.is_empty()) else {
                 return Err(AdminError::OnlyKey(subject));
             };
-            *keys = vec![newest];
+            let removed = std::mem::replace(keys, vec![newest]);
+            Effect::LacksKeys(removed)
         }
         KeyChange::Revoke { .. } | KeyChange::RevokeRelay { .. } => {
             if entries.remove(&id).is_none() {
                 return Err(AdminError::Unknown(subject));
             }
+            Effect::Removed
         }
         KeyChange::Disable { .. }
         | KeyChange::Enable { .. }
         | KeyChange::DisableRelay { .. }
         | KeyChange::EnableRelay { .. } => {
             let entry = entry_of(entries, &subject)?;
-            if matches!(
+            let disable = matches!(
                 change,
                 KeyChange::Disable { .. } | KeyChange::DisableRelay { .. }
-            ) {
+            );
+            if disable {
                 entry.insert("disabled".into(), json!(true));
             } else {
                 entry.remove("disabled");
             }
+            Effect::Disabled(disable)
         }
         KeyChange::RelayDevices { devices, .. } => {
             let patterns = patterns(devices)?;
             entry_of(entries, &subject)?.insert("devices".into(), json!(patterns));
+            Effect::Patterns(patterns)
         }
-    }
+    };
     let text = serde_json::to_vec(document).expect("JSON values serialize");
     Registry::parse(&text).map_err(|err| AdminError::Invalid(err.to_string()))?;
-    Ok(Applied { new_key })
+    Ok(effect)
 }
 
-/// A key for a new entry, once its id is checked and free.
-fn add_entry(entries: &Map<String, Value>, subject: &Subject) -> Result<NewKey, AdminError> {
+/// Refuses a new entry whose id is invalid or taken.
+fn check_new_entry(entries: &Map<String, Value>, subject: &Subject) -> Result<(), AdminError> {
     if !is_valid_device_id(&subject.id) {
         return Err(AdminError::InvalidId(subject.clone()));
     }
     if entries.contains_key(&subject.id) {
         return Err(AdminError::Exists(subject.clone()));
     }
-    Ok(generate_key())
+    Ok(())
 }
 
 /// The patterns of `--devices`: trimmed, without empties and repeats, each checked as
@@ -392,19 +473,43 @@ impl fmt::Display for RegistryStore {
     }
 }
 
-/// One part of the registry as read (the file, or one secret), and a fingerprint
-/// of exactly what was read.
+/// One part of the registry as read: the file, or one secret.
 pub struct Snapshot {
     pub document: Value,
     /// The secret's key; empty for a file.
     part: String,
-    version: Option<[u8; 32]>,
 }
 
 impl Snapshot {
-    fn holds(&self, device: &str) -> bool {
-        self.document["devices"].get(device).is_some()
+    fn holds(&self, subject: &Subject) -> bool {
+        (self.document.get(subject.section()))
+            .and_then(|entries| entries.get(&subject.id))
+            .is_some()
     }
+}
+
+/// The pace of a change to a secret (see [`change_registry`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// Longest a write may take from the start of its read to its acknowledgement. A
+    /// read older than half of it is not written over; a write that takes longer is
+    /// still checked, but may have overwritten a change another operator confirmed
+    /// meanwhile, and says so ([`AdminError::Overran`]).
+    window: Duration,
+    /// How long after its write a change is read back: longer than `window`, so that a
+    /// writer that read before our write landed has written by then.
+    settle: Duration,
+    /// Attempts before giving up with [`AdminError::Conflict`].
+    attempts: u32,
+}
+
+impl Timing {
+    /// What `lakegate keys` uses: a Secrets API call takes a few hundred milliseconds.
+    pub(crate) const OPERATOR: Timing = Timing {
+        window: Duration::from_millis(1500),
+        settle: Duration::from_millis(2000),
+        attempts: 12,
+    };
 }
 
 impl RegistryStore {
@@ -439,56 +544,10 @@ impl RegistryStore {
     /// as empty and is created on write.
     pub async fn read(&self, part: &str) -> Result<Snapshot, AdminError> {
         let bytes = self.read_bytes(part).await?;
-        let Some(bytes) = bytes else {
-            return Ok(Snapshot {
-                document: json!({"devices": {}}),
-                part: part.to_owned(),
-                version: None,
-            });
-        };
-        let document = serde_json::from_slice(&bytes).map_err(|err| {
-            AdminError::Invalid(format!("{} is not JSON: {err}", self.name(part)))
-        })?;
         Ok(Snapshot {
-            document,
+            document: parse_part(&self.name(part), bytes)?,
             part: part.to_owned(),
-            version: Some(Sha256::digest(&bytes).into()),
         })
-    }
-
-    /// Writes `document` to the part `read_as` came from if it is still what was read;
-    /// otherwise [`AdminError::Conflict`] and nothing is written.
-    pub async fn write(&self, document: &Value, read_as: &Snapshot) -> Result<(), AdminError> {
-        let part = read_as.part.as_str();
-        let now = self
-            .read_bytes(part)
-            .await?
-            .map(|bytes| <[u8; 32]>::from(Sha256::digest(&bytes)));
-        if now != read_as.version {
-            return Err(AdminError::Conflict);
-        }
-        let name = self.name(part);
-        match self {
-            RegistryStore::File(path) => {
-                let text = serde_json::to_string_pretty(document).expect("JSON values serialize");
-                // Written aside and renamed, so that a gateway reloading meanwhile reads
-                // the old registry or the new one, never half of one.
-                let staged = path.with_extension("json.staged");
-                std::fs::write(&staged, text.as_bytes())
-                    .and_then(|()| std::fs::rename(&staged, path))
-                    .map_err(|err| AdminError::Store(format!("writing {name}: {err}")))
-            }
-            RegistryStore::Secret { secrets, scope, .. } => {
-                let text = serde_json::to_string(document).expect("JSON values serialize");
-                if text.len() > PART_BUDGET {
-                    return Err(AdminError::Full(name));
-                }
-                secrets
-                    .put_string(scope, part, &text)
-                    .await
-                    .map_err(|err| AdminError::Store(format!("writing {name}: {err}")))
-            }
-        }
     }
 
     fn name(&self, part: &str) -> String {
@@ -501,11 +560,7 @@ impl RegistryStore {
     async fn read_bytes(&self, part: &str) -> Result<Option<Vec<u8>>, AdminError> {
         let name = self.name(part);
         match self {
-            RegistryStore::File(path) => match std::fs::read(path) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(err) => Err(AdminError::Store(format!("reading {name}: {err}"))),
-            },
+            RegistryStore::File(path) => read_file(path),
             RegistryStore::Secret { secrets, scope, .. } => match secrets.get(scope, part).await {
                 Ok(bytes) => Ok(Some(bytes.expose_secret().to_vec())),
                 Err(err) if err.error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(None),
@@ -514,37 +569,239 @@ impl RegistryStore {
         }
     }
 
-    /// The part `change` is made in: where the device is, or for a new device the base
-    /// while it has room, then the device's shard. Relays live in the base: they are few.
-    async fn part_for(&self, change: &KeyChange) -> Result<Snapshot, AdminError> {
-        let RegistryStore::Secret { key, .. } = self else {
-            return self.read("").await;
+    /// Writes one secret whole.
+    async fn put(&self, part: &str, text: &str) -> Result<(), AdminError> {
+        let RegistryStore::Secret { secrets, scope, .. } = self else {
+            unreachable!("files are written by change_file");
+        };
+        (secrets.put_string(scope, part, text).await)
+            .map_err(|err| AdminError::Store(format!("writing {}: {err}", self.name(part))))
+    }
+
+    /// A change to a registry in secrets, made so that it is known to have stuck when
+    /// this returns. Each attempt reads the parts the change may be made in, makes it in
+    /// one (or finds it there already, carried along by another writer), writes that
+    /// part, waits `settle` and reads it back: the change stuck if the part holds
+    /// exactly what was written. Otherwise another operator wrote in between, and the
+    /// next attempt starts over from what is there now.
+    ///
+    /// Why that is enough: for a writer to undo our change after our read-back, it must
+    /// have read the part before our write landed (else it carries our change along)
+    /// and written it after the read-back, so its read-to-write time exceeds `settle`,
+    /// which exceeds `window`: every writer measures its own and reports when it
+    /// overran. Not caught: a part written back to exactly the bytes we wrote while we
+    /// wait (only a writer making the very same change from the very same registry
+    /// could), and a Secrets API that answers a read with less than the last
+    /// acknowledged write.
+    async fn change_secret(
+        &self,
+        change: &KeyChange,
+        timing: Timing,
+    ) -> Result<Applied, AdminError> {
+        let new_key = change.makes_key().then(generate_key);
+        let (mut effect, mut last_part, mut overran) = (None, None, None);
+        let mut collided = false;
+        for _ in 0..timing.attempts {
+            if collided {
+                // Spread out the writers we collided with, so that the next round has a winner.
+                let spread = rand::random_range(Duration::ZERO..=timing.settle * 2);
+                tokio::time::sleep(spread).await;
+            }
+            let started = Instant::now();
+            let (part, document) =
+                (self.plan(change, new_key.as_ref(), &mut effect, last_part.as_deref())).await?;
+            if started.elapsed() > timing.window / 2 {
+                // Too slow a read to write over: the part may have changed since.
+                collided = false;
+                continue;
+            }
+            let text = serde_json::to_string(&document).expect("JSON values serialize");
+            self.put(&part, &text).await?;
+            let took = started.elapsed();
+            if took > timing.window {
+                overran = overran.max(Some(took));
+            }
+            tokio::time::sleep(timing.settle).await;
+            if self.read_bytes(&part).await?.as_deref() == Some(text.as_bytes()) {
+                return Ok(Applied { new_key, overran });
+            }
+            collided = true;
+            last_part = Some(part);
+        }
+        Err(AdminError::Conflict(timing.attempts))
+    }
+
+    /// The part to write and what to write there: the part holding the entry, changed;
+    /// for a new device the base while it has room, else the device's shard. Relays
+    /// live in the base: they are few. `effect` is the change as made by an earlier
+    /// attempt in `last_part`: where it shows already, the part is written as it is.
+    async fn plan(
+        &self,
+        change: &KeyChange,
+        key: Option<&NewKey>,
+        effect: &mut Option<Effect>,
+        last_part: Option<&str>,
+    ) -> Result<(String, Value), AdminError> {
+        let RegistryStore::Secret { key: base, .. } = self else {
+            unreachable!("files are changed by change_file");
         };
         let subject = change.subject();
-        if subject.kind == EntryKind::Relay {
-            return self.read(key).await;
-        }
-        let device = subject.id.as_str();
-        let base = self.read(key).await?;
-        let shard = self.read(&shard_key(key, device)).await?;
-        match (base.holds(device), shard.holds(device)) {
-            (true, true) => Err(AdminError::Invalid(format!(
-                "device {device:?} is in both {} and {}",
-                self.name(&base.part),
-                self.name(&shard.part)
-            ))),
-            (true, false) => Ok(base),
-            (false, true) => Ok(shard),
-            (false, false) if matches!(change, KeyChange::Add { .. }) => {
-                let mut grown = base.document.clone();
-                apply(&mut grown, change)?;
-                let fits =
-                    serde_json::to_string(&grown).map_or(0, |text| text.len()) <= PART_BUDGET;
-                Ok(if fits { base } else { shard })
+        let shard = (subject.kind == EntryKind::Device).then(|| shard_key(base, &subject.id));
+        let read_shard = async {
+            match &shard {
+                Some(shard) => self.read(shard).await.map(Some),
+                None => Ok(None),
             }
-            (false, false) => Err(AdminError::Unknown(subject)),
+        };
+        let (base, shard) = tokio::try_join!(self.read(base), read_shard)?;
+        let parts: Vec<Snapshot> = std::iter::once(base).chain(shard).collect();
+        let holding: Vec<&Snapshot> = parts.iter().filter(|part| part.holds(&subject)).collect();
+        let home = match holding[..] {
+            [one, other] => {
+                return Err(AdminError::Invalid(format!(
+                    "{subject} is in both {} and {}",
+                    self.name(&one.part),
+                    self.name(&other.part)
+                )));
+            }
+            [part] => Some(part),
+            // Removed by an earlier attempt: that part is written again, as it is.
+            _ => (parts.iter())
+                .filter(|part| Some(part.part.as_str()) == last_part)
+                .find(|part| {
+                    effect
+                        .as_ref()
+                        .is_some_and(|e| e.shown_in(&part.document, &subject))
+                }),
+        };
+        if let Some(part) = home {
+            return self.make_in(part, change, key, effect);
         }
+        if let Some((last, others)) = parts.split_last().filter(|_| change.adds()) {
+            for part in others {
+                match self.make_in(part, change, key, effect) {
+                    Err(AdminError::Full(_)) => continue,
+                    made => return made,
+                }
+            }
+            return self.make_in(last, change, key, effect);
+        }
+        // Refused as the base refuses it (not in the registry).
+        self.make_in(&parts[0], change, key, effect)
     }
+
+    /// `part` with the change made in it, if it fits (see [`has_room`]).
+    fn make_in(
+        &self,
+        part: &Snapshot,
+        change: &KeyChange,
+        key: Option<&NewKey>,
+        effect: &mut Option<Effect>,
+    ) -> Result<(String, Value), AdminError> {
+        let mut document = part.document.clone();
+        let shown = (effect.as_ref()).is_some_and(|e| e.shown_in(&document, &change.subject()));
+        if !shown {
+            *effect = Some(apply_keyed(&mut document, change, key)?);
+        }
+        if !has_room(&document, !shown && change.adds()) {
+            return Err(AdminError::Full(self.name(&part.part)));
+        }
+        Ok((part.part.clone(), document))
+    }
+}
+
+/// Whether a part may be written as `document`. A new entry only while every entry in
+/// the part could still get its second key and be disabled within [`PART_BUDGET`], so
+/// that a change to an entry already there always fits; other changes up to
+/// Databricks' limit, which leaves room in parts filled before this rule.
+fn has_room(document: &Value, adds_entry: bool) -> bool {
+    let size = serde_json::to_string(document).map_or(usize::MAX, |text| text.len());
+    match adds_entry {
+        true => size.saturating_add(growth(document)) <= PART_BUDGET,
+        false => size <= SECRET_LIMIT,
+    }
+}
+
+/// Bytes the entries of a part may still grow by: each to two keys, and disabled.
+fn growth(document: &Value) -> usize {
+    const KEY: usize = r#","sha256:""#.len() + 64;
+    const DISABLED: usize = r#","disabled":true"#.len();
+    let entries = ["devices", "relays"]
+        .into_iter()
+        .filter_map(|section| document.get(section)?.as_object())
+        .flat_map(Map::values);
+    entries
+        .map(|entry| {
+            let keys = entry["keys"].as_array().map_or(0, Vec::len);
+            let disabled = entry["disabled"].as_bool().unwrap_or(false);
+            2usize.saturating_sub(keys) * KEY + if disabled { 0 } else { DISABLED }
+        })
+        .sum()
+}
+
+fn parse_part(name: &str, bytes: Option<Vec<u8>>) -> Result<Value, AdminError> {
+    match bytes {
+        None => Ok(json!({"devices": {}})),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|err| AdminError::Invalid(format!("{name} is not JSON: {err}"))),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, AdminError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(AdminError::Store(format!(
+            "reading file {}: {err}",
+            path.display()
+        ))),
+    }
+}
+
+/// A change to a registry file, under an exclusive lock on `<file>.lock`, so that
+/// other `lakegate keys` commands wait for it. The lock file stays: removing it would
+/// let two commands hold locks on two different files.
+fn change_file(path: &Path, change: &KeyChange) -> Result<Applied, AdminError> {
+    let failed = |what: &str, err: std::io::Error| {
+        AdminError::Store(format!("{what} file {}: {err}", path.display()))
+    };
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(beside(path, ".lock"))
+        .map_err(|err| failed("locking", err))?;
+    lock.lock().map_err(|err| failed("locking", err))?;
+    let name = format!("file {}", path.display());
+    let mut document = parse_part(&name, read_file(path)?)?;
+    let applied = apply(&mut document, change)?;
+    let text = serde_json::to_string_pretty(&document).expect("JSON values serialize");
+    replace_file(path, text.as_bytes()).map_err(|err| failed("writing", err))?;
+    Ok(applied)
+}
+
+/// Writes `bytes` beside `path`, flushed to disk, and renames it over `path`: a gateway
+/// reloading meanwhile, or a crash, finds the old registry or the new one, never half.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+
+    let staged = beside(path, ".staged");
+    let mut file = File::create(&staged)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&staged, path)?;
+    // The rename is durable once the directory is.
+    let dir = (path.parent())
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// `path` with `suffix` added to its name.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 impl KeyChange {
@@ -575,19 +832,44 @@ impl KeyChange {
     fn adds(&self) -> bool {
         matches!(self, KeyChange::Add { .. } | KeyChange::AddRelay { .. })
     }
+
+    /// Whether the change makes a new key.
+    fn makes_key(&self) -> bool {
+        matches!(
+            self,
+            KeyChange::Add { .. }
+                | KeyChange::AddRelay { .. }
+                | KeyChange::Rotate { .. }
+                | KeyChange::RotateRelay { .. }
+        )
+    }
 }
 
-/// Reads the part the change belongs in, applies it and writes it back, refusing to
-/// overwrite a part that changed in between.
+/// Makes `change` where the registry lives, and returns only once it is known to be
+/// there: a file under a lock, a secret written and read back (see
+/// `RegistryStore::change_secret` for what two operators at once can and cannot do).
+/// A new key is returned only then; an error means the change is not confirmed.
 pub async fn change_registry(
     store: &RegistryStore,
     change: &KeyChange,
 ) -> Result<Applied, AdminError> {
-    let snapshot = store.part_for(change).await?;
-    let mut document = snapshot.document.clone();
-    let applied = apply(&mut document, change)?;
-    store.write(&document, &snapshot).await?;
-    Ok(applied)
+    change_timed(store, change, Timing::OPERATOR).await
+}
+
+pub(crate) async fn change_timed(
+    store: &RegistryStore,
+    change: &KeyChange,
+    timing: Timing,
+) -> Result<Applied, AdminError> {
+    match store {
+        RegistryStore::File(path) => {
+            let (path, change) = (path.clone(), change.clone());
+            tokio::task::spawn_blocking(move || change_file(&path, &change))
+                .await
+                .unwrap_or_else(|join| Err(AdminError::Store(join.to_string())))
+        }
+        RegistryStore::Secret { .. } => store.change_secret(change, timing).await,
+    }
 }
 
 /// A Secrets client from Databricks' unified configuration (environment, then the
@@ -965,21 +1247,98 @@ mod tests {
         emulator.shutdown().await;
     }
 
+    /// One operator alone: nobody to wait for.
+    const ALONE: Timing = Timing {
+        window: Duration::from_secs(3600),
+        settle: Duration::ZERO,
+        attempts: 1,
+    };
+
+    fn add_change(device: &str) -> KeyChange {
+        KeyChange::Add {
+            device: device.into(),
+            rate_per_sec: None,
+            burst: None,
+        }
+    }
+
+    fn device(id: &str) -> Subject {
+        Subject {
+            kind: EntryKind::Device,
+            id: id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_base_filled_by_adds_still_takes_a_rotation_and_a_disable_of_each_device() {
+        let (emulator, _secrets, store) = fleet_secret_store().await;
+        // Long ids fill the base in fewer adds.
+        let id = |n: usize| format!("pump-{n:04}-{}", "x".repeat(118));
+        let mut in_base = Vec::new();
+        let spilled = loop {
+            let next = id(in_base.len());
+            change_timed(&store, &add_change(&next), ALONE)
+                .await
+                .unwrap();
+            if !store.read("devices").await.unwrap().holds(&device(&next)) {
+                break next;
+            }
+            in_base.push(next);
+            assert!(in_base.len() < 2_000, "the base never fills");
+        };
+        let shard = store.read(&shard_key("devices", &spilled)).await.unwrap();
+        assert!(shard.holds(&device(&spilled)));
+
+        // The earliest device gets a second key and is disabled, in the base.
+        for change in [
+            KeyChange::Rotate { device: id(0) },
+            KeyChange::Disable { device: id(0) },
+        ] {
+            change_timed(&store, &change, ALONE).await.unwrap();
+        }
+        // And so could every other device in it, all at once.
+        let mut base = store.read("devices").await.unwrap().document;
+        assert_eq!(base["devices"][id(0)]["keys"].as_array().unwrap().len(), 2);
+        for device in &in_base[1..] {
+            apply(
+                &mut base,
+                &KeyChange::Rotate {
+                    device: device.clone(),
+                },
+            )
+            .unwrap();
+            apply(
+                &mut base,
+                &KeyChange::Disable {
+                    device: device.clone(),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(base["devices"].as_object().unwrap().len(), in_base.len());
+        assert!(base.to_string().len() <= PART_BUDGET);
+        emulator.shutdown().await;
+    }
+
     #[tokio::test]
     async fn a_full_base_secret_spills_new_devices_into_their_shards() {
         use crate::devices::KeySource;
 
         let (emulator, secrets, store) = fleet_secret_store().await;
-        let add = |device: &str| KeyChange::Add {
-            device: device.into(),
-            rate_per_sec: None,
-            burst: None,
-        };
         // A small fleet lives in the base secret.
-        let first = change_registry(&store, &add("pump-0")).await.unwrap();
-        assert!(store.read("devices").await.unwrap().holds("pump-0"));
+        let first = change_registry(&store, &add_change("pump-0"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .read("devices")
+                .await
+                .unwrap()
+                .holds(&device("pump-0"))
+        );
 
-        // Fill the base to just under its budget.
+        // Fill the base to just under its budget, as adds did before they kept room for
+        // rotations and disables.
         let mut base = store.read("devices").await.unwrap();
         let devices = base.document["devices"].as_object_mut().unwrap();
         let size = |devices: &Map<String, Value>| serde_json::to_string(devices).unwrap().len();
@@ -997,59 +1356,81 @@ mod tests {
                 devices.insert(format!("filler-{n:05}"), entry);
             }
         }
-        let full = base.document.clone();
-        store.write(&full, &base).await.unwrap();
+        let full = serde_json::to_string(&base.document).unwrap();
+        store.put("devices", &full).await.unwrap();
 
-        let added = change_registry(&store, &add("pump-9")).await.unwrap();
+        let added = change_timed(&store, &add_change("pump-9"), ALONE)
+            .await
+            .unwrap();
         let shard = shard_key("devices", "pump-9");
-        assert!(store.read(&shard).await.unwrap().holds("pump-9"));
-        assert!(!store.read("devices").await.unwrap().holds("pump-9"));
+        assert!(store.read(&shard).await.unwrap().holds(&device("pump-9")));
+        assert!(
+            !store
+                .read("devices")
+                .await
+                .unwrap()
+                .holds(&device("pump-9"))
+        );
         // Found where it lives for later changes, and listed with the others.
         let rotate = KeyChange::Rotate {
             device: "pump-9".into(),
         };
-        change_registry(&store, &rotate).await.unwrap();
+        change_timed(&store, &rotate, ALONE).await.unwrap();
         assert!(matches!(
-            change_registry(&store, &add("pump-9")).await,
+            change_timed(&store, &add_change("pump-9"), ALONE).await,
             Err(AdminError::Exists(_))
         ));
+        // The devices in the full base can still be disabled and rotated.
+        for change in [
+            KeyChange::Disable {
+                device: "pump-0".into(),
+            },
+            KeyChange::Rotate {
+                device: "pump-0".into(),
+            },
+        ] {
+            change_timed(&store, &change, ALONE).await.unwrap();
+        }
         let listed = listing(&store.read_all().await.unwrap()).unwrap();
-        assert!(listed.contains("pump-9\t2\t"), "{listed}");
-        assert!(listed.contains("pump-0\t1\t"));
+        assert!(listed.contains("pump-9\t2\tfalse"), "{listed}");
+        assert!(listed.contains("pump-0\t2\ttrue"), "{listed}");
 
         // The gateway's loader sees both parts.
         let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
         let registry = source.load(Some(&secrets)).await.unwrap();
-        for key in [first.new_key.unwrap(), added.new_key.unwrap()] {
-            assert!(registry.authenticate(key.key.expose_secret()).is_ok());
-        }
+        let first = first.new_key.unwrap();
+        assert!(matches!(
+            registry.authenticate(first.key.expose_secret()),
+            Err(crate::devices::AuthFailure::Disabled { .. })
+        ));
+        assert!(
+            registry
+                .authenticate(added.new_key.unwrap().key.expose_secret())
+                .is_ok()
+        );
         emulator.shutdown().await;
     }
 
-    #[tokio::test]
-    async fn a_registry_changed_in_between_is_not_overwritten() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_changes_to_a_file_all_stick() {
         let dir = lakegate_testkit::temp_dir();
-        let store = RegistryStore::File(dir.path().join("devices.json"));
-        let first = store.read("").await.unwrap();
-        let mut document = first.document.clone();
-        add(&mut document, "pump-7");
-        store.write(&document, &first).await.unwrap();
-
-        // Two operators read the same registry; the second to write is refused.
-        let seen_by_ana = store.read("").await.unwrap();
-        let seen_by_bo = store.read("").await.unwrap();
-        let mut ana = seen_by_ana.document.clone();
-        add(&mut ana, "pump-8");
-        store.write(&ana, &seen_by_ana).await.unwrap();
-        let mut bo = seen_by_bo.document.clone();
-        add(&mut bo, "pump-9");
-        assert!(matches!(
-            store.write(&bo, &seen_by_bo).await,
-            Err(AdminError::Conflict)
-        ));
-        let now = store.read("").await.unwrap().document;
-        let mut ids: Vec<_> = now["devices"].as_object().unwrap().keys().collect();
-        ids.sort();
-        assert_eq!(ids, ["pump-7", "pump-8"]);
+        let path = dir.path().join("devices.json");
+        let store = std::sync::Arc::new(RegistryStore::File(path.clone()));
+        let changes = (0..16).map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let change = add_change(&format!("pump-{n}"));
+                change_registry(&store, &change)
+                    .await
+                    .map(|applied| applied.new_key.unwrap())
+            })
+        });
+        let keys = futures::future::join_all(changes).await;
+        let registry = Registry::parse(&std::fs::read(&path).unwrap()).unwrap();
+        for key in keys {
+            let key = key.unwrap().expect("every change sticks");
+            assert!(registry.authenticate(key.key.expose_secret()).is_ok());
+        }
+        assert!(!beside(&path, ".staged").exists());
     }
 }

@@ -1,17 +1,24 @@
 //! A registry larger than one Databricks secret. A secret holds at most 128 KB, about
-//! 1,400 device entries, and a scope at most 1,000 secrets. A registry named
+//! 650 device entries with room for each to rotate and be disabled, and a scope at
+//! most 1,000 secrets. A registry named
 //! `scope/key` is the secret `key` (the base, where a small fleet lives whole) plus up
 //! to [`SHARD_COUNT`] shards `key.000` ... `key.255`. A device lives in the base, or
 //! in the one shard its id hashes to, so finding it takes two reads however large
-//! the fleet, and 256 shards of 120 KB hold about 200,000 devices.
+//! the fleet, and 256 shards of 120 KB hold about 160,000 devices.
 
 use sha2::{Digest, Sha256};
 
 /// How many shards a registry may spread over.
 pub(crate) const SHARD_COUNT: u16 = 256;
 
-/// Most bytes one part is written with, below Databricks' 128 KB per secret.
+/// Most bytes a part is planned to hold, below Databricks' 128 KB per secret: a device
+/// is added to a part only while every entry in it could still grow to two keys and
+/// disabled within this budget (see `admin.rs`).
 pub(crate) const PART_BUDGET: usize = 120_000;
+
+/// Databricks' limit on one secret's value: the most a change to an entry already in a
+/// part may write.
+pub(crate) const SECRET_LIMIT: usize = 128 * 1024;
 
 /// The secret key of the shard that `device_id` belongs in.
 pub fn shard_key(base: &str, device_id: &str) -> String {

@@ -1,28 +1,138 @@
 //! `lakegate keys add|rotate|revoke-old|revoke|disable|enable|list` against the
 //! registry where it lives (a file a running gateway reloads, a Databricks secret),
-//! run as the real binary.
+//! run as the real binary, also many at once.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use serde_json::{Value, json};
 
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
+use lakegate::devices::{AuthFailure, KeySource, Registry, Sender, generate_key, shard_key};
+use lakegate_emulator::Faults;
 use lakegate_testkit::{SP_ID, SP_SECRET, emulator_config, gateway_env, start_emulator, temp_dir};
 use tokio::net::TcpListener;
 
 use crate::common;
 use crate::harness::{Harness, reading};
 
-fn lakegate(args: &[&str], env: &[(&str, &str)]) -> Output {
+fn command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lakegate"));
     command.args(args).env_remove("DATABRICKS_CONFIG_PROFILE");
     for (name, value) in env {
         command.env(name, value);
     }
-    command.output().expect("lakegate runs")
+    command
+}
+
+fn lakegate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("lakegate runs")
+}
+
+/// Runs `lakegate` once per argument list, all started before any is waited for.
+fn concurrently(runs: &[Vec<String>], env: &[(&str, &str)]) -> Vec<Output> {
+    let children: Vec<_> = (runs.iter())
+        .map(|args| {
+            let mut command = command(args, env);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.spawn().expect("lakegate starts")
+        })
+        .collect();
+    (children.into_iter())
+        .map(|child| child.wait_with_output().expect("lakegate runs"))
+        .collect()
+}
+
+/// Eight `keys add` and four `keys revoke` of devices already there, as processes
+/// started at once against one registry.
+struct Race {
+    /// The devices to revoke, with their keys.
+    victims: Vec<(String, String)>,
+}
+
+impl Race {
+    fn new() -> Race {
+        let victims = (0..4)
+            .map(|n| {
+                let key = generate_key();
+                (format!("old-{n}"), key.key.expose_secret().to_owned())
+            })
+            .collect();
+        Race { victims }
+    }
+
+    /// The registry to start from: the victims.
+    fn registry(&self) -> Value {
+        let devices: serde_json::Map<String, Value> = (self.victims.iter())
+            .map(|(id, key)| {
+                (
+                    id.clone(),
+                    json!({"keys": [lakegate::devices::hash_key(key)]}),
+                )
+            })
+            .collect();
+        json!({ "devices": devices })
+    }
+
+    fn run(&self, registry: &[&str], env: &[(&str, &str)]) -> Vec<(Vec<String>, Output)> {
+        let adds = (0..8).map(|n| vec!["add".to_owned(), format!("new-{n}")]);
+        let revokes = (self.victims.iter()).map(|(id, _)| vec!["revoke".to_owned(), id.clone()]);
+        let runs: Vec<Vec<String>> = adds
+            .chain(revokes)
+            .map(|change| {
+                let registry = registry.iter().map(|arg| arg.to_string());
+                ["keys".to_owned()]
+                    .into_iter()
+                    .chain(change)
+                    .chain(registry)
+                    .collect()
+            })
+            .collect();
+        let outputs = concurrently(&runs, env);
+        runs.into_iter().zip(outputs).collect()
+    }
+
+    /// Every change that exited 0 is in `registry`: a printed key authenticates its
+    /// device, a revoked device's key is unknown. A change that failed printed no key
+    /// and said it could not be confirmed. Returns how many succeeded.
+    fn check(&self, runs: &[(Vec<String>, Output)], registry: &Registry) -> usize {
+        let mut succeeded = 0;
+        for (args, output) in runs {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let (action, id) = (args[1].as_str(), args[2].as_str());
+            if !output.status.success() {
+                assert!(stdout.is_empty(), "{args:?} failed but printed {stdout}");
+                assert!(
+                    stderr.contains("could not be confirmed"),
+                    "{args:?}: {stderr}"
+                );
+                continue;
+            }
+            succeeded += 1;
+            match action {
+                "add" => match registry.authenticate(stdout.trim()) {
+                    Ok(Sender::Device(device)) => assert_eq!(&*device.id, id),
+                    _ => panic!("{args:?} exited 0 but its key does not authenticate: {stderr}"),
+                },
+                _ => {
+                    let (_, key) = self
+                        .victims
+                        .iter()
+                        .find(|(victim, _)| victim == id)
+                        .unwrap();
+                    assert!(
+                        matches!(registry.authenticate(key), Err(AuthFailure::UnknownKey)),
+                        "{args:?} exited 0 but the device's key still works"
+                    );
+                }
+            }
+        }
+        succeeded
+    }
 }
 
 /// Runs a change against the registry file; returns the key it printed, if any.
@@ -183,4 +293,135 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     assert!(!String::from_utf8_lossy(&no_workspace.stderr).is_empty());
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_key_commands_on_a_file_lose_no_change() {
+    let dir = temp_dir();
+    let file = dir.path().join("devices.json");
+    let race = Race::new();
+    std::fs::write(&file, race.registry().to_string()).unwrap();
+    let runs = race.run(&["--file", file.to_str().unwrap()], &[]);
+    let registry = Registry::parse(&std::fs::read(&file).unwrap()).unwrap();
+    // Under the file's lock every change waits its turn: none fails.
+    assert_eq!(race.check(&runs, &registry), runs.len());
+}
+
+/// A workspace whose Secrets API calls take 200 ms, as remote calls do, with a `fleet`
+/// scope; the variables `lakegate keys --secret` needs to reach it.
+async fn slow_secrets_workspace() -> (
+    lakegate_emulator::Emulator,
+    lakegate::databricks::Secrets,
+    Vec<(&'static str, String)>,
+) {
+    let mut config = emulator_config();
+    config.faults = Faults {
+        secrets_latency: Duration::from_millis(200),
+        ..Faults::default()
+    };
+    let emulator = start_emulator(config).await;
+    let workspace = vec![
+        ("DATABRICKS_HOST", emulator.url()),
+        ("DATABRICKS_CLIENT_ID", SP_ID.to_owned()),
+        ("DATABRICKS_CLIENT_SECRET", SP_SECRET.to_owned()),
+    ];
+    let secrets = common::m2m_client(&emulator).secrets();
+    secrets.create_scope("fleet").await.unwrap();
+    (emulator, secrets, workspace)
+}
+
+fn borrowed<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    vars.iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_key_commands_on_a_secret_lose_no_change() {
+    let (emulator, secrets, workspace) = slow_secrets_workspace().await;
+    let race = Race::new();
+    let seed = race.registry().to_string();
+    secrets.put_string("fleet", "devices", &seed).await.unwrap();
+    let env = borrowed(&workspace);
+    // The processes are waited for on this thread; the emulator runs on the others.
+    let runs = tokio::task::block_in_place(|| race.run(&["--secret", "fleet/devices"], &env));
+    // Read as the gateway reads it: the base and every shard.
+    let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
+    let registry = source.load(Some(&secrets)).await.unwrap();
+    let succeeded = race.check(&runs, &registry);
+    eprintln!("{succeeded} of {} changes succeeded", runs.len());
+    // Most get through; a command that runs out of attempts says so (checked above).
+    assert!(
+        succeeded * 2 >= runs.len(),
+        "{succeeded} of {} succeeded",
+        runs.len()
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_in_a_full_base_secret_can_still_be_disabled_and_rotated() {
+    let (emulator, secrets, workspace) = slow_secrets_workspace().await;
+    let env = borrowed(&workspace);
+    let keys = |action: &[&str]| {
+        let output = lakegate(
+            &[&["keys"][..], action, &["--secret", "fleet/devices"]].concat(),
+            &env,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{action:?}: {stderr}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let early = [keys(&["add", "pump-0"]), keys(&["add", "pump-1"])];
+    // The base as `keys add` used to leave it: devices of one key each added while the
+    // base stayed within its 120 KB budget.
+    let mut base: Value = serde_json::from_slice(
+        secrets
+            .get("fleet", "devices")
+            .await
+            .unwrap()
+            .expose_secret(),
+    )
+    .unwrap();
+    for n in 0.. {
+        let hash = lakegate::devices::hash_key(&format!("k-{n}"));
+        let mut grown = base.clone();
+        // Ids as long as "pump-9": no such device fits after the last.
+        grown["devices"][format!("f-{n:04}")] = json!({"keys": [hash]});
+        if grown.to_string().len() > 120_000 {
+            break;
+        }
+        base = grown;
+    }
+    secrets
+        .put_string("fleet", "devices", &base.to_string())
+        .await
+        .unwrap();
+
+    // New devices go to their shards now; the early ones are changed where they are.
+    let late = keys(&["add", "pump-9"]);
+    let shard = secrets
+        .get("fleet", &shard_key("devices", "pump-9"))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(shard.expose_secret()).contains("pump-9"));
+    let mut next = Vec::new();
+    for device in ["pump-0", "pump-1"] {
+        keys(&["disable", device]);
+        next.push(keys(&["rotate", device]));
+    }
+
+    let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
+    let registry = source.load(Some(&secrets)).await.unwrap();
+    for key in early.iter().chain(&next) {
+        assert!(
+            matches!(
+                registry.authenticate(key),
+                Err(AuthFailure::Disabled { .. })
+            ),
+            "the early devices are disabled with both keys"
+        );
+    }
+    assert!(registry.authenticate(&late).is_ok());
+    emulator.shutdown().await;
 }

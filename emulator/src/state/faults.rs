@@ -45,6 +45,10 @@ impl FaultState {
         self.lock().faults.statement_cost
     }
 
+    pub fn secrets_latency(&self) -> Duration {
+        self.lock().faults.secrets_latency
+    }
+
     pub fn token_expires_in(&self) -> Option<u64> {
         self.lock().faults.token_expires_in
     }
