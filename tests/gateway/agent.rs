@@ -179,7 +179,7 @@ async fn a_device_piping_readings_in_is_served_as_it_writes_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rate_limited_devices_spool_drains_in_one_run() {
+async fn a_rate_limited_devices_spool_drains_over_short_runs() {
     use lakegate::devices::{generate_key, hash_key};
     use secrecy::ExposeSecret;
     let key = generate_key().key.expose_secret().to_owned();
