@@ -75,21 +75,27 @@
 //! ## Devices without a Databricks token (`relay/`, `crates/lakegate-device/`)
 //!
 //! `lakegate relay` is the same process as a site relay (`config::GatewayConfig::relay_from_map`):
-//! steps 1 to 5 above as they are, then instead of the writers and the table the
-//! spooler (`relay/spooler.rs`) appends each queued reading as one record to a durable
-//! spool, one fsync per group, and only then do devices hear 202; the forwarder
-//! (`relay/forwarder.rs`) sends the spool's oldest records upstream with the relay key
-//! and moves the spool's cursor once the upstream committed them. The relay's
+//! steps 1 to 5 above as they are, after checking that the relay would forward the
+//! device at all (`relay/admission.rs`: its own entry's patterns, devices the upstream
+//! refused for good); then instead of the writers and the table the spooler
+//! (`relay/spooler.rs`) appends each queued reading as one record to a durable spool,
+//! one fsync per group (a request whose records do not fit is refused alone), and only
+//! then do devices hear 202; the forwarder (`relay/forwarder.rs`) sends the spool's
+//! oldest records upstream with the relay key, moves the spool's cursor past what the
+//! upstream took and puts back what it did not. At start-up the relay checks its key
+//! with the upstream's `GET /api/whoami` (`server/auth.rs`). The relay's
 //! [`app::Gateway`] holds a `Backend::Relay` in place of the table's client
 //! (`server/state.rs`), so the router serves no reads and `/readyz` checks the upstream
 //! and the spool.
 //!
 //! `lakegate send` is the device agent, from the `lakegate-device` crate that device
 //! makers can embed without this crate's server or SQL dependencies: readings from
-//! stdin or files, spooled on disk (`spool.rs`: fsync'd records, an atomic cursor),
-//! forwarded from it (`forward.rs`, which the relay shares) and sent to a gateway with
-//! the device's key and, in front of a Databricks App, an OAuth token from the client's
-//! token source (`upstream.rs`).
+//! stdin or files, spooled on disk (`spool.rs`: fsync'd records, an atomic cursor,
+//! damaged records moved aside), forwarded from it (`forward.rs`, which the relay
+//! shares: each device paced to its own rate) and sent to a gateway with the device's
+//! key and, in front of a Databricks App, an OAuth token from the client's token source
+//! (`upstream.rs`, which counts readings as taken only from a lakegate answer that says
+//! so and never follows a redirect).
 //!
 //! ## Operations
 //!
