@@ -23,3 +23,4 @@ mod relay;
 mod relay_entries;
 mod request_id;
 mod resilience;
+mod warehouse_failures;
