@@ -604,10 +604,14 @@ fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, Con
             "is required: this build has no embedded emulator (built without the `local` feature)",
         ));
     }
-    let client = databricks::Config::resolve(databricks::Settings::default(), vars)?;
+    let mut client = databricks::Config::resolve(databricks::Settings::default(), vars)?;
     if client.warehouse_id.is_none() {
         return Err(invalid("DATABRICKS_WAREHOUSE_ID", "is required"));
     }
+    // A throttling answer pauses every writer for its Retry-After, at most this long.
+    let most = databricks::MAX_RETRY_AFTER.as_millis() as usize;
+    let max_retry_after = env.within("LAKEGATE_MAX_RETRY_AFTER_MS", most, 1..=most)?;
+    client.retry.max_retry_after = Duration::from_millis(max_retry_after as u64);
     Ok(Workspace::Remote {
         client: Box::new(client),
     })
@@ -765,6 +769,27 @@ mod tests {
         };
         assert_eq!(client.host, "https://adb-1.azuredatabricks.net");
         assert_eq!(client.warehouse_id.as_deref(), Some("wh"));
+        assert_eq!(client.retry.max_retry_after, databricks::MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn the_longest_retry_after_pause_is_a_setting_within_the_clients_cap() {
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_MAX_RETRY_AFTER_MS", "1500"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        let Workspace::Remote { client } = config.workspace else {
+            panic!("expected a remote workspace");
+        };
+        assert_eq!(client.retry.max_retry_after, Duration::from_millis(1500));
+        for beyond in ["0", "60001"] {
+            let mut pairs = remote();
+            pairs.push(("LAKEGATE_MAX_RETRY_AFTER_MS", beyond));
+            let message = error_of(&pairs);
+            assert!(
+                message.starts_with("LAKEGATE_MAX_RETRY_AFTER_MS:"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -93,6 +93,33 @@ pub struct Faults {
     /// changes the secret and half after, as a remote service's calls do: concurrent
     /// read-modify-writes of one secret then overlap as they would against a workspace.
     pub secrets_latency: Duration,
+    /// A window in which every write ends FAILED with a given error: see [`FailingWrites`].
+    pub failing_writes: Option<FailingWrites>,
+}
+
+/// For `window` after the faults are set, every write (INSERT, MERGE, DDL) that reaches its
+/// commit ends FAILED instead, with `[class] detail SQLSTATE: sql_state` in
+/// `status.error.message` and the SQLSTATE in `status.sql_state`, as a warehouse reports a
+/// failure of its own (`INTERNAL_ERROR`, SQLSTATE XX000) or of the data. Nothing is committed;
+/// reads run normally.
+#[derive(Clone, Debug)]
+pub struct FailingWrites {
+    pub class: &'static str,
+    pub sql_state: &'static str,
+    pub detail: &'static str,
+    pub window: Duration,
+}
+
+impl FailingWrites {
+    /// Databricks' answer to a statement that failed inside the warehouse.
+    pub fn internal_error(window: Duration) -> Self {
+        FailingWrites {
+            class: "INTERNAL_ERROR",
+            sql_state: "XX000",
+            detail: "The warehouse failed to run the statement (injected).",
+            window,
+        }
+    }
 }
 
 /// How the emulator resolves two writes into one table that overlap in time.
@@ -182,6 +209,7 @@ impl Default for Faults {
             write_conflicts: WriteConflicts::Off,
             statement_cost: None,
             secrets_latency: Duration::ZERO,
+            failing_writes: None,
         }
     }
 }

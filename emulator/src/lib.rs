@@ -66,8 +66,10 @@
 //!   table refuses as a CHECK constraint would ([`RejectRows`]), extra statement latency
 //!   (cancellable), write conflicts ([`WriteConflicts`]) and a cost model for writes
 //!   ([`StatementCost`]: a fixed time plus a time per inserted row, spent between a write's read
-//!   and its commit, so batch-size trade-offs show in benchmarks) and latency on Secrets API calls,
-//!   all changeable at run time from Rust.
+//!   and its commit, so batch-size trade-offs show in benchmarks), latency on Secrets API calls,
+//!   and a window in which every write fails with an error of the caller's choice
+//!   ([`FailingWrites`], e.g. `INTERNAL_ERROR`, SQLSTATE XX000), all changeable at run time
+//!   from Rust. [`Stats::requests`] logs the latest `/api/` calls with the time each arrived.
 //!
 //! ## Command line
 //!
@@ -190,9 +192,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use apps_proxy::{AppsProxy, AppsProxyConfig};
-pub use config::{EmulatorConfig, Faults, RejectRows, StatementCost, WriteConflicts};
+pub use config::{
+    EmulatorConfig, FailingWrites, Faults, RejectRows, StatementCost, WriteConflicts,
+};
 pub use identity::TokenOwner;
-pub use stats::Stats;
+pub use stats::{LoggedRequest, Stats};
 
 /// A running emulator. Dropping it without [`Emulator::shutdown`] leaves the server running
 /// until the runtime stops.

@@ -1,8 +1,9 @@
 //! Request counters, readable by tests through [`crate::Emulator::stats`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use crate::identity::TokenOwner;
 
@@ -33,6 +34,31 @@ pub struct Stats {
     pub commits: u64,
     /// Writes that failed with `DELTA_CONCURRENT_APPEND` (see `WriteConflicts`).
     pub write_conflicts: u64,
+    /// Writes failed by the `failing_writes` fault.
+    pub failed_writes: u64,
+    /// The latest `/api/` calls (at most [`REQUEST_LOG_LEN`]), in the order they were
+    /// answered, each with the time it arrived: to see when callers sent what.
+    pub requests: Vec<LoggedRequest>,
+}
+
+/// How many `/api/` calls [`Stats::requests`] keeps.
+pub const REQUEST_LOG_LEN: usize = 10_000;
+
+/// One `/api/` call as the emulator saw it.
+#[derive(Clone, Debug)]
+pub struct LoggedRequest {
+    /// When it arrived, before any fault or handler.
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+impl LoggedRequest {
+    /// A statement submission (`POST /api/2.0/sql/statements`), answered or refused.
+    pub fn is_statement_submission(&self) -> bool {
+        self.method == "POST" && self.path.trim_end_matches('/') == "/api/2.0/sql/statements"
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +75,8 @@ pub struct Counters {
     pub lost_responses: AtomicU64,
     pub commits: AtomicU64,
     pub write_conflicts: AtomicU64,
+    pub failed_writes: AtomicU64,
+    requests: Mutex<VecDeque<LoggedRequest>>,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -74,6 +102,15 @@ impl Counters {
         *by_owner.entry(owner.clone()).or_default() += 1;
     }
 
+    /// Logs an answered `/api/` call, forgetting the oldest beyond [`REQUEST_LOG_LEN`].
+    pub fn log_request(&self, request: LoggedRequest) {
+        let mut log = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.len() == REQUEST_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(request);
+    }
+
     pub fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
@@ -93,6 +130,14 @@ impl Counters {
             lost_responses: get(&self.lost_responses),
             commits: get(&self.commits),
             write_conflicts: get(&self.write_conflicts),
+            failed_writes: get(&self.failed_writes),
+            requests: self
+                .requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 }

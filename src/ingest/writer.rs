@@ -15,12 +15,13 @@
 //!   MERGE is idempotent and the other writer is done: waiting would only delay the rows;
 //!   conflicts beyond that take the backoff too (`lakegate_batch_conflicts_total` counts
 //!   them all);
-//! * the batch itself (a row breaks a type or a constraint): the batch is halved until
-//!   the rows the table refuses are alone, and those go to the dead-letter table, so one
-//!   bad row never blocks the others;
-//! * the table (dropped, permission revoked), or a refused row that the dead-letter table
-//!   does not take either: the rows are kept and retried with backoff, and [`WriteHealth`](crate::health::WriteHealth)
-//!   says the table is unwritable (`/readyz` unready, devices get 503) until a write works.
+//! * the batch itself, known only by a data error (SQLSTATE class 22 or 23, or a named
+//!   parse, cast or constraint class): the batch is halved until the rows the table
+//!   refuses are alone, and those go to the dead-letter table, so one bad row never
+//!   blocks the others; any other failure, however permanent it looks, keeps the rows;
+//! * the table (dropped, permission revoked), a request the API refuses, or a refused row
+//!   that the dead-letter table does not take either: the rows are kept and retried with
+//!   backoff, and [`WriteHealth`](crate::health::WriteHealth) says the table is unwritable (`/readyz` unready, devices get 503) until a write works.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -302,7 +303,9 @@ impl<S: BatchSink> Writer<S> {
         }
     }
 
-    /// Retries until the batch is committed (`Ok`) or refused for its data (`Err`).
+    /// Retries until the batch is committed (`Ok`) or refused for its data (`Err`, only
+    /// for [`databricks::Error::is_data_error`]: an internal error, an unknown class or a
+    /// refused request keeps the rows and is retried).
     async fn write_until_settled(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
         let mut backoff = Backoff::new();
         let mut conflicts_in_a_row = 0;
@@ -328,9 +331,12 @@ impl<S: BatchSink> Writer<S> {
             } else {
                 conflicts_in_a_row = 0;
             }
+            // Only a known data error is the rows' fault; anything else keeps them.
+            if err.is_data_error() {
+                return Err(err);
+            }
             match err.kind() {
-                FailureKind::Request => return Err(err),
-                FailureKind::Target => {
+                FailureKind::Target | FailureKind::Request => {
                     self.metrics
                         .writes
                         .failing(&err, "the table cannot be written", batch.rows);
@@ -632,6 +638,115 @@ mod tests {
         let (took, counted) = commit_through(unavailable).await;
         assert!(took >= Duration::from_millis(200), "{took:?}");
         assert_eq!(counted, 0);
+    }
+
+    fn failed_statement(message: &str, sql_state: &str) -> databricks::Error {
+        databricks::Error::Statement(databricks::StatementError {
+            statement_id: "s".into(),
+            state: databricks::StatementState::Failed,
+            error_code: Some("BAD_REQUEST".into()),
+            message: Some(format!("{message} SQLSTATE: {sql_state}")),
+            sql_state: Some(sql_state.into()),
+        })
+    }
+
+    /// Fails its first `internal_errors` writes, and its first `rejected_internal_errors`
+    /// dead-letter writes, with `[INTERNAL_ERROR]` (SQLSTATE XX000); refuses every batch
+    /// holding a row whose reading id is `bad` with a constraint violation (SQLSTATE 23001).
+    struct WarehouseSink {
+        internal_errors: std::sync::Mutex<u32>,
+        rejected_internal_errors: std::sync::Mutex<u32>,
+        bad: &'static str,
+        written: std::sync::Mutex<Vec<String>>,
+        rejected: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl WarehouseSink {
+        fn internal_error(left: &std::sync::Mutex<u32>) -> Option<databricks::Error> {
+            let mut left = left.lock().unwrap();
+            (*left > 0).then(|| {
+                *left -= 1;
+                failed_statement("[INTERNAL_ERROR] The warehouse failed.", "XX000")
+            })
+        }
+
+        fn reading_ids(batch: &EncodedBatch) -> Vec<String> {
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&batch.json).unwrap();
+            rows.iter()
+                .map(|row| row["reading_id"].as_str().unwrap().to_owned())
+                .collect()
+        }
+    }
+
+    impl BatchSink for Arc<WarehouseSink> {
+        async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+            if let Some(err) = WarehouseSink::internal_error(&self.internal_errors) {
+                return Err(err);
+            }
+            let ids = WarehouseSink::reading_ids(batch);
+            if ids.iter().any(|id| id == self.bad) {
+                return Err(failed_statement(
+                    "[DELTA_VIOLATE_CONSTRAINT_WITH_VALUES] CHECK constraint violated.",
+                    "23001",
+                ));
+            }
+            self.written.lock().unwrap().extend(ids);
+            Ok(())
+        }
+
+        async fn write_rejected(
+            &self,
+            batch: &EncodedBatch,
+            refusal: &databricks::Error,
+        ) -> Result<(), databricks::Error> {
+            assert!(refusal.is_data_error(), "dead-lettered for {refusal}");
+            if let Some(err) = WarehouseSink::internal_error(&self.rejected_internal_errors) {
+                return Err(err);
+            }
+            self.rejected
+                .lock()
+                .unwrap()
+                .extend(WarehouseSink::reading_ids(batch));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_errors_keep_the_rows_and_only_data_errors_dead_letter() {
+        let sink = Arc::new(WarehouseSink {
+            internal_errors: 3.into(),
+            rejected_internal_errors: 2.into(),
+            bad: "r2",
+            written: std::sync::Mutex::default(),
+            rejected: std::sync::Mutex::default(),
+        });
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let closing = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::new(
+            lanes.remove(0),
+            sink.clone(),
+            settings(10),
+            metrics.clone(),
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+        let rows: Vec<TableRow> = (0..4).map(|i| row("d", &format!("r{i}"), "t", i)).collect();
+        let committed = queue.submit(rows, true).unwrap().unwrap();
+        committed.await.expect("committed").expect("written");
+        let mut written = sink.written.lock().unwrap().clone();
+        written.sort();
+        assert_eq!(
+            written,
+            ["r0", "r1", "r3"],
+            "the internal errors kept every row"
+        );
+        // The dead-letter write's own internal errors were retried, not taken for a refusal.
+        assert_eq!(*sink.rejected.lock().unwrap(), ["r2"]);
+        assert_eq!(*sink.rejected_internal_errors.lock().unwrap(), 0);
+        assert_eq!(metrics.rows_dead_lettered.get(), 1);
+        closing.cancel();
+        task.await.unwrap();
     }
 
     /// Holds every write until released, and records the batches.

@@ -24,3 +24,4 @@ mod relay_entries;
 mod request_id;
 mod resilience;
 mod uploads;
+mod warehouse_failures;

@@ -256,9 +256,11 @@ impl Inner {
     async fn fetch(&self) -> Result<TokenResponse, Error> {
         let endpoint = self.token_endpoint.get_or_init(|| self.discover()).await;
         // Asking twice for a token is harmless, so ambiguous failures are retried too.
-        retry::run(&self.settings.retry, true, || self.request_token(endpoint))
-            .await
-            .map_err(|err| Error::Auth(Box::new(err)))
+        retry::run(&self.settings.retry, true, None, || {
+            self.request_token(endpoint)
+        })
+        .await
+        .map_err(|err| Error::Auth(Box::new(err)))
     }
 
     /// The token endpoint from OIDC discovery, or the well-known path when

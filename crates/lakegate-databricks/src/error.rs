@@ -86,6 +86,12 @@ impl Error {
         matches!(self, Error::Statement(stmt) if stmt.is_write_conflict())
     }
 
+    /// Whether a statement failed because of its rows' data (SQLSTATE class 22 or 23, or
+    /// a named data error class): the only failure for which rows may be set aside.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, Error::Statement(stmt) if stmt.kind() == FailureKind::Request)
+    }
+
     /// What retrying can do about this failure.
     pub fn kind(&self) -> FailureKind {
         match self {
@@ -121,7 +127,9 @@ pub enum FailureKind {
     /// warehouse is missing, permission is denied, the credentials are refused.
     Target,
     /// This request cannot succeed as it is: its data breaks a type or a constraint, it
-    /// does not parse, it is too large. Another request may.
+    /// does not parse, it is too large. Another request may. For a failed statement only
+    /// known data errors (SQLSTATE class 22 or 23, named parse, cast and constraint
+    /// classes); see [`Error::is_data_error`].
     Request,
 }
 
@@ -138,6 +146,32 @@ const TARGET_CLASSES: [&str; 9] = [
     "INSUFFICIENT_PERMISSIONS",
     "UNAUTHORIZED_ACCESS",
 ];
+
+/// Error classes that Databricks documents as the data's fault (SQLSTATE class 22, data
+/// exception, or 23, integrity constraint violation): a value that does not parse, cast
+/// or fit, or a row that breaks a constraint. Named here for failures that arrive
+/// without a SQLSTATE; with one, its class decides. Not here: compile-time errors such
+/// as `DATATYPE_MISMATCH` (42K09), which do not depend on any row's values, so that
+/// splitting the batch would only dead-letter every row.
+const DATA_CLASSES: [&str; 14] = [
+    "DELTA_VIOLATE_CONSTRAINT_WITH_VALUES", // 23001
+    "DELTA_NOT_NULL_CONSTRAINT_VIOLATED",   // 23502
+    "CAST_INVALID_INPUT",                   // 22018
+    "CAST_OVERFLOW",                        // 22003
+    "CAST_OVERFLOW_IN_TABLE_INSERT",        // 22003
+    "NUMERIC_VALUE_OUT_OF_RANGE",           // 22003
+    "ARITHMETIC_OVERFLOW",                  // 22003
+    "DIVIDE_BY_ZERO",                       // 22012
+    "MALFORMED_RECORD_IN_PARSING",          // 22023
+    "CANNOT_PARSE_JSON_FIELD",              // 2203G
+    "CANNOT_PARSE_TIMESTAMP",               // 22007
+    "INVALID_JSON_ROOT_FIELD",              // 22032
+    "INVALID_JSON_SCHEMA_MAP_TYPE",         // 22032
+    "DATETIME_OVERFLOW",                    // 22008
+];
+
+/// SQLSTATE classes of data errors: 22 data exception, 23 integrity constraint violation.
+const DATA_SQLSTATE_CLASSES: [&str; 2] = ["22", "23"];
 
 /// Service error codes of failed statements that a later attempt may not meet.
 const TRANSIENT_CODES: [&str; 5] = [
@@ -268,6 +302,43 @@ impl StatementError {
                 || message.contains("ConcurrentTransactionException"))
     }
 
+    /// The SQLSTATE of a failed statement: `status.sql_state`, else the `SQLSTATE: XXXXX`
+    /// Databricks appends to the message.
+    pub fn sql_state(&self) -> Option<&str> {
+        let from_message = || {
+            let message = self.message.as_deref()?;
+            let (_, after) = message.rsplit_once("SQLSTATE")?;
+            let state = after.trim_start_matches([':', ' ']).get(..5)?;
+            state
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                .then_some(state)
+        };
+        self.sql_state
+            .as_deref()
+            .filter(|state| state.len() == 5)
+            .or_else(from_message)
+    }
+
+    /// Whether the statement failed for its data: SQLSTATE class 22 or 23, or an error
+    /// class Databricks documents as such. Nothing else is the rows' fault.
+    fn failed_for_its_data(&self) -> bool {
+        if self.state != StatementState::Failed {
+            return false;
+        }
+        match self.sql_state() {
+            Some(state) => DATA_SQLSTATE_CLASSES.contains(&&state[..2]),
+            None => {
+                let class = self.error_class().unwrap_or_default();
+                DATA_CLASSES.contains(&class.split('.').next().unwrap_or_default())
+            }
+        }
+    }
+
+    /// Classified by what is known: the target's fault for missing objects and refused
+    /// permissions, the rows' fault only for data errors; everything else (internal
+    /// errors, SQLSTATE classes XX, 08, 40, 53, 57, classes we have never seen) may pass
+    /// and is transient, so that acknowledged rows are never dead-lettered for it.
     fn kind(&self) -> FailureKind {
         if self.state != StatementState::Failed {
             // Cancelled by someone else, or its result expired: running it again can work.
@@ -286,7 +357,10 @@ impl StatementError {
         if TARGET_CLASSES.contains(&family) || TARGET_CODES.contains(&code) {
             return FailureKind::Target;
         }
-        FailureKind::Request
+        if self.failed_for_its_data() {
+            return FailureKind::Request;
+        }
+        FailureKind::Transient
     }
 }
 
@@ -372,10 +446,43 @@ mod tests {
                 Request,
             ),
             ("BAD_REQUEST", "[CAST_INVALID_INPUT] The value", Request),
-            ("INTERNAL_ERROR", "something broke", Request),
+            (
+                "BAD_REQUEST",
+                "[NUMERIC_VALUE_OUT_OF_RANGE.WITH_SUGGESTION] 1e400",
+                Request,
+            ),
+            (
+                "BAD_REQUEST",
+                "[ARITHMETIC_OVERFLOW] long overflow",
+                Request,
+            ),
+            // What we do not know is not the rows' fault: it may pass.
+            ("INTERNAL_ERROR", "something broke", Transient),
+            (
+                "BAD_REQUEST",
+                "[INTERNAL_ERROR] The warehouse failed",
+                Transient,
+            ),
+            (
+                "BAD_REQUEST",
+                "[SOME_CLASS_FROM_NEXT_YEAR] whatever",
+                Transient,
+            ),
+            ("BAD_REQUEST", "no class at all", Transient),
+            // A compile-time type error does not depend on any row: never split for it.
+            (
+                "BAD_REQUEST",
+                "[DATATYPE_MISMATCH.CAST_WITHOUT_SUGGESTION] x",
+                Transient,
+            ),
         ];
         for (code, message, kind) in cases {
             assert_eq!(failed(code, message).kind(), kind, "{message}");
+            assert_eq!(
+                failed(code, message).is_data_error(),
+                kind == Request,
+                "{message}"
+            );
         }
         assert_eq!(
             failed("BAD_REQUEST", "[TABLE_OR_VIEW_NOT_FOUND] x").error_class(),
@@ -393,6 +500,60 @@ mod tests {
             sql_state: None,
         });
         assert_eq!(cancelled.kind(), Transient);
+    }
+
+    fn failed_with_state(message: &str, sql_state: Option<&str>) -> Error {
+        Error::Statement(StatementError {
+            statement_id: "s".into(),
+            state: super::super::wire::StatementState::Failed,
+            error_code: Some("BAD_REQUEST".into()),
+            message: Some(message.into()),
+            sql_state: sql_state.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn the_sqlstate_class_decides_whose_fault_a_failed_statement_is() {
+        use FailureKind::*;
+        let cases = [
+            // Data exceptions and integrity constraint violations: the rows'.
+            ("[ANY_DATA_CLASS] x", Some("22003"), Request),
+            ("[ANY_CONSTRAINT_CLASS] x", Some("23505"), Request),
+            // Internal errors, connection exceptions, transaction rollbacks, insufficient
+            // resources, operator intervention: transient, whatever the class says.
+            ("[INTERNAL_ERROR] x", Some("XX000"), Transient),
+            ("[CAST_INVALID_INPUT] x", Some("XX000"), Transient),
+            ("[CONNECTION_LOST] x", Some("08006"), Transient),
+            ("[SERIALIZATION] x", Some("40001"), Transient),
+            ("[OUT_OF_MEMORY] x", Some("53200"), Transient),
+            ("[QUERY_CANCELED] x", Some("57014"), Transient),
+            ("[UNKNOWN] x", Some("HY000"), Transient),
+            // From the message when the status carries none, as Databricks appends it.
+            (
+                "[INTERNAL_ERROR] The warehouse failed. SQLSTATE: XX000",
+                None,
+                Transient,
+            ),
+            ("[SOMETHING] bad value. SQLSTATE: 22018", None, Request),
+            (
+                "[SOMETHING] x. SQLSTATE: 22018; line 1 pos 7",
+                None,
+                Request,
+            ),
+            // A malformed state falls back to the class.
+            ("[CAST_INVALID_INPUT] x", Some("22"), Request),
+            ("[INTERNAL_ERROR] x", Some("bogus"), Transient),
+            // Target classes keep their meaning whatever the state.
+            ("[TABLE_OR_VIEW_NOT_FOUND] x", Some("42P01"), Target),
+        ];
+        for (message, state, kind) in cases {
+            let err = failed_with_state(message, state);
+            assert_eq!(err.kind(), kind, "{message} {state:?}");
+        }
+        let Error::Statement(stmt) = failed_with_state("[A] x SQLSTATE: XX000", None) else {
+            unreachable!()
+        };
+        assert_eq!(stmt.sql_state(), Some("XX000"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::TokenSource;
 use super::error::{Error, ErrorResponse};
-use super::retry::{self, RetryPolicy};
+use super::retry::{self, RetryPolicy, SharedPause};
 use super::transport::{MAX_API_BODY, MAX_DOWNLOAD_BODY, read_body, read_response};
 
 /// One API call, kept as data so that a retry re-sends exactly the same request.
@@ -93,6 +93,8 @@ pub struct ApiClient {
     host: Arc<str>,
     tokens: Arc<dyn TokenSource>,
     retry: Arc<RetryPolicy>,
+    /// Shared by every clone: a throttling answer to one caller pauses them all.
+    pause: Arc<SharedPause>,
     timeout: Duration,
 }
 
@@ -117,14 +119,18 @@ impl ApiClient {
             host: host.into(),
             tokens,
             retry: Arc::new(retry),
+            pause: Arc::default(),
             timeout,
         }
     }
 
     /// The same connection pool, host and retry policy, authenticating with `tokens`.
+    /// Another identity is throttled on its own: it gets its own pause, so a user's
+    /// queries never hold up the app's writes.
     pub fn with_tokens(&self, tokens: Arc<dyn TokenSource>) -> Self {
         ApiClient {
             tokens,
+            pause: Arc::default(),
             ..self.clone()
         }
     }
@@ -136,7 +142,7 @@ impl ApiClient {
     /// Sends `call` (with retries) and decodes the JSON answer; an empty body reads as `{}`.
     pub async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T, Error> {
         let url = format!("{}{}", self.host, call.path);
-        let body = retry::run(&self.retry, call.retry_ambiguous, || {
+        let body = retry::run(&self.retry, call.retry_ambiguous, Some(&self.pause), || {
             self.attempt(&url, &call)
         })
         .await?;
@@ -192,6 +198,7 @@ impl ApiClient {
                 other => other,
             })
         };
-        retry::run(&self.retry, true, attempt).await
+        // Storage, not the workspace: its throttling is its own.
+        retry::run(&self.retry, true, None, attempt).await
     }
 }

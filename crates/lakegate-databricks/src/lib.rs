@@ -25,7 +25,7 @@ pub use error::{Error, ErrorResponse, FailureKind, StatementError};
 pub use http::{ApiClient, Call};
 #[cfg(feature = "sql")]
 pub use results::{Column, Manifest, ResultRow, StatementResult, Value};
-pub use retry::{RetryPolicy, Schedule, parse_retry_after};
+pub use retry::{MAX_RETRY_AFTER, RetryPolicy, Schedule, parse_retry_after};
 pub use secrets::{SecretMetadata, Secrets};
 #[cfg(feature = "sql")]
 pub use statements::{Param, StatementRequest, Statements};

@@ -1,6 +1,7 @@
 //! Retry policy as data, and the one loop that applies it to every call.
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -20,6 +21,9 @@ pub struct RetryPolicy {
     pub retry_statuses: Vec<u16>,
     /// Retry connection failures and timeouts.
     pub retry_transport: bool,
+    /// The longest a server's `Retry-After` makes a caller wait, and the longest pause it
+    /// imposes on every caller of the client ([`SharedPause`]).
+    pub max_retry_after: Duration,
 }
 
 /// How a failed attempt looks to the policy.
@@ -57,6 +61,7 @@ impl RetryPolicy {
             jitter: true,
             retry_statuses: vec![429, 503],
             retry_transport: true,
+            max_retry_after: MAX_RETRY_AFTER,
         }
     }
 
@@ -101,6 +106,7 @@ impl RetryPolicy {
         Schedule {
             budget: self.budget,
             backoff: backoff.build(),
+            max_retry_after: self.max_retry_after,
         }
     }
 }
@@ -110,28 +116,70 @@ impl RetryPolicy {
 pub struct Schedule {
     budget: Duration,
     backoff: ExponentialBackoff,
+    max_retry_after: Duration,
 }
 
 impl Schedule {
-    /// Wait before the next attempt: the larger of `Retry-After` and the
-    /// backoff, or `None` when that wait would end beyond the budget.
+    /// Wait before the next attempt: the larger of `Retry-After` (capped at the
+    /// policy's `max_retry_after`) and the backoff, or `None` when that wait would end
+    /// beyond the budget.
     pub fn next_wait(
         &mut self,
         elapsed: Duration,
         retry_after: Option<Duration>,
     ) -> Option<Duration> {
         let backoff = self.backoff.next()?;
-        let wait = retry_after.map_or(backoff, |server| server.max(backoff));
+        let server = retry_after.map(|server| server.min(self.max_retry_after));
+        let wait = server.map_or(backoff, |server| server.max(backoff));
         // Saturating: an unbounded budget (Duration::MAX) is never exceeded.
         (elapsed.saturating_add(wait) <= self.budget).then_some(wait)
     }
 }
 
+/// A pause that every caller of one client waits out before its next request. A 429 or
+/// 503 with `Retry-After` announces it: throttling is usually per workspace or warehouse,
+/// so the other callers, sending with the same token, would only be refused too (the
+/// AWS SDKs' adaptive retry mode shares its rate the same way).
+#[derive(Debug, Default)]
+pub struct SharedPause {
+    until: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl SharedPause {
+    /// Pauses every caller until `wait` from now, unless a pause already runs longer.
+    /// Callers cap `wait` (see [`RetryPolicy::max_retry_after`]).
+    pub fn announce(&self, wait: Duration) {
+        let now = tokio::time::Instant::now();
+        let Some(end) = now.checked_add(wait) else {
+            return;
+        };
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        if until.is_none_or(|until| until < end) {
+            *until = Some(end);
+        }
+    }
+
+    /// The end of the pause running now, if one is.
+    pub fn until(&self) -> Option<tokio::time::Instant> {
+        let until = *self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.filter(|until| *until > tokio::time::Instant::now())
+    }
+
+    /// Returns once no pause runs; a pause announced meanwhile is waited out too.
+    pub async fn wait(&self) {
+        while let Some(until) = self.until() {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or the budget runs out;
-/// the last error is returned.
+/// the last error is returned. With `pause`, every attempt first waits out the pause
+/// shared by the client's callers, and a throttling answer extends it for all of them.
 pub(crate) async fn run<T, F, Fut>(
     policy: &RetryPolicy,
     retry_ambiguous: bool,
+    pause: Option<&SharedPause>,
     mut attempt: F,
 ) -> Result<T, Error>
 where
@@ -141,10 +189,16 @@ where
     let started = Instant::now();
     let mut schedule = policy.schedule();
     loop {
+        if let Some(pause) = pause {
+            pause.wait().await;
+        }
         let err = match attempt().await {
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
+        if let (Some(pause), Some(wait)) = (pause, throttled_for(&err)) {
+            pause.announce(wait.min(policy.max_retry_after));
+        }
         let retryable =
             Failure::of(&err).is_some_and(|failure| policy.should_retry(failure, retry_ambiguous));
         let wait = retryable
@@ -158,6 +212,13 @@ where
             None => return Err(err),
         }
     }
+}
+
+/// How long a throttling answer (429 or 503 with `Retry-After`) asks every caller to wait.
+fn throttled_for(err: &Error) -> Option<Duration> {
+    matches!(err.status(), Some(429 | 503))
+        .then(|| err.retry_after())
+        .flatten()
 }
 
 /// The longest `Retry-After` we honour: a server asking for more (a bug, a hostile proxy)
@@ -238,8 +299,14 @@ mod tests {
             // Jitter adds up to one more backoff on top.
             assert!(wait <= policy.max_backoff * 2, "{wait:?}");
         }
-        let asked = Duration::from_secs(120); // longer than any backoff with jitter
-        assert_eq!(schedule.next_wait(a_year, Some(asked)), Some(asked));
+        let asked = Duration::from_secs(50);
+        let wait = schedule.next_wait(a_year, Some(asked)).unwrap();
+        assert!(wait >= asked, "{wait:?}");
+        // Beyond the cap, the cap (or the backoff, up to twice 30 s with jitter).
+        let wait = schedule
+            .next_wait(a_year, Some(Duration::from_secs(3600)))
+            .unwrap();
+        assert_eq!(wait, policy.max_retry_after, "{wait:?}");
     }
 
     #[test]
@@ -268,10 +335,108 @@ mod tests {
         let nearly_spent = policy.budget - Duration::from_millis(500);
         assert_eq!(schedule.next_wait(nearly_spent, None), None);
         let mut schedule = policy.schedule();
+        let half_a_minute_left = policy.budget - Duration::from_secs(30);
         assert_eq!(
-            schedule.next_wait(Duration::ZERO, Some(policy.budget + Duration::from_secs(1))),
+            schedule.next_wait(half_a_minute_left, Some(policy.max_retry_after)),
             None
         );
+    }
+
+    #[test]
+    fn the_cap_on_retry_after_is_the_policys() {
+        let policy = RetryPolicy {
+            max_retry_after: Duration::from_secs(3),
+            ..no_jitter()
+        };
+        let mut schedule = policy.schedule();
+        let wait = schedule.next_wait(Duration::ZERO, Some(Duration::from_secs(50)));
+        assert_eq!(wait, Some(Duration::from_secs(3)));
+    }
+
+    #[tokio::test]
+    async fn a_shared_pause_holds_every_waiter_until_its_end() {
+        let ms = Duration::from_millis;
+        let pause = std::sync::Arc::new(SharedPause::default());
+        assert_eq!(pause.until(), None);
+        pause.announce(ms(600));
+        let first_end = pause.until().expect("a pause runs");
+        // A shorter announcement does not shorten it.
+        pause.announce(ms(100));
+        assert_eq!(pause.until(), Some(first_end));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let pause = pause.clone();
+                tokio::spawn(async move {
+                    pause.wait().await;
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        // A longer one, announced while they wait, holds them all longer.
+        tokio::time::sleep(ms(300)).await;
+        pause.announce(ms(600));
+        let second_end = pause.until().expect("still paused");
+        assert!(second_end > first_end);
+        for waiter in waiters {
+            let woke = waiter.await.unwrap();
+            assert!(woke >= second_end, "woke {:?} early", second_end - woke);
+        }
+        assert_eq!(pause.until(), None);
+        // Once over, waiting costs nothing.
+        tokio::time::timeout(ms(5000), pause.wait())
+            .await
+            .expect("no pause to wait for");
+        // An announcement too long to represent is ignored rather than overflowing.
+        pause.announce(Duration::MAX);
+        assert_eq!(pause.until(), None);
+    }
+
+    #[tokio::test]
+    async fn a_throttled_call_pauses_the_others_for_the_capped_retry_after() {
+        let cap = Duration::from_millis(700);
+        let policy = RetryPolicy {
+            max_retry_after: cap,
+            initial_backoff: Duration::from_millis(10),
+            ..no_jitter()
+        };
+        let pause = SharedPause::default();
+        let throttled = Error::Api(crate::ErrorResponse::from_body(
+            429,
+            b"",
+            Some(Duration::from_secs(3600)),
+        ));
+        let start = tokio::time::Instant::now();
+        let mut answers = vec![throttled];
+        let first = run(&policy, true, Some(&pause), || {
+            let answer = answers.pop();
+            async move { answer.map_or(Ok(()), Err) }
+        });
+        // Another caller, starting once the 429 is in, waits out the same pause.
+        let second = async {
+            let announced = async {
+                while pause.until().is_none() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), announced)
+                .await
+                .expect("the 429 announced a pause");
+            run(&policy, true, Some(&pause), || async { Ok::<_, Error>(()) }).await?;
+            Ok::<_, Error>(tokio::time::Instant::now())
+        };
+        let (first, second) = tokio::join!(first, second);
+        first.unwrap();
+        let waited = second.unwrap() - start;
+        // The cap, not the hour the server asked for.
+        assert!(
+            waited >= cap && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+        // A 500, or a 429 without Retry-After, announces nothing.
+        for (status, retry_after) in [(500, Some(Duration::from_secs(9))), (429, None)] {
+            let err = Error::Api(crate::ErrorResponse::from_body(status, b"", retry_after));
+            assert_eq!(throttled_for(&err), None, "{status}");
+        }
     }
 
     #[test]
@@ -308,11 +473,11 @@ mod tests {
         }
         let next_year = httpdate::fmt_http_date(now + Duration::from_secs(365 * 24 * 3600));
         assert_eq!(parse_retry_after(&next_year, now), Some(MAX_RETRY_AFTER));
-        // Whatever a caller passes, the schedule's arithmetic saturates instead of panicking.
+        // Whatever a caller passes, the schedule caps it and its arithmetic saturates.
         let mut schedule = RetryPolicy::batch_writes().schedule();
         assert_eq!(
             schedule.next_wait(Duration::MAX, Some(Duration::MAX)),
-            Some(Duration::MAX)
+            Some(MAX_RETRY_AFTER)
         );
         let mut schedule = RetryPolicy::api().schedule();
         assert_eq!(schedule.next_wait(Duration::MAX, Some(Duration::MAX)), None);

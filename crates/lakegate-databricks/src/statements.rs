@@ -212,6 +212,8 @@ struct Status {
 struct ServiceError {
     error_code: Option<String>,
     message: Option<String>,
+    /// Some answers carry the SQLSTATE here rather than beside the error.
+    sql_state: Option<String>,
 }
 
 /// Polling starts fast for short statements and settles at a few seconds.
@@ -313,15 +315,16 @@ impl Statements {
                 result,
             ));
         }
-        let (error_code, message) = status
-            .error
-            .map_or((None, None), |error| (error.error_code, error.message));
+        let (error_code, message, error_sql_state) =
+            status.error.map_or((None, None, None), |error| {
+                (error.error_code, error.message, error.sql_state)
+            });
         Err(StatementError {
             statement_id,
             state: status.state,
             error_code,
             message,
-            sql_state: status.sql_state,
+            sql_state: status.sql_state.or(error_sql_state),
         }
         .into())
     }

@@ -1,5 +1,6 @@
 //! The injected faults in force: throttling and an unavailability window on `/api/`,
-//! failing token calls, lost statement answers, refused rows and statement latency.
+//! failing token calls, lost statement answers, refused rows, a window of failing writes
+//! and statement latency.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use axum::http::StatusCode;
 use crate::clock::far_future;
 use crate::config::{Faults, StatementCost, WriteConflicts};
 use crate::error::ErrorReply;
+use crate::sql::SqlError;
 use crate::stats::{Counters, bump};
 
 pub struct FaultState {
@@ -18,6 +20,7 @@ pub struct FaultState {
 struct Active {
     faults: Faults,
     unavailable_until: Option<Instant>,
+    writes_fail_until: Option<Instant>,
     token_failures_left: u32,
     lost_responses_left: u32,
 }
@@ -62,6 +65,16 @@ impl FaultState {
         };
         reject.table.eq_ignore_ascii_case(table)
             && values.any(|value| value.contains(reject.marker.as_str()))
+    }
+
+    /// The error a write reaching its commit now must fail with, if any.
+    pub fn failing_write(&self) -> Option<SqlError> {
+        let active = self.lock();
+        let failing = active.faults.failing_writes.as_ref()?;
+        active
+            .writes_fail_until
+            .is_some_and(|until| Instant::now() < until)
+            .then(|| SqlError::new(failing.class, failing.sql_state, failing.detail))
     }
 
     /// Whether this token call must fail; counts the failure down.
@@ -121,6 +134,11 @@ impl From<Faults> for Active {
             unavailable_until: faults
                 .unavailable_for
                 .map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future)),
+            writes_fail_until: faults.failing_writes.as_ref().map(|f| {
+                Instant::now()
+                    .checked_add(f.window)
+                    .unwrap_or_else(far_future)
+            }),
             token_failures_left: faults.token_failures,
             lost_responses_left: faults.lost_statement_responses,
             faults,

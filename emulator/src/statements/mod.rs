@@ -323,6 +323,10 @@ async fn execute_job(
         .statement_cost()
         .map_or(Duration::ZERO, |cost| cost.of(staged.rows()));
     pause(latency.saturating_add(cost), cancel).await?;
+    if let Some(failure) = app.faults.failing_write() {
+        bump(&app.stats.failed_writes);
+        return Some(Err(failure));
+    }
     if rejected {
         return Some(Err(SqlError::new(
             "DELTA_VIOLATE_CONSTRAINT_WITH_VALUES",
