@@ -32,6 +32,12 @@ fn send(key: &str, args: &[&str], input: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The URL of a port where nothing listens: an upstream that is down.
+fn closed_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -95,11 +101,7 @@ async fn the_spool_keeps_readings_over_an_outage_until_the_next_run() {
     let key = gateway.keys.sensor.clone();
     let spool = temp_dir();
     let spool_dir = spool.path().to_str().unwrap();
-    // Nothing listens here.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let closed = closed_upstream();
 
     // Without a spool the readings are not delivered: exit status 3.
     let lost = send(&key, &["--upstream", &closed, "--timeout", "1"], THREE);
@@ -248,10 +250,7 @@ async fn a_damaged_spool_record_is_moved_aside_and_every_other_reading_lands_onc
     let key = gateway.keys.sensor.clone();
     let spool = temp_dir();
     let spool_dir = spool.path().to_str().unwrap();
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let closed = closed_upstream();
     let ids: Vec<String> = (1..=9).map(|n| format!("sp-{n}")).collect();
     let input: String = ids
         .iter()
