@@ -159,7 +159,7 @@ fn keep_refused(
     let dir = site.spool.dir();
     // Bounded: beyond its share of the spool's budget, the file becomes refused.ndjson.1
     // and the one before that goes (counted).
-    let cap = (site.spool.max_bytes() / REFUSED_SHARE).max(MIN_REFUSED_BYTES);
+    let cap = site.refused_cap;
     match rotate_if_full(dir, cap, lines.len() as u64) {
         Ok(0) => {}
         Ok(discarded) => {
@@ -182,13 +182,6 @@ fn keep_refused(
     }
 }
 
-/// `refused.ndjson` and `refused.ndjson.1` each take at most this share of the spool's
-/// budget.
-const REFUSED_SHARE: u64 = 16;
-
-/// ... but at least this much, so that a small spool still keeps a few refusals.
-const MIN_REFUSED_BYTES: u64 = 64 * 1024;
-
 /// When `more` bytes would take `refused.ndjson` past `cap`, moves it to
 /// `refused.ndjson.1` (replacing the one there); returns how many readings that let go.
 fn rotate_if_full(dir: &std::path::Path, cap: u64, more: u64) -> std::io::Result<u64> {
@@ -209,4 +202,27 @@ fn rotate_if_full(dir: &std::path::Path, cap: u64, more: u64) -> std::io::Result
     };
     std::fs::rename(&current, &previous)?;
     Ok(discarded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_readings_rotate_once_at_their_bound_and_what_goes_is_counted() {
+        let temp = lakegate_testkit::temp_dir();
+        let dir = temp.path();
+        let current = dir.join("refused.ndjson");
+        std::fs::write(&current, "{\"a\":1}\n{\"a\":2}\n").unwrap();
+        // Fits: nothing moves.
+        assert_eq!(rotate_if_full(dir, 100, 10).unwrap(), 0);
+        // Would pass the bound: the file becomes .1, nothing was there to let go.
+        assert_eq!(rotate_if_full(dir, 20, 10).unwrap(), 0);
+        assert!(!current.exists());
+        std::fs::write(&current, "{\"a\":3}\n").unwrap();
+        // Again: the two readings in .1 are let go, and counted.
+        assert_eq!(rotate_if_full(dir, 8, 10).unwrap(), 2);
+        let kept = std::fs::read_to_string(dir.join("refused.ndjson.1")).unwrap();
+        assert_eq!(kept, "{\"a\":3}\n");
+    }
 }

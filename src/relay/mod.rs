@@ -51,6 +51,8 @@ pub(crate) enum SiteError {
 pub(crate) struct Site {
     /// Which devices' readings the relay takes.
     pub(crate) admission: admission::Admission,
+    /// Bytes `refused.ndjson` (and `refused.ndjson.1`) may each take.
+    refused_cap: u64,
     spool: Arc<Spool>,
     upstream: Upstream,
     /// Readings per upstream request.
@@ -81,6 +83,10 @@ pub(crate) struct SiteHealth {
     pub(crate) forwarding: &'static str,
 }
 
+/// `refused.ndjson` and `refused.ndjson.1` each take at most this share of
+/// `LAKEGATE_SPOOL_MAX_BYTES`.
+const REFUSED_SHARE: u64 = 16;
+
 /// Forwarding that keeps failing this long makes the relay unready; blips don't.
 const FORWARDING_GRACE: Duration = Duration::from_secs(30);
 
@@ -90,10 +96,17 @@ impl Site {
         settings: &RelaySettings,
         workspace: Option<&databricks::Config>,
     ) -> Result<Site, SiteError> {
-        let spool = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
+        // The spool's budget holds the refused readings' files too: each takes at most a
+        // sixteenth of it, and the readings not yet forwarded the rest.
+        let refused_cap = settings.spool_max_bytes / REFUSED_SHARE;
+        let spool = Spool::open(
+            &settings.spool_dir,
+            settings.spool_max_bytes - 2 * refused_cap,
+        )?;
         let upstream = Upstream::new(&settings.upstream, settings.key.clone(), workspace)?;
         Ok(Site {
             admission: admission::Admission::new(settings.key.clone()),
+            refused_cap,
             spool: Arc::new(spool),
             upstream,
             batch: settings.batch,
