@@ -54,9 +54,10 @@ impl Activity {
         lock(&self.accepted).add(second, readings);
     }
 
-    /// Readings accepted per second, averaged over the last 60 seconds.
+    /// Readings accepted per second, averaged over the last 60 seconds, to 0.01 (one
+    /// reading in the minute is 0.0167/s; more digits would only be the division's).
     pub fn accepted_per_sec(&self) -> f64 {
-        lock(&self.accepted).per_sec(self.second())
+        round_to(lock(&self.accepted).per_sec(self.second()), 2)
     }
 
     pub fn rejected(&self, device_id: &Arc<str>) {
@@ -95,6 +96,26 @@ impl Activity {
     pub fn batch_latency(&self) -> BatchLatency {
         *lock(&self.batches)
     }
+}
+
+impl BatchLatency {
+    /// The mean latency in milliseconds to 0.1 ms (0 before the first batch).
+    pub fn avg_ms(&self) -> f64 {
+        match self.committed {
+            0 => 0.0,
+            n => round_to(self.total.as_secs_f64() * 1000.0 / n as f64, 1),
+        }
+    }
+
+    /// The last batch's latency in whole milliseconds.
+    pub fn last_ms(&self) -> f64 {
+        round_to(self.last.as_secs_f64() * 1000.0, 0)
+    }
+}
+
+fn round_to(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 /// Counters are plain numbers, so a panic elsewhere cannot leave them inconsistent.
@@ -197,5 +218,19 @@ mod tests {
                 last: Duration::from_millis(10),
             }
         );
+    }
+
+    #[test]
+    fn latencies_and_rates_are_rounded_for_people() {
+        let activity = Activity::default();
+        assert_eq!(activity.batch_latency().avg_ms(), 0.0);
+        activity.batch_committed(Duration::from_micros(30_456));
+        activity.batch_committed(Duration::from_micros(10_123));
+        activity.batch_committed(Duration::from_micros(10_000));
+        let batches = activity.batch_latency();
+        assert_eq!(batches.avg_ms(), 16.9);
+        assert_eq!(batches.last_ms(), 10.0);
+        activity.accepted(7);
+        assert_eq!(activity.accepted_per_sec(), 0.12);
     }
 }

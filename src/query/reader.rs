@@ -224,13 +224,7 @@ fn point(row: &ResultRow) -> Result<Point, Error> {
     else {
         return Err(unexpected("series", row));
     };
-    Ok(Point {
-        t: *t,
-        min: *min,
-        avg: *avg,
-        max: *max,
-        count: *count,
-    })
+    Ok(Point::new(*t, *min, *avg, *max, *count))
 }
 
 /// The same columns as [`point`], from Arrow (timestamps in microseconds).
@@ -244,13 +238,13 @@ fn points_of_batch(batch: &RecordBatch) -> Result<Vec<Point>, Error> {
         .map(|i| {
             let t = DateTime::from_timestamp_micros(t.value(i))
                 .ok_or_else(|| Error::Decode("series: bucket time out of range".into()))?;
-            Ok(Point {
+            Ok(Point::new(
                 t,
-                min: min.value(i),
-                avg: avg.value(i),
-                max: max.value(i),
-                count: count.value(i),
-            })
+                min.value(i),
+                avg.value(i),
+                max.value(i),
+                count.value(i),
+            ))
         })
         .collect()
 }

@@ -288,7 +288,6 @@ pub async fn stats(State(app): State<AppState>, reader: Reader) -> Result<Json<S
     let rejected_by_reason =
         metrics.rejected_by_reason(RejectReason::ALL.iter().map(RejectReason::as_str));
     let batches = metrics.activity.batch_latency();
-    let millis = |duration: std::time::Duration| duration.as_secs_f64() * 1000.0;
     Ok(Json(Stats {
         uptime_secs: metrics.activity.uptime().as_secs(),
         readings_accepted_total: metrics.readings_accepted.get(),
@@ -299,11 +298,8 @@ pub async fn stats(State(app): State<AppState>, reader: Reader) -> Result<Json<S
         batches_committed: batches.committed,
         batch_failures: metrics.batch_failures(),
         rows_dead_lettered: metrics.rows_dead_lettered.get(),
-        batch_latency_ms_avg: match batches.committed {
-            0 => 0.0,
-            n => millis(batches.total) / n as f64,
-        },
-        batch_latency_ms_last: millis(batches.last),
+        batch_latency_ms_avg: batches.avg_ms(),
+        batch_latency_ms_last: batches.last_ms(),
         devices_in_registry: app.keys.current().device_count(),
     }))
 }
