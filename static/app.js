@@ -77,6 +77,10 @@ const state = {
   clockOffset: 0,
   device: null,
   metric: null,
+  /** The metric chosen in the select, kept across devices that have it. */
+  chosenMetric: null,
+  /** device id -> its default metric, worked out once from its latest readings. */
+  defaultMetrics: new Map(),
   range: "1h",
   series: null,
   lastSuccess: null,
@@ -208,6 +212,7 @@ function renderDevices() {
     nameCell.scope = "row";
     const button = el("button", device.device_id, "device");
     button.type = "button";
+    button.title = device.device_id;
     button.setAttribute("aria-pressed", String(selected));
     button.addEventListener("click", () => selectDevice(device.device_id));
     nameCell.append(button);
@@ -269,22 +274,68 @@ function metricsOf(deviceId) {
   return device && Array.isArray(device.metrics) ? device.metrics : [];
 }
 
-/** Keeps the selection valid: the first device and its first metric by default. */
-function reconcileSelection() {
+/** Readings looked at to pick a device's default metric. */
+const SAMPLE_READINGS = 200;
+
+/**
+ * The metric to chart first: the numeric one in most of the device's latest readings,
+ * preferring any that is not 0/1 only (a boolean is a poor first view); the first name
+ * when none is numeric.
+ */
+async function defaultMetric(deviceId) {
+  const metrics = metricsOf(deviceId);
+  if (state.defaultMetrics.has(deviceId)) {
+    const known = state.defaultMetrics.get(deviceId);
+    if (metrics.includes(known)) return known;
+  }
+  let readings = [];
+  try {
+    const body = await api(`api/devices/${encodeURIComponent(deviceId)}/latest?limit=${SAMPLE_READINGS}`);
+    readings = Array.isArray(body.readings) ? body.readings : [];
+  } catch {
+    // Without a sample the first name will do; the series request reports the failure.
+  }
+  const counts = new Map();
+  for (const reading of readings) {
+    for (const [name, value] of Object.entries(reading.metrics || {})) {
+      if (typeof value !== "number" || !metrics.includes(name)) continue;
+      const count = counts.get(name) ?? { readings: 0, boolean: true };
+      count.readings += 1;
+      count.boolean &&= value === 0 || value === 1;
+      counts.set(name, count);
+    }
+  }
+  const ranked = Array.from(counts)
+    .sort(([nameA, a], [nameB, b]) => (a.boolean - b.boolean) || (b.readings - a.readings)
+      || nameA.localeCompare(nameB));
+  const chosen = ranked[0]?.[0] ?? metrics[0] ?? null;
+  if (readings.length) state.defaultMetrics.set(deviceId, chosen);
+  return chosen;
+}
+
+/** Keeps the selection valid: the first device, and the metric chosen or its default. */
+async function reconcileSelection() {
   const ids = state.devices.map((d) => d.device_id);
   if (!ids.includes(state.device)) state.device = ids[0] ?? null;
-  const metrics = metricsOf(state.device);
-  if (!metrics.includes(state.metric)) state.metric = metrics[0] ?? null;
+  const device = state.device;
+  const metrics = metricsOf(device);
+  if (metrics.includes(state.chosenMetric)) state.metric = state.chosenMetric;
+  else if (!metrics.includes(state.metric)) {
+    const metric = device === null ? null : await defaultMetric(device);
+    if (device !== state.device) return; // another device was picked meanwhile
+    state.metric = metric;
+  }
   fillSelect($("device-select"), ids, state.device);
   fillSelect($("metric-select"), metrics, state.metric);
 }
 
-function selectDevice(deviceId) {
+async function selectDevice(deviceId) {
   if (deviceId === state.device) return;
   state.device = deviceId;
-  reconcileSelection();
+  state.metric = null;
   renderDevices();
-  loadSeries();
+  await reconcileSelection();
+  if (deviceId === state.device) loadSeries();
 }
 
 // ---- the chart ----
@@ -341,6 +392,39 @@ function timeTicks(from, to, width) {
   return { ticks, label };
 }
 
+/** The browser's time zone, as the chart's axis and the table name it: "UTC" or "Europe/Paris, UTC+01:00". */
+function zoneName(at = Date.now()) {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  const offset = -new Date(at).getTimezoneOffset();
+  if (offset === 0 && (!zone || /^(Etc\/)?(UTC|GMT|UCT|Zulu|Universal)$/.test(zone))) return "UTC";
+  const sign = offset < 0 ? "-" : "+";
+  const hours = String(Math.floor(Math.abs(offset) / 60)).padStart(2, "0");
+  const minutes = String(Math.abs(offset) % 60).padStart(2, "0");
+  const utc = `UTC${sign}${hours}:${minutes}`;
+  return zone ? `${zone}, ${utc}` : utc;
+}
+
+/** A gap longer than this many buckets breaks the line (shorter ones are joined). */
+const JOIN_BUCKETS = 3;
+
+/**
+ * Runs of points drawn as one line: a gap breaks it only when it is longer than
+ * JOIN_BUCKETS buckets and than twice the usual spacing, so a device that reports every
+ * few buckets still draws a line.
+ */
+function runsOf(points, bucketMs) {
+  const gaps = points.slice(1).map((p, i) => p.time - points[i].time).sort((a, b) => a - b);
+  const usual = gaps.length ? gaps[Math.floor(gaps.length / 2)] : bucketMs;
+  const longest = Math.max(JOIN_BUCKETS * bucketMs, 2 * usual);
+  const runs = [];
+  for (const p of points) {
+    const run = runs[runs.length - 1];
+    if (run && p.time - run[run.length - 1].time <= longest) run.push(p);
+    else runs.push([p]);
+  }
+  return runs;
+}
+
 function svg(tag, attributes, text) {
   const node = document.createElementNS(SVG, tag);
   for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
@@ -354,6 +438,7 @@ function renderChart() {
   const tableBody = $("points-table").tBodies[0];
   container.replaceChildren();
   tableBody.replaceChildren();
+  $("points-zone").textContent = `(${zoneName()})`;
 
   if (!state.device || !state.metric) {
     caption.textContent = state.devices.length ? "Choose a device and a metric." : "No device to chart yet.";
@@ -375,7 +460,7 @@ function renderChart() {
   const width = Math.max(280, Math.round(container.clientWidth || 640));
   drawnWidth = width;
   const height = width < 560 ? 220 : 300;
-  const margin = { top: 14, right: 16, bottom: 30, left: 60 };
+  const margin = { top: 14, right: 16, bottom: 46, left: 60 };
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
 
@@ -416,20 +501,18 @@ function renderChart() {
     xAxis.append(svg("line", { x1: px, x2: px, y1: margin.top + plotH, y2: margin.top + plotH + 5 }));
     // Labels near the ends stay inside the drawing.
     const anchor = px > width - 40 ? "end" : px < 40 ? "start" : "middle";
-    xAxis.append(svg("text", { x: px, y: height - 8, "text-anchor": anchor }, times.label(t)));
+    xAxis.append(svg("text", { x: px, y: margin.top + plotH + 20, "text-anchor": anchor }, times.label(t)));
   }
+  // The ticks are the browser's local times: say which zone they are in.
+  xAxis.append(svg("text", { class: "zone", x: width - margin.right, y: height - 6, "text-anchor": "end" },
+    `Time (${zoneName(to)})`));
   xAxis.append(svg("line", {
     x1: margin.left, x2: width - margin.right, y1: margin.top + plotH, y2: margin.top + plotH,
   }));
   root.append(grid, xAxis, yAxis);
 
-  // Runs of consecutive buckets: the band and the line break where buckets are missing.
-  const runs = [];
-  for (const p of points) {
-    const run = runs[runs.length - 1];
-    if (run && p.time - run[run.length - 1].time <= bucketMs * 1.5) run.push(p);
-    else runs.push([p]);
-  }
+  // The band and the line break only where readings are missing for a while.
+  const runs = runsOf(points, bucketMs);
   const halfBucket = Math.max(2, ((bucketMs / (to - from)) * plotW) / 2);
   const band = runs
     .map((run) => {
@@ -536,7 +619,7 @@ async function refresh() {
     if (Number.isFinite(generated)) state.clockOffset = generated - Date.now();
     state.devices = Array.isArray(body.devices) ? body.devices : [];
     state.truncated = Boolean(body.truncated);
-    reconcileSelection();
+    await reconcileSelection();
     renderDevices();
   } else {
     errors.push(`devices: ${devices.reason.message}`);
@@ -559,6 +642,7 @@ async function refresh() {
 $("device-select").addEventListener("change", (event) => selectDevice(event.target.value));
 $("metric-select").addEventListener("change", (event) => {
   state.metric = event.target.value;
+  state.chosenMetric = state.metric;
   loadSeries();
 });
 for (const radio of document.querySelectorAll('input[name="range"]')) {

@@ -21,9 +21,15 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long one browser run may take before the test gives up on it.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Minutes ago (from the start of the current minute) of the readings of sensor-1:
-/// every one in its own 1-minute bucket of the page's default range (the last hour),
-/// in runs of consecutive buckets (a line) and alone (a bar).
-const MINUTES_AGO: [i64; 12] = [2, 3, 4, 5, 20, 21, 22, 23, 40, 41, 42, 57];
+/// every one in its own 1-minute bucket of the page's default range (the last hour):
+/// consecutive buckets, buckets two apart (still one line) and one alone (a bar).
+const MINUTES_AGO: [i64; 12] = [2, 3, 4, 5, 20, 22, 24, 26, 40, 41, 42, 57];
+/// The lines the chart draws for MINUTES_AGO: 2-5, 20-26, 40-42 and 57 on its own.
+const LINES: usize = 4;
+/// The browser's zone in the test, not UTC, so the axis must say which it is (one
+/// without summer time and that ICU does not rename).
+const BROWSER_ZONE: &str = "Asia/Tokyo";
+const BROWSER_ZONE_NAME: &str = "Asia/Tokyo, UTC+09:00";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_page_lists_devices_and_draws_the_series() {
@@ -59,17 +65,26 @@ async fn the_fleet_page_lists_devices_and_draws_the_series() {
         devices.text().await.unwrap_or_default()
     );
 
-    // sensor-1: two readings in each of 12 minutes of the last hour; humidity is its
-    // first metric (sorted), so the page charts it without a click.
+    // sensor-1: two readings in each of 12 minutes of the last hour. The page charts
+    // temperature without a click: door_open (first by name) is in as many readings but
+    // only 0/1, humidity (before temperature by name) is in half of them.
     let minute = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
     let mut readings = Vec::new();
     for (i, ago) in MINUTES_AGO.iter().enumerate() {
         let bucket = minute - Span::minutes(*ago);
         for (second, offset) in [(10, 0.0), (40, 2.0)] {
+            let mut metrics = json!({
+                "temperature": 40.0 + i as f64 + offset,
+                "door_open": second == 10,
+                "state": "idle",
+            });
+            if second == 10 {
+                metrics["humidity"] = json!(55);
+            }
             readings.push(json!({
                 "id": format!("r-{i}-{second}"),
                 "ts": rfc3339(bucket + Span::seconds(second)),
-                "metrics": {"humidity": 40.0 + i as f64 + offset, "temperature": 20.5, "state": "idle"},
+                "metrics": metrics,
             }));
         }
     }
@@ -80,16 +95,57 @@ async fn the_fleet_page_lists_devices_and_draws_the_series() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["accepted"], 24, "{body}");
+    // sensor-2: three readings in one minute three hours ago, whose average has no end.
+    let long_ago = minute - Span::hours(3);
+    let pressures: Vec<_> = [1.2, 1.3, 1.5]
+        .iter()
+        .enumerate()
+        .map(|(i, pressure)| {
+            json!({"ts": rfc3339(long_ago + Span::seconds(i as i64)), "metrics": {"pressure": pressure}})
+        })
+        .collect();
     let (status, body) = gateway
-        .post_json(
-            &gateway.keys.other,
-            &json!({"ts": rfc3339(Utc::now() - Span::hours(3)), "metrics": {"pressure": 1.2}}),
-        )
+        .post_json(&gateway.keys.other, &json!(pressures))
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // What the API answers is rounded at the source: times to the millisecond, the
+    // average to the values' decimals plus two, latencies to 0.1 ms and 1 ms.
+    let read = async |path: &str| {
+        let response = gateway
+            .http
+            .get(format!("{}{path}", gateway.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let devices = read("/api/devices").await;
+    let generated_at = devices["generated_at"].as_str().unwrap();
+    let fraction = generated_at
+        .split_once('.')
+        .map_or("", |(_, fraction)| fraction.trim_end_matches('Z'));
+    assert!(fraction.len() <= 3, "to the millisecond: {generated_at}");
+    let series = read(&format!(
+        "/api/devices/sensor-2/series?metric=pressure&bucket=1m&from={}&to={}",
+        rfc3339(long_ago - Span::minutes(5)),
+        rfc3339(long_ago + Span::minutes(5)),
+    ))
+    .await;
+    assert_eq!(series["points"][0]["avg"], 1.333, "{series}");
+    assert_eq!(series["points"][0]["count"], 3, "{series}");
+    let stats = read("/api/stats").await;
+    let avg_ms = stats["batch_latency_ms_avg"].as_f64().unwrap();
+    let last_ms = stats["batch_latency_ms_last"].as_f64().unwrap();
+    assert!(
+        avg_ms > 0.0 && (avg_ms * 10.0).fract() == 0.0 && last_ms.fract() == 0.0,
+        "{stats}"
+    );
+
     let url = format!("{}/#token={token}", gateway.url);
-    let dom = chromium(&["--dump-dom".to_owned(), url.clone()]).await;
+    let dom = chromium_in(BROWSER_ZONE, &["--dump-dom".to_owned(), url.clone()]).await;
 
     // The page loaded, read the API without errors, and removed nothing it should keep.
     assert!(
@@ -117,7 +173,10 @@ async fn the_fleet_page_lists_devices_and_draws_the_series() {
         "sensor-1 is selected: {row}"
     );
     assert!(row.contains("badge reporting"), "sensor-1 reports: {row}");
-    assert!(row.contains("humidity, state, temperature"), "{row}");
+    assert!(
+        row.contains("door_open, humidity, state, temperature"),
+        "{row}"
+    );
     assert!(
         row.contains("<td class=\"num\">24</td><td class=\"num\">24</td>"),
         "24 readings in the last hour and day: {row}"
@@ -148,19 +207,52 @@ async fn the_fleet_page_lists_devices_and_draws_the_series() {
             && first_point.contains("data-count=\"2\""),
         "the oldest bucket ({oldest}) aggregates its two readings: {first_point}"
     );
-    assert!(dom.contains("class=\"avg\""), "the average line is drawn");
     assert!(dom.contains("class=\"band\""), "the min-max band is drawn");
+    // Buckets two apart are one line; only the long gaps break it.
+    let line = excerpt(&dom, "class=\"avg\"");
+    let line = &line[..line.find('>').expect("the average line is drawn")];
+    assert_eq!(line.matches('M').count(), LINES, "lines drawn: {line}");
+
+    // What the user reads: the metric charted, the axis's zone, what the panel counts.
+    let caption = excerpt(&dom, "id=\"chart-caption\"");
+    assert!(
+        caption
+            .starts_with("id=\"chart-caption\" class=\"muted\">temperature of sensor-1, last 1 h:"),
+        "temperature, the numeric metric in most readings, is charted first: {caption}"
+    );
+    let zone = format!("Time ({BROWSER_ZONE_NAME})");
+    assert!(
+        excerpt(&dom, "class=\"zone\"").contains(&format!(">{zone}</text>")),
+        "the time axis names the browser's zone ({zone}):\n{}",
+        excerpt(&dom, "class=\"axis x-axis\"")
+    );
+    assert!(
+        dom.contains(&format!(
+            "id=\"points-zone\" class=\"nowrap\">({BROWSER_ZONE_NAME})<"
+        )),
+        "the table of points names the zone too"
+    );
+    let panel = excerpt(&dom, "id=\"gateway-title\"");
+    assert!(
+        panel.starts_with(
+            "id=\"gateway-title\">Gateway <small class=\"muted\">since this process started</small>"
+        ),
+        "the gateway panel says it counts this process only: {panel}"
+    );
 
     // A screenshot for people (artifacts/ is git-ignored).
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let png = artifacts.join("fleet-page.png");
     let _ = std::fs::remove_file(&png);
-    chromium(&[
-        format!("--screenshot={}", png.display()),
-        "--window-size=1280,900".to_owned(),
-        url,
-    ])
+    chromium_in(
+        BROWSER_ZONE,
+        &[
+            format!("--screenshot={}", png.display()),
+            "--window-size=1280,900".to_owned(),
+            url,
+        ],
+    )
     .await;
     let size = std::fs::metadata(&png)
         .map(|m| m.len())
@@ -184,8 +276,9 @@ fn excerpt<'a>(text: &'a str, needle: &str) -> &'a str {
     &text[at..end]
 }
 
-/// Runs headless Chromium with its own profile; returns its standard output.
-async fn chromium(args: &[String]) -> String {
+/// Runs headless Chromium in time zone `zone` with its own profile; returns its
+/// standard output.
+async fn chromium_in(zone: &str, args: &[String]) -> String {
     let dir = lakegate_testkit::temp_dir();
     let profile = dir.path().join("profile");
     let out_path = dir.path().join("stdout");
@@ -204,6 +297,7 @@ async fn chromium(args: &[String]) -> String {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
+        .env("TZ", zone)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
