@@ -882,8 +882,8 @@ async fn a_devices_resend_is_a_success_not_a_refusal() {
 async fn a_request_whose_records_cannot_fit_is_refused_alone() {
     let site = Site::new();
     let gateway = site.gateway().await;
-    // Room for 80 KB of records. A request of 1,000 short readings is a 35 KB body, but
-    // its records (each with its device, derived id and full timestamp) take far more.
+    // A spool of 80 KB. A request of 1,000 short readings is a 35 KB body, but its
+    // records (each with its device, derived id and full timestamp) take far more.
     let relay = site.relay(&gateway.url, &[("LAKEGATE_SPOOL_MAX_BYTES", "80000")]);
     let start_ms: u64 = 1_764_590_400_000;
     let many: Vec<Json> = (0..1000)
@@ -891,14 +891,15 @@ async fn a_request_whose_records_cannot_fit_is_refused_alone() {
         .collect();
     let body = Json::Array(many);
     assert!(body.to_string().len() < 80_000);
-    let (status, answer) = relay.post(site.key("pump-1"), &body).await;
+    let (status, answer) = relay.post(site.key("pump-4"), &body).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["error"], "spool_full");
 
-    // The spooler is not wedged: every other request goes through and lands.
+    // The spooler is not wedged: every other request goes through and lands (from the
+    // other pumps: pump-4 spent its burst at the relay on the refused request).
     let mut acknowledged = BTreeSet::new();
     for n in 0..5 {
-        let (device, key) = &site.devices[n % 4];
+        let (device, key) = &site.devices[n % 3];
         let id = format!("after-{n}");
         let (status, answer) = relay.post(key, &json!([reading(&id, n, 1.0)])).await;
         assert_eq!(status, 202, "{answer}");
