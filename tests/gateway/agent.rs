@@ -123,7 +123,7 @@ async fn the_spool_keeps_readings_over_an_outage_until_the_next_run() {
     );
     assert_eq!(spooled.status.code(), Some(0), "{}", stderr(&spooled));
     assert!(
-        stderr(&spooled).contains("1 spooled batches wait"),
+        stderr(&spooled).contains("1 spooled batch waits"),
         "{}",
         stderr(&spooled)
     );
