@@ -381,7 +381,7 @@ fn send(args: SendArgs) -> ExitCode {
         Ok(report) => report,
         Err(err) => {
             eprintln!("error: {err}");
-            return ExitCode::from(3);
+            return ExitCode::from(err.exit_code());
         }
     };
     for line in report.skipped.iter().chain(&report.refused) {
