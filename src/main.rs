@@ -381,27 +381,34 @@ fn send(args: SendArgs) -> ExitCode {
         Ok(report) => report,
         Err(err) => {
             eprintln!("error: {err}");
-            return ExitCode::from(3);
+            return ExitCode::from(err.exit_code());
         }
     };
     for line in report.skipped.iter().chain(&report.refused) {
         eprintln!("refused: {line}");
     }
+    let readings = |n: usize| lakegate_device::counted(n as u64, "reading", "readings");
     eprintln!(
-        "{} readings read: {} committed, {} refused, {} input lines skipped",
-        report.read,
+        "{} read: {} committed, {} refused, {} skipped",
+        readings(report.read),
         report.committed,
         report.refused.len(),
-        report.skipped.len()
+        lakegate_device::counted(report.skipped.len() as u64, "input line", "input lines"),
     );
     if let Some(dir) = spool {
-        eprintln!(
-            "{} spooled batches wait in {dir} for the next run",
-            report.spooled
-        );
+        let waiting = match report.spooled {
+            1 => "1 spooled batch waits".to_owned(),
+            n => format!("{n} spooled batches wait"),
+        };
+        eprintln!("{waiting} in {dir} for the next run");
     }
     if report.undelivered > 0 {
-        eprintln!("{} readings were NOT delivered", report.undelivered);
+        let verb = if report.undelivered == 1 {
+            "was"
+        } else {
+            "were"
+        };
+        eprintln!("{} {verb} NOT delivered", readings(report.undelivered));
     }
     if let Some(why) = &report.stopped {
         eprintln!("stopped: {why}");

@@ -552,7 +552,7 @@ function renderChart() {
       "data-count": p.count,
     });
     circle.append(svg("title", {},
-      `${when}: avg ${formatNumber(p.avg, 3)} (min ${formatNumber(p.min, 3)}, max ${formatNumber(p.max, 3)}, ${integer.format(p.count)} readings)`));
+      `${when}: avg ${formatNumber(p.avg, 3)} (min ${formatNumber(p.min, 3)}, max ${formatNumber(p.max, 3)}, ${integer.format(p.count)} ${p.count === 1 ? "reading" : "readings"})`));
     dots.append(circle);
 
     const row = document.createElement("tr");

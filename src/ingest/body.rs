@@ -105,7 +105,10 @@ pub enum BodyError {
     UnsupportedEncoding(String),
     #[error("unsupported Content-Type {0}: send application/json or application/x-ndjson in UTF-8")]
     UnsupportedMediaType(String),
-    #[error("body is larger than {limit} bytes (after decompression)")]
+    #[error(
+        "body is larger than {limit} bytes (after decompression), the limit \
+         LAKEGATE_MAX_BODY_BYTES sets; send fewer readings per request"
+    )]
     TooLarge { limit: usize },
     #[error("body is not valid gzip: {0}")]
     BadEncoding(String),
@@ -117,7 +120,11 @@ pub enum BodyError {
     },
     #[error("the body holds no readings")]
     Empty,
-    #[error("more than {limit} readings in one request")]
+    #[error(
+        "more than {} in one request, the limit LAKEGATE_MAX_READINGS_PER_REQUEST sets; \
+         send fewer readings per request",
+        lakegate_device::counted(*limit as u64, "reading", "readings")
+    )]
     TooManyReadings { limit: usize },
 }
 
@@ -794,8 +801,26 @@ mod tests {
                 (err.code().status().as_u16(), err.code().as_str()),
                 (413, "too_many_readings")
             );
-            assert_eq!(err.to_string(), "more than 5 readings in one request");
+            assert!(
+                err.to_string().starts_with(
+                    "more than 5 readings in one request, the limit \
+                                  LAKEGATE_MAX_READINGS_PER_REQUEST sets"
+                ),
+                "{err}"
+            );
         }
+    }
+
+    #[test]
+    fn limits_name_their_settings_and_count_in_english() {
+        let one = BodyError::TooManyReadings { limit: 1 }.to_string();
+        assert!(
+            one.starts_with("more than 1 reading in one request"),
+            "{one}"
+        );
+        assert!(one.contains("LAKEGATE_MAX_READINGS_PER_REQUEST"), "{one}");
+        let large = BodyError::TooLarge { limit: 10 }.to_string();
+        assert!(large.contains("LAKEGATE_MAX_BODY_BYTES"), "{large}");
     }
 
     #[test]

@@ -20,8 +20,10 @@ pub(crate) use queue::{
     IngestQueue, QueueCapacity, QueueError, Reservation, Submission, Unwritten,
 };
 pub(crate) use reading::is_name_char;
-pub(crate) use rejection::RejectReason;
+pub(crate) use rejection::{RejectReason, excerpt};
 pub(crate) use relayed::RelayedDevices;
-pub(crate) use request::{ParsedRequest, RejectedReading, parse_relayed_request, parse_request};
+pub(crate) use request::{
+    ParsedRequest, RejectedReading, notes_on, parse_relayed_request, parse_request,
+};
 pub(crate) use sink::StatementSink;
 pub(crate) use writer::{BatchSettings, Writer};

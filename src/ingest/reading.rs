@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
@@ -170,54 +170,88 @@ fn parse_id(id: Value, max_len: usize) -> Result<String, Rejection> {
 }
 
 fn parse_ts(ts: Option<Value>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
-    let ts = match ts {
-        None => return Err(Rejection::new(RejectReason::MissingTs, "ts is missing")),
-        Some(Value::String(text)) => parse_rfc3339(&text)?,
-        Some(Value::Number(number)) => from_epoch_millis(&number)?,
-        Some(other) => {
-            return Err(invalid_ts(format!(
-                "ts must be an RFC 3339 string or epoch milliseconds, found {}",
-                type_name(&other)
-            )));
-        }
-    };
-    check_ts_range(ts, now)
+    match ts {
+        None => Err(Rejection::new(RejectReason::MissingTs, "ts is missing")),
+        Some(Value::String(text)) => check_ts_range(parse_rfc3339(&text)?, now),
+        Some(Value::Number(number)) => from_epoch_millis(&number, now),
+        Some(other) => Err(invalid_ts(format!(
+            "ts must be an RFC 3339 string or epoch milliseconds, found {}",
+            type_name(&other)
+        ))),
+    }
 }
 
 fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, Rejection> {
     DateTime::parse_from_rfc3339(text)
         .map(|ts| ts.with_timezone(&Utc))
         .map_err(|err| {
+            let hint = if is_zoneless(text) {
+                "it has no time zone: add a time zone (Z or +hh:mm)".to_owned()
+            } else {
+                err.to_string()
+            };
             invalid_ts(format!(
-                "ts {} is not an RFC 3339 timestamp ({err})",
+                "ts {} is not an RFC 3339 timestamp ({hint})",
                 excerpt(text)
             ))
         })
 }
 
-fn from_epoch_millis(number: &Number) -> Result<DateTime<Utc>, Rejection> {
+/// A date and time without an offset, as many loggers write local time.
+fn is_zoneless(text: &str) -> bool {
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .any(|format| NaiveDateTime::parse_from_str(text, format).is_ok())
+}
+
+fn from_epoch_millis(number: &Number, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
     if number.is_f64() {
         return Err(invalid_ts(format!(
             "ts {number} must be whole epoch milliseconds, without fraction or exponent"
         )));
     }
-    match number.as_i64() {
-        Some(millis) if millis < 0 => Err(invalid_ts(format!(
+    let too_large = |hint: &str| {
+        invalid_ts(format!(
+            "ts {number} is too large for epoch milliseconds{hint}"
+        ))
+    };
+    let Some(millis) = number.as_i64() else {
+        return Err(too_large(""));
+    };
+    if millis < 0 {
+        return Err(invalid_ts(format!(
             "ts {number} is negative; epoch milliseconds count from 1970"
-        ))),
-        millis => millis
-            .and_then(DateTime::from_timestamp_millis)
-            .ok_or_else(|| invalid_ts(format!("ts {number} is too large for epoch milliseconds"))),
+        )));
+    }
+    match DateTime::from_timestamp_millis(millis) {
+        None => Err(too_large(unit_hint(millis, now))),
+        Some(ts) => check_ts_range(ts, now).map_err(|mut rejection| {
+            rejection.message.push_str(unit_hint(millis, now));
+            rejection
+        }),
+    }
+}
+
+/// For a number out of range as epoch milliseconds: the unit it is plausible in.
+fn unit_hint(number: i64, now: DateTime<Utc>) -> &'static str {
+    let plausible = |ts: Option<DateTime<Utc>>| {
+        ts.is_some_and(|ts| (EARLIEST_TS..=now + MAX_CLOCK_AHEAD).contains(&ts))
+    };
+    if plausible(DateTime::from_timestamp(number, 0)) {
+        " (numeric ts are epoch milliseconds; this looks like seconds)"
+    } else if plausible(DateTime::from_timestamp_micros(number)) {
+        " (numeric ts are epoch milliseconds; this looks like microseconds)"
+    } else if plausible(Some(DateTime::from_timestamp_nanos(number))) {
+        " (numeric ts are epoch milliseconds; this looks like nanoseconds)"
+    } else {
+        " (numeric ts are epoch milliseconds)"
     }
 }
 
 fn check_ts_range(ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
     let show = |at: DateTime<Utc>| at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     let problem = if ts < EARLIEST_TS {
-        format!(
-            "is before {} (numeric ts are epoch milliseconds, not seconds)",
-            show(EARLIEST_TS)
-        )
+        format!("is before {}", show(EARLIEST_TS))
     } else if ts > now + MAX_CLOCK_AHEAD {
         format!(
             "is more than a day ahead of the gateway's clock ({})",
@@ -266,7 +300,7 @@ fn parse_metrics(
         return Err(Rejection::new(
             RejectReason::TooManyMetrics,
             format!(
-                "{} metrics, at most {} are allowed per reading",
+                "{} metrics, at most {} allowed per reading",
                 metrics.len(),
                 caps.max_metrics
             ),
@@ -542,6 +576,18 @@ mod tests {
         for (ts, needle) in [
             (json!("yesterday"), "not an RFC 3339 timestamp"),
             (json!("2025-06-01 11:00"), "not an RFC 3339 timestamp"),
+            (
+                json!("2026-12-07 16:30:00"),
+                "add a time zone (Z or +hh:mm)",
+            ),
+            (
+                json!("2026-12-07T16:30:00"),
+                "add a time zone (Z or +hh:mm)",
+            ),
+            (
+                json!("2026-12-07T16:30:00.250"),
+                "add a time zone (Z or +hh:mm)",
+            ),
             (json!(1.7e12), "without fraction or exponent"),
             (json!(1_748_775_600_000.5), "without fraction or exponent"),
             (json!(-1), "negative"),
@@ -565,8 +611,24 @@ mod tests {
         rejected(
             with("ts", json!(1_748_775_600)),
             RejectReason::TsOutOfRange,
-            "not seconds",
+            "this looks like seconds",
         );
+        // Microseconds by mistake: tens of thousands of years ahead.
+        rejected(
+            with("ts", json!(1_748_775_600_000_000_i64)),
+            RejectReason::TsOutOfRange,
+            "numeric ts are epoch milliseconds; this looks like microseconds",
+        );
+        // Nanoseconds by mistake: past any date chrono holds.
+        rejected(
+            with("ts", json!(1_748_775_600_000_000_000_i64)),
+            RejectReason::InvalidTs,
+            "too large for epoch milliseconds (numeric ts are epoch milliseconds; this looks \
+             like nanoseconds)",
+        );
+        // A string before 2000 is no unit mistake.
+        let early = check(with("ts", json!("1999-12-31T23:59:59Z"))).unwrap_err();
+        assert!(!early.message.contains("looks like"), "{}", early.message);
         rejected(
             with("ts", json!("2025-06-02T12:00:00.001Z")),
             RejectReason::TsOutOfRange,

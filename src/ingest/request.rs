@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::body::{BodyCaps, BodyError, BodyFormat, split_readings};
 use super::reading::{Reading, reject_duplicate_ids, validate};
-use super::rejection::{RejectReason, Rejection};
+use super::rejection::{RejectReason, Rejection, excerpt};
+use crate::table::TableRow;
 
 /// A refused reading, by its position in the request.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -102,6 +103,41 @@ fn parse_with(
     Ok(parsed)
 }
 
+/// Most notes one answer carries: a device that sends every value as text hears so
+/// without an answer the size of its request.
+const MAX_NOTES: usize = 10;
+
+/// What the device should know about readings taken as sent: a string that reads as a
+/// number is kept as text (`value_str`), which no chart plots.
+pub(crate) fn notes_on(rows: &[TableRow]) -> Vec<String> {
+    let mut numeric_text = rows.iter().filter_map(|row| {
+        let text = row.value_str.as_deref()?;
+        let numeric = text.trim().parse::<f64>().is_ok_and(f64::is_finite);
+        numeric.then_some((row, text))
+    });
+    let mut notes: Vec<String> = numeric_text
+        .by_ref()
+        .take(MAX_NOTES)
+        .map(|(row, text)| {
+            format!(
+                "metric {:?} of reading {} is the string {}: it is stored as text and will \
+                 not chart; send it as a JSON number to chart it",
+                row.metric,
+                excerpt(&row.reading_id),
+                excerpt(text)
+            )
+        })
+        .collect();
+    let more = numeric_text.count();
+    if more > 0 {
+        notes.push(format!(
+            "and {}",
+            lakegate_device::counted(more as u64, "more like it", "more like them")
+        ));
+    }
+    notes
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -191,5 +227,57 @@ mod tests {
         // Another device's identical reading is another reading.
         named["device_id"] = json!("pump-2");
         assert_ne!(id(&direct), id(&relayed(&named)));
+    }
+
+    #[test]
+    fn numeric_text_is_taken_with_a_note() {
+        let body = json!([
+            {"id": "r-1", "ts": "2025-06-01T11:00:00Z",
+             "metrics": {"temp": "21.5", "fw": "1.4.2", "n": 3, "flag": "NaN"}},
+        ])
+        .to_string();
+        let parsed = parse_request(
+            body.as_bytes(),
+            BodyFormat::Json,
+            &"dev-1".into(),
+            &BodyCaps::for_tests(),
+            now(),
+        )
+        .unwrap();
+        assert!(parsed.rejected.is_empty());
+        let rows: Vec<TableRow> = parsed
+            .readings
+            .into_iter()
+            .flat_map(|(_, reading)| reading.into_rows())
+            .collect();
+        let temp = rows.iter().find(|row| row.metric == "temp").unwrap();
+        assert_eq!(temp.value_str.as_deref(), Some("21.5"));
+        assert_eq!(
+            notes_on(&rows),
+            [
+                "metric \"temp\" of reading \"r-1\" is the string \"21.5\": it is stored as \
+              text and will not chart; send it as a JSON number to chart it"
+            ]
+        );
+    }
+
+    #[test]
+    fn notes_are_bounded() {
+        let row = |n: usize| TableRow {
+            device_id: "dev-1".into(),
+            reading_id: format!("r-{n}").into(),
+            ts_us: 0,
+            metric: "t".to_owned(),
+            value: None,
+            value_str: Some(n.to_string()),
+        };
+        let rows: Vec<TableRow> = (0..MAX_NOTES + 3).map(row).collect();
+        let notes = notes_on(&rows);
+        assert_eq!(notes.len(), MAX_NOTES + 1);
+        assert_eq!(notes[MAX_NOTES], "and 3 more like them");
+        assert_eq!(
+            notes_on(&rows[..MAX_NOTES + 1])[MAX_NOTES],
+            "and 1 more like it"
+        );
     }
 }

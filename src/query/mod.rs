@@ -9,5 +9,7 @@ mod reader;
 
 pub(crate) use answers::{DeviceList, Latest, Series};
 pub(crate) use gate::{ReadGate, ReadsBusy};
-pub(crate) use params::{LatestParams, LatestQuery, ParamError, SeriesParams, SeriesQuery};
+pub(crate) use params::{
+    Described, LatestParams, LatestQuery, ParamError, SeriesParams, SeriesQuery,
+};
 pub(crate) use reader::TableReader;

@@ -101,6 +101,11 @@ fn points(range: TimeDelta, bucket: Bucket) -> u64 {
     micros(range).div_ceil(micros(bucket.width()))
 }
 
+/// The parameters a route takes, said to a reader whose query string cannot be read.
+pub(crate) trait Described {
+    fn parameters() -> String;
+}
+
 /// `GET /api/devices/{device_id}/series` as sent; empty values count as absent.
 #[derive(Debug, Default, Deserialize)]
 pub struct SeriesParams {
@@ -108,6 +113,18 @@ pub struct SeriesParams {
     pub from: Option<String>,
     pub to: Option<String>,
     pub bucket: Option<String>,
+}
+
+impl Described for SeriesParams {
+    fn parameters() -> String {
+        let buckets: Vec<&str> = Bucket::ALL.iter().map(|bucket| bucket.name()).collect();
+        format!(
+            "metric (a metric name, required), from and to (RFC 3339 \
+        times such as 2026-11-29T12:00:00Z; the last hour by default) and bucket ({}; chosen \
+             from the range by default)",
+            buckets.join(", ")
+        )
+    }
 }
 
 /// One device's metric, aggregated per bucket over `[from, to)`.
@@ -188,6 +205,12 @@ impl SeriesQuery {
 #[derive(Debug, Default, Deserialize)]
 pub struct LatestParams {
     pub limit: Option<String>,
+}
+
+impl Described for LatestParams {
+    fn parameters() -> String {
+        format!("limit (a whole number from 1 to {MAX_LATEST}; {DEFAULT_LATEST} by default)")
+    }
 }
 
 /// A device's newest readings.

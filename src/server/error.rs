@@ -155,7 +155,9 @@ impl From<RateLimited> for HttpError {
             RateLimitKind::BatchLargerThanBurst => {
                 return HttpError::new(
                     ErrorCode::MoreReadingsThanBurst,
-                    "the request carries more readings than the device's burst allows at once; send smaller requests",
+                    "the request carries more readings than the device's burst allows at once \
+                     (its `burst` in the device registry, else LAKEGATE_DEVICE_BURST); send \
+                     smaller requests",
                 );
             }
         };

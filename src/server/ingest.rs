@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::auth::AuthenticatedSender;
 use super::error::{HttpError, retry_after_secs};
@@ -19,7 +19,8 @@ use super::state::{App, AppState};
 use crate::devices::{Device, Sender};
 use crate::error_code::ErrorCode;
 use crate::ingest::{
-    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, Unwritten, decode, parse_request,
+    BodyError, BodyFormat, Encoding, RejectedReading, Reservation, Unwritten, decode, excerpt,
+    notes_on, parse_request,
 };
 use crate::table::TableRow;
 use crate::uploads::{UploadReservation, Uploader};
@@ -27,19 +28,43 @@ use crate::uploads::{UploadReservation, Uploader};
 /// `?ack=commit` (default): answer 200 once the readings are committed to the
 /// table. `?ack=accept`: answer 202 as soon as they are queued. A site relay answers
 /// 202 once they are spooled on disk, either way.
-#[derive(Debug, Default, Deserialize, PartialEq, Eq, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 pub enum Ack {
     #[default]
     Commit,
     Accept,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestParams {
-    #[serde(default)]
-    ack: Ack,
+/// What `/ingest` takes, for a client whose query string it cannot use.
+const ACK_CHOICES: &str = "/ingest takes only ack=commit (the default: answer once the \
+                           readings are committed) or ack=accept (answer once they are queued)";
+
+/// The acknowledgement a query string asks for, read by hand so that a mistake is
+/// answered in lakegate's words rather than the deserializer's.
+fn ack_of(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Ack, HttpError> {
+    let invalid = |problem: String| {
+        HttpError::new(ErrorCode::InvalidQuery, format!("{problem}; {ACK_CHOICES}"))
+    };
+    let Query(pairs) =
+        query.map_err(|_| invalid("the query string cannot be decoded".to_owned()))?;
+    let mut ack = None;
+    for (name, value) in pairs {
+        if name != "ack" {
+            return Err(invalid(format!(
+                "unknown query parameter {}",
+                excerpt(&name)
+            )));
+        }
+        if ack.is_some() {
+            return Err(invalid("ack is given more than once".to_owned()));
+        }
+        ack = Some(match value.as_str() {
+            "commit" => Ack::Commit,
+            "accept" => Ack::Accept,
+            _ => return Err(invalid(format!("ack={} is not a choice", excerpt(&value)))),
+        });
+    }
+    Ok(ack.unwrap_or_default())
 }
 
 /// A header's text; one that is not visible ASCII becomes a value no parser accepts (415).
@@ -105,16 +130,11 @@ async fn read_body<'a>(
 pub async fn ingest(
     State(app): State<AppState>,
     AuthenticatedSender { sender, registry }: AuthenticatedSender,
-    params: Result<Query<IngestParams>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let Query(params) = params.map_err(|err| {
-        HttpError::new(
-            ErrorCode::InvalidQuery,
-            format!("{err}; use ack=commit or ack=accept"),
-        )
-    })?;
+    let ack = ack_of(query)?;
     // A device over its rate, or a relay over its own, is refused before its body is read;
     // so is, at a site relay, a device whose readings it would not forward.
     match &sender {
@@ -149,9 +169,10 @@ pub async fn ingest(
     };
     // The body is parsed: its bytes, and their room in the budgets, go before any wait.
     drop((decoded, upload));
+    let notes = notes_on(&rows);
     // A relay answers once the readings are on disk, whatever the acknowledgement asked.
     let relay = app.site().is_some();
-    let committed = room.submit(rows, relay || params.ack == Ack::Commit)?;
+    let committed = room.submit(rows, relay || ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
     if let Sender::Relay(relay) = &sender {
         app.metrics.relay_accepted(&relay.id, accepted as u64);
@@ -166,7 +187,7 @@ pub async fn ingest(
         response
     };
     let Some(committed) = committed else {
-        let answer = Answer::new(accepted, &rejected);
+        let answer = Answer::new(accepted, &rejected, &notes);
         return Ok(pace((StatusCode::ACCEPTED, Json(answer)).into_response()));
     };
     // Answer before the server stops waiting for requests.
@@ -180,14 +201,14 @@ pub async fn ingest(
             Ok(Ok(Ok(()))) if relay => {
                 let answer = Answer {
                     spooled: Some(true),
-                    ..Answer::new(accepted, &rejected)
+                    ..Answer::new(accepted, &rejected, &notes)
                 };
                 Ok(pace((StatusCode::ACCEPTED, Json(answer)).into_response()))
             }
             Ok(Ok(Ok(()))) => {
                 let answer = Answer {
                     committed: true,
-                    ..Answer::new(accepted, &rejected)
+                    ..Answer::new(accepted, &rejected, &notes)
                 };
                 Ok(pace((StatusCode::OK, Json(answer)).into_response()))
             }
@@ -216,16 +237,20 @@ pub async fn ingest(
 struct Answer<'a> {
     accepted: usize,
     rejected: &'a [RejectedReading],
+    /// Readings taken as sent that may not be what the device meant.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
     committed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     spooled: Option<bool>,
 }
 
 impl<'a> Answer<'a> {
-    fn new(accepted: usize, rejected: &'a [RejectedReading]) -> Self {
+    fn new(accepted: usize, rejected: &'a [RejectedReading], notes: &'a [String]) -> Self {
         Answer {
             accepted,
             rejected,
+            notes,
             committed: false,
             spooled: None,
         }

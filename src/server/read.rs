@@ -24,7 +24,8 @@ use crate::devices::KeyHash;
 use crate::error_code::ErrorCode;
 use crate::ingest::RejectReason;
 use crate::query::{
-    DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery, TableReader,
+    Described, DeviceList, Latest, LatestParams, LatestQuery, Series, SeriesParams, SeriesQuery,
+    TableReader,
 };
 use crate::rate_limits::Credential;
 
@@ -216,16 +217,26 @@ pub struct DeviceRequest<P> {
     params: P,
 }
 
-impl<P: DeserializeOwned + Send> FromRequestParts<AppState> for DeviceRequest<P> {
+impl<P: DeserializeOwned + Described + Send> FromRequestParts<AppState> for DeviceRequest<P> {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
         let Path(device_id) = Path::<String>::from_request_parts(parts, app)
             .await
             .map_err(bad_request)?;
+        // The deserializer's words name Rust types; the reader needs the parameters.
         let Query(params) = Query::<P>::from_request_parts(parts, app)
             .await
-            .map_err(bad_request)?;
+            .map_err(|_| {
+                HttpError::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "the query string cannot be read: a parameter is given more than once or \
+                         cannot be decoded; this route takes {}",
+                        P::parameters()
+                    ),
+                )
+            })?;
         Ok(DeviceRequest { device_id, params })
     }
 }

@@ -123,7 +123,7 @@ async fn the_spool_keeps_readings_over_an_outage_until_the_next_run() {
     );
     assert_eq!(spooled.status.code(), Some(0), "{}", stderr(&spooled));
     assert!(
-        stderr(&spooled).contains("1 spooled batches wait"),
+        stderr(&spooled).contains("1 spooled batch waits"),
         "{}",
         stderr(&spooled)
     );
@@ -390,5 +390,73 @@ async fn a_huge_input_line_is_refused_by_number_and_memory_stays_bounded() {
     let mut landed = reading_ids(&gateway).await;
     landed.sort();
     assert_eq!(landed, ["h-1", "h-3"]);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_reading_is_named_by_its_input_file_and_line() {
+    let mut gateway = Harness::start().await;
+    let key = gateway.keys.sensor.clone();
+    let dir = temp_dir();
+    let input = dir.path().join("backfill.ndjson");
+    // The bad reading has no id: only its line tells the operator which one it was.
+    std::fs::write(
+        &input,
+        "{\"id\": \"c-1\", \"ts\": \"2026-11-29T14:00:00Z\", \"metrics\": {\"t\": 1}}\n\
+         \n\
+         {\"ts\": \"2026-11-29T14:00:01Z\", \"metrics\": {\"bad name\": 1}}\n",
+    )
+    .unwrap();
+    let file = input.to_str().unwrap();
+    let spool = temp_dir();
+    let spool_dir = spool.path().to_str().unwrap();
+    for args in [
+        vec!["--upstream", gateway.url.as_str(), file],
+        // Through the spool, the reading comes back from disk without its line.
+        vec![
+            "--upstream",
+            gateway.url.as_str(),
+            "--spool",
+            spool_dir,
+            file,
+        ],
+    ] {
+        let sent = send(&key, &args, "");
+        let said = stderr(&sent);
+        assert_eq!(sent.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains(&format!(
+                "refused: {file} line 3: reading at ts \"2026-11-29T14:00:01Z\": \
+                 invalid_metric_name"
+            )),
+            "{args:?}: {said}"
+        );
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_input_file_is_a_bad_option() {
+    let mut gateway = Harness::start().await;
+    let key = gateway.keys.sensor.clone();
+    let dir = temp_dir();
+    let present = dir.path().join("present.ndjson");
+    std::fs::write(&present, THREE).unwrap();
+    let missing = dir.path().join("missing.ndjson");
+    let sent = send(
+        &key,
+        &[
+            "--upstream",
+            &gateway.url,
+            present.to_str().unwrap(),
+            missing.to_str().unwrap(),
+        ],
+        "",
+    );
+    let said = stderr(&sent);
+    assert_eq!(sent.status.code(), Some(2), "{said}");
+    assert!(said.contains("missing.ndjson"), "{said}");
+    // Refused before anything is sent, the present file included.
+    assert_eq!(gateway.row_count().await, 0);
     gateway.stop().await;
 }

@@ -385,7 +385,7 @@ async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
     let sent = agent.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&sent.stderr);
     assert_eq!(sent.status.code(), Some(0), "{said}");
-    assert!(said.contains("1 readings read: 1 committed"), "{said}");
+    assert!(said.contains("1 reading read: 1 committed"), "{said}");
 
     // Without a token the proxy answers, as Databricks' does.
     let bare = lakegate_testkit::http_client()

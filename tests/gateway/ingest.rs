@@ -261,3 +261,55 @@ async fn cleartext_http2_is_served() {
     assert_eq!(response.status(), 200);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_numeric_string_is_stored_as_text_and_the_answer_says_it_will_not_chart() {
+    let mut gateway = Harness::start().await;
+    let body = json!({
+        "id": "r-text",
+        "ts": "2026-11-29T12:00:00Z",
+        "metrics": {"temperature": "21.5", "state": "idle"}
+    });
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    assert_eq!(
+        answer["notes"],
+        json!([
+            "metric \"temperature\" of reading \"r-text\" is the string \"21.5\": it is stored \
+             as text and will not chart; send it as a JSON number to chart it"
+        ])
+    );
+    let rows = gateway.rows().await;
+    let temperature = rows.iter().find(|row| row.2 == "temperature").unwrap();
+    assert_eq!(
+        (&temperature.3, &temperature.4),
+        (&Value::Null, &Value::String("21.5".into()))
+    );
+
+    // Numbers as numbers: no notes at all.
+    let (status, answer) = gateway
+        .post_json(&gateway.keys.sensor, &reading("r-number", 21.5))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.get("notes").is_none(), "{answer}");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_of_one_reading_is_said_in_english_with_its_setting() {
+    let mut gateway = Harness::start_with(
+        lakegate_testkit::emulator_config(),
+        &[("LAKEGATE_MAX_READINGS_PER_REQUEST", "1")],
+    )
+    .await;
+    let two = json!([reading("a", 1.0), reading("b", 2.0)]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &two).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "more than 1 reading in one request, the limit LAKEGATE_MAX_READINGS_PER_REQUEST \
+         sets; send fewer readings per request"
+    );
+    gateway.stop().await;
+}

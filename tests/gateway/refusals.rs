@@ -120,6 +120,8 @@ async fn refusals_of_requests_and_credentials() {
             {"id": "no-ts", "metrics": {"t": 1}},
             {"id": "bad-name", "ts": "2026-11-29T12:00:00Z", "metrics": {"t e": 1}},
             {"id": "other-device", "device_id": "sensor-2", "ts": "2026-11-29T12:00:00Z", "metrics": {"t": 1}},
+            {"id": "nanos", "ts": 1_764_417_600_000_000_000_i64, "metrics": {"t": 1}},
+            {"id": "local-time", "ts": "2026-11-29 12:00:00", "metrics": {"t": 1}},
         ])),
     ).await);
     refusals.push(
@@ -127,6 +129,15 @@ async fn refusals_of_requests_and_credentials() {
             "invalid_query",
             gateway
                 .post_to("/ingest?ack=eventually", &sensor)
+                .json(&reading("q", 1.0)),
+        )
+        .await,
+    );
+    refusals.push(
+        sent(
+            "invalid_query_unknown_parameter",
+            gateway
+                .post_to("/ingest?acks=accept", &sensor)
                 .json(&reading("q", 1.0)),
         )
         .await,
@@ -213,6 +224,20 @@ async fn refusals_of_requests_and_credentials() {
                 .http
                 .get(format!(
                     "{}/api/devices/sensor-1/series?bucket=week",
+                    gateway.url
+                ))
+                .bearer_auth(&reader_token),
+        )
+        .await,
+    );
+
+    refusals.push(
+        sent(
+            "invalid_parameter_query_string",
+            gateway
+                .http
+                .get(format!(
+                    "{}/api/devices/sensor-1/series?metric=t&metric=h",
                     gateway.url
                 ))
                 .bearer_auth(&reader_token),

@@ -39,7 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let settled = upstream.deliver_retrying(&readings, Some(deadline)).await;
     let taken = readings.len() - settled.refused.len() - settled.left.len();
-    println!("{taken} readings committed");
+    let readings_of = |n: usize| lakegate_device::counted(n as u64, "reading", "readings");
+    println!("{} committed", readings_of(taken));
     for refusal in settled.refused {
         println!(
             "reading {} refused: {}: {}",
@@ -48,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if !settled.left.is_empty() {
         let why = settled.why.unwrap_or_default();
-        println!("{} readings not delivered: {why}", settled.left.len());
+        println!("{} not delivered: {why}", readings_of(settled.left.len()));
     }
     Ok(())
 }

@@ -31,3 +31,12 @@ pub use forward::{Forwarded, Pacing, forward_next};
 pub use send::{DEFAULT_BATCH, SendError, SendOptions, SendReport, send};
 pub use spool::{Damaged, Pending, Position, RECORD_HEADER, Spool, SpoolError};
 pub use upstream::{Delivery, KeyCheck, Refused, Settled, Upstream};
+
+/// `n` things for a person to read: "1 reading", "2 readings".
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}

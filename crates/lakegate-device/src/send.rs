@@ -4,6 +4,8 @@
 //! written once). With a spool, every reading is on disk before anything is sent,
 //! and what the upstream has not committed by the deadline stays for the next run.
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,10 +72,24 @@ impl SendReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// An input file that cannot be opened: nothing was sent.
+    #[error("{0}")]
+    Input(String),
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+impl SendError {
+    /// 2 for input that cannot be read before anything is sent (bad options, as for a
+    /// wrong flag); 3 otherwise, as readings may be neither committed nor spooled.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SendError::Input(_) => 2,
+            SendError::Setup(_) | SendError::Spool(_) => 3,
+        }
+    }
 }
 
 /// How long a reading waits for others to fill its batch.
@@ -97,6 +113,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
         None => None,
     };
     let mut report = SendReport::default();
+    let mut places = Places::default();
     let mut pacing = Pacing::default();
     let mut lines = Inputs::new(&options.inputs)?.spawn();
     let mut batch = Vec::with_capacity(options.batch);
@@ -111,6 +128,10 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
             Ok(Some(Input::Line(line))) => {
                 if let Some(readings) = readings_of(&line.text, &line.place, &mut report) {
                     report.read += readings.len();
+                    let place: Arc<str> = line.place.into();
+                    for reading in &readings {
+                        places.remember(reading, &place);
+                    }
                     batch.extend(readings);
                     batch_bytes += line.text.len();
                     linger_until.get_or_insert_with(|| Instant::now() + LINGER);
@@ -129,7 +150,8 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
             linger_until = None;
             batch_bytes = 0;
             let deadline = Instant::now() + options.deadline;
-            take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
+            let sent = (&upstream, spool.as_ref(), deadline);
+            take(sent, &mut batch, &mut report, &mut places).await?;
             if let Some(spool) = &spool {
                 // Forward what is spooled while the input goes on, without waiting.
                 drain(
@@ -139,13 +161,15 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
                     None,
                     &mut pacing,
                     &mut report,
+                    &mut places,
                 )
                 .await?;
             }
         }
     }
     let deadline = Instant::now() + options.deadline;
-    take(&upstream, spool.as_ref(), &mut batch, deadline, &mut report).await?;
+    let sent = (&upstream, spool.as_ref(), deadline);
+    take(sent, &mut batch, &mut report, &mut places).await?;
     if let Some(spool) = &spool {
         drain(
             &upstream,
@@ -154,6 +178,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
             Some(deadline),
             &mut pacing,
             &mut report,
+            &mut places,
         )
         .await?;
         report.spooled = spool.backlog().1;
@@ -172,11 +197,10 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
 
 /// Hands a batch on: to the spool, or straight upstream.
 async fn take(
-    upstream: &Upstream,
-    spool: Option<&Arc<Spool>>,
+    (upstream, spool, deadline): (&Upstream, Option<&Arc<Spool>>, Instant),
     batch: &mut Vec<Value>,
-    deadline: Instant,
     report: &mut SendReport,
+    places: &mut Places,
 ) -> Result<(), SendError> {
     if batch.is_empty() {
         return Ok(());
@@ -189,6 +213,7 @@ async fn take(
             Ok(()) => Ok(()),
             Err(SpoolError::Full { used, max }) => {
                 report.undelivered += readings.len();
+                places.forget_all(&readings, &[]);
                 report.stopped.get_or_insert(format!(
                     "the spool is full ({used} of {max} bytes); readings were not taken"
                 ));
@@ -202,7 +227,15 @@ async fn take(
         report.undelivered += settled.left.len();
         report.stopped = settled.why.clone();
     }
-    record(report, &readings, settled.refused, settled.left.len());
+    // Every reading here is settled: committed, refused, or given up on.
+    let named = record(
+        report,
+        &readings,
+        settled.refused,
+        settled.left.len(),
+        places,
+    );
+    places.forget_all(&readings, &named);
     Ok(())
 }
 
@@ -235,6 +268,7 @@ async fn drain(
     deadline: Option<Instant>,
     pacing: &mut Pacing,
     report: &mut SendReport,
+    places: &mut Places,
 ) -> Result<(), SendError> {
     loop {
         match forward_next(upstream, spool, batch, 1, deadline, pacing).await? {
@@ -246,7 +280,12 @@ async fn drain(
                 unreadable,
                 ..
             } => {
-                record(report, &readings, refused, left);
+                let named = record(report, &readings, refused, left, places);
+                // Which readings were left (to go again) is not said: the batch's places
+                // stay, within MAX_PLACES, so that a left one refused later is named.
+                if left == 0 {
+                    places.forget_all(&readings, &named);
+                }
                 // A bug, said once per record.
                 for _ in 0..unreadable {
                     report
@@ -284,16 +323,84 @@ async fn drain(
 }
 
 /// Counts a batch's outcome: taken but for the `refused` (for good) and `left` ones.
-fn record(report: &mut SendReport, readings: &[Value], refused: Vec<Refused>, left: usize) {
+/// Returns the indices of the refused readings, whose places are taken to name them.
+fn record(
+    report: &mut SendReport,
+    readings: &[Value],
+    refused: Vec<Refused>,
+    left: usize,
+    places: &mut Places,
+) -> Vec<usize> {
     report.committed += readings.len().saturating_sub(refused.len() + left);
+    let mut named = Vec::with_capacity(refused.len());
     for refusal in refused {
-        let which = readings
-            .get(refusal.index)
-            .map_or_else(String::new, describe);
+        let Some(reading) = readings.get(refusal.index) else {
+            report
+                .refused
+                .push(format!("reading: {}: {}", refusal.reason, refusal.message));
+            continue;
+        };
+        named.push(refusal.index);
+        let place = places
+            .take(reading)
+            .map_or_else(String::new, |place| format!("{place}: "));
         report.refused.push(format!(
-            "reading {which}: {}: {}",
-            refusal.reason, refusal.message
+            "{place}reading {}: {}: {}",
+            describe(reading),
+            refusal.reason,
+            refusal.message
         ));
+    }
+    named
+}
+
+/// Where this run's readings came from (file and line), to name a refused one. Spooled
+/// readings come back as JSON alone, so a reading is found by its content; identical
+/// readings take their places in input order.
+#[derive(Default)]
+struct Places {
+    by_content: HashMap<u64, VecDeque<Arc<str>>>,
+    count: usize,
+}
+
+/// Most readings whose places are kept: beyond that (an upstream down during a long
+/// backfill) a refused reading is named by its id alone, and memory stays bounded.
+const MAX_PLACES: usize = 100_000;
+
+impl Places {
+    fn key(reading: &Value) -> u64 {
+        let json = serde_json::to_vec(reading).expect("JSON values serialize");
+        let mut hasher = DefaultHasher::new();
+        json.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn remember(&mut self, reading: &Value, place: &Arc<str>) {
+        if self.count < MAX_PLACES {
+            let places = self.by_content.entry(Self::key(reading)).or_default();
+            places.push_back(Arc::clone(place));
+            self.count += 1;
+        }
+    }
+
+    fn take(&mut self, reading: &Value) -> Option<Arc<str>> {
+        let key = Self::key(reading);
+        let places = self.by_content.get_mut(&key)?;
+        let place = places.pop_front();
+        if places.is_empty() {
+            self.by_content.remove(&key);
+        }
+        self.count -= usize::from(place.is_some());
+        place
+    }
+
+    /// Forgets the places of settled readings but the `named` ones, already taken.
+    fn forget_all(&mut self, readings: &[Value], named: &[usize]) {
+        for (index, reading) in readings.iter().enumerate() {
+            if !named.contains(&index) {
+                self.take(reading);
+            }
+        }
     }
 }
 
@@ -348,7 +455,7 @@ impl Inputs {
         }
         for path in paths {
             let file = std::fs::File::open(path)
-                .map_err(|err| SendError::Setup(format!("{}: {err}", path.display())))?;
+                .map_err(|err| SendError::Input(format!("{}: {err}", path.display())))?;
             let reader = std::io::BufReader::new(file);
             sources.push((path.display().to_string(), Box::new(reader)));
         }
@@ -496,5 +603,23 @@ mod tests {
         assert_eq!(report.exit_code(), 1);
         report.undelivered = 1;
         assert_eq!(report.exit_code(), 3);
+    }
+
+    #[test]
+    fn places_name_identical_readings_in_input_order_and_stay_bounded() {
+        let reading = serde_json::json!({"ts": 1, "metrics": {"t": 1}});
+        let mut places = Places::default();
+        places.remember(&reading, &"f line 1".into());
+        places.remember(&reading, &"f line 2".into());
+        // Back from a spool: the same content, another value.
+        let again: Value = serde_json::from_slice(&serde_json::to_vec(&reading).unwrap()).unwrap();
+        assert_eq!(places.take(&again).as_deref(), Some("f line 1"));
+        places.forget_all(std::slice::from_ref(&reading), &[]);
+        assert_eq!(places.take(&reading), None);
+        assert_eq!(places.count, 0);
+        for n in 0..MAX_PLACES + 5 {
+            places.remember(&serde_json::json!({ "n": n }), &"f".into());
+        }
+        assert_eq!(places.count, MAX_PLACES);
     }
 }
