@@ -251,7 +251,13 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     secrets.create_scope("fleet").await.unwrap();
 
     let secret = ["--secret", "fleet/devices"];
-    let keys = |action: &[&str]| lakegate(&[&["keys"][..], action, &secret].concat(), &workspace);
+    let keys_at = |action: &[&str], at: &str| {
+        lakegate(
+            &[&["keys"][..], action, &["--secret", at]].concat(),
+            &workspace,
+        )
+    };
+    let keys = |action: &[&str]| keys_at(action, secret[1]);
     let added = keys(&["add", "pump-7"]);
     let stderr = String::from_utf8_lossy(&added.stderr);
     assert!(added.status.success(), "{stderr}");
@@ -286,6 +292,11 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     assert!(keys(&["revoke", "pump-7"]).status.success());
     reload().await;
     assert_eq!(ingest("p-2").await, 401);
+
+    // A mistyped secret is not an empty fleet.
+    let absent = keys_at(&["list"], "fleet/absent");
+    assert_eq!(absent.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("secret fleet/absent does not exist"));
 
     // Credentials come from the environment or a profile: without them, a clear error.
     let no_workspace = lakegate(&[&["keys", "list"][..], &secret].concat(), &[]);
@@ -424,4 +435,107 @@ async fn a_device_in_a_full_base_secret_can_still_be_disabled_and_rotated() {
     }
     assert!(registry.authenticate(&late).is_ok());
     emulator.shutdown().await;
+}
+
+/// Every `keys` command that touches a registry, with its other arguments.
+const REGISTRY_COMMANDS: &[&[&str]] = &[
+    &["add", "pump-3"],
+    &["rotate", "pump-3"],
+    &["revoke-old", "pump-3"],
+    &["revoke", "pump-3"],
+    &["disable", "pump-3"],
+    &["enable", "pump-3"],
+    &["list"],
+    &["add-relay", "site-a", "--devices", "pump-3"],
+    &["rotate-relay", "site-a"],
+    &["revoke-old-relay", "site-a"],
+    &["revoke-relay", "site-a"],
+    &["disable-relay", "site-a"],
+    &["enable-relay", "site-a"],
+    &["relay-devices", "site-a", "--devices", "pump-3"],
+];
+
+/// Runs `keys <command> <options>`; asserts a refusal with exit status 2 whose message
+/// contains `names`, never a panic.
+fn assert_refused(command: &[&str], options: &[&str], names: &str) {
+    let args = [&["keys"][..], command, options].concat();
+    let output = lakegate(&args, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(names),
+        "{args:?} should name {names:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(output.stdout.is_empty(), "{args:?}: no key, no listing");
+}
+
+#[test]
+fn every_keys_command_refuses_wrong_registry_options_with_status_2() {
+    let dir = temp_dir();
+    let file = dir.path().join("devices.json");
+    std::fs::write(&file, r#"{"devices": {}}"#).unwrap();
+    let file = file.to_str().unwrap();
+    // Each wrong combination, and what its message must name.
+    let wrong: &[(&[&str], &str)] = &[
+        (&[], "--file PATH or --secret scope/key"),
+        (&["--profile", "x"], "--secret"),
+        (
+            &["--file", file, "--secret", "fleet/devices"],
+            "cannot be used with",
+        ),
+        (&["--file", file, "--profile", "x"], "--profile"),
+        (&["--secret", "fleet"], "is not scope/key"),
+        (
+            &["--secret", "fleet/a/b", "--profile", "x"],
+            "is not scope/key",
+        ),
+        (
+            &[
+                "--file",
+                file,
+                "--secret",
+                "fleet/devices",
+                "--profile",
+                "x",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for command in REGISTRY_COMMANDS {
+        for (options, names) in wrong {
+            assert_refused(command, options, names);
+        }
+    }
+    assert_eq!(std::fs::read_to_string(file).unwrap(), r#"{"devices": {}}"#);
+}
+
+#[test]
+fn a_missing_registry_file_is_an_error_except_for_add() {
+    let dir = temp_dir();
+    let file = dir.path().join("devcies.json");
+    let path = file.to_str().unwrap();
+    for command in REGISTRY_COMMANDS {
+        if matches!(command[0], "add" | "add-relay") {
+            continue;
+        }
+        assert_refused(command, &["--file", path], "does not exist");
+        // A mistyped path leaves nothing behind, not even a lock file.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{command:?} left {left:?}");
+    }
+    for command in [
+        &["add", "pump-3"][..],
+        &["add-relay", "site-a", "--devices", "pump-3"],
+    ] {
+        let file = dir.path().join(format!("{}.json", command[0]));
+        let args = [&["keys"][..], command, &["--file", file.to_str().unwrap()]].concat();
+        let output = lakegate(&args, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("did not exist: created it"), "{stderr}");
+        let registry = Registry::parse(&std::fs::read(&file).unwrap()).unwrap();
+        let key = String::from_utf8(output.stdout).unwrap();
+        assert!(registry.authenticate(key.trim()).is_ok());
+    }
 }
