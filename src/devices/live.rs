@@ -191,6 +191,51 @@ mod tests {
         serde_json::json!({ "devices": devices }).to_string()
     }
 
+    #[test]
+    fn a_file_watch_sees_every_change_of_bytes_and_nothing_else() {
+        let dir = lakegate_testkit::temp_dir();
+        let path = dir.path().join("devices.json");
+        std::fs::write(&path, "aaaa").unwrap();
+        let mut watch = FileWatch::new(path.clone());
+        assert!(!watch.changed(), "nothing changed since the first look");
+
+        // Same length, same second: only the bytes tell.
+        std::fs::write(&path, "bbbb").unwrap();
+        assert!(watch.changed());
+        assert!(!watch.changed());
+
+        // Same length, written in place with an old modification time restored.
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| {
+                use std::io::Write;
+                (&file).write_all(b"cccc")?;
+                file.set_modified(old)
+            })
+            .unwrap();
+        assert!(watch.changed());
+        assert!(!watch.changed(), "an old, unchanged file is no change");
+
+        // Replaced atomically by an older file of the same length.
+        let staged = dir.path().join("staged");
+        std::fs::write(&staged, "dddd").unwrap();
+        std::fs::File::open(&staged)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        assert!(watch.changed());
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            watch.changed(),
+            "a removed file is a change (the reload keeps the last good)"
+        );
+        assert!(!watch.changed());
+    }
+
     #[tokio::test]
     async fn reload_swaps_and_keeps_the_last_good_registry() {
         let path =
