@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
 use lakegate::devices::{
-    AdminError, KeyChange, RegistryStore, change_registry, generate_key, listing,
+    AdminError, KeyChange, KeyKind, RegistryStore, change_registry, generate_key_of, listing,
     new_key_instructions, new_reader_instructions, secrets_from_environment,
 };
 use secrecy::ExposeSecret;
@@ -296,11 +296,13 @@ fn keys(action: KeysCommand) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-            print!("{}", new_key_instructions(&device_id, &generate_key()));
+            let key = generate_key_of(KeyKind::Device);
+            print!("{}", new_key_instructions(&device_id, &key));
             return ExitCode::SUCCESS;
         }
         KeysCommand::NewReader => {
-            print!("{}", new_reader_instructions(&generate_key()));
+            let token = generate_key_of(KeyKind::Reader);
+            print!("{}", new_reader_instructions(&token));
             return ExitCode::SUCCESS;
         }
         KeysCommand::List { registry } => (None, registry),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
-use super::keys::{NewKey, generate_key, looks_like_key};
+use super::keys::{KeyKind, NewKey, generate_key_of, looks_like_key};
 use super::registry::{Registry, is_valid_device_id};
 use super::relays::check_pattern;
 use super::shards::{PART_BUDGET, SECRET_LIMIT, is_part, shard_key};
@@ -204,7 +204,7 @@ pub struct Applied {
 /// Applies `change` to a registry document; the result is checked as the gateway
 /// would parse it. A refused change leaves the document as it was.
 pub fn apply(document: &mut Value, change: &KeyChange) -> Result<Applied, AdminError> {
-    let new_key = change.makes_key().then(generate_key);
+    let new_key = change.new_key();
     apply_keyed(document, change, new_key.as_ref())?;
     Ok(Applied {
         new_key,
@@ -628,7 +628,7 @@ impl RegistryStore {
         change: &KeyChange,
         timing: Timing,
     ) -> Result<Applied, AdminError> {
-        let new_key = change.makes_key().then(generate_key);
+        let new_key = change.new_key();
         let (mut effect, mut last_part, mut overran) = (None, None, None);
         let mut collided = false;
         for _ in 0..timing.attempts {
@@ -881,15 +881,17 @@ impl KeyChange {
         matches!(self, KeyChange::Add { .. } | KeyChange::AddRelay { .. })
     }
 
-    /// Whether the change makes a new key.
-    fn makes_key(&self) -> bool {
-        matches!(
-            self,
-            KeyChange::Add { .. }
-                | KeyChange::AddRelay { .. }
-                | KeyChange::Rotate { .. }
-                | KeyChange::RotateRelay { .. }
-        )
+    /// The new key the change makes, of its subject's kind, if it makes one.
+    fn new_key(&self) -> Option<NewKey> {
+        match self {
+            KeyChange::Add { .. } | KeyChange::Rotate { .. } => {
+                Some(generate_key_of(KeyKind::Device))
+            }
+            KeyChange::AddRelay { .. } | KeyChange::RotateRelay { .. } => {
+                Some(generate_key_of(KeyKind::Relay))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -935,7 +937,7 @@ pub fn secrets_from_environment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::hash_key;
+    use crate::devices::{generate_key, hash_key};
 
     fn empty() -> Value {
         json!({"devices": {}})
@@ -988,7 +990,7 @@ mod tests {
         };
         let key = apply(&mut document, &change).unwrap().new_key.unwrap();
         let key = key.key.expose_secret();
-        assert!(key.starts_with("lgk_"));
+        assert!(key.starts_with("lgd_"));
         let text = document.to_string();
         assert!(!text.contains(key));
         assert_eq!(

@@ -145,12 +145,12 @@ fn change(args: &[&str], file: &Path) -> Option<String> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{args:?}: {stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(!stderr.contains("lgk_"), "no key on stderr: {stderr}");
+    assert!(!stderr.contains("lgd_"), "no key on stderr: {stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     match lines[..] {
         [] => None,
         [key] => {
-            assert!(key.starts_with("lgk_"), "{stdout}");
+            assert!(key.starts_with("lgd_"), "a device key: {stdout}");
             Some(key.to_owned())
         }
         _ => panic!("one key line at most: {stdout}"),
@@ -203,7 +203,7 @@ async fn a_running_gateway_follows_the_key_commands() {
         "{listed}"
     );
     assert!(
-        !listed.contains("lgk_") && !listed.contains("sha256"),
+        !listed.contains("lgd_") && !listed.contains("sha256"),
         "{listed}"
     );
 
@@ -265,7 +265,7 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     assert!(added.status.success(), "{stderr}");
     assert!(!stderr.contains(SP_SECRET), "{stderr}");
     let key = String::from_utf8(added.stdout).unwrap().trim().to_owned();
-    assert!(key.starts_with("lgk_"));
+    assert!(key.starts_with("lgd_"));
     let stored = secrets.get("fleet", "devices").await.unwrap();
     assert!(!String::from_utf8_lossy(stored.expose_secret()).contains(&key));
     let listed = keys(&["list"]);
