@@ -17,7 +17,7 @@ use secrecy::SecretString;
 
 use crate::connections::ConnectionLimits;
 use crate::databricks;
-use crate::devices::{BadHash, KeyHash, KeySource};
+use crate::devices::{BadHash, KeyHash, KeyKind, KeySource};
 use crate::ingest::{BatchSettings, BodyCaps, QueueCapacity};
 use crate::rate_limits::{RateLimitSettings, TrustedProxies};
 use crate::table::{TableName, TableRow};
@@ -328,15 +328,7 @@ impl GatewayConfig {
                 .map(PathBuf::from)
                 .ok_or_else(|| invalid("LAKEGATE_SPOOL_DIR", "is required (a directory)"))?,
             spool_max_bytes: env.count("LAKEGATE_SPOOL_MAX_BYTES", 1024 * 1024 * 1024)? as u64,
-            key: env
-                .raw("LAKEGATE_RELAY_KEY")
-                .map(SecretString::from)
-                .ok_or_else(|| {
-                    invalid(
-                        "LAKEGATE_RELAY_KEY",
-                        "is required (the relay's key, from `lakegate keys add-relay`)",
-                    )
-                })?,
+            key: relay_key(&env)?,
             batch: env.within("LAKEGATE_RELAY_BATCH", 500, 1..=10_000)?,
             // As many as the gateway's default writers: each takes one lane's devices.
             lanes: env.within("LAKEGATE_RELAY_LANES", 4, 1..=16)?,
@@ -698,6 +690,27 @@ fn device_keys(env: &Env) -> Result<Option<KeySource>, ConfigError> {
     }
 }
 
+/// The relay's own key: a device's key or a reader token there is refused by its
+/// prefix, saying what it is (never echoing it).
+fn relay_key(env: &Env) -> Result<SecretString, ConfigError> {
+    let key = env.raw("LAKEGATE_RELAY_KEY").ok_or_else(|| {
+        invalid(
+            "LAKEGATE_RELAY_KEY",
+            "is required (the relay's key, from `lakegate keys add-relay`)",
+        )
+    })?;
+    match KeyKind::of(key) {
+        Some(kind @ (KeyKind::Device | KeyKind::Reader)) => Err(invalid(
+            "LAKEGATE_RELAY_KEY",
+            format!(
+                "is {}, not a relay's key (from `lakegate keys add-relay`)",
+                kind.describe()
+            ),
+        )),
+        _ => Ok(SecretString::from(key)),
+    }
+}
+
 /// Comma-separated `sha256:<hex>` hashes; messages name the entry, never echo it.
 fn reader_tokens(env: &Env) -> Result<HashSet<KeyHash>, ConfigError> {
     let Some(raw) = env.raw("LAKEGATE_READER_TOKENS") else {
@@ -710,9 +723,13 @@ fn reader_tokens(env: &Env) -> Result<HashSet<KeyHash>, ConfigError> {
         .map(|(index, entry)| {
             entry.parse().map_err(|err| {
                 let problem = match err {
-                    BadHash::RawKey => {
-                        "is a token, not its hash (see `lakegate keys new-reader`)".to_owned()
-                    }
+                    BadHash::RawKey => match KeyKind::of(entry) {
+                        Some(kind @ (KeyKind::Device | KeyKind::Relay)) => format!(
+                            "is {}, not a reader token's hash (see `lakegate keys new-reader`)",
+                            kind.describe()
+                        ),
+                        _ => "is a token, not its hash (see `lakegate keys new-reader`)".into(),
+                    },
                     BadHash::Format => err.to_string(),
                 };
                 invalid(

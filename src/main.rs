@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
 use lakegate::devices::{
-    AdminError, KeyChange, RegistryStore, change_registry, generate_key, listing,
+    AdminError, KeyChange, KeyKind, RegistryStore, change_registry, generate_key_of, listing,
     new_key_instructions, new_reader_instructions, secrets_from_environment,
 };
 use secrecy::ExposeSecret;
@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         behind_apps_proxy: bool,
     },
-    /// Manage device keys.
+    /// Manage the fleet's registry: devices and site relays and their keys; print a
+    /// key (`new`) or a reader token for the read API and the page (`new-reader`).
     Keys {
         #[command(subcommand)]
         action: KeysCommand,
@@ -113,6 +114,7 @@ struct SendArgs {
 enum KeysCommand {
     /// Add a device with a new key: prints the key once, on its own line.
     Add {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
         device_id: String,
         /// The device's own rate (readings per second); default: the gateway's.
         #[arg(long)]
@@ -125,29 +127,35 @@ enum KeysCommand {
     },
     /// Give a device a second key; the old one works until `revoke-old`.
     Rotate {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
         device_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Keep only the device's newest key.
     RevokeOld {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
         device_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Remove the device and all its keys.
     Revoke {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
         device_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Refuse the device's keys (403) until `enable`.
     Disable {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
         device_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Accept the device's keys again after `disable`.
     Enable {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
         device_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
@@ -160,6 +168,7 @@ enum KeysCommand {
     },
     /// Add a site relay with a new key: prints the key once, on its own line.
     AddRelay {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         /// The devices the relay may send readings for: device ids, or prefixes
         /// ending in `*`, comma-separated ('pump-7,line-3-*').
@@ -170,35 +179,42 @@ enum KeysCommand {
     },
     /// Give a relay a second key; the old one works until `revoke-old-relay`.
     RotateRelay {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Keep only the relay's newest key.
     RevokeOldRelay {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Remove the relay and all its keys.
     RevokeRelay {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Refuse the relay's keys (403) until `enable-relay`.
     DisableRelay {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Accept the relay's keys again after `disable-relay`.
     EnableRelay {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Replace the devices a relay may send readings for.
     RelayDevices {
+        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
         relay_id: String,
         /// Device ids, or prefixes ending in `*`, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -207,26 +223,39 @@ enum KeysCommand {
         registry: RegistryArgs,
     },
     /// Print a key and the registry entry to add by hand, touching no registry.
-    New { device_id: String },
+    New {
+        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
+        device_id: String,
+    },
     /// Create a reader token for the read API and the page: prints the token once and
     /// the hash to add to LAKEGATE_READER_TOKENS.
     NewReader,
 }
 
-/// Where the registry lives: one of `--file` or `--secret`.
+/// Where the registry lives: `--file`, or `--secret` in the workspace `--profile` names.
 #[derive(clap::Args)]
-#[group(required = true, multiple = false)]
 struct RegistryArgs {
-    /// A registry file (what LAKEGATE_DEVICE_KEYS_FILE names).
+    #[command(flatten)]
+    location: RegistryLocation,
+    /// The ~/.databrickscfg profile whose workspace holds the --secret (it names no
+    /// registry by itself).
+    #[arg(long, requires = "secret")]
+    profile: Option<String>,
+}
+
+/// One of the two places a registry can be; none is refused in `change_keys`, with a
+/// message that also covers a lone `--profile`.
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct RegistryLocation {
+    /// A registry file (what LAKEGATE_DEVICE_KEYS_FILE names); `add` and `add-relay`
+    /// create it, the other commands need it to exist.
     #[arg(long)]
     file: Option<PathBuf>,
     /// A Databricks secret, `scope/key` (what LAKEGATE_DEVICE_KEYS_SECRET names); the
     /// workspace comes from DATABRICKS_* variables or a ~/.databrickscfg profile.
     #[arg(long)]
     secret: Option<String>,
-    /// The ~/.databrickscfg profile to use with --secret.
-    #[arg(long, requires = "secret")]
-    profile: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -267,11 +296,13 @@ fn keys(action: KeysCommand) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-            print!("{}", new_key_instructions(&device_id, &generate_key()));
+            let key = generate_key_of(KeyKind::Device);
+            print!("{}", new_key_instructions(&device_id, &key));
             return ExitCode::SUCCESS;
         }
         KeysCommand::NewReader => {
-            print!("{}", new_reader_instructions(&generate_key()));
+            let token = generate_key_of(KeyKind::Reader);
+            print!("{}", new_reader_instructions(&token));
             return ExitCode::SUCCESS;
         }
         KeysCommand::List { registry } => (None, registry),
@@ -352,7 +383,7 @@ fn keys(action: KeysCommand) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
-            ExitCode::FAILURE
+            ExitCode::from(err.exit_code())
         }
     }
 }
@@ -452,14 +483,20 @@ fn send_options(args: SendArgs) -> anyhow::Result<lakegate_device::SendOptions> 
 /// Lists, or makes one change and says what it did; a new key goes to stdout alone
 /// on its line, everything else to stderr.
 async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<(), AdminError> {
-    let store = match (args.file, args.secret) {
-        (Some(path), _) => RegistryStore::File(path),
+    let store = match (args.location.file, args.location.secret) {
+        (Some(_), None) if args.profile.is_some() => {
+            return Err(AdminError::Usage(
+                "--profile selects the workspace of a --secret registry; a --file needs none"
+                    .into(),
+            ));
+        }
+        (Some(path), None) => RegistryStore::File(path),
         (None, Some(reference)) => {
             let (scope, key) = reference
                 .split_once('/')
                 .filter(|(scope, key)| !scope.is_empty() && !key.is_empty() && !key.contains('/'))
                 .ok_or_else(|| {
-                    AdminError::Store(format!("--secret {reference:?} is not scope/key"))
+                    AdminError::Usage(format!("--secret {reference:?} is not scope/key"))
                 })?;
             let mut vars: HashMap<String, String> = std::env::vars().collect();
             if let Some(profile) = args.profile {
@@ -471,7 +508,21 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
                 key: key.to_owned(),
             }
         }
-        (None, None) => unreachable!("clap requires --file or --secret"),
+        (None, None) => {
+            let profile = match args.profile {
+                Some(_) => " (--profile only selects the workspace of a --secret)",
+                None => "",
+            };
+            return Err(AdminError::Usage(format!(
+                "say where the registry is: --file PATH or --secret scope/key{profile}"
+            )));
+        }
+        // clap refuses both at once; an error rather than a panic if that ever changes.
+        (Some(_), Some(_)) => {
+            return Err(AdminError::Usage(
+                "--file and --secret cannot be used together".into(),
+            ));
+        }
     };
     let Some(change) = change else {
         print!("{}", listing(&store.read_all().await?)?);
@@ -479,7 +530,11 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
     };
     // Returns once the change is confirmed in the registry, so a key printed works.
     let applied = change_registry(&store, &change).await?;
+    if applied.created {
+        eprintln!("{store} did not exist: created it");
+    }
     eprintln!("{change_done} in {store}", change_done = describe(&change));
+    eprintln!("{}", pickup(&store));
     if let Some(key) = applied.new_key {
         eprintln!("The key, shown once (the registry holds only its hash):");
         println!("{}", key.key.expose_secret());
@@ -487,6 +542,25 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
     match applied.overran {
         Some(took) => Err(AdminError::Overran(took)),
         None => Ok(()),
+    }
+}
+
+/// When a running gateway sees a change: it watches a file, and reloads a secret every
+/// LAKEGATE_KEYS_REFRESH_SECS (read here as the operator's best guess of the gateway's).
+fn pickup(store: &RegistryStore) -> String {
+    match store {
+        RegistryStore::File(_) => {
+            "A running gateway reading this file picks this up within about a second.".into()
+        }
+        RegistryStore::Secret { .. } => {
+            let refresh = std::env::var("LAKEGATE_KEYS_REFRESH_SECS")
+                .ok()
+                .and_then(|secs| secs.trim().parse::<u64>().ok())
+                .unwrap_or(60);
+            format!(
+                "A running gateway picks this up within {refresh} s (its LAKEGATE_KEYS_REFRESH_SECS, 60 unless set)."
+            )
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::io::ErrorKind;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
-use super::keys::{NewKey, generate_key, looks_like_key};
+use super::keys::{KeyKind, NewKey, generate_key_of, looks_like_key};
 use super::registry::{Registry, is_valid_device_id};
 use super::relays::check_pattern;
 use super::shards::{PART_BUDGET, SECRET_LIMIT, is_part, shard_key};
@@ -167,6 +168,25 @@ pub enum AdminError {
     Full(String),
     #[error("{0}")]
     Store(String),
+    /// The command line is wrong (exit status 2, as for clap's own refusals).
+    #[error("{0}")]
+    Usage(String),
+    /// A mistyped path must not read as an empty fleet.
+    #[error(
+        "{0} does not exist (check the path; `lakegate keys add` or `add-relay` creates a registry)"
+    )]
+    NoRegistry(String),
+}
+
+impl AdminError {
+    /// The process's exit status: 2 for a wrong command line or registry location, as
+    /// for every refusal of bad options; 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AdminError::Usage(_) | AdminError::NoRegistry(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// What applying a change produced: the new key, when there is one.
@@ -177,16 +197,19 @@ pub struct Applied {
     /// acknowledgement, longer than other operators' commands allow for: it may have
     /// overwritten another operator's change (see [`AdminError::Overran`]).
     pub overran: Option<Duration>,
+    /// The registry did not exist and the change created it (a file `add`).
+    pub created: bool,
 }
 
 /// Applies `change` to a registry document; the result is checked as the gateway
 /// would parse it. A refused change leaves the document as it was.
 pub fn apply(document: &mut Value, change: &KeyChange) -> Result<Applied, AdminError> {
-    let new_key = change.makes_key().then(generate_key);
+    let new_key = change.new_key();
     apply_keyed(document, change, new_key.as_ref())?;
     Ok(Applied {
         new_key,
         overran: None,
+        created: false,
     })
 }
 
@@ -522,14 +545,21 @@ impl RegistryStore {
             key,
         } = self
         else {
-            return Ok(self.read("").await?.document);
+            return match self.read_bytes("").await? {
+                None => Err(AdminError::NoRegistry(self.to_string())),
+                bytes => parse_part(&self.name(""), bytes),
+            };
         };
         let listing = secrets
             .list(scope)
             .await
             .map_err(|err| AdminError::Store(format!("listing scope {scope}: {err}")))?;
+        let mut parts = listing.iter().filter(|secret| is_part(key, &secret.key));
+        let Some(first) = parts.next() else {
+            return Err(AdminError::NoRegistry(self.to_string()));
+        };
         let (mut devices, mut relays) = (Map::new(), Map::new());
-        for secret in listing.iter().filter(|secret| is_part(key, &secret.key)) {
+        for secret in std::iter::once(first).chain(parts) {
             let part = self.read(&secret.key).await?;
             for (section, merged) in [("devices", &mut devices), ("relays", &mut relays)] {
                 if let Some(entries) = part.document.get(section).and_then(Value::as_object) {
@@ -598,7 +628,7 @@ impl RegistryStore {
         change: &KeyChange,
         timing: Timing,
     ) -> Result<Applied, AdminError> {
-        let new_key = change.makes_key().then(generate_key);
+        let new_key = change.new_key();
         let (mut effect, mut last_part, mut overran) = (None, None, None);
         let mut collided = false;
         for _ in 0..timing.attempts {
@@ -623,7 +653,11 @@ impl RegistryStore {
             }
             tokio::time::sleep(timing.settle).await;
             if self.read_bytes(&part).await?.as_deref() == Some(text.as_bytes()) {
-                return Ok(Applied { new_key, overran });
+                return Ok(Applied {
+                    new_key,
+                    overran,
+                    created: false,
+                });
             }
             collided = true;
             last_part = Some(part);
@@ -750,7 +784,7 @@ fn parse_part(name: &str, bytes: Option<Vec<u8>>) -> Result<Value, AdminError> {
 fn read_file(path: &Path) -> Result<Option<Vec<u8>>, AdminError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
         Err(err) => Err(AdminError::Store(format!(
             "reading file {}: {err}",
             path.display()
@@ -765,6 +799,13 @@ fn change_file(path: &Path, change: &KeyChange) -> Result<Applied, AdminError> {
     let failed = |what: &str, err: std::io::Error| {
         AdminError::Store(format!("{what} file {}: {err}", path.display()))
     };
+    let name = format!("file {}", path.display());
+    let missing = || AdminError::NoRegistry(name.clone());
+    // Before the lock, so that a mistyped path leaves no `.lock` file behind.
+    let absent = std::fs::metadata(path).is_err_and(|err| err.kind() == ErrorKind::NotFound);
+    if absent && !change.adds() {
+        return Err(missing());
+    }
     let lock = File::options()
         .create(true)
         .truncate(false)
@@ -772,9 +813,16 @@ fn change_file(path: &Path, change: &KeyChange) -> Result<Applied, AdminError> {
         .open(beside(path, ".lock"))
         .map_err(|err| failed("locking", err))?;
     lock.lock().map_err(|err| failed("locking", err))?;
-    let name = format!("file {}", path.display());
-    let mut document = parse_part(&name, read_file(path)?)?;
-    let applied = apply(&mut document, change)?;
+    let bytes = read_file(path)?;
+    let created = bytes.is_none();
+    if created && !change.adds() {
+        return Err(missing());
+    }
+    let mut document = parse_part(&name, bytes)?;
+    let applied = Applied {
+        created,
+        ..apply(&mut document, change)?
+    };
     let text = serde_json::to_string_pretty(&document).expect("JSON values serialize");
     replace_file(path, text.as_bytes()).map_err(|err| failed("writing", err))?;
     Ok(applied)
@@ -833,15 +881,17 @@ impl KeyChange {
         matches!(self, KeyChange::Add { .. } | KeyChange::AddRelay { .. })
     }
 
-    /// Whether the change makes a new key.
-    fn makes_key(&self) -> bool {
-        matches!(
-            self,
-            KeyChange::Add { .. }
-                | KeyChange::AddRelay { .. }
-                | KeyChange::Rotate { .. }
-                | KeyChange::RotateRelay { .. }
-        )
+    /// The new key the change makes, of its subject's kind, if it makes one.
+    fn new_key(&self) -> Option<NewKey> {
+        match self {
+            KeyChange::Add { .. } | KeyChange::Rotate { .. } => {
+                Some(generate_key_of(KeyKind::Device))
+            }
+            KeyChange::AddRelay { .. } | KeyChange::RotateRelay { .. } => {
+                Some(generate_key_of(KeyKind::Relay))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -887,7 +937,7 @@ pub fn secrets_from_environment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::hash_key;
+    use crate::devices::{generate_key, hash_key};
 
     fn empty() -> Value {
         json!({"devices": {}})
@@ -940,7 +990,7 @@ mod tests {
         };
         let key = apply(&mut document, &change).unwrap().new_key.unwrap();
         let key = key.key.expose_secret();
-        assert!(key.starts_with("lgk_"));
+        assert!(key.starts_with("lgd_"));
         let text = document.to_string();
         assert!(!text.contains(key));
         assert_eq!(

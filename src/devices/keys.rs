@@ -10,8 +10,51 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+/// The prefix of keys made before each kind had its own: they work as any kind.
 const KEY_PREFIX: &str = "lgk_";
 const HASH_PREFIX: &str = "sha256:";
+
+/// What a key is for, as its prefix says, so that a key pasted into the wrong place is
+/// refused with a message that says what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `lgd_`: a device's, in X-API-Key.
+    Device,
+    /// `lgr_`: a site relay's, in LAKEGATE_RELAY_KEY and then X-API-Key.
+    Relay,
+    /// `lgt_`: a reader token, in `Authorization: Bearer` of the read API and the page.
+    Reader,
+}
+
+impl KeyKind {
+    const ALL: [KeyKind; 3] = [KeyKind::Device, KeyKind::Relay, KeyKind::Reader];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            KeyKind::Device => "lgd_",
+            KeyKind::Relay => "lgr_",
+            KeyKind::Reader => "lgt_",
+        }
+    }
+
+    /// The kind `key`'s prefix names; `None` for an `lgk_` key (any kind) or a foreign one.
+    pub fn of(key: &str) -> Option<KeyKind> {
+        let key = key.trim();
+        KeyKind::ALL
+            .into_iter()
+            .find(|kind| key.starts_with(kind.prefix()))
+    }
+
+    /// `a device key (lgd_...)`, for messages; never the key itself.
+    pub fn describe(self) -> String {
+        let noun = match self {
+            KeyKind::Device => "a device key",
+            KeyKind::Relay => "a site relay's key",
+            KeyKind::Reader => "a reader token",
+        };
+        format!("{noun} ({}...)", self.prefix())
+    }
+}
 
 /// SHA-256 of a key string. The registry (and the reader token list) holds these, never keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +121,7 @@ impl FromStr for KeyHash {
 
 /// Whether a registry string may hold a key, so must not be accepted or echoed.
 pub(super) fn looks_like_key(s: &str) -> bool {
-    s.contains(KEY_PREFIX)
+    s.contains(KEY_PREFIX) || KeyKind::ALL.iter().any(|kind| s.contains(kind.prefix()))
 }
 
 /// A freshly generated key and the hash to put in the registry.
@@ -96,11 +139,21 @@ impl fmt::Debug for NewKey {
     }
 }
 
-/// `lgk_` + base64url (no padding) of 32 bytes from the thread-local CSPRNG.
+/// `lgk_` + base64url (no padding) of 32 bytes from the thread-local CSPRNG: a key of
+/// no particular kind (local mode's throwaway secrets, tests).
 pub fn generate_key() -> NewKey {
+    generate_with(KEY_PREFIX)
+}
+
+/// A new key of `kind`: its prefix + base64url (no padding) of 32 random bytes.
+pub fn generate_key_of(kind: KeyKind) -> NewKey {
+    generate_with(kind.prefix())
+}
+
+fn generate_with(prefix: &str) -> NewKey {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let key = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
     bytes.zeroize();
     let hash = hash_key(&key);
     NewKey {
@@ -179,6 +232,14 @@ mod tests {
         assert_eq!(URL_SAFE_NO_PAD.decode(encoded).unwrap().len(), 32);
         assert_eq!(new.hash, hash_key(key));
         assert_ne!(key, generate_key().key.expose_secret());
+        assert_eq!(KeyKind::of(key), None, "an lgk_ key is any kind");
+        for kind in KeyKind::ALL {
+            let new = generate_key_of(kind);
+            let key = new.key.expose_secret();
+            assert_eq!(KeyKind::of(key), Some(kind));
+            assert_eq!(key.parse::<KeyHash>(), Err(BadHash::RawKey));
+            assert!(!kind.describe().contains(&key[4..]));
+        }
     }
 
     #[test]

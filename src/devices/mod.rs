@@ -14,7 +14,10 @@ pub use admin::{
     secrets_from_environment,
 };
 pub(crate) use keys::{BadHash, KeyHash};
-pub use keys::{NewKey, generate_key, hash_key, new_key_instructions, new_reader_instructions};
+pub use keys::{
+    KeyKind, NewKey, generate_key, generate_key_of, hash_key, new_key_instructions,
+    new_reader_instructions,
+};
 pub(crate) use live::{DeviceKeys, reload_loop};
 pub use registry::{
     AuthFailure, Device, Registry, RegistryError, Relayed, Sender, is_valid_device_id,

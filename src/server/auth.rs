@@ -16,7 +16,8 @@ use axum::http::request::Parts;
 
 use super::error::HttpError;
 use super::state::AppState;
-use crate::devices::{AuthFailure, Registry, Sender};
+use crate::devices::{AuthFailure, KeyKind, Registry, Sender};
+use crate::error_code::ErrorCode;
 use crate::rate_limits::{Credential, address_block, client_address};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -41,12 +42,27 @@ impl FromRequestParts<AppState> for AuthenticatedSender {
         let registry = app.keys.current();
         match registry.authenticate(key) {
             Ok(sender) => Ok(AuthenticatedSender { sender, registry }),
-            Err(AuthFailure::UnknownKey) => Err(failed_authentication(
-                parts,
-                app,
-                Credential::Device,
-                HttpError::unauthorized(),
-            )),
+            Err(AuthFailure::UnknownKey) => {
+                // The prefix says what was pasted here by mistake; it tells nothing
+                // about the registry.
+                let refusal = match KeyKind::of(key) {
+                    Some(KeyKind::Reader) => HttpError::new(
+                        ErrorCode::Unauthorized,
+                        format!(
+                            "this is {}: it goes in the read API's Authorization header; \
+                             X-API-Key takes a device or relay key",
+                            KeyKind::Reader.describe()
+                        ),
+                    ),
+                    _ => HttpError::unauthorized(),
+                };
+                Err(failed_authentication(
+                    parts,
+                    app,
+                    Credential::Device,
+                    refusal,
+                ))
+            }
             Err(AuthFailure::Disabled { device_id }) => {
                 // Not its neighbours' failure budget, but its own device budget:
                 // a disabled device cannot send without limit either.

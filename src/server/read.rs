@@ -20,7 +20,7 @@ use super::error::HttpError;
 use super::state::{App, AppState, Backend};
 use crate::config::ReadIdentity;
 use crate::databricks;
-use crate::devices::KeyHash;
+use crate::devices::{KeyHash, KeyKind};
 use crate::error_code::ErrorCode;
 use crate::ingest::RejectReason;
 use crate::query::{
@@ -119,14 +119,20 @@ fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str
         };
         return Ok((reader, format!("token:{hash}").into()));
     }
+    let message = match bearer_token(headers).and_then(KeyKind::of) {
+        // A device's or relay's key pasted as a reader token: say what it is.
+        Some(kind @ (KeyKind::Device | KeyKind::Relay)) => format!(
+            "this is {}, for X-API-Key on /ingest: the read API takes a reader token \
+             (`lakegate keys new-reader`) as Authorization: Bearer <token>",
+            kind.describe()
+        ),
+        _ => "a valid reader token is required: Authorization: Bearer <token>".into(),
+    };
     Err(failed_authentication(
         parts,
         app,
         Credential::Reader,
-        HttpError::new(
-            ErrorCode::Unauthorized,
-            "a valid reader token is required: Authorization: Bearer <token>",
-        ),
+        HttpError::new(ErrorCode::Unauthorized, message),
     ))
 }
 

@@ -13,11 +13,13 @@ use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
 use lakegate::devices::{AuthFailure, KeySource, Registry, Sender, generate_key, shard_key};
 use lakegate_emulator::Faults;
-use lakegate_testkit::{SP_ID, SP_SECRET, emulator_config, gateway_env, start_emulator, temp_dir};
+use lakegate_testkit::{
+    SP_ID, SP_SECRET, emulator_config, eventually_async, gateway_env, start_emulator, temp_dir,
+};
 use tokio::net::TcpListener;
 
 use crate::common;
-use crate::harness::{Harness, reading};
+use crate::harness::{Harness, metric_at, reading};
 
 fn command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lakegate"));
@@ -143,12 +145,12 @@ fn change(args: &[&str], file: &Path) -> Option<String> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{args:?}: {stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(!stderr.contains("lgk_"), "no key on stderr: {stderr}");
+    assert!(!stderr.contains("lgd_"), "no key on stderr: {stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     match lines[..] {
         [] => None,
         [key] => {
-            assert!(key.starts_with("lgk_"), "{stdout}");
+            assert!(key.starts_with("lgd_"), "a device key: {stdout}");
             Some(key.to_owned())
         }
         _ => panic!("one key line at most: {stdout}"),
@@ -201,7 +203,7 @@ async fn a_running_gateway_follows_the_key_commands() {
         "{listed}"
     );
     assert!(
-        !listed.contains("lgk_") && !listed.contains("sha256"),
+        !listed.contains("lgd_") && !listed.contains("sha256"),
         "{listed}"
     );
 
@@ -251,13 +253,19 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     secrets.create_scope("fleet").await.unwrap();
 
     let secret = ["--secret", "fleet/devices"];
-    let keys = |action: &[&str]| lakegate(&[&["keys"][..], action, &secret].concat(), &workspace);
+    let keys_at = |action: &[&str], at: &str| {
+        lakegate(
+            &[&["keys"][..], action, &["--secret", at]].concat(),
+            &workspace,
+        )
+    };
+    let keys = |action: &[&str]| keys_at(action, secret[1]);
     let added = keys(&["add", "pump-7"]);
     let stderr = String::from_utf8_lossy(&added.stderr);
     assert!(added.status.success(), "{stderr}");
     assert!(!stderr.contains(SP_SECRET), "{stderr}");
     let key = String::from_utf8(added.stdout).unwrap().trim().to_owned();
-    assert!(key.starts_with("lgk_"));
+    assert!(key.starts_with("lgd_"));
     let stored = secrets.get("fleet", "devices").await.unwrap();
     assert!(!String::from_utf8_lossy(stored.expose_secret()).contains(&key));
     let listed = keys(&["list"]);
@@ -286,6 +294,11 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     assert!(keys(&["revoke", "pump-7"]).status.success());
     reload().await;
     assert_eq!(ingest("p-2").await, 401);
+
+    // A mistyped secret is not an empty fleet.
+    let absent = keys_at(&["list"], "fleet/absent");
+    assert_eq!(absent.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("secret fleet/absent does not exist"));
 
     // Credentials come from the environment or a profile: without them, a clear error.
     let no_workspace = lakegate(&[&["keys", "list"][..], &secret].concat(), &[]);
@@ -424,4 +437,151 @@ async fn a_device_in_a_full_base_secret_can_still_be_disabled_and_rotated() {
     }
     assert!(registry.authenticate(&late).is_ok());
     emulator.shutdown().await;
+}
+
+/// Every `keys` command that touches a registry, with its other arguments.
+const REGISTRY_COMMANDS: &[&[&str]] = &[
+    &["add", "pump-3"],
+    &["rotate", "pump-3"],
+    &["revoke-old", "pump-3"],
+    &["revoke", "pump-3"],
+    &["disable", "pump-3"],
+    &["enable", "pump-3"],
+    &["list"],
+    &["add-relay", "site-a", "--devices", "pump-3"],
+    &["rotate-relay", "site-a"],
+    &["revoke-old-relay", "site-a"],
+    &["revoke-relay", "site-a"],
+    &["disable-relay", "site-a"],
+    &["enable-relay", "site-a"],
+    &["relay-devices", "site-a", "--devices", "pump-3"],
+];
+
+/// Runs `keys <command> <options>`; asserts a refusal with exit status 2 whose message
+/// contains `names`, never a panic.
+fn assert_refused(command: &[&str], options: &[&str], names: &str) {
+    let args = [&["keys"][..], command, options].concat();
+    let output = lakegate(&args, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(names),
+        "{args:?} should name {names:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(output.stdout.is_empty(), "{args:?}: no key, no listing");
+}
+
+#[test]
+fn every_keys_command_refuses_wrong_registry_options_with_status_2() {
+    let dir = temp_dir();
+    let file = dir.path().join("devices.json");
+    std::fs::write(&file, r#"{"devices": {}}"#).unwrap();
+    let file = file.to_str().unwrap();
+    // Each wrong combination, and what its message must name.
+    let wrong: &[(&[&str], &str)] = &[
+        (&[], "--file PATH or --secret scope/key"),
+        (&["--profile", "x"], "--secret"),
+        (
+            &["--file", file, "--secret", "fleet/devices"],
+            "cannot be used with",
+        ),
+        (&["--file", file, "--profile", "x"], "--profile"),
+        (&["--secret", "fleet"], "is not scope/key"),
+        (
+            &["--secret", "fleet/a/b", "--profile", "x"],
+            "is not scope/key",
+        ),
+        (
+            &[
+                "--file",
+                file,
+                "--secret",
+                "fleet/devices",
+                "--profile",
+                "x",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for command in REGISTRY_COMMANDS {
+        for (options, names) in wrong {
+            assert_refused(command, options, names);
+        }
+    }
+    assert_eq!(std::fs::read_to_string(file).unwrap(), r#"{"devices": {}}"#);
+}
+
+#[test]
+fn a_missing_registry_file_is_an_error_except_for_add() {
+    let dir = temp_dir();
+    let file = dir.path().join("devcies.json");
+    let path = file.to_str().unwrap();
+    for command in REGISTRY_COMMANDS {
+        if matches!(command[0], "add" | "add-relay") {
+            continue;
+        }
+        assert_refused(command, &["--file", path], "does not exist");
+        // A mistyped path leaves nothing behind, not even a lock file.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{command:?} left {left:?}");
+    }
+    for command in [
+        &["add", "pump-3"][..],
+        &["add-relay", "site-a", "--devices", "pump-3"],
+    ] {
+        let file = dir.path().join(format!("{}.json", command[0]));
+        let args = [&["keys"][..], command, &["--file", file.to_str().unwrap()]].concat();
+        let output = lakegate(&args, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("did not exist: created it"), "{stderr}");
+        let registry = Registry::parse(&std::fs::read(&file).unwrap()).unwrap();
+        let key = String::from_utf8(output.stdout).unwrap();
+        assert!(registry.authenticate(key.trim()).is_ok());
+    }
+}
+
+/// A real gateway with the default 60 s reload: a key `keys add` prints works within
+/// 3 s, because the gateway watches its registry file, and the command says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_added_to_a_watched_file_works_within_seconds() {
+    let emulator = start_emulator(emulator_config()).await;
+    let dir = temp_dir();
+    let file = dir.path().join("devices.json");
+    std::fs::write(&file, r#"{"devices": {}}"#).unwrap();
+    let mut env = gateway_env(&emulator, &file, &[]);
+    env.remove("LAKEGATE_KEYS_REFRESH_SECS");
+    let gateway = common::LakegateProcess::spawn(&env, |_| {}).unwrap();
+    let url = format!("http://{}", gateway.address);
+    let http = lakegate::databricks::http_client().unwrap();
+    let devices = async || metric_at(&http, &url, "lakegate_registry_devices").await;
+    assert_eq!(devices().await, 0.0);
+
+    let path = file.to_str().unwrap();
+    let added = lakegate(&["keys", "add", "pump-3", "--file", path], &[]);
+    let changed = std::time::Instant::now();
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(added.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("picks this up within about a second"),
+        "{stderr}"
+    );
+    let key = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    // Waits on the gauge rather than on 401s, which spend the address's failure budget.
+    eventually_async(Duration::from_secs(30), "the registry reload", async || {
+        devices().await == 1.0
+    })
+    .await;
+    let took = changed.elapsed();
+    assert!(took < Duration::from_secs(3), "picked up after {took:?}");
+    let response = http
+        .post(format!("{url}/ingest"))
+        .header("X-API-Key", &key)
+        .json(&reading("p-1", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.terminate().await.unwrap();
 }

@@ -1,10 +1,14 @@
 //! Device keys: unknown and missing keys, disabled devices, rotation with
 //! reloads, limits, and the `keys new` subcommand.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use lakegate::devices::Registry;
+use lakegate::config::GatewayConfig;
+use lakegate::devices::{KeyKind, Registry, generate_key_of};
+use lakegate_testkit::{emulator_config, gateway_env, temp_dir};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::harness::{Harness, reading, respond};
@@ -170,7 +174,7 @@ fn keys_new_prints_a_key_once_with_its_registry_entry() {
     let text = String::from_utf8(output.stdout).unwrap();
     let key = text
         .split_whitespace()
-        .find(|word| word.starts_with("lgk_"))
+        .find(|word| word.starts_with("lgd_"))
         .expect("the key is printed");
     // The printed entry is a fragment of the registry's "devices" object.
     let entry = text
@@ -187,4 +191,105 @@ fn keys_new_prints_a_key_once_with_its_registry_entry() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+
+    let reader = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args(["keys", "new-reader"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(reader.stdout).unwrap();
+    assert!(
+        text.split_whitespace().any(|word| word.starts_with("lgt_")),
+        "{text}"
+    );
+}
+
+/// Each kind of key has its prefix; one pasted where another kind belongs is refused
+/// with a message that says what it is, and `lgk_` keys of earlier versions still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_of_the_wrong_kind_is_refused_saying_what_it_is() {
+    let reader = generate_key_of(KeyKind::Reader);
+    let reader_hash = reader.hash.clone();
+    let mut gateway = Harness::start_with(
+        emulator_config(),
+        &[("LAKEGATE_READER_TOKENS", &reader_hash)],
+    )
+    .await;
+    assert!(gateway.keys.sensor.starts_with("lgk_"));
+    assert_eq!(
+        gateway
+            .post_json(&gateway.keys.sensor, &reading("a", 1.0))
+            .await
+            .0,
+        200
+    );
+
+    let token = reader.key.expose_secret();
+    let (status, body) = gateway.post_json(token, &reading("b", 1.0)).await;
+    assert_eq!(status, 401);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("this is a reader token (lgt_...)"),
+        "{body}"
+    );
+    assert!(!message.contains(token));
+
+    let device = generate_key_of(KeyKind::Device);
+    let device = device.key.expose_secret();
+    let response = (gateway.http.get(format!("{}/api/devices", gateway.url)))
+        .bearer_auth(device)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = respond(response).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("this is a device key (lgd_...)"),
+        "{body}"
+    );
+    // The reader token still reads.
+    let response = (gateway.http.get(format!("{}/api/devices", gateway.url)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+
+    // A relay's key pasted among the reader tokens' hashes.
+    let relay = generate_key_of(KeyKind::Relay);
+    let mut env = gateway_env(&gateway.emulator, Path::new("devices.json"), &[]);
+    env.insert(
+        "LAKEGATE_READER_TOKENS".into(),
+        relay.key.expose_secret().into(),
+    );
+    let refused = GatewayConfig::from_map(&env).unwrap_err().to_string();
+    assert!(
+        refused.contains("is a site relay's key (lgr_...)"),
+        "{refused}"
+    );
+    assert!(!refused.contains(relay.key.expose_secret()));
+
+    // A device's key as a relay's: the relay does not start, and says why.
+    let dir = temp_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .arg("relay")
+        .env_clear()
+        .envs([
+            ("LAKEGATE_UPSTREAM", "http://127.0.0.1:9"),
+            ("LAKEGATE_SPOOL_DIR", dir.path().to_str().unwrap()),
+            ("LAKEGATE_RELAY_KEY", device),
+            ("LAKEGATE_LOG_FORMAT", "text"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is a device key (lgd_...), not a relay's key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(device));
 }

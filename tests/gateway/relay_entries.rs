@@ -425,11 +425,11 @@ fn change(args: &[&str], file: &Path) -> Option<String> {
     let output = lakegate(args, file);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{args:?}: {stderr}");
-    assert!(!stderr.contains("lgk_"), "no key on stderr: {stderr}");
+    assert!(!stderr.contains("lgr_"), "no key on stderr: {stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     match stdout.lines().collect::<Vec<_>>()[..] {
         [] => None,
-        [key] if key.starts_with("lgk_") => Some(key.to_owned()),
+        [key] if key.starts_with("lgr_") => Some(key.to_owned()),
         _ => panic!("one key line at most: {stdout}"),
     }
 }
