@@ -302,7 +302,7 @@ impl LocalWorkspace {
                     )
                 };
                 text.push_str(&format!(
-                    "\nBehind the emulated Databricks Apps proxy at {proxy}, which (as on Databricks) \
+                    "Behind the emulated Databricks Apps proxy at {proxy}, which (as on Databricks) \
                      admits only OAuth tokens of the workspace. The app is {CLIENT_ID}; devices get \
                      tokens with the fleet's service principal {FLEET_CLIENT_ID}, which may send but \
                      not read; only {READER_CLIENT_ID} may read through the proxy.\n\
