@@ -204,3 +204,37 @@ async fn local_mode_keeps_its_keys_and_a_second_run_on_its_port_changes_nothing(
         "{line}"
     );
 }
+
+/// Every reading the README's shell examples send is stamped now: a fixed date falls
+/// out of the page's window within a day and the reader sees nothing.
+#[test]
+fn readme_examples_send_readings_stamped_now() {
+    let readme = include_str!("../../README.md");
+    let mut in_shell = false;
+    let mut stamped = 0;
+    for line in readme.lines() {
+        match line.trim_start() {
+            "```sh" => in_shell = true,
+            "```" => in_shell = false,
+            _ if in_shell && line.contains("\"ts\":") => {
+                assert!(line.contains("$(date "), "a fixed timestamp: {line}");
+                stamped += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(stamped >= 3, "the README's ingest examples were not found");
+}
+
+/// `--behind-apps-proxy` is found where a newcomer looks first.
+#[test]
+fn top_level_help_names_behind_apps_proxy() {
+    let help = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{text}");
+    assert!(text.contains("--behind-apps-proxy"), "{text}");
+    assert!(text.contains("sql"), "{text}");
+}
