@@ -76,9 +76,12 @@ impl LocalState {
     pub fn read(data_dir: &Path) -> anyhow::Result<Option<LocalState>> {
         let path = data_dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("{} is not what local mode writes", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+                format!(
+                    "{} is not what local mode writes (delete it to start afresh: new keys)",
+                    path.display()
+                )
+            }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
         }
@@ -110,6 +113,8 @@ enum DemoKey {
 }
 
 pub struct LocalWorkspace {
+    /// Held while running: one local mode per folder.
+    _lock: std::fs::File,
     emulator: Emulator,
     state: LocalState,
     keys: KeySource,
@@ -160,6 +165,7 @@ impl LocalWorkspace {
     ) -> anyhow::Result<LocalWorkspace> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        let lock = lock(data_dir)?;
         let (mut state, fresh) = match LocalState::read(data_dir)? {
             Some(state) => (state, false),
             None => (LocalState::new(), true),
@@ -198,6 +204,7 @@ impl LocalWorkspace {
             state.write(data_dir)?;
         }
         Ok(LocalWorkspace {
+            _lock: lock,
             emulator,
             state,
             keys,
@@ -376,6 +383,28 @@ fn keep_demo_key(path: &Path, key: &str, fresh: bool) -> anyhow::Result<DemoKey>
     devices.insert(DEMO_DEVICE.to_owned(), json!({"keys": [hash]}));
     write_replacing(path, &serde_json::to_vec_pretty(&registry)?, None)?;
     Ok(DemoKey::Kept { replaced })
+}
+
+/// Locks `data_dir` for this process, or says which folder another local mode uses.
+fn lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another lakegate in local mode uses {}: stop it, or set LAKEGATE_LOCAL_DIR to \
+             another folder",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(err).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 /// Writes `bytes` to a temporary file and renames it over `path`, so a crash leaves the

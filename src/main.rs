@@ -252,16 +252,11 @@ fn main() -> ExitCode {
         Command::Keys { action } => keys(action),
         Command::Send(args) => send(args),
         Command::Serve { behind_apps_proxy } => {
-            let config = match serve_config(behind_apps_proxy || cli.behind_apps_proxy) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            // A local trial is read by a person; a deployed gateway by the log viewer.
-            let format = log_format(config.is_local());
-            run_service(format, serve(config))
+            match serve_config(behind_apps_proxy || cli.behind_apps_proxy) {
+                // A local trial is read by a person; a deployed gateway by the log viewer.
+                Ok(config) => run_service(log_format(config.is_local()), serve(config)),
+                Err(err) => run_service(log_format(false), async { Err(err) }),
+            }
         }
         Command::Relay(args) => run_service(log_format(false), relay(args)),
         Command::Sql(args) => sql(args),
@@ -273,12 +268,16 @@ fn run_service(
     format: LogFormat,
     service: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
+    let for_people = format == LogFormat::TextOnStderr;
     init_logging(format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(service) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "lakegate stopped");
+            // On stderr already, the log line would say it twice.
+            if !for_people {
+                tracing::error!(error = format!("{err:#}"), "lakegate stopped");
+            }
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
@@ -536,6 +535,7 @@ fn describe(change: &KeyChange) -> String {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum LogFormat {
     /// JSON lines on stdout, which the Apps log viewer keeps.
     Json,
@@ -715,6 +715,20 @@ fn local_workspace_config(
             dir.display()
         )
     })?;
+    // Not running: say so now rather than after the client's retries.
+    let address = state.workspace_url.trim_start_matches("http://");
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .is_some_and(|address| {
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
+                .is_ok()
+        });
+    anyhow::ensure!(
+        reachable,
+        "local mode's workspace ({}) does not answer: start local mode (`cargo run`) first",
+        state.workspace_url
+    );
     state.client_config()
 }
 

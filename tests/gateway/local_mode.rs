@@ -106,6 +106,28 @@ fn sql(dir: &Path, statement: &str, env: &[(&str, String)]) -> Output {
         .expect("lakegate sql runs")
 }
 
+/// Runs `command` to its end, which must come within 60 s (a local mode that started
+/// instead of failing is killed, and the test fails).
+fn fails_at_once(mut command: Command) -> Output {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg(id.to_string()).status();
+            panic!("a second local mode ran instead of failing");
+        }
+    }
+}
+
 async fn ingest(url: &str, key: &str, id: &str) -> u16 {
     let now = chrono::Utc::now().to_rfc3339();
     lakegate_testkit::http_client()
@@ -143,16 +165,30 @@ async fn local_mode_keeps_its_keys_and_a_second_run_on_its_port_changes_nothing(
         assert_eq!(mode & 0o777, 0o600, "local.json holds secrets");
     }
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let second = local_command(dir.path(), port).output().unwrap();
+    let second = fails_at_once(local_command(dir.path(), port));
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{said}");
     assert!(said.contains("Address already in use"), "{said}");
     let after = files.clone().map(|path| std::fs::read(path).unwrap());
     assert!(before == after, "the failed run rewrote the local folder");
+    // On a port of its own, a second local mode finds the folder taken.
+    let third = fails_at_once(local_command(dir.path(), 0));
+    let said = String::from_utf8_lossy(&third.stderr);
+    assert!(!third.status.success(), "{said}");
+    assert!(said.contains("another lakegate in local mode"), "{said}");
+    let after = files.clone().map(|path| std::fs::read(path).unwrap());
+    assert!(
+        before == after,
+        "the second local mode rewrote the local folder"
+    );
     // The running gateway's key still works, the registry's reloads notwithstanding.
     assert_eq!(ingest(&url, &key, "during").await, 200);
 
     first.stop();
+    // Stopped, `lakegate sql` says so at once (not after a minute of retries).
+    let out = sql(dir.path(), "SELECT 1", &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("start local mode"), "{said}");
     let again = LocalMode::start(dir.path(), 0, &[]);
     let url = again.url();
     assert_eq!(again.value("LAKEGATE_DEVICE_KEY="), key);
