@@ -2,7 +2,7 @@
 //! the gateway; `lakegate keys ...` manages devices and site relays in the registry
 //! where it lives (or prints a key, `keys new`, or a reader token, `keys new-reader`);
 //! `lakegate send` is the device agent (`lakegate-device`); `lakegate relay` is the
-//! site relay (`relay/`).
+//! site relay (`relay/`); `lakegate sql` runs one statement on the workspace.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -28,8 +28,9 @@ use tokio::net::TcpListener;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// `lakegate --behind-apps-proxy` is `lakegate serve --behind-apps-proxy`.
-    #[arg(long, global = true, hide = true)]
+    /// Local mode only (no DATABRICKS_HOST): put the emulated Databricks Apps proxy in
+    /// front of the gateway, as `lakegate serve --behind-apps-proxy` does.
+    #[arg(long)]
     behind_apps_proxy: bool,
 }
 
@@ -55,6 +56,19 @@ enum Command {
     /// gateway does, spools them on disk and forwards them with the relay's key
     /// (LAKEGATE_RELAY_KEY); configured like the gateway, by environment variables.
     Relay(RelayArgs),
+    /// Run one SQL statement and print its rows as a table: on the workspace of the
+    /// DATABRICKS_* variables (or --profile), else on the one local mode runs (its
+    /// address and credentials are in LAKEGATE_LOCAL_DIR, `.lakegate-local/`).
+    Sql(SqlArgs),
+}
+
+#[derive(clap::Args)]
+struct SqlArgs {
+    /// The statement, e.g. "SELECT device_id, ts FROM main.lakegate.readings LIMIT 10".
+    statement: String,
+    /// The ~/.databrickscfg profile of the workspace (with its warehouse_id).
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -267,20 +281,32 @@ fn main() -> ExitCode {
         Command::Keys { action } => keys(action),
         Command::Send(args) => send(args),
         Command::Serve { behind_apps_proxy } => {
-            run_service(serve(behind_apps_proxy || cli.behind_apps_proxy))
+            match serve_config(behind_apps_proxy || cli.behind_apps_proxy) {
+                // A local trial is read by a person; a deployed gateway by the log viewer.
+                Ok(config) => run_service(log_format(config.is_local()), serve(config)),
+                Err(err) => run_service(log_format(false), async { Err(err) }),
+            }
         }
-        Command::Relay(args) => run_service(relay(args)),
+        Command::Relay(args) => run_service(log_format(false), relay(args)),
+        Command::Sql(args) => sql(args),
     }
 }
 
 /// Runs the gateway or the relay to its end, logging why it stopped if it failed.
-fn run_service(service: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    init_logging();
+fn run_service(
+    format: LogFormat,
+    service: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let for_people = format == LogFormat::TextOnStderr;
+    init_logging(format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(service) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "lakegate stopped");
+            // On stderr already, the log line would say it twice.
+            if !for_people {
+                tracing::error!(error = format!("{err:#}"), "lakegate stopped");
+            }
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
@@ -590,14 +616,42 @@ fn describe(change: &KeyChange) -> String {
     }
 }
 
-/// JSON lines by default (the Apps log viewer keeps stdout); `LAKEGATE_LOG_FORMAT=text` for people.
-fn init_logging() {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// JSON lines on stdout, which the Apps log viewer keeps.
+    Json,
+    /// For people, on stdout.
+    Text,
+    /// For people, on stderr: local mode's stdout is its banner alone.
+    TextOnStderr,
+}
+
+/// `LAKEGATE_LOG_FORMAT` (`json` or `text`) decides; unset, JSON lines unless `local`
+/// and not on Databricks Apps (DATABRICKS_APP_NAME).
+fn log_format(local: bool) -> LogFormat {
+    match std::env::var("LAKEGATE_LOG_FORMAT").as_deref() {
+        Ok("text") => LogFormat::Text,
+        Ok("json") => LogFormat::Json,
+        _ if local && std::env::var_os("DATABRICKS_APP_NAME").is_none() => LogFormat::TextOnStderr,
+        _ => LogFormat::Json,
+    }
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
         .unwrap_or_else(|_| "info,lakegate=info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match std::env::var("LAKEGATE_LOG_FORMAT").as_deref() {
-        Ok("text") => builder.init(),
-        _ => builder
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::TextOnStderr => {
+            use std::io::IsTerminal;
+            let colours = std::io::stderr().is_terminal();
+            builder
+                .with_writer(std::io::stderr)
+                .with_ansi(colours)
+                .init();
+        }
+        LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -605,7 +659,7 @@ fn init_logging() {
     }
 }
 
-async fn serve(behind_apps_proxy: bool) -> anyhow::Result<()> {
+fn serve_config(behind_apps_proxy: bool) -> anyhow::Result<GatewayConfig> {
     let mut vars: HashMap<String, String> = std::env::vars().collect();
     if behind_apps_proxy {
         vars.insert("LAKEGATE_LOCAL_APPS_PROXY".into(), "true".into());
@@ -615,21 +669,155 @@ async fn serve(behind_apps_proxy: bool) -> anyhow::Result<()> {
         !behind_apps_proxy || cfg!(feature = "local") && config.is_local(),
         "--behind-apps-proxy runs the emulated Apps proxy of local mode: unset DATABRICKS_HOST"
     );
+    Ok(config)
+}
+
+async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let listen = config.listen;
-    #[cfg_attr(not(feature = "local"), expect(unused_mut))]
-    let mut gateway = Gateway::start(config).await?;
+    // The port first: a second local run that cannot have it changes nothing on disk.
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
+    #[cfg(feature = "local")]
+    let table = config.table.to_string();
+    #[cfg_attr(not(feature = "local"), expect(unused_mut))]
+    let mut gateway = Gateway::start(config).await?;
     tracing::info!(%address, "lakegate listening");
     #[cfg(feature = "local")]
     if let Some(local) = gateway.local_workspace() {
         let url = format!("http://{address}");
         local.start_apps_proxy(&url).await?;
-        println!("{}", local.instructions(&url));
+        println!("{}", local.instructions(&url, &table, &this_binary()));
     }
     gateway.run(listener, shutdown_signal()).await
+}
+
+/// How to run this binary again from a shell: its path (after `cargo run`, under target/).
+#[cfg(feature = "local")]
+fn this_binary() -> String {
+    let path = std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "lakegate".to_owned());
+    match path.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+        true => format!("'{}'", path.replace('\'', "'\\''")),
+        false => path,
+    }
+}
+
+fn sql(args: SqlArgs) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run_sql(args)) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_sql(args: SqlArgs) -> anyhow::Result<String> {
+    use lakegate::databricks::{Client, StatementRequest};
+
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    if let Some(profile) = &args.profile {
+        vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile.clone());
+    }
+    let config = if vars.contains_key("DATABRICKS_HOST") || args.profile.is_some() {
+        lakegate::databricks::Config::resolve(Default::default(), &vars).context("the workspace")?
+    } else {
+        local_workspace_config(&vars)?
+    };
+    let result = Client::new(&config)?
+        .statements()
+        .execute(StatementRequest::new(args.statement))
+        .await?;
+    let columns: Vec<String> = result.columns().iter().map(|c| c.name.clone()).collect();
+    let rows = result.collect_rows().await?;
+    Ok(text_table(&columns, &rows))
+}
+
+/// Rows as a table of aligned columns, with a header and the row count.
+fn text_table(columns: &[String], rows: &[lakegate::databricks::ResultRow]) -> String {
+    use lakegate::databricks::Value;
+    let cell = |value: &Value| match value {
+        Value::Null => "NULL".to_owned(),
+        Value::String(text) | Value::Decimal(text) => text.clone(),
+        Value::Int(number) => number.to_string(),
+        Value::Float(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::Timestamp(at) => at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        Value::Date(day) => day.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(cell).collect())
+        .collect();
+    let mut widths: Vec<usize> = columns.iter().map(|name| name.chars().count()).collect();
+    for row in &cells {
+        for (width, text) in widths.iter_mut().zip(row) {
+            *width = (*width).max(text.chars().count());
+        }
+    }
+    let line = |texts: &[String]| {
+        let padded: Vec<String> = texts
+            .iter()
+            .zip(&widths)
+            .map(|(text, width)| format!("{text:<width$}"))
+            .collect();
+        format!("{}\n", padded.join(" | ").trim_end())
+    };
+    let rule: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
+    let mut text = line(columns) + &rule.join("-+-") + "\n";
+    for row in &cells {
+        text.push_str(&line(row));
+    }
+    let count = rows.len();
+    text.push_str(&format!(
+        "({count} row{})\n",
+        if count == 1 { "" } else { "s" }
+    ));
+    text
+}
+
+/// The workspace local mode runs (or last ran) in LAKEGATE_LOCAL_DIR.
+#[cfg(feature = "local")]
+fn local_workspace_config(
+    vars: &HashMap<String, String>,
+) -> anyhow::Result<lakegate::databricks::Config> {
+    let dir = lakegate::local::local_dir(vars);
+    let state = lakegate::local::LocalState::read(&dir)?.with_context(|| {
+        format!(
+            "no workspace: set DATABRICKS_HOST (or pass --profile), or start local mode \
+             (`cargo run`) here first, which keeps its workspace's address in {}",
+            dir.display()
+        )
+    })?;
+    // Not running: say so now rather than after the client's retries.
+    let address = state.workspace_url.trim_start_matches("http://");
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .is_some_and(|address| {
+            std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
+                .is_ok()
+        });
+    anyhow::ensure!(
+        reachable,
+        "local mode's workspace ({}) does not answer: start local mode (`cargo run`) first",
+        state.workspace_url
+    );
+    state.client_config()
+}
+
+#[cfg(not(feature = "local"))]
+fn local_workspace_config(
+    _: &HashMap<String, String>,
+) -> anyhow::Result<lakegate::databricks::Config> {
+    anyhow::bail!("no workspace: set DATABRICKS_HOST (or pass --profile)")
 }
 
 async fn relay(args: RelayArgs) -> anyhow::Result<()> {

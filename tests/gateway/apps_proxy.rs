@@ -314,41 +314,18 @@ async fn the_proxys_body_cap_and_timeout_answer_for_lakegate() {
 
 /// `lakegate --behind-apps-proxy`: local mode with the emulated proxy in front prints
 /// how a device gets through it, and what it prints works, for the agent and for curl's
-/// requests without a token alike.
+/// requests without a token alike. The fleet's principal sends but may not read; the
+/// reader principal the banner names may.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::process::{Command, Stdio};
 
     let dir = lakegate_testkit::temp_dir();
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_lakegate"))
-        .arg("--behind-apps-proxy")
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("LAKEGATE_LOCAL_DIR", dir.path().join("local"))
-        .env("DATABRICKS_APP_PORT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("lakegate runs");
-    let stdout = gateway.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let agent_line = loop {
-        let line = lines_rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("local mode prints how to reach it through the proxy");
-        if line.contains("lakegate send --upstream") {
-            break line;
-        }
-    };
+    let gateway = crate::local_mode::LocalMode::start(dir.path(), 0, &["--behind-apps-proxy"]);
     // `... DATABRICKS_HOST=... DATABRICKS_CLIENT_ID=... DATABRICKS_CLIENT_SECRET=...
     // LAKEGATE_DEVICE_KEY=... lakegate send --upstream <proxy>`
+    let agent_line = gateway.line("send --upstream");
     let words: Vec<&str> = agent_line.split_whitespace().collect();
     let value = |name: &str| {
         words
@@ -358,28 +335,37 @@ async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
             .to_owned()
     };
     let proxy = words.last().unwrap().to_string();
+    let workspace = value("DATABRICKS_HOST=");
+    let fleet = (
+        value("DATABRICKS_CLIENT_ID="),
+        value("DATABRICKS_CLIENT_SECRET="),
+    );
+    assert_ne!(
+        fleet.0,
+        gateway.value("DATABRICKS_CLIENT_ID="),
+        "the devices' principal is not the app's"
+    );
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_lakegate"))
         .args(["send", "--upstream", &proxy])
         .env_clear()
         .env("HOME", dir.path())
-        .env("DATABRICKS_HOST", value("DATABRICKS_HOST="))
-        .env("DATABRICKS_CLIENT_ID", value("DATABRICKS_CLIENT_ID="))
-        .env(
-            "DATABRICKS_CLIENT_SECRET",
-            value("DATABRICKS_CLIENT_SECRET="),
-        )
+        .env("DATABRICKS_HOST", &workspace)
+        .env("DATABRICKS_CLIENT_ID", &fleet.0)
+        .env("DATABRICKS_CLIENT_SECRET", &fleet.1)
         .env("LAKEGATE_DEVICE_KEY", value("LAKEGATE_DEVICE_KEY="))
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the agent runs");
+    let now = chrono::Utc::now().to_rfc3339();
     agent
         .stdin
         .take()
         .unwrap()
         .write_all(
-            b"{\"id\": \"via-proxy\", \"ts\": \"2026-11-29T12:00:00Z\", \"metrics\": {\"t\": 1}}\n",
+            format!("{{\"id\": \"via-proxy\", \"ts\": \"{now}\", \"metrics\": {{\"t\": 1}}}}\n")
+                .as_bytes(),
         )
         .unwrap();
     let sent = agent.wait_with_output().unwrap();
@@ -388,7 +374,8 @@ async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
     assert!(said.contains("1 reading read: 1 committed"), "{said}");
 
     // Without a token the proxy answers, as Databricks' does.
-    let bare = lakegate_testkit::http_client()
+    let http = lakegate_testkit::http_client();
+    let bare = http
         .post(format!("{proxy}/api/ingest"))
         .header("X-API-Key", value("LAKEGATE_DEVICE_KEY="))
         .body("{}")
@@ -397,8 +384,46 @@ async fn local_mode_behind_the_emulated_proxy_prints_a_way_in_that_works() {
         .unwrap();
     assert_eq!(bare.status(), 401);
 
-    gateway.kill().unwrap();
-    gateway.wait().unwrap();
+    // Reading through the proxy: the fleet's token, which every device holds, may not;
+    // the reader principal's (`-u lakegate-reader:SECRET` in the banner) may.
+    let reader = gateway.value("lakegate-reader:");
+    let token_of = async |(id, secret): (&str, &str)| {
+        let answer: serde_json::Value = http
+            .post(format!("{workspace}/oidc/v1/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "all-apis")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["access_token"].as_str().unwrap().to_owned()
+    };
+    let devices = async |token: String| {
+        let answer = http
+            .get(format!("{proxy}/api/devices"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let (status, body) = devices(token_of((&fleet.0, &fleet.1)).await).await;
+    assert_eq!(status, 403, "the fleet's token read: {body}");
+    let (status, body) = devices(token_of(("lakegate-reader", &reader)).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("demo-sensor-1"), "{body}");
+    // The page's link, straight to the gateway, reads with its reader token.
+    let url = gateway.url();
+    let page_token = gateway.value(&format!("{url}/#token="));
+    let direct = http
+        .get(format!("{url}/api/devices"))
+        .bearer_auth(page_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
 }
 
 /// `GET {base}{path}` with `headers`.

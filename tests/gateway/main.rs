@@ -15,6 +15,7 @@ mod harness;
 mod ingest;
 mod key_commands;
 mod keys;
+mod local_mode;
 mod logs;
 mod operations;
 mod query;
