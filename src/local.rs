@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::config::{GatewayConfig, ReadIdentity, ReaderList};
 use crate::databricks;
-use crate::devices::{KeyHash, KeySource, generate_key};
+use crate::devices::{KeyHash, KeyKind, KeySource, generate_key, generate_key_of};
 
 const DEMO_DEVICE: &str = "demo-sensor-1";
 /// The app's service principal: it writes the table (and reads it for the page).
@@ -60,13 +60,14 @@ impl std::fmt::Debug for LocalState {
 impl LocalState {
     fn new() -> LocalState {
         let secret = || generate_key().key.expose_secret().to_owned();
+        let of = |kind| generate_key_of(kind).key.expose_secret().to_owned();
         LocalState {
             workspace_url: String::new(),
             client_id: CLIENT_ID.to_owned(),
             client_secret: secret(),
             warehouse_id: WAREHOUSE_ID.to_owned(),
-            demo_key: secret(),
-            reader_token: secret(),
+            demo_key: of(KeyKind::Device),
+            reader_token: of(KeyKind::Reader),
             fleet_secret: secret(),
             reader_secret: secret(),
         }
