@@ -539,6 +539,34 @@ mod tests {
         bytes: 1 << 20,
     };
 
+    /// A writer over `sink` with a linger of `flush_ms`, running on a queue of one lane.
+    struct Running {
+        queue: super::super::queue::IngestQueue,
+        closing: CancellationToken,
+        metrics: Arc<Metrics>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start_writer<S: BatchSink>(sink: S, flush_ms: u64) -> Running {
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let closing = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::new(
+            lanes.remove(0),
+            sink,
+            settings(flush_ms),
+            metrics.clone(),
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+        Running {
+            queue,
+            closing,
+            metrics,
+            task,
+        }
+    }
+
     fn settings(flush_ms: u64) -> BatchSettings {
         BatchSettings {
             flush_interval: Duration::from_millis(flush_ms),
@@ -553,18 +581,12 @@ mod tests {
             failures: 2.into(),
             ..FlakySink::default()
         });
-        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
-        let receiver = lanes.remove(0);
-        let closing = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let writer = Writer::new(
-            receiver,
-            sink.clone(),
-            settings(10),
-            metrics,
-            closing.clone(),
-        );
-        let task = tokio::spawn(writer.run());
+        let Running {
+            queue,
+            closing,
+            task,
+            ..
+        } = start_writer(sink.clone(), 10);
 
         let committed = queue
             .submit(vec![row("d", "r", "t", 1)], true)
@@ -583,17 +605,12 @@ mod tests {
     /// Commits one row through a writer over `sink`; returns the time it took and the
     /// conflicts counted.
     async fn commit_through(sink: Arc<FlakySink>) -> (Duration, u64) {
-        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
-        let closing = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let writer = Writer::new(
-            lanes.remove(0),
-            sink.clone(),
-            settings(10),
-            metrics.clone(),
-            closing.clone(),
-        );
-        let task = tokio::spawn(writer.run());
+        let Running {
+            queue,
+            closing,
+            metrics,
+            task,
+        } = start_writer(sink.clone(), 10);
         let started = tokio::time::Instant::now();
         let committed = queue
             .submit(vec![row("d", "r", "t", 1)], true)
@@ -720,17 +737,12 @@ mod tests {
             written: std::sync::Mutex::default(),
             rejected: std::sync::Mutex::default(),
         });
-        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
-        let closing = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let writer = Writer::new(
-            lanes.remove(0),
-            sink.clone(),
-            settings(10),
-            metrics.clone(),
-            closing.clone(),
-        );
-        let task = tokio::spawn(writer.run());
+        let Running {
+            queue,
+            closing,
+            metrics,
+            task,
+        } = start_writer(sink.clone(), 10);
         let rows: Vec<TableRow> = (0..4).map(|i| row("d", &format!("r{i}"), "t", i)).collect();
         let committed = queue.submit(rows, true).unwrap().unwrap();
         committed.await.expect("committed").expect("written");
@@ -780,18 +792,13 @@ mod tests {
             started: tokio::sync::Notify::new(),
             written: std::sync::Mutex::default(),
         });
-        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
-        let receiver = lanes.remove(0);
-        let closing = CancellationToken::new();
         let linger = Duration::from_secs(3);
-        let writer = Writer::new(
-            receiver,
-            sink.clone(),
-            settings(linger.as_millis() as u64),
-            Arc::new(Metrics::default()),
-            closing.clone(),
-        );
-        let task = tokio::spawn(writer.run());
+        let Running {
+            queue,
+            closing,
+            task,
+            ..
+        } = start_writer(sink.clone(), linger.as_millis() as u64);
         let first = queue.submit(vec![row("d", "a", "t", 1)], true).unwrap();
         // The first row found the writer idle: it lingers, then its statement starts.
         sink.started.notified().await;
@@ -828,17 +835,12 @@ mod tests {
     #[tokio::test]
     async fn closing_flushes_queued_rows_without_waiting_for_the_interval() {
         let sink = Arc::new(FlakySink::default());
-        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
-        let receiver = lanes.remove(0);
-        let closing = CancellationToken::new();
-        let writer = Writer::new(
-            receiver,
-            sink.clone(),
-            settings(60_000),
-            Arc::new(Metrics::default()),
-            closing.clone(),
-        );
-        let task = tokio::spawn(writer.run());
+        let Running {
+            queue,
+            closing,
+            task,
+            ..
+        } = start_writer(sink.clone(), 60_000);
         queue.submit(vec![row("d", "r1", "t", 1)], false).unwrap();
         queue.submit(vec![row("d", "r2", "t", 2)], false).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
