@@ -1,6 +1,6 @@
 //! The stable error codes of every refusal, each with its one HTTP status: the
-//! wire contract that devices and dashboards program against (the tables in the
-//! README). Every error body is `{"error": <code>, "message": ...}`; a code never
+//! wire contract that devices and dashboards program against (the tables in
+//! `docs/api.md`). Every error body is `{"error": <code>, "message": ...}`; a code never
 //! changes its meaning or status once released.
 
 use axum::http::StatusCode;

@@ -56,7 +56,7 @@
 //!    and polls the statement to its end. On commit the waiting request answers 200.
 //!
 //! Every refusal on the way is a JSON body with a code from `error_code.rs`
-//! (`server/error.rs`), the same codes the README lists.
+//! (`server/error.rs`), the same codes `docs/api.md` lists.
 //!
 //! ## A dashboard query back
 //!

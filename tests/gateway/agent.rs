@@ -185,7 +185,7 @@ async fn a_rate_limited_devices_spool_drains_over_short_runs() {
     use lakegate::devices::{generate_key, hash_key};
     use secrecy::ExposeSecret;
     let key = generate_key().key.expose_secret().to_owned();
-    // The README's own limits: 5 readings a second after a burst of 10.
+    // `docs/device-keys.md`'s example limits: 5 readings a second after a burst of 10.
     let registry = serde_json::json!({
         "devices": {"meter-1": {"keys": [hash_key(&key)], "rate_per_sec": 5, "burst": 10}}
     });

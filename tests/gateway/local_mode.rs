@@ -241,14 +241,27 @@ async fn local_mode_keeps_its_keys_and_a_second_run_on_its_port_changes_nothing(
     );
 }
 
-/// Every reading the README's shell examples send is stamped now: a fixed date falls
-/// out of the page's window within a day and the reader sees nothing.
+/// Every reading the shell examples of the README, `docs/` and the emulator's README
+/// send is stamped now: a fixed date falls out of the page's window within a day and
+/// the reader sees nothing.
 #[test]
 fn readme_examples_send_readings_stamped_now() {
-    let readme = include_str!("../../README.md");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("emulator/README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            pages.push(path);
+        }
+    }
+    let text: String = pages
+        .iter()
+        .map(|page| std::fs::read_to_string(page).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut in_shell = false;
     let mut stamped = 0;
-    for line in readme.lines() {
+    for line in text.lines() {
         match line.trim_start() {
             "```sh" => in_shell = true,
             "```" => in_shell = false,
@@ -259,7 +272,10 @@ fn readme_examples_send_readings_stamped_now() {
             _ => {}
         }
     }
-    assert!(stamped >= 3, "the README's ingest examples were not found");
+    assert!(
+        stamped >= 3,
+        "the documentation's ingest examples were not found"
+    );
 }
 
 /// `--behind-apps-proxy` is found where a newcomer looks first.

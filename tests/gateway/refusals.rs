@@ -1,4 +1,4 @@
-//! The wire contract of every refusal the README documents: status, whether
+//! The wire contract of every refusal `docs/api.md` documents: status, whether
 //! `Retry-After` is set, and the JSON body, pinned by snapshots
 //! (`tests/gateway/snapshots/`). A change to any of them fails here and has to be
 //! accepted on purpose (`INSTA_UPDATE=always`, then review the diff).

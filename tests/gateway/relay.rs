@@ -665,7 +665,7 @@ impl Site {
     }
 }
 
-/// `pump-1` held by the gateway to the README's `rate_per_sec` 5 and `burst` 10.
+/// `pump-1` held by the gateway to `docs/device-keys.md`'s `rate_per_sec` 5 and `burst` 10.
 fn rate_limited_registry(site: &Site) -> Json {
     let mut registry = site.registry();
     registry["devices"]["pump-1"]["rate_per_sec"] = json!(5);
