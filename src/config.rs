@@ -1218,6 +1218,51 @@ mod tests {
     }
 
     #[test]
+    fn the_former_linger_name_still_works_with_a_warning() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        assert!(config.deprecations().is_empty());
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_FLUSH_MS", "70"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(70));
+        let [warning] = config.deprecations() else {
+            panic!("one warning: {:?}", config.deprecations());
+        };
+        assert!(
+            warning.starts_with("LAKEGATE_FLUSH_MS is deprecated: rename it LAKEGATE_LINGER_MS"),
+            "{warning}"
+        );
+
+        // Both set: the new name wins, and the warning says so.
+        pairs.push(("LAKEGATE_LINGER_MS", "30"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(30));
+        let [warning] = config.deprecations() else {
+            panic!("one warning: {:?}", config.deprecations());
+        };
+        assert!(warning.contains("ignored: LAKEGATE_LINGER_MS is set too and wins"));
+    }
+
+    #[test]
+    fn blank_values_are_unset_and_flags_win_over_variables() {
+        let mut pairs = remote();
+        pairs.extend([("LAKEGATE_WRITERS", "  "), ("LAKEGATE_LINGER_MS", " 40 ")]);
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.writers, 4);
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(40));
+
+        let command_line = ServeArgs::augment_args(Command::new("serve"))
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(["serve", "--linger-ms", "5", "--writers=2"])
+            .unwrap();
+        let config = GatewayConfig::serve(Some(&command_line), &vars(&pairs)).unwrap();
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(5));
+        assert_eq!(config.writers, 2);
+        assert!(config.deprecations().is_empty());
+    }
+
+    #[test]
     fn the_longest_retry_after_pause_is_a_setting_within_the_clients_cap() {
         let mut pairs = remote();
         pairs.push(("LAKEGATE_MAX_RETRY_AFTER_MS", "1500"));
