@@ -1217,6 +1217,77 @@ mod tests {
         assert_eq!(client.retry.max_retry_after, databricks::MAX_RETRY_AFTER);
     }
 
+    /// The reference tables of docs/configuration.md, one per help heading, from the
+    /// declaration itself.
+    fn settings_tables() -> String {
+        let command = RelayCommandArgs::augment_args(Command::new("lakegate"));
+        let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+        for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
+            let (Some(long), Some(variable)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let heading = arg.get_help_heading().unwrap_or("Other").to_owned();
+            let default: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|value| format!("`{}`", value.to_string_lossy()))
+                .collect();
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let row = format!(
+                "| `{}` | `--{long}` | {} | {} |",
+                variable.to_string_lossy(),
+                default.join(", "),
+                help.replace('\n', " ").replace('|', "\\|"),
+            );
+            match sections.iter_mut().find(|(name, _)| *name == heading) {
+                Some((_, rows)) => rows.push(row),
+                None => sections.push((heading, vec![row])),
+            }
+        }
+        let mut text = String::new();
+        for (heading, rows) in sections {
+            let only = if heading == "Relay" {
+                " (`lakegate relay` only)"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "\n### {heading}{only}\n\n| variable | flag | default | meaning |\n| --- | --- | --- | --- |\n"
+            ));
+            for row in rows {
+                text.push_str(&row);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// docs/configuration.md's tables are the declaration's: a changed setting changes them.
+    #[test]
+    fn configuration_doc() {
+        const BEGIN: &str = "<!-- BEGIN generated from src/config.rs -->\n";
+        const END: &str = "<!-- END generated -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+            panic!("docs/configuration.md lacks the markers {BEGIN:?} and {END:?}");
+        };
+        let start = start + BEGIN.len();
+        let expected = settings_tables();
+        if doc[start..end] == expected {
+            return;
+        }
+        if std::env::var_os("LAKEGATE_WRITE_DOCS").is_some() {
+            let updated = format!("{}{expected}{}", &doc[..start], &doc[end..]);
+            std::fs::write(path, updated).expect("writing docs/configuration.md");
+            return;
+        }
+        panic!(
+            "docs/configuration.md does not match the settings declared in src/config.rs; \
+             regenerate it with `LAKEGATE_WRITE_DOCS=1 cargo test -p lakegate --lib configuration_doc`"
+        );
+    }
+
     #[test]
     fn the_former_linger_name_still_works_with_a_warning() {
         let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
