@@ -184,7 +184,8 @@ impl Gateway {
 
         self.writer_closing.cancel();
         let queued = self.state.queue.depth();
-        let deadline = signalled_at.get().copied().unwrap_or_else(Instant::now) + deadlines.flush();
+        let deadline =
+            signalled_at.get().copied().unwrap_or_else(Instant::now) + deadlines.drain_queue();
         match tokio::time::timeout_at(deadline, self.writers.wait()).await {
             Ok(_) => tracing::info!(rows = queued, "queue flushed; stopped"),
             Err(_) => tracing::error!(

@@ -1,18 +1,24 @@
-//! Gateway settings, read from the environment and validated at start-up: a
-//! bad or missing setting stops the process with a message naming it.
+//! Gateway settings, declared once with clap: each has its environment variable, its
+//! `--flag`, its default and its help (`lakegate serve --help`, docs/configuration.md),
+//! and a bad or missing setting stops the process with a message naming its variable.
+//! Checks that involve several settings live in one place, [`GatewayConfig::validate`].
 //!
 //! Databricks' own names where they exist (`DATABRICKS_*`, resolved by the
 //! client's unified configuration), ours prefixed `LAKEGATE_`.
 
 use std::collections::{HashMap, HashSet};
+use std::error::Error as _;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use secrecy::SecretString;
 
 use crate::connections::ConnectionLimits;
@@ -22,7 +28,6 @@ use crate::ingest::{BatchSettings, BodyCaps, QueueCapacity};
 use crate::rate_limits::{RateLimitSettings, TrustedProxies};
 use crate::table::{TableName, TableRow};
 use crate::uploads::UploadSettings;
-
 /// Where the gateway writes.
 #[derive(Debug, Clone)]
 pub(crate) enum Workspace {
@@ -80,7 +85,7 @@ pub struct GatewayConfig {
     pub(crate) trusted_proxies: TrustedProxies,
     /// How long a request with the default acknowledgement waits for its commit.
     pub(crate) ack_timeout: Duration,
-    /// On SIGTERM, how long queued readings may take to flush (Databricks kills at 15 s).
+    /// On SIGTERM, how long queued readings may take to drain (Databricks kills at 15 s).
     pub(crate) shutdown: ShutdownDeadlines,
     pub(crate) read: ReadSettings,
     /// Header and idle timeouts, and how many connections may be open.
@@ -88,11 +93,14 @@ pub struct GatewayConfig {
     /// Set when this process is a site relay (`lakegate relay`): it spools and forwards
     /// instead of writing the table, and serves no reads.
     pub(crate) relay: Option<RelaySettings>,
+    /// Former names still accepted, each with what to use instead: logged once at start-up.
+    deprecations: Vec<String>,
 }
 
 /// The shutdown timeline, all from one grace period (measured from the signal): requests
 /// in flight may finish during the first half, a request waiting for its commit is answered
-/// by the first third (before its connection is cut), and the writer flushes until the end.
+/// by the first third (before its connection is cut), and the queue drains to the table
+/// until the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ShutdownDeadlines {
     grace: Duration,
@@ -113,8 +121,8 @@ impl ShutdownDeadlines {
         self.grace / 3
     }
 
-    /// How long queued rows may take to be written.
-    pub(crate) fn flush(&self) -> Duration {
+    /// How long queued rows may take to be written: the queue's drain.
+    pub(crate) fn drain_queue(&self) -> Duration {
         self.grace
     }
 }
@@ -209,76 +217,544 @@ impl ReaderList {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name}: {problem}")]
-    Invalid { name: &'static str, problem: String },
+    Invalid { name: String, problem: String },
     #[error("Databricks workspace: {0}")]
     Workspace(#[from] databricks::ConfigError),
 }
 
-fn invalid(name: &'static str, problem: impl Into<String>) -> ConfigError {
+fn invalid(name: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        name,
+        name: name.to_owned(),
         problem: problem.into(),
     }
 }
 
-/// Reads typed settings from an environment map; empty values count as unset.
-struct Env<'a>(&'a HashMap<String, String>);
+/// The settings of `lakegate serve` (and of `lakegate relay`, which adds [`RelayArgs`]).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    workspace: WorkspaceArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    writer: WriterArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    rates: RateArgs,
+    #[command(flatten)]
+    reads: ReadArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
+    #[command(flatten)]
+    retired: RetiredArgs,
+}
 
-impl Env<'_> {
-    fn raw(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+/// Where the gateway listens and how it is shut down.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Server")]
+struct ServerArgs {
+    /// Listening address. Default: 0.0.0.0 (127.0.0.1 in local mode).
+    #[arg(long = "listen-addr", env = "LAKEGATE_LISTEN_ADDR", value_name = "IP", value_parser = value::<IpAddr>)]
+    listen_addr: Option<IpAddr>,
+    /// Listening port (set by Databricks Apps).
+    #[arg(long = "port", env = "DATABRICKS_APP_PORT", default_value = "8000", value_parser = value::<u16>)]
+    port: u16,
+    /// Set by Databricks Apps: every peer is then the Apps proxy, trusted for the client
+    /// address and, by default, for sign-in headers.
+    #[arg(long = "app-name", env = "DATABRICKS_APP_NAME", value_name = "NAME", value_parser = text)]
+    app_name: Option<String>,
+    /// On SIGTERM, the time the queue has to drain to the table (Databricks kills at 15 s);
+    /// requests in flight get half of it, a request waiting for its commit is answered
+    /// within a third.
+    #[arg(long = "shutdown-grace-secs", env = "LAKEGATE_SHUTDOWN_GRACE_SECS", default_value = "12", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    shutdown_grace_secs: u64,
+    /// Local mode's data folder (no workspace configured).
+    #[arg(long = "local-dir", env = "LAKEGATE_LOCAL_DIR", default_value = ".lakegate-local", value_name = "DIR", value_parser = value::<PathBuf>)]
+    local_dir: PathBuf,
+    /// Local mode only: put the emulated Databricks Apps proxy in front of the gateway
+    /// (what `--behind-apps-proxy` sets).
+    #[arg(long = "local-apps-proxy", env = "LAKEGATE_LOCAL_APPS_PROXY", default_value = "false", value_name = "BOOL", action = ArgAction::Set, value_parser = value::<bool>)]
+    local_apps_proxy: bool,
+}
+
+/// The workspace: without `DATABRICKS_HOST` or a profile, local mode starts the embedded
+/// emulator. Further `DATABRICKS_*` variables (`DATABRICKS_AUTH_TYPE`,
+/// `DATABRICKS_CONFIG_FILE`) follow the unified configuration.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Workspace")]
+struct WorkspaceArgs {
+    /// The workspace's URL. Unset (and no profile): local mode.
+    #[arg(long = "host", env = "DATABRICKS_HOST", value_name = "URL", value_parser = text)]
+    host: Option<String>,
+    /// A ~/.databrickscfg profile naming the workspace and its credentials.
+    #[arg(long = "profile", env = "DATABRICKS_CONFIG_PROFILE", value_name = "PROFILE", value_parser = text)]
+    profile: Option<String>,
+    /// The OAuth client (a service principal; injected on Databricks Apps).
+    #[arg(long = "client-id", env = "DATABRICKS_CLIENT_ID", value_name = "ID", value_parser = text)]
+    client_id: Option<String>,
+    /// The OAuth client's secret (injected on Databricks Apps).
+    #[arg(long = "client-secret", env = "DATABRICKS_CLIENT_SECRET", hide_env_values = true, value_name = "SECRET", value_parser = secret)]
+    client_secret: Option<SecretString>,
+    /// A personal access token, in place of an OAuth client.
+    #[arg(long = "token", env = "DATABRICKS_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = secret)]
+    token: Option<SecretString>,
+    /// The SQL warehouse that writes the table; required with a workspace.
+    #[arg(long = "warehouse-id", env = "DATABRICKS_WAREHOUSE_ID", value_name = "ID", value_parser = text)]
+    warehouse_id: Option<String>,
+    /// The longest a workspace's `Retry-After` pauses the writers (all of them share the
+    /// pause), 1 to 60000.
+    #[arg(long = "max-retry-after-ms", env = "LAKEGATE_MAX_RETRY_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = within::<1, 60_000>)]
+    max_retry_after_ms: u64,
+}
+
+/// The device registry: exactly one source (none in local mode, which creates a demo one).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Device registry")]
+struct RegistryArgs {
+    /// The registry JSON itself (as an app.yaml `secret` resource injects it).
+    #[arg(long = "device-keys", env = "LAKEGATE_DEVICE_KEYS", hide_env_values = true, value_name = "JSON", value_parser = secret)]
+    device_keys: Option<SecretString>,
+    /// `scope/key` of a secret holding the registry, read through the Secrets API.
+    #[arg(long = "device-keys-secret", env = "LAKEGATE_DEVICE_KEYS_SECRET", value_name = "SCOPE/KEY", value_parser = secret_ref)]
+    device_keys_secret: Option<KeySource>,
+    /// A registry file (local development, a site relay).
+    #[arg(long = "device-keys-file", env = "LAKEGATE_DEVICE_KEYS_FILE", value_name = "PATH", value_parser = value::<PathBuf>)]
+    device_keys_file: Option<PathBuf>,
+    /// Registry reload interval; a registry file is also watched, and a change applies
+    /// within about a second.
+    #[arg(long = "keys-refresh-secs", env = "LAKEGATE_KEYS_REFRESH_SECS", default_value = "60", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    keys_refresh_secs: u64,
+}
+
+/// The tables and the writers that fill them.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Table and writers")]
+struct WriterArgs {
+    /// `catalog.schema.table`, plain identifiers; created at start-up when missing.
+    /// Required with a workspace (default `main.lakegate.readings` in local mode and for a relay).
+    #[arg(long = "table", env = "LAKEGATE_TABLE", value_name = "TABLE", value_parser = value::<TableName>)]
+    table: Option<TableName>,
+    /// The dead-letter table for rows the table refuses (created at start-up); not the
+    /// table itself. Default: LAKEGATE_TABLE + `_rejected`.
+    #[arg(long = "rejected-table", env = "LAKEGATE_REJECTED_TABLE", value_name = "TABLE", value_parser = value::<TableName>)]
+    rejected_table: Option<TableName>,
+    /// Batch writers, each with one statement in flight (1 to 16); a warehouse runs
+    /// about ten statements at once, more writers only queue there.
+    #[arg(long = "writers", env = "LAKEGATE_WRITERS", default_value = "4", value_name = "N", value_parser = within::<1, 16>)]
+    writers: u64,
+    /// The linger: longest a reading that finds the writer idle waits for others to share
+    /// its statement (formerly LAKEGATE_FLUSH_MS).
+    #[arg(long = "linger-ms", env = LINGER, default_value = "20", value_name = "MS", value_parser = at_least_1::<u64>)]
+    linger_ms: u64,
+    /// Rows (one per metric) per statement.
+    #[arg(long = "batch-max-rows", env = "LAKEGATE_BATCH_MAX_ROWS", default_value = "25000", value_name = "ROWS", value_parser = at_least_1::<usize>)]
+    batch_max_rows: usize,
+    /// Bytes of batch JSON per statement (at most 12 MiB).
+    #[arg(long = "batch-max-bytes", env = "LAKEGATE_BATCH_MAX_BYTES", default_value = "8388608", value_name = "BYTES", value_parser = at_least_1::<usize>)]
+    batch_max_bytes: usize,
+    /// Rows queued and not yet committed; beyond it, 503 (must hold one largest request).
+    #[arg(long = "queue-max-rows", env = "LAKEGATE_QUEUE_MAX_ROWS", default_value = "400000", value_name = "ROWS", value_parser = at_least_1::<usize>)]
+    queue_max_rows: usize,
+    /// Bytes those rows take in memory; beyond it, 503 (must hold one largest request).
+    #[arg(long = "queue-max-bytes", env = "LAKEGATE_QUEUE_MAX_BYTES", default_value = "268435456", value_name = "BYTES", value_parser = at_least_1::<usize>)]
+    queue_max_bytes: usize,
+    /// How long a request with the default acknowledgement waits for its commit.
+    #[arg(long = "ack-timeout-secs", env = "LAKEGATE_ACK_TIMEOUT_SECS", default_value = "30", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    ack_timeout_secs: u64,
+}
+
+/// What one request may carry.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Request limits")]
+struct LimitArgs {
+    /// Body size after decompression; a `Content-Length` over it is refused (413) before
+    /// the body is read.
+    #[arg(long = "max-body-bytes", env = "LAKEGATE_MAX_BODY_BYTES", default_value = "1048576", value_name = "BYTES", value_parser = at_least_1::<usize>)]
+    max_body_bytes: usize,
+    /// Bytes of request bodies one device or relay may have being read at once (a body
+    /// without a length counts as LAKEGATE_MAX_BODY_BYTES); beyond it 429
+    /// `too_many_uploads`, unread, with `Retry-After`. Default: 4 × LAKEGATE_MAX_BODY_BYTES.
+    #[arg(long = "max-body-bytes-per-sender", env = "LAKEGATE_MAX_BODY_BYTES_PER_SENDER", value_name = "BYTES", value_parser = at_least_1::<usize>)]
+    max_body_bytes_per_sender: Option<usize>,
+    /// The same over the whole gateway; beyond it 503 `uploads_full`, unread, with
+    /// `Retry-After`. Default: 64 × LAKEGATE_MAX_BODY_BYTES.
+    #[arg(long = "max-body-bytes-in-flight", env = "LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT", value_name = "BYTES", value_parser = at_least_1::<usize>)]
+    max_body_bytes_in_flight: Option<usize>,
+    /// Readings in one request.
+    #[arg(long = "max-readings-per-request", env = "LAKEGATE_MAX_READINGS_PER_REQUEST", default_value = "1000", value_name = "N", value_parser = at_least_1::<usize>)]
+    max_readings_per_request: usize,
+    /// Metrics in one reading.
+    #[arg(long = "max-metrics-per-reading", env = "LAKEGATE_MAX_METRICS_PER_READING", default_value = "100", value_name = "N", value_parser = at_least_1::<usize>)]
+    max_metrics_per_reading: usize,
+    /// Length of a metric name.
+    #[arg(long = "max-name-len", env = "LAKEGATE_MAX_NAME_LEN", default_value = "128", value_name = "CHARS", value_parser = at_least_1::<usize>)]
+    max_name_len: usize,
+    /// Length of a string value.
+    #[arg(long = "max-string-len", env = "LAKEGATE_MAX_STRING_LEN", default_value = "1024", value_name = "CHARS", value_parser = at_least_1::<usize>)]
+    max_string_len: usize,
+}
+
+/// Rates and bursts, and whose address a request comes from.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Rates")]
+struct RateArgs {
+    /// Readings per second of one device (the registry may override).
+    #[arg(long = "device-rate-per-sec", env = "LAKEGATE_DEVICE_RATE_PER_SEC", default_value = "50", value_name = "N", value_parser = positive)]
+    device_rate_per_sec: NonZeroU32,
+    /// Burst of one device (the registry may override).
+    #[arg(long = "device-burst", env = "LAKEGATE_DEVICE_BURST", default_value = "1000", value_name = "N", value_parser = positive)]
+    device_burst: NonZeroU32,
+    /// Rows (one per metric) per second over all devices; above what the default writers
+    /// land, so that the writers bind.
+    #[arg(long = "global-rate-per-sec", env = "LAKEGATE_GLOBAL_RATE_PER_SEC", default_value = "250000", value_name = "N", value_parser = positive)]
+    global_rate_per_sec: NonZeroU32,
+    /// Burst of rows over all devices; must hold one largest request.
+    #[arg(long = "global-burst", env = "LAKEGATE_GLOBAL_BURST", default_value = "500000", value_name = "N", value_parser = positive)]
+    global_burst: NonZeroU32,
+    /// Failed authentications per minute from one client address (an IPv6 address's
+    /// /64) before further failures get 429; device keys and reader tokens have separate
+    /// budgets.
+    #[arg(long = "auth-failures-per-min", env = "LAKEGATE_AUTH_FAILURES_PER_MIN", default_value = "30", value_name = "N", value_parser = positive)]
+    auth_failures_per_min: NonZeroU32,
+    /// Burst of failed authentications from one client address.
+    #[arg(long = "auth-failure-burst", env = "LAKEGATE_AUTH_FAILURE_BURST", default_value = "10", value_name = "N", value_parser = positive)]
+    auth_failure_burst: NonZeroU32,
+    /// Read API requests per minute of one reader (a reader token, a signed-in user);
+    /// past it 429 `reader_rate_limited`.
+    #[arg(long = "reader-requests-per-min", env = "LAKEGATE_READER_REQUESTS_PER_MIN", default_value = "600", value_name = "N", value_parser = positive)]
+    reader_requests_per_min: NonZeroU32,
+    /// Burst of read API requests of one reader.
+    #[arg(long = "reader-burst", env = "LAKEGATE_READER_BURST", default_value = "60", value_name = "N", value_parser = positive)]
+    reader_burst: NonZeroU32,
+    /// Comma-separated CIDRs (or addresses) of the proxies in front of the gateway. From
+    /// a trusted peer the client address is the right-most `X-Forwarded-For` hop (over all
+    /// its header lines) outside these networks, or without that header `X-Real-Ip`; from
+    /// any other peer, the peer. On Databricks Apps (DATABRICKS_APP_NAME set) every peer
+    /// is the Apps proxy and is trusted.
+    #[arg(long = "trusted-proxies", env = "LAKEGATE_TRUSTED_PROXIES", value_name = "CIDRS", value_parser = proxy_networks)]
+    trusted_proxies: Option<TrustedProxies>,
+}
+
+/// Who may read, and how much one query may cost.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Reads")]
+struct ReadArgs {
+    /// Comma-separated `sha256:<hex>` hashes of reader tokens (`lakegate keys
+    /// new-reader`); none and not behind the Apps proxy: the read API is off.
+    #[arg(long = "reader-tokens", env = "LAKEGATE_READER_TOKENS", value_name = "HASHES", value_parser = reader_tokens)]
+    reader_tokens: Option<ReaderTokens>,
+    /// Believe the Apps proxy's sign-in headers (`X-Forwarded-Email` /
+    /// `X-Forwarded-User`); only behind the Apps proxy, which sets them itself. Default:
+    /// true on Databricks Apps (and behind local mode's emulated proxy), else false.
+    #[arg(long = "apps-proxy-auth", env = "LAKEGATE_APPS_PROXY_AUTH", value_name = "BOOL", action = ArgAction::Set, value_parser = value::<bool>)]
+    apps_proxy_auth: Option<bool>,
+    /// Behind the Apps proxy, `user`: reads run with the signed-in user's
+    /// `X-Forwarded-Access-Token`, so Unity Catalog decides; `app`: with the app's service
+    /// principal, for LAKEGATE_READERS only.
+    #[arg(long = "read-identity", env = "LAKEGATE_READ_IDENTITY", default_value = "user", value_name = "user|app", value_parser = value::<ReadIdentity>)]
+    read_identity: ReadIdentity,
+    /// Comma-separated e-mail addresses or user ids; an entry matches `X-Forwarded-Email`
+    /// in any case or `X-Forwarded-User` exactly; `group:` entries are refused. Required
+    /// with LAKEGATE_READ_IDENTITY=app.
+    #[arg(long = "readers", env = "LAKEGATE_READERS", value_name = "USERS", value_parser = readers)]
+    readers: Option<ReaderList>,
+    /// Devices `GET /api/devices` lists (1 to 100000).
+    #[arg(long = "query-max-devices", env = "LAKEGATE_QUERY_MAX_DEVICES", default_value = "1000", value_name = "N", value_parser = within::<1, 100_000>)]
+    query_max_devices: u64,
+    /// Points of one series (500 to 100000; the automatic bucket choice gives up to 500).
+    #[arg(long = "query-max-points", env = "LAKEGATE_QUERY_MAX_POINTS", default_value = "2000", value_name = "N", value_parser = within::<500, 100_000>)]
+    query_max_points: u64,
+    /// Read statements running at once (1 to 64); the rest wait.
+    #[arg(long = "query-concurrency", env = "LAKEGATE_QUERY_CONCURRENCY", default_value = "4", value_name = "N", value_parser = within::<1, 64>)]
+    query_concurrency: u64,
+    /// How long a read waits for a slot before 503 `reads_busy`.
+    #[arg(long = "query-wait-secs", env = "LAKEGATE_QUERY_WAIT_SECS", default_value = "10", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    query_wait_secs: u64,
+    /// `GET /api/devices` lists devices seen within this many days (1 to 36500).
+    #[arg(long = "device-list-window-days", env = "LAKEGATE_DEVICE_LIST_WINDOW_DAYS", default_value = "365", value_name = "DAYS", value_parser = within::<1, 36_500>)]
+    device_list_window_days: u64,
+    /// How long one reader view's device list is served from memory (0: not kept;
+    /// callers arriving together still share one query).
+    #[arg(long = "device-list-cache-secs", env = "LAKEGATE_DEVICE_LIST_CACHE_SECS", default_value = "5", value_name = "SECS", value_parser = value::<u64>)]
+    device_list_cache_secs: u64,
+}
+
+/// Connections: timeouts and how many may be open.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connections")]
+struct ConnectionArgs {
+    /// Time to send a request's headers: from connecting for the first request, from its
+    /// first byte for later ones; then the connection is closed.
+    #[arg(long = "header-timeout-secs", env = "LAKEGATE_HEADER_TIMEOUT_SECS", default_value = "10", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    header_timeout_secs: u64,
+    /// A keep-alive connection waiting for its next request (HTTP/1.1) or without streams
+    /// (HTTP/2) is closed after this.
+    #[arg(long = "idle-timeout-secs", env = "LAKEGATE_IDLE_TIMEOUT_SECS", default_value = "60", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    idle_timeout_secs: u64,
+    /// Open connections (1 to 1000000); beyond it a new connection gets 503 `overloaded`.
+    #[arg(long = "max-connections", env = "LAKEGATE_MAX_CONNECTIONS", default_value = "4096", value_name = "N", value_parser = within::<1, 1_000_000>)]
+    max_connections: u64,
+    /// HTTP/2 ping interval, and how long a ping's answer may take before the connection
+    /// is closed as dead.
+    #[arg(long = "h2-keepalive-secs", env = "LAKEGATE_H2_KEEPALIVE_SECS", default_value = "20", value_name = "SECS", value_parser = at_least_1::<u64>)]
+    h2_keepalive_secs: u64,
+}
+
+/// Former names, hidden from help: one still works (with a warning), the others stop
+/// start-up saying what replaced them.
+#[derive(Args, Debug, Clone)]
+struct RetiredArgs {
+    /// Deprecated name of LAKEGATE_LINGER_MS.
+    #[arg(long = "flush-ms", env = FORMER_LINGER, hide = true, value_parser = at_least_1::<u64>)]
+    flush_ms: Option<u64>,
+    // Their parsers refuse every value but the harmless one, so only `Some(())` arrives.
+    #[arg(long = "trust-proxy-headers", env = "LAKEGATE_TRUST_PROXY_HEADERS", hide = true, value_parser = retired_trust_proxy_headers)]
+    trust_proxy_headers: Option<Retired>,
+    #[arg(long = "query-as-user", env = "LAKEGATE_QUERY_AS_USER", hide = true, value_parser = retired_query_as_user)]
+    query_as_user: Option<Retired>,
+}
+
+/// What `lakegate relay` adds: where accepted readings wait on disk, and where they go.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Relay")]
+pub struct RelayArgs {
+    /// The gateway to forward to: a Databricks App's URL, or a gateway of one's own
+    /// (http:// or https://, without credentials). Required.
+    #[arg(long = "upstream", env = "LAKEGATE_UPSTREAM", value_name = "URL", value_parser = upstream)]
+    upstream: Option<String>,
+    /// Where accepted readings wait on disk until the upstream has committed them. Required.
+    #[arg(long = "spool", env = "LAKEGATE_SPOOL_DIR", value_name = "DIR", value_parser = value::<PathBuf>)]
+    spool: Option<PathBuf>,
+    /// Bytes of readings spooled and not yet forwarded; beyond this devices get 503.
+    #[arg(long = "spool-max-bytes", env = "LAKEGATE_SPOOL_MAX_BYTES", default_value = "1073741824", value_name = "BYTES", value_parser = at_least_1::<u64>)]
+    spool_max_bytes: u64,
+    /// The relay's own key for the upstream (from `lakegate keys add-relay`). Required;
+    /// `--key-file` reads it from a file.
+    #[arg(long = "relay-key", env = "LAKEGATE_RELAY_KEY", hide_env_values = true, value_name = "KEY", value_parser = relay_key)]
+    relay_key: Option<SecretString>,
+    /// Readings per upstream request (1 to 10000).
+    #[arg(long = "relay-batch", env = "LAKEGATE_RELAY_BATCH", default_value = "500", value_name = "N", value_parser = within::<1, 10_000>)]
+    relay_batch: u64,
+    /// Upstream requests in flight at once, each for its own devices (1 to 16; as many
+    /// as the gateway's default writers: each takes one lane's devices).
+    #[arg(long = "relay-lanes", env = "LAKEGATE_RELAY_LANES", default_value = "4", value_name = "N", value_parser = within::<1, 16>)]
+    relay_lanes: u64,
+}
+
+/// The settings of `lakegate relay`: the gateway's and the relay's own.
+#[derive(Args, Debug, Clone)]
+pub struct RelayCommandArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    relay: RelayArgs,
+}
+
+const LINGER: &str = "LAKEGATE_LINGER_MS";
+const FORMER_LINGER: &str = "LAKEGATE_FLUSH_MS";
+
+/// A former setting whose value is refused or ignored.
+#[derive(Debug, Clone)]
+struct Retired;
+
+/// Hashes of reader tokens (a type of its own, so clap takes the set as one value).
+#[derive(Debug, Clone)]
+struct ReaderTokens(HashSet<KeyHash>);
+
+// Value parsers: each gets the variable's (or flag's) value and says what is wrong with
+// it; the caller puts the variable's name in front.
+
+fn value<T: FromStr>(raw: &str) -> Result<T, String>
+where
+    T::Err: fmt::Display,
+{
+    let raw = raw.trim();
+    raw.parse()
+        .map_err(|err| format!("{raw:?} is not valid: {err}"))
+}
+
+fn text(raw: &str) -> Result<String, String> {
+    Ok(raw.trim().to_owned())
+}
+
+fn secret(raw: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(raw.trim()))
+}
+
+fn at_least_1<T: TryFrom<u64>>(raw: &str) -> Result<T, String> {
+    let number: u64 = value(raw)?;
+    if number == 0 {
+        return Err("must be at least 1".to_owned());
     }
+    T::try_from(number).map_err(|_| format!("{:?} is not valid: too large", raw.trim()))
+}
 
-    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
-    where
-        T::Err: fmt::Display,
-    {
-        match self.raw(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|err| invalid(name, format!("{raw:?} is not valid: {err}"))),
+fn positive(raw: &str) -> Result<NonZeroU32, String> {
+    let number: u32 = at_least_1(raw)?;
+    Ok(NonZeroU32::new(number).expect("at least 1"))
+}
+
+fn within<const LOW: u64, const HIGH: u64>(raw: &str) -> Result<u64, String> {
+    let number: u64 = value(raw)?;
+    if !(LOW..=HIGH).contains(&number) {
+        return Err(format!("must be from {LOW} to {HIGH}"));
+    }
+    Ok(number)
+}
+
+fn secret_ref(raw: &str) -> Result<KeySource, String> {
+    KeySource::parse_secret_ref(raw.trim()).map_err(|err| err.to_string())
+}
+
+fn proxy_networks(raw: &str) -> Result<TrustedProxies, String> {
+    Ok(TrustedProxies {
+        every_peer: false,
+        networks: TrustedProxies::parse_networks(raw.trim())?,
+    })
+}
+
+fn readers(raw: &str) -> Result<ReaderList, String> {
+    ReaderList::parse(raw.trim())
+}
+
+/// Comma-separated `sha256:<hex>` hashes; messages name the entry, never echo it.
+fn reader_tokens(raw: &str) -> Result<ReaderTokens, String> {
+    let hashes = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(index, entry)| {
+            entry.parse().map_err(|err| {
+                let problem = match err {
+                    BadHash::RawKey => match KeyKind::of(entry) {
+                        Some(kind @ (KeyKind::Device | KeyKind::Relay)) => format!(
+                            "is {}, not a reader token's hash (see `lakegate keys new-reader`)",
+                            kind.describe()
+                        ),
+                        _ => "is a token, not its hash (see `lakegate keys new-reader`)".into(),
+                    },
+                    BadHash::Format => err.to_string(),
+                };
+                format!("entry {} {problem}", index + 1)
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ReaderTokens(hashes))
+}
+
+/// The relay's own key: a device's key or a reader token there is refused by its
+/// prefix, saying what it is (never echoing it).
+fn relay_key(raw: &str) -> Result<SecretString, String> {
+    let key = raw.trim();
+    match KeyKind::of(key) {
+        Some(kind @ (KeyKind::Device | KeyKind::Reader)) => Err(format!(
+            "is {}, not a relay's key (from `lakegate keys add-relay`)",
+            kind.describe()
+        )),
+        _ => Ok(SecretString::from(key)),
+    }
+}
+
+fn upstream(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let url = reqwest::Url::parse(raw).map_err(|err| format!("is not a URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
+        return Err("must be an http:// or https:// URL without credentials".to_owned());
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+fn retired_trust_proxy_headers(_: &str) -> Result<Retired, String> {
+    Err(
+        "is replaced by LAKEGATE_TRUSTED_PROXIES: the proxies' networks as comma-separated \
+         CIDRs (on Databricks Apps the Apps proxy is trusted without it)"
+            .to_owned(),
+    )
+}
+
+/// The former switch: `true` is today's default; `false` meant the app's identity for everyone.
+fn retired_query_as_user(raw: &str) -> Result<Retired, String> {
+    match raw.trim() {
+        "true" => Ok(Retired),
+        _ => Err(
+            "is replaced by LAKEGATE_READ_IDENTITY: reads run as the signed-in user by \
+             default; LAKEGATE_READ_IDENTITY=app with LAKEGATE_READERS runs them as the app \
+             for the listed users only"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Settings parsed from the environment map, plus any given on the command line (which
+/// win). Clap reads no variable itself: each set one (empty counts as unset) becomes its
+/// flag, so that a bad value's message names the variable it came from.
+fn gather<A: Args + FromArgMatches>(
+    command_line: Option<&ArgMatches>,
+    vars: &HashMap<String, String>,
+) -> Result<(A, ArgMatches), ConfigError> {
+    let declared = A::augment_args(Command::new("lakegate").no_binary_name(true));
+    let mut argv: Vec<OsString> = Vec::new();
+    let mut variables: HashMap<String, String> = HashMap::new();
+    for arg in declared.get_arguments() {
+        let (Some(long), Some(variable)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let variable = variable.to_string_lossy().into_owned();
+        let id = arg.get_id().as_str();
+        let given = command_line
+            .filter(|matches| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .and_then(|matches| matches.get_raw(id));
+        match given {
+            Some(values) => {
+                argv.extend(values.map(|value| {
+                    let mut flag = OsString::from(format!("--{long}="));
+                    flag.push(value);
+                    flag
+                }));
+                variables.insert(long.to_owned(), format!("--{long}"));
+            }
+            None => {
+                let Some(value) = vars.get(&variable).filter(|v| !v.trim().is_empty()) else {
+                    continue;
+                };
+                argv.push(format!("--{long}={value}").into());
+                variables.insert(long.to_owned(), variable);
+            }
         }
     }
+    let matches = declared
+        .mut_args(|arg| arg.env(None))
+        .try_get_matches_from(argv)
+        .map_err(|err| named(&err, &variables))?;
+    let args = A::from_arg_matches(&matches).map_err(|err| named(&err, &variables))?;
+    Ok((args, matches))
+}
 
-    fn positive(&self, name: &'static str, default: u32) -> Result<NonZeroU32, ConfigError> {
-        let value: u32 = self.parse(name, default)?;
-        NonZeroU32::new(value).ok_or_else(|| invalid(name, "must be at least 1"))
-    }
-
-    fn count(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
-        match self.parse(name, default)? {
-            0 => Err(invalid(name, "must be at least 1")),
-            value => Ok(value),
-        }
-    }
-
-    fn within(
-        &self,
-        name: &'static str,
-        default: usize,
-        range: RangeInclusive<usize>,
-    ) -> Result<usize, ConfigError> {
-        let value = self.parse(name, default)?;
-        if !range.contains(&value) {
-            return Err(invalid(
-                name,
-                format!("must be from {} to {}", range.start(), range.end()),
-            ));
-        }
-        Ok(value)
-    }
-
-    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_millis(
-            self.count(name, default as usize)? as u64
-        ))
-    }
-
-    fn secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_secs(
-            self.count(name, default as usize)? as u64
-        ))
+/// A clap error about one setting, as "VARIABLE: problem".
+fn named(err: &clap::Error, variables: &HashMap<String, String>) -> ConfigError {
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.as_str(),
+        _ => "",
+    };
+    let long = arg
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default();
+    let problem = match err.source() {
+        Some(source) => source.to_string(),
+        None => err.kind().to_string(),
+    };
+    ConfigError::Invalid {
+        name: variables
+            .get(long)
+            .cloned()
+            .unwrap_or_else(|| arg.to_owned()),
+        problem,
     }
 }
 
@@ -286,7 +762,6 @@ impl Env<'_> {
 const MAX_BATCH_BYTES: usize = 12 * 1024 * 1024;
 
 impl GatewayConfig {
-    /// From the process environment.
     /// Whether this runs on the embedded workspace (no workspace configured).
     pub fn is_local(&self) -> bool {
         !matches!(self.workspace, Workspace::Remote { .. } | Workspace::None)
@@ -297,70 +772,75 @@ impl GatewayConfig {
         self.relay.is_some()
     }
 
+    /// Former setting names in use, each with its replacement: for the start-up log.
+    pub fn deprecations(&self) -> &[String] {
+        &self.deprecations
+    }
+
     /// The gateway's settings from an environment map.
     pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let env = Env(vars);
-        let workspace = workspace(&env, vars)?;
-        GatewayConfig::build(&env, workspace, None)
+        GatewayConfig::serve(None, vars)
+    }
+
+    /// `lakegate serve`: the flags given on its command line (`ServeArgs`' matches, clap
+    /// having read no variable), then the environment map.
+    pub fn serve(
+        command_line: Option<&ArgMatches>,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let (serve, matches) = gather::<ServeArgs>(command_line, vars)?;
+        GatewayConfig::validate(serve, None, &matches, vars)
     }
 
     /// A site relay's settings (`lakegate relay`): the gateway's API, validation and
-    /// limits, plus `LAKEGATE_UPSTREAM`, `LAKEGATE_SPOOL_DIR`, `LAKEGATE_SPOOL_MAX_BYTES`,
-    /// `LAKEGATE_RELAY_KEY`, `LAKEGATE_RELAY_BATCH` and `LAKEGATE_RELAY_LANES`; a workspace (`DATABRICKS_HOST` or a
-    /// profile) only for OAuth tokens in front of an App or a registry in secrets.
+    /// limits, plus [`RelayArgs`]; a workspace (`DATABRICKS_HOST` or a profile) only for
+    /// OAuth tokens in front of an App or a registry in secrets.
     pub fn relay_from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let env = Env(vars);
-        let upstream = env
-            .raw("LAKEGATE_UPSTREAM")
-            .ok_or_else(|| invalid("LAKEGATE_UPSTREAM", "is required (the gateway's URL)"))?;
-        let url = reqwest::Url::parse(upstream)
-            .map_err(|err| invalid("LAKEGATE_UPSTREAM", format!("is not a URL: {err}")))?;
-        if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
-            return Err(invalid(
-                "LAKEGATE_UPSTREAM",
-                "must be an http:// or https:// URL without credentials",
-            ));
-        }
-        let relay = RelaySettings {
-            upstream: upstream.trim_end_matches('/').to_owned(),
-            spool_dir: env
-                .raw("LAKEGATE_SPOOL_DIR")
-                .map(PathBuf::from)
-                .ok_or_else(|| invalid("LAKEGATE_SPOOL_DIR", "is required (a directory)"))?,
-            spool_max_bytes: env.count("LAKEGATE_SPOOL_MAX_BYTES", 1024 * 1024 * 1024)? as u64,
-            key: relay_key(&env)?,
-            batch: env.within("LAKEGATE_RELAY_BATCH", 500, 1..=10_000)?,
-            // As many as the gateway's default writers: each takes one lane's devices.
-            lanes: env.within("LAKEGATE_RELAY_LANES", 4, 1..=16)?,
-        };
-        let workspace = match workspace_configured(&env) {
-            true => Workspace::Remote {
-                client: Box::new(databricks::Config::resolve(
-                    databricks::Settings::default(),
-                    vars,
-                )?),
-            },
-            false => Workspace::None,
-        };
-        if matches!(workspace, Workspace::None) && env.raw("LAKEGATE_DEVICE_KEYS_SECRET").is_some()
-        {
+        GatewayConfig::relay(None, vars)
+    }
+
+    /// `lakegate relay`: as [`GatewayConfig::serve`], with `RelayCommandArgs`' matches.
+    pub fn relay(
+        command_line: Option<&ArgMatches>,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let (args, matches) = gather::<RelayCommandArgs>(command_line, vars)?;
+        GatewayConfig::validate(args.serve, Some(args.relay), &matches, vars)
+    }
+
+    /// Turns the parsed settings into the configuration; every check that involves more
+    /// than one setting is here.
+    fn validate(
+        args: ServeArgs,
+        relay: Option<RelayArgs>,
+        matches: &ArgMatches,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let ServeArgs {
+            server,
+            workspace,
+            registry,
+            writer,
+            limits,
+            rates,
+            reads,
+            connections,
+            retired,
+        } = args;
+        let mut deprecations = Vec::new();
+
+        let relay = relay.map(RelaySettings::validate).transpose()?;
+        let workspace = workspace.resolve(&server, relay.is_some(), vars)?;
+        let local = !matches!(workspace, Workspace::Remote { .. } | Workspace::None);
+        if matches!(workspace, Workspace::None) && registry.device_keys_secret.is_some() {
             return Err(invalid(
                 "LAKEGATE_DEVICE_KEYS_SECRET",
                 "needs a workspace to read the secret from: set DATABRICKS_HOST (or a profile)",
             ));
         }
-        GatewayConfig::build(&env, workspace, Some(relay))
-    }
 
-    fn build(
-        env: &Env,
-        workspace: Workspace,
-        relay: Option<RelaySettings>,
-    ) -> Result<Self, ConfigError> {
-        let local = !matches!(workspace, Workspace::Remote { .. } | Workspace::None);
-
-        let table = match env.raw("LAKEGATE_TABLE") {
-            Some(raw) => raw.parse().map_err(|p| invalid("LAKEGATE_TABLE", p))?,
+        let table = match writer.table {
+            Some(table) => table,
             // A relay writes no table.
             None if local || relay.is_some() => {
                 "main.lakegate.readings".parse().expect("valid default")
@@ -372,10 +852,8 @@ impl GatewayConfig {
                 ));
             }
         };
-        let rejected_table = match env.raw("LAKEGATE_REJECTED_TABLE") {
-            Some(raw) => raw
-                .parse()
-                .map_err(|p| invalid("LAKEGATE_REJECTED_TABLE", p))?,
+        let rejected_table = match writer.rejected_table {
+            Some(table) => table,
             None => format!("{table}_rejected").parse().map_err(|p| {
                 invalid(
                     "LAKEGATE_REJECTED_TABLE",
@@ -389,29 +867,54 @@ impl GatewayConfig {
                 "must differ from LAKEGATE_TABLE",
             ));
         }
-        let device_keys = device_keys(env)?;
-        if device_keys.is_none() && !local {
-            return Err(invalid(
-                "LAKEGATE_DEVICE_KEYS",
-                "one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET or LAKEGATE_DEVICE_KEYS_FILE is required",
-            ));
-        }
+        let device_keys = match (
+            registry.device_keys,
+            registry.device_keys_secret,
+            registry.device_keys_file,
+        ) {
+            (None, None, None) if local => None,
+            (None, None, None) => {
+                return Err(invalid(
+                    "LAKEGATE_DEVICE_KEYS",
+                    "one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET or LAKEGATE_DEVICE_KEYS_FILE is required",
+                ));
+            }
+            (Some(json), None, None) => Some(KeySource::Inline(json)),
+            (None, Some(secret), None) => Some(secret),
+            (None, None, Some(path)) => Some(KeySource::File(path)),
+            _ => {
+                return Err(invalid(
+                    "LAKEGATE_DEVICE_KEYS",
+                    "set only one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET and LAKEGATE_DEVICE_KEYS_FILE",
+                ));
+            }
+        };
 
+        // The former name of the linger still works; the new one wins when both are set.
+        let linger_given = matches.value_source("linger_ms") != Some(ValueSource::DefaultValue);
+        let linger_ms = match retired.flush_ms {
+            Some(former) if !linger_given => {
+                deprecations.push(format!(
+                    "{FORMER_LINGER} is deprecated: rename it {LINGER} (its value {former} is used)"
+                ));
+                former
+            }
+            Some(_) => {
+                deprecations.push(format!(
+                    "{FORMER_LINGER} is deprecated and ignored: {LINGER} is set too and wins"
+                ));
+                writer.linger_ms
+            }
+            None => writer.linger_ms,
+        };
         let batch = BatchSettings {
             // Defaults from docs/benchmark.md ("Writers under statement latency"): a short
             // linger keeps a lone reading's commit near one statement; batches of 25,000
             // rows (about 3.5 MiB) let four writers land over 40,000 rows/s through
             // 1.5 s statements.
-            flush_interval: env.millis("LAKEGATE_FLUSH_MS", 20)?,
-            max_rows: env.count("LAKEGATE_BATCH_MAX_ROWS", 25_000)?,
-            max_bytes: env.count("LAKEGATE_BATCH_MAX_BYTES", 8 * 1024 * 1024)?,
-        };
-        // A warehouse runs about ten statements at once; more writers only queue there.
-        let writers = env.within("LAKEGATE_WRITERS", 4, 1..=16)?;
-        let queue = QueueCapacity {
-            // Room for every writer's batch in flight and the next one filling.
-            rows: env.count("LAKEGATE_QUEUE_MAX_ROWS", 400_000)?,
-            bytes: env.count("LAKEGATE_QUEUE_MAX_BYTES", 256 * 1024 * 1024)?,
+            flush_interval: Duration::from_millis(linger_ms),
+            max_rows: writer.batch_max_rows,
+            max_bytes: writer.batch_max_bytes,
         };
         if batch.max_bytes > MAX_BATCH_BYTES {
             return Err(invalid(
@@ -421,15 +924,49 @@ impl GatewayConfig {
                 ),
             ));
         }
+        let queue = QueueCapacity {
+            // Room for every writer's batch in flight and the next one filling.
+            rows: writer.queue_max_rows,
+            bytes: writer.queue_max_bytes,
+        };
         let body = BodyCaps {
-            max_body_bytes: env.count("LAKEGATE_MAX_BODY_BYTES", 1024 * 1024)?,
-            max_readings: env.count("LAKEGATE_MAX_READINGS_PER_REQUEST", 1000)?,
-            max_metrics: env.count("LAKEGATE_MAX_METRICS_PER_READING", 100)?,
-            max_name_len: env.count("LAKEGATE_MAX_NAME_LEN", 128)?,
-            max_string_len: env.count("LAKEGATE_MAX_STRING_LEN", 1024)?,
+            max_body_bytes: limits.max_body_bytes,
+            max_readings: limits.max_readings_per_request,
+            max_metrics: limits.max_metrics_per_reading,
+            max_name_len: limits.max_name_len,
+            max_string_len: limits.max_string_len,
             max_id_len: 128,
         };
-        let uploads = upload_settings(env, body.max_body_bytes)?;
+        // The defaults leave a normal fleet far below them (a device sends one request at a
+        // time, a relay one per lane) and hold the bytes a flood of held-open uploads can
+        // pin to 64 bodies.
+        let uploads = UploadSettings {
+            max_bytes: limits
+                .max_body_bytes_in_flight
+                .unwrap_or(body.max_body_bytes.saturating_mul(64)),
+            max_bytes_per_sender: limits
+                .max_body_bytes_per_sender
+                .unwrap_or(body.max_body_bytes.saturating_mul(4)),
+        };
+        // A body as large as the cap must fit, or some requests could never be read.
+        if uploads.max_bytes_per_sender < body.max_body_bytes {
+            return Err(invalid(
+                "LAKEGATE_MAX_BODY_BYTES_PER_SENDER",
+                format!(
+                    "must hold one body of LAKEGATE_MAX_BODY_BYTES ({})",
+                    body.max_body_bytes
+                ),
+            ));
+        }
+        if uploads.max_bytes < uploads.max_bytes_per_sender {
+            return Err(invalid(
+                "LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT",
+                format!(
+                    "must be at least LAKEGATE_MAX_BODY_BYTES_PER_SENDER ({})",
+                    uploads.max_bytes_per_sender
+                ),
+            ));
+        }
         let largest_request = body.max_readings.saturating_mul(body.max_metrics);
         let rows_named = format!(
             "must hold the largest request: LAKEGATE_MAX_READINGS_PER_REQUEST × \
@@ -453,19 +990,19 @@ impl GatewayConfig {
             ));
         }
         let rate_limits = RateLimitSettings {
-            device_rate_per_sec: env.positive("LAKEGATE_DEVICE_RATE_PER_SEC", 50)?,
-            device_burst: env.positive("LAKEGATE_DEVICE_BURST", 1000)?,
-            // Above what the default writers land, so that the writers, not this, bind.
-            global_rate_per_sec: env.positive("LAKEGATE_GLOBAL_RATE_PER_SEC", 250_000)?,
-            global_burst: env.positive("LAKEGATE_GLOBAL_BURST", 500_000)?,
-            auth_failures_per_min: env.positive("LAKEGATE_AUTH_FAILURES_PER_MIN", 30)?,
-            auth_failure_burst: env.positive("LAKEGATE_AUTH_FAILURE_BURST", 10)?,
-            reader_requests_per_min: env.positive("LAKEGATE_READER_REQUESTS_PER_MIN", 600)?,
-            reader_burst: env.positive("LAKEGATE_READER_BURST", 60)?,
+            device_rate_per_sec: rates.device_rate_per_sec,
+            device_burst: rates.device_burst,
+            global_rate_per_sec: rates.global_rate_per_sec,
+            global_burst: rates.global_burst,
+            auth_failures_per_min: rates.auth_failures_per_min,
+            auth_failure_burst: rates.auth_failure_burst,
+            reader_requests_per_min: rates.reader_requests_per_min,
+            reader_burst: rates.reader_burst,
         };
         if (rate_limits.global_burst.get() as usize) < largest_request {
             return Err(invalid("LAKEGATE_GLOBAL_BURST", rows_named));
         }
+
         // Behind the Apps proxy the peer is always the proxy; elsewhere headers could be forged.
         // Locally behind the emulated proxy the same holds: local mode listens on loopback.
         #[cfg(feature = "local")]
@@ -478,267 +1015,158 @@ impl GatewayConfig {
         );
         #[cfg(not(feature = "local"))]
         let behind_local_proxy = false;
-        let on_databricks_apps = env.raw("DATABRICKS_APP_NAME").is_some() || behind_local_proxy;
-        let apps_proxy_auth = env.parse("LAKEGATE_APPS_PROXY_AUTH", on_databricks_apps)?;
-        let (identity, readers) = read_identity(env, apps_proxy_auth)?;
+        let on_databricks_apps = server.app_name.is_some() || behind_local_proxy;
+        let apps_proxy_auth = reads.apps_proxy_auth.unwrap_or(on_databricks_apps);
+        let readers = reads.readers.unwrap_or_default();
+        match (reads.read_identity, readers.is_empty()) {
+            (ReadIdentity::App, _) if !apps_proxy_auth => {
+                return Err(invalid(
+                    "LAKEGATE_READ_IDENTITY",
+                    "`app` applies only behind the Databricks Apps proxy (LAKEGATE_APPS_PROXY_AUTH)",
+                ));
+            }
+            (ReadIdentity::App, true) => {
+                return Err(invalid(
+                    "LAKEGATE_READERS",
+                    "is required with LAKEGATE_READ_IDENTITY=app: the e-mail addresses or user ids \
+                     that may read with the app's identity",
+                ));
+            }
+            (ReadIdentity::User, false) => {
+                return Err(invalid(
+                    "LAKEGATE_READERS",
+                    "applies only with LAKEGATE_READ_IDENTITY=app (as the user, Unity Catalog decides)",
+                ));
+            }
+            _ => {}
+        }
+        // On Databricks Apps every peer is the Apps proxy; LAKEGATE_TRUSTED_PROXIES names
+        // (further) proxies by network.
+        let trusted_proxies = TrustedProxies {
+            every_peer: on_databricks_apps,
+            ..rates.trusted_proxies.unwrap_or_default()
+        };
 
         Ok(GatewayConfig {
             // A local trial stays on this machine; an app must listen on every interface.
             listen: SocketAddr::new(
-                env.parse(
-                    "LAKEGATE_LISTEN_ADDR",
-                    IpAddr::V4(if local {
-                        Ipv4Addr::LOCALHOST
-                    } else {
-                        Ipv4Addr::UNSPECIFIED
-                    }),
-                )?,
-                env.parse("DATABRICKS_APP_PORT", 8000u16)?,
+                server.listen_addr.unwrap_or(IpAddr::V4(if local {
+                    Ipv4Addr::LOCALHOST
+                } else {
+                    Ipv4Addr::UNSPECIFIED
+                })),
+                server.port,
             ),
             workspace,
             table,
             rejected_table,
             device_keys,
-            keys_refresh: env.secs("LAKEGATE_KEYS_REFRESH_SECS", 60)?,
+            keys_refresh: Duration::from_secs(registry.keys_refresh_secs),
             batch,
-            writers,
+            writers: writer.writers as usize,
             queue,
             body,
             uploads,
             rate_limits,
-            trusted_proxies: trusted_proxies(env, on_databricks_apps)?,
-            ack_timeout: env.secs("LAKEGATE_ACK_TIMEOUT_SECS", 30)?,
-            shutdown: ShutdownDeadlines::new(env.secs("LAKEGATE_SHUTDOWN_GRACE_SECS", 12)?),
+            trusted_proxies,
+            ack_timeout: Duration::from_secs(writer.ack_timeout_secs),
+            shutdown: ShutdownDeadlines::new(Duration::from_secs(server.shutdown_grace_secs)),
             read: ReadSettings {
-                reader_tokens: reader_tokens(env)?,
+                reader_tokens: reads.reader_tokens.map(|t| t.0).unwrap_or_default(),
                 apps_proxy_auth,
-                identity,
+                identity: reads.read_identity,
                 readers,
-                max_devices: env.within("LAKEGATE_QUERY_MAX_DEVICES", 1000, 1..=100_000)?,
-                // The automatic bucket choice gives up to 500 points.
-                max_points: env.within("LAKEGATE_QUERY_MAX_POINTS", 2000, 500..=100_000)?,
-                query_concurrency: env.within("LAKEGATE_QUERY_CONCURRENCY", 4, 1..=64)?,
-                query_wait: env.secs("LAKEGATE_QUERY_WAIT_SECS", 10)?,
-                // 0: no cache (callers arriving together still share one query).
-                device_list_ttl: Duration::from_secs(
-                    env.parse("LAKEGATE_DEVICE_LIST_CACHE_SECS", 5u64)?,
-                ),
-                device_list_window: Duration::from_secs(
-                    24 * 3600
-                        * env.within("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", 365, 1..=36500)? as u64,
-                ),
+                max_devices: reads.query_max_devices as usize,
+                max_points: reads.query_max_points as usize,
+                query_concurrency: reads.query_concurrency as usize,
+                query_wait: Duration::from_secs(reads.query_wait_secs),
+                device_list_ttl: Duration::from_secs(reads.device_list_cache_secs),
+                device_list_window: Duration::from_secs(24 * 3600 * reads.device_list_window_days),
             },
             connections: ConnectionLimits {
-                header_timeout: env.secs("LAKEGATE_HEADER_TIMEOUT_SECS", 10)?,
-                idle_timeout: env.secs("LAKEGATE_IDLE_TIMEOUT_SECS", 60)?,
-                max_connections: env.within("LAKEGATE_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
-                h2_keepalive: env.secs("LAKEGATE_H2_KEEPALIVE_SECS", 20)?,
+                header_timeout: Duration::from_secs(connections.header_timeout_secs),
+                idle_timeout: Duration::from_secs(connections.idle_timeout_secs),
+                max_connections: connections.max_connections as usize,
+                h2_keepalive: Duration::from_secs(connections.h2_keepalive_secs),
             },
             relay,
+            deprecations,
         })
     }
 }
 
-/// Bounds on body bytes in flight. The defaults leave a normal fleet far below them
-/// (a device sends one request at a time, a relay one per lane) and hold the bytes a
-/// flood of held-open uploads can pin to 64 bodies.
-fn upload_settings(env: &Env, max_body_bytes: usize) -> Result<UploadSettings, ConfigError> {
-    let uploads = UploadSettings {
-        max_bytes: env.count(
-            "LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT",
-            max_body_bytes.saturating_mul(64),
-        )?,
-        max_bytes_per_sender: env.count(
-            "LAKEGATE_MAX_BODY_BYTES_PER_SENDER",
-            max_body_bytes.saturating_mul(4),
-        )?,
-    };
-    // A body as large as the cap must fit, or some requests could never be read.
-    if uploads.max_bytes_per_sender < max_body_bytes {
-        return Err(invalid(
-            "LAKEGATE_MAX_BODY_BYTES_PER_SENDER",
-            format!("must hold one body of LAKEGATE_MAX_BODY_BYTES ({max_body_bytes})"),
-        ));
+impl RelaySettings {
+    fn validate(args: RelayArgs) -> Result<Self, ConfigError> {
+        Ok(RelaySettings {
+            upstream: args
+                .upstream
+                .ok_or_else(|| invalid("LAKEGATE_UPSTREAM", "is required (the gateway's URL)"))?,
+            spool_dir: args
+                .spool
+                .ok_or_else(|| invalid("LAKEGATE_SPOOL_DIR", "is required (a directory)"))?,
+            spool_max_bytes: args.spool_max_bytes,
+            key: args.relay_key.ok_or_else(|| {
+                invalid(
+                    "LAKEGATE_RELAY_KEY",
+                    "is required (the relay's key, from `lakegate keys add-relay`)",
+                )
+            })?,
+            batch: args.relay_batch as usize,
+            lanes: args.relay_lanes as usize,
+        })
     }
-    if uploads.max_bytes < uploads.max_bytes_per_sender {
-        return Err(invalid(
-            "LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT",
-            format!(
-                "must be at least LAKEGATE_MAX_BODY_BYTES_PER_SENDER ({})",
-                uploads.max_bytes_per_sender
-            ),
-        ));
-    }
-    Ok(uploads)
 }
 
-/// Whether `DATABRICKS_HOST` or a profile names a workspace.
-fn workspace_configured(env: &Env) -> bool {
-    env.raw("DATABRICKS_HOST").is_some() || env.raw("DATABRICKS_CONFIG_PROFILE").is_some()
-}
-
-/// A workspace is configured by `DATABRICKS_HOST` or a profile; without one a
-/// build with the `local` feature runs on the embedded emulator.
-fn workspace(env: &Env, vars: &HashMap<String, String>) -> Result<Workspace, ConfigError> {
-    if !workspace_configured(env) {
-        #[cfg(feature = "local")]
-        {
-            let data_dir = env.parse("LAKEGATE_LOCAL_DIR", PathBuf::from(".lakegate-local"))?;
-            let apps_proxy = env.parse("LAKEGATE_LOCAL_APPS_PROXY", false)?;
-            return Ok(Workspace::Local {
-                data_dir,
-                apps_proxy,
-            });
+impl WorkspaceArgs {
+    /// A workspace is configured by `DATABRICKS_HOST` or a profile. Without one, a gateway
+    /// built with the `local` feature runs on the embedded emulator, and a relay has none.
+    fn resolve(
+        self,
+        server: &ServerArgs,
+        relay: bool,
+        vars: &HashMap<String, String>,
+    ) -> Result<Workspace, ConfigError> {
+        let configured = self.host.is_some() || self.profile.is_some();
+        if !configured && relay {
+            return Ok(Workspace::None);
         }
-        #[cfg(not(feature = "local"))]
-        return Err(invalid(
-            "DATABRICKS_HOST",
-            "is required: this build has no embedded emulator (built without the `local` feature)",
-        ));
-    }
-    let mut client = databricks::Config::resolve(databricks::Settings::default(), vars)?;
-    if client.warehouse_id.is_none() {
-        return Err(invalid("DATABRICKS_WAREHOUSE_ID", "is required"));
-    }
-    // A throttling answer pauses every writer for its Retry-After, at most this long.
-    let most = databricks::MAX_RETRY_AFTER.as_millis() as usize;
-    let max_retry_after = env.within("LAKEGATE_MAX_RETRY_AFTER_MS", most, 1..=most)?;
-    client.retry.max_retry_after = Duration::from_millis(max_retry_after as u64);
-    Ok(Workspace::Remote {
-        client: Box::new(client),
-    })
-}
-
-/// Whose identity reads run with behind the Apps proxy, and (with the app's) who may read.
-fn read_identity(
-    env: &Env,
-    apps_proxy_auth: bool,
-) -> Result<(ReadIdentity, ReaderList), ConfigError> {
-    // The former switch: `true` is today's default; `false` meant the app's identity for everyone.
-    match env.raw("LAKEGATE_QUERY_AS_USER") {
-        None | Some("true") => {}
-        Some(_) => {
+        if !configured {
+            #[cfg(feature = "local")]
+            return Ok(Workspace::Local {
+                data_dir: server.local_dir.clone(),
+                apps_proxy: server.local_apps_proxy,
+            });
+            #[cfg(not(feature = "local"))]
             return Err(invalid(
-                "LAKEGATE_QUERY_AS_USER",
-                "is replaced by LAKEGATE_READ_IDENTITY: reads run as the signed-in user by \
-                 default; LAKEGATE_READ_IDENTITY=app with LAKEGATE_READERS runs them as the app \
-                 for the listed users only",
+                "DATABRICKS_HOST",
+                "is required: this build has no embedded emulator (built without the `local` feature)",
             ));
         }
-    }
-    let identity: ReadIdentity = env.parse("LAKEGATE_READ_IDENTITY", ReadIdentity::User)?;
-    let readers = match env.raw("LAKEGATE_READERS") {
-        None => ReaderList::default(),
-        Some(list) => {
-            ReaderList::parse(list).map_err(|problem| invalid("LAKEGATE_READERS", problem))?
+        let explicit = databricks::Settings {
+            host: self.host,
+            token: self.token,
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            warehouse_id: self.warehouse_id,
+            profile: self.profile,
+            ..databricks::Settings::default()
+        };
+        let mut client = databricks::Config::resolve(explicit, vars)?;
+        if relay {
+            return Ok(Workspace::Remote {
+                client: Box::new(client),
+            });
         }
-    };
-    match (identity, readers.is_empty()) {
-        (ReadIdentity::App, _) if !apps_proxy_auth => Err(invalid(
-            "LAKEGATE_READ_IDENTITY",
-            "`app` applies only behind the Databricks Apps proxy (LAKEGATE_APPS_PROXY_AUTH)",
-        )),
-        (ReadIdentity::App, true) => Err(invalid(
-            "LAKEGATE_READERS",
-            "is required with LAKEGATE_READ_IDENTITY=app: the e-mail addresses or user ids \
-             that may read with the app's identity",
-        )),
-        (ReadIdentity::User, false) => Err(invalid(
-            "LAKEGATE_READERS",
-            "applies only with LAKEGATE_READ_IDENTITY=app (as the user, Unity Catalog decides)",
-        )),
-        _ => Ok((identity, readers)),
-    }
-}
-
-/// On Databricks Apps every peer is the Apps proxy; `LAKEGATE_TRUSTED_PROXIES`
-/// names (further) proxies by network.
-fn trusted_proxies(env: &Env, on_databricks_apps: bool) -> Result<TrustedProxies, ConfigError> {
-    if env.raw("LAKEGATE_TRUST_PROXY_HEADERS").is_some() {
-        return Err(invalid(
-            "LAKEGATE_TRUST_PROXY_HEADERS",
-            "is replaced by LAKEGATE_TRUSTED_PROXIES: the proxies' networks as comma-separated \
-             CIDRs (on Databricks Apps the Apps proxy is trusted without it)",
-        ));
-    }
-    let networks = match env.raw("LAKEGATE_TRUSTED_PROXIES") {
-        None => Vec::new(),
-        Some(list) => TrustedProxies::parse_networks(list)
-            .map_err(|problem| invalid("LAKEGATE_TRUSTED_PROXIES", problem))?,
-    };
-    Ok(TrustedProxies {
-        every_peer: on_databricks_apps,
-        networks,
-    })
-}
-
-fn device_keys(env: &Env) -> Result<Option<KeySource>, ConfigError> {
-    let inline = env.raw("LAKEGATE_DEVICE_KEYS");
-    let secret = env.raw("LAKEGATE_DEVICE_KEYS_SECRET");
-    let file = env.raw("LAKEGATE_DEVICE_KEYS_FILE");
-    match (inline, secret, file) {
-        (None, None, None) => Ok(None),
-        (Some(json), None, None) => Ok(Some(KeySource::Inline(SecretString::from(json)))),
-        (None, Some(reference), None) => KeySource::parse_secret_ref(reference)
-            .map(Some)
-            .map_err(|err| invalid("LAKEGATE_DEVICE_KEYS_SECRET", err.to_string())),
-        (None, None, Some(path)) => Ok(Some(KeySource::File(PathBuf::from(path)))),
-        _ => Err(invalid(
-            "LAKEGATE_DEVICE_KEYS",
-            "set only one of LAKEGATE_DEVICE_KEYS, LAKEGATE_DEVICE_KEYS_SECRET and LAKEGATE_DEVICE_KEYS_FILE",
-        )),
-    }
-}
-
-/// The relay's own key: a device's key or a reader token there is refused by its
-/// prefix, saying what it is (never echoing it).
-fn relay_key(env: &Env) -> Result<SecretString, ConfigError> {
-    let key = env.raw("LAKEGATE_RELAY_KEY").ok_or_else(|| {
-        invalid(
-            "LAKEGATE_RELAY_KEY",
-            "is required (the relay's key, from `lakegate keys add-relay`)",
-        )
-    })?;
-    match KeyKind::of(key) {
-        Some(kind @ (KeyKind::Device | KeyKind::Reader)) => Err(invalid(
-            "LAKEGATE_RELAY_KEY",
-            format!(
-                "is {}, not a relay's key (from `lakegate keys add-relay`)",
-                kind.describe()
-            ),
-        )),
-        _ => Ok(SecretString::from(key)),
-    }
-}
-
-/// Comma-separated `sha256:<hex>` hashes; messages name the entry, never echo it.
-fn reader_tokens(env: &Env) -> Result<HashSet<KeyHash>, ConfigError> {
-    let Some(raw) = env.raw("LAKEGATE_READER_TOKENS") else {
-        return Ok(HashSet::new());
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .enumerate()
-        .map(|(index, entry)| {
-            entry.parse().map_err(|err| {
-                let problem = match err {
-                    BadHash::RawKey => match KeyKind::of(entry) {
-                        Some(kind @ (KeyKind::Device | KeyKind::Relay)) => format!(
-                            "is {}, not a reader token's hash (see `lakegate keys new-reader`)",
-                            kind.describe()
-                        ),
-                        _ => "is a token, not its hash (see `lakegate keys new-reader`)".into(),
-                    },
-                    BadHash::Format => err.to_string(),
-                };
-                invalid(
-                    "LAKEGATE_READER_TOKENS",
-                    format!("entry {} {problem}", index + 1),
-                )
-            })
+        if client.warehouse_id.is_none() {
+            return Err(invalid("DATABRICKS_WAREHOUSE_ID", "is required"));
+        }
+        // A throttling answer pauses every writer for its Retry-After, at most this long.
+        client.retry.max_retry_after =
+            Duration::from_millis(self.max_retry_after_ms).min(databricks::MAX_RETRY_AFTER);
+        Ok(Workspace::Remote {
+            client: Box::new(client),
         })
-        .collect()
+    }
 }
 
 #[cfg(test)]
@@ -787,6 +1215,122 @@ mod tests {
         assert_eq!(client.host, "https://adb-1.azuredatabricks.net");
         assert_eq!(client.warehouse_id.as_deref(), Some("wh"));
         assert_eq!(client.retry.max_retry_after, databricks::MAX_RETRY_AFTER);
+    }
+
+    /// The reference tables of docs/configuration.md, one per help heading, from the
+    /// declaration itself.
+    fn settings_tables() -> String {
+        let command = RelayCommandArgs::augment_args(Command::new("lakegate"));
+        let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+        for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
+            let (Some(long), Some(variable)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let heading = arg.get_help_heading().unwrap_or("Other").to_owned();
+            let default: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|value| format!("`{}`", value.to_string_lossy()))
+                .collect();
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let row = format!(
+                "| `{}` | `--{long}` | {} | {} |",
+                variable.to_string_lossy(),
+                default.join(", "),
+                help.replace('\n', " ").replace('|', "\\|"),
+            );
+            match sections.iter_mut().find(|(name, _)| *name == heading) {
+                Some((_, rows)) => rows.push(row),
+                None => sections.push((heading, vec![row])),
+            }
+        }
+        let mut text = String::new();
+        for (heading, rows) in sections {
+            let only = if heading == "Relay" {
+                " (`lakegate relay` only)"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "\n### {heading}{only}\n\n| variable | flag | default | meaning |\n| --- | --- | --- | --- |\n"
+            ));
+            for row in rows {
+                text.push_str(&row);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// docs/configuration.md's tables are the declaration's: a changed setting changes them.
+    #[test]
+    fn configuration_doc() {
+        const BEGIN: &str = "<!-- BEGIN generated from src/config.rs -->\n";
+        const END: &str = "<!-- END generated -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+            panic!("docs/configuration.md lacks the markers {BEGIN:?} and {END:?}");
+        };
+        let start = start + BEGIN.len();
+        let expected = settings_tables();
+        if doc[start..end] == expected {
+            return;
+        }
+        if std::env::var_os("LAKEGATE_WRITE_DOCS").is_some() {
+            let updated = format!("{}{expected}{}", &doc[..start], &doc[end..]);
+            std::fs::write(path, updated).expect("writing docs/configuration.md");
+            return;
+        }
+        panic!(
+            "docs/configuration.md does not match the settings declared in src/config.rs; \
+             regenerate it with `LAKEGATE_WRITE_DOCS=1 cargo test -p lakegate --lib configuration_doc`"
+        );
+    }
+
+    #[test]
+    fn the_former_linger_name_still_works_with_a_warning() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        assert!(config.deprecations().is_empty());
+
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_FLUSH_MS", "70"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(70));
+        let [warning] = config.deprecations() else {
+            panic!("one warning: {:?}", config.deprecations());
+        };
+        assert!(
+            warning.starts_with("LAKEGATE_FLUSH_MS is deprecated: rename it LAKEGATE_LINGER_MS"),
+            "{warning}"
+        );
+
+        // Both set: the new name wins, and the warning says so.
+        pairs.push(("LAKEGATE_LINGER_MS", "30"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(30));
+        let [warning] = config.deprecations() else {
+            panic!("one warning: {:?}", config.deprecations());
+        };
+        assert!(warning.contains("ignored: LAKEGATE_LINGER_MS is set too and wins"));
+    }
+
+    #[test]
+    fn blank_values_are_unset_and_flags_win_over_variables() {
+        let mut pairs = remote();
+        pairs.extend([("LAKEGATE_WRITERS", "  "), ("LAKEGATE_LINGER_MS", " 40 ")]);
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.writers, 4);
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(40));
+
+        let command_line = ServeArgs::augment_args(Command::new("serve"))
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(["serve", "--linger-ms", "5", "--writers=2"])
+            .unwrap();
+        let config = GatewayConfig::serve(Some(&command_line), &vars(&pairs)).unwrap();
+        assert_eq!(config.batch.flush_interval, Duration::from_millis(5));
+        assert_eq!(config.writers, 2);
+        assert!(config.deprecations().is_empty());
     }
 
     #[test]

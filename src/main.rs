@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lakegate::app::Gateway;
-use lakegate::config::GatewayConfig;
+use lakegate::config::{GatewayConfig, RelayCommandArgs, ServeArgs};
 use lakegate::devices::{
     AdminError, KeyChange, KeyKind, RegistryStore, change_registry, generate_key_of, listing,
     new_key_instructions, new_reader_instructions, secrets_from_environment,
@@ -36,12 +36,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the default); configured by environment variables.
+    /// Run the gateway (the default); configured by environment variables (or the
+    /// flags of the same names, which win), listed below with their defaults.
     Serve {
         /// Local mode only: put the emulated Databricks Apps proxy in front, so that
         /// devices meet what they meet on Databricks (sets LAKEGATE_LOCAL_APPS_PROXY).
         #[arg(long)]
         behind_apps_proxy: bool,
+        /// Declared here for `--help` and the flags; `GatewayConfig::serve` reads them
+        /// from the matches, with the environment.
+        #[command(flatten)]
+        _settings: Box<ServeArgs>,
     },
     /// Manage the fleet's registry: devices and site relays and their keys; print a
     /// key (`new`) or a reader token for the read API and the page (`new-reader`).
@@ -54,8 +59,9 @@ enum Command {
     Send(SendArgs),
     /// A site relay: takes readings from the site's devices with their own keys, as the
     /// gateway does, spools them on disk and forwards them with the relay's key
-    /// (LAKEGATE_RELAY_KEY); configured like the gateway, by environment variables.
-    Relay(RelayArgs),
+    /// (LAKEGATE_RELAY_KEY); configured like the gateway, by environment variables (or
+    /// the flags of the same names), listed below with their defaults.
+    Relay(RelayCli),
     /// Run one SQL statement and print its rows as a table: on the workspace of the
     /// DATABRICKS_* variables (or --profile), else on the one local mode runs (its
     /// address and credentials are in LAKEGATE_LOCAL_DIR, `.lakegate-local/`).
@@ -72,13 +78,7 @@ struct SqlArgs {
 }
 
 #[derive(clap::Args)]
-struct RelayArgs {
-    /// The gateway to forward to: a Databricks App's URL, or a gateway of one's own.
-    #[arg(long, env = "LAKEGATE_UPSTREAM")]
-    upstream: String,
-    /// Where accepted readings wait on disk until the upstream has committed them.
-    #[arg(long, env = "LAKEGATE_SPOOL_DIR")]
-    spool: PathBuf,
+struct RelayCli {
     /// Address and port to listen on; default LAKEGATE_LISTEN_ADDR (0.0.0.0) and
     /// DATABRICKS_APP_PORT (8000).
     #[arg(long)]
@@ -86,11 +86,11 @@ struct RelayArgs {
     /// A file holding the relay's key; default: the LAKEGATE_RELAY_KEY variable.
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// Get OAuth tokens for the Databricks Apps proxy from this ~/.databrickscfg profile
-    /// (else from DATABRICKS_HOST, DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET
-    /// when set).
-    #[arg(long)]
-    profile: Option<String>,
+    /// Declared here for `--help` and the flags (with `--profile`, the ~/.databrickscfg
+    /// profile that gets OAuth tokens for the Databricks Apps proxy);
+    /// `GatewayConfig::relay` reads them from the matches, with the environment.
+    #[command(flatten)]
+    _settings: Box<RelayCommandArgs>,
 }
 
 #[derive(clap::Args)]
@@ -273,22 +273,58 @@ struct RegistryLocation {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let serve_default = Command::Serve {
-        behind_apps_proxy: cli.behind_apps_proxy,
-    };
-    match cli.command.unwrap_or(serve_default) {
-        Command::Keys { action } => keys(action),
-        Command::Send(args) => send(args),
-        Command::Serve { behind_apps_proxy } => {
-            match serve_config(behind_apps_proxy || cli.behind_apps_proxy) {
-                // A local trial is read by a person; a deployed gateway by the log viewer.
-                Ok(config) => run_service(log_format(config.is_local()), serve(config)),
-                Err(err) => run_service(log_format(false), async { Err(err) }),
-            }
+    let (cli, matches) = parse_command_line();
+    match cli.command {
+        Some(Command::Keys { action }) => keys(action),
+        Some(Command::Send(args)) => send(args),
+        Some(Command::Serve {
+            behind_apps_proxy, ..
+        }) => serve_or_stop(
+            behind_apps_proxy || cli.behind_apps_proxy,
+            matches.subcommand_matches("serve"),
+        ),
+        None => serve_or_stop(cli.behind_apps_proxy, None),
+        Some(Command::Relay(args)) => run_service(
+            log_format(false),
+            relay(args, matches.subcommand_matches("relay")),
+        ),
+        Some(Command::Sql(args)) => sql(args),
+    }
+}
+
+/// The command line, with the settings of `serve` and `relay` read from the flags only:
+/// `GatewayConfig` reads their variables itself, so that a bad value's message names the
+/// variable it came from.
+fn parse_command_line() -> (Cli, ArgMatches) {
+    fn without_env(command: clap::Command) -> clap::Command {
+        command.mut_args(|arg| arg.env(None))
+    }
+    let parsing = Cli::command()
+        .mut_subcommand("serve", without_env)
+        .mut_subcommand("relay", without_env);
+    let matches = match parsing.try_get_matches() {
+        Ok(matches) => matches,
+        // Help from the whole declaration, which lists each setting's variable.
+        Err(err)
+            if matches!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            Cli::command().get_matches()
         }
-        Command::Relay(args) => run_service(log_format(false), relay(args)),
-        Command::Sql(args) => sql(args),
+        Err(err) => err.exit(),
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    (cli, matches)
+}
+
+fn serve_or_stop(behind_apps_proxy: bool, command_line: Option<&ArgMatches>) -> ExitCode {
+    match serve_config(behind_apps_proxy, command_line) {
+        // A local trial is read by a person; a deployed gateway by the log viewer.
+        Ok(config) => run_service(log_format(config.is_local()), serve(config)),
+        Err(err) => run_service(log_format(false), async { Err(err) }),
     }
 }
 
@@ -659,12 +695,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve_config(behind_apps_proxy: bool) -> anyhow::Result<GatewayConfig> {
+fn serve_config(
+    behind_apps_proxy: bool,
+    command_line: Option<&ArgMatches>,
+) -> anyhow::Result<GatewayConfig> {
     let mut vars: HashMap<String, String> = std::env::vars().collect();
     if behind_apps_proxy {
         vars.insert("LAKEGATE_LOCAL_APPS_PROXY".into(), "true".into());
     }
-    let config = GatewayConfig::from_map(&vars).context("configuration")?;
+    let config = GatewayConfig::serve(command_line, &vars).context("configuration")?;
     anyhow::ensure!(
         !behind_apps_proxy || cfg!(feature = "local") && config.is_local(),
         "--behind-apps-proxy runs the emulated Apps proxy of local mode: unset DATABRICKS_HOST"
@@ -672,7 +711,15 @@ fn serve_config(behind_apps_proxy: bool) -> anyhow::Result<GatewayConfig> {
     Ok(config)
 }
 
+/// Once, at start-up: former setting names still in use.
+fn warn_deprecations(config: &GatewayConfig) {
+    for deprecation in config.deprecations() {
+        tracing::warn!("{deprecation}");
+    }
+}
+
 async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
+    warn_deprecations(&config);
     let listen = config.listen;
     // The port first: a second local run that cannot have it changes nothing on disk.
     let listener = TcpListener::bind(listen)
@@ -820,22 +867,15 @@ fn local_workspace_config(
     anyhow::bail!("no workspace: set DATABRICKS_HOST (or pass --profile)")
 }
 
-async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+async fn relay(args: RelayCli, command_line: Option<&ArgMatches>) -> anyhow::Result<()> {
     let mut vars: HashMap<String, String> = std::env::vars().collect();
-    vars.insert("LAKEGATE_UPSTREAM".into(), args.upstream);
-    vars.insert(
-        "LAKEGATE_SPOOL_DIR".into(),
-        args.spool.to_string_lossy().into_owned(),
-    );
     if let Some(path) = &args.key_file {
         let key = std::fs::read_to_string(path)
             .with_context(|| format!("reading the relay key file {}", path.display()))?;
         vars.insert("LAKEGATE_RELAY_KEY".into(), key.trim().to_owned());
     }
-    if let Some(profile) = args.profile {
-        vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile);
-    }
-    let mut config = GatewayConfig::relay_from_map(&vars).context("configuration")?;
+    let mut config = GatewayConfig::relay(command_line, &vars).context("configuration")?;
+    warn_deprecations(&config);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
