@@ -21,8 +21,9 @@ pub struct LakegateProcess {
 
 impl LakegateProcess {
     /// Starts the binary `bin` (a test's `env!("CARGO_BIN_EXE_lakegate")`: only the test
-    /// target knows where cargo built it) with exactly `env` (a [`crate::gateway_env`]), on a free
-    /// port and logging JSON, and waits up to 60 s for the line saying where it listens.
+    /// target knows where cargo built it) with exactly `env` (a [`crate::gateway_env`]),
+    /// on a free port and logging JSON, and waits up to 60 s for the line saying where
+    /// it listens.
     /// A thread reads the log for the process's whole life, so it never blocks on a full
     /// pipe, and hands every JSON line to `on_log`.
     pub fn spawn(
