@@ -15,9 +15,6 @@
 //! (5 s measured per scenario), `BENCH_WARMUP_SECS` (1 s, discarded),
 //! `BENCH_MAX_REQUESTS` (200000 per pass, a bound for fast machines).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use lakegate_emulator::Emulator;
-use lakegate_testkit::{emulator_config, gateway_env, http_client_builder, poll};
+use lakegate_testkit::{
+    LakegateProcess, emulator_config, gateway_env, http_client_builder, poll, workspace,
+};
 use secrecy::ExposeSecret;
 
 const TABLE: &str = "main.lakegate.bench_readings";
@@ -443,7 +442,7 @@ fn spawn_gateway(
     emulator: &Emulator,
     registry: &Path,
     extra: &[(&str, &str)],
-) -> anyhow::Result<(common::LakegateProcess, Complaints)> {
+) -> anyhow::Result<(LakegateProcess, Complaints)> {
     // Limits far above what one box can send: we measure the path, not the quotas.
     let lifted = [
         ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1000000000"),
@@ -460,7 +459,7 @@ fn spawn_gateway_with_defaults(
     emulator: &Emulator,
     registry: &Path,
     extra: &[(&str, &str)],
-) -> anyhow::Result<(common::LakegateProcess, Complaints)> {
+) -> anyhow::Result<(LakegateProcess, Complaints)> {
     let settings: Vec<_> = [("LAKEGATE_TABLE", TABLE)]
         .iter()
         .chain(extra)
@@ -475,7 +474,7 @@ fn spawn_gateway_with_defaults(
     }
     let complaints = Arc::new(Mutex::new(BTreeMap::new()));
     let counted = complaints.clone();
-    let process = common::LakegateProcess::spawn(&env, move |log| {
+    let process = LakegateProcess::spawn(env!("CARGO_BIN_EXE_lakegate"), &env, move |log| {
         if let Some(level @ ("WARN" | "ERROR")) = log["level"].as_str() {
             let kind = format!(
                 "{level} {} {}",
@@ -622,12 +621,12 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     let overload = overload(emulator, &registry, &gateway, &settings).await?;
 
     // Every acknowledged reading must reach the table exactly once.
-    let reader = common::reader(&gateway_env(emulator, &registry, &[]));
+    let reader = workspace::reader(&gateway_env(emulator, &registry, &[]));
     let expected = (total.to_be_written * METRICS.len() as u64
         + overload.to_be_written * WIDE_METRICS as u64) as i64;
     let waited = Instant::now();
     let (within, every) = (Duration::from_secs(30), Duration::from_millis(200));
-    let count = async || common::row_count(&reader, TABLE).await;
+    let count = async || workspace::row_count(&reader, TABLE).await;
     // Past the wait, the count is reported as it is (a mismatch fails the run below).
     let count = poll(
         within,
@@ -652,7 +651,7 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     );
 
     let (status, took) = process.terminate().await?;
-    let after_stop = common::row_count(&reader, TABLE).await?;
+    let after_stop = workspace::row_count(&reader, TABLE).await?;
     println!(
         "lakegate stopped on SIGTERM in {:.2} s ({status}); rows after the stop: {after_stop}",
         took.as_secs_f64()
@@ -879,7 +878,7 @@ async fn writers(
     settings: &Settings,
 ) -> anyhow::Result<()> {
     let mut figures = Vec::new();
-    let reader = common::reader(&gateway_env(emulator, registry, &[]));
+    let reader = workspace::reader(&gateway_env(emulator, registry, &[]));
     for (n, latency) in WRITER_LATENCIES.into_iter().enumerate() {
         for (writers, count) in [("1", "1"), ("default", "")] {
             eprintln!("running: writers {writers}, statements of {latency:?}");
@@ -932,7 +931,7 @@ async fn writers(
             wait_for_empty_queue(&gateway).await?;
             let to_be_written = low_load.to_be_written + warmup.to_be_written + tally.to_be_written;
             let expected = (to_be_written * METRICS.len() as u64) as i64;
-            let held = common::row_count(&reader, &table).await?;
+            let held = workspace::row_count(&reader, &table).await?;
             if held != expected {
                 bail!("{table} holds {held} rows, {expected} acknowledged");
             }

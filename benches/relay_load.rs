@@ -12,9 +12,6 @@
 //! Settings (environment): `BENCH_CONCURRENCY` (16 devices, one connection each),
 //! `BENCH_SECS` (5 s a pass).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use lakegate::devices::{generate_key, hash_key};
-use lakegate_testkit::{emulator_config, gateway_env, http_client_builder, poll, start_emulator};
+use lakegate_testkit::{
+    LakegateProcess, emulator_config, gateway_env, http_client_builder, poll, start_emulator,
+    workspace,
+};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -172,8 +172,9 @@ async fn run(concurrency: usize, length: Duration) -> anyhow::Result<()> {
         .chain(UNLIMITED)
         .collect();
     let gateway_settings = gateway_env(&emulator, &registry, &settings);
-    let reader = common::reader(&gateway_settings);
-    let gateway = common::LakegateProcess::spawn(&gateway_settings, |_| {})?;
+    let reader = workspace::reader(&gateway_settings);
+    let gateway =
+        LakegateProcess::spawn(env!("CARGO_BIN_EXE_lakegate"), &gateway_settings, |_| {})?;
     let gateway_url = format!("http://{}", gateway.address);
     let mut relay_settings: HashMap<String, String> = settings
         .iter()
@@ -189,7 +190,12 @@ async fn run(concurrency: usize, length: Duration) -> anyhow::Result<()> {
     ]);
     let spool = dir.path().join("spool").display().to_string();
     let relay_args = ["relay", "--upstream", &gateway_url, "--spool", &spool];
-    let relay = common::LakegateProcess::spawn_command(&relay_args, &relay_settings, |_| {})?;
+    let relay = LakegateProcess::spawn_command(
+        env!("CARGO_BIN_EXE_lakegate"),
+        &relay_args,
+        &relay_settings,
+        |_| {},
+    )?;
     let relay_url = format!("http://{}", relay.address);
     wait_until_ready(&gateway_url).await?;
     wait_until_ready(&relay_url).await?;
@@ -203,7 +209,7 @@ async fn run(concurrency: usize, length: Duration) -> anyhow::Result<()> {
     ] {
         let (mut result, started) = pass(name, url, &devices, length, &next_id).await?;
         expected += result.acknowledged as i64;
-        let count = async || common::row_count(&reader, TABLE).await.unwrap_or(-1);
+        let count = async || workspace::row_count(&reader, TABLE).await.unwrap_or(-1);
         let landed = poll(
             Duration::from_secs(600),
             Duration::from_millis(50),

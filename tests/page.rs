@@ -1,19 +1,14 @@
 //! The fleet page in a real browser: Debian's Chromium, headless, against the
 //! gateway in front of the in-process emulator, reading the API with a reader token.
 
-mod common;
-#[allow(dead_code)]
-#[path = "gateway/harness.rs"]
-mod harness;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, DurationRound, Utc};
-use harness::Harness;
 use lakegate::devices::{generate_key, hash_key};
-use lakegate_testkit::{emulator_config, poll};
+use lakegate_testkit::gateway::Harness;
+use lakegate_testkit::poll;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -40,15 +35,12 @@ async fn the_fleet_page_lists_devices_and_draws_the_series() {
     );
 
     let token = generate_key().key.expose_secret().to_owned();
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_READER_TOKENS", &hash_key(&token)),
-            // The list is read below before the readings exist; the page must see them.
-            ("LAKEGATE_DEVICE_LIST_CACHE_SECS", "0"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_READER_TOKENS", &hash_key(&token))
+        // The list is read below before the readings exist; the page must see them.
+        .env("LAKEGATE_DEVICE_LIST_CACHE_SECS", "0")
+        .start()
+        .await;
 
     // The API answers, with the token only (the page shows the error otherwise).
     let devices = gateway

@@ -1,9 +1,14 @@
-//! Test support shared by lakegate's tests, the emulator's tests and the load
-//! benchmark: the test workspace's credentials, an emulator started with them, the
-//! environment of a gateway in front of it, waiting for a condition, and temporary
-//! directories. Nothing here knows the `lakegate` crate itself, so the emulator's
-//! own tests can use it too; helpers built on lakegate's types live in
-//! `tests/common/mod.rs`.
+//! Test support shared by every test tree of the workspace and the benchmarks: the
+//! test workspace's credentials, an emulator started with them, the environment of a
+//! gateway in front of it, waiting for a condition, temporary directories and the
+//! `lakegate` binary as a process ([`LakegateProcess`]).
+//!
+//! Two parts are behind features, so that a crate's tests build only what they use:
+//! `databricks` ([`workspace`]: clients of the Databricks client crate for the
+//! emulator, reading a table back), and `gateway` ([`gateway`]: an in-process gateway
+//! built by name with [`gateway::Harness::builder`], and requests to it). `gateway`
+//! depends on the `lakegate` crate, which dev-depends on this one: cargo allows that
+//! cycle for tests and benchmarks, which link the same `lakegate` library.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,6 +18,14 @@ use lakegate_emulator::{Emulator, EmulatorConfig};
 use serde_json::Value;
 
 pub use tempfile::TempDir;
+
+#[cfg(feature = "gateway")]
+pub mod gateway;
+mod process;
+#[cfg(feature = "databricks")]
+pub mod workspace;
+
+pub use process::LakegateProcess;
 
 /// The client id of the test workspace's service principal.
 pub const SP_ID: &str = "lakegate-test-sp";

@@ -10,20 +10,17 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, reading, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_global_limit_counts_rows_not_readings() {
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1"),
-            ("LAKEGATE_GLOBAL_BURST", "10"),
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "2"),
-            ("LAKEGATE_MAX_METRICS_PER_READING", "5"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_GLOBAL_RATE_PER_SEC", "1")
+        .env("LAKEGATE_GLOBAL_BURST", "10")
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "2")
+        .env("LAKEGATE_MAX_METRICS_PER_READING", "5")
+        .start()
+        .await;
     let five_metrics = |id: &str| {
         json!({"id": id, "ts": "2026-11-29T12:00:00Z",
                "metrics": {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}})
@@ -92,16 +89,14 @@ async fn the_queue_is_bounded_in_bytes() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(1500);
     // Rows are few, but long strings fill the byte budget after one request.
-    let mut gateway = Harness::start_with(
-        config,
-        &[
-            ("LAKEGATE_QUEUE_MAX_BYTES", "7000"),
-            ("LAKEGATE_MAX_BODY_BYTES", "4500"),
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "1"),
-            ("LAKEGATE_MAX_METRICS_PER_READING", "4"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(config)
+        .env("LAKEGATE_QUEUE_MAX_BYTES", "7000")
+        .env("LAKEGATE_MAX_BODY_BYTES", "4500")
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "1")
+        .env("LAKEGATE_MAX_METRICS_PER_READING", "4")
+        .start()
+        .await;
     let long = "x".repeat(1000);
     let body = |id: &str| {
         json!({"id": id, "ts": "2026-11-29T12:00:00Z",
@@ -164,8 +159,10 @@ async fn concurrent_readiness_probes_share_one_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_makes_the_gateway_unready_and_says_resending_is_needed() {
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_SHUTDOWN_GRACE_SECS", "6")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_SHUTDOWN_GRACE_SECS", "6")
+        .start()
+        .await;
     // The warehouse hangs: the probe's check and the device's commit never finish.
     gateway.emulator.set_faults(Faults {
         statement_latency: Duration::from_secs(60),

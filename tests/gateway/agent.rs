@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use lakegate_testkit::temp_dir;
 
-use crate::harness::Harness;
+use lakegate_testkit::gateway::Harness;
 
 /// Runs `lakegate send` with `args`, the device key in the environment and `input`
 /// on stdin.
@@ -189,8 +189,7 @@ async fn a_rate_limited_devices_spool_drains_over_short_runs() {
     let registry = serde_json::json!({
         "devices": {"meter-1": {"keys": [hash_key(&key)], "rate_per_sec": 5, "burst": 10}}
     });
-    let mut gateway =
-        Harness::start_with_registry(lakegate_testkit::emulator_config(), &[], registry).await;
+    let mut gateway = Harness::builder().registry(registry).start().await;
     let spool = temp_dir();
     let input: String = (0..100)
         .map(|n| {

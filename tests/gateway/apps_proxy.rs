@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use lakegate_emulator::{AppsProxy, AppsProxyConfig, Faults, TokenOwner};
-use lakegate_testkit::{PAT, SP_ID, emulator_config, fetch_token};
+use lakegate_testkit::{PAT, SP_ID, fetch_token};
 use serde_json::{Value as Json, json};
 
-use crate::harness::{Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, reading, respond};
 
 async fn proxy_for(gateway: &Harness, config: AppsProxyConfig) -> AppsProxy {
     AppsProxy::start(config, &gateway.emulator)
@@ -136,15 +136,12 @@ async fn if_the_proxy_stripped_the_device_key_lakegate_would_refuse_every_device
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_run_with_the_signed_in_users_token() {
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_APPS_PROXY_AUTH", "true"),
-            // The harness's readings have a fixed date; list them however long ago it is.
-            ("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", "3650"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_APPS_PROXY_AUTH", "true")
+        // The harness's readings have a fixed date; list them however long ago it is.
+        .env("LAKEGATE_DEVICE_LIST_WINDOW_DAYS", "3650")
+        .start()
+        .await;
     let config = AppsProxyConfig {
         user_authorization: true,
         ..AppsProxyConfig::new(&gateway.url)
@@ -190,8 +187,10 @@ async fn reads_run_with_the_signed_in_users_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_identity_headers_are_replaced_by_the_proxys_own() {
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_APPS_PROXY_AUTH", "true")
+        .start()
+        .await;
     let boss = TokenOwner::User("boss@example.com".into());
     let ana = TokenOwner::User("ana@example.com".into());
     let boss_token = gateway.emulator.user_token("boss@example.com");
@@ -444,8 +443,10 @@ async fn get_with(
 async fn stats_take_only_a_user_token_the_workspace_accepts() {
     const MADE_UP: &str = "made-up-user-token-never-logged";
     let logs = crate::logs::capture();
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_APPS_PROXY_AUTH", "true")
+        .start()
+        .await;
     let ana_token = gateway.emulator.user_token("ana@example.com");
     let signed_in = |token: &'static str| {
         [

@@ -1,9 +1,7 @@
 //! Failed authentications: limited per client address and kind, without ever
 //! holding up a valid credential; which address counts; how they are reported.
 
-use lakegate_testkit::emulator_config;
-
-use crate::harness::{Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, reading, respond};
 
 /// Failure budget of 3, refilled once a minute: ample for a test to see the block.
 const TIGHT_BUDGET: [(&str, &str); 2] = [
@@ -36,7 +34,7 @@ async fn metrics(gateway: &Harness) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_neighbours_stale_key_never_locks_out_a_valid_key() {
     let logs = crate::logs::capture();
-    let mut gateway = Harness::start_with(emulator_config(), &TIGHT_BUDGET).await;
+    let mut gateway = Harness::builder().envs(&TIGHT_BUDGET).start().await;
     let stale = "lgk_stale-key-of-a-replaced-device";
     for _ in 0..3 {
         assert_eq!(ingest_with(&gateway, stale, &[]).await.0, 401);
@@ -78,7 +76,7 @@ async fn readers_have_their_own_failure_budget() {
     let token_text = secrecy::ExposeSecret::expose_secret(&token.key).to_owned();
     let mut env = TIGHT_BUDGET.to_vec();
     env.push(("LAKEGATE_READER_TOKENS", token.hash.as_str()));
-    let mut gateway = Harness::start_with(emulator_config(), &env).await;
+    let mut gateway = Harness::builder().envs(&env).start().await;
     let read = |bearer: &str| {
         let request = gateway
             .http
@@ -113,7 +111,7 @@ async fn readers_have_their_own_failure_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
-    let mut gateway = Harness::start_with(emulator_config(), &TIGHT_BUDGET).await;
+    let mut gateway = Harness::builder().envs(&TIGHT_BUDGET).start().await;
     // A guesser claiming a new address on each request still spends one budget.
     for n in 0..6 {
         let forged = format!("198.51.100.{n}");
@@ -132,7 +130,7 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
 async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_counts() {
     let mut env = TIGHT_BUDGET.to_vec();
     env.push(("LAKEGATE_TRUSTED_PROXIES", "127.0.0.0/8, 10.0.0.0/8"));
-    let mut gateway = Harness::start_with(emulator_config(), &env).await;
+    let mut gateway = Harness::builder().envs(&env).start().await;
     // The client 203.0.113.7 (behind a trusted 10.x proxy) rotates what it claims
     // on the left: still one budget.
     for n in 0..4 {
@@ -171,7 +169,7 @@ async fn a_disabled_device_is_rate_limited_and_locks_out_nobody() {
         ("LAKEGATE_DEVICE_RATE_PER_SEC", "1"),
         ("LAKEGATE_DEVICE_BURST", "4"),
     ]);
-    let mut gateway = Harness::start_with(emulator_config(), &env).await;
+    let mut gateway = Harness::builder().envs(&env).start().await;
     let disabled = gateway.keys.disabled.clone();
     let mut answers = Vec::new();
     for _ in 0..12 {

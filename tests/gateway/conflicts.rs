@@ -9,11 +9,11 @@ use std::time::Duration;
 use lakegate::databricks::Value;
 use lakegate::devices::{generate_key, hash_key};
 use lakegate_emulator::{Faults, WriteConflicts};
-use lakegate_testkit::{TABLE, emulator_config};
+use lakegate_testkit::TABLE;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::harness::{Harness, respond};
+use lakegate_testkit::gateway::Harness;
 
 const DEVICES: usize = 16;
 const REQUESTS_PER_DEVICE: usize = 6;
@@ -71,13 +71,7 @@ async fn send_all(gateway: &Arc<Harness>, devices: &[(String, String)]) -> usize
                             })
                         })
                         .collect();
-                    let response = gateway
-                        .post(&key)
-                        .json(&readings)
-                        .send()
-                        .await
-                        .unwrap();
-                    let (status, body) = respond(response).await;
+                    let (status, body) = gateway.post_json(&key, &readings).await;
                     assert_eq!(status, 200, "{device}: {body}");
                     acknowledged += readings.len();
                 }
@@ -115,11 +109,11 @@ async fn parallel_writers_land_every_reading_once(
     mode: WriteConflicts,
     lost_answers: u32,
 ) -> (Arc<Harness>, u64) {
-    let gateway = Harness::start_with(
-        emulator_config(),
-        &[("LAKEGATE_WRITERS", "4"), ("LAKEGATE_FLUSH_MS", "20")],
-    )
-    .await;
+    let gateway = Harness::builder()
+        .env("LAKEGATE_WRITERS", "4")
+        .env("LAKEGATE_FLUSH_MS", "20")
+        .start()
+        .await;
     let devices = register_devices(&gateway).await;
     gateway.emulator.set_faults(Faults {
         write_conflicts: mode,

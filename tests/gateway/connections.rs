@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Harness, reading};
+use lakegate_testkit::gateway::{Harness, reading};
 
 async fn connect(gateway: &Harness) -> TcpStream {
     TcpStream::connect(gateway.url.trim_start_matches("http://"))
@@ -66,8 +66,10 @@ const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn half_sent_headers_are_closed_after_the_header_timeout_while_devices_are_served() {
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_HEADER_TIMEOUT_SECS", "2")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_HEADER_TIMEOUT_SECS", "2")
+        .start()
+        .await;
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut stream = connect(&gateway).await;
@@ -102,8 +104,10 @@ async fn half_sent_headers_are_closed_after_the_header_timeout_while_devices_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn beyond_the_connection_cap_a_new_connection_gets_503_and_is_closed() {
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_MAX_CONNECTIONS", "3")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_MAX_CONNECTIONS", "3")
+        .start()
+        .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut stream = connect(&gateway).await;
@@ -143,14 +147,11 @@ async fn beyond_the_connection_cap_a_new_connection_gets_503_and_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout_not_the_header_timeout() {
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_HEADER_TIMEOUT_SECS", "1"),
-            ("LAKEGATE_IDLE_TIMEOUT_SECS", "8"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_HEADER_TIMEOUT_SECS", "1")
+        .env("LAKEGATE_IDLE_TIMEOUT_SECS", "8")
+        .start()
+        .await;
     let mut stream = connect(&gateway).await;
     stream.write_all(HEALTHZ).await.unwrap();
     assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
@@ -170,14 +171,12 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout_not_the_h
 async fn a_request_longer_than_the_timeouts_is_not_cut() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(2500);
-    let mut gateway = Harness::start_with(
-        config,
-        &[
-            ("LAKEGATE_HEADER_TIMEOUT_SECS", "1"),
-            ("LAKEGATE_IDLE_TIMEOUT_SECS", "1"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(config)
+        .env("LAKEGATE_HEADER_TIMEOUT_SECS", "1")
+        .env("LAKEGATE_IDLE_TIMEOUT_SECS", "1")
+        .start()
+        .await;
     // Waits for its commit, which takes longer than either timeout.
     let (status, answer) = gateway
         .post_json(&gateway.keys.sensor, &reading("slow-commit-1", 1.0))
@@ -210,14 +209,11 @@ fn hpack(headers: &[(&str, &str)]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_http2_peer_is_noticed_by_keep_alive_pings() {
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_H2_KEEPALIVE_SECS", "1"),
-            ("LAKEGATE_IDLE_TIMEOUT_SECS", "300"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_H2_KEEPALIVE_SECS", "1")
+        .env("LAKEGATE_IDLE_TIMEOUT_SECS", "300")
+        .start()
+        .await;
     let mut stream = connect(&gateway).await;
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
@@ -262,14 +258,11 @@ async fn a_dead_http2_peer_is_noticed_by_keep_alive_pings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_closes_idle_and_half_sent_connections_at_once() {
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_HEADER_TIMEOUT_SECS", "60"),
-            ("LAKEGATE_SHUTDOWN_GRACE_SECS", "12"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_HEADER_TIMEOUT_SECS", "60")
+        .env("LAKEGATE_SHUTDOWN_GRACE_SECS", "12")
+        .start()
+        .await;
     let mut idle = connect(&gateway).await;
     idle.write_all(HEALTHZ).await.unwrap();
     assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));

@@ -6,7 +6,7 @@ use chrono::{Duration, Utc};
 use lakegate::databricks::{Param, StatementRequest, Value};
 use serde_json::json;
 
-use crate::harness::Harness;
+use lakegate_testkit::gateway::Harness;
 
 /// Runs `sql/<name>` with `params` and returns its rows.
 async fn run(gateway: &Harness, name: &str, params: Vec<Param>) -> Vec<Vec<Value>> {

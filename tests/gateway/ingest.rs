@@ -8,7 +8,7 @@ use flate2::write::GzEncoder;
 use lakegate::databricks::Value;
 use serde_json::json;
 
-use crate::harness::{Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, reading, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_reading_is_committed_before_the_200() {
@@ -153,24 +153,24 @@ async fn valid_readings_are_written_when_others_are_bad() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn accept_mode_answers_202_and_writes_soon_after() {
     let mut gateway = Harness::start().await;
-    let response = gateway
-        .post_to("/api/ingest?ack=accept", &gateway.keys.sensor)
-        .json(&reading("q-1", 1.0))
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = respond(response).await;
+    let (status, answer) = gateway
+        .post_json_to(
+            "/api/ingest?ack=accept",
+            &gateway.keys.sensor,
+            &reading("q-1", 1.0),
+        )
+        .await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["committed"], false);
     gateway.wait_for_rows(1, Duration::from_secs(10)).await;
 
-    let response = gateway
-        .post_to("/ingest?ack=whenever", &gateway.keys.sensor)
-        .json(&reading("q-2", 1.0))
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = respond(response).await;
+    let (status, answer) = gateway
+        .post_json_to(
+            "/ingest?ack=whenever",
+            &gateway.keys.sensor,
+            &reading("q-2", 1.0),
+        )
+        .await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (400, Some("invalid_query")),
@@ -196,14 +196,11 @@ async fn resent_readings_are_written_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_json_errors_naming_the_problem() {
-    let mut gateway = Harness::start_with(
-        lakegate_testkit::emulator_config(),
-        &[
-            ("LAKEGATE_MAX_BODY_BYTES", "2000"),
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "5"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_MAX_BODY_BYTES", "2000")
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "5")
+        .start()
+        .await;
     let json = "application/json";
     let big = format!("[{}]", vec![reading("x", 1.0).to_string(); 40].join(","));
     // A small gzip body that inflates past the cap.
@@ -298,11 +295,10 @@ async fn a_numeric_string_is_stored_as_text_and_the_answer_says_it_will_not_char
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_of_one_reading_is_said_in_english_with_its_setting() {
-    let mut gateway = Harness::start_with(
-        lakegate_testkit::emulator_config(),
-        &[("LAKEGATE_MAX_READINGS_PER_REQUEST", "1")],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "1")
+        .start()
+        .await;
     let two = json!([reading("a", 1.0), reading("b", 2.0)]);
     let (status, answer) = gateway.post_json(&gateway.keys.sensor, &two).await;
     assert_eq!(status, 413, "{answer}");

@@ -14,12 +14,12 @@ use lakegate::config::GatewayConfig;
 use lakegate::devices::{AuthFailure, KeySource, Registry, Sender, generate_key, shard_key};
 use lakegate_emulator::Faults;
 use lakegate_testkit::{
-    SP_ID, SP_SECRET, emulator_config, eventually_async, gateway_env, start_emulator, temp_dir,
+    LakegateProcess, SP_ID, SP_SECRET, emulator_config, eventually_async, gateway_env,
+    start_emulator, temp_dir, workspace,
 };
 use tokio::net::TcpListener;
 
-use crate::common;
-use crate::harness::{Harness, metric_at, reading};
+use lakegate_testkit::gateway::{Harness, metric_at, reading};
 
 fn command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lakegate"));
@@ -249,7 +249,7 @@ async fn a_gateway_follows_keys_managed_in_a_databricks_secret() {
     let mut env = gateway_env(&emulator, &dir.path().join("unused.json"), &[]);
     env.remove("LAKEGATE_DEVICE_KEYS_FILE");
     env.insert("LAKEGATE_DEVICE_KEYS_SECRET".into(), "fleet/devices".into());
-    let secrets = common::reader(&env).secrets();
+    let secrets = workspace::reader(&env).secrets();
     secrets.create_scope("fleet").await.unwrap();
 
     let secret = ["--secret", "fleet/devices"];
@@ -338,7 +338,7 @@ async fn slow_secrets_workspace() -> (
         ("DATABRICKS_CLIENT_ID", SP_ID.to_owned()),
         ("DATABRICKS_CLIENT_SECRET", SP_SECRET.to_owned()),
     ];
-    let secrets = common::m2m_client(&emulator).secrets();
+    let secrets = workspace::m2m_client(&emulator).secrets();
     secrets.create_scope("fleet").await.unwrap();
     (emulator, secrets, workspace)
 }
@@ -552,7 +552,7 @@ async fn a_key_added_to_a_watched_file_works_within_seconds() {
     std::fs::write(&file, r#"{"devices": {}}"#).unwrap();
     let mut env = gateway_env(&emulator, &file, &[]);
     env.remove("LAKEGATE_KEYS_REFRESH_SECS");
-    let gateway = common::LakegateProcess::spawn(&env, |_| {}).unwrap();
+    let gateway = LakegateProcess::spawn(env!("CARGO_BIN_EXE_lakegate"), &env, |_| {}).unwrap();
     let url = format!("http://{}", gateway.address);
     let http = lakegate::databricks::http_client().unwrap();
     let devices = async || metric_at(&http, &url, "lakegate_registry_devices").await;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use lakegate::config::GatewayConfig;
 use lakegate::devices::{KeyKind, Registry, generate_key_of};
-use lakegate_testkit::{emulator_config, gateway_env, temp_dir};
+use lakegate_testkit::{gateway_env, temp_dir};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::harness::{Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, reading, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_and_unknown_keys_get_the_same_401_and_disabled_devices_403() {
@@ -120,14 +120,11 @@ async fn device_rate_limit_answers_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_guessing_is_limited_per_client_address() {
-    let mut gateway = Harness::start_with(
-        lakegate_testkit::emulator_config(),
-        &[
-            ("LAKEGATE_AUTH_FAILURES_PER_MIN", "1"),
-            ("LAKEGATE_AUTH_FAILURE_BURST", "3"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_AUTH_FAILURES_PER_MIN", "1")
+        .env("LAKEGATE_AUTH_FAILURE_BURST", "3")
+        .start()
+        .await;
     for _ in 0..3 {
         assert_eq!(
             gateway.post_json("lgk_guess", &reading("x", 1.0)).await.0,
@@ -209,11 +206,10 @@ fn keys_new_prints_a_key_once_with_its_registry_entry() {
 async fn a_key_of_the_wrong_kind_is_refused_saying_what_it_is() {
     let reader = generate_key_of(KeyKind::Reader);
     let reader_hash = reader.hash.clone();
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[("LAKEGATE_READER_TOKENS", &reader_hash)],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_READER_TOKENS", &reader_hash)
+        .start()
+        .await;
     assert!(gateway.keys.sensor.starts_with("lgk_"));
     assert_eq!(
         gateway

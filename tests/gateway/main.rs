@@ -1,9 +1,6 @@
 //! The gateway end to end: a real socket in front, the in-process workspace
 //! emulator behind, readings checked in the table through the SQL API.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod admission;
 mod agent;
 mod apps_proxy;
@@ -11,7 +8,6 @@ mod auth;
 mod conflicts;
 mod connections;
 mod dashboard_sql;
-mod harness;
 mod ingest;
 mod key_commands;
 mod keys;

@@ -1,6 +1,6 @@
 //! Health, readiness and metrics.
 
-use crate::harness::{Harness, reading};
+use lakegate_testkit::gateway::{Harness, reading};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_readiness_and_metrics() {

@@ -7,7 +7,7 @@ use lakegate_testkit::emulator_config;
 use secrecy::ExposeSecret;
 use serde_json::{Value as Json, json};
 
-use crate::harness::{Harness, respond};
+use lakegate_testkit::gateway::{Harness, respond};
 
 /// A gateway that accepts `token` as a reader token, with `extra` settings.
 async fn gateway_with_reader(extra: &[(&str, &str)]) -> (Harness, String) {
@@ -15,7 +15,7 @@ async fn gateway_with_reader(extra: &[(&str, &str)]) -> (Harness, String) {
     let hash = hash_key(&token);
     let mut env = vec![("LAKEGATE_READER_TOKENS", hash.as_str())];
     env.extend_from_slice(extra);
-    (Harness::start_with(emulator_config(), &env).await, token)
+    (Harness::builder().envs(&env).start().await, token)
 }
 
 async fn read(gateway: &Harness, path: &str, token: &str) -> (u16, Json) {
@@ -383,8 +383,10 @@ async fn devices_with(gateway: &Harness, headers: &[(&str, &str)]) -> (u16, serd
 async fn forged_sign_in_headers_alone_read_nothing() {
     // On Apps every principal that may use the app passes the proxy, the fleet's
     // device principal too: being signed in is no permission to read.
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_APPS_PROXY_AUTH", "true")
+        .start()
+        .await;
     let statements_before = gateway.emulator.stats().statements;
     for signed_in in [
         [("X-Forwarded-Email", "fleet-sp@example.com")],
@@ -406,11 +408,10 @@ async fn forged_sign_in_headers_alone_read_nothing() {
     gateway.stop().await;
 
     // Behind some other reverse proxy, the same headers are only the client's claims.
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[("LAKEGATE_TRUSTED_PROXIES", "127.0.0.0/8")],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_TRUSTED_PROXIES", "127.0.0.0/8")
+        .start()
+        .await;
     let (status, body) = devices_with(&gateway, &[("X-Forwarded-Email", "ana@example.com")]).await;
     assert_eq!(
         (status, &body["error"]),
@@ -422,15 +423,12 @@ async fn forged_sign_in_headers_alone_read_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_listed_users_read_with_the_apps_identity() {
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_APPS_PROXY_AUTH", "true"),
-            ("LAKEGATE_READ_IDENTITY", "app"),
-            ("LAKEGATE_READERS", "ana@example.com, 4321@5678"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_APPS_PROXY_AUTH", "true")
+        .env("LAKEGATE_READ_IDENTITY", "app")
+        .env("LAKEGATE_READERS", "ana@example.com, 4321@5678")
+        .start()
+        .await;
     // The app's identity, not the user's token (which the workspace would refuse).
     let (status, body) = devices_with(
         &gateway,
@@ -480,7 +478,11 @@ async fn on_behalf_of_user_queries_carry_the_users_token() {
         ..emulator_config()
     };
     // On behalf of the user is the default behind the Apps proxy.
-    let mut gateway = Harness::start_with(emulator, &[("LAKEGATE_APPS_PROXY_AUTH", "true")]).await;
+    let mut gateway = Harness::builder()
+        .emulator(emulator)
+        .env("LAKEGATE_APPS_PROXY_AUTH", "true")
+        .start()
+        .await;
     let email = ("X-Forwarded-Email", "ana@example.com");
     // The workspace checks the user's token: a valid one reads, a bad one is refused there.
     let (status, body) =
@@ -619,17 +621,15 @@ async fn each_reader_has_its_own_rate_and_read_slots_run_out_politely() {
     config.faults.statement_latency = std::time::Duration::from_millis(1500);
     let token = generate_key().key.expose_secret().to_owned();
     let hashes = format!("{},{second_hash}", hash_key(&token));
-    let mut gateway = Harness::start_with(
-        config,
-        &[
-            ("LAKEGATE_READER_TOKENS", hashes.as_str()),
-            ("LAKEGATE_READER_REQUESTS_PER_MIN", "1"),
-            ("LAKEGATE_READER_BURST", "2"),
-            ("LAKEGATE_QUERY_CONCURRENCY", "1"),
-            ("LAKEGATE_QUERY_WAIT_SECS", "1"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(config)
+        .env("LAKEGATE_READER_TOKENS", hashes.as_str())
+        .env("LAKEGATE_READER_REQUESTS_PER_MIN", "1")
+        .env("LAKEGATE_READER_BURST", "2")
+        .env("LAKEGATE_QUERY_CONCURRENCY", "1")
+        .env("LAKEGATE_QUERY_WAIT_SECS", "1")
+        .start()
+        .await;
     let latest = "/api/devices/sensor-1/latest";
     // Two reads at once with one slot: the second waits a second, then hears 503.
     let (first, busy) = tokio::join!(read(&gateway, latest, &token), async {

@@ -13,8 +13,8 @@ use serde_json::{Value as Json, json};
 
 use lakegate_testkit::{TABLE, emulator_config, poll};
 
-use crate::harness::{Harness, reading};
 use crate::uploads::HeldUpload;
+use lakegate_testkit::gateway::{Harness, reading};
 
 /// What a client sees of a refusal.
 #[derive(Serialize)]
@@ -51,17 +51,14 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 async fn refusals_of_requests_and_credentials() {
     let reader_token = generate_key().key.expose_secret().to_owned();
     let reader_hash = hash_key(&reader_token);
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_MAX_BODY_BYTES", "2048"),
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "5"),
-            ("LAKEGATE_AUTH_FAILURES_PER_MIN", "1"),
-            ("LAKEGATE_AUTH_FAILURE_BURST", "2"),
-            ("LAKEGATE_READER_TOKENS", &reader_hash),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_MAX_BODY_BYTES", "2048")
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "5")
+        .env("LAKEGATE_AUTH_FAILURES_PER_MIN", "1")
+        .env("LAKEGATE_AUTH_FAILURE_BURST", "2")
+        .env("LAKEGATE_READER_TOKENS", &reader_hash)
+        .start()
+        .await;
     let sensor = gateway.keys.sensor.clone();
     let json_body = |body: &str| {
         gateway
@@ -158,11 +155,12 @@ async fn refusals_of_requests_and_credentials() {
     let mut limited = None;
     for i in 0..5 {
         let response = gateway
-            .post(&gateway.keys.slow)
-            .json(&reading(&format!("slow-{i}"), 1.0))
-            .send()
-            .await
-            .unwrap();
+            .send_json(
+                "/ingest",
+                &gateway.keys.slow,
+                &reading(&format!("slow-{i}"), 1.0),
+            )
+            .await;
         if response.status() == 429 {
             limited = Some(refusal("device_rate_limited", response).await);
             break;
@@ -265,15 +263,12 @@ async fn refusals_of_a_site_relay() {
         }
     });
     // A relay's own budget is the default device quota, in requests: 8 at once.
-    let mut gateway = Harness::start_with_registry(
-        emulator_config(),
-        &[
-            ("LAKEGATE_DEVICE_RATE_PER_SEC", "1"),
-            ("LAKEGATE_DEVICE_BURST", "8"),
-        ],
-        registry,
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_DEVICE_RATE_PER_SEC", "1")
+        .env("LAKEGATE_DEVICE_BURST", "8")
+        .registry(registry)
+        .start()
+        .await;
     let relayed = |device: &str, id: &str| json!({"device_id": device, "id": id, "ts": "2026-11-29T12:00:00Z", "metrics": {"t": 1}});
     let mut refusals = Vec::new();
     let batch = json!([
@@ -297,11 +292,11 @@ async fn refusals_of_a_site_relay() {
     let mut limited = None;
     for i in 0..3 {
         let response = gateway
-            .post_to("/ingest?ack=accept", &relay_key)
-            .json(&json!([relayed("line-3-slow", &format!("slow-{i}"))]))
-            .send()
-            .await
-            .unwrap();
+            .accept(
+                &relay_key,
+                &json!([relayed("line-3-slow", &format!("slow-{i}"))]),
+            )
+            .await;
         if response.status() == 429 {
             limited = Some(refusal("relay_devices_rate_limited", response).await);
             break;
@@ -342,15 +337,12 @@ async fn refusals_of_a_site_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_of_uploads_in_flight() {
     // Bodies of up to 1000 bytes: one in flight per device, two in all.
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_MAX_BODY_BYTES", "1000"),
-            ("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "1000"),
-            ("LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT", "2000"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_MAX_BODY_BYTES", "1000")
+        .env("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "1000")
+        .env("LAKEGATE_MAX_BODY_BYTES_IN_FLIGHT", "2000")
+        .start()
+        .await;
     let address = gateway.url.trim_start_matches("http://").to_owned();
     let mut refusals = Vec::new();
     // Held open without a length, each holds the whole cap.
@@ -373,18 +365,16 @@ async fn refusals_of_a_gateway_that_cannot_keep_up() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(2500);
     // Requests of up to 6 rows; a queue of 8 rows; 6 rows of global burst, one more a second.
-    let mut gateway = Harness::start_with(
-        config,
-        &[
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "2"),
-            ("LAKEGATE_MAX_METRICS_PER_READING", "3"),
-            ("LAKEGATE_QUEUE_MAX_ROWS", "8"),
-            ("LAKEGATE_GLOBAL_RATE_PER_SEC", "1"),
-            ("LAKEGATE_GLOBAL_BURST", "6"),
-            ("LAKEGATE_ACK_TIMEOUT_SECS", "1"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(config)
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "2")
+        .env("LAKEGATE_MAX_METRICS_PER_READING", "3")
+        .env("LAKEGATE_QUEUE_MAX_ROWS", "8")
+        .env("LAKEGATE_GLOBAL_RATE_PER_SEC", "1")
+        .env("LAKEGATE_GLOBAL_BURST", "6")
+        .env("LAKEGATE_ACK_TIMEOUT_SECS", "1")
+        .start()
+        .await;
     let rows = |id: &str, metrics: usize| {
         let metrics: serde_json::Map<String, Json> =
             (0..metrics).map(|m| (format!("m{m}"), json!(m))).collect();
@@ -392,11 +382,8 @@ async fn refusals_of_a_gateway_that_cannot_keep_up() {
     };
     let mut refusals = Vec::new();
     let accepted = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-        .json(&[rows("a", 3), rows("b", 3)])
-        .send()
-        .await
-        .unwrap();
+        .accept(&gateway.keys.sensor, &[rows("a", 3), rows("b", 3)])
+        .await;
     assert_eq!(accepted.status(), 202);
     // The queue has room for 2 more rows, but the global budget is spent.
     let over_rate = gateway.post(&gateway.keys.other).json(&rows("c", 1));
@@ -418,11 +405,8 @@ async fn refusal_while_the_table_cannot_be_written() {
     let mut gateway = Harness::start().await;
     gateway.query(&format!("DROP TABLE {TABLE}")).await;
     let kept = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-        .json(&reading("kept", 1.0))
-        .send()
-        .await
-        .unwrap();
+        .accept(&gateway.keys.sensor, &reading("kept", 1.0))
+        .await;
     assert_eq!(kept.status(), 202);
     // Accepted (and kept) until the writer finds the table gone; refused from then on.
     let refused = poll(
@@ -430,11 +414,8 @@ async fn refusal_while_the_table_cannot_be_written() {
         Duration::from_millis(100),
         async || {
             let response = gateway
-                .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-                .json(&reading("new", 1.0))
-                .send()
-                .await
-                .unwrap();
+                .accept(&gateway.keys.sensor, &reading("new", 1.0))
+                .await;
             refusal("writes_failing", response).await
         },
         |answer| answer.status == 503,

@@ -12,13 +12,14 @@ use std::time::Duration;
 use lakegate::databricks::Value;
 use lakegate::devices::{generate_key, hash_key};
 use lakegate_emulator::{AppsProxy, AppsProxyConfig, EmulatorConfig};
-use lakegate_testkit::{SP_ID, SP_SECRET, TABLE, TempDir, emulator_config, eventually_async, poll};
+use lakegate_testkit::{
+    LakegateProcess, SP_ID, SP_SECRET, TABLE, TempDir, emulator_config, eventually_async, poll,
+};
 use secrecy::ExposeSecret;
 use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 
-use crate::common::LakegateProcess;
-use crate::harness::{Harness, respond};
+use lakegate_testkit::gateway::{Harness, respond};
 
 /// The site: `pump-1` … `pump-4` and `other-9` with their own keys, and relay `site-a`
 /// that the gateway lets speak for `pump-*` only.
@@ -71,7 +72,7 @@ impl Site {
 
     /// A gateway whose registry knows the site's devices and relay.
     async fn gateway(&self) -> Harness {
-        Harness::start_with_registry(emulator_config(), &[], self.registry()).await
+        Harness::builder().registry(self.registry()).start().await
     }
 
     /// The environment of a relay of this site.
@@ -100,8 +101,13 @@ impl Site {
     fn relay(&self, upstream: &str, extra: &[(&str, &str)]) -> Relay {
         let spool = self.spool().display().to_string();
         let args = ["relay", "--upstream", upstream, "--spool", &spool];
-        let process = LakegateProcess::spawn_command(&args, &self.relay_env(extra), |_| {})
-            .expect("relay starts");
+        let process = LakegateProcess::spawn_command(
+            env!("CARGO_BIN_EXE_lakegate"),
+            &args,
+            &self.relay_env(extra),
+            |_| {},
+        )
+        .expect("relay starts");
         Relay {
             url: format!("http://{}", process.address),
             process,
@@ -181,7 +187,11 @@ async fn free_port() -> std::net::SocketAddr {
 /// The gateway, started late on `address` (the relay's upstream that was down).
 async fn gateway_on(address: std::net::SocketAddr, site: &Site) -> Harness {
     let listener = TcpListener::bind(address).await.unwrap();
-    Harness::start_on(listener, emulator_config(), &[], site.registry()).await
+    Harness::builder()
+        .listener(listener)
+        .registry(site.registry())
+        .start()
+        .await
 }
 
 /// (device, reading id) of every row, and how many rows there are.
@@ -465,7 +475,7 @@ async fn readings_the_upstream_refuses_for_good_are_kept_and_their_device_turned
         .as_object_mut()
         .unwrap()
         .remove("pump-3");
-    let gateway = Harness::start_with_registry(emulator_config(), &[], registry).await;
+    let gateway = Harness::builder().registry(registry).start().await;
     let relay = site.relay(&gateway.url, &[]);
     // `other-9` has a valid key at the site, but the relay's entry there (as at the
     // gateway) names pump-* only: refused up front, nothing spooled.
@@ -532,7 +542,11 @@ async fn through_the_apps_proxy_with_tokens_of_seconds_no_send_fails() {
         token_lifetime: Duration::from_secs(3),
         ..emulator_config()
     };
-    let gateway = Harness::start_with_registry(emulator, &[], site.registry()).await;
+    let gateway = Harness::builder()
+        .emulator(emulator)
+        .registry(site.registry())
+        .start()
+        .await;
     let proxy = AppsProxy::start(AppsProxyConfig::new(&gateway.url), &gateway.emulator)
         .await
         .expect("the proxy starts");
@@ -576,7 +590,7 @@ async fn a_relay_whose_key_the_gateway_refuses_does_not_start_and_one_revoked_la
     // The gateway knows the devices but not this relay's key.
     let mut refusing = site.registry();
     refusing["relays"]["site-a"]["keys"] = json!([hash_key("some-other-key")]);
-    let gateway = Harness::start_with_registry(emulator_config(), &[], refusing.clone()).await;
+    let gateway = Harness::builder().registry(refusing.clone()).start().await;
     let (started, said) = site.relay_refusing_to_start(&gateway.url, &[]);
     assert!(!started, "{said}");
     assert!(said.contains("refuses the relay key"), "{said}");
@@ -688,13 +702,11 @@ async fn a_rate_limited_devices_backlog_drains_through_the_relay_once() {
         acknowledged.insert(("pump-1".to_owned(), id));
     }
     let listener = TcpListener::bind(upstream).await.unwrap();
-    let gateway = Harness::start_on(
-        listener,
-        emulator_config(),
-        &[],
-        rate_limited_registry(&site),
-    )
-    .await;
+    let gateway = Harness::builder()
+        .listener(listener)
+        .registry(rate_limited_registry(&site))
+        .start()
+        .await;
     // At 5 a second after a burst of 10, the backlog takes 10 s: what the gateway took
     // is never sent again, so every reading's turn comes.
     assert_landed_once(&gateway, &acknowledged).await;
@@ -797,12 +809,11 @@ async fn a_redirect_to_a_login_page_is_not_a_commit() {
 async fn a_reading_the_upstream_never_takes_is_kept_aside_and_its_lane_moves_on() {
     let site = Site::new();
     // The gateway takes bodies of 8 KiB; the relay, 1 MiB.
-    let gateway = Harness::start_with_registry(
-        emulator_config(),
-        &[("LAKEGATE_MAX_BODY_BYTES", "8192")],
-        site.registry(),
-    )
-    .await;
+    let gateway = Harness::builder()
+        .env("LAKEGATE_MAX_BODY_BYTES", "8192")
+        .registry(site.registry())
+        .start()
+        .await;
     let relay = site.relay(&gateway.url, &[]);
     let pump = site.key("pump-1");
     // Text that gzip cannot shrink below the gateway's cap.

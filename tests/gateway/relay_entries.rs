@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use lakegate::databricks::Value;
 use lakegate::devices::{generate_key, hash_key};
-use lakegate_testkit::{TABLE, emulator_config};
+use lakegate_testkit::TABLE;
 use secrecy::ExposeSecret;
 use serde_json::{Value as Json, json};
 
-use crate::harness::{Harness, respond};
+use lakegate_testkit::gateway::{Harness, respond};
 
 /// Keys of the site's relays and devices.
 struct Site {
@@ -55,8 +55,11 @@ async fn start_site(extra: &[(&str, &str)]) -> (Harness, Site) {
         pump: key(),
         slow: key(),
     };
-    let gateway =
-        Harness::start_with_registry(emulator_config(), extra, site_registry(&site)).await;
+    let gateway = Harness::builder()
+        .envs(extra)
+        .registry(site_registry(&site))
+        .start()
+        .await;
     (gateway, site)
 }
 
@@ -246,13 +249,9 @@ async fn a_devices_own_rate_limit_applies_to_readings_relayed_for_it() {
         relayed("pump-7", "p-1", 4.0),
         relayed("line-3-slow", "s-4", 5.0),
     ]);
-    let response = gateway
-        .post_to("/ingest?ack=accept", &site.relay)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = respond(response).await;
+    let (status, answer) = gateway
+        .post_json_to("/ingest?ack=accept", &site.relay, &batch)
+        .await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["accepted"], 3);
     assert_eq!(
@@ -270,11 +269,12 @@ async fn a_devices_own_rate_limit_applies_to_readings_relayed_for_it() {
     // A batch with nothing but readings over their devices' rates: 429 for the batch,
     // with the list and Retry-After.
     let response = gateway
-        .post(&site.relay)
-        .json(&json!([relayed("line-3-slow", "s-5", 6.0)]))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            "/ingest",
+            &site.relay,
+            &json!([relayed("line-3-slow", "s-5", 6.0)]),
+        )
+        .await;
     assert!(response.headers().contains_key("retry-after"));
     let (status, answer) = respond(response).await;
     assert_eq!(status, 429, "{answer}");
@@ -310,7 +310,7 @@ async fn a_relay_batch_over_the_global_rate_is_refused_whole() {
     let full = json!([three("pump-7", "g-1"), three("line-3-a", "g-1")]);
     assert_eq!(gateway.post_json(&site.relay, &full).await.0, 200);
     let over = json!([three("pump-7", "g-2"), three("line-3-a", "g-2")]);
-    let response = gateway.post(&site.relay).json(&over).send().await.unwrap();
+    let response = gateway.send_json("/ingest", &site.relay, &over).await;
     assert!(response.headers().contains_key("retry-after"));
     let (status, answer) = respond(response).await;
     assert_eq!(
@@ -367,11 +367,8 @@ async fn a_disabled_relay_is_refused_under_its_own_budget() {
         assert!(answer["message"].as_str().unwrap().contains("site-off"));
     }
     let response = gateway
-        .post(&site.disabled_relay)
-        .json(&reading)
-        .send()
-        .await
-        .unwrap();
+        .send_json("/ingest", &site.disabled_relay, &reading)
+        .await;
     assert!(response.headers().contains_key("retry-after"));
     let (status, answer) = respond(response).await;
     assert_eq!(
@@ -549,7 +546,7 @@ async fn a_running_gateway_follows_the_relay_key_commands() {
     reload().await;
     assert_eq!(send(&next, "sensor-2", "b-12").await.0, 401);
     // The devices were never touched.
-    let own = crate::harness::reading("own-1", 1.0);
+    let own = lakegate_testkit::gateway::reading("own-1", 1.0);
     assert_eq!(gateway.post_json(&gateway.keys.sensor, &own).await.0, 200);
     gateway.stop().await;
 }

@@ -2,7 +2,7 @@
 
 use reqwest::header::HeaderValue;
 
-use crate::harness::Harness;
+use lakegate_testkit::gateway::Harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_fit_request_ids_are_kept() {

@@ -7,27 +7,25 @@ use std::time::{Duration, Instant};
 use lakegate::databricks::Value;
 use lakegate_emulator::{Emulator, Faults};
 use lakegate_testkit::{
-    TABLE, emulator_config, eventually_async, gateway_env, poll, start_emulator,
+    LakegateProcess, TABLE, emulator_config, eventually_async, gateway_env, poll, start_emulator,
+    workspace,
 };
 use serde_json::json;
 
-use crate::common;
-use crate::harness::{self, Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, Keys, reading, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(1500);
     // Room for one request of up to 4 rows.
-    let mut gateway = Harness::start_with(
-        config,
-        &[
-            ("LAKEGATE_QUEUE_MAX_ROWS", "4"),
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "1"),
-            ("LAKEGATE_MAX_METRICS_PER_READING", "4"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(config)
+        .env("LAKEGATE_QUEUE_MAX_ROWS", "4")
+        .env("LAKEGATE_MAX_READINGS_PER_REQUEST", "1")
+        .env("LAKEGATE_MAX_METRICS_PER_READING", "4")
+        .start()
+        .await;
     let url = format!("{}/ingest?ack=accept", gateway.url);
     let post = |id: &str| {
         gateway
@@ -55,7 +53,11 @@ async fn a_full_queue_answers_503_and_loses_nothing_accepted() {
 async fn throttling_short_tokens_and_slow_statements_write_each_reading_once() {
     let mut config = emulator_config();
     config.token_lifetime = Duration::from_secs(3);
-    let mut gateway = Harness::start_with(config, &[("LAKEGATE_FLUSH_MS", "200")]).await;
+    let mut gateway = Harness::builder()
+        .emulator(config)
+        .env("LAKEGATE_FLUSH_MS", "200")
+        .start()
+        .await;
     // A storm: every workspace call is refused for a while, then a third of them.
     let storm = |share| Faults {
         throttle_share: share,
@@ -165,7 +167,7 @@ async fn batches_whose_answer_was_lost_are_not_written_twice() {
 const FLEET: usize = 8;
 
 pub(crate) struct GatewayProcess {
-    pub(crate) process: common::LakegateProcess,
+    pub(crate) process: LakegateProcess,
     env: std::collections::HashMap<String, String>,
     /// The key of device `sensor-{n + 1}` at `n`.
     pub(crate) keys: Vec<String>,
@@ -173,7 +175,7 @@ pub(crate) struct GatewayProcess {
 
 impl GatewayProcess {
     pub(crate) fn start(emulator: &Emulator, extra: &[(&str, &str)]) -> GatewayProcess {
-        let keys: Vec<String> = (0..FLEET).map(|_| harness::new_keys().sensor).collect();
+        let keys: Vec<String> = (0..FLEET).map(|_| Keys::new().sensor).collect();
         let devices: serde_json::Map<String, serde_json::Value> = keys
             .iter()
             .enumerate()
@@ -186,7 +188,7 @@ impl GatewayProcess {
         let mut env = gateway_env(emulator, &std::path::PathBuf::new(), extra);
         env.remove("LAKEGATE_DEVICE_KEYS_FILE");
         env.insert("LAKEGATE_DEVICE_KEYS".into(), registry.to_string());
-        let process = common::LakegateProcess::spawn(&env, |_| {}).unwrap();
+        let process = LakegateProcess::spawn(env!("CARGO_BIN_EXE_lakegate"), &env, |_| {}).unwrap();
         GatewayProcess { process, env, keys }
     }
 
@@ -246,11 +248,14 @@ async fn sigterm_flushes_every_queued_reading() {
             assert_eq!(response.status(), 202);
         }
     }
-    let reader = common::reader(&gateway.env);
+    let reader = workspace::reader(&gateway.env);
     let took = gateway.terminate().await;
     assert!(took < Duration::from_secs(15), "{took:?}");
     let expected = (10 * FLEET * 3) as i64;
-    assert_eq!(common::row_count(&reader, TABLE).await.unwrap(), expected);
+    assert_eq!(
+        workspace::row_count(&reader, TABLE).await.unwrap(),
+        expected
+    );
     let sql = format!("SELECT count(DISTINCT device_id) FROM {TABLE}");
     let devices = reader
         .statements()
@@ -311,8 +316,10 @@ async fn identities(gateway: &Harness, device: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     // A long flush interval, so both devices' requests below share one batch.
-    let mut gateway =
-        Harness::start_with(emulator_config(), &[("LAKEGATE_FLUSH_MS", "1000")]).await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_FLUSH_MS", "1000")
+        .start()
+        .await;
     let at = |id: &str, ts: &str| json!({"id": id, "ts": ts, "metrics": {"count": 1}});
     let (status, answer) = gateway
         .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T12:00:00Z"))
@@ -322,14 +329,14 @@ async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     // The sensor's counter restarted: `c-1` again, an hour later, while another device's
     // backfill makes the batch's time range cover the first `c-1`.
     let backfill = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.other)
-        .json(&json!([
-            at("b-0", "2026-11-29T11:00:00Z"),
-            at("b-1", "2026-11-29T14:00:00Z")
-        ]))
-        .send()
-        .await
-        .unwrap();
+        .accept(
+            &gateway.keys.other,
+            &json!([
+                at("b-0", "2026-11-29T11:00:00Z"),
+                at("b-1", "2026-11-29T14:00:00Z")
+            ]),
+        )
+        .await;
     assert_eq!(backfill.status(), 202);
     let (status, answer) = gateway
         .post_json(&gateway.keys.sensor, &at("c-1", "2026-11-29T13:00:00Z"))
@@ -380,11 +387,8 @@ async fn an_absurd_retry_after_does_not_park_the_writer() {
         ..Faults::default()
     });
     let response = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-        .json(&reading("patient-1", 1.0))
-        .send()
-        .await
-        .unwrap();
+        .accept(&gateway.keys.sensor, &reading("patient-1", 1.0))
+        .await;
     assert_eq!(response.status(), 202);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Written once the capped wait (60 s) is over, not in 584 billion years.
@@ -430,15 +434,13 @@ async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
     let reader_token = lakegate::devices::generate_key().key;
     let reader_hash =
         lakegate::devices::hash_key(secrecy::ExposeSecret::expose_secret(&reader_token));
-    let mut gateway = Harness::start_with(
-        refusing("poison"),
-        &[
-            ("LAKEGATE_FLUSH_MS", "300"),
-            ("LAKEGATE_ACK_TIMEOUT_SECS", "20"),
-            ("LAKEGATE_READER_TOKENS", reader_hash.as_str()),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(refusing("poison"))
+        .env("LAKEGATE_FLUSH_MS", "300")
+        .env("LAKEGATE_ACK_TIMEOUT_SECS", "20")
+        .env("LAKEGATE_READER_TOKENS", reader_hash.as_str())
+        .start()
+        .await;
     let mut body: Vec<_> = (0..6).map(|i| reading(&format!("ok-{i}"), 1.0)).collect();
     body.insert(
         3,
@@ -447,11 +449,8 @@ async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
     let body = json!(body);
     // Another device's reading in the same batch.
     let other = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.other)
-        .json(&json!([reading("other-1", 2.0)]))
-        .send()
-        .await
-        .unwrap();
+        .accept(&gateway.keys.other, &json!([reading("other-1", 2.0)]))
+        .await;
     assert_eq!(other.status(), 202);
     let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
     assert_eq!(
@@ -544,11 +543,8 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
     gateway.query(&format!("DROP TABLE {TABLE}")).await;
 
     let kept = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-        .json(&reading("kept-1", 1.0))
-        .send()
-        .await
-        .unwrap();
+        .accept(&gateway.keys.sensor, &reading("kept-1", 1.0))
+        .await;
     assert_eq!(kept.status(), 202);
     let (_, ready) =
         readiness_until(&gateway, Duration::from_secs(30), |status, _| status == 503).await;
@@ -558,11 +554,8 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
 
     // New readings are refused with a stable code while nothing can be written.
     let refused = gateway
-        .post(&gateway.keys.sensor)
-        .json(&reading("new-1", 1.0))
-        .send()
-        .await
-        .unwrap();
+        .send_json("/ingest", &gateway.keys.sensor, &reading("new-1", 1.0))
+        .await;
     assert!(refused.headers().contains_key("retry-after"));
     let (status, answer) = respond(refused).await;
     assert_eq!(
@@ -602,18 +595,16 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() {
-    let mut gateway = Harness::start_with(refusing("poison"), &[]).await;
+    let mut gateway = Harness::builder()
+        .emulator(refusing("poison"))
+        .start()
+        .await;
     gateway.query(&format!("DROP TABLE {REJECTED}")).await;
     let body = json!([
         reading("fine-1", 1.0),
         {"id": "bad-1", "ts": "2026-11-29T12:00:00Z", "metrics": {"state": "poison"}},
     ]);
-    let response = gateway
-        .post_to("/ingest?ack=accept", &gateway.keys.sensor)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.accept(&gateway.keys.sensor, &body).await;
     assert_eq!(response.status(), 202);
     // The good row is written; the refused one cannot be put anywhere: kept, unready.
     gateway.wait_for_rows(1, Duration::from_secs(10)).await;

@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::connections::read_response;
-use crate::harness::{Harness, metric_at, reading, respond};
 use crate::resilience::GatewayProcess;
+use lakegate_testkit::gateway::{Harness, metric_at, reading, respond};
 
 const MIB: usize = 1024 * 1024;
 
@@ -217,14 +217,11 @@ async fn one_key_cannot_pin_memory_with_held_open_uploads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_without_a_length_hold_the_cap_and_a_length_over_it_is_refused_unread() {
     const CAP: usize = 100_000;
-    let mut gateway = Harness::start_with(
-        emulator_config(),
-        &[
-            ("LAKEGATE_MAX_BODY_BYTES", "100000"),
-            ("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "200000"),
-        ],
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_MAX_BODY_BYTES", "100000")
+        .env("LAKEGATE_MAX_BODY_BYTES_PER_SENDER", "200000")
+        .start()
+        .await;
     let address = gateway.url.trim_start_matches("http://").to_owned();
     let sensor = gateway.keys.sensor.clone();
 

@@ -11,7 +11,7 @@ use lakegate_emulator::{FailingWrites, Faults, LoggedRequest, RejectRows};
 use lakegate_testkit::{TABLE, emulator_config, eventually_async};
 use serde_json::json;
 
-use crate::harness::{self, Harness, reading, respond};
+use lakegate_testkit::gateway::{Harness, Keys, reading};
 
 const REJECTED: &str = "main.lakegate.readings_rejected";
 
@@ -25,7 +25,7 @@ async fn count(gateway: &Harness, sql: &str) -> i64 {
 /// Devices `fleet-0` .. `fleet-{n-1}`, enough to spread over every writer's lane: their
 /// keys, and the registry entries to start a harness with.
 fn fleet(n: usize) -> (Vec<String>, serde_json::Value) {
-    let keys: Vec<String> = (0..n).map(|_| harness::new_keys().sensor).collect();
+    let keys: Vec<String> = (0..n).map(|_| Keys::new().sensor).collect();
     let devices: serde_json::Map<_, _> = keys
         .iter()
         .enumerate()
@@ -39,13 +39,7 @@ fn fleet(n: usize) -> (Vec<String>, serde_json::Value) {
 
 /// Posts `body` as the device with `key` and checks that it is committed.
 async fn post_committed(gateway: &Harness, key: &str, body: &serde_json::Value) {
-    let response = gateway
-        .post_to("/ingest?ack=commit", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = respond(response).await;
+    let (status, answer) = gateway.post_json_to("/ingest?ack=commit", key, body).await;
     assert_eq!(status, 200, "{answer}");
 }
 
@@ -58,15 +52,13 @@ async fn an_internal_warehouse_error_dead_letters_nothing_and_a_data_error_only_
         table: TABLE.into(),
         marker: "poison".into(),
     });
-    let mut gateway = Harness::start_with_registry(
-        config.clone(),
-        &[
-            ("LAKEGATE_FLUSH_MS", "50"),
-            ("LAKEGATE_ACK_TIMEOUT_SECS", "30"),
-        ],
-        devices,
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .emulator(config.clone())
+        .env("LAKEGATE_FLUSH_MS", "50")
+        .env("LAKEGATE_ACK_TIMEOUT_SECS", "30")
+        .registry(devices)
+        .start()
+        .await;
     // For 3 s every write, into the table and into the dead-letter table, ends FAILED
     // with [INTERNAL_ERROR] ... SQLSTATE: XX000.
     gateway.emulator.set_faults(Faults {
@@ -196,16 +188,13 @@ fn submissions_after(gateway: &Harness, throttled_at: Instant) -> Vec<Instant> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_throttled_statement_pauses_every_writer_for_the_retry_after() {
     let (keys, devices) = fleet(8);
-    let mut gateway = Harness::start_with_registry(
-        emulator_config(),
-        &[
-            ("LAKEGATE_WRITERS", "4"),
-            ("LAKEGATE_FLUSH_MS", "10"),
-            ("LAKEGATE_ACK_TIMEOUT_SECS", "30"),
-        ],
-        devices,
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_WRITERS", "4")
+        .env("LAKEGATE_FLUSH_MS", "10")
+        .env("LAKEGATE_ACK_TIMEOUT_SECS", "30")
+        .registry(devices)
+        .start()
+        .await;
     let retry_after = Duration::from_secs(3);
     let (throttled_at, first) = throttle_one_writer(&gateway, &keys[0], 3).await;
     // The other devices' writers (other lanes) have rows now and a workspace that would
@@ -230,17 +219,14 @@ async fn a_throttled_statement_pauses_every_writer_for_the_retry_after() {
 async fn a_huge_retry_after_pauses_the_writers_no_longer_than_the_cap() {
     let (keys, devices) = fleet(8);
     let cap = Duration::from_secs(2);
-    let mut gateway = Harness::start_with_registry(
-        emulator_config(),
-        &[
-            ("LAKEGATE_WRITERS", "4"),
-            ("LAKEGATE_FLUSH_MS", "10"),
-            ("LAKEGATE_ACK_TIMEOUT_SECS", "30"),
-            ("LAKEGATE_MAX_RETRY_AFTER_MS", "2000"),
-        ],
-        devices,
-    )
-    .await;
+    let mut gateway = Harness::builder()
+        .env("LAKEGATE_WRITERS", "4")
+        .env("LAKEGATE_FLUSH_MS", "10")
+        .env("LAKEGATE_ACK_TIMEOUT_SECS", "30")
+        .env("LAKEGATE_MAX_RETRY_AFTER_MS", "2000")
+        .registry(devices)
+        .start()
+        .await;
     // An hour: a broken or hostile answer.
     let (throttled_at, first) = throttle_one_writer(&gateway, &keys[0], 3600).await;
     every_other_device_sends(&gateway, &keys).await;

@@ -1,22 +1,23 @@
-//! A gateway on a loopback port in front of an in-process emulator.
+//! A gateway on a loopback port in front of an in-process emulator, built by name
+//! ([`Harness::builder`]), and requests to it.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lakegate::app::Gateway;
 use lakegate::config::GatewayConfig;
 use lakegate::databricks::{Client, StatementRequest, Value};
-use lakegate::devices::generate_key;
+use lakegate::devices::{generate_key, hash_key};
 use lakegate_emulator::{Emulator, EmulatorConfig};
-use lakegate_testkit::{TABLE, TempDir, emulator_config, gateway_env, poll, start_emulator};
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::common;
+use crate::workspace::{reader, row_count};
+use crate::{TABLE, TempDir, emulator_config, gateway_env, poll, start_emulator};
 
 /// Device keys of the test registry.
 pub struct Keys {
@@ -29,31 +30,35 @@ pub struct Keys {
     pub slow: String,
 }
 
-pub struct Harness {
-    pub emulator: Emulator,
-    pub url: String,
-    pub http: reqwest::Client,
-    pub keys: Keys,
-    pub registry_file: PathBuf,
-    /// Entries added to the test registry (`start_with_registry`).
-    registry_additions: Json,
-    reader: Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<anyhow::Result<()>>>,
-    /// Holds the registry file; removed when the harness is dropped, after the gateway.
-    _dir: TempDir,
+impl Keys {
+    /// Fresh keys, none of them in any registry yet.
+    pub fn new() -> Keys {
+        let key = || generate_key().key.expose_secret().to_owned();
+        Keys {
+            sensor: key(),
+            sensor_next: key(),
+            other: key(),
+            disabled: key(),
+            slow: key(),
+        }
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The registry with the test devices, and the devices and relays of `additions`
 /// (`{"devices": {...}, "relays": {...}}`, either optional), written to a file the
 /// gateway reloads.
-fn write_registry(keys: &Keys, path: &PathBuf, sensor_keys: &[&str], additions: &Json) {
-    let hash = lakegate::devices::hash_key;
+fn write_registry(keys: &Keys, path: &Path, sensor_keys: &[&str], additions: &Json) {
     let mut registry = json!({"devices": {
-        "sensor-1": {"keys": sensor_keys.iter().map(|k| hash(k)).collect::<Vec<_>>()},
-        "sensor-2": {"keys": [hash(&keys.other)]},
-        "retired-1": {"keys": [hash(&keys.disabled)], "disabled": true},
-        "slow-1": {"keys": [hash(&keys.slow)], "rate_per_sec": 1, "burst": 3},
+        "sensor-1": {"keys": sensor_keys.iter().map(|k| hash_key(k)).collect::<Vec<_>>()},
+        "sensor-2": {"keys": [hash_key(&keys.other)]},
+        "retired-1": {"keys": [hash_key(&keys.disabled)], "disabled": true},
+        "slow-1": {"keys": [hash_key(&keys.slow)], "rate_per_sec": 1, "burst": 3},
     }});
     if let Some(devices) = additions.get("devices").and_then(Json::as_object) {
         let all = registry["devices"].as_object_mut().unwrap();
@@ -62,58 +67,74 @@ fn write_registry(keys: &Keys, path: &PathBuf, sensor_keys: &[&str], additions: 
     if let Some(relays) = additions.get("relays") {
         registry["relays"] = relays.clone();
     }
-    let mut file = std::fs::File::create(path).unwrap();
-    file.write_all(registry.to_string().as_bytes()).unwrap();
+    std::fs::write(path, registry.to_string()).unwrap();
 }
 
-pub fn new_keys() -> Keys {
-    let key = || generate_key().key.expose_secret().to_owned();
-    Keys {
-        sensor: key(),
-        sensor_next: key(),
-        other: key(),
-        disabled: key(),
-        slow: key(),
-    }
+/// What a test gateway differs in, named: `Harness::builder().env(..).start()`.
+/// Unset, it is the test workspace ([`emulator_config`]), the test devices only, the
+/// environment of [`gateway_env`] and a fresh loopback port.
+#[must_use = "a builder does nothing until `start`"]
+pub struct HarnessBuilder {
+    emulator: EmulatorConfig,
+    env: Vec<(String, String)>,
+    registry: Json,
+    listener: Option<TcpListener>,
 }
 
-impl Harness {
-    pub async fn start() -> Harness {
-        Self::start_with(emulator_config(), &[]).await
+impl HarnessBuilder {
+    /// The workspace behind the gateway (faults, latency, refused values).
+    pub fn emulator(mut self, config: EmulatorConfig) -> Self {
+        self.emulator = config;
+        self
     }
 
-    pub async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)]) -> Harness {
-        Self::start_with_registry(emulator, extra, Json::Null).await
+    /// A gateway setting, replacing the test default of the same name.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
-    /// A gateway whose registry also holds the devices and relays of `additions`
-    /// (`{"devices": {...}, "relays": {...}}`).
-    pub async fn start_with_registry(
-        emulator: EmulatorConfig,
-        extra: &[(&str, &str)],
-        additions: Json,
-    ) -> Harness {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(listener, emulator, extra, additions).await
+    /// Several settings at once (see [`HarnessBuilder::env`]).
+    pub fn envs(self, settings: &[(&str, &str)]) -> Self {
+        settings
+            .iter()
+            .fold(self, |builder, (name, value)| builder.env(name, value))
     }
 
-    /// [`Harness::start_with_registry`] on `listener` (a port chosen beforehand, where
-    /// nothing answered until now).
-    pub async fn start_on(
-        listener: TcpListener,
-        emulator: EmulatorConfig,
-        extra: &[(&str, &str)],
-        additions: Json,
-    ) -> Harness {
-        let emulator = start_emulator(emulator).await;
-        let keys = new_keys();
-        let dir = lakegate_testkit::temp_dir();
+    /// Devices and relays the registry holds besides the test devices:
+    /// `{"devices": {...}, "relays": {...}}`, either optional.
+    pub fn registry(mut self, additions: Json) -> Self {
+        self.registry = additions;
+        self
+    }
+
+    /// Serve on `listener` (a port chosen beforehand, where nothing answered until now)
+    /// instead of a fresh one.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Starts the emulator, writes the registry and starts the gateway.
+    pub async fn start(self) -> Harness {
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let emulator = start_emulator(self.emulator).await;
+        let keys = Keys::new();
+        let dir = crate::temp_dir();
         let registry_file = dir.path().join("devices.json");
         let sensor_keys = [keys.sensor.as_str(), keys.sensor_next.as_str()];
-        write_registry(&keys, &registry_file, &sensor_keys, &additions);
-        let env = gateway_env(&emulator, &registry_file, extra);
+        write_registry(&keys, &registry_file, &sensor_keys, &self.registry);
+        let overrides: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let env = gateway_env(&emulator, &registry_file, &overrides);
         let config = GatewayConfig::from_map(&env).expect("valid gateway config");
-        let reader = common::reader(&env);
+        let reader = reader(&env);
 
         let gateway = Gateway::start(config).await.expect("gateway starts");
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -127,12 +148,44 @@ impl Harness {
             http: lakegate::databricks::http_client().unwrap(),
             keys,
             registry_file,
-            registry_additions: additions,
+            registry_additions: self.registry,
             reader,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
         }
+    }
+}
+
+pub struct Harness {
+    pub emulator: Emulator,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub keys: Keys,
+    pub registry_file: PathBuf,
+    /// Entries added to the test registry ([`HarnessBuilder::registry`]).
+    registry_additions: Json,
+    reader: Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Holds the registry file; removed when the harness is dropped, after the gateway.
+    _dir: TempDir,
+}
+
+impl Harness {
+    /// A gateway to configure by name; see [`HarnessBuilder`].
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder {
+            emulator: emulator_config(),
+            env: Vec::new(),
+            registry: Json::Null,
+            listener: None,
+        }
+    }
+
+    /// The gateway with every test default: `Harness::builder().start()`.
+    pub async fn start() -> Harness {
+        Self::builder().start().await
     }
 
     /// Rewrites the registry file with these keys for sensor-1 and waits for a reload.
@@ -146,6 +199,7 @@ impl Harness {
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
 
+    /// A POST to `/ingest` carrying a device key, to complete (body, headers) and send.
     pub fn post(&self, key: &str) -> reqwest::RequestBuilder {
         self.post_to("/ingest", key)
     }
@@ -157,9 +211,30 @@ impl Harness {
             .header("X-API-Key", key)
     }
 
-    pub async fn post_json(&self, key: &str, body: &Json) -> (u16, Json) {
-        let response = self.post(key).json(body).send().await.unwrap();
-        respond(response).await
+    /// Sends `body` as JSON to `path` (with its query) with a device key: the response,
+    /// for its status and headers.
+    pub async fn send_json(
+        &self,
+        path: &str,
+        key: &str,
+        body: &impl Serialize,
+    ) -> reqwest::Response {
+        self.post_to(path, key).json(body).send().await.unwrap()
+    }
+
+    /// [`Harness::send_json`] to `path`, answered as (status, JSON body).
+    pub async fn post_json_to(&self, path: &str, key: &str, body: &impl Serialize) -> (u16, Json) {
+        respond(self.send_json(path, key, body).await).await
+    }
+
+    /// `POST /ingest` of `body` as JSON with a device key: (status, JSON body).
+    pub async fn post_json(&self, key: &str, body: &impl Serialize) -> (u16, Json) {
+        self.post_json_to("/ingest", key, body).await
+    }
+
+    /// `POST /ingest?ack=accept`: the answer once the readings are queued.
+    pub async fn accept(&self, key: &str, body: &impl Serialize) -> reqwest::Response {
+        self.send_json("/ingest?ack=accept", key, body).await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -217,7 +292,7 @@ impl Harness {
     }
 
     pub async fn row_count(&self) -> i64 {
-        common::row_count(&self.reader, TABLE)
+        row_count(&self.reader, TABLE)
             .await
             .expect("the table's rows are counted")
     }
@@ -256,12 +331,14 @@ pub async fn metric_at(http: &reqwest::Client, url: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
 }
 
+/// A response as (status, JSON body), `null` when the body is not JSON.
 pub async fn respond(response: reqwest::Response) -> (u16, Json) {
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(Json::Null);
     (status, body)
 }
 
+/// One reading of `temperature`, at a fixed time.
 pub fn reading(id: &str, temperature: f64) -> Json {
     json!({"id": id, "ts": "2026-11-29T12:00:00Z", "metrics": {"temperature": temperature}})
 }

@@ -1,24 +1,21 @@
 //! The Databricks client against the in-process workspace emulator.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, Int64Array, StringArray};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use lakegate::databricks::Call;
-use lakegate::databricks::{
+use lakegate_databricks::Call;
+use lakegate_databricks::{
     Client, Disposition, Error, Format, OnWaitTimeout, Param, StatementRequest, StatementState,
     Value,
 };
 use lakegate_emulator::{EmulatorConfig, Faults};
+use lakegate_testkit::workspace::{config, m2m, m2m_client, pat, pat_client};
 use lakegate_testkit::{
     PAT, SP_ID, SP_SECRET, emulator_config, eventually, eventually_async, start_emulator,
 };
 use secrecy::{ExposeSecret, SecretString};
-
-use common::{config, m2m, m2m_client, pat, pat_client};
 
 /// `SELECT` of `n` rows `(id, name)` as a VALUES list.
 fn numbered_rows(n: i64) -> String {
@@ -698,15 +695,15 @@ fn oversized_server(declared_len: Option<u64>) -> String {
 
 fn impostor_config(
     host: &str,
-    credentials: lakegate::databricks::Settings,
-) -> lakegate::databricks::Config {
-    let settings = lakegate::databricks::Settings {
+    credentials: lakegate_databricks::Settings,
+) -> lakegate_databricks::Config {
+    let settings = lakegate_databricks::Settings {
         host: Some(host.to_owned()),
         warehouse_id: Some("w".into()),
         ..credentials
     };
     let mut config =
-        lakegate::databricks::Config::resolve(settings, &std::collections::HashMap::new()).unwrap();
+        lakegate_databricks::Config::resolve(settings, &std::collections::HashMap::new()).unwrap();
     config.http_timeout = Duration::from_secs(30);
     config.oauth.retry.budget = Duration::ZERO;
     config
@@ -760,14 +757,13 @@ async fn a_declared_oversized_answer_is_refused_before_reading() {
 
 #[tokio::test]
 async fn cleartext_hosts_are_refused_unless_loopback() {
-    let settings = |host: &str| lakegate::databricks::Settings {
+    let settings = |host: &str| lakegate_databricks::Settings {
         host: Some(host.to_owned()),
         ..pat(PAT)
     };
     let none = std::collections::HashMap::new();
-    let err =
-        lakegate::databricks::Config::resolve(settings("http://workspace.example.com"), &none)
-            .unwrap_err();
+    let err = lakegate_databricks::Config::resolve(settings("http://workspace.example.com"), &none)
+        .unwrap_err();
     assert!(err.to_string().contains("DATABRICKS_HOST"), "{err}");
     assert!(!err.to_string().contains(PAT), "{err}");
     for loopback in [
@@ -775,6 +771,6 @@ async fn cleartext_hosts_are_refused_unless_loopback() {
         "http://localhost:8787",
         "http://[::1]:8787",
     ] {
-        lakegate::databricks::Config::resolve(settings(loopback), &none).unwrap();
+        lakegate_databricks::Config::resolve(settings(loopback), &none).unwrap();
     }
 }

@@ -1,90 +1,15 @@
-//! Helpers built on lakegate's own types: clients configured for an in-process
-//! emulator, reading a table back, and the `lakegate` binary as a process. What does not need the `lakegate` crate
-//! (credentials, the emulator, the gateway environment, waiting) is in
-//! `lakegate_testkit`.
-
-#![allow(dead_code)] // each test target uses a different part
+//! The `lakegate` binary as its own process, for the tests that need a real process
+//! (SIGTERM, a relay, the keys commands) and the load benchmarks.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use lakegate::databricks::{Client, Config, RetryPolicy, Settings, StatementRequest, Value};
-use lakegate_emulator::Emulator;
-use lakegate_testkit::{PAT, SP_ID, SP_SECRET, poll};
 
-/// Retries fast enough for tests; Retry-After still wins when it is longer.
-fn fast(policy: RetryPolicy) -> RetryPolicy {
-    RetryPolicy {
-        budget: Duration::from_secs(10),
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        ..policy
-    }
-}
-
-/// Resolves explicit settings against an empty environment: no process
-/// variables, no home directory, so no `~/.databrickscfg` either.
-pub fn config(emulator: &Emulator, credentials: Settings) -> Config {
-    let settings = Settings {
-        host: Some(emulator.url()),
-        warehouse_id: Some(emulator.warehouse_id().to_owned()),
-        ..credentials
-    };
-    let mut config = Config::resolve(settings, &HashMap::new()).expect("valid config");
-    config.http_timeout = Duration::from_secs(10);
-    config.retry = fast(config.retry);
-    config.oauth.retry = fast(config.oauth.retry);
-    config
-}
-
-pub fn m2m(client_id: &str, client_secret: &str) -> Settings {
-    Settings {
-        client_id: Some(client_id.into()),
-        client_secret: Some(client_secret.into()),
-        ..Settings::default()
-    }
-}
-
-pub fn pat(token: &str) -> Settings {
-    Settings {
-        token: Some(token.into()),
-        ..Settings::default()
-    }
-}
-
-pub fn m2m_client(emulator: &Emulator) -> Client {
-    Client::new(&config(emulator, m2m(SP_ID, SP_SECRET))).unwrap()
-}
-
-pub fn pat_client(emulator: &Emulator) -> Client {
-    Client::new(&config(emulator, pat(PAT))).unwrap()
-}
-
-/// A client of the workspace a gateway's environment (`lakegate_testkit::gateway_env`)
-/// names, for reading back what the gateway wrote.
-pub fn reader(env: &HashMap<String, String>) -> Client {
-    Client::new(&Config::resolve(Settings::default(), env).expect("valid workspace settings"))
-        .expect("a workspace client")
-}
-
-/// The number of rows in `table`.
-pub async fn row_count(client: &Client, table: &str) -> anyhow::Result<i64> {
-    let rows = client
-        .statements()
-        .execute(StatementRequest::new(format!(
-            "SELECT count(*) FROM {table}"
-        )))
-        .await?
-        .collect_rows()
-        .await?;
-    match rows.first().and_then(|row| row.first()) {
-        Some(Value::Int(count)) => Ok(*count),
-        other => bail!("count(*) returned {other:?}"),
-    }
-}
+use crate::poll;
 
 /// The `lakegate` binary as its own process; killed if still running when dropped
 /// (a failed test, an early error).
@@ -95,24 +20,28 @@ pub struct LakegateProcess {
 }
 
 impl LakegateProcess {
-    /// Starts the binary with exactly `env` (a `lakegate_testkit::gateway_env`), on a free
-    /// port and logging JSON, and waits up to 60 s for the line saying where it listens.
+    /// Starts the binary `bin` (a test's `env!("CARGO_BIN_EXE_lakegate")`: only the test
+    /// target knows where cargo built it) with exactly `env` (a [`crate::gateway_env`]),
+    /// on a free port and logging JSON, and waits up to 60 s for the line saying where
+    /// it listens.
     /// A thread reads the log for the process's whole life, so it never blocks on a full
     /// pipe, and hands every JSON line to `on_log`.
     pub fn spawn(
+        bin: impl AsRef<Path>,
         env: &HashMap<String, String>,
         on_log: impl FnMut(&serde_json::Value) + Send + 'static,
     ) -> anyhow::Result<LakegateProcess> {
-        Self::spawn_command(&[], env, on_log)
+        Self::spawn_command(bin, &[], env, on_log)
     }
 
     /// [`LakegateProcess::spawn`] with these arguments (`relay --upstream ...`).
     pub fn spawn_command(
+        bin: impl AsRef<Path>,
         args: &[&str],
         env: &HashMap<String, String>,
         mut on_log: impl FnMut(&serde_json::Value) + Send + 'static,
     ) -> anyhow::Result<LakegateProcess> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        let mut child = Command::new(bin.as_ref())
             .args(args)
             .env_clear()
             .envs(env)
