@@ -469,8 +469,8 @@ fn spawn_gateway_with_defaults(
     // The registry is reloaded as often as deployed, not every second as in tests; the
     // linger is the deployed one; the log level is the deployed one (info).
     env.remove("LAKEGATE_KEYS_REFRESH_SECS");
-    if !extra.iter().any(|(name, _)| *name == "LAKEGATE_FLUSH_MS") {
-        env.remove("LAKEGATE_FLUSH_MS");
+    if !extra.iter().any(|(name, _)| *name == "LAKEGATE_LINGER_MS") {
+        env.remove("LAKEGATE_LINGER_MS");
     }
     let complaints = Arc::new(Mutex::new(BTreeMap::new()));
     let counted = complaints.clone();

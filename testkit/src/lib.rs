@@ -97,7 +97,7 @@ pub fn gateway_env(
             registry_file.display().to_string(),
         ),
         ("LAKEGATE_KEYS_REFRESH_SECS", "1".into()),
-        ("LAKEGATE_FLUSH_MS", "50".into()),
+        ("LAKEGATE_LINGER_MS", "50".into()),
         ("LAKEGATE_LISTEN_ADDR", "127.0.0.1".into()),
     ];
     let overrides = overrides
@@ -190,10 +190,10 @@ mod tests {
         let emulator = start_emulator(emulator_config()).await;
         let dir = temp_dir();
         let registry = dir.path().join("devices.json");
-        let env = gateway_env(&emulator, &registry, &[("LAKEGATE_FLUSH_MS", "7")]);
+        let env = gateway_env(&emulator, &registry, &[("LAKEGATE_LINGER_MS", "7")]);
         assert_eq!(env["DATABRICKS_HOST"], emulator.url());
         assert_eq!(env["DATABRICKS_CLIENT_SECRET"], SP_SECRET);
-        assert_eq!(env["LAKEGATE_FLUSH_MS"], "7");
+        assert_eq!(env["LAKEGATE_LINGER_MS"], "7");
         assert_eq!(
             env["LAKEGATE_DEVICE_KEYS_FILE"],
             registry.display().to_string()

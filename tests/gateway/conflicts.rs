@@ -111,7 +111,7 @@ async fn parallel_writers_land_every_reading_once(
 ) -> (Arc<Harness>, u64) {
     let gateway = Harness::builder()
         .env("LAKEGATE_WRITERS", "4")
-        .env("LAKEGATE_FLUSH_MS", "20")
+        .env("LAKEGATE_LINGER_MS", "20")
         .start()
         .await;
     let devices = register_devices(&gateway).await;

@@ -55,7 +55,7 @@ async fn throttling_short_tokens_and_slow_statements_write_each_reading_once() {
     config.token_lifetime = Duration::from_secs(3);
     let mut gateway = Harness::builder()
         .emulator(config)
-        .env("LAKEGATE_FLUSH_MS", "200")
+        .env("LAKEGATE_LINGER_MS", "200")
         .start()
         .await;
     // A storm: every workspace call is refused for a while, then a third of them.
@@ -230,7 +230,7 @@ async fn sigterm_flushes_every_queued_reading() {
     let emulator = start_emulator(config).await;
     // Long flush interval: the readings are surely still queued at SIGTERM, in every
     // writer's lane (the fleet's devices spread over the 4 default writers).
-    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "20000")]);
+    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_LINGER_MS", "20000")]);
 
     let http = lakegate::databricks::http_client().unwrap();
     for request in 0..10 {
@@ -275,7 +275,7 @@ async fn sigterm_flushes_every_queued_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_is_bounded_when_the_warehouse_hangs() {
     let emulator = start_emulator(emulator_config()).await;
-    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_FLUSH_MS", "50")]);
+    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_LINGER_MS", "50")]);
     // Statements now take longer than Databricks Apps waits after SIGTERM (15 s).
     emulator.set_faults(Faults {
         statement_latency: Duration::from_secs(60),
@@ -317,7 +317,7 @@ async fn identities(gateway: &Harness, device: &str) -> Vec<(String, String)> {
 async fn a_repeated_id_with_a_new_ts_is_a_new_reading_even_in_a_wide_batch() {
     // A long flush interval, so both devices' requests below share one batch.
     let mut gateway = Harness::builder()
-        .env("LAKEGATE_FLUSH_MS", "1000")
+        .env("LAKEGATE_LINGER_MS", "1000")
         .start()
         .await;
     let at = |id: &str, ts: &str| json!({"id": id, "ts": ts, "metrics": {"count": 1}});
@@ -436,7 +436,7 @@ async fn a_row_the_table_refuses_is_dead_lettered_and_the_rest_is_written() {
         lakegate::devices::hash_key(secrecy::ExposeSecret::expose_secret(&reader_token));
     let mut gateway = Harness::builder()
         .emulator(refusing("poison"))
-        .env("LAKEGATE_FLUSH_MS", "300")
+        .env("LAKEGATE_LINGER_MS", "300")
         .env("LAKEGATE_ACK_TIMEOUT_SECS", "20")
         .env("LAKEGATE_READER_TOKENS", reader_hash.as_str())
         .start()

@@ -54,7 +54,7 @@ async fn an_internal_warehouse_error_dead_letters_nothing_and_a_data_error_only_
     });
     let mut gateway = Harness::builder()
         .emulator(config.clone())
-        .env("LAKEGATE_FLUSH_MS", "50")
+        .env("LAKEGATE_LINGER_MS", "50")
         .env("LAKEGATE_ACK_TIMEOUT_SECS", "30")
         .registry(devices)
         .start()
@@ -190,7 +190,7 @@ async fn a_throttled_statement_pauses_every_writer_for_the_retry_after() {
     let (keys, devices) = fleet(8);
     let mut gateway = Harness::builder()
         .env("LAKEGATE_WRITERS", "4")
-        .env("LAKEGATE_FLUSH_MS", "10")
+        .env("LAKEGATE_LINGER_MS", "10")
         .env("LAKEGATE_ACK_TIMEOUT_SECS", "30")
         .registry(devices)
         .start()
@@ -221,7 +221,7 @@ async fn a_huge_retry_after_pauses_the_writers_no_longer_than_the_cap() {
     let cap = Duration::from_secs(2);
     let mut gateway = Harness::builder()
         .env("LAKEGATE_WRITERS", "4")
-        .env("LAKEGATE_FLUSH_MS", "10")
+        .env("LAKEGATE_LINGER_MS", "10")
         .env("LAKEGATE_ACK_TIMEOUT_SECS", "30")
         .env("LAKEGATE_MAX_RETRY_AFTER_MS", "2000")
         .registry(devices)
