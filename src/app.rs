@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{GatewayConfig, Workspace};
 use crate::databricks;
-use crate::devices::{DeviceKeys, KeySource, reload_loop};
+use crate::devices::{KeySource, LiveRegistry, reload_loop};
 use crate::ingest::{IngestQueue, StatementSink, Writer};
 use crate::metrics::Metrics;
 use crate::relay::{Site, forward_loop, spool_loop};
@@ -65,7 +65,7 @@ impl Gateway {
             false => Metrics::default(),
         });
         metrics.registry_devices.set(registry.device_count() as i64);
-        let keys = DeviceKeys::new(registry.clone());
+        let keys = LiveRegistry::new(registry.clone());
 
         let writer_closing = CancellationToken::new();
         let writers = TaskTracker::new();
@@ -277,7 +277,7 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
 /// Reloads the registry every `keys_refresh` until `stop`, counting the outcomes.
 fn reloads(
     config: &GatewayConfig,
-    keys: DeviceKeys,
+    keys: LiveRegistry,
     source: KeySource,
     secrets: Option<databricks::Secrets>,
     metrics: Arc<Metrics>,

@@ -5,6 +5,7 @@
 //! site relay (`relay/`); `lakegate sql` runs one statement on the workspace.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +15,9 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lakegate::app::Gateway;
 use lakegate::config::{GatewayConfig, RelayCommandArgs, ServeArgs};
 use lakegate::devices::{
-    AdminError, KeyChange, KeyKind, RegistryStore, change_registry, generate_key_of, listing,
-    new_key_instructions, new_reader_instructions, secrets_from_environment,
+    Action, AdminError, KeyChange, KeyKind, NewEntry, RegistryStore, Subject, change_registry,
+    generate_key_of, listing, new_key_instructions, new_reader_instructions,
+    secrets_from_environment,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -126,113 +128,20 @@ struct SendArgs {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Add a device with a new key: prints the key once, on its own line.
-    Add {
-        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
-        device_id: String,
-        /// The device's own rate (readings per second); default: the gateway's.
-        #[arg(long)]
-        rate: Option<NonZeroU32>,
-        /// The device's own burst; default: the gateway's.
-        #[arg(long)]
-        burst: Option<NonZeroU32>,
-        #[command(flatten)]
-        registry: RegistryArgs,
+    /// Add, rotate, revoke, disable or enable a device and its keys.
+    Device {
+        #[command(subcommand)]
+        action: DeviceCommand,
     },
-    /// Give a device a second key; the old one works until `revoke-old`.
-    Rotate {
-        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
-        device_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Keep only the device's newest key.
-    RevokeOld {
-        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
-        device_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Remove the device and all its keys.
-    Revoke {
-        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
-        device_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Refuse the device's keys (403) until `enable`.
-    Disable {
-        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
-        device_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Accept the device's keys again after `disable`.
-    Enable {
-        /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
-        device_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
+    /// Add, rotate, revoke, disable or enable a site relay and its keys, or change the
+    /// devices it may send readings for.
+    Relay {
+        #[command(subcommand)]
+        action: RelayCommand,
     },
     /// List the devices (keys, disabled, limits) and relays (keys, disabled, devices):
     /// never a key or a hash.
     List {
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Add a site relay with a new key: prints the key once, on its own line.
-    AddRelay {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        /// The devices the relay may send readings for: device ids, or prefixes
-        /// ending in `*`, comma-separated ('pump-7,line-3-*').
-        #[arg(long, value_delimiter = ',', required = true)]
-        devices: Vec<String>,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Give a relay a second key; the old one works until `revoke-old-relay`.
-    RotateRelay {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Keep only the relay's newest key.
-    RevokeOldRelay {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Remove the relay and all its keys.
-    RevokeRelay {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Refuse the relay's keys (403) until `enable-relay`.
-    DisableRelay {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Accept the relay's keys again after `disable-relay`.
-    EnableRelay {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Replace the devices a relay may send readings for.
-    RelayDevices {
-        /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
-        relay_id: String,
-        /// Device ids, or prefixes ending in `*`, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        devices: Vec<String>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -244,6 +153,155 @@ enum KeysCommand {
     /// Create a reader token for the read API and the page: prints the token once and
     /// the hash to add to LAKEGATE_READER_TOKENS.
     NewReader,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Add a device with a new key: prints the key once, on its own line.
+    Add {
+        #[command(flatten)]
+        device: DeviceTarget,
+        /// The device's own rate (readings per second); default: the gateway's.
+        #[arg(long)]
+        rate: Option<NonZeroU32>,
+        /// The device's own burst; default: the gateway's.
+        #[arg(long)]
+        burst: Option<NonZeroU32>,
+    },
+    /// Give a device a second key; the old one works until `revoke-old`.
+    Rotate(DeviceTarget),
+    /// Keep only the device's newest key.
+    RevokeOld(DeviceTarget),
+    /// Remove the device and all its keys.
+    Revoke(DeviceTarget),
+    /// Refuse the device's keys (403) until `enable`.
+    Disable(DeviceTarget),
+    /// Accept the device's keys again after `disable`.
+    Enable(DeviceTarget),
+}
+
+#[derive(clap::Args)]
+struct DeviceTarget {
+    /// The device's id (1-128 of A-Z a-z 0-9 . _ : -), as in its readings.
+    device_id: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Add a site relay with a new key: prints the key once, on its own line.
+    Add(RelayDevicesTarget),
+    /// Give a relay a second key; the old one works until `revoke-old`.
+    Rotate(RelayTarget),
+    /// Keep only the relay's newest key.
+    RevokeOld(RelayTarget),
+    /// Remove the relay and all its keys.
+    Revoke(RelayTarget),
+    /// Refuse the relay's keys (403) until `enable`.
+    Disable(RelayTarget),
+    /// Accept the relay's keys again after `disable`.
+    Enable(RelayTarget),
+    /// Replace the devices a relay may send readings for.
+    Devices(RelayDevicesTarget),
+}
+
+#[derive(clap::Args)]
+struct RelayTarget {
+    /// The relay's id (1-128 of A-Z a-z 0-9 . _ : -).
+    relay_id: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args)]
+struct RelayDevicesTarget {
+    #[command(flatten)]
+    relay: RelayTarget,
+    /// The devices the relay may send readings for: device ids, or prefixes
+    /// ending in `*`, comma-separated ('pump-7,line-3-*').
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+}
+
+impl DeviceCommand {
+    fn change(self) -> (KeyChange, RegistryArgs) {
+        let (action, args) = match self {
+            DeviceCommand::Add {
+                device,
+                rate,
+                burst,
+            } => {
+                let new = NewEntry::Device {
+                    rate_per_sec: rate,
+                    burst,
+                };
+                (Action::Add(new), device)
+            }
+            DeviceCommand::Rotate(args) => (Action::Rotate, args),
+            DeviceCommand::RevokeOld(args) => (Action::RevokeOld, args),
+            DeviceCommand::Revoke(args) => (Action::Revoke, args),
+            DeviceCommand::Disable(args) => (Action::Disable, args),
+            DeviceCommand::Enable(args) => (Action::Enable, args),
+        };
+        let subject = Subject::device(args.device_id);
+        (KeyChange::new(subject, action), args.registry)
+    }
+}
+
+impl RelayCommand {
+    fn change(self) -> (KeyChange, RegistryArgs) {
+        let (action, args) = match self {
+            RelayCommand::Add(RelayDevicesTarget { relay, devices }) => {
+                (Action::Add(NewEntry::Relay { devices }), relay)
+            }
+            RelayCommand::Devices(RelayDevicesTarget { relay, devices }) => {
+                (Action::SetDevices(devices), relay)
+            }
+            RelayCommand::Rotate(args) => (Action::Rotate, args),
+            RelayCommand::RevokeOld(args) => (Action::RevokeOld, args),
+            RelayCommand::Revoke(args) => (Action::Revoke, args),
+            RelayCommand::Disable(args) => (Action::Disable, args),
+            RelayCommand::Enable(args) => (Action::Enable, args),
+        };
+        let subject = Subject::relay(args.relay_id);
+        (KeyChange::new(subject, action), args.registry)
+    }
+}
+
+/// The `keys` commands as spelled before `keys device ...` and `keys relay ...`, still
+/// accepted (and not shown in the help) so that operators' scripts keep working.
+const OLD_KEYS_SPELLINGS: &[(&str, [&str; 2])] = &[
+    ("add", ["device", "add"]),
+    ("rotate", ["device", "rotate"]),
+    ("revoke-old", ["device", "revoke-old"]),
+    ("revoke", ["device", "revoke"]),
+    ("disable", ["device", "disable"]),
+    ("enable", ["device", "enable"]),
+    ("add-relay", ["relay", "add"]),
+    ("rotate-relay", ["relay", "rotate"]),
+    ("revoke-old-relay", ["relay", "revoke-old"]),
+    ("revoke-relay", ["relay", "revoke"]),
+    ("disable-relay", ["relay", "disable"]),
+    ("enable-relay", ["relay", "enable"]),
+    ("relay-devices", ["relay", "devices"]),
+];
+
+/// The command line with an old `keys` spelling (`keys add-relay`) in its new one
+/// (`keys relay add`).
+fn with_new_keys_spellings(mut args: Vec<OsString>) -> Vec<OsString> {
+    // The subcommand is the first argument that is not an option (the top level's
+    // options take no values).
+    let command = (args.iter().enumerate().skip(1))
+        .find(|(_, arg)| !arg.to_string_lossy().starts_with('-'))
+        .map(|(at, _)| at);
+    if let Some(at) = command.filter(|&at| args[at] == "keys")
+        && let Some(old) = args.get(at + 1)
+        && let Some((_, new)) = OLD_KEYS_SPELLINGS.iter().find(|(name, _)| old == name)
+    {
+        args.splice(at + 1..at + 2, new.iter().map(OsString::from));
+    }
+    args
 }
 
 /// Where the registry lives: `--file`, or `--secret` in the workspace `--profile` names.
@@ -302,7 +360,8 @@ fn parse_command_line() -> (Cli, ArgMatches) {
     let parsing = Cli::command()
         .mut_subcommand("serve", without_env)
         .mut_subcommand("relay", without_env);
-    let matches = match parsing.try_get_matches() {
+    let args = with_new_keys_spellings(std::env::args_os().collect());
+    let matches = match parsing.try_get_matches_from(&args) {
         Ok(matches) => matches,
         // Help from the whole declaration, which lists each setting's variable.
         Err(err)
@@ -312,7 +371,7 @@ fn parse_command_line() -> (Cli, ArgMatches) {
                     | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            Cli::command().get_matches()
+            Cli::command().get_matches_from(args)
         }
         Err(err) => err.exit(),
     };
@@ -368,77 +427,14 @@ fn keys(action: KeysCommand) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         KeysCommand::List { registry } => (None, registry),
-        KeysCommand::Add {
-            device_id,
-            rate,
-            burst,
-            registry,
-        } => (
-            Some(KeyChange::Add {
-                device: device_id,
-                rate_per_sec: rate,
-                burst,
-            }),
-            registry,
-        ),
-        KeysCommand::Rotate {
-            device_id,
-            registry,
-        } => (Some(KeyChange::Rotate { device: device_id }), registry),
-        KeysCommand::RevokeOld {
-            device_id,
-            registry,
-        } => (Some(KeyChange::RevokeOld { device: device_id }), registry),
-        KeysCommand::Revoke {
-            device_id,
-            registry,
-        } => (Some(KeyChange::Revoke { device: device_id }), registry),
-        KeysCommand::Disable {
-            device_id,
-            registry,
-        } => (Some(KeyChange::Disable { device: device_id }), registry),
-        KeysCommand::Enable {
-            device_id,
-            registry,
-        } => (Some(KeyChange::Enable { device: device_id }), registry),
-        KeysCommand::AddRelay {
-            relay_id,
-            devices,
-            registry,
-        } => (
-            Some(KeyChange::AddRelay {
-                relay: relay_id,
-                devices,
-            }),
-            registry,
-        ),
-        KeysCommand::RotateRelay { relay_id, registry } => {
-            (Some(KeyChange::RotateRelay { relay: relay_id }), registry)
+        KeysCommand::Device { action } => {
+            let (change, registry) = action.change();
+            (Some(change), registry)
         }
-        KeysCommand::RevokeOldRelay { relay_id, registry } => (
-            Some(KeyChange::RevokeOldRelay { relay: relay_id }),
-            registry,
-        ),
-        KeysCommand::RevokeRelay { relay_id, registry } => {
-            (Some(KeyChange::RevokeRelay { relay: relay_id }), registry)
+        KeysCommand::Relay { action } => {
+            let (change, registry) = action.change();
+            (Some(change), registry)
         }
-        KeysCommand::DisableRelay { relay_id, registry } => {
-            (Some(KeyChange::DisableRelay { relay: relay_id }), registry)
-        }
-        KeysCommand::EnableRelay { relay_id, registry } => {
-            (Some(KeyChange::EnableRelay { relay: relay_id }), registry)
-        }
-        KeysCommand::RelayDevices {
-            relay_id,
-            devices,
-            registry,
-        } => (
-            Some(KeyChange::RelayDevices {
-                relay: relay_id,
-                devices,
-            }),
-            registry,
-        ),
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(change_keys(change, registry)) {
@@ -587,7 +583,7 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
         }
     };
     let Some(change) = change else {
-        print!("{}", listing(&store.read_all().await?)?);
+        print!("{}", listing(&store.read_all().await?));
         return Ok(());
     };
     // Returns once the change is confirmed in the registry, so a key printed works.
@@ -595,7 +591,7 @@ async fn change_keys(change: Option<KeyChange>, args: RegistryArgs) -> Result<()
     if applied.created {
         eprintln!("{store} did not exist: created it");
     }
-    eprintln!("{change_done} in {store}", change_done = describe(&change));
+    eprintln!("{change} in {store}");
     eprintln!("{}", pickup(&store));
     if let Some(key) = applied.new_key {
         eprintln!("The key, shown once (the registry holds only its hash):");
@@ -622,32 +618,6 @@ fn pickup(store: &RegistryStore) -> String {
             format!(
                 "A running gateway picks this up within {refresh} s (its LAKEGATE_KEYS_REFRESH_SECS, 60 unless set)."
             )
-        }
-    }
-}
-
-fn describe(change: &KeyChange) -> String {
-    match change {
-        KeyChange::Add { device, .. } => format!("added {device:?} with a new key"),
-        KeyChange::Rotate { device } => {
-            format!("{device:?} has a new key; the old one works until `revoke-old`")
-        }
-        KeyChange::RevokeOld { device } => format!("{device:?} keeps only its newest key"),
-        KeyChange::Revoke { device } => format!("removed {device:?} and its keys"),
-        KeyChange::Disable { device } => format!("disabled {device:?}"),
-        KeyChange::Enable { device } => format!("enabled {device:?}"),
-        KeyChange::AddRelay { relay, .. } => format!("added relay {relay:?} with a new key"),
-        KeyChange::RotateRelay { relay } => {
-            format!("relay {relay:?} has a new key; the old one works until `revoke-old-relay`")
-        }
-        KeyChange::RevokeOldRelay { relay } => {
-            format!("relay {relay:?} keeps only its newest key")
-        }
-        KeyChange::RevokeRelay { relay } => format!("removed relay {relay:?} and its keys"),
-        KeyChange::DisableRelay { relay } => format!("disabled relay {relay:?}"),
-        KeyChange::EnableRelay { relay } => format!("enabled relay {relay:?}"),
-        KeyChange::RelayDevices { relay, devices } => {
-            format!("relay {relay:?} now sends for {}", devices.join(","))
         }
     }
 }

@@ -119,9 +119,60 @@ impl FromStr for KeyHash {
     }
 }
 
+/// As the registry document holds it: `"sha256:<hex>"`.
+impl serde::Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Refuses a key where its hash belongs without echoing either (see [`BadHash`]).
+impl<'de> serde::Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<KeyHash, D::Error> {
+        struct HashText;
+        impl serde::de::Visitor<'_> for HashText {
+            type Value = KeyHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key hash \"sha256:<hex>\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<KeyHash, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(HashText)
+    }
+}
+
+/// The prefixes a key may carry: any kind's, and the kindless `lgk_`.
+fn key_prefixes() -> impl Iterator<Item = &'static str> {
+    std::iter::once(KEY_PREFIX).chain(KeyKind::ALL.iter().map(|kind| kind.prefix()))
+}
+
 /// Whether a registry string may hold a key, so must not be accepted or echoed.
 pub(super) fn looks_like_key(s: &str) -> bool {
-    s.contains(KEY_PREFIX) || KeyKind::ALL.iter().any(|kind| s.contains(kind.prefix()))
+    key_prefixes().any(|prefix| s.contains(prefix))
+}
+
+/// `text` with whatever follows a key's prefix cut out: for messages that quote input
+/// (serde's do), which may be a key pasted in the wrong place.
+pub(super) fn redact_keys(text: &str) -> String {
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((at, prefix)) = key_prefixes()
+        .filter_map(|prefix| rest.find(prefix).map(|at| (at, prefix)))
+        .min()
+    {
+        redacted.push_str(&rest[..at]);
+        redacted.push_str(&prefix[..3]);
+        redacted.push_str("…(a key, not shown)");
+        let after = &rest[at + prefix.len()..];
+        let key_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(after.len());
+        rest = &after[key_len..];
+    }
+    redacted.push_str(rest);
+    redacted
 }
 
 /// A freshly generated key and the hash to put in the registry.
@@ -240,6 +291,21 @@ mod tests {
             assert_eq!(key.parse::<KeyHash>(), Err(BadHash::RawKey));
             assert!(!kind.describe().contains(&key[4..]));
         }
+    }
+
+    #[test]
+    fn redaction_cuts_every_key_out_of_a_message() {
+        let device = generate_key_of(KeyKind::Device);
+        let any = generate_key();
+        let (device, any) = (device.key.expose_secret(), any.key.expose_secret());
+        let message = format!("unknown field `{device}`, then string \"x{any}\" and lgd");
+        let redacted = redact_keys(&message);
+        assert_eq!(
+            redacted,
+            "unknown field `lgd…(a key, not shown)`, then string \"xlgk…(a key, not shown)\" and lgd"
+        );
+        assert!(!looks_like_key(&redacted));
+        assert_eq!(redact_keys("no key here"), "no key here");
     }
 
     #[test]

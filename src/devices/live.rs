@@ -5,46 +5,47 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::registry::{Registry, RegistryError};
+use super::error::RegistryError;
+use super::registry::Registry;
 use super::source::KeySource;
 use crate::databricks::Secrets;
 
 /// The registry in use. A reload swaps the whole `Arc`, so a request that
-/// already took `current()` finishes against the registry it started with.
+/// already took `current()` finishes against the registry it started with; taking it
+/// is lock-free, so reloads never hold up requests.
 #[derive(Clone)]
-pub(crate) struct DeviceKeys {
-    current: Arc<RwLock<Arc<Registry>>>,
+pub(crate) struct LiveRegistry {
+    current: Arc<ArcSwap<Registry>>,
 }
 
-impl DeviceKeys {
+impl LiveRegistry {
     pub(crate) fn new(registry: Arc<Registry>) -> Self {
-        DeviceKeys {
-            current: Arc::new(RwLock::new(registry)),
+        LiveRegistry {
+            current: Arc::new(ArcSwap::new(registry)),
         }
     }
 
     pub(crate) fn current(&self) -> Arc<Registry> {
-        // Poisoning cannot leave a half-written value: the only write is one assignment.
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current.load_full()
     }
 
     pub(crate) fn replace(&self, registry: Arc<Registry>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = registry;
+        self.current.store(registry);
     }
 }
 
-impl fmt::Debug for DeviceKeys {
+impl fmt::Debug for LiveRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DeviceKeys").field(&self.current()).finish()
+        f.debug_tuple("LiveRegistry")
+            .field(&self.current())
+            .finish()
     }
 }
 
@@ -133,7 +134,7 @@ impl FileWatch {
 /// warning (no secrets) and calls on_outcome(Err(..)); success calls
 /// on_outcome(Ok(device_count)).
 pub(crate) async fn reload_loop(
-    keys: DeviceKeys,
+    live: LiveRegistry,
     source: KeySource,
     secrets: Option<Secrets>,
     interval: Duration,
@@ -155,7 +156,7 @@ pub(crate) async fn reload_loop(
             match source.load(secrets.as_ref()).await {
                 Ok(registry) => {
                     let count = registry.device_count();
-                    keys.replace(registry);
+                    live.replace(registry);
                     on_outcome(Ok(count));
                 }
                 Err(error) => {
@@ -242,12 +243,12 @@ mod tests {
             std::env::temp_dir().join(format!("lakegate-reload-{}.json", std::process::id()));
         std::fs::write(&path, registry_json(&[("a", "ka"), ("b", "kb")])).unwrap();
         let source = KeySource::File(path.clone());
-        let keys = DeviceKeys::new(source.load(None).await.unwrap());
+        let live = LiveRegistry::new(source.load(None).await.unwrap());
 
         let (outcomes, mut outcome) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let reloading = tokio::spawn(reload_loop(
-            keys.clone(),
+            live.clone(),
             source,
             None,
             Duration::from_millis(5),
@@ -257,16 +258,16 @@ mod tests {
 
         std::fs::write(&path, "{ broken").unwrap();
         while outcome.recv().await.unwrap().is_ok() {}
-        let held = keys.current();
+        let held = live.current();
         assert_eq!(&**held.authenticate("kb").unwrap().id(), "b");
 
         std::fs::write(&path, registry_json(&[("a", "ka")])).unwrap();
         while outcome.recv().await.unwrap() != Ok(1) {}
         assert_eq!(
-            keys.current().authenticate("kb").unwrap_err(),
+            live.current().authenticate("kb").unwrap_err(),
             AuthFailure::UnknownKey
         );
-        assert_eq!(&**keys.current().authenticate("ka").unwrap().id(), "a");
+        assert_eq!(&**live.current().authenticate("ka").unwrap().id(), "a");
         // A request that took the registry before the swap still sees it.
         assert_eq!(&**held.authenticate("kb").unwrap().id(), "b");
 

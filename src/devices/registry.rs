@@ -1,20 +1,18 @@
 //! The device registry: which key hashes belong to which device or site relay, and
 //! the devices' quotas.
 //!
-//! Parsed by hand from a `serde_json::Value` rather than with derived
-//! deserializers, because serde's messages quote the offending value and an
-//! operator may have pasted a key where a hash belongs.
+//! Built from the one [`RegistryDocument`] type (`document.rs`), indexed for lookups.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
-use super::keys::{KeyHash, looks_like_key};
-use super::relays::{Relay, parse_pattern};
+use super::document::RegistryDocument;
+use super::error::RegistryError;
+use super::ids::quoted;
+use super::keys::KeyHash;
+use super::relays::Relay;
 
 /// An authenticated device. Quotas of `None` use the gateway defaults.
 #[derive(Clone, Debug)]
@@ -58,34 +56,6 @@ pub enum Relayed {
     Unknown,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// Syntax only: serde_json's syntax messages give a position, never content.
-    #[error("device registry is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("device registry: {0}")]
-    Invalid(String),
-    #[error("device registry, device {device}: {problem}")]
-    Device { device: String, problem: String },
-    #[error("device registry, relay {relay}: {problem}")]
-    Relay { relay: String, problem: String },
-    #[error("cannot read device registry file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot read device registry secret {scope}/{key}: {source}")]
-    Secret {
-        scope: String,
-        key: String,
-        source: Box<crate::databricks::Error>,
-    },
-    #[error("device registry secret reference {0:?} is not \"<scope>/<key>\"")]
-    SecretRef(String),
-    #[error("the device registry is in Databricks secrets, but no workspace is configured")]
-    NoWorkspace,
-}
-
 /// The parsed registry, indexed by key hash, and its devices by id (for the readings
 /// a relay forwards).
 #[derive(Clone)]
@@ -119,6 +89,20 @@ impl Holder {
             Holder::Relay(registered) => format!("relay {:?}", registered.relay.id),
         }
     }
+
+    /// An error about this holder's entry.
+    fn error(&self, problem: String) -> RegistryError {
+        match self {
+            Holder::Device(registered) => RegistryError::Device {
+                device: quoted(&registered.device.id),
+                problem,
+            },
+            Holder::Relay(registered) => RegistryError::Relay {
+                relay: quoted(&registered.relay.id),
+                problem,
+            },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -142,43 +126,18 @@ pub(crate) struct Contents {
 
 impl Registry {
     pub fn parse(json: &[u8]) -> Result<Registry, RegistryError> {
-        let Value::Object(mut root) = serde_json::from_slice(json)? else {
-            return Err(invalid("must be an object {\"devices\": {...}}"));
-        };
-        let devices = root
-            .remove("devices")
-            .ok_or_else(|| invalid("missing \"devices\""))?;
-        let relays = root.remove("relays");
-        if let Some(field) = root.keys().next() {
-            return Err(invalid(&format!("unknown field {}", quoted(field))));
-        }
-        let Value::Object(devices) = devices else {
-            return Err(invalid(
-                "\"devices\" must be an object of device id to entry",
-            ));
-        };
-        let relays = match relays {
-            None => Map::new(),
-            Some(Value::Object(relays)) => relays,
-            Some(_) => {
-                return Err(invalid("\"relays\" must be an object of relay id to entry"));
-            }
-        };
+        RegistryDocument::parse(json).map(Registry::from_document)?
+    }
 
+    /// Indexes a document's entries by key hash; a key may belong to one entry only.
+    pub(crate) fn from_document(document: RegistryDocument) -> Result<Registry, RegistryError> {
         let mut registry = Registry {
-            by_hash: HashMap::with_capacity(devices.len()),
-            devices: HashMap::with_capacity(devices.len()),
-            relays: HashSet::with_capacity(relays.len()),
+            by_hash: HashMap::with_capacity(document.devices.len()),
+            devices: HashMap::with_capacity(document.devices.len()),
+            relays: HashSet::with_capacity(document.relays.len()),
         };
-        for (id, entry) in devices {
+        for (id, entry) in document.devices {
             let id: Arc<str> = id.into();
-            let fail = |problem: String| RegistryError::Device {
-                device: quoted(&id),
-                problem,
-            };
-            let entry = checked_entry(&id, entry)
-                .and_then(parse_entry)
-                .map_err(fail)?;
             let registered = Registered {
                 device: Device {
                     id: id.clone(),
@@ -192,39 +151,35 @@ impl Registry {
                 burst: entry.burst,
                 disabled: entry.disabled,
             };
-            registry.devices.insert(id.clone(), standing);
+            registry.devices.insert(id, standing);
             for hash in entry.keys {
-                let holder = Holder::Device(registered.clone());
-                if let Some(other) = registry.by_hash.insert(hash, holder) {
-                    return Err(fail(format!(
-                        "key {hash:?} is also listed for {}",
-                        other.describe()
-                    )));
-                }
+                registry.hold(hash, Holder::Device(registered.clone()))?;
             }
         }
-        for (id, entry) in relays {
+        for (id, entry) in document.relays {
             let id: Arc<str> = id.into();
-            let fail = |problem: String| RegistryError::Relay {
-                relay: quoted(&id),
-                problem,
-            };
-            let (keys, registered) = checked_entry(&id, entry)
-                .and_then(|entry| parse_relay_entry(id.clone(), entry))
-                .map_err(fail)?;
-            let registered = Arc::new(registered);
-            registry.relays.insert(id.clone());
-            for hash in keys {
-                let holder = Holder::Relay(registered.clone());
-                if let Some(other) = registry.by_hash.insert(hash, holder) {
-                    return Err(fail(format!(
-                        "key {hash:?} is also listed for {}",
-                        other.describe()
-                    )));
-                }
+            let registered = Arc::new(RegisteredRelay {
+                relay: Relay::new(id.clone(), entry.devices),
+                disabled: entry.disabled,
+            });
+            registry.relays.insert(id);
+            for hash in entry.keys {
+                registry.hold(hash, Holder::Relay(registered.clone()))?;
             }
         }
         Ok(registry)
+    }
+
+    /// Gives `hash` to `holder`, unless another entry holds it already.
+    fn hold(&mut self, hash: KeyHash, holder: Holder) -> Result<(), RegistryError> {
+        if let Some(other) = self.by_hash.get(&hash) {
+            return Err(holder.error(format!(
+                "key {hash:?} is also listed for {}",
+                other.describe()
+            )));
+        }
+        self.by_hash.insert(hash, holder);
+        Ok(())
     }
 
     /// Hashes the presented key and looks the hash up. Comparing hashes keeps
@@ -309,23 +264,7 @@ impl Registry {
             }
         }
         for (hash, holder) in part.by_hash {
-            let error = |problem: String| match &holder {
-                Holder::Device(registered) => RegistryError::Device {
-                    device: quoted(&registered.device.id),
-                    problem,
-                },
-                Holder::Relay(registered) => RegistryError::Relay {
-                    relay: quoted(&registered.relay.id),
-                    problem,
-                },
-            };
-            if let Some(other) = self.by_hash.get(&hash) {
-                return Err(error(format!(
-                    "key {hash:?} is also listed for {}",
-                    other.describe()
-                )));
-            }
-            self.by_hash.insert(hash, holder);
+            self.hold(hash, holder)?;
         }
         Ok(())
     }
@@ -351,128 +290,6 @@ impl fmt::Debug for Registry {
             .field("relays", &self.relays.len())
             .field("keys", &self.by_hash.len())
             .finish()
-    }
-}
-
-/// 1..=128 characters of `[A-Za-z0-9._:-]`. Ids end up in logs and tables,
-/// so one that contains a key (`lgk_`) is refused. Relay ids follow the same rules.
-pub fn is_valid_device_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && !looks_like_key(id)
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-struct Entry {
-    keys: Vec<KeyHash>,
-    disabled: bool,
-    rate_per_sec: Option<NonZeroU32>,
-    burst: Option<NonZeroU32>,
-}
-
-/// A device's or a relay's entry: its id checked, its fields.
-fn checked_entry(id: &str, entry: Value) -> Result<Map<String, Value>, String> {
-    if !is_valid_device_id(id) {
-        return Err(
-            "invalid id: use 1 to 128 characters of A-Z a-z 0-9 . _ : - (not a key)".into(),
-        );
-    }
-    match entry {
-        Value::Object(fields) => Ok(fields),
-        _ => Err("entry must be an object".into()),
-    }
-}
-
-fn parse_entry(mut fields: Map<String, Value>) -> Result<Entry, String> {
-    let keys = parse_keys(&mut fields)?;
-    let disabled = parse_disabled(&mut fields)?;
-    let rate_per_sec = positive(&mut fields, "rate_per_sec")?;
-    let burst = positive(&mut fields, "burst")?;
-    if let Some(field) = fields.keys().next() {
-        return Err(format!("unknown field {}", quoted(field)));
-    }
-    Ok(Entry {
-        keys,
-        disabled,
-        rate_per_sec,
-        burst,
-    })
-}
-
-/// `{"keys": [...], "devices": ["pump-7", "line-3-*"], "disabled": false}`.
-fn parse_relay_entry(
-    id: Arc<str>,
-    mut fields: Map<String, Value>,
-) -> Result<(Vec<KeyHash>, RegisteredRelay), String> {
-    let keys = parse_keys(&mut fields)?;
-    let disabled = parse_disabled(&mut fields)?;
-    let Some(Value::Array(devices)) = fields.remove("devices") else {
-        return Err(
-            "\"devices\" must be an array of device ids and prefixes ending in \"*\"".into(),
-        );
-    };
-    let patterns = devices
-        .iter()
-        .enumerate()
-        .map(|(index, pattern)| match pattern {
-            Value::String(text) => parse_pattern(text)
-                .map_err(|bad| format!("device pattern #{index} {}: {bad}", quoted(text))),
-            _ => Err(format!("device pattern #{index} is not a string")),
-        })
-        .collect::<Result<_, _>>()?;
-    if let Some(field) = fields.keys().next() {
-        return Err(format!("unknown field {}", quoted(field)));
-    }
-    let relay = Relay::new(id, patterns);
-    Ok((keys, RegisteredRelay { relay, disabled }))
-}
-
-fn parse_keys(fields: &mut Map<String, Value>) -> Result<Vec<KeyHash>, String> {
-    let Some(Value::Array(keys)) = fields.remove("keys") else {
-        return Err("\"keys\" must be an array of \"sha256:<hex>\" strings".into());
-    };
-    keys.iter()
-        .enumerate()
-        .map(|(index, key)| match key {
-            Value::String(key) => key.parse().map_err(|bad| format!("key #{index} {bad}")),
-            _ => Err(format!("key #{index} is not a string")),
-        })
-        .collect()
-}
-
-fn parse_disabled(fields: &mut Map<String, Value>) -> Result<bool, String> {
-    match fields.remove("disabled") {
-        None => Ok(false),
-        Some(Value::Bool(disabled)) => Ok(disabled),
-        Some(_) => Err("\"disabled\" must be true or false".into()),
-    }
-}
-
-fn positive(fields: &mut Map<String, Value>, name: &str) -> Result<Option<NonZeroU32>, String> {
-    fields
-        .remove(name)
-        .map(|value| {
-            value
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .and_then(NonZeroU32::new)
-                .ok_or_else(|| format!("{name:?} must be an integer from 1 to {}", u32::MAX))
-        })
-        .transpose()
-}
-
-fn invalid(problem: &str) -> RegistryError {
-    RegistryError::Invalid(problem.to_owned())
-}
-
-/// Quotes a name from the registry for an error message, unless it looks like
-/// a key pasted in the wrong place.
-fn quoted(name: &str) -> String {
-    if looks_like_key(name) {
-        "(a name that looks like a device key)".to_owned()
-    } else {
-        format!("{name:?}")
     }
 }
 
@@ -513,10 +330,10 @@ mod tests {
     #[test]
     fn rejects_bad_json_and_shapes() {
         assert!(error("{").starts_with("device registry is not valid JSON: EOF"));
-        assert!(error("[]").contains("must be an object"));
-        assert!(error("{}").contains("missing \"devices\""));
-        assert!(error(r#"{"devices": {}, "extra": 1}"#).contains("unknown field \"extra\""));
-        assert!(error(r#"{"devices": []}"#).contains("\"devices\" must be an object"));
+        assert!(error("[]").contains("expected an object {\"devices\": {...}}"));
+        assert!(error("{}").contains("missing field `devices`"));
+        assert!(error(r#"{"devices": {}, "extra": 1}"#).contains("unknown field `extra`"));
+        assert!(error(r#"{"devices": []}"#).contains("expected an object of device id to entry"));
     }
 
     #[test]
@@ -525,31 +342,31 @@ mod tests {
         let cases = [
             (
                 r#""a": {"keys": ["sha256:00"]}"#.to_owned(),
-                "device \"a\": key #0 is not",
+                "device \"a\": key #0: is not \"sha256:<64",
             ),
             (
                 format!(r#""a": {{"keys": ["{hash}", 7]}}"#),
-                "device \"a\": key #1 is not a string",
+                "device \"a\": key #1: invalid type: integer `7`, expected a key hash",
             ),
             (
                 r#""a": {}"#.to_owned(),
-                "device \"a\": \"keys\" must be an array",
+                "device \"a\": missing field `keys`",
             ),
             (
                 r#""a": {"keys": [], "color": 1}"#.to_owned(),
-                "device \"a\": unknown field \"color\"",
+                "device \"a\": unknown field `color`, expected one of",
             ),
             (
                 r#""a": {"keys": [], "burst": 0}"#.to_owned(),
-                "device \"a\": \"burst\" must be an integer",
+                "device \"a\": \"burst\": invalid value: integer `0`",
             ),
             (
                 r#""a": {"keys": [], "disabled": 1}"#.to_owned(),
-                "device \"a\": \"disabled\" must be",
+                "device \"a\": \"disabled\": invalid type: integer `1`, expected a boolean",
             ),
             (
                 r#""a": 1"#.to_owned(),
-                "device \"a\": entry must be an object",
+                "device \"a\": invalid type: integer `1`, expected an entry object",
             ),
             (
                 r#""a b": {"keys": []}"#.to_owned(),
@@ -573,23 +390,115 @@ mod tests {
 
     #[test]
     fn errors_never_echo_a_key() {
-        let new = generate_key();
-        let key = secrecy::ExposeSecret::expose_secret(&new.key);
-        for json in [
-            format!(r#"{{"devices": {{"a": {{"keys": ["{key}"]}}}}}}"#),
-            format!(r#"{{"devices": {{"{key}": {{"keys": []}}}}}}"#),
-            format!(r#"{{"devices": {{"a": {{"keys": [], "{key}": 1}}}}}}"#),
-            format!(r#"{{"devices": "{key}"}}"#),
-            format!(r#""{key}""#),
-            key.to_owned(),
+        use super::super::keys::{KeyKind, generate_key_of};
+        let keys = [
+            generate_key(),
+            generate_key_of(KeyKind::Device),
+            generate_key_of(KeyKind::Relay),
+            generate_key_of(KeyKind::Reader),
+        ];
+        for new in &keys {
+            let key = secrecy::ExposeSecret::expose_secret(&new.key);
+            let hash = hash_key("k");
+            for json in [
+                format!(r#"{{"devices": {{"a": {{"keys": ["{key}"]}}}}}}"#),
+                format!(r#"{{"devices": {{"a": {{"keys": ["{hash}", "{key}"]}}}}}}"#),
+                format!(r#"{{"devices": {{"a": {{"keys": "{key}"}}}}}}"#),
+                format!(r#"{{"devices": {{"{key}": {{"keys": []}}}}}}"#),
+                format!(r#"{{"devices": {{"a": {{"keys": [], "{key}": 1}}}}}}"#),
+                format!(r#"{{"devices": {{"a": {{"keys": [], "disabled": "{key}"}}}}}}"#),
+                format!(r#"{{"devices": {{"a": {{"keys": [], "rate_per_sec": "{key}"}}}}}}"#),
+                format!(r#"{{"devices": {{"a": {{"keys": [], "burst": "{key}"}}}}}}"#),
+                format!(r#"{{"devices": {{"a": "{key}"}}}}"#),
+                format!(r#"{{"devices": {{"a": ["x{key}y"]}}}}"#),
+                format!(r#"{{"devices": "{key}"}}"#),
+                format!(r#"{{"devices": {{}}, "{key}": {{}}}}"#),
+                format!(r#"{{"devices": {{}}, "relays": "{key}"}}"#),
+                format!(r#""{key}""#),
+                format!(r#"["{key}"]"#),
+                key.to_owned(),
+            ] {
+                let message = error(&json);
+                assert!(!message.contains(&key[4..12]), "{message}");
+            }
+            assert!(
+                error(&format!(r#"{{"devices": {{"a": {{"keys": ["{key}"]}}}}}}"#))
+                    .contains("device \"a\": key #0: is a key, not its hash")
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let relay = r#""s": {"keys": [], "devices": ["a"]"#;
+        for (json, expected) in [
+            (
+                r#"{"devices": {}, "readers": {}}"#.to_owned(),
+                "unknown field `readers`, expected `devices` or `relays`",
+            ),
+            (
+                r#"{"devices": {"a": {"keys": [], "rate": 5}}}"#.to_owned(),
+                "device \"a\": unknown field `rate`",
+            ),
+            (
+                format!(r#"{{"devices": {{}}, "relays": {{{relay}, "burst": 1}}}}}}"#),
+                "relay \"s\": unknown field `burst`",
+            ),
         ] {
             let message = error(&json);
-            assert!(!message.contains(&key[4..12]), "{message}");
+            assert!(message.contains(expected), "{message} !~ {expected}");
         }
-        assert!(
-            error(&format!(r#"{{"devices": {{"a": {{"keys": ["{key}"]}}}}}}"#))
-                .contains("is a key, not its hash")
+    }
+
+    /// Every shape today's writers produce (`lakegate keys` pretty-printed, with fields
+    /// in any order; local mode; hand-written with `"relays": {}` and `"disabled": false`)
+    /// loads, and reads back as the same document.
+    #[test]
+    fn registries_written_before_still_load() {
+        let (a, b, r) = (hash_key("a"), hash_key("b"), hash_key("r"));
+        let written = format!(
+            r#"{{
+  "devices": {{
+    "pump-7": {{
+      "burst": 10,
+      "keys": ["{a}", "{b}"],
+      "rate_per_sec": 5
+    }},
+    "pump-8": {{"disabled": true, "keys": []}},
+    "pump-9": {{"keys": [], "disabled": false}}
+  }},
+  "relays": {{
+    "site-a": {{"devices": ["pump-7", "line-3-*"], "disabled": true, "keys": ["{r}"]}}
+  }}
+}}"#
         );
+        let registry = registry(&written).unwrap();
+        assert_eq!((registry.device_count(), registry.relay_count()), (3, 1));
+        let Ok(Sender::Device(device)) = registry.authenticate("b") else {
+            panic!("pump-7's second key");
+        };
+        assert_eq!(
+            (&*device.id, device.rate_per_sec, device.burst),
+            ("pump-7", NonZeroU32::new(5), NonZeroU32::new(10))
+        );
+        assert!(matches!(registry.relayed("pump-8"), Relayed::Disabled));
+        assert!(matches!(registry.relayed("pump-9"), Relayed::Enabled(_)));
+        assert!(matches!(
+            registry.authenticate("r"),
+            Err(AuthFailure::RelayDisabled { .. })
+        ));
+        for empty in [r#"{"devices": {}}"#, r#"{"devices": {}, "relays": {}}"#] {
+            assert_eq!(registry_of(empty).device_count(), 0);
+        }
+
+        // Read and written again, the same entries.
+        let document = RegistryDocument::parse(written.as_bytes()).unwrap();
+        let again = RegistryDocument::parse(document.to_pretty_json().as_bytes()).unwrap();
+        assert_eq!(again, document);
+    }
+
+    fn registry_of(json: &str) -> Registry {
+        registry(json).unwrap()
     }
 
     #[test]
@@ -703,54 +612,57 @@ mod tests {
     fn relay_entries_are_checked_like_devices() {
         let hash = hash_key("k");
         let cases = [
-            (r#""relays": []"#.to_owned(), "\"relays\" must be an object"),
+            (
+                r#""relays": []"#.to_owned(),
+                "expected an object of relay id to entry",
+            ),
             (
                 r#""relays": {"a b": {"keys": [], "devices": []}}"#.to_owned(),
                 "relay \"a b\": invalid id",
             ),
             (
                 r#""relays": {"s": 1}"#.to_owned(),
-                "relay \"s\": entry must be an object",
+                "relay \"s\": invalid type: integer `1`, expected an entry object",
             ),
             (
                 r#""relays": {"s": {"devices": []}}"#.to_owned(),
-                "relay \"s\": \"keys\" must be an array",
+                "relay \"s\": missing field `keys`",
             ),
             (
                 r#""relays": {"s": {"keys": []}}"#.to_owned(),
-                "relay \"s\": \"devices\" must be an array",
+                "relay \"s\": missing field `devices`",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": "pump-7"}}"#.to_owned(),
-                "relay \"s\": \"devices\" must be an array",
+                "relay \"s\": invalid type: string \"pump-7\", expected an array of device patterns",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": [], "rate_per_sec": 5}}"#.to_owned(),
-                "relay \"s\": unknown field \"rate_per_sec\"",
+                "relay \"s\": unknown field `rate_per_sec`",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": [], "disabled": "no"}}"#.to_owned(),
-                "relay \"s\": \"disabled\" must be",
+                "relay \"s\": \"disabled\": invalid type: string \"no\"",
             ),
             (
                 r#""relays": {"s": {"keys": ["sha256:00"], "devices": []}}"#.to_owned(),
-                "relay \"s\": key #0 is not",
+                "relay \"s\": key #0: is not",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": ["ok", 7]}}"#.to_owned(),
-                "relay \"s\": device pattern #1 is not a string",
+                "relay \"s\": device pattern #1: invalid type: integer `7`",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": ["*"]}}"#.to_owned(),
-                "relay \"s\": device pattern #0 \"*\": is \"*\" alone",
+                "relay \"s\": device pattern #0: \"*\" is \"*\" alone",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": ["line-*-a"]}}"#.to_owned(),
-                "device pattern #0 \"line-*-a\": may hold one \"*\", only at its end",
+                "device pattern #0: \"line-*-a\" may hold one \"*\", only at its end",
             ),
             (
                 r#""relays": {"s": {"keys": [], "devices": ["pump 7"]}}"#.to_owned(),
-                "device pattern #0 \"pump 7\": is not a device id",
+                "device pattern #0: \"pump 7\" is not a device id",
             ),
             // A key belongs to one device or one relay.
             (
@@ -796,6 +708,9 @@ mod tests {
             format!(r#"{{"s": {{"keys": [], "devices": ["{key}"]}}}}"#),
             format!(r#"{{"s": {{"keys": [], "devices": ["{key}*"]}}}}"#),
             format!(r#"{{"s": {{"keys": [], "devices": [], "{key}": 1}}}}"#),
+            format!(r#"{{"s": {{"keys": [], "devices": [], "disabled": "{key}"}}}}"#),
+            format!(r#"{{"s": {{"keys": [], "devices": "{key}"}}}}"#),
+            format!(r#"{{"s": "{key}"}}"#),
             format!(r#""{key}""#),
         ] {
             let message = error(&format!(r#"{{"devices": {{}}, "relays": {relays}}}"#));

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::ids::{is_valid_device_id, quoted};
 use super::keys::looks_like_key;
-use super::registry::is_valid_device_id;
 
 /// An authenticated relay and the devices it may speak for.
 #[derive(Clone)]
@@ -25,7 +25,7 @@ impl Relay {
 
     /// The relay's patterns as an operator writes them (`pump-7`, `line-3-*`).
     pub fn patterns(&self) -> Vec<String> {
-        self.patterns.iter().map(|p| format!("{p:?}")).collect()
+        self.patterns.iter().map(ToString::to_string).collect()
     }
 
     /// Whether one of the relay's patterns names `device_id`.
@@ -63,7 +63,8 @@ impl DevicePattern {
     }
 }
 
-impl fmt::Debug for DevicePattern {
+/// As an operator writes it: `pump-7`, `line-3-*`.
+impl fmt::Display for DevicePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DevicePattern::Exact(id) => write!(f, "{id}"),
@@ -72,10 +73,39 @@ impl fmt::Debug for DevicePattern {
     }
 }
 
+impl fmt::Debug for DevicePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for DevicePattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Checked as [`parse_pattern`] checks it; a pattern that looks like a key is not echoed.
+impl<'de> serde::Deserialize<'de> for DevicePattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DevicePattern, D::Error> {
+        struct PatternText;
+        impl serde::de::Visitor<'_> for PatternText {
+            type Value = DevicePattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a device id, or a prefix of one ending in \"*\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<DevicePattern, E> {
+                parse_pattern(text).map_err(|bad| E::custom(format!("{} {bad}", quoted(text))))
+            }
+        }
+        d.deserialize_str(PatternText)
+    }
+}
+
 /// Why a string is not a device pattern; never echoes the string, which may be a
 /// key pasted in the wrong place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BadPattern {
+pub(crate) enum BadPattern {
     LooksLikeKey,
     /// `*` alone: a relay speaks for named devices, never for the whole fleet.
     Everything,
@@ -117,11 +147,6 @@ pub(crate) fn parse_pattern(text: &str) -> Result<DevicePattern, BadPattern> {
         None if is_valid_device_id(text) => Ok(DevicePattern::Exact(text.into())),
         None => Err(BadPattern::NotAnId),
     }
-}
-
-/// Checks a pattern as the registry will parse it (for `lakegate keys`).
-pub fn check_pattern(text: &str) -> Result<(), BadPattern> {
-    parse_pattern(text).map(drop)
 }
 
 #[cfg(test)]

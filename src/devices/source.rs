@@ -11,7 +11,8 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use super::registry::{Contents, Registry, RegistryError};
+use super::error::RegistryError;
+use super::registry::{Contents, Registry};
 use super::shards::is_part;
 use crate::databricks::Secrets;
 

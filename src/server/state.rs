@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::readiness::ReadinessCache;
 use crate::config::GatewayConfig;
 use crate::databricks;
-use crate::devices::DeviceKeys;
+use crate::devices::LiveRegistry;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::query::ReadGate;
@@ -31,7 +31,7 @@ pub enum Backend {
 pub struct App {
     pub config: GatewayConfig,
     pub backend: Backend,
-    pub keys: DeviceKeys,
+    pub keys: LiveRegistry,
     pub rate_limits: RateLimits,
     /// Bytes of request bodies being read and parsed, in all and per sender.
     pub(crate) uploads: UploadBudget,
@@ -49,7 +49,7 @@ impl AppState {
     pub fn new(
         config: GatewayConfig,
         backend: Backend,
-        keys: DeviceKeys,
+        keys: LiveRegistry,
         queue: IngestQueue,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -1,4 +1,5 @@
-//! `lakegate keys add|rotate|revoke-old|revoke|disable|enable|list` against the
+//! `lakegate keys device|relay add|rotate|revoke-old|revoke|disable|enable` and
+//! `keys list` (and the old spellings, `keys add`, `keys add-relay`, ...) against the
 //! registry where it lives (a file a running gateway reloads, a Databricks secret),
 //! run as the real binary, also many at once.
 
@@ -171,27 +172,32 @@ async fn a_running_gateway_follows_the_key_commands() {
     let mut gateway = Harness::start().await;
     let file = gateway.registry_file.clone();
     let key = change(
-        &["keys", "add", "field-9", "--rate", "5", "--burst", "10"],
+        &[
+            "keys", "device", "add", "field-9", "--rate", "5", "--burst", "10",
+        ],
         &file,
     )
     .expect("a new key");
     reload().await;
     assert_eq!(ingest(&gateway, &key, "f-1").await.0, 200);
 
-    let next = change(&["keys", "rotate", "field-9"], &file).expect("a second key");
+    let next = change(&["keys", "device", "rotate", "field-9"], &file).expect("a second key");
     reload().await;
     assert_eq!(ingest(&gateway, &key, "f-2").await.0, 200);
     assert_eq!(ingest(&gateway, &next, "f-3").await.0, 200);
 
-    assert_eq!(change(&["keys", "revoke-old", "field-9"], &file), None);
+    assert_eq!(
+        change(&["keys", "device", "revoke-old", "field-9"], &file),
+        None
+    );
     reload().await;
     assert_eq!(ingest(&gateway, &key, "f-4").await.0, 401);
     assert_eq!(ingest(&gateway, &next, "f-5").await.0, 200);
 
-    change(&["keys", "disable", "field-9"], &file);
+    change(&["keys", "device", "disable", "field-9"], &file);
     reload().await;
     assert_eq!(ingest(&gateway, &next, "f-6").await.0, 403);
-    change(&["keys", "enable", "field-9"], &file);
+    change(&["keys", "device", "enable", "field-9"], &file);
     reload().await;
     assert_eq!(ingest(&gateway, &next, "f-7").await.0, 200);
 
@@ -207,7 +213,7 @@ async fn a_running_gateway_follows_the_key_commands() {
         "{listed}"
     );
 
-    change(&["keys", "revoke", "field-9"], &file);
+    change(&["keys", "device", "revoke", "field-9"], &file);
     reload().await;
     assert_eq!(ingest(&gateway, &next, "f-8").await.0, 401);
     // The devices that were there all along still work.
@@ -218,6 +224,7 @@ async fn a_running_gateway_follows_the_key_commands() {
     let refused = lakegate(
         &[
             "keys",
+            "device",
             "rotate",
             "no-such-device",
             "--file",
@@ -439,8 +446,22 @@ async fn a_device_in_a_full_base_secret_can_still_be_disabled_and_rotated() {
     emulator.shutdown().await;
 }
 
-/// Every `keys` command that touches a registry, with its other arguments.
+/// Every `keys` command that touches a registry, with its other arguments: in the
+/// spellings the help shows, then in the old ones, which still work.
 const REGISTRY_COMMANDS: &[&[&str]] = &[
+    &["device", "add", "pump-3"],
+    &["device", "rotate", "pump-3"],
+    &["device", "revoke-old", "pump-3"],
+    &["device", "revoke", "pump-3"],
+    &["device", "disable", "pump-3"],
+    &["device", "enable", "pump-3"],
+    &["relay", "add", "site-a", "--devices", "pump-3"],
+    &["relay", "rotate", "site-a"],
+    &["relay", "revoke-old", "site-a"],
+    &["relay", "revoke", "site-a"],
+    &["relay", "disable", "site-a"],
+    &["relay", "enable", "site-a"],
+    &["relay", "devices", "site-a", "--devices", "pump-3"],
     &["add", "pump-3"],
     &["rotate", "pump-3"],
     &["revoke-old", "pump-3"],
@@ -512,13 +533,97 @@ fn every_keys_command_refuses_wrong_registry_options_with_status_2() {
     assert_eq!(std::fs::read_to_string(file).unwrap(), r#"{"devices": {}}"#);
 }
 
+/// The help shows `keys device ...` and `keys relay ...`, each id described; the old
+/// spellings are not shown, and each does what its new spelling does.
+#[test]
+fn the_keys_help_shows_the_new_spellings_and_the_old_ones_still_work() {
+    let help = |args: &[&str]| {
+        let output = lakegate(&[&["keys"][..], args, &["--help"]].concat(), &[]);
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let top = help(&[]);
+    for shown in ["device", "relay", "list", "new", "new-reader"] {
+        assert!(top.contains(&format!("\n  {shown} ")), "{shown}: {top}");
+    }
+    for hidden in [
+        "add",
+        "add-relay",
+        "rotate-relay",
+        "relay-devices",
+        "revoke",
+    ] {
+        assert!(!top.contains(&format!("\n  {hidden} ")), "{hidden}: {top}");
+    }
+    let device = help(&["device"]);
+    for action in ["add", "rotate", "revoke-old", "revoke", "disable", "enable"] {
+        assert!(
+            device.contains(&format!("\n  {action} ")),
+            "{action}: {device}"
+        );
+    }
+    assert!(help(&["relay"]).contains("\n  devices "));
+    for (args, id) in [
+        (
+            &["device", "add"][..],
+            "<DEVICE_ID>  The device's id (1-128 of",
+        ),
+        (&["add"][..], "<DEVICE_ID>  The device's id (1-128 of"),
+        (
+            &["relay", "rotate"][..],
+            "<RELAY_ID>  The relay's id (1-128 of",
+        ),
+        (
+            &["rotate-relay"][..],
+            "<RELAY_ID>  The relay's id (1-128 of",
+        ),
+    ] {
+        let text = help(args);
+        assert!(text.contains(id), "{args:?}: {text}");
+    }
+
+    // An old spelling and its new one make the same change.
+    let dir = temp_dir();
+    let file = dir.path().join("devices.json");
+    let file = file.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let output = lakegate(&[&["keys"][..], args, &["--file", file]].concat(), &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    run(&["add", "pump-1"]);
+    run(&["device", "add", "pump-2"]);
+    run(&["add-relay", "site-a", "--devices", "pump-1"]);
+    run(&["relay", "add", "site-b", "--devices", "pump-2"]);
+    assert!(run(&["disable-relay", "site-a"]).contains("disabled relay \"site-a\""));
+    assert!(run(&["relay", "disable", "site-b"]).contains("disabled relay \"site-b\""));
+    run(&["relay-devices", "site-a", "--devices", "pump-3"]);
+    run(&["relay", "devices", "site-b", "--devices", "pump-3"]);
+    assert!(run(&["disable", "pump-1"]).contains("disabled device \"pump-1\""));
+    run(&["device", "disable", "pump-2"]);
+    let listed = lakegate(&["keys", "list", "--file", file], &[]);
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap(),
+        "device\tkeys\tdisabled\trate_per_sec\tburst\n\
+         pump-1\t1\ttrue\tdefault\tdefault\n\
+         pump-2\t1\ttrue\tdefault\tdefault\n\
+         \nrelay\tkeys\tdisabled\tdevices\n\
+         site-a\t1\ttrue\tpump-3\n\
+         site-b\t1\ttrue\tpump-3\n"
+    );
+    // `relay` as a device id is still a device id, not the subcommand.
+    run(&["add", "relay"]);
+    run(&["device", "add", "device"]);
+}
+
 #[test]
 fn a_missing_registry_file_is_an_error_except_for_add() {
     let dir = temp_dir();
     let file = dir.path().join("devcies.json");
     let path = file.to_str().unwrap();
     for command in REGISTRY_COMMANDS {
-        if matches!(command[0], "add" | "add-relay") {
+        if matches!(**command, ["add" | "add-relay", ..] | [_, "add", ..]) {
             continue;
         }
         assert_refused(command, &["--file", path], "does not exist");
@@ -529,8 +634,10 @@ fn a_missing_registry_file_is_an_error_except_for_add() {
     for command in [
         &["add", "pump-3"][..],
         &["add-relay", "site-a", "--devices", "pump-3"],
+        &["device", "add", "pump-3"],
+        &["relay", "add", "site-a", "--devices", "pump-3"],
     ] {
-        let file = dir.path().join(format!("{}.json", command[0]));
+        let file = dir.path().join(format!("{}.json", command.join("-")));
         let args = [&["keys"][..], command, &["--file", file.to_str().unwrap()]].concat();
         let output = lakegate(&args, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -522,7 +522,7 @@ async fn a_running_gateway_follows_the_relay_key_commands() {
         ),
         (
             vec!["keys", "add-relay", "site-b", "--devices", "x"],
-            "relay \"site-b\" is already in the registry (use `rotate-relay`",
+            "relay \"site-b\" is already in the registry (use `lakegate keys relay rotate`",
         ),
         (
             vec!["keys", "rotate-relay", "site-z"],
