@@ -25,7 +25,7 @@ use super::ids::{is_valid_device_id, quoted};
 use super::keys::{KeyHash, redact_keys};
 use super::relays::DevicePattern;
 
-/// A whole registry, or one part of a sharded one (see `shards.rs`).
+/// A whole registry, or one shard of a sharded one (see `shards.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "an object {\"devices\": {...}}")]
 pub struct RegistryDocument {

@@ -116,7 +116,7 @@ struct RegisteredRelay {
     disabled: bool,
 }
 
-/// What one part of a sharded registry put into the combined one, to take it out again.
+/// What one shard of a sharded registry put into the combined one, to take it out again.
 #[derive(Debug, Default)]
 pub(crate) struct Contents {
     keys: Vec<KeyHash>,
@@ -223,7 +223,7 @@ impl Registry {
         self.relays.len()
     }
 
-    /// An empty registry, to absorb parts into.
+    /// An empty registry, to absorb shards into.
     pub(crate) fn empty() -> Registry {
         Registry {
             by_hash: HashMap::new(),
@@ -242,34 +242,34 @@ impl Registry {
         }
     }
 
-    /// Takes in the entries of `part` (a shard of a large fleet): a device, a relay or
-    /// a key may be in one part only.
-    pub(crate) fn absorb(&mut self, part: Registry) -> Result<(), RegistryError> {
-        self.by_hash.reserve(part.by_hash.len());
-        self.devices.reserve(part.devices.len());
-        for (id, standing) in part.devices {
+    /// Takes in the entries of `shard` (a shard of a large fleet): a device, a relay or
+    /// a key may be in one shard only.
+    pub(crate) fn absorb(&mut self, shard: Registry) -> Result<(), RegistryError> {
+        self.by_hash.reserve(shard.by_hash.len());
+        self.devices.reserve(shard.devices.len());
+        for (id, standing) in shard.devices {
             if self.devices.insert(id.clone(), standing).is_some() {
                 return Err(RegistryError::Device {
                     device: quoted(&id),
-                    problem: "is listed in two parts of the registry".into(),
+                    problem: "is listed in two shards of the registry".into(),
                 });
             }
         }
-        for id in part.relays {
+        for id in shard.relays {
             if !self.relays.insert(id.clone()) {
                 return Err(RegistryError::Relay {
                     relay: quoted(&id),
-                    problem: "is listed in two parts of the registry".into(),
+                    problem: "is listed in two shards of the registry".into(),
                 });
             }
         }
-        for (hash, holder) in part.by_hash {
+        for (hash, holder) in shard.by_hash {
             self.hold(hash, holder)?;
         }
         Ok(())
     }
 
-    /// Takes out what [`Registry::contents`] listed of a part.
+    /// Takes out what [`Registry::contents`] listed of a shard.
     pub(crate) fn remove(&mut self, contents: &Contents) {
         for hash in &contents.keys {
             self.by_hash.remove(hash);
@@ -720,13 +720,13 @@ mod tests {
 
     #[test]
     fn parts_with_relays_combine_and_come_apart() {
-        let part = |json: String| registry(&json).unwrap();
-        let base = part(format!(
+        let loaded = |json: String| registry(&json).unwrap();
+        let base = loaded(format!(
             r#"{{"devices": {{"a": {{"keys": ["{}"]}}}}, "relays": {{"site-a": {{"keys": ["{}"], "devices": ["b"]}}}}}}"#,
             hash_key("ka"),
             hash_key("ra")
         ));
-        let shard = part(format!(
+        let shard = loaded(format!(
             r#"{{"devices": {{"b": {{"keys": ["{}"]}}}}}}"#,
             hash_key("kb")
         ));
@@ -738,20 +738,20 @@ mod tests {
         assert!(matches!(combined.authenticate("ra"), Ok(Sender::Relay(_))));
         assert!(matches!(combined.relayed("b"), Relayed::Enabled(_)));
 
-        // A relay id in two parts is an error, as a device id is.
+        // A relay id in two shards is an error, as a device id is.
         let mut twice = combined.clone();
-        let again = part(format!(
+        let again = loaded(format!(
             r#"{{"devices": {{}}, "relays": {{"site-a": {{"keys": ["{}"], "devices": []}}}}}}"#,
             hash_key("other")
         ));
         let message = twice.absorb(again).unwrap_err().to_string();
         assert!(
-            message.contains("relay \"site-a\": is listed in two parts"),
+            message.contains("relay \"site-a\": is listed in two shards"),
             "{message}"
         );
-        // So is a key of a relay in one part and of a device in another.
+        // So is a key of a relay in one shard and of a device in another.
         let mut shared = combined.clone();
-        let stolen = part(format!(
+        let stolen = loaded(format!(
             r#"{{"devices": {{"c": {{"keys": ["{}"]}}}}}}"#,
             hash_key("ra")
         ));

@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 /// How many shards a registry may spread over.
 pub(crate) const SHARD_COUNT: u16 = 256;
 
-/// Most bytes a part is planned to hold, below Databricks' 128 KB per secret: a device
-/// is added to a part only while every entry in it could still grow to two keys and
-/// disabled within this budget (see `admin.rs`).
-pub(crate) const PART_BUDGET: usize = 120_000;
+/// Most bytes a shard is planned to hold, below Databricks' 128 KB per secret: a device
+/// is added to a shard only while every entry in it could still grow to two keys and
+/// disabled within this budget (see `store.rs`).
+pub(crate) const SHARD_BUDGET: usize = 120_000;
 
 /// Databricks' limit on one secret's value: the most a change to an entry already in a
-/// part may write.
+/// shard may write.
 pub(crate) const SECRET_LIMIT: usize = 128 * 1024;
 
 /// The secret key of the shard that `device_id` belongs in.
@@ -27,9 +27,9 @@ pub fn shard_key(base: &str, device_id: &str) -> String {
     format!("{base}.{shard:03}")
 }
 
-/// Whether the secret `key` is part of the registry at `base`: the base itself or one
-/// of its shards.
-pub(crate) fn is_part(base: &str, key: &str) -> bool {
+/// Whether the secret `key` is a shard of the registry at `base`: the base itself (the
+/// first shard) or one of its numbered shards.
+pub(crate) fn is_shard(base: &str, key: &str) -> bool {
     match key.strip_prefix(base) {
         Some("") => true,
         Some(rest) => rest
@@ -52,7 +52,7 @@ mod tests {
         let mut used = std::collections::HashSet::new();
         for n in 0..10_000 {
             let key = shard_key("devices", &format!("pump-{n}"));
-            assert!(is_part("devices", &key), "{key}");
+            assert!(is_shard("devices", &key), "{key}");
             used.insert(key);
         }
         assert_eq!(used.len(), usize::from(SHARD_COUNT));
@@ -60,9 +60,9 @@ mod tests {
 
     #[test]
     fn only_the_base_and_its_shards_are_parts() {
-        assert!(is_part("devices", "devices"));
-        assert!(is_part("devices", "devices.000"));
-        assert!(is_part("devices", "devices.255"));
+        assert!(is_shard("devices", "devices"));
+        assert!(is_shard("devices", "devices.000"));
+        assert!(is_shard("devices", "devices.255"));
         for other in [
             "devices.256",
             "devices.1",
@@ -71,7 +71,7 @@ mod tests {
             "other",
             "devices.abc",
         ] {
-            assert!(!is_part("devices", other), "{other}");
+            assert!(!is_shard("devices", other), "{other}");
         }
     }
 }

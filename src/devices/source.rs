@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::error::RegistryError;
 use super::registry::{Contents, Registry};
-use super::shards::is_part;
+use super::shards::is_shard;
 use crate::databricks::Secrets;
 
 #[derive(Debug, Clone)]
@@ -66,8 +66,8 @@ impl KeySource {
     }
 }
 
-/// A registry in Databricks secrets, with the parts it last read: a reload lists the
-/// scope and reads only the parts whose update time changed.
+/// A registry in Databricks secrets, with the shards it last read: a reload lists the
+/// scope and reads only the shards whose update time changed.
 pub struct SecretRegistry {
     scope: String,
     key: String,
@@ -76,20 +76,20 @@ pub struct SecretRegistry {
 
 #[derive(Default)]
 struct Loaded {
-    parts: HashMap<String, Part>,
+    shards: HashMap<String, Shard>,
     combined: Option<Arc<Registry>>,
 }
 
-struct Part {
-    /// The part's `last_updated_timestamp` when it was read.
+struct Shard {
+    /// The shard's `last_updated_timestamp` when it was read.
     updated_ms: i64,
     /// SHA-256 of the bytes read.
     digest: [u8; 32],
     /// Read again since its update time last changed. Update times have millisecond
     /// resolution, so a second write in the millisecond of the first could hide behind
-    /// an unchanged time: every part is read once more after it changes.
+    /// an unchanged time: every shard is read once more after it changes.
     confirmed: bool,
-    /// What the part put into the combined registry, to take out when it changes; the
+    /// What the shard put into the combined registry, to take out when it changes; the
     /// entries themselves live only there.
     contents: Contents,
 }
@@ -109,12 +109,12 @@ impl SecretRegistry {
             .list(&self.scope)
             .await
             .map_err(|source| self.error(&self.key, source))?;
-        let parts: HashMap<String, i64> = listing
+        let shards: HashMap<String, i64> = listing
             .into_iter()
-            .filter(|secret| is_part(&self.key, &secret.key))
+            .filter(|secret| is_shard(&self.key, &secret.key))
             .map(|secret| (secret.key, secret.last_updated_timestamp))
             .collect();
-        if parts.is_empty() {
+        if shards.is_empty() {
             // Neither the base nor a shard: the read says why (missing, no permission).
             secrets
                 .get(&self.scope, &self.key)
@@ -123,30 +123,30 @@ impl SecretRegistry {
         }
         let stale: Vec<String> = {
             let loaded = self.lock();
-            parts
+            shards
                 .iter()
                 .filter(|&(key, &updated_ms)| {
                     loaded
-                        .parts
+                        .shards
                         .get(key)
-                        .is_none_or(|part| part.updated_ms != updated_ms || !part.confirmed)
+                        .is_none_or(|shard| shard.updated_ms != updated_ms || !shard.confirmed)
                 })
                 .map(|(key, _)| key.clone())
                 .collect()
         };
-        let fetched = self.read_parts(secrets, stale).await?;
+        let fetched = self.read_shards(secrets, stale).await?;
 
         let mut loaded = self.lock();
-        let removed: Vec<String> = (loaded.parts.keys())
-            .filter(|key| !parts.contains_key(*key))
+        let removed: Vec<String> = (loaded.shards.keys())
+            .filter(|key| !shards.contains_key(*key))
             .cloned()
             .collect();
         let mut replaced = Vec::new();
         for (key, digest, json) in fetched {
-            let updated_ms = parts[&key];
-            if let Some(part) = loaded.parts.get_mut(&key).filter(|p| p.digest == digest) {
-                part.confirmed = part.updated_ms == updated_ms;
-                part.updated_ms = updated_ms;
+            let updated_ms = shards[&key];
+            if let Some(shard) = loaded.shards.get_mut(&key).filter(|p| p.digest == digest) {
+                shard.confirmed = shard.updated_ms == updated_ms;
+                shard.updated_ms = updated_ms;
                 continue;
             }
             let registry = Registry::parse(json.expose_secret()).map_err(|err| {
@@ -175,8 +175,8 @@ impl SecretRegistry {
         }
     }
 
-    /// The combined registry with the `removed` parts taken out and the `replaced`
-    /// parts put in anew.
+    /// The combined registry with the `removed` shards taken out and the `replaced`
+    /// shards put in anew.
     fn rebuild(
         &self,
         loaded: &mut Loaded,
@@ -186,26 +186,26 @@ impl SecretRegistry {
     ) -> Result<Registry, RegistryError> {
         let gone = removed.iter().chain(replaced.iter().map(|(key, ..)| key));
         for key in gone {
-            if let Some(part) = loaded.parts.remove(key) {
-                combined.remove(&part.contents);
+            if let Some(shard) = loaded.shards.remove(key) {
+                combined.remove(&shard.contents);
             }
         }
         for (key, updated_ms, digest, registry) in replaced {
             let contents = registry.contents();
             combined.absorb(registry)?;
-            let part = Part {
+            let shard = Shard {
                 updated_ms,
                 digest,
                 confirmed: false,
                 contents,
             };
-            loaded.parts.insert(key, part);
+            loaded.shards.insert(key, shard);
         }
         Ok(combined)
     }
 
     /// Reads `keys`, a few at a time: each with the digest of its bytes.
-    async fn read_parts(
+    async fn read_shards(
         &self,
         secrets: &Secrets,
         keys: Vec<String>,
@@ -353,7 +353,7 @@ pub(crate) mod tests {
             .put_string("iot", &shard_b, &entry("b", "kb"))
             .await
             .unwrap();
-        // Not part of the registry: ignored.
+        // Not a shard of the registry: ignored.
         secrets
             .put_string("iot", "registry-old", "not json")
             .await
@@ -391,13 +391,13 @@ pub(crate) mod tests {
         assert_eq!(&**changed.authenticate("kb2").unwrap().id(), "b");
         assert_eq!(&**changed.authenticate("ka").unwrap().id(), "a");
 
-        // A device in two parts is refused; the caller keeps what it had.
+        // A device in two shards is refused; the caller keeps what it had.
         secrets
             .put_string("iot", &shard_b, &entry("a", "kx"))
             .await
             .unwrap();
         let error = source.load(Some(&secrets)).await.unwrap_err();
-        assert!(error.to_string().contains("two parts"), "{error}");
+        assert!(error.to_string().contains("two shards"), "{error}");
         secrets.delete("iot", &shard_b).await.unwrap();
         let healed = source.load(Some(&secrets)).await.unwrap();
         assert_eq!(healed.device_count(), 1);

@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use super::document::RegistryDocument;
 use super::edit::{AdminError, Applied, Effect, EntryKind, KeyChange, apply, apply_keyed, holds};
 use super::keys::NewKey;
-use super::shards::{PART_BUDGET, SECRET_LIMIT, is_part, shard_key};
+use super::shards::{SECRET_LIMIT, SHARD_BUDGET, is_shard, shard_key};
 use crate::databricks::{self, Secrets};
 
 /// Where the registry lives, for `--file` and `--secret`.
@@ -44,11 +44,11 @@ impl fmt::Display for RegistryStore {
     }
 }
 
-/// One part of the registry as read: the file, or one secret.
+/// One shard of the registry as read: the file, or one secret.
 pub struct Snapshot {
     pub document: RegistryDocument,
     /// The secret's key; empty for a file.
-    part: String,
+    shard: String,
 }
 
 /// The pace of a change to a secret (see [`change_registry`]).
@@ -87,48 +87,48 @@ impl RegistryStore {
         else {
             return match self.read_bytes("").await? {
                 None => Err(AdminError::NoRegistry(self.to_string())),
-                bytes => parse_part(&self.name(""), bytes),
+                bytes => parse_shard(&self.name(""), bytes),
             };
         };
         let listing = secrets
             .list(scope)
             .await
             .map_err(|err| AdminError::Store(format!("listing scope {scope}: {err}")))?;
-        let mut parts = listing.iter().filter(|secret| is_part(key, &secret.key));
-        let Some(first) = parts.next() else {
+        let mut shards = listing.iter().filter(|secret| is_shard(key, &secret.key));
+        let Some(first) = shards.next() else {
             return Err(AdminError::NoRegistry(self.to_string()));
         };
         let mut whole = RegistryDocument::default();
-        for secret in std::iter::once(first).chain(parts) {
-            let part = self.read(&secret.key).await?.document;
-            whole.devices.extend(part.devices);
-            whole.relays.extend(part.relays);
+        for secret in std::iter::once(first).chain(shards) {
+            let shard = self.read(&secret.key).await?.document;
+            whole.devices.extend(shard.devices);
+            whole.relays.extend(shard.relays);
         }
         Ok(whole)
     }
 
-    /// Reads one part (`part` is a secret key; ignored for a file); a missing one reads
+    /// Reads one shard (`shard` is a secret key; ignored for a file); a missing one reads
     /// as empty and is created on write.
-    pub async fn read(&self, part: &str) -> Result<Snapshot, AdminError> {
-        let bytes = self.read_bytes(part).await?;
+    pub async fn read(&self, shard: &str) -> Result<Snapshot, AdminError> {
+        let bytes = self.read_bytes(shard).await?;
         Ok(Snapshot {
-            document: parse_part(&self.name(part), bytes)?,
-            part: part.to_owned(),
+            document: parse_shard(&self.name(shard), bytes)?,
+            shard: shard.to_owned(),
         })
     }
 
-    fn name(&self, part: &str) -> String {
+    fn name(&self, shard: &str) -> String {
         match self {
             RegistryStore::File(path) => format!("file {}", path.display()),
-            RegistryStore::Secret { scope, .. } => format!("secret {scope}/{part}"),
+            RegistryStore::Secret { scope, .. } => format!("secret {scope}/{shard}"),
         }
     }
 
-    async fn read_bytes(&self, part: &str) -> Result<Option<Vec<u8>>, AdminError> {
-        let name = self.name(part);
+    async fn read_bytes(&self, shard: &str) -> Result<Option<Vec<u8>>, AdminError> {
+        let name = self.name(shard);
         match self {
             RegistryStore::File(path) => read_file(path),
-            RegistryStore::Secret { secrets, scope, .. } => match secrets.get(scope, part).await {
+            RegistryStore::Secret { secrets, scope, .. } => match secrets.get(scope, shard).await {
                 Ok(bytes) => Ok(Some(bytes.expose_secret().to_vec())),
                 Err(err) if err.error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(None),
                 Err(err) => Err(AdminError::Store(format!("reading {name}: {err}"))),
@@ -137,26 +137,26 @@ impl RegistryStore {
     }
 
     /// Writes one secret whole.
-    async fn put(&self, part: &str, text: &str) -> Result<(), AdminError> {
+    async fn put(&self, shard: &str, text: &str) -> Result<(), AdminError> {
         let RegistryStore::Secret { secrets, scope, .. } = self else {
             unreachable!("files are written by change_file");
         };
-        (secrets.put_string(scope, part, text).await)
-            .map_err(|err| AdminError::Store(format!("writing {}: {err}", self.name(part))))
+        (secrets.put_string(scope, shard, text).await)
+            .map_err(|err| AdminError::Store(format!("writing {}: {err}", self.name(shard))))
     }
 
     /// A change to a registry in secrets, made so that it is known to have stuck when
-    /// this returns. Each attempt reads the parts the change may be made in, makes it in
+    /// this returns. Each attempt reads the shards the change may be made in, makes it in
     /// one (or finds it there already, carried along by another writer), writes that
-    /// part, waits `settle` and reads it back: the change stuck if the part holds
+    /// shard, waits `settle` and reads it back: the change stuck if the shard holds
     /// exactly what was written. Otherwise another operator wrote in between, and the
     /// next attempt starts over from what is there now.
     ///
     /// Why that is enough: for a writer to undo our change after our read-back, it must
-    /// have read the part before our write landed (else it carries our change along)
+    /// have read the shard before our write landed (else it carries our change along)
     /// and written it after the read-back, so its read-to-write time exceeds `settle`,
     /// which exceeds `window`: every writer measures its own and reports when it
-    /// overran. Not caught: a part written back to exactly the bytes we wrote while we
+    /// overran. Not caught: a shard written back to exactly the bytes we wrote while we
     /// wait (only a writer making the very same change from the very same registry
     /// could), and a Secrets API that answers a read with less than the last
     /// acknowledged write.
@@ -166,7 +166,7 @@ impl RegistryStore {
         timing: Timing,
     ) -> Result<Applied, AdminError> {
         let new_key = change.new_key();
-        let (mut effect, mut last_part, mut overran) = (None, None, None);
+        let (mut effect, mut last_shard, mut overran) = (None, None, None);
         let mut collided = false;
         for _ in 0..timing.attempts {
             if collided {
@@ -175,21 +175,21 @@ impl RegistryStore {
                 tokio::time::sleep(spread).await;
             }
             let started = Instant::now();
-            let (part, document) =
-                (self.plan(change, new_key.as_ref(), &mut effect, last_part.as_deref())).await?;
+            let (shard, document) =
+                (self.plan(change, new_key.as_ref(), &mut effect, last_shard.as_deref())).await?;
             if started.elapsed() > timing.window / 2 {
-                // Too slow a read to write over: the part may have changed since.
+                // Too slow a read to write over: the shard may have changed since.
                 collided = false;
                 continue;
             }
             let text = document.to_json();
-            self.put(&part, &text).await?;
+            self.put(&shard, &text).await?;
             let took = started.elapsed();
             if took > timing.window {
                 overran = overran.max(Some(took));
             }
             tokio::time::sleep(timing.settle).await;
-            if self.read_bytes(&part).await?.as_deref() == Some(text.as_bytes()) {
+            if self.read_bytes(&shard).await?.as_deref() == Some(text.as_bytes()) {
                 return Ok(Applied {
                     new_key,
                     overran,
@@ -197,21 +197,21 @@ impl RegistryStore {
                 });
             }
             collided = true;
-            last_part = Some(part);
+            last_shard = Some(shard);
         }
         Err(AdminError::Conflict(timing.attempts))
     }
 
-    /// The part to write and what to write there: the part holding the entry, changed;
+    /// The shard to write and what to write there: the shard holding the entry, changed;
     /// for a new device the base while it has room, else the device's shard. Relays
     /// live in the base: they are few. `effect` is the change as made by an earlier
-    /// attempt in `last_part`: where it shows already, the part is written as it is.
+    /// attempt in `last_shard`: where it shows already, the shard is written as it is.
     async fn plan(
         &self,
         change: &KeyChange,
         key: Option<&NewKey>,
         effect: &mut Option<Effect>,
-        last_part: Option<&str>,
+        last_shard: Option<&str>,
     ) -> Result<(String, RegistryDocument), AdminError> {
         let RegistryStore::Secret { key: base, .. } = self else {
             unreachable!("files are changed by change_file");
@@ -225,35 +225,35 @@ impl RegistryStore {
             }
         };
         let (base, shard) = tokio::try_join!(self.read(base), read_shard)?;
-        let parts: Vec<Snapshot> = std::iter::once(base).chain(shard).collect();
-        let holding: Vec<&Snapshot> = parts
+        let shards: Vec<Snapshot> = std::iter::once(base).chain(shard).collect();
+        let holding: Vec<&Snapshot> = shards
             .iter()
-            .filter(|part| holds(&part.document, subject))
+            .filter(|shard| holds(&shard.document, subject))
             .collect();
         let home = match holding[..] {
             [one, other] => {
                 return Err(AdminError::Invalid(format!(
                     "{subject} is in both {} and {}",
-                    self.name(&one.part),
-                    self.name(&other.part)
+                    self.name(&one.shard),
+                    self.name(&other.shard)
                 )));
             }
-            [part] => Some(part),
-            // Removed by an earlier attempt: that part is written again, as it is.
-            _ => (parts.iter())
-                .filter(|part| Some(part.part.as_str()) == last_part)
-                .find(|part| {
+            [shard] => Some(shard),
+            // Removed by an earlier attempt: that shard is written again, as it is.
+            _ => (shards.iter())
+                .filter(|shard| Some(shard.shard.as_str()) == last_shard)
+                .find(|shard| {
                     effect
                         .as_ref()
-                        .is_some_and(|e| e.shown_in(&part.document, subject))
+                        .is_some_and(|e| e.shown_in(&shard.document, subject))
                 }),
         };
-        if let Some(part) = home {
-            return self.make_in(part, change, key, effect);
+        if let Some(shard) = home {
+            return self.make_in(shard, change, key, effect);
         }
-        if let Some((last, others)) = parts.split_last().filter(|_| change.adds()) {
-            for part in others {
-                match self.make_in(part, change, key, effect) {
+        if let Some((last, others)) = shards.split_last().filter(|_| change.adds()) {
+            for shard in others {
+                match self.make_in(shard, change, key, effect) {
                     Err(AdminError::Full(_)) => continue,
                     made => return made,
                 }
@@ -261,42 +261,42 @@ impl RegistryStore {
             return self.make_in(last, change, key, effect);
         }
         // Refused as the base refuses it (not in the registry).
-        self.make_in(&parts[0], change, key, effect)
+        self.make_in(&shards[0], change, key, effect)
     }
 
-    /// `part` with the change made in it, if it fits (see [`has_room`]).
+    /// `shard` with the change made in it, if it fits (see [`has_room`]).
     fn make_in(
         &self,
-        part: &Snapshot,
+        shard: &Snapshot,
         change: &KeyChange,
         key: Option<&NewKey>,
         effect: &mut Option<Effect>,
     ) -> Result<(String, RegistryDocument), AdminError> {
-        let mut document = part.document.clone();
+        let mut document = shard.document.clone();
         let shown = (effect.as_ref()).is_some_and(|e| e.shown_in(&document, &change.subject));
         if !shown {
             *effect = Some(apply_keyed(&mut document, change, key)?);
         }
         if !has_room(&document, !shown && change.adds()) {
-            return Err(AdminError::Full(self.name(&part.part)));
+            return Err(AdminError::Full(self.name(&shard.shard)));
         }
-        Ok((part.part.clone(), document))
+        Ok((shard.shard.clone(), document))
     }
 }
 
-/// Whether a part may be written as `document`. A new entry only while every entry in
-/// the part could still get its second key and be disabled within [`PART_BUDGET`], so
+/// Whether a shard may be written as `document`. A new entry only while every entry in
+/// the shard could still get its second key and be disabled within [`SHARD_BUDGET`], so
 /// that a change to an entry already there always fits; other changes up to
-/// Databricks' limit, which leaves room in parts filled before this rule.
+/// Databricks' limit, which leaves room in shards filled before this rule.
 fn has_room(document: &RegistryDocument, adds_entry: bool) -> bool {
     let size = document.to_json().len();
     match adds_entry {
-        true => size.saturating_add(growth(document)) <= PART_BUDGET,
+        true => size.saturating_add(growth(document)) <= SHARD_BUDGET,
         false => size <= SECRET_LIMIT,
     }
 }
 
-/// Bytes the entries of a part may still grow by: each to two keys, and disabled.
+/// Bytes the entries of a shard may still grow by: each to two keys, and disabled.
 fn growth(document: &RegistryDocument) -> usize {
     const KEY: usize = r#","sha256:""#.len() + 64;
     const DISABLED: usize = r#","disabled":true"#.len();
@@ -310,8 +310,8 @@ fn growth(document: &RegistryDocument) -> usize {
         .sum()
 }
 
-/// A part as read; a missing one is empty.
-fn parse_part(name: &str, bytes: Option<Vec<u8>>) -> Result<RegistryDocument, AdminError> {
+/// A shard as read; a missing one is empty.
+fn parse_shard(name: &str, bytes: Option<Vec<u8>>) -> Result<RegistryDocument, AdminError> {
     match bytes {
         None => Ok(RegistryDocument::default()),
         Some(bytes) => RegistryDocument::parse(&bytes)
@@ -356,7 +356,7 @@ fn change_file(path: &Path, change: &KeyChange) -> Result<Applied, AdminError> {
     if created && !change.adds() {
         return Err(missing());
     }
-    let mut document = parse_part(&name, bytes)?;
+    let mut document = parse_shard(&name, bytes)?;
     let applied = Applied {
         created,
         ..apply(&mut document, change)?
@@ -525,9 +525,9 @@ mod tests {
         KeyChange::new(Subject::relay(id), action)
     }
 
-    /// Whether `part` holds the device `id`.
-    fn in_part(part: &Snapshot, id: &str) -> bool {
-        holds(&part.document, &Subject::device(id))
+    /// Whether `shard` holds the device `id`.
+    fn in_shard(shard: &Snapshot, id: &str) -> bool {
+        holds(&shard.document, &Subject::device(id))
     }
 
     #[tokio::test]
@@ -541,14 +541,14 @@ mod tests {
             change_timed(&store, &add_change(&next), ALONE)
                 .await
                 .unwrap();
-            if !in_part(&store.read("devices").await.unwrap(), &next) {
+            if !in_shard(&store.read("devices").await.unwrap(), &next) {
                 break next;
             }
             in_base.push(next);
             assert!(in_base.len() < 2_000, "the base never fills");
         };
         let shard = store.read(&shard_key("devices", &spilled)).await.unwrap();
-        assert!(in_part(&shard, &spilled));
+        assert!(in_shard(&shard, &spilled));
 
         // The earliest device gets a second key and is disabled, in the base.
         for change in [
@@ -565,7 +565,7 @@ mod tests {
             apply(&mut base, &change_of(device, Action::Disable)).unwrap();
         }
         assert_eq!(base.devices.len(), in_base.len());
-        assert!(base.to_json().len() <= PART_BUDGET);
+        assert!(base.to_json().len() <= SHARD_BUDGET);
         emulator.shutdown().await;
     }
 
@@ -578,7 +578,7 @@ mod tests {
         let first = change_registry(&store, &add_change("pump-0"))
             .await
             .unwrap();
-        assert!(in_part(&store.read("devices").await.unwrap(), "pump-0"));
+        assert!(in_shard(&store.read("devices").await.unwrap(), "pump-0"));
 
         // Fill the base to just under its budget, as adds did before they kept room for
         // rotations and disables.
@@ -588,9 +588,9 @@ mod tests {
             serde_json::to_string(devices).unwrap().len()
         };
         let mut n = 0;
-        while size(devices) < PART_BUDGET - 200 {
+        while size(devices) < SHARD_BUDGET - 200 {
             // Forty at a time while far from the budget, then one by one.
-            let step = if size(devices) < PART_BUDGET - 5_000 {
+            let step = if size(devices) < SHARD_BUDGET - 5_000 {
                 40
             } else {
                 1
@@ -613,8 +613,8 @@ mod tests {
             .await
             .unwrap();
         let shard = shard_key("devices", "pump-9");
-        assert!(in_part(&store.read(&shard).await.unwrap(), "pump-9"));
-        assert!(!in_part(&store.read("devices").await.unwrap(), "pump-9"));
+        assert!(in_shard(&store.read(&shard).await.unwrap(), "pump-9"));
+        assert!(!in_shard(&store.read("devices").await.unwrap(), "pump-9"));
         // Found where it lives for later changes, and listed with the others.
         let rotate = change_of("pump-9", Action::Rotate);
         change_timed(&store, &rotate, ALONE).await.unwrap();
@@ -633,7 +633,7 @@ mod tests {
         assert!(listed.contains("pump-9\t2\tfalse"), "{listed}");
         assert!(listed.contains("pump-0\t2\ttrue"), "{listed}");
 
-        // The gateway's loader sees both parts.
+        // The gateway's loader sees both shards.
         let source = KeySource::parse_secret_ref("fleet/devices").unwrap();
         let registry = source.load(Some(&secrets)).await.unwrap();
         let first = first.new_key.unwrap();
