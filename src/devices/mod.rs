@@ -6,13 +6,15 @@
 //! `ids.rs` (what a key, a hash and an id are), `relays.rs` (device patterns),
 //! `error.rs`, `document.rs` (the JSON, one serde type), `registry.rs` (a document
 //! indexed by key hash), `shards.rs`, `source.rs` (where it is loaded from),
-//! `live.rs` (the current one, swapped by reloads), `edit.rs` (the changes) and
-//! `store.rs` (where `lakegate keys` makes them).
+//! `live.rs` (the current one, swapped by reloads), `edit.rs` (the changes),
+//! `store.rs` (where `lakegate keys` makes them) and `instructions.rs` (what
+//! `keys new` and `keys new-reader` print).
 
 mod document;
 mod edit;
 mod error;
 mod ids;
+mod instructions;
 mod keys;
 mod live;
 mod registry;
@@ -24,10 +26,9 @@ mod store;
 pub use edit::{Action, AdminError, KeyChange, NewEntry, Subject, listing};
 pub use error::RegistryError;
 pub use ids::is_valid_device_id;
+pub use instructions::{new_key_instructions, new_reader_instructions};
 pub(crate) use keys::{BadHash, KeyHash};
-pub use keys::{
-    KeyKind, generate_key, generate_key_of, hash_key, new_key_instructions, new_reader_instructions,
-};
+pub use keys::{KeyKind, generate_key, generate_key_of, hash_key};
 pub(crate) use live::{LiveRegistry, reload_loop};
 pub use registry::{AuthFailure, Device, Registry, Relayed, Sender};
 pub use relays::Relay;
