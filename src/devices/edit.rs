@@ -216,7 +216,10 @@ impl fmt::Display for KeyChange {
 
 /// Applies `change` to a registry document; the result is checked as the gateway
 /// would index it. A refused change leaves the document as it was.
-pub fn apply(document: &mut RegistryDocument, change: &KeyChange) -> Result<Applied, AdminError> {
+pub(crate) fn apply(
+    document: &mut RegistryDocument,
+    change: &KeyChange,
+) -> Result<Applied, AdminError> {
     let new_key = change.new_key();
     apply_keyed(document, change, new_key.as_ref())?;
     Ok(Applied {

@@ -45,8 +45,8 @@ impl fmt::Display for RegistryStore {
 }
 
 /// One shard of the registry as read: the file, or one secret.
-pub struct Snapshot {
-    pub document: RegistryDocument,
+pub(crate) struct Snapshot {
+    pub(crate) document: RegistryDocument,
     /// The secret's key; empty for a file.
     shard: String,
 }
@@ -109,7 +109,7 @@ impl RegistryStore {
 
     /// Reads one shard (`shard` is a secret key; ignored for a file); a missing one reads
     /// as empty and is created on write.
-    pub async fn read(&self, shard: &str) -> Result<Snapshot, AdminError> {
+    pub(crate) async fn read(&self, shard: &str) -> Result<Snapshot, AdminError> {
         let bytes = self.read_bytes(shard).await?;
         Ok(Snapshot {
             document: parse_shard(&self.name(shard), bytes)?,
