@@ -320,8 +320,8 @@ struct RegistryArgs {
 #[derive(clap::Args)]
 #[group(multiple = false)]
 struct RegistryLocation {
-    /// A registry file (what LAKEGATE_DEVICE_KEYS_FILE names); `add` and `add-relay`
-    /// create it, the other commands need it to exist.
+    /// A registry file (what LAKEGATE_DEVICE_KEYS_FILE names); `device add` and `relay
+    /// add` create it, the other commands need it to exist.
     #[arg(long)]
     file: Option<PathBuf>,
     /// A Databricks secret, `scope/key` (what LAKEGATE_DEVICE_KEYS_SECRET names); the
