@@ -531,7 +531,7 @@ pub struct RelayArgs {
     /// Bytes of readings spooled and not yet forwarded; beyond this devices get 503.
     #[arg(long = "spool-max-bytes", env = "LAKEGATE_SPOOL_MAX_BYTES", default_value = "1073741824", value_name = "BYTES", value_parser = at_least_1::<u64>)]
     spool_max_bytes: u64,
-    /// The relay's own key for the upstream (from `lakegate keys add-relay`). Required;
+    /// The relay's own key for the upstream (from `lakegate keys relay add`). Required;
     /// `--key-file` reads it from a file.
     #[arg(long = "relay-key", env = "LAKEGATE_RELAY_KEY", hide_env_values = true, value_name = "KEY", value_parser = relay_key)]
     relay_key: Option<SecretString>,
@@ -652,7 +652,7 @@ fn relay_key(raw: &str) -> Result<SecretString, String> {
     let key = raw.trim();
     match KeyKind::of(key) {
         Some(kind @ (KeyKind::Device | KeyKind::Reader)) => Err(format!(
-            "is {}, not a relay's key (from `lakegate keys add-relay`)",
+            "is {}, not a relay's key (from `lakegate keys relay add`)",
             kind.describe()
         )),
         _ => Ok(SecretString::from(key)),
@@ -1108,7 +1108,7 @@ impl RelaySettings {
             key: args.relay_key.ok_or_else(|| {
                 invalid(
                     "LAKEGATE_RELAY_KEY",
-                    "is required (the relay's key, from `lakegate keys add-relay`)",
+                    "is required (the relay's key, from `lakegate keys relay add`)",
                 )
             })?,
             batch: args.relay_batch as usize,

@@ -157,7 +157,7 @@ impl Site {
             }
             KeyCheck::Device { id } => Err(format!(
                 "the relay key (LAKEGATE_RELAY_KEY or --key-file) is device {id:?}'s key, not a \
-                 relay's: give the relay its own with `lakegate keys add-relay`"
+                 relay's: give the relay its own with `lakegate keys relay add`"
             )),
             KeyCheck::Refused { why } => Err(format!(
                 "the upstream refuses the relay key (LAKEGATE_RELAY_KEY or --key-file): {why}. \
