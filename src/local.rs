@@ -14,11 +14,12 @@ use anyhow::Context;
 use lakegate_emulator::{AppsProxy, AppsProxyConfig, Emulator, EmulatorConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use crate::config::{GatewayConfig, ReadIdentity, ReaderList};
 use crate::databricks;
-use crate::devices::{KeyHash, KeyKind, KeySource, generate_key, generate_key_of};
+use crate::devices::{
+    DeviceEntry, KeyHash, KeyKind, KeySource, RegistryDocument, generate_key, generate_key_of,
+};
 
 const DEMO_DEVICE: &str = "demo-sensor-1";
 /// The app's service principal: it writes the table (and reads it for the page).
@@ -355,34 +356,36 @@ impl LocalState {
 /// devices. The first run (`fresh`, or no registry yet) sets the demo entry; later
 /// runs leave a demo entry changed by hand as it is.
 fn keep_demo_key(path: &Path, key: &str, fresh: bool) -> anyhow::Result<DemoKey> {
-    let (mut registry, existed): (Value, bool) = match std::fs::read(path) {
+    let (mut registry, existed) = match std::fs::read(path) {
         Ok(bytes) => (
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?,
+            RegistryDocument::parse(&bytes)
+                .with_context(|| format!("{} is not a device registry", path.display()))?,
             true,
         ),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => (json!({"devices": {}}), false),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            (RegistryDocument::default(), false)
+        }
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
-    let hash = KeyHash::of(key).to_string();
-    let devices = registry
-        .get_mut("devices")
-        .and_then(Value::as_object_mut)
-        .with_context(|| format!("{} has no \"devices\" object", path.display()))?;
-    let entry = devices.get(DEMO_DEVICE);
-    let has_key = entry
-        .and_then(|entry| entry.get("keys"))
-        .and_then(Value::as_array)
-        .is_some_and(|keys| keys.iter().any(|k| k.as_str() == Some(&hash)));
-    if has_key {
+    let hash = KeyHash::of(key);
+    let entry = registry.devices.get(DEMO_DEVICE);
+    if entry.is_some_and(|entry| entry.keys.contains(&hash)) {
         return Ok(DemoKey::Kept { replaced: false });
     }
     if existed && !fresh {
         return Ok(DemoKey::Changed);
     }
     let replaced = entry.is_some();
-    devices.insert(DEMO_DEVICE.to_owned(), json!({"keys": [hash]}));
-    write_replacing(path, &serde_json::to_vec_pretty(&registry)?, None)?;
+    registry.devices.insert(
+        DEMO_DEVICE.to_owned(),
+        DeviceEntry {
+            keys: vec![hash],
+            disabled: false,
+            rate_per_sec: None,
+            burst: None,
+        },
+    );
+    write_replacing(path, registry.to_pretty_json().as_bytes(), None)?;
     Ok(DemoKey::Kept { replaced })
 }
 

@@ -23,6 +23,7 @@ mod shards;
 mod source;
 mod store;
 
+pub(crate) use document::{DeviceEntry, RegistryDocument};
 pub use edit::{Action, AdminError, KeyChange, NewEntry, Subject, listing};
 pub use error::RegistryError;
 pub use ids::is_valid_device_id;
