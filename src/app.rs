@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{GatewayConfig, Workspace};
 use crate::databricks;
 use crate::devices::{DeviceKeys, KeySource, reload_loop};
+use crate::health::WriteHealth;
 use crate::ingest::{IngestQueue, StatementSink, Writer};
 use crate::metrics::Metrics;
 use crate::relay::{Site, forward_loop, spool_loop};
@@ -66,6 +67,7 @@ impl Gateway {
         });
         metrics.registry_devices.set(registry.device_count() as i64);
         let keys = DeviceKeys::new(registry.clone());
+        let writes = Arc::new(WriteHealth::default());
 
         let writer_closing = CancellationToken::new();
         let writers = TaskTracker::new();
@@ -103,9 +105,15 @@ impl Gateway {
                 (Backend::Relay(site), queue)
             }
             (None, Some(client)) => {
-                let queue =
-                    start_table_writers(&config, &client, &metrics, &writers, &writer_closing)
-                        .await?;
+                let queue = start_table_writers(
+                    &config,
+                    &client,
+                    &metrics,
+                    &writes,
+                    &writers,
+                    &writer_closing,
+                )
+                .await?;
                 (Backend::Table(client), queue)
             }
             (None, None) => anyhow::bail!("a gateway needs a workspace"),
@@ -120,7 +128,7 @@ impl Gateway {
             metrics.clone(),
             background_stop.clone(),
         ));
-        let state = AppState::new(config, backend, keys, queue, metrics);
+        let state = AppState::new(config, backend, keys, queue, metrics, writes);
         background.spawn(prune_rate_limits(state.clone(), background_stop.clone()));
         background.close();
         Ok(Gateway {
@@ -207,6 +215,7 @@ async fn start_table_writers(
     config: &GatewayConfig,
     client: &databricks::Client,
     metrics: &Arc<Metrics>,
+    writes: &Arc<WriteHealth>,
     writers: &TaskTracker,
     closing: &CancellationToken,
 ) -> anyhow::Result<IngestQueue> {
@@ -227,6 +236,7 @@ async fn start_table_writers(
                 sink.clone(),
                 config.batch.clone(),
                 metrics.clone(),
+                writes.clone(),
                 closing.clone(),
             )
             .run(),

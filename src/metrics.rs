@@ -15,7 +15,6 @@ use prometheus_client::registry::Registry;
 
 use crate::activity::Activity;
 use crate::databricks::TokenFetches;
-use crate::health::WriteHealth;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -129,7 +128,6 @@ pub struct Metrics {
     pub batch_conflicts: Counter,
     /// 1 while the table refuses writes for good (see `WriteHealth`), read at scrape time.
     writes_unwritable: Gauge,
-    pub writes: WriteHealth,
     pub activity: Activity,
 }
 
@@ -292,7 +290,6 @@ impl Default for Metrics {
             rows_dead_lettered,
             batch_conflicts,
             writes_unwritable,
-            writes: WriteHealth::default(),
             activity: Activity::default(),
             site: SiteMetrics::default(),
         }
@@ -458,12 +455,12 @@ impl Metrics {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    /// Prometheus text exposition; token fetch counts are read from the client at scrape time.
-    pub fn render(&self, tokens: TokenFetches) -> String {
+    /// Prometheus text exposition; token fetch counts are read from the client, and
+    /// whether the table is unwritable from its `WriteHealth`, at scrape time.
+    pub fn render(&self, tokens: TokenFetches, table_unwritable: bool) -> String {
         set_counter(&self.token_fetches, "succeeded", tokens.succeeded);
         set_counter(&self.token_fetches, "failed", tokens.failed);
-        self.writes_unwritable
-            .set(i64::from(self.writes.is_unwritable()));
+        self.writes_unwritable.set(i64::from(table_unwritable));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

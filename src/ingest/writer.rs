@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::Submission;
 use crate::databricks::{self, FailureKind, RetryPolicy};
+use crate::health::WriteHealth;
 use crate::metrics::Metrics;
 use crate::table::TableRow;
 
@@ -187,6 +188,8 @@ pub struct Writer<S> {
     sink: S,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
+    /// Whether the table takes writes, for `/readyz` and the ingest route.
+    writes: Arc<WriteHealth>,
     /// Cancelled once no request can queue rows any more: flush what is left and stop.
     closing: CancellationToken,
 }
@@ -197,6 +200,7 @@ impl<S: BatchSink> Writer<S> {
         sink: S,
         settings: BatchSettings,
         metrics: Arc<Metrics>,
+        writes: Arc<WriteHealth>,
         closing: CancellationToken,
     ) -> Self {
         Writer {
@@ -204,6 +208,7 @@ impl<S: BatchSink> Writer<S> {
             sink,
             settings,
             metrics,
+            writes,
             closing,
         }
     }
@@ -314,7 +319,7 @@ impl<S: BatchSink> Writer<S> {
             let err = match self.sink.write(batch).await {
                 Ok(()) => {
                     self.metrics.batch_committed(batch.rows, started.elapsed());
-                    self.metrics.writes.recovered();
+                    self.writes.recovered();
                     tracing::debug!(rows = batch.rows, "batch committed");
                     return Ok(());
                 }
@@ -337,8 +342,7 @@ impl<S: BatchSink> Writer<S> {
             }
             match err.kind() {
                 FailureKind::Target | FailureKind::Request => {
-                    self.metrics
-                        .writes
+                    self.writes
                         .failing(&err, "the table cannot be written", batch.rows);
                 }
                 FailureKind::Transient => {
@@ -358,7 +362,7 @@ impl<S: BatchSink> Writer<S> {
                     self.metrics
                         .rows_dead_lettered
                         .inc_by(batch.rows.len() as u64);
-                    self.metrics.writes.recovered();
+                    self.writes.recovered();
                     for row in &batch.rows {
                         tracing::warn!(
                             device_id = %row.device_id,
@@ -379,7 +383,7 @@ impl<S: BatchSink> Writer<S> {
                     tracing::warn!(error = %err, "dead-letter write failed; retrying");
                 }
                 FailureKind::Target | FailureKind::Request => {
-                    self.metrics.writes.failing(
+                    self.writes.failing(
                         &err,
                         "the table refuses a row and the dead-letter table cannot take it",
                         batch.rows.len(),
@@ -556,6 +560,7 @@ mod tests {
             sink,
             settings(flush_ms),
             metrics.clone(),
+            Arc::default(),
             closing.clone(),
         );
         let task = tokio::spawn(writer.run());
