@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::client_address::TrustedProxies;
 use crate::connections::ConnectionLimits;
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeyKind, KeySource};
 use crate::ingest::{BatchSettings, BodyCaps, QueueCapacity};
-use crate::rate_limits::{RateLimitSettings, TrustedProxies};
+use crate::rate_limits::RateLimitSettings;
 use crate::table::{TableName, TableRow};
 use crate::uploads::UploadSettings;
 

@@ -107,6 +107,7 @@
 
 pub(crate) mod activity;
 pub mod app;
+pub(crate) mod client_address;
 pub mod config;
 pub(crate) mod connections;
 pub use lakegate_databricks as databricks;

@@ -55,6 +55,12 @@ impl fmt::Display for TableName {
     }
 }
 
+/// The characters of a metric name (the `metric` column): what a reading may name and a
+/// series query may ask for.
+pub(crate) fn is_metric_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
+}
+
 /// One table row on its way in: a reading's metric. Field names and types are the
 /// JSON that [`ROWS_SCHEMA`] reads back on the warehouse.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -20,7 +20,6 @@ mod writer;
 pub(crate) use body::{BodyCaps, BodyError, BodyFormat, Encoding, decode};
 pub(crate) use intake::{Intake, IntakeRefusal, Taken};
 pub(crate) use queue::{IngestQueue, QueueCapacity, QueueError, Submission, Unwritten};
-pub(crate) use reading::is_name_char;
 pub(crate) use rejection::{RejectReason, excerpt};
 pub(crate) use request::{RejectedReading, notes_on};
 pub(crate) use sink::StatementSink;
