@@ -36,7 +36,7 @@ pub struct Gateway {
 }
 
 /// The workspace to talk to and where the registry lives, once local mode had its say.
-struct Connection {
+struct ResolvedWorkspace {
     /// `None`: a relay without a workspace.
     client: Option<databricks::Config>,
     keys: KeySource,
@@ -48,15 +48,15 @@ impl Gateway {
     /// Connects to the workspace (or starts the embedded one), loads the device
     /// registry, creates the table when missing and starts the writer.
     pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Gateway> {
-        let connection = connect(&mut config).await?;
-        let client = connection
+        let workspace = resolve_workspace(&mut config).await?;
+        let client = workspace
             .client
             .as_ref()
             .map(databricks::Client::new)
             .transpose()
             .context("building the Databricks client")?;
         let secrets = client.as_ref().map(databricks::Client::secrets);
-        let registry = connection
+        let registry = workspace
             .keys
             .load(secrets.as_ref())
             .await
@@ -75,7 +75,7 @@ impl Gateway {
         let background_stop = CancellationToken::new();
         let (backend, queue) = match (&config.relay, client) {
             (Some(relay), _) => {
-                let site = Site::open(relay, connection.client.as_ref())
+                let site = Site::open(relay, workspace.client.as_ref())
                     .with_context(|| format!("opening the spool {}", relay.spool_dir.display()))?;
                 let site = Arc::new(site);
                 site.check_key().await.map_err(anyhow::Error::msg)?;
@@ -123,7 +123,7 @@ impl Gateway {
         background.spawn(reloads(
             &config,
             keys.clone(),
-            connection.keys,
+            workspace.keys,
             secrets,
             metrics.clone(),
             background_stop.clone(),
@@ -138,7 +138,7 @@ impl Gateway {
             background,
             background_stop,
             #[cfg(feature = "local")]
-            local: connection.local,
+            local: workspace.local,
         })
     }
 
@@ -150,7 +150,7 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-    /// requests finish and flushes every queued reading (within the grace period).
+    /// requests finish and drains every queued reading to the table (within the grace period).
     pub async fn run(
         self,
         listener: TcpListener,
@@ -177,7 +177,7 @@ impl Gateway {
             signal,
         );
         // Past their share of the grace period, request connections are dropped (rows
-        // they queued stay queued), so the flush below still fits.
+        // they queued stay queued), so the drain below still fits.
         let drain_bound = async {
             self.state.shutting_down.cancelled().await;
             tokio::time::sleep(deadlines.drain_requests()).await;
@@ -194,7 +194,7 @@ impl Gateway {
         let queued = self.state.queue.depth();
         let deadline = signalled_at.get().copied().unwrap_or_else(Instant::now) + deadlines.flush();
         match tokio::time::timeout_at(deadline, self.writers.wait()).await {
-            Ok(_) => tracing::info!(rows = queued, "queue flushed; stopped"),
+            Ok(_) => tracing::info!(rows = queued, "queue drained; stopped"),
             Err(_) => tracing::error!(
                 rows = self.state.queue.depth(),
                 "shutdown grace period passed with rows not yet written"
@@ -247,7 +247,7 @@ async fn start_table_writers(
 
 /// The workspace client's settings and the registry's source: the configured ones, or in
 /// local mode the embedded workspace's.
-async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
+async fn resolve_workspace(config: &mut GatewayConfig) -> anyhow::Result<ResolvedWorkspace> {
     let configured_keys = || {
         config
             .device_keys
@@ -255,13 +255,13 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
             .context("no device key source configured")
     };
     match &config.workspace {
-        Workspace::Remote { client } => Ok(Connection {
+        Workspace::Remote { client } => Ok(ResolvedWorkspace {
             client: Some((**client).clone()),
             keys: configured_keys()?,
             #[cfg(feature = "local")]
             local: None,
         }),
-        Workspace::None => Ok(Connection {
+        Workspace::None => Ok(ResolvedWorkspace {
             client: None,
             keys: configured_keys()?,
             #[cfg(feature = "local")]
@@ -274,7 +274,7 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
         } => {
             let (data_dir, apps_proxy) = (data_dir.clone(), *apps_proxy);
             let (local, client, keys) = crate::local::attach(config, &data_dir, apps_proxy).await?;
-            Ok(Connection {
+            Ok(ResolvedWorkspace {
                 client: Some(client),
                 keys,
                 local: Some(local),

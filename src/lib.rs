@@ -70,7 +70,7 @@
 //!    long series as Arrow through external links (`crates/lakegate-databricks/src/results.rs`), and
 //!    shapes the JSON the page reads (`query/answers.rs`).
 //! 4. The fleet page itself (`static/`) is served from the binary by
-//!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
+//!    `server/page.rs`; `/api/stats` answers from memory (`stats.rs`).
 //!
 //! ## Devices without a Databricks token (`relay/`, `crates/lakegate-device/`)
 //!
@@ -105,7 +105,6 @@
 //! requests drain, waiting devices are told the truth, the writer flushes, and every
 //! background task is awaited.
 
-pub(crate) mod activity;
 pub mod app;
 pub(crate) mod client_address;
 pub mod config;
@@ -122,5 +121,6 @@ pub(crate) mod query;
 pub(crate) mod rate_limits;
 pub(crate) mod relay;
 pub(crate) mod server;
+pub(crate) mod stats;
 pub mod table;
 pub(crate) mod uploads;

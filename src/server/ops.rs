@@ -84,7 +84,7 @@ async fn gateway_checks(app: &AppState, client: &databricks::Client) -> Checks {
             "unreachable"
         }
     };
-    let reason = match app.metrics.activity.writes_failing_for() {
+    let reason = match app.metrics.stats.writes_failing_for() {
         _ if app.writes.is_unwritable() => Some("table_unwritable"),
         Some(failing) if failing > WRITE_FAILURE_GRACE => Some("write_errors"),
         _ => None,
