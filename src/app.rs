@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{GatewayConfig, Workspace};
 use crate::databricks;
 use crate::devices::{KeySource, LiveRegistry, reload_loop};
+use crate::health::WriteHealth;
 use crate::ingest::{IngestQueue, StatementSink, Writer};
 use crate::metrics::Metrics;
 use crate::relay::{Site, forward_loop, spool_loop};
@@ -35,7 +36,7 @@ pub struct Gateway {
 }
 
 /// The workspace to talk to and where the registry lives, once local mode had its say.
-struct Connection {
+struct ResolvedWorkspace {
     /// `None`: a relay without a workspace.
     client: Option<databricks::Config>,
     keys: KeySource,
@@ -47,15 +48,15 @@ impl Gateway {
     /// Connects to the workspace (or starts the embedded one), loads the device
     /// registry, creates the table when missing and starts the writer.
     pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Gateway> {
-        let connection = connect(&mut config).await?;
-        let client = connection
+        let workspace = resolve_workspace(&mut config).await?;
+        let client = workspace
             .client
             .as_ref()
             .map(databricks::Client::new)
             .transpose()
             .context("building the Databricks client")?;
         let secrets = client.as_ref().map(databricks::Client::secrets);
-        let registry = connection
+        let registry = workspace
             .keys
             .load(secrets.as_ref())
             .await
@@ -66,6 +67,7 @@ impl Gateway {
         });
         metrics.registry_devices.set(registry.device_count() as i64);
         let keys = LiveRegistry::new(registry.clone());
+        let writes = Arc::new(WriteHealth::default());
 
         let writer_closing = CancellationToken::new();
         let writers = TaskTracker::new();
@@ -73,7 +75,7 @@ impl Gateway {
         let background_stop = CancellationToken::new();
         let (backend, queue) = match (&config.relay, client) {
             (Some(relay), _) => {
-                let site = Site::open(relay, connection.client.as_ref())
+                let site = Site::open(relay, workspace.client.as_ref())
                     .with_context(|| format!("opening the spool {}", relay.spool_dir.display()))?;
                 let site = Arc::new(site);
                 site.check_key().await.map_err(anyhow::Error::msg)?;
@@ -103,9 +105,15 @@ impl Gateway {
                 (Backend::Relay(site), queue)
             }
             (None, Some(client)) => {
-                let queue =
-                    start_table_writers(&config, &client, &metrics, &writers, &writer_closing)
-                        .await?;
+                let queue = start_table_writers(
+                    &config,
+                    &client,
+                    &metrics,
+                    &writes,
+                    &writers,
+                    &writer_closing,
+                )
+                .await?;
                 (Backend::Table(client), queue)
             }
             (None, None) => anyhow::bail!("a gateway needs a workspace"),
@@ -115,12 +123,12 @@ impl Gateway {
         background.spawn(reloads(
             &config,
             keys.clone(),
-            connection.keys,
+            workspace.keys,
             secrets,
             metrics.clone(),
             background_stop.clone(),
         ));
-        let state = AppState::new(config, backend, keys, queue, metrics);
+        let state = AppState::new(config, backend, keys, queue, metrics, writes);
         background.spawn(prune_rate_limits(state.clone(), background_stop.clone()));
         background.close();
         Ok(Gateway {
@@ -130,7 +138,7 @@ impl Gateway {
             background,
             background_stop,
             #[cfg(feature = "local")]
-            local: connection.local,
+            local: workspace.local,
         })
     }
 
@@ -142,7 +150,7 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-    /// requests finish and flushes every queued reading (within the grace period).
+    /// requests finish and drains every queued reading to the table (within the grace period).
     pub async fn run(
         self,
         listener: TcpListener,
@@ -169,7 +177,7 @@ impl Gateway {
             signal,
         );
         // Past their share of the grace period, request connections are dropped (rows
-        // they queued stay queued), so the flush below still fits.
+        // they queued stay queued), so the drain below still fits.
         let drain_bound = async {
             self.state.shutting_down.cancelled().await;
             tokio::time::sleep(deadlines.drain_requests()).await;
@@ -187,7 +195,7 @@ impl Gateway {
         let deadline =
             signalled_at.get().copied().unwrap_or_else(Instant::now) + deadlines.drain_queue();
         match tokio::time::timeout_at(deadline, self.writers.wait()).await {
-            Ok(_) => tracing::info!(rows = queued, "queue flushed; stopped"),
+            Ok(_) => tracing::info!(rows = queued, "queue drained; stopped"),
             Err(_) => tracing::error!(
                 rows = self.state.queue.depth(),
                 "shutdown grace period passed with rows not yet written"
@@ -208,6 +216,7 @@ async fn start_table_writers(
     config: &GatewayConfig,
     client: &databricks::Client,
     metrics: &Arc<Metrics>,
+    writes: &Arc<WriteHealth>,
     writers: &TaskTracker,
     closing: &CancellationToken,
 ) -> anyhow::Result<IngestQueue> {
@@ -228,6 +237,7 @@ async fn start_table_writers(
                 sink.clone(),
                 config.batch.clone(),
                 metrics.clone(),
+                writes.clone(),
                 closing.clone(),
             )
             .run(),
@@ -238,7 +248,7 @@ async fn start_table_writers(
 
 /// The workspace client's settings and the registry's source: the configured ones, or in
 /// local mode the embedded workspace's.
-async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
+async fn resolve_workspace(config: &mut GatewayConfig) -> anyhow::Result<ResolvedWorkspace> {
     let configured_keys = || {
         config
             .device_keys
@@ -246,13 +256,13 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
             .context("no device key source configured")
     };
     match &config.workspace {
-        Workspace::Remote { client } => Ok(Connection {
+        Workspace::Remote { client } => Ok(ResolvedWorkspace {
             client: Some((**client).clone()),
             keys: configured_keys()?,
             #[cfg(feature = "local")]
             local: None,
         }),
-        Workspace::None => Ok(Connection {
+        Workspace::None => Ok(ResolvedWorkspace {
             client: None,
             keys: configured_keys()?,
             #[cfg(feature = "local")]
@@ -265,7 +275,7 @@ async fn connect(config: &mut GatewayConfig) -> anyhow::Result<Connection> {
         } => {
             let (data_dir, apps_proxy) = (data_dir.clone(), *apps_proxy);
             let (local, client, keys) = crate::local::attach(config, &data_dir, apps_proxy).await?;
-            Ok(Connection {
+            Ok(ResolvedWorkspace {
                 client: Some(client),
                 keys,
                 local: Some(local),

@@ -21,11 +21,12 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use secrecy::SecretString;
 
+use crate::client_address::TrustedProxies;
 use crate::connections::ConnectionLimits;
 use crate::databricks;
 use crate::devices::{BadHash, KeyHash, KeyKind, KeySource};
 use crate::ingest::{BatchSettings, BodyCaps, QueueCapacity};
-use crate::rate_limits::{RateLimitSettings, TrustedProxies};
+use crate::rate_limits::RateLimitSettings;
 use crate::table::{TableName, TableRow};
 use crate::uploads::UploadSettings;
 /// Where the gateway writes.

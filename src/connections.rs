@@ -200,18 +200,18 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         let _open = OpenConnection::new(&self.metrics.open);
-        let activity = Arc::new(Activity::new(Instant::now()));
+        let idle = Arc::new(IdleWatch::new(Instant::now()));
         let io = TokioIo::new(Watched {
             inner: stream,
-            activity: activity.clone(),
+            idle: idle.clone(),
         });
         let service = {
-            let activity = activity.clone();
+            let idle = idle.clone();
             let router = self.router.clone();
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 // Handlers take the client address from here (`ConnectInfo<SocketAddr>`).
                 request.extensions_mut().insert(ConnectInfo(peer));
-                let in_flight = activity.request_started();
+                let in_flight = idle.request_started();
                 let router = router.clone();
                 async move {
                     let response = router.oneshot(request.map(Body::new)).await?;
@@ -234,25 +234,25 @@ impl Connection {
         let mut close_requested: Option<Instant> = None;
         loop {
             let force_close_at = close_requested.and_then(|requested| {
-                let quiet_since = activity.quiet_since()?;
+                let quiet_since = idle.quiet_since()?;
                 Some(quiet_since.max(requested) + CLOSE_BOUND)
             });
-            let wake_at = force_close_at.unwrap_or_else(|| activity.deadline(&self.limits).0);
+            let wake_at = force_close_at.unwrap_or_else(|| idle.deadline(&self.limits).0);
             tokio::select! {
                 _ = connection.as_mut() => break,
                 () = self.stopping.cancelled(), if close_requested.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     close_requested = Some(Instant::now());
                 }
-                () = activity.changed.notified() => {}
+                () = idle.changed.notified() => {}
                 () = tokio::time::sleep_until(wake_at) => {
                     // Unless a request slipped in meanwhile (HTTP/2, before its GOAWAY).
-                    if force_close_at.is_some() && activity.quiet_since().is_some() {
+                    if force_close_at.is_some() && idle.quiet_since().is_some() {
                         break;
                     }
                     // Looked at again: a request may have started meanwhile.
                     let now = Instant::now();
-                    let (deadline, expiry) = activity.deadline(&self.limits);
+                    let (deadline, expiry) = idle.deadline(&self.limits);
                     let Some(expiry) = expiry.filter(|_| now >= deadline && close_requested.is_none()) else {
                         continue;
                     };
@@ -312,13 +312,13 @@ enum Protocol {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What one connection is doing, for its watchdog.
-struct Activity {
-    state: Mutex<ActivityState>,
+struct IdleWatch {
+    state: Mutex<IdleState>,
     /// Woken when a deadline may have moved earlier.
     changed: Notify,
 }
 
-struct ActivityState {
+struct IdleState {
     protocol: Protocol,
     preface_bytes: usize,
     /// Requests whose responses are not yet written.
@@ -330,10 +330,10 @@ struct ActivityState {
     head_started: Option<Instant>,
 }
 
-impl Activity {
+impl IdleWatch {
     fn new(now: Instant) -> Self {
-        Activity {
-            state: Mutex::new(ActivityState {
+        IdleWatch {
+            state: Mutex::new(IdleState {
                 protocol: Protocol::Unknown,
                 preface_bytes: 0,
                 in_flight: 0,
@@ -345,7 +345,7 @@ impl Activity {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -414,7 +414,7 @@ impl Activity {
 }
 
 /// A request in flight; dropped once its response is written (or abandoned).
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<IdleWatch>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -429,10 +429,10 @@ impl Drop for InFlight {
     }
 }
 
-/// The socket, telling the connection's `Activity` what arrives.
+/// The socket, telling the connection's `IdleWatch` what arrives.
 struct Watched {
     inner: TcpStream,
-    activity: Arc<Activity>,
+    idle: Arc<IdleWatch>,
 }
 
 impl AsyncRead for Watched {
@@ -444,7 +444,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            self.activity.on_read(&buf.filled()[before..]);
+            self.idle.on_read(&buf.filled()[before..]);
         }
         polled
     }
@@ -495,36 +495,32 @@ mod tests {
     #[test]
     fn a_new_connection_must_send_its_first_headers_within_the_header_timeout() {
         let opened = Instant::now();
-        let activity = Arc::new(Activity::new(opened));
+        let idle = Arc::new(IdleWatch::new(opened));
         let first_headers_due = (
             opened + Duration::from_secs(10),
             Some(Expiry::HeaderTimeout),
         );
-        assert_eq!(activity.deadline(&limits()), first_headers_due);
-        activity.on_read(b"POST /ingest HTTP/1.1\r\n");
-        assert_eq!(activity.deadline(&limits()), first_headers_due);
+        assert_eq!(idle.deadline(&limits()), first_headers_due);
+        idle.on_read(b"POST /ingest HTTP/1.1\r\n");
+        assert_eq!(idle.deadline(&limits()), first_headers_due);
     }
 
     #[test]
     fn between_requests_the_idle_timeout_applies_until_bytes_arrive() {
-        let activity = Arc::new(Activity::new(Instant::now()));
-        activity.on_read(b"GET / HTTP/1.1\r\n\r\n");
-        let request = activity.request_started();
-        assert_eq!(
-            activity.deadline(&limits()).1,
-            None,
-            "never while in flight"
-        );
+        let idle = Arc::new(IdleWatch::new(Instant::now()));
+        idle.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        let request = idle.request_started();
+        assert_eq!(idle.deadline(&limits()).1, None, "never while in flight");
 
         let finished = Instant::now();
         drop(request);
-        let (idle_until, expiry) = activity.deadline(&limits());
+        let (idle_until, expiry) = idle.deadline(&limits());
         assert_eq!(expiry, Some(Expiry::Idle));
         assert!(idle_until >= finished + Duration::from_secs(60));
         assert!(idle_until <= Instant::now() + Duration::from_secs(60));
 
-        activity.on_read(b"GET");
-        let (headers_due, expiry) = activity.deadline(&limits());
+        idle.on_read(b"GET");
+        let (headers_due, expiry) = idle.deadline(&limits());
         assert_eq!(expiry, Some(Expiry::HeaderTimeout));
         assert!(headers_due <= Instant::now() + Duration::from_secs(10));
     }
@@ -532,14 +528,14 @@ mod tests {
     #[test]
     fn http2_connections_without_streams_get_the_idle_timeout() {
         let opened = Instant::now();
-        let activity = Arc::new(Activity::new(opened));
-        activity.on_read(&H2_PREFACE[..10]);
-        assert_eq!(activity.deadline(&limits()).1, Some(Expiry::HeaderTimeout));
-        activity.on_read(&H2_PREFACE[10..]);
+        let idle = Arc::new(IdleWatch::new(opened));
+        idle.on_read(&H2_PREFACE[..10]);
+        assert_eq!(idle.deadline(&limits()).1, Some(Expiry::HeaderTimeout));
+        idle.on_read(&H2_PREFACE[10..]);
         // Control frames after the preface (settings, ping answers) change nothing.
-        activity.on_read(&[0, 0, 8, 6, 1, 0, 0, 0, 0]);
+        idle.on_read(&[0, 0, 8, 6, 1, 0, 0, 0, 0]);
         assert_eq!(
-            activity.deadline(&limits()),
+            idle.deadline(&limits()),
             (opened + Duration::from_secs(60), Some(Expiry::Idle))
         );
     }

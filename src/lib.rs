@@ -3,7 +3,8 @@
 //! Ingests readings from field devices into a Delta table on Databricks, and serves
 //! them back to dashboards. This page is the map: it follows a reading from the
 //! socket to the table, and a dashboard query back, naming the file of each step.
-//! Modules read bottom-up; none imports a module that imports it back.
+//! Modules read bottom-up; no file imports a file that imports it back, directly or
+//! around a loop (`tests/architecture.rs` checks every library of the workspace).
 //!
 //! ## Start-up (`main.rs`, `app.rs`)
 //!
@@ -28,35 +29,41 @@
 //!    in the registry (`devices/registry.rs`, swapped whole by reloads in
 //!    `devices/live.rs`): a device, or a site relay forwarding readings for the devices
 //!    its patterns name (`devices/relays.rs`); failed attempts count against the client
-//!    address's budget (`rate_limits.rs`, which also knows which address a request
-//!    comes from).
-//! 4. **The handler** (`server/ingest.rs`, kept thin): the device's (or the relay's)
-//!    rate is checked before the body is read (`rate_limits.rs`), and the bytes the
-//!    body may take are reserved from the sender's and the gateway's budgets of bodies
-//!    in flight (`uploads.rs`; 429 or 503 unread beyond them); the body is decoded
-//!    and split into readings (`ingest/body.rs`: size caps, gzip, JSON or NDJSON), each
-//!    reading validated and turned into rows, one per metric (`ingest/reading.rs`,
-//!    `ingest/request.rs`, reasons in `ingest/rejection.rs`; the row is
-//!    [`table`]'s `TableRow`). A relay's readings each name their device, checked
-//!    against the relay's patterns and the registry (`ingest/relayed.rs`), and each
-//!    spends its device's own rate (`server/relayed.rs`).
-//! 5. **Queue** (`ingest/queue.rs`): the rows take room in a queue bounded in rows
+//!    address's budget (`rate_limits.rs`; which address a request comes from, behind
+//!    trusted proxies, is `client_address.rs`'s to say).
+//! 4. **The handler** (`server/ingest.rs`, kept thin: it extracts, calls admission,
+//!    waits for the acknowledgement). The device's (or the relay's) request rate is
+//!    checked before the body is read (`ingest/intake.rs` over `rate_limits.rs`), and
+//!    the bytes the body may take are reserved from the sender's and the gateway's
+//!    budgets of bodies in flight (`server/upload.rs` over `uploads.rs`; 429 or 503
+//!    unread beyond them); the body is decoded and split into readings
+//!    (`ingest/body.rs`: size caps, gzip, JSON or NDJSON).
+//! 5. **Admission** (`ingest/intake.rs`): each reading is validated and turned into
+//!    rows, one per metric (`ingest/reading.rs`, `ingest/request.rs`, reasons in
+//!    `ingest/rejection.rs`; the row is [`table`]'s `TableRow`, and the characters a
+//!    metric name may hold are `table.rs`'s); a relay's readings each name their
+//!    device, checked against the relay's patterns and the registry
+//!    (`ingest/relayed.rs`), and each spends its device's own rate. Admission returns
+//!    what to queue, or an `IntakeRefusal`, knowing nothing of HTTP.
+//! 6. **Queue** (`ingest/queue.rs`): the rows take room in a queue bounded in rows
 //!    and bytes, all or nothing (503 `unavailable` when full), then the global rate.
-//!    With `?ack=accept` the device hears 202 now; by default it waits for step 7.
-//! 6. **Writers** (`ingest/writer.rs`, one per queue lane; a device's rows always in
+//!    With `?ack=accept` the device hears 202 now; by default it waits for step 8.
+//! 7. **Writers** (`ingest/writer.rs`, one per queue lane; a device's rows always in
 //!    the same lane): group commit, one statement in flight each; batches sized as
 //!    they travel, writes each through a sink (`ingest/sink.rs`) and retries by what
 //!    failed: transient errors again, refused rows isolated and dead-lettered, an
-//!    unwritable table kept and reported (`health.rs`).
-//! 7. **Statement** (`table.rs`, `crates/lakegate-databricks/src/statements.rs`): one MERGE per batch,
+//!    unwritable table kept and reported (`health.rs`'s `WriteHealth`, shared through
+//!    the state: `/readyz` and admission read it).
+//! 8. **Statement** (`table.rs`, `crates/lakegate-databricks/src/statements.rs`): one MERGE per batch,
 //!    the whole batch as one JSON string parameter expanded by `from_json`, keyed on
 //!    (device, reading id, ts, metric) so that a retry or a resend is written once.
 //!    The client (`crates/lakegate-databricks/src/http.rs`) keeps the OAuth token fresh
 //!    (`crates/lakegate-databricks/src/auth.rs`), retries 429/503 by its policy (`crates/lakegate-databricks/src/retry.rs`)
 //!    and polls the statement to its end. On commit the waiting request answers 200.
 //!
-//! Every refusal on the way is a JSON body with a code from `error_code.rs`
-//! (`server/error.rs`), the same codes `docs/api.md` lists.
+//! Every refusal on the way is a JSON body with a code from `error_code.rs`; the
+//! domain's refusals (`IntakeRefusal`, `BodyError`, rate limits, a full queue) become
+//! HTTP answers in one place, `server/error.rs`, with the same codes `docs/api.md` lists.
 //!
 //! ## A dashboard query back
 //!
@@ -70,19 +77,20 @@
 //!    long series as Arrow through external links (`crates/lakegate-databricks/src/results.rs`), and
 //!    shapes the JSON the page reads (`query/answers.rs`).
 //! 4. The fleet page itself (`static/`) is served from the binary by
-//!    `server/page.rs`; `/api/stats` answers from memory (`activity.rs`).
+//!    `server/page.rs`; `/api/stats` answers from memory (`stats.rs`).
 //!
 //! ## Devices without a Databricks token (`relay/`, `crates/lakegate-device/`)
 //!
 //! `lakegate relay` is the same process as a site relay (`config::GatewayConfig::relay_from_map`):
-//! steps 1 to 5 above as they are, after checking that the relay would forward the
+//! steps 1 to 6 above as they are, after checking that the relay would forward the
 //! device at all (`relay/admission.rs`: its own entry's patterns, devices the upstream
 //! refused for good); then instead of the writers and the table the spooler
 //! (`relay/spooler.rs`) appends each queued reading as one record to a durable spool,
 //! one fsync per group (a request whose records do not fit is refused alone), and only
 //! then do devices hear 202; the forwarder (`relay/forwarder.rs`) sends the spool's
 //! oldest records upstream with the relay key, moves the spool's cursor past what the
-//! upstream took and puts back what it did not. At start-up the relay checks its key
+//! upstream took and puts back what it did not; both share the relay's spool and
+//! upstream client (`relay/site.rs`). At start-up the relay checks its key
 //! with the upstream's `GET /api/whoami` (`server/auth.rs`). The relay's
 //! [`app::Gateway`] holds a `Backend::Relay` in place of the table's client
 //! (`server/state.rs`), so the router serves no reads and `/readyz` checks the upstream
@@ -102,11 +110,11 @@
 //! `/healthz`, `/readyz` (`server/ops.rs`, cached single-flight in
 //! `server/readiness.rs`) and `/metrics` (`metrics.rs`). Shutdown (`app.rs`) follows
 //! one timeline computed from the grace period (`config::ShutdownDeadlines`):
-//! requests drain, waiting devices are told the truth, the writer flushes, and every
-//! background task is awaited.
+//! requests drain, waiting devices are told the truth, the writers drain the queue to
+//! the table, and every background task is awaited.
 
-pub(crate) mod activity;
 pub mod app;
+pub(crate) mod client_address;
 pub mod config;
 pub(crate) mod connections;
 pub use lakegate_databricks as databricks;
@@ -121,5 +129,6 @@ pub(crate) mod query;
 pub(crate) mod rate_limits;
 pub(crate) mod relay;
 pub(crate) mod server;
+pub(crate) mod stats;
 pub mod table;
 pub(crate) mod uploads;

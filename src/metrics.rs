@@ -1,5 +1,5 @@
-//! Prometheus metrics of one gateway. Each `Metrics` owns its registry (no
-//! globals), so tests can run several gateways in one process. `activity` keeps
+//! Prometheus metrics of one gateway. Each `Metrics` owns its Prometheus registry (no
+//! globals), so tests can run several gateways in one process. `stats` keeps
 //! what `/api/stats` needs beyond the counters.
 
 use std::collections::BTreeMap;
@@ -11,11 +11,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+// Prometheus' registry of metrics, not the device registry (`devices`).
+use prometheus_client::registry::Registry as PrometheusRegistry;
 
-use crate::activity::Activity;
 use crate::databricks::TokenFetches;
-use crate::health::WriteHealth;
+use crate::stats::GatewayStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -98,7 +98,7 @@ pub struct SiteMetrics {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    prometheus: PrometheusRegistry,
     /// Registered only in a site relay.
     pub site: SiteMetrics,
     pub connections: ConnectionMetrics,
@@ -129,8 +129,7 @@ pub struct Metrics {
     pub batch_conflicts: Counter,
     /// 1 while the table refuses writes for good (see `WriteHealth`), read at scrape time.
     writes_unwritable: Gauge,
-    pub writes: WriteHealth,
-    pub activity: Activity,
+    pub stats: GatewayStats,
 }
 
 impl Default for Metrics {
@@ -156,122 +155,122 @@ impl Default for Metrics {
         let batch_conflicts = Counter::default();
         let writes_unwritable = Gauge::default();
 
-        let mut registry = Registry::with_prefix("lakegate");
-        registry.register(
+        let mut prometheus = PrometheusRegistry::with_prefix("lakegate");
+        prometheus.register(
             "connections_open",
             "Open client connections",
             connections.open.clone(),
         );
-        registry.register(
+        prometheus.register(
             "connections_refused",
             "Connections refused with 503 because too many were open",
             connections.refused.clone(),
         );
-        registry.register(
+        prometheus.register(
             "connections_timed_out",
             "Connections closed for sending headers too slowly or idling, by reason",
             connections.timed_out.clone(),
         );
-        registry.register(
+        prometheus.register(
             "http_requests",
             "HTTP requests by route and status",
             requests.clone(),
         );
-        registry.register(
+        prometheus.register(
             "readings_accepted",
             "Readings accepted into the write queue",
             readings_accepted.clone(),
         );
-        registry.register(
+        prometheus.register(
             "readings_rejected",
             "Readings rejected, by reason",
             readings_rejected.clone(),
         );
-        registry.register(
+        prometheus.register(
             "relay_readings_accepted",
             "Readings accepted from site relays, by relay",
             relay_readings_accepted.clone(),
         );
-        registry.register(
+        prometheus.register(
             "relay_readings_rejected",
             "Readings from site relays rejected, by relay and reason",
             relay_readings_rejected.clone(),
         );
-        registry.register(
+        prometheus.register(
             "batches",
             "Batch write attempts by outcome",
             batches.clone(),
         );
-        registry.register(
+        prometheus.register(
             "batch_rows",
             "Rows (one per metric) in each committed batch",
             batch_rows.clone(),
         );
-        registry.register(
+        prometheus.register(
             "statement_seconds",
             "Latency of one batch statement",
             statement_seconds.clone(),
         );
-        registry.register(
+        prometheus.register(
             "queue_rows",
             "Rows queued and not yet committed",
             queue_rows.clone(),
         );
-        registry.register(
+        prometheus.register(
             "queue_bytes",
             "Bytes the queued rows take in memory",
             queue_bytes.clone(),
         );
-        registry.register(
+        prometheus.register(
             "upload_bytes",
             "Bytes reserved for request bodies being read and parsed",
             upload_bytes.clone(),
         );
-        registry.register(
+        prometheus.register(
             "uploads_refused",
             "Requests refused unread because their body would pass the bytes in flight of \
              its sender or of the gateway, by limit (sender, gateway)",
             uploads_refused.clone(),
         );
-        registry.register(
+        prometheus.register(
             "registry_reloads",
             "Device registry reloads by outcome",
             registry_reloads.clone(),
         );
-        registry.register(
+        prometheus.register(
             "registry_devices",
             "Devices in the live registry",
             registry_devices.clone(),
         );
-        registry.register(
+        prometheus.register(
             "token_fetches",
             "OAuth token fetches by outcome",
             token_fetches.clone(),
         );
-        registry.register(
+        prometheus.register(
             "auth_failures",
             "Failed authentications by kind (device, reader) and outcome",
             auth_failures.clone(),
         );
 
-        registry.register(
+        prometheus.register(
             "rows_dead_lettered",
             "Rows the table refused, written to the dead-letter table",
             rows_dead_lettered.clone(),
         );
-        registry.register(
+        prometheus.register(
             "batch_conflicts",
             "Batch attempts that failed on a Delta concurrent-write conflict (retried at once)",
             batch_conflicts.clone(),
         );
-        registry.register(
+        prometheus.register(
             "writes_unwritable",
             "1 while the table refuses writes for good (rows are kept and retried)",
             writes_unwritable.clone(),
         );
 
         Metrics {
-            registry,
+            prometheus,
             connections,
             requests,
             readings_accepted,
@@ -292,8 +291,7 @@ impl Default for Metrics {
             rows_dead_lettered,
             batch_conflicts,
             writes_unwritable,
-            writes: WriteHealth::default(),
-            activity: Activity::default(),
+            stats: GatewayStats::default(),
             site: SiteMetrics::default(),
         }
     }
@@ -304,48 +302,48 @@ impl Metrics {
     pub fn for_relay() -> Metrics {
         let mut metrics = Metrics::default();
         let site = metrics.site.clone();
-        let registry = &mut metrics.registry;
-        registry.register(
+        let prometheus = &mut metrics.prometheus;
+        prometheus.register(
             "spool_bytes",
             "Bytes spooled and not yet committed upstream",
             site.spool_bytes,
         );
-        registry.register(
+        prometheus.register(
             "spool_readings",
             "Readings spooled and not yet committed upstream",
             site.spool_readings,
         );
-        registry.register(
+        prometheus.register(
             "spool_damaged_regions",
             "Damaged regions of the spool moved aside to damaged/ since the relay started",
             site.spool_damaged_regions,
         );
-        registry.register(
+        prometheus.register(
             "spool_oldest_reading_age_seconds",
             "Age (by its ts) of the oldest reading waiting to be forwarded; 0 when none",
             site.oldest_reading_age_seconds,
         );
-        registry.register(
+        prometheus.register(
             "relay_forwarded_readings",
             "Readings the upstream committed",
             site.forwarded,
         );
-        registry.register(
+        prometheus.register(
             "relay_refused_readings",
             "Readings the upstream refused for good (kept in refused.ndjson)",
             site.refused_upstream,
         );
-        registry.register(
+        prometheus.register(
             "relay_refused_discarded_readings",
             "Refused readings let go from refused.ndjson.1 when refused.ndjson rotated (its bound)",
             site.refused_discarded,
         );
-        registry.register(
+        prometheus.register(
             "relay_upstream_failures",
             "Forwarding attempts the upstream did not commit (retried)",
             site.upstream_failures,
         );
-        registry.register(
+        prometheus.register(
             "spool_write_failures",
             "Spool appends that failed (retried)",
             site.spool_write_failures,
@@ -358,7 +356,7 @@ impl Metrics {
     /// `reason` is the rejection's snake_case name, as devices see it.
     pub fn reject(&self, device_id: &Arc<str>, reason: &'static str) {
         self.count_rejection(reason);
-        self.activity.rejected(device_id);
+        self.stats.rejected(device_id);
     }
 
     /// A reading a relay forwarded was refused: counted for the relay, and for the
@@ -378,7 +376,7 @@ impl Metrics {
             })
             .inc();
         if let Some(device_id) = device_id {
-            self.activity.rejected(device_id);
+            self.stats.rejected(device_id);
         }
     }
 
@@ -401,19 +399,19 @@ impl Metrics {
 
     pub fn accept(&self, readings: u64) {
         self.readings_accepted.inc_by(readings);
-        self.activity.accepted(readings);
+        self.stats.accepted(readings);
     }
 
     pub fn batch_committed(&self, rows: usize, latency: Duration) {
         self.statement_seconds.observe(latency.as_secs_f64());
         self.batch_rows.observe(rows as f64);
         Self::outcome(&self.batches, "committed");
-        self.activity.batch_committed(latency);
+        self.stats.batch_committed(latency);
     }
 
     pub fn batch_failed(&self) {
         Self::outcome(&self.batches, "failed_attempt");
-        self.activity.batch_failed();
+        self.stats.batch_failed();
     }
 
     /// Rejections so far of each of `reasons`, only the reasons that occurred.
@@ -458,14 +456,14 @@ impl Metrics {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    /// Prometheus text exposition; token fetch counts are read from the client at scrape time.
-    pub fn render(&self, tokens: TokenFetches) -> String {
+    /// Prometheus text exposition; token fetch counts are read from the client, and
+    /// whether the table is unwritable from its `WriteHealth`, at scrape time.
+    pub fn render(&self, tokens: TokenFetches, table_unwritable: bool) -> String {
         set_counter(&self.token_fetches, "succeeded", tokens.succeeded);
         set_counter(&self.token_fetches, "failed", tokens.failed);
-        self.writes_unwritable
-            .set(i64::from(self.writes.is_unwritable()));
+        self.writes_unwritable.set(i64::from(table_unwritable));
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+        prometheus_client::encoding::text::encode(&mut text, &self.prometheus)
             .expect("writing to a String cannot fail");
         text
     }

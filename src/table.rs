@@ -55,6 +55,12 @@ impl fmt::Display for TableName {
     }
 }
 
+/// The characters of a metric name (the `metric` column): what a reading may name and a
+/// series query may ask for.
+pub(crate) fn is_metric_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
+}
+
 /// One table row on its way in: a reading's metric. Field names and types are the
 /// JSON that [`ROWS_SCHEMA`] reads back on the warehouse.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -124,7 +130,7 @@ const COLUMNS: [Column; 7] = [
 ];
 
 /// The dead-letter table has the same columns, plus why the table refused the row.
-const REJECTED_COLUMNS: [Column; 2] = [
+const DEAD_LETTER_COLUMNS: [Column; 2] = [
     column(
         "error_code",
         "STRING",
@@ -181,7 +187,7 @@ pub(crate) fn merge_sql(table: &TableName) -> String {
 }
 
 /// [`merge_sql`] into the dead-letter table, with `:error_code` and `:error_message`.
-pub(crate) fn merge_rejected_sql(table: &TableName) -> String {
+pub(crate) fn merge_dead_letter_sql(table: &TableName) -> String {
     merge_into(
         table,
         ", error_code, error_message",
@@ -212,7 +218,7 @@ fn merge_into(table: &TableName, extra_columns: &str, extra_values: &str) -> Str
 pub async fn ensure_tables(
     statements: &Statements,
     table: &TableName,
-    rejected: &TableName,
+    dead_letter: &TableName,
 ) -> Result<(), databricks::Error> {
     let creates = [
         create_table_sql(
@@ -221,12 +227,12 @@ pub async fn ensure_tables(
             "Device readings ingested by lakegate, one row per metric",
         ),
         create_table_sql(
-            rejected,
-            COLUMNS.iter().chain(&REJECTED_COLUMNS),
+            dead_letter,
+            COLUMNS.iter().chain(&DEAD_LETTER_COLUMNS),
             "Readings the table refused, with the error",
         ),
     ];
-    for (name, create) in [table, rejected].into_iter().zip(creates) {
+    for (name, create) in [table, dead_letter].into_iter().zip(creates) {
         let schema = format!(
             "CREATE SCHEMA IF NOT EXISTS {}.{}",
             name.catalog, name.schema
@@ -365,7 +371,7 @@ mod tests {
     fn the_dead_letter_table_extends_the_table() {
         let ddl = create_table_sql(
             &table(),
-            COLUMNS.iter().chain(&REJECTED_COLUMNS),
+            COLUMNS.iter().chain(&DEAD_LETTER_COLUMNS),
             "it's refused",
         );
         assert!(ddl.starts_with(
@@ -373,7 +379,7 @@ mod tests {
         ));
         assert!(ddl.contains("error_message STRING COMMENT 'The warehouse''s message'"));
         assert!(ddl.ends_with("COMMENT 'it''s refused'"));
-        let merge = merge_rejected_sql(&table());
+        let merge = merge_dead_letter_sql(&table());
         assert!(
             merge.contains("ingested_at, error_code, error_message)"),
             "{merge}"

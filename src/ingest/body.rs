@@ -14,7 +14,6 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::Value;
 
 use super::rejection::{RejectReason, Rejection, excerpt};
-use crate::error_code::ErrorCode;
 
 /// Caps on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,21 +125,6 @@ pub enum BodyError {
         lakegate_device::counted(*limit as u64, "reading", "readings")
     )]
     TooManyReadings { limit: usize },
-}
-
-impl BodyError {
-    /// The refusal's code (and with it the status).
-    pub(crate) fn code(&self) -> ErrorCode {
-        match self {
-            BodyError::UnsupportedEncoding(_) => ErrorCode::UnsupportedEncoding,
-            BodyError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
-            BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
-            BodyError::BadEncoding(_) => ErrorCode::BadEncoding,
-            BodyError::InvalidJson { .. } => ErrorCode::InvalidJson,
-            BodyError::Empty => ErrorCode::EmptyBody,
-            BodyError::TooManyReadings { .. } => ErrorCode::TooManyReadings,
-        }
-    }
 }
 
 /// Undoes the content encoding. `max_body_bytes` caps the decoded size, and gzip
@@ -439,6 +423,7 @@ impl BodyCaps {
 mod tests {
     use std::io::Write;
 
+    use crate::server::body_error_code;
     use flate2::Compression;
     use flate2::write::GzEncoder;
     use serde_json::json;
@@ -487,7 +472,10 @@ mod tests {
             let err = Encoding::from_header(Some(header)).unwrap_err();
             assert!(matches!(err, BodyError::UnsupportedEncoding(_)), "{header}");
             assert_eq!(
-                (err.code().status().as_u16(), err.code().as_str()),
+                (
+                    body_error_code(&err).status().as_u16(),
+                    body_error_code(&err).as_str()
+                ),
                 (415, "unsupported_encoding")
             );
         }
@@ -528,7 +516,10 @@ mod tests {
                 "{header}"
             );
             assert_eq!(
-                (err.code().status().as_u16(), err.code().as_str()),
+                (
+                    body_error_code(&err).status().as_u16(),
+                    body_error_code(&err).as_str()
+                ),
                 (415, "unsupported_media_type")
             );
         }
@@ -560,7 +551,10 @@ mod tests {
         let err = decode(raw, Encoding::Identity, &caps_with_body(10)).unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { limit: 10 }));
         assert_eq!(
-            (err.code().status().as_u16(), err.code().as_str()),
+            (
+                body_error_code(&err).status().as_u16(),
+                body_error_code(&err).as_str()
+            ),
             (413, "body_too_large")
         );
     }
@@ -624,7 +618,10 @@ mod tests {
             let err = decode(raw, Encoding::Gzip, &caps_with_body(1024)).unwrap_err();
             assert!(matches!(err, BodyError::BadEncoding(_)), "{case}: {err:?}");
             assert_eq!(
-                (err.code().status().as_u16(), err.code().as_str()),
+                (
+                    body_error_code(&err).status().as_u16(),
+                    body_error_code(&err).as_str()
+                ),
                 (400, "bad_encoding"),
                 "{case}"
             );
@@ -685,7 +682,10 @@ mod tests {
             let err = split(body, format).unwrap_err();
             assert!(matches!(err, BodyError::Empty), "{body:?}: {err:?}");
             assert_eq!(
-                (err.code().status().as_u16(), err.code().as_str()),
+                (
+                    body_error_code(&err).status().as_u16(),
+                    body_error_code(&err).as_str()
+                ),
                 (400, "empty_body")
             );
         }
@@ -709,7 +709,10 @@ mod tests {
             "invalid JSON at line 3, column 9: expected value"
         );
         assert_eq!(
-            (err.code().status().as_u16(), err.code().as_str()),
+            (
+                body_error_code(&err).status().as_u16(),
+                body_error_code(&err).as_str()
+            ),
             (400, "invalid_json")
         );
     }
@@ -741,7 +744,7 @@ mod tests {
         let err = split(r#"{"ts": 1, "metrics": {"t": 1e999}}"#, BodyFormat::Json).unwrap_err();
         assert!(matches!(err, BodyError::InvalidJson { .. }), "{err:?}");
         assert!(err.to_string().contains("number out of range"), "{err}");
-        assert_eq!(err.code().status().as_u16(), 400);
+        assert_eq!(body_error_code(&err).status().as_u16(), 400);
     }
 
     #[test]
@@ -757,7 +760,7 @@ mod tests {
         assert_eq!(entries[0].as_ref().unwrap(), &json!({"metrics": {"a": []}}));
         // Malformed deep down is still found, and is the client's error.
         let err = split(&deep("{\"a\":", "}"), BodyFormat::Json).unwrap_err();
-        assert_eq!(err.code().status().as_u16(), 400);
+        assert_eq!(body_error_code(&err).status().as_u16(), 400);
         let ndjson = format!("{{\"a\": 1}}\n{}\n", deep("[", "]"));
         let entries = split(&ndjson, BodyFormat::NdJson).unwrap();
         assert!(entries[0].is_ok());
@@ -798,7 +801,10 @@ mod tests {
                 "{err:?}"
             );
             assert_eq!(
-                (err.code().status().as_u16(), err.code().as_str()),
+                (
+                    body_error_code(&err).status().as_u16(),
+                    body_error_code(&err).as_str()
+                ),
                 (413, "too_many_readings")
             );
             assert!(

@@ -2,11 +2,13 @@
 //! (`rejection`), the body as it arrives (`body`: size caps, gzip, JSON or NDJSON
 //! split into readings without building nested values), one reading checked and
 //! turned into table rows (`reading`), the devices a site relay's readings name
-//! (`relayed`), a whole request (`request`), the bounded
+//! (`relayed`), a whole request (`request`), admission of a sender's request
+//! (`intake`: what it may queue, or an `IntakeRefusal`), the bounded
 //! queue between handlers and the writer (`queue`), the batch writer with its
 //! retries and dead-lettering (`writer`) and the statements it runs (`sink`).
 
 mod body;
+mod intake;
 mod queue;
 mod reading;
 mod rejection;
@@ -16,14 +18,9 @@ mod sink;
 mod writer;
 
 pub(crate) use body::{BodyCaps, BodyError, BodyFormat, Encoding, decode};
-pub(crate) use queue::{
-    IngestQueue, QueueCapacity, QueueError, Reservation, Submission, Unwritten,
-};
-pub(crate) use reading::is_name_char;
+pub(crate) use intake::{Intake, IntakeRefusal, Taken};
+pub(crate) use queue::{IngestQueue, QueueCapacity, QueueError, Submission, Unwritten};
 pub(crate) use rejection::{RejectReason, excerpt};
-pub(crate) use relayed::RelayedDevices;
-pub(crate) use request::{
-    ParsedRequest, RejectedReading, notes_on, parse_relayed_request, parse_request,
-};
+pub(crate) use request::{RejectedReading, notes_on};
 pub(crate) use sink::StatementSink;
 pub(crate) use writer::{BatchSettings, Writer};

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::body::BodyCaps;
 use super::rejection::{RejectReason, Rejection, excerpt, type_name};
-use crate::table::TableRow;
+use crate::table::{TableRow, is_metric_name_char};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
@@ -321,7 +321,7 @@ fn parse_metrics(
 fn check_metric_name(name: &str, max_len: usize) -> Result<(), Rejection> {
     let problem = if name.is_empty() {
         "is empty".to_owned()
-    } else if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
+    } else if let Some(bad) = name.chars().find(|&c| !is_metric_name_char(c)) {
         format!("contains {bad:?}; allowed are A-Z a-z 0-9 _ . : / -")
     } else if name.len() > max_len {
         // Only ASCII is left, so bytes are characters.
@@ -333,11 +333,6 @@ fn check_metric_name(name: &str, max_len: usize) -> Result<(), Rejection> {
         RejectReason::InvalidMetricName,
         format!("metric name {} {problem}", excerpt(name)),
     ))
-}
-
-/// The characters of a metric name.
-pub(crate) fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
 }
 
 fn metric_value(

@@ -17,15 +17,15 @@ const MAX_ERROR_MESSAGE: usize = 4000;
 pub struct StatementSink {
     statements: Statements,
     merge_sql: String,
-    reject_sql: String,
+    dead_letter_sql: String,
 }
 
 impl StatementSink {
-    pub fn new(statements: Statements, table: &TableName, rejected: &TableName) -> Self {
+    pub fn new(statements: Statements, table: &TableName, dead_letter: &TableName) -> Self {
         StatementSink {
             statements,
             merge_sql: table::merge_sql(table),
-            reject_sql: table::merge_rejected_sql(rejected),
+            dead_letter_sql: table::merge_dead_letter_sql(dead_letter),
         }
     }
 
@@ -52,7 +52,7 @@ impl BatchSink for StatementSink {
         self.statements.execute(request).await.map(drop)
     }
 
-    async fn write_rejected(
+    async fn write_dead_letter(
         &self,
         batch: &EncodedBatch,
         refusal: &databricks::Error,
@@ -64,7 +64,7 @@ impl BatchSink for StatementSink {
             .take(MAX_ERROR_MESSAGE)
             .collect();
         let request = self
-            .request(&self.reject_sql, batch)
+            .request(&self.dead_letter_sql, batch)
             .param(Param::string("error_code", code))
             .param(Param::string("error_message", message));
         self.statements.execute(request).await.map(drop)

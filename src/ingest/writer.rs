@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::Submission;
 use crate::databricks::{self, FailureKind, RetryPolicy};
+use crate::health::WriteHealth;
 use crate::metrics::Metrics;
 use crate::table::TableRow;
 
@@ -61,7 +62,7 @@ pub trait BatchSink: Send + Sync + 'static {
 
     /// Writes rows the table refused (`refusal` says why) to the dead-letter table.
     /// Idempotent too.
-    fn write_rejected(
+    fn write_dead_letter(
         &self,
         batch: &EncodedBatch,
         refusal: &databricks::Error,
@@ -187,7 +188,9 @@ pub struct Writer<S> {
     sink: S,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
-    /// Cancelled once no request can queue rows any more: flush what is left and stop.
+    /// Whether the table takes writes, for `/readyz` and the ingest route.
+    writes: Arc<WriteHealth>,
+    /// Cancelled once no request can queue rows any more: drain what is left and stop.
     closing: CancellationToken,
 }
 
@@ -197,6 +200,7 @@ impl<S: BatchSink> Writer<S> {
         sink: S,
         settings: BatchSettings,
         metrics: Arc<Metrics>,
+        writes: Arc<WriteHealth>,
         closing: CancellationToken,
     ) -> Self {
         Writer {
@@ -204,6 +208,7 @@ impl<S: BatchSink> Writer<S> {
             sink,
             settings,
             metrics,
+            writes,
             closing,
         }
     }
@@ -239,7 +244,7 @@ impl<S: BatchSink> Writer<S> {
                 return (!rest.is_empty()).then_some(rest);
             }
         };
-        let flush_at = tokio::time::Instant::now() + self.settings.flush_interval;
+        let linger_until = tokio::time::Instant::now() + self.settings.flush_interval;
         rows = first.rows.len();
         submissions.push(first);
         while rows < self.settings.max_rows {
@@ -252,7 +257,7 @@ impl<S: BatchSink> Writer<S> {
                     }
                     None => break,
                 },
-                () = tokio::time::sleep_until(flush_at) => break,
+                () = tokio::time::sleep_until(linger_until) => break,
                 () = self.closing.cancelled() => {
                     submissions.extend(self.drain());
                     break;
@@ -314,7 +319,7 @@ impl<S: BatchSink> Writer<S> {
             let err = match self.sink.write(batch).await {
                 Ok(()) => {
                     self.metrics.batch_committed(batch.rows, started.elapsed());
-                    self.metrics.writes.recovered();
+                    self.writes.recovered();
                     tracing::debug!(rows = batch.rows, "batch committed");
                     return Ok(());
                 }
@@ -337,8 +342,7 @@ impl<S: BatchSink> Writer<S> {
             }
             match err.kind() {
                 FailureKind::Target | FailureKind::Request => {
-                    self.metrics
-                        .writes
+                    self.writes
                         .failing(&err, "the table cannot be written", batch.rows);
                 }
                 FailureKind::Transient => {
@@ -353,12 +357,12 @@ impl<S: BatchSink> Writer<S> {
     async fn dead_letter(&self, batch: &RowBatch<'_>, refusal: &databricks::Error) {
         let mut backoff = Backoff::new();
         loop {
-            let err = match self.sink.write_rejected(&batch.encoded, refusal).await {
+            let err = match self.sink.write_dead_letter(&batch.encoded, refusal).await {
                 Ok(()) => {
                     self.metrics
                         .rows_dead_lettered
                         .inc_by(batch.rows.len() as u64);
-                    self.metrics.writes.recovered();
+                    self.writes.recovered();
                     for row in &batch.rows {
                         tracing::warn!(
                             device_id = %row.device_id,
@@ -379,7 +383,7 @@ impl<S: BatchSink> Writer<S> {
                     tracing::warn!(error = %err, "dead-letter write failed; retrying");
                 }
                 FailureKind::Target | FailureKind::Request => {
-                    self.metrics.writes.failing(
+                    self.writes.failing(
                         &err,
                         "the table refuses a row and the dead-letter table cannot take it",
                         batch.rows.len(),
@@ -525,7 +529,7 @@ mod tests {
             Ok(())
         }
 
-        async fn write_rejected(
+        async fn write_dead_letter(
             &self,
             _: &EncodedBatch,
             _: &databricks::Error,
@@ -539,7 +543,7 @@ mod tests {
         bytes: 1 << 20,
     };
 
-    /// A writer over `sink` with a linger of `flush_ms`, running on a queue of one lane.
+    /// A writer over `sink` with a linger of `linger_ms`, running on a queue of one lane.
     struct Running {
         queue: super::super::queue::IngestQueue,
         closing: CancellationToken,
@@ -547,15 +551,16 @@ mod tests {
         task: tokio::task::JoinHandle<()>,
     }
 
-    fn start_writer<S: BatchSink>(sink: S, flush_ms: u64) -> Running {
+    fn start_writer<S: BatchSink>(sink: S, linger_ms: u64) -> Running {
         let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
         let closing = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let writer = Writer::new(
             lanes.remove(0),
             sink,
-            settings(flush_ms),
+            settings(linger_ms),
             metrics.clone(),
+            Arc::default(),
             closing.clone(),
         );
         let task = tokio::spawn(writer.run());
@@ -567,9 +572,9 @@ mod tests {
         }
     }
 
-    fn settings(flush_ms: u64) -> BatchSettings {
+    fn settings(linger_ms: u64) -> BatchSettings {
         BatchSettings {
-            flush_interval: Duration::from_millis(flush_ms),
+            flush_interval: Duration::from_millis(linger_ms),
             max_rows: 100,
             max_bytes: 1 << 20,
         }
@@ -667,15 +672,15 @@ mod tests {
         })
     }
 
-    /// Fails its first `internal_errors` writes, and its first `rejected_internal_errors`
+    /// Fails its first `internal_errors` writes, and its first `dead_letter_internal_errors`
     /// dead-letter writes, with `[INTERNAL_ERROR]` (SQLSTATE XX000); refuses every batch
     /// holding a row whose reading id is `bad` with a constraint violation (SQLSTATE 23001).
     struct WarehouseSink {
         internal_errors: std::sync::Mutex<u32>,
-        rejected_internal_errors: std::sync::Mutex<u32>,
+        dead_letter_internal_errors: std::sync::Mutex<u32>,
         bad: &'static str,
         written: std::sync::Mutex<Vec<String>>,
-        rejected: std::sync::Mutex<Vec<String>>,
+        dead_lettered: std::sync::Mutex<Vec<String>>,
     }
 
     impl WarehouseSink {
@@ -711,16 +716,16 @@ mod tests {
             Ok(())
         }
 
-        async fn write_rejected(
+        async fn write_dead_letter(
             &self,
             batch: &EncodedBatch,
             refusal: &databricks::Error,
         ) -> Result<(), databricks::Error> {
             assert!(refusal.is_data_error(), "dead-lettered for {refusal}");
-            if let Some(err) = WarehouseSink::internal_error(&self.rejected_internal_errors) {
+            if let Some(err) = WarehouseSink::internal_error(&self.dead_letter_internal_errors) {
                 return Err(err);
             }
-            self.rejected
+            self.dead_lettered
                 .lock()
                 .unwrap()
                 .extend(WarehouseSink::reading_ids(batch));
@@ -732,10 +737,10 @@ mod tests {
     async fn internal_errors_keep_the_rows_and_only_data_errors_dead_letter() {
         let sink = Arc::new(WarehouseSink {
             internal_errors: 3.into(),
-            rejected_internal_errors: 2.into(),
+            dead_letter_internal_errors: 2.into(),
             bad: "r2",
             written: std::sync::Mutex::default(),
-            rejected: std::sync::Mutex::default(),
+            dead_lettered: std::sync::Mutex::default(),
         });
         let Running {
             queue,
@@ -754,8 +759,8 @@ mod tests {
             "the internal errors kept every row"
         );
         // The dead-letter write's own internal errors were retried, not taken for a refusal.
-        assert_eq!(*sink.rejected.lock().unwrap(), ["r2"]);
-        assert_eq!(*sink.rejected_internal_errors.lock().unwrap(), 0);
+        assert_eq!(*sink.dead_lettered.lock().unwrap(), ["r2"]);
+        assert_eq!(*sink.dead_letter_internal_errors.lock().unwrap(), 0);
         assert_eq!(metrics.rows_dead_lettered.get(), 1);
         closing.cancel();
         task.await.unwrap();
@@ -776,7 +781,7 @@ mod tests {
             Ok(())
         }
 
-        async fn write_rejected(
+        async fn write_dead_letter(
             &self,
             _: &EncodedBatch,
             _: &databricks::Error,
@@ -833,7 +838,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closing_flushes_queued_rows_without_waiting_for_the_interval() {
+    async fn closing_drains_queued_rows_without_waiting_for_the_linger() {
         let sink = Arc::new(FlakySink::default());
         let Running {
             queue,

@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::is_valid_device_id;
-use crate::ingest::is_name_char;
+use crate::table::is_metric_name_char;
 
 /// Longest range one series may cover.
 const MAX_RANGE: TimeDelta = TimeDelta::days(90);
@@ -147,7 +147,7 @@ impl SeriesQuery {
         let device_id = valid_device_id(device_id)?;
         let metric = present(params.metric).ok_or_else(|| param_error("metric", "is required"))?;
         // Only the characters: the value is a parameter, and an unknown name finds nothing.
-        if !metric.chars().all(is_name_char) {
+        if !metric.chars().all(is_metric_name_char) {
             return Err(param_error(
                 "metric",
                 "must be made of A-Z a-z 0-9 _ . : / -",

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Site;
+use super::site::Site;
 use crate::databricks::RetryPolicy;
 use crate::metrics::Metrics;
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use lakegate_device::{Spool, SpoolError};
 
-use super::Site;
+use super::site::Site;
 use crate::ingest::{Submission, Unwritten};
 use crate::metrics::Metrics;
 use crate::table::TableRow;

@@ -16,9 +16,10 @@ use axum::http::request::Parts;
 
 use super::error::HttpError;
 use super::state::AppState;
+use crate::client_address::{address_block, client_address};
 use crate::devices::{AuthFailure, KeyKind, Registry, Sender};
 use crate::error_code::ErrorCode;
-use crate::rate_limits::{Credential, address_block, client_address};
+use crate::rate_limits::Credential;
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error_code::ErrorCode;
-use crate::ingest::{BodyError, QueueError, RejectedReading};
+use crate::ingest::{BodyError, IntakeRefusal, QueueError, RejectedReading};
 use crate::query::{ParamError, ReadsBusy};
 use crate::rate_limits::{RateLimitKind, RateLimited};
 use crate::relay::NotForwarded;
@@ -61,38 +61,101 @@ impl HttpError {
         )
     }
 
-    /// Every reading of a relay's request that could be taken was for a device over its
-    /// rate: push-back for the whole request, with the list of what was refused and why.
-    pub(crate) fn relayed_devices_rate_limited(
-        rejected: Vec<RejectedReading>,
-        retry_after: Duration,
-    ) -> Self {
-        HttpError {
-            rejected,
-            ..HttpError::new(
+    fn with_rejected(self, rejected: Vec<RejectedReading>) -> Self {
+        HttpError { rejected, ..self }
+    }
+
+    /// The relay's spool has no room for the request's readings.
+    pub(crate) fn spool_full() -> Self {
+        HttpError::new(
+            ErrorCode::SpoolFull,
+            "the relay's spool is full while the upstream catches up; nothing from this \
+             request was accepted; retry later",
+        )
+        .retry_after(SPOOL_FULL_RETRY)
+    }
+
+    /// The acknowledgement's wait ran out; `relay` says where the readings wait.
+    pub(crate) fn not_yet_committed(relay: bool) -> Self {
+        HttpError::new(
+            ErrorCode::NotYetCommitted,
+            match relay {
+                false => {
+                    "the readings are queued but not committed yet; the gateway keeps \
+                          writing them while it runs, and resending them is safe because \
+                          repeated readings are written once"
+                }
+                true => {
+                    "the readings are queued but not on the relay's disk yet; the relay \
+                         keeps trying while it runs, and resending them is safe because \
+                         repeated readings are written once"
+                }
+            },
+        )
+        .retry_after(Duration::from_secs(5))
+    }
+
+    /// No promise that the rows will still be written: the grace period may end first.
+    pub(crate) fn not_committed_at_shutdown() -> Self {
+        HttpError::new(
+            ErrorCode::NotYetCommitted,
+            "the gateway is shutting down and the readings are not committed; they may not be \
+             written before it stops, so resend them (repeated readings are written once)",
+        )
+        .retry_after(Duration::from_secs(5))
+    }
+}
+
+/// When a device may try again after finding the relay's spool full.
+const SPOOL_FULL_RETRY: Duration = Duration::from_secs(30);
+
+impl From<IntakeRefusal> for HttpError {
+    fn from(refusal: IntakeRefusal) -> Self {
+        match refusal {
+            IntakeRefusal::Body(err) => err.into(),
+            IntakeRefusal::NoValidReadings(rejected) => HttpError::new(
+                ErrorCode::NoValidReadings,
+                "no reading in the request is valid; see `rejected`",
+            )
+            .with_rejected(rejected),
+            IntakeRefusal::TableUnwritable => HttpError::new(
+                ErrorCode::WritesFailing,
+                "the gateway cannot write to its table at the moment; nothing from this \
+                 request was accepted; retry later",
+            )
+            .retry_after(Duration::from_secs(30)),
+            IntakeRefusal::Queue(err) => err.into(),
+            IntakeRefusal::RateLimited(err) => err.into(),
+            IntakeRefusal::RelayedDevicesRateLimited {
+                rejected,
+                retry_after,
+            } => HttpError::new(
                 ErrorCode::DeviceRateLimited,
                 "every reading that could be taken is for a device over its rate limit; \
                  see `rejected`, and send those readings again later",
             )
             .retry_after(retry_after)
-        }
-    }
-
-    /// Every reading of the request was refused; the list says why.
-    pub(crate) fn all_rejected(rejected: Vec<RejectedReading>) -> Self {
-        HttpError {
-            rejected,
-            ..HttpError::new(
-                ErrorCode::NoValidReadings,
-                "no reading in the request is valid; see `rejected`",
-            )
+            .with_rejected(rejected),
         }
     }
 }
 
 impl From<BodyError> for HttpError {
     fn from(err: BodyError) -> Self {
-        HttpError::new(err.code(), err.to_string())
+        HttpError::new(body_error_code(&err), err.to_string())
+    }
+}
+
+/// A body refusal's code (and with it the status).
+pub(crate) fn body_error_code(err: &BodyError) -> ErrorCode {
+    match err {
+        BodyError::UnsupportedEncoding(_) => ErrorCode::UnsupportedEncoding,
+        BodyError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+        BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+        BodyError::BadEncoding(_) => ErrorCode::BadEncoding,
+        BodyError::InvalidJson { .. } => ErrorCode::InvalidJson,
+        BodyError::Empty => ErrorCode::EmptyBody,
+        BodyError::TooManyReadings { .. } => ErrorCode::TooManyReadings,
     }
 }
 

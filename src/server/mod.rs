@@ -7,8 +7,8 @@ mod ops;
 mod page;
 mod read;
 mod readiness;
-mod relayed;
 mod state;
+mod upload;
 
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::error_code::ErrorCode;
 use crate::metrics::RequestLabels;
 use error::HttpError;
+#[cfg(test)]
+pub(crate) use error::body_error_code;
 pub(crate) use state::{AppState, Backend};
 
 pub fn router(state: AppState) -> Router {

@@ -84,8 +84,8 @@ async fn gateway_checks(app: &AppState, client: &databricks::Client) -> Checks {
             "unreachable"
         }
     };
-    let reason = match app.metrics.activity.writes_failing_for() {
-        _ if app.metrics.writes.is_unwritable() => Some("table_unwritable"),
+    let reason = match app.metrics.stats.writes_failing_for() {
+        _ if app.writes.is_unwritable() => Some("table_unwritable"),
         Some(failing) if failing > WRITE_FAILURE_GRACE => Some("write_errors"),
         _ => None,
     };
@@ -108,7 +108,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             site.token_fetches()
         }
     };
-    let text = app.metrics.render(tokens);
+    let text = app.metrics.render(tokens, app.writes.is_unwritable());
     (
         [(
             header::CONTENT_TYPE,

@@ -211,7 +211,7 @@ pub async fn devices(
 ) -> Result<Json<DeviceList>, HttpError> {
     let mut list = DeviceList::clone(&*reader.device_list(&app).await?);
     for device in &mut list.devices {
-        device.rejected_since_start = app.metrics.activity.rejected_by(&device.device_id);
+        device.rejected_since_start = app.metrics.stats.rejected_by(&device.device_id);
     }
     Ok(Json(list))
 }
@@ -304,11 +304,11 @@ pub async fn stats(State(app): State<AppState>, reader: Reader) -> Result<Json<S
     let metrics = &app.metrics;
     let rejected_by_reason =
         metrics.rejected_by_reason(RejectReason::ALL.iter().map(RejectReason::as_str));
-    let batches = metrics.activity.batch_latency();
+    let batches = metrics.stats.batch_latency();
     Ok(Json(Stats {
-        uptime_secs: metrics.activity.uptime().as_secs(),
+        uptime_secs: metrics.stats.uptime().as_secs(),
         readings_accepted_total: metrics.readings_accepted.get(),
-        readings_per_sec_1m: metrics.activity.accepted_per_sec(),
+        readings_per_sec_1m: metrics.stats.accepted_per_sec(),
         rejected_total: rejected_by_reason.values().sum(),
         rejected_by_reason,
         queue_rows: app.queue.depth(),

@@ -9,7 +9,8 @@ use super::readiness::ReadinessCache;
 use crate::config::GatewayConfig;
 use crate::databricks;
 use crate::devices::LiveRegistry;
-use crate::ingest::IngestQueue;
+use crate::health::WriteHealth;
+use crate::ingest::{IngestQueue, Intake};
 use crate::metrics::Metrics;
 use crate::query::ReadGate;
 use crate::rate_limits::RateLimits;
@@ -39,6 +40,9 @@ pub struct App {
     /// Read statements' slots and the cached device lists.
     pub reads: ReadGate,
     pub metrics: Arc<Metrics>,
+    /// Whether the table takes writes: set by the writers, read by `/readyz`, `/metrics`
+    /// and the intake (which takes no more while it does not).
+    pub(crate) writes: Arc<WriteHealth>,
     /// Cancelled when the shutdown signal arrives.
     pub shutting_down: CancellationToken,
     /// The last readiness check; held while a check runs, so that checks don't pile up.
@@ -52,6 +56,7 @@ impl AppState {
         keys: LiveRegistry,
         queue: IngestQueue,
         metrics: Arc<Metrics>,
+        writes: Arc<WriteHealth>,
     ) -> Self {
         AppState(Arc::new(App {
             rate_limits: RateLimits::new(config.rate_limits.clone()),
@@ -66,6 +71,7 @@ impl AppState {
             keys,
             queue,
             metrics,
+            writes,
             shutting_down: CancellationToken::new(),
             readiness: ReadinessCache::default(),
         }))
@@ -73,6 +79,17 @@ impl AppState {
 }
 
 impl App {
+    /// Admission, over this gateway's queue, budgets and write health.
+    pub(crate) fn intake(&self) -> Intake<'_> {
+        Intake {
+            caps: &self.config.body,
+            queue: &self.queue,
+            rate_limits: &self.rate_limits,
+            metrics: &self.metrics,
+            writes: &self.writes,
+        }
+    }
+
     /// The relay's spool and upstream; `None` in a gateway.
     pub fn site(&self) -> Option<&Arc<Site>> {
         match &self.backend {

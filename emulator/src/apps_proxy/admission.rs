@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 
-use super::AppsProxyConfig;
+use super::config::AppsProxyConfig;
 use crate::error::ErrorReply;
 use crate::identity::TokenOwner;
 use crate::state::TokenStore;

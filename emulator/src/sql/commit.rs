@@ -16,8 +16,7 @@
 //! appended to each partition since; a table replaced (CREATE OR REPLACE, DROP and CREATE) is
 //! a new table object.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -33,6 +32,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as EngineStatement;
 use datafusion::sql::sqlparser::ast::{Expr, Ident, SetExpr, Statement};
 
+use super::versions::{ReadRange, TableVersion};
 use super::{
     Counts, Effect, Engine, Kind, Output, Prepared, SqlError, TableName, execute,
     name_not_null_column, normalize, table,
@@ -41,53 +41,6 @@ use crate::config::WriteConflicts;
 
 const CONFLICT_SQL_STATE: &str = "2D521";
 const CONFLICT_DOCS: &str = "https://docs.databricks.com/aws/en/optimizations/isolation-level";
-
-/// What part of its target a write reads, i.e. what concurrent appends it conflicts with.
-#[derive(Clone)]
-pub(super) enum ReadRange {
-    /// Every row (an INSERT ... SELECT from its target, a MERGE without a condition on the
-    /// target alone).
-    Whole,
-    /// Rows for which `predicate` holds, its columns named `qualifier.column`.
-    Rows {
-        qualifier: Ident,
-        predicate: Box<Expr>,
-    },
-}
-
-/// The last commit into each table, by its `catalog.schema.table`.
-#[derive(Default)]
-pub(super) struct Versions {
-    tables: Mutex<HashMap<String, TableVersion>>,
-}
-
-#[derive(Clone, Copy, Default)]
-struct TableVersion {
-    version: u64,
-    /// Delta's name for the operation that committed it (`MERGE`, `WRITE`, ...).
-    operation: &'static str,
-}
-
-impl Versions {
-    fn get(&self, table: &TableName) -> TableVersion {
-        self.lock()
-            .get(&table.to_string())
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// Counts a commit into `table`; called under the write lock.
-    pub(super) fn bump(&self, table: &TableName, operation: &'static str) {
-        let mut tables = self.lock();
-        let entry = tables.entry(table.to_string()).or_default();
-        entry.version += 1;
-        entry.operation = operation;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TableVersion>> {
-        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// A write that has read: what it will commit. See [`Engine::stage`].
 pub struct Staged {

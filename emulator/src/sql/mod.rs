@@ -23,10 +23,13 @@ mod error;
 mod functions;
 mod generators;
 mod merge;
+mod names;
 mod naming;
+mod output;
 mod params;
 mod store;
 mod types;
+mod versions;
 
 use std::io;
 use std::ops::ControlFlow;
@@ -34,7 +37,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, TableProvider,
@@ -50,12 +53,14 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
 pub use error::SqlError;
+pub use names::TableName;
+use names::{INFORMATION_SCHEMA, column_name, normalize, table};
+pub use output::Output;
 pub use params::Parameter;
 pub use types::column_type;
 
 pub const DEFAULT_CATALOG: &str = "main";
 pub const DEFAULT_SCHEMA: &str = "default";
-const INFORMATION_SCHEMA: &str = "information_schema";
 
 /// A statement as the Statement Execution API receives it.
 pub struct Request<'a> {
@@ -65,26 +70,11 @@ pub struct Request<'a> {
     pub schema: Option<&'a str>,
 }
 
-/// What a statement produced: its result set, empty for most DDL.
-pub struct Output {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-}
-
-impl Output {
-    fn empty() -> Self {
-        Self {
-            schema: Arc::new(Schema::empty()),
-            batches: Vec::new(),
-        }
-    }
-}
-
 pub struct Engine {
     ctx: SessionContext,
     store: Option<store::Store>,
     writes: tokio::sync::Mutex<()>,
-    versions: commit::Versions,
+    versions: versions::Versions,
 }
 
 /// A parsed and bound statement, ready to run.
@@ -105,8 +95,8 @@ enum Kind {
         counts: Option<Counts>,
         /// Whether an INSERT (or MERGE) reads the table it writes.
         reads_target: bool,
-        /// What a MERGE reads of its target; see [`commit::ReadRange`].
-        range: Option<Box<commit::ReadRange>>,
+        /// What a MERGE reads of its target; see [`versions::ReadRange`].
+        range: Option<Box<versions::ReadRange>>,
     },
 }
 
@@ -122,19 +112,6 @@ enum Effect {
     None,
     Table(TableName),
     Catalog,
-}
-
-/// A fully qualified, normalized table name.
-pub struct TableName {
-    pub catalog: String,
-    pub schema: String,
-    pub table: String,
-}
-
-impl std::fmt::Display for TableName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.catalog, self.schema, self.table)
-    }
 }
 
 impl Engine {
@@ -163,7 +140,7 @@ impl Engine {
             ctx,
             store,
             writes: tokio::sync::Mutex::new(()),
-            versions: commit::Versions::default(),
+            versions: versions::Versions::default(),
         })
     }
 
@@ -222,7 +199,7 @@ impl Engine {
                     counts,
                     reads_target,
                     range: range.map(|(qualifier, predicate)| {
-                        Box::new(commit::ReadRange::Rows {
+                        Box::new(versions::ReadRange::Rows {
                             qualifier,
                             predicate: Box::new(predicate),
                         })
@@ -610,12 +587,6 @@ fn create_catalog(ctx: &SessionContext, name: &str, if_not_exists: bool) -> Resu
     Ok(())
 }
 
-/// Looks a table up in the catalog.
-async fn table(ctx: &SessionContext, name: &TableName) -> Option<Arc<dyn TableProvider>> {
-    let schema = ctx.catalog(&name.catalog)?.schema(&name.schema)?;
-    schema.table(&name.table).await.ok().flatten()
-}
-
 /// The column names of a table, for `INSERT *`.
 fn table_columns(name: &ObjectName, state: &SessionState) -> Result<Vec<String>, SqlError> {
     let name = resolve(name, state)?;
@@ -680,22 +651,4 @@ fn last_part(name: &ObjectName) -> Result<&Ident, SqlError> {
             .ok_or_else(|| SqlError::syntax(format!("invalid name {name}"))),
         _ => Err(SqlError::syntax(format!("invalid catalog name {name}"))),
     }
-}
-
-/// Unquoted identifiers are case-insensitive: DataFusion folds them to lower case, and so do we.
-fn normalize(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
-}
-
-/// The column an INSERT column list names (its last part).
-fn column_name(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|part| part.as_ident())
-        .map(normalize)
-        .unwrap_or_default()
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// that can send at all, this bounds the memory if it is huge.
 const MAX_TRACKED_DEVICES: usize = 10_000;
 
-pub struct Activity {
+pub struct GatewayStats {
     started: Instant,
     rejected_by_device: Mutex<HashMap<Arc<str>, u64>>,
     accepted: Mutex<MinuteWindow>,
@@ -28,9 +28,9 @@ pub struct BatchLatency {
     pub last: Duration,
 }
 
-impl Default for Activity {
+impl Default for GatewayStats {
     fn default() -> Self {
-        Activity {
+        GatewayStats {
             started: Instant::now(),
             rejected_by_device: Mutex::default(),
             accepted: Mutex::default(),
@@ -40,7 +40,7 @@ impl Default for Activity {
     }
 }
 
-impl Activity {
+impl GatewayStats {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -184,34 +184,34 @@ mod tests {
 
     #[test]
     fn rejections_are_counted_per_device_up_to_the_cap() {
-        let activity = Activity::default();
+        let stats = GatewayStats::default();
         let pump: Arc<str> = "pump-7".into();
-        activity.rejected(&pump);
-        activity.rejected(&pump);
-        assert_eq!(activity.rejected_by("pump-7"), 2);
-        assert_eq!(activity.rejected_by("other"), 0);
+        stats.rejected(&pump);
+        stats.rejected(&pump);
+        assert_eq!(stats.rejected_by("pump-7"), 2);
+        assert_eq!(stats.rejected_by("other"), 0);
         for n in 0..MAX_TRACKED_DEVICES {
-            activity.rejected(&Arc::from(format!("d-{n}")));
+            stats.rejected(&Arc::from(format!("d-{n}")));
         }
         assert_eq!(
-            activity.rejected_by(&format!("d-{}", MAX_TRACKED_DEVICES - 2)),
+            stats.rejected_by(&format!("d-{}", MAX_TRACKED_DEVICES - 2)),
             1
         );
         assert_eq!(
-            activity.rejected_by(&format!("d-{}", MAX_TRACKED_DEVICES - 1)),
+            stats.rejected_by(&format!("d-{}", MAX_TRACKED_DEVICES - 1)),
             0
         );
-        activity.rejected(&pump);
-        assert_eq!(activity.rejected_by("pump-7"), 3);
+        stats.rejected(&pump);
+        assert_eq!(stats.rejected_by("pump-7"), 3);
     }
 
     #[test]
     fn batch_latency_keeps_total_and_last() {
-        let activity = Activity::default();
-        activity.batch_committed(Duration::from_millis(30));
-        activity.batch_committed(Duration::from_millis(10));
+        let stats = GatewayStats::default();
+        stats.batch_committed(Duration::from_millis(30));
+        stats.batch_committed(Duration::from_millis(10));
         assert_eq!(
-            activity.batch_latency(),
+            stats.batch_latency(),
             BatchLatency {
                 committed: 2,
                 total: Duration::from_millis(40),
@@ -222,15 +222,15 @@ mod tests {
 
     #[test]
     fn latencies_and_rates_are_rounded_for_people() {
-        let activity = Activity::default();
-        assert_eq!(activity.batch_latency().avg_ms(), 0.0);
-        activity.batch_committed(Duration::from_micros(30_456));
-        activity.batch_committed(Duration::from_micros(10_123));
-        activity.batch_committed(Duration::from_micros(10_000));
-        let batches = activity.batch_latency();
+        let stats = GatewayStats::default();
+        assert_eq!(stats.batch_latency().avg_ms(), 0.0);
+        stats.batch_committed(Duration::from_micros(30_456));
+        stats.batch_committed(Duration::from_micros(10_123));
+        stats.batch_committed(Duration::from_micros(10_000));
+        let batches = stats.batch_latency();
         assert_eq!(batches.avg_ms(), 16.9);
         assert_eq!(batches.last_ms(), 10.0);
-        activity.accepted(7);
-        assert_eq!(activity.accepted_per_sec(), 0.12);
+        stats.accepted(7);
+        assert_eq!(stats.accepted_per_sec(), 0.12);
     }
 }
