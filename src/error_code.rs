@@ -35,8 +35,9 @@ macro_rules! error_codes {
 
 error_codes! {
     // The request as a whole.
-    /// A query parameter the route does not take, or a bad value (`?ack=`).
-    InvalidQuery = ("invalid_query", BAD_REQUEST),
+    /// A query parameter the route does not take, or a bad value (`?ack=`, `?from=`).
+    /// One code on every route; `/ingest` answered `invalid_query` before.
+    InvalidParameter = ("invalid_parameter", BAD_REQUEST),
     /// The connection broke while the body was being read.
     BodyUnreadable = ("body_unreadable", BAD_REQUEST),
     UnsupportedEncoding = ("unsupported_encoding", UNSUPPORTED_MEDIA_TYPE),
@@ -103,11 +104,14 @@ error_codes! {
     Overloaded = ("overloaded", SERVICE_UNAVAILABLE),
 
     // Reads.
-    InvalidParameter = ("invalid_parameter", BAD_REQUEST),
     /// The warehouse failed the query; the details are logged, not sent.
     QueryFailed = ("query_failed", BAD_GATEWAY),
     /// Every read statement slot stayed taken while the request waited: writes come first.
     ReadsBusy = ("reads_busy", SERVICE_UNAVAILABLE),
+
+    // Any route.
+    /// A bug: handling the request panicked. The process goes on; the sender resends.
+    InternalError = ("internal_error", INTERNAL_SERVER_ERROR),
 }
 
 #[cfg(test)]

@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::error_code::ErrorCode;
@@ -50,9 +49,12 @@ pub fn router(state: AppState) -> Router {
             .route("/", get(page::index))
             .route("/static/{file}", get(page::static_file)),
     };
-    routes
+    with_test_faults(routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A bug that panics fails its own request (500), not the process: readings
+        // other requests queued stay queued and are written.
+        .layer(CatchPanicLayer::custom(answer_panic))
         // A layer, not a route_layer: unmatched requests (404) are counted too.
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
@@ -72,28 +74,66 @@ pub fn router(state: AppState) -> Router {
                 // is overloaded; real failures are logged where they happen.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        // Behind the Apps proxy X-Request-Id is already set and kept.
-        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-        // Outermost: an id that could flood or garble logs is replaced by a fresh one.
-        .layer(middleware::map_request(drop_unfit_request_id))
+        // Outermost, so the span above and every answer carry the id.
+        .layer(middleware::from_fn(request_id))
+}
+
+/// A route that panics, in debug builds only and only when the test asks for it
+/// (`LAKEGATE_TEST_PANIC_ROUTE` set): the tests prove with it that a panic while
+/// handling one request neither stops the process nor loses queued readings.
+fn with_test_faults(routes: Router<AppState>) -> Router<AppState> {
+    if cfg!(debug_assertions) && std::env::var_os("LAKEGATE_TEST_PANIC_ROUTE").is_some() {
+        routes.route("/__test/panic", post(panic_on_request))
+    } else {
+        routes
+    }
+}
+
+async fn panic_on_request() -> Response {
+    panic!("a test asked this request to panic")
+}
+
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = what, "handling a request panicked; answered 500");
+    HttpError::new(
+        ErrorCode::InternalError,
+        "the gateway failed while handling this request; readings it carried may or may \
+         not be queued: send them again (a resent reading is written once)",
+    )
+    .into_response()
 }
 
 /// Longest incoming `X-Request-Id` kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Removes an incoming `X-Request-Id` that is too long or not printable ASCII,
-/// so that `SetRequestIdLayer` generates one instead.
-async fn drop_unfit_request_id(mut request: Request) -> Request {
-    let fits = |id: &axum::http::HeaderValue| is_fit_request_id(id.as_bytes());
+/// Gives every request an `X-Request-Id` and echoes it on the answer. Behind the Apps
+/// proxy the header is already set and kept; an id that could flood or garble logs
+/// (too long, not printable ASCII, or more than one) is replaced by a fresh one.
+async fn request_id(mut request: Request, next: Next) -> Response {
     let headers = request.headers_mut();
-    let all_fit = headers.get_all("x-request-id").iter().count() == 1
-        && headers.get("x-request-id").is_some_and(fits);
-    if !all_fit {
-        headers.remove("x-request-id");
-    }
-    request
+    let given = match headers.get_all(X_REQUEST_ID).iter().count() {
+        1 => headers
+            .get(X_REQUEST_ID)
+            .filter(|id| is_fit_request_id(id.as_bytes()))
+            .cloned(),
+        _ => None,
+    };
+    let id = given.unwrap_or_else(|| {
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        HeaderValue::try_from(fresh).expect("hex is a valid header value")
+    });
+    headers.insert(X_REQUEST_ID, id.clone());
+    let mut response = next.run(request).await;
+    response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+    response
 }
+
+const X_REQUEST_ID: &str = "x-request-id";
 
 fn is_fit_request_id(id: &[u8]) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
@@ -137,18 +177,6 @@ async fn count_request(State(app): State<AppState>, request: Request, next: Next
         })
         .inc();
     response
-}
-
-#[derive(Clone, Copy)]
-struct RandomRequestId;
-
-impl MakeRequestId for RandomRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let id = format!("{:032x}", rand::random::<u128>());
-        Some(RequestId::new(
-            id.parse().expect("hex is a valid header value"),
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,10 @@ pub(super) fn ack_of(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Ack, HttpError> {
     let invalid = |problem: String| {
-        HttpError::new(ErrorCode::InvalidQuery, format!("{problem}; {ACK_CHOICES}"))
+        HttpError::new(
+            ErrorCode::InvalidParameter,
+            format!("{problem}; {ACK_CHOICES}"),
+        )
     };
     let Query(pairs) =
         query.map_err(|_| invalid("the query string cannot be decoded".to_owned()))?;

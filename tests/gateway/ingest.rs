@@ -173,7 +173,7 @@ async fn accept_mode_answers_202_and_writes_soon_after() {
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),
-        (400, Some("invalid_query")),
+        (400, Some("invalid_parameter")),
         "{answer}"
     );
     gateway.stop().await;

@@ -637,3 +637,66 @@ async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() 
     assert_eq!(gateway.row_count().await, 1);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_while_handling_a_request_fails_that_request_only() {
+    let emulator = start_emulator(emulator_config()).await;
+    // A long linger: the accepted readings are surely still queued when the panic comes.
+    let gateway = GatewayProcess::start(
+        &emulator,
+        &[
+            ("LAKEGATE_LINGER_MS", "3000"),
+            ("LAKEGATE_TEST_PANIC_ROUTE", "1"),
+        ],
+    );
+    let http = lakegate::databricks::http_client().unwrap();
+    for device in 0..FLEET {
+        let body = json!([reading("before", 1.0)]);
+        let response = gateway
+            .post_as(device, &http, "?ack=accept", &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+
+    let panicked = http
+        .post(format!("http://{}/__test/panic", gateway.process.address))
+        .header("X-Request-Id", "panic-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(panicked.headers()["x-request-id"], "panic-1");
+    let (status, answer) = respond(panicked).await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["error"], "internal_error", "{answer}");
+
+    // The process serves on, and takes more readings.
+    let health = http
+        .get(format!("http://{}/healthz", gateway.process.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let after = gateway
+        .post(&http, "", &json!([reading("after", 2.0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200, "committed after the panic");
+
+    // Everything accepted before the panic is written, once.
+    let reader = workspace::reader(&gateway.env);
+    let expected = (FLEET + 1) as i64;
+    eventually_async(
+        Duration::from_secs(30),
+        "every accepted reading in the table",
+        async || workspace::row_count(&reader, TABLE).await.unwrap() == expected,
+    )
+    .await;
+    gateway.terminate().await;
+    assert_eq!(
+        workspace::row_count(&reader, TABLE).await.unwrap(),
+        expected
+    );
+}

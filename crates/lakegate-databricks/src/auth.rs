@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -168,7 +168,11 @@ impl OAuthM2m {
 
     async fn current_token(&self) -> Result<SecretString, Error> {
         let flight = {
-            let mut cache = self.inner.cache.lock().expect("token cache poisoned");
+            let mut cache = self
+                .inner
+                .cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             if let Some(token) = cache.token.as_ref().filter(|t| now < t.expires_at) {
                 let value = token.value.clone();
@@ -204,7 +208,11 @@ impl TokenSource for OAuthM2m {
     }
 
     fn fetches(&self) -> TokenFetches {
-        *self.inner.fetches.lock().expect("fetch counters poisoned")
+        *self
+            .inner
+            .fetches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -219,13 +227,13 @@ impl Inner {
         let requested_at = Instant::now();
         let fetched = self.fetch().await;
         {
-            let mut fetches = self.fetches.lock().expect("fetch counters poisoned");
+            let mut fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
             match fetched {
                 Ok(_) => fetches.succeeded += 1,
                 Err(_) => fetches.failed += 1,
             }
         }
-        let mut cache = self.cache.lock().expect("token cache poisoned");
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache
             .flight
             .as_ref()
