@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 /// The proxies in front of the gateway, whose forwarding headers are believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies {
+pub(crate) struct TrustedProxies {
     /// Every peer is a proxy: on Databricks Apps the peer is always the Apps proxy.
     pub every_peer: bool,
     /// Proxies by network: a peer in one is trusted, and `X-Forwarded-For` hops
@@ -19,7 +19,7 @@ pub struct TrustedProxies {
 
 impl TrustedProxies {
     /// Comma-separated CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
-    pub fn parse_networks(list: &str) -> Result<Vec<IpNet>, String> {
+    pub(crate) fn parse_networks(list: &str) -> Result<Vec<IpNet>, String> {
         list.split(',')
             .map(str::trim)
             .filter(|entry| !entry.is_empty())
@@ -49,7 +49,11 @@ impl TrustedProxies {
 /// `X-Forwarded-For` hop (over all header lines) that is not a trusted proxy (each
 /// proxy appends the address it saw; entries further left are claims a key
 /// guesser would rotate); without `X-Forwarded-For`, `X-Real-Ip`; else the peer.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+pub(crate) fn client_address(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: &TrustedProxies,
+) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusted.trusts_peer(peer) {
         return peer;
@@ -85,7 +89,7 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxie
 
 /// The block a failure budget belongs to: an IPv4 address, or an IPv6 address's
 /// /64 (one subscriber's network, whose addresses a client can rotate freely).
-pub fn address_block(address: IpAddr) -> IpAddr {
+pub(crate) fn address_block(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
         v4 => v4,

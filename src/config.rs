@@ -1138,10 +1138,14 @@ impl WorkspaceArgs {
                 apps_proxy: server.local_apps_proxy,
             });
             #[cfg(not(feature = "local"))]
-            return Err(invalid(
-                "DATABRICKS_HOST",
-                "is required: this build has no embedded emulator (built without the `local` feature)",
-            ));
+            return {
+                // Only local mode has settings of its own in the server section.
+                let _ = server;
+                Err(invalid(
+                    "DATABRICKS_HOST",
+                    "is required: this build has no embedded emulator (built without the `local` feature)",
+                ))
+            };
         }
         let explicit = databricks::Settings {
             host: self.host,

@@ -37,7 +37,7 @@ use crate::metrics::ConnectionMetrics;
 
 /// How connections are bounded; from `LAKEGATE_*` settings (see `config`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// Longest a client may take to send a request's headers: from the connection's
     /// start for its first request, from the first byte for later ones.
     pub header_timeout: Duration,
@@ -72,7 +72,7 @@ const CLOSE_BOUND: Duration = Duration::from_secs(1);
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting,
 /// closes idle connections, and returns once the requests in flight have finished.
 /// Dropping the returned future closes every connection.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,

@@ -8,7 +8,7 @@ use crate::databricks;
 
 /// Whether the table can be written, shared by the writer, `/readyz` and the ingest route.
 #[derive(Debug, Default)]
-pub struct WriteHealth {
+pub(crate) struct WriteHealth {
     unwritable: Mutex<Option<Unwritable>>,
 }
 
@@ -24,7 +24,7 @@ const UNWRITABLE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl WriteHealth {
     /// Whether the table has been refusing writes permanently (since the last success).
-    pub fn is_unwritable(&self) -> bool {
+    pub(crate) fn is_unwritable(&self) -> bool {
         self.lock().is_some()
     }
 

@@ -18,47 +18,47 @@ use crate::databricks::TokenFetches;
 use crate::stats::GatewayStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RelayLabels {
+pub(crate) struct RelayLabels {
     pub relay: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RelayReasonLabels {
+pub(crate) struct RelayReasonLabels {
     pub relay: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabels {
+pub(crate) struct LimitLabels {
     pub limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
 /// Connection counts, handed to the accept loop.
 #[derive(Clone, Default)]
-pub struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     pub open: Gauge,
     pub refused: Counter,
     timed_out: Family<ReasonLabels, Counter>,
 }
 
 impl ConnectionMetrics {
-    pub fn timed_out(&self, reason: &str) {
+    pub(crate) fn timed_out(&self, reason: &str) {
         self.timed_out
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
@@ -68,7 +68,7 @@ impl ConnectionMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthFailureLabels {
+pub(crate) struct AuthFailureLabels {
     /// `device` (any `X-API-Key` that matched nothing), `relay` (a disabled relay's) or `reader`.
     pub kind: &'static str,
     pub outcome: &'static str,
@@ -76,7 +76,7 @@ pub struct AuthFailureLabels {
 
 /// What a site relay (`lakegate relay`) adds: its spool and its forwarding.
 #[derive(Clone, Default)]
-pub struct SiteMetrics {
+pub(crate) struct SiteMetrics {
     /// Bytes and readings spooled and not yet committed upstream; set at scrape time.
     pub spool_bytes: Gauge,
     pub spool_readings: Gauge,
@@ -97,7 +97,7 @@ pub struct SiteMetrics {
     pub spool_damaged_regions: Gauge,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     prometheus: PrometheusRegistry,
     /// Registered only in a site relay.
     pub site: SiteMetrics,
@@ -299,7 +299,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A site relay's metrics: the gateway's, and the spool's and forwarding's.
-    pub fn for_relay() -> Metrics {
+    pub(crate) fn for_relay() -> Metrics {
         let mut metrics = Metrics::default();
         let site = metrics.site.clone();
         let prometheus = &mut metrics.prometheus;
@@ -354,7 +354,7 @@ impl Metrics {
 
 impl Metrics {
     /// `reason` is the rejection's snake_case name, as devices see it.
-    pub fn reject(&self, device_id: &Arc<str>, reason: &'static str) {
+    pub(crate) fn reject(&self, device_id: &Arc<str>, reason: &'static str) {
         self.count_rejection(reason);
         self.stats.rejected(device_id);
     }
@@ -362,7 +362,7 @@ impl Metrics {
     /// A reading a relay forwarded was refused: counted for the relay, and for the
     /// device when the registry knows which one it is (`None` when the reading named no
     /// device the relay may speak for, or was refused before its device was known).
-    pub fn reject_relayed(
+    pub(crate) fn reject_relayed(
         &self,
         relay_id: &str,
         device_id: Option<&Arc<str>>,
@@ -389,7 +389,7 @@ impl Metrics {
     }
 
     /// Readings a relay forwarded were accepted (after [`Metrics::accept`]).
-    pub fn relay_accepted(&self, relay_id: &str, readings: u64) {
+    pub(crate) fn relay_accepted(&self, relay_id: &str, readings: u64) {
         self.relay_readings_accepted
             .get_or_create(&RelayLabels {
                 relay: relay_id.to_owned(),
@@ -397,25 +397,25 @@ impl Metrics {
             .inc_by(readings);
     }
 
-    pub fn accept(&self, readings: u64) {
+    pub(crate) fn accept(&self, readings: u64) {
         self.readings_accepted.inc_by(readings);
         self.stats.accepted(readings);
     }
 
-    pub fn batch_committed(&self, rows: usize, latency: Duration) {
+    pub(crate) fn batch_committed(&self, rows: usize, latency: Duration) {
         self.statement_seconds.observe(latency.as_secs_f64());
         self.batch_rows.observe(rows as f64);
         Self::outcome(&self.batches, "committed");
         self.stats.batch_committed(latency);
     }
 
-    pub fn batch_failed(&self) {
+    pub(crate) fn batch_failed(&self) {
         Self::outcome(&self.batches, "failed_attempt");
         self.stats.batch_failed();
     }
 
     /// Rejections so far of each of `reasons`, only the reasons that occurred.
-    pub fn rejected_by_reason(
+    pub(crate) fn rejected_by_reason(
         &self,
         reasons: impl IntoIterator<Item = &'static str>,
     ) -> BTreeMap<&'static str, u64> {
@@ -432,7 +432,7 @@ impl Metrics {
     }
 
     /// Batch write attempts that failed (each is retried).
-    pub fn batch_failures(&self) -> u64 {
+    pub(crate) fn batch_failures(&self) -> u64 {
         self.batches
             .get(&OutcomeLabels {
                 outcome: "failed_attempt",
@@ -440,25 +440,25 @@ impl Metrics {
             .map_or(0, |counter| counter.get())
     }
 
-    pub fn upload_refused(&self, limit: &'static str) {
+    pub(crate) fn upload_refused(&self, limit: &'static str) {
         self.uploads_refused
             .get_or_create(&LimitLabels { limit })
             .inc();
     }
 
-    pub fn auth_failure(&self, kind: &'static str, outcome: &'static str) {
+    pub(crate) fn auth_failure(&self, kind: &'static str, outcome: &'static str) {
         self.auth_failures
             .get_or_create(&AuthFailureLabels { kind, outcome })
             .inc();
     }
 
-    pub fn outcome(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
+    pub(crate) fn outcome(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Prometheus text exposition; token fetch counts are read from the client, and
     /// whether the table is unwritable from its `WriteHealth`, at scrape time.
-    pub fn render(&self, tokens: TokenFetches, table_unwritable: bool) -> String {
+    pub(crate) fn render(&self, tokens: TokenFetches, table_unwritable: bool) -> String {
         set_counter(&self.token_fetches, "succeeded", tokens.succeeded);
         set_counter(&self.token_fetches, "failed", tokens.failed);
         self.writes_unwritable.set(i64::from(table_unwritable));

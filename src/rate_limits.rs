@@ -17,7 +17,7 @@ use crate::client_address::address_block;
 use crate::devices::Device;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitSettings {
+pub(crate) struct RateLimitSettings {
     pub device_rate_per_sec: NonZeroU32,
     pub device_burst: NonZeroU32,
     pub global_rate_per_sec: NonZeroU32,
@@ -30,7 +30,7 @@ pub struct RateLimitSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct RateLimited {
+pub(crate) struct RateLimited {
     pub limit: RateLimitKind,
     /// Exact wait, always positive so that rounding up gives at least one
     /// second; zero only for `BatchLargerThanBurst`, where waiting never helps.
@@ -38,7 +38,7 @@ pub struct RateLimited {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitKind {
+pub(crate) enum RateLimitKind {
     Device,
     /// A relay's own budget of requests (its readings spend their devices' budgets).
     Relay,
@@ -62,7 +62,7 @@ type DeviceQuota = (NonZeroU32, NonZeroU32);
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(1);
 
 /// The gateway's rate limiters, shared by all requests.
-pub struct RateLimits<C: Clock = DefaultClock> {
+pub(crate) struct RateLimits<C: Clock = DefaultClock> {
     clock: C,
     default_device_quota: DeviceQuota,
     /// One keyed limiter per distinct quota: a device whose quota changes
@@ -80,13 +80,13 @@ pub struct RateLimits<C: Clock = DefaultClock> {
 
 /// Whose authentication failed: devices and readers have separate failure budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Credential {
+pub(crate) enum Credential {
     Device,
     Reader,
 }
 
 impl Credential {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Credential::Device => "device",
             Credential::Reader => "reader",
@@ -101,7 +101,7 @@ type FailureKey = (Credential, IpAddr);
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl RateLimits {
-    pub fn new(settings: RateLimitSettings) -> Self {
+    pub(crate) fn new(settings: RateLimitSettings) -> Self {
         RateLimits::with_clock(settings, DefaultClock::default())
     }
 }
@@ -131,11 +131,11 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// Before the body is read: one unit of the device's budget, so that a device
     /// over its rate is refused without its body being read, decompressed and parsed.
     /// One read API request of `identity` (who reads: a token's hash, a user).
-    pub fn admit_reader(&self, identity: &Arc<str>) -> Result<(), RateLimited> {
+    pub(crate) fn admit_reader(&self, identity: &Arc<str>) -> Result<(), RateLimited> {
         self.verdict(RateLimitKind::Reader, Ok(self.readers.check_key(identity)))
     }
 
-    pub fn admit_request(&self, device: &Device) -> Result<(), RateLimited> {
+    pub(crate) fn admit_request(&self, device: &Device) -> Result<(), RateLimited> {
         self.verdict(
             RateLimitKind::Device,
             self.check_device(device, NonZeroU32::MIN),
@@ -147,7 +147,12 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// the warehouse writes) from the global budget. Err says which limit and when
     /// to retry; a request refused by the global limit has still spent its device
     /// budget (governor cannot refund).
-    pub fn admit(&self, device: &Device, readings: u32, rows: u32) -> Result<(), RateLimited> {
+    pub(crate) fn admit(
+        &self,
+        device: &Device,
+        readings: u32,
+        rows: u32,
+    ) -> Result<(), RateLimited> {
         let burst = device.burst.unwrap_or(self.default_device_quota.1);
         if readings > burst.get() {
             return Err(RateLimited {
@@ -163,7 +168,7 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// A disabled device: its requests still spend its own device budget (one each),
     /// so that it cannot send without limit. It runs on the default quota.
-    pub fn admit_disabled(&self, device_id: &Arc<str>) -> Result<(), RateLimited> {
+    pub(crate) fn admit_disabled(&self, device_id: &Arc<str>) -> Result<(), RateLimited> {
         let device = Device {
             id: device_id.clone(),
             rate_per_sec: None,
@@ -177,7 +182,7 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// A relay's request, before its body is read, enabled or disabled: one unit of
     /// the relay's own budget, so that a relay cannot have bodies read without limit.
-    pub fn admit_relay_request(&self, relay_id: &Arc<str>) -> Result<(), RateLimited> {
+    pub(crate) fn admit_relay_request(&self, relay_id: &Arc<str>) -> Result<(), RateLimited> {
         self.verdict(RateLimitKind::Relay, Ok(self.relays.check_key(relay_id)))
     }
 
@@ -185,7 +190,7 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// budget, the same as if the device had sent it. Readings are admitted one by one,
     /// so that a batch holding more of a device's readings than its burst still lets the
     /// first ones through.
-    pub fn admit_relayed_reading(&self, device: &Device) -> Result<(), RateLimited> {
+    pub(crate) fn admit_relayed_reading(&self, device: &Device) -> Result<(), RateLimited> {
         self.verdict(
             RateLimitKind::Device,
             self.check_device(device, NonZeroU32::MIN),
@@ -193,7 +198,7 @@ impl<C: Clock + Clone> RateLimits<C> {
     }
 
     /// `rows` from the global budget, all or none.
-    pub fn admit_rows(&self, rows: u32) -> Result<(), RateLimited> {
+    pub(crate) fn admit_rows(&self, rows: u32) -> Result<(), RateLimited> {
         let rows = NonZeroU32::new(rows).unwrap_or(NonZeroU32::MIN);
         self.verdict(RateLimitKind::Global, self.global.check_n(rows))
     }
@@ -202,7 +207,7 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// held up by its neighbours' failures): charges the failure budget of the
     /// client's address for this kind of credential. Err once it is spent, with
     /// the wait until the next failure would be charged.
-    pub fn auth_failed(&self, kind: Credential, client: IpAddr) -> Result<(), RateLimited> {
+    pub(crate) fn auth_failed(&self, kind: Credential, client: IpAddr) -> Result<(), RateLimited> {
         let key = (kind, address_block(client));
         self.verdict(
             RateLimitKind::AuthFailures,
@@ -212,7 +217,7 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Whether to log a failure of this kind from this address now: at most once
     /// a minute per address. Some(failures left unlogged since the last line).
-    pub fn failure_log_line(&self, kind: Credential, client: IpAddr) -> Option<u64> {
+    pub(crate) fn failure_log_line(&self, kind: Credential, client: IpAddr) -> Option<u64> {
         let key = (kind, address_block(client));
         let now = self.clock.now();
         let mut log = self
@@ -238,7 +243,7 @@ impl<C: Clock + Clone> RateLimits<C> {
     }
 
     /// Periodic housekeeping (retain_recent / shrink) so keyed stores don't grow without bound.
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
         for limiter in devices.values() {
             limiter.retain_recent();

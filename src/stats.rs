@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// that can send at all, this bounds the memory if it is huge.
 const MAX_TRACKED_DEVICES: usize = 10_000;
 
-pub struct GatewayStats {
+pub(crate) struct GatewayStats {
     started: Instant,
     rejected_by_device: Mutex<HashMap<Arc<str>, u64>>,
     accepted: Mutex<MinuteWindow>,
@@ -22,7 +22,7 @@ pub struct GatewayStats {
 
 /// Latencies of committed batch statements.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct BatchLatency {
+pub(crate) struct BatchLatency {
     pub committed: u64,
     pub total: Duration,
     pub last: Duration,
@@ -41,7 +41,7 @@ impl Default for GatewayStats {
 }
 
 impl GatewayStats {
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
@@ -49,18 +49,18 @@ impl GatewayStats {
         self.started.elapsed().as_secs()
     }
 
-    pub fn accepted(&self, readings: u64) {
+    pub(crate) fn accepted(&self, readings: u64) {
         let second = self.second();
         lock(&self.accepted).add(second, readings);
     }
 
     /// Readings accepted per second, averaged over the last 60 seconds, to 0.01 (one
     /// reading in the minute is 0.0167/s; more digits would only be the division's).
-    pub fn accepted_per_sec(&self) -> f64 {
+    pub(crate) fn accepted_per_sec(&self) -> f64 {
         round_to(lock(&self.accepted).per_sec(self.second()), 2)
     }
 
-    pub fn rejected(&self, device_id: &Arc<str>) {
+    pub(crate) fn rejected(&self, device_id: &Arc<str>) {
         let mut counts = lock(&self.rejected_by_device);
         if let Some(count) = counts.get_mut(device_id) {
             *count += 1;
@@ -69,14 +69,14 @@ impl GatewayStats {
         }
     }
 
-    pub fn rejected_by(&self, device_id: &str) -> u64 {
+    pub(crate) fn rejected_by(&self, device_id: &str) -> u64 {
         lock(&self.rejected_by_device)
             .get(device_id)
             .copied()
             .unwrap_or(0)
     }
 
-    pub fn batch_committed(&self, latency: Duration) {
+    pub(crate) fn batch_committed(&self, latency: Duration) {
         let mut batches = lock(&self.batches);
         batches.committed += 1;
         batches.total += latency;
@@ -84,23 +84,23 @@ impl GatewayStats {
         *lock(&self.failing_since) = None;
     }
 
-    pub fn batch_failed(&self) {
+    pub(crate) fn batch_failed(&self) {
         lock(&self.failing_since).get_or_insert_with(Instant::now);
     }
 
     /// How long batch writes have been failing without one committing.
-    pub fn writes_failing_for(&self) -> Option<Duration> {
+    pub(crate) fn writes_failing_for(&self) -> Option<Duration> {
         lock(&self.failing_since).map(|since| since.elapsed())
     }
 
-    pub fn batch_latency(&self) -> BatchLatency {
+    pub(crate) fn batch_latency(&self) -> BatchLatency {
         *lock(&self.batches)
     }
 }
 
 impl BatchLatency {
     /// The mean latency in milliseconds to 0.1 ms (0 before the first batch).
-    pub fn avg_ms(&self) -> f64 {
+    pub(crate) fn avg_ms(&self) -> f64 {
         match self.committed {
             0 => 0.0,
             n => round_to(self.total.as_secs_f64() * 1000.0 / n as f64, 1),
@@ -108,7 +108,7 @@ impl BatchLatency {
     }
 
     /// The last batch's latency in whole milliseconds.
-    pub fn last_ms(&self) -> f64 {
+    pub(crate) fn last_ms(&self) -> f64 {
         round_to(self.last.as_secs_f64() * 1000.0, 0)
     }
 }

@@ -26,7 +26,7 @@ use crate::stats::bump;
 const SCOPE: &str = "all-apis";
 
 /// `GET /.well-known/databricks-config`: newer SDKs read the OIDC root from here.
-pub async fn host_metadata(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
+pub(crate) async fn host_metadata(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
     Json(json!({
         "oidc_endpoint": format!("{url}/oidc"),
         "workspace_id": "1",
@@ -36,7 +36,7 @@ pub async fn host_metadata(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
 }
 
 /// `GET /oidc/.well-known/oauth-authorization-server` (RFC 8414).
-pub async fn discovery(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
+pub(crate) async fn discovery(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
     Json(json!({
         "issuer": format!("{url}/oidc"),
         "authorization_endpoint": format!("{url}/oidc/v1/authorize"),
@@ -50,7 +50,7 @@ pub async fn discovery(BaseUrl(url): BaseUrl) -> Json<serde_json::Value> {
 }
 
 #[derive(Deserialize)]
-pub struct TokenForm {
+pub(crate) struct TokenForm {
     grant_type: Option<String>,
     scope: Option<String>,
     client_id: Option<String>,
@@ -58,7 +58,7 @@ pub struct TokenForm {
 }
 
 /// `POST /oidc/v1/token`: client credentials by HTTP Basic or in the form body.
-pub async fn token(
+pub(crate) async fn token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
@@ -136,7 +136,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 /// Middleware on `/api/`: requires a valid `Authorization: Bearer` token, and hands the
 /// handler its owner (a [`TokenOwner`] request extension).
-pub async fn require_bearer(
+pub(crate) async fn require_bearer(
     State(app): State<Arc<App>>,
     mut request: Request,
     next: Next,

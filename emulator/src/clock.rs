@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 /// An instant no test outlives, for durations too long to add to `now`.
-pub fn far_future() -> Instant {
+pub(crate) fn far_future() -> Instant {
     let now = Instant::now();
     now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600))
         .unwrap_or(now)

@@ -12,7 +12,7 @@ use crate::stats::{LoggedRequest, bump};
 
 /// Middleware on `/api/`: counts and logs the request and answers injected faults before
 /// anything else.
-pub async fn inject(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn inject(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let at = std::time::Instant::now();
     bump(&app.stats.api_requests);
     let method = request.method().to_string();

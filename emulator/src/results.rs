@@ -23,7 +23,7 @@ const TIMESTAMP_NTZ_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f";
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Format {
+pub(crate) enum Format {
     #[default]
     JsonArray,
     ArrowStream,
@@ -31,7 +31,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::JsonArray => "application/json",
             Format::ArrowStream => "application/vnd.apache.arrow.stream",
@@ -40,20 +40,20 @@ impl Format {
     }
 }
 
-pub struct ResultSet {
+pub(crate) struct ResultSet {
     pub format: Format,
     pub columns: Vec<Value>,
     pub chunks: Vec<Chunk>,
     pub truncated: bool,
 }
 
-pub struct Chunk {
+pub(crate) struct Chunk {
     pub row_offset: usize,
     pub row_count: usize,
     pub data: ChunkData,
 }
 
-pub enum ChunkData {
+pub(crate) enum ChunkData {
     /// JSON_ARRAY rows, kept as JSON to embed them in INLINE responses.
     Rows(Value),
     /// ARROW_STREAM or CSV bytes, or serialized JSON_ARRAY rows for download.
@@ -61,14 +61,14 @@ pub enum ChunkData {
 }
 
 impl Chunk {
-    pub fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         match &self.data {
             ChunkData::Rows(rows) => serde_json::to_vec(rows).unwrap_or_default(),
             ChunkData::Bytes(bytes) => bytes.clone(),
         }
     }
 
-    pub fn byte_count(&self) -> usize {
+    pub(crate) fn byte_count(&self) -> usize {
         match &self.data {
             ChunkData::Rows(rows) => rows.to_string().len(),
             ChunkData::Bytes(bytes) => bytes.len(),
@@ -79,7 +79,7 @@ impl Chunk {
 impl ResultSet {
     /// Cuts `output` into chunks; at most `row_limit` rows are kept (`truncated` says if any
     /// were dropped). There is always at least one chunk, possibly empty.
-    pub fn build(
+    pub(crate) fn build(
         output: Output,
         format: Format,
         rows_per_chunk: usize,
@@ -132,11 +132,11 @@ impl ResultSet {
         })
     }
 
-    pub fn total_rows(&self) -> usize {
+    pub(crate) fn total_rows(&self) -> usize {
         self.chunks.iter().map(|c| c.row_count).sum()
     }
 
-    pub fn total_bytes(&self) -> usize {
+    pub(crate) fn total_bytes(&self) -> usize {
         self.chunks.iter().map(Chunk::byte_count).sum()
     }
 }

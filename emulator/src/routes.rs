@@ -16,7 +16,7 @@ use crate::{auth, faults, secrets, statements};
 /// Statement texts may be up to 16 MiB, plus parameters and JSON escaping.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-pub fn router(app: Arc<App>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route(
             "/api/2.0/secrets/scopes/create",

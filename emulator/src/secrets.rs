@@ -28,12 +28,12 @@ const MAX_SCOPES: usize = 1000;
 type Reply = Result<Json<Value>, ErrorReply>;
 
 #[derive(Deserialize)]
-pub struct ScopeBody {
+pub(crate) struct ScopeBody {
     scope: Option<String>,
 }
 
 #[derive(Deserialize)]
-pub struct PutBody {
+pub(crate) struct PutBody {
     scope: Option<String>,
     key: Option<String>,
     string_value: Option<String>,
@@ -41,12 +41,15 @@ pub struct PutBody {
 }
 
 #[derive(Deserialize)]
-pub struct KeyBody {
+pub(crate) struct KeyBody {
     scope: Option<String>,
     key: Option<String>,
 }
 
-pub async fn create_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<ScopeBody>) -> Reply {
+pub(crate) async fn create_scope(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<ScopeBody>,
+) -> Reply {
     let scope = valid_name(body.scope, "scope")?;
     let mut scopes = app.secrets.lock();
     if scopes.contains_key(&scope) {
@@ -65,7 +68,7 @@ pub async fn create_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<Sc
     Ok(Json(json!({})))
 }
 
-pub async fn list_scopes(State(app): State<Arc<App>>) -> Reply {
+pub(crate) async fn list_scopes(State(app): State<Arc<App>>) -> Reply {
     let scopes: Vec<Value> = app
         .secrets
         .lock()
@@ -75,7 +78,10 @@ pub async fn list_scopes(State(app): State<Arc<App>>) -> Reply {
     Ok(Json(non_empty("scopes", scopes)))
 }
 
-pub async fn delete_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<ScopeBody>) -> Reply {
+pub(crate) async fn delete_scope(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<ScopeBody>,
+) -> Reply {
     let scope = required(body.scope, "scope")?;
     app.secrets
         .lock()
@@ -84,7 +90,7 @@ pub async fn delete_scope(State(app): State<Arc<App>>, ApiJson(body): ApiJson<Sc
     Ok(Json(json!({})))
 }
 
-pub async fn put(State(app): State<Arc<App>>, ApiJson(body): ApiJson<PutBody>) -> Reply {
+pub(crate) async fn put(State(app): State<Arc<App>>, ApiJson(body): ApiJson<PutBody>) -> Reply {
     slowly(&app, || put_now(&app, body)).await
 }
 
@@ -131,7 +137,7 @@ fn put_now(app: &App, body: PutBody) -> Reply {
     Ok(Json(json!({})))
 }
 
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<Arc<App>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Reply {
@@ -152,7 +158,7 @@ fn get_now(app: &App, query: &HashMap<String, String>) -> Reply {
     ))
 }
 
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<Arc<App>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Reply {
@@ -171,7 +177,7 @@ fn list_now(app: &App, query: &HashMap<String, String>) -> Reply {
     Ok(Json(non_empty("secrets", secrets)))
 }
 
-pub async fn delete(State(app): State<Arc<App>>, ApiJson(body): ApiJson<KeyBody>) -> Reply {
+pub(crate) async fn delete(State(app): State<Arc<App>>, ApiJson(body): ApiJson<KeyBody>) -> Reply {
     slowly(&app, || delete_now(&app, body)).await
 }
 

@@ -42,7 +42,7 @@ pub struct Stats {
 }
 
 /// How many `/api/` calls [`Stats::requests`] keeps.
-pub const REQUEST_LOG_LEN: usize = 10_000;
+pub(crate) const REQUEST_LOG_LEN: usize = 10_000;
 
 /// One `/api/` call as the emulator saw it.
 #[derive(Clone, Debug)]
@@ -62,7 +62,7 @@ impl LoggedRequest {
 }
 
 #[derive(Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub token_requests: AtomicU64,
     pub tokens_issued: AtomicU64,
     pub api_requests: AtomicU64,
@@ -79,7 +79,7 @@ pub struct Counters {
     requests: Mutex<VecDeque<LoggedRequest>>,
 }
 
-pub fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -93,7 +93,7 @@ impl Stats {
 
 impl Counters {
     /// Counts an accepted statement, in total and for the owner of its token.
-    pub fn statement_by(&self, owner: &TokenOwner) {
+    pub(crate) fn statement_by(&self, owner: &TokenOwner) {
         bump(&self.statements);
         let mut by_owner = self
             .statements_by_owner
@@ -103,7 +103,7 @@ impl Counters {
     }
 
     /// Logs an answered `/api/` call, forgetting the oldest beyond [`REQUEST_LOG_LEN`].
-    pub fn log_request(&self, request: LoggedRequest) {
+    pub(crate) fn log_request(&self, request: LoggedRequest) {
         let mut log = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
         if log.len() == REQUEST_LOG_LEN {
             log.pop_front();
@@ -111,7 +111,7 @@ impl Counters {
         log.push_back(request);
     }
 
-    pub fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
             token_requests: get(&self.token_requests),

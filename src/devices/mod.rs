@@ -23,6 +23,7 @@ mod shards;
 mod source;
 mod store;
 
+#[cfg(feature = "local")]
 pub(crate) use document::{DeviceEntry, RegistryDocument};
 pub use edit::{Action, AdminError, KeyChange, NewEntry, Subject, listing};
 pub use error::RegistryError;

@@ -17,7 +17,7 @@ use super::rejection::{RejectReason, Rejection, excerpt};
 
 /// Caps on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyCaps {
+pub(crate) struct BodyCaps {
     /// After decompression.
     pub max_body_bytes: usize,
     pub max_readings: usize,
@@ -32,13 +32,13 @@ pub struct BodyCaps {
 
 /// The body's `Content-Encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Identity,
     Gzip,
 }
 
 impl Encoding {
-    pub fn from_header(value: Option<&str>) -> Result<Encoding, BodyError> {
+    pub(crate) fn from_header(value: Option<&str>) -> Result<Encoding, BodyError> {
         let Some(value) = value else {
             return Ok(Encoding::Identity);
         };
@@ -55,7 +55,7 @@ impl Encoding {
 
 /// The body's `Content-Type`: one JSON document, or newline-delimited JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFormat {
+pub(crate) enum BodyFormat {
     Json,
     NdJson,
 }
@@ -63,7 +63,7 @@ pub enum BodyFormat {
 impl BodyFormat {
     /// A missing header means JSON. A charset parameter must name UTF-8 (or its
     /// subset ASCII), because that is what the parser reads.
-    pub fn from_content_type(value: Option<&str>) -> Result<BodyFormat, BodyError> {
+    pub(crate) fn from_content_type(value: Option<&str>) -> Result<BodyFormat, BodyError> {
         let Some(value) = value else {
             return Ok(BodyFormat::Json);
         };
@@ -99,7 +99,7 @@ fn is_utf8_compatible_param(param: &str) -> bool {
 
 /// A problem with the request body as a whole.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("unsupported Content-Encoding {0}: send gzip or identity")]
     UnsupportedEncoding(String),
     #[error("unsupported Content-Type {0}: send application/json or application/x-ndjson in UTF-8")]
@@ -129,7 +129,7 @@ pub enum BodyError {
 
 /// Undoes the content encoding. `max_body_bytes` caps the decoded size, and gzip
 /// is never decoded past it, so a small compressed bomb cannot exhaust memory.
-pub fn decode(raw: Bytes, encoding: Encoding, caps: &BodyCaps) -> Result<Bytes, BodyError> {
+pub(crate) fn decode(raw: Bytes, encoding: Encoding, caps: &BodyCaps) -> Result<Bytes, BodyError> {
     let limit = caps.max_body_bytes;
     match encoding {
         Encoding::Identity if raw.len() > limit => Err(BodyError::TooLarge { limit }),
@@ -159,7 +159,7 @@ type Entry = Result<Value, Rejection>;
 /// One JSON object, a JSON array of objects, or NDJSON. Returns one entry per
 /// reading position: the object, or the rejection of that position (a bad NDJSON
 /// line, an array element that is not an object).
-pub fn split_readings(
+pub(super) fn split_readings(
     body: &[u8],
     format: BodyFormat,
     caps: &BodyCaps,

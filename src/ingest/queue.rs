@@ -18,18 +18,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use crate::table::TableRow;
 
 /// Told to a waiting request once its rows are committed, or why they never will be.
-pub type Committed = oneshot::Receiver<Result<(), Unwritten>>;
+pub(super) type Committed = oneshot::Receiver<Result<(), Unwritten>>;
 
 /// Why queued rows will not be written after all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unwritten {
+pub(crate) enum Unwritten {
     /// A relay's spool has no room for them (room is checked against the records as they
     /// will be written, which only the spooler knows): this request alone is refused.
     NoRoom,
 }
 
 /// Rows of one request (those of one lane) on their way to a writer.
-pub struct Submission {
+pub(crate) struct Submission {
     pub rows: Vec<TableRow>,
     /// Told when the rows are committed; the request hears once every lane's part is.
     pub completion: Option<Arc<Completion>>,
@@ -38,7 +38,7 @@ pub struct Submission {
 }
 
 /// The commit of a request whose rows went to several lanes.
-pub struct Completion {
+pub(crate) struct Completion {
     parts_left: AtomicUsize,
     /// Dropped unsent if some part is never committed (the process ends first).
     committed: Mutex<Option<oneshot::Sender<Result<(), Unwritten>>>>,
@@ -46,14 +46,14 @@ pub struct Completion {
 
 impl Completion {
     /// One part is committed; the request hears when the last one is.
-    pub fn part_committed(&self) {
+    pub(crate) fn part_committed(&self) {
         if self.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.tell(Ok(()));
         }
     }
 
     /// One part will not be written: the request hears why at once.
-    pub fn part_unwritten(&self, why: Unwritten) {
+    pub(crate) fn part_unwritten(&self, why: Unwritten) {
         self.tell(Err(why));
     }
 
@@ -69,7 +69,7 @@ impl Completion {
 }
 
 /// Room held in the queue, given back when dropped (once the rows are committed).
-pub struct QueueRoom {
+pub(crate) struct QueueRoom {
     rows: OwnedSemaphorePermit,
     bytes: OwnedSemaphorePermit,
 }
@@ -85,7 +85,7 @@ impl QueueRoom {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum QueueError {
+pub(crate) enum QueueError {
     #[error("the write queue is full")]
     Full,
     #[error("the gateway is shutting down")]
@@ -94,14 +94,14 @@ pub enum QueueError {
 
 /// How much the queue holds at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueCapacity {
+pub(crate) struct QueueCapacity {
     pub rows: usize,
     /// Of rows in memory, as [`TableRow::queued_bytes`] counts them.
     pub bytes: usize,
 }
 
 #[derive(Clone)]
-pub struct IngestQueue {
+pub(crate) struct IngestQueue {
     lanes: Arc<[mpsc::UnboundedSender<Submission>]>,
     rows: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
@@ -110,7 +110,7 @@ pub struct IngestQueue {
 
 impl IngestQueue {
     /// An empty queue of `lanes` lanes, and their receiving ends, one per writer.
-    pub fn new(
+    pub(crate) fn new(
         capacity: QueueCapacity,
         lanes: usize,
     ) -> (IngestQueue, Vec<mpsc::UnboundedReceiver<Submission>>) {
@@ -129,12 +129,12 @@ impl IngestQueue {
 
     /// Claims room for `rows`, so that nothing else is spent (rate limits) on a
     /// request the queue would refuse anyway.
-    pub fn reserve(&self, rows: &[TableRow]) -> Result<Reservation, QueueError> {
+    pub(crate) fn reserve(&self, rows: &[TableRow]) -> Result<Reservation, QueueError> {
         self.reserve_for(rows)
     }
 
     /// [`IngestQueue::reserve`] for rows that are not in one slice.
-    pub fn reserve_for<'a>(
+    pub(crate) fn reserve_for<'a>(
         &self,
         rows: impl IntoIterator<Item = &'a TableRow>,
     ) -> Result<Reservation, QueueError> {
@@ -169,18 +169,18 @@ impl IngestQueue {
     }
 
     /// Rows queued and not yet committed.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.capacity.rows.min(Semaphore::MAX_PERMITS) - self.rows.available_permits()
     }
 
     /// Bytes of the rows queued and not yet committed.
-    pub fn depth_bytes(&self) -> usize {
+    pub(crate) fn depth_bytes(&self) -> usize {
         self.capacity.bytes.min(Semaphore::MAX_PERMITS) - self.bytes.available_permits()
     }
 }
 
 /// Room claimed in the queue; dropped unused, the room is given back.
-pub struct Reservation {
+pub(crate) struct Reservation {
     room: QueueRoom,
     lanes: Arc<[mpsc::UnboundedSender<Submission>]>,
 }
@@ -195,7 +195,7 @@ fn lane_of(device_id: &str, lanes: usize) -> usize {
 impl Reservation {
     /// Gives back the room reserved beyond what `rows` take: some of the rows it was
     /// reserved for will not be queued after all.
-    pub fn keep_only(&mut self, rows: &[TableRow]) {
+    pub(crate) fn keep_only(&mut self, rows: &[TableRow]) {
         let bytes: usize = rows.iter().map(TableRow::queued_bytes).sum();
         let release = |permit: &mut OwnedSemaphorePermit, keep: usize| {
             let excess = permit.num_permits().saturating_sub(keep);
@@ -206,7 +206,7 @@ impl Reservation {
     }
 
     /// Queues `rows`, the rows room was reserved for, each in its device's lane.
-    pub fn submit(
+    pub(crate) fn submit(
         self,
         rows: Vec<TableRow>,
         wait_for_commit: bool,

@@ -18,7 +18,7 @@ use super::rejection::{RejectReason, Rejection, excerpt, type_name};
 use crate::table::{TableRow, is_metric_name_char};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
+pub(super) struct Reading {
     /// The device the reading is from: the authenticated device, or the one a relay named.
     pub device_id: Arc<str>,
     pub reading_id: String,
@@ -30,7 +30,7 @@ pub struct Reading {
 impl Reading {
     /// One table row per metric; booleans become 1.0 / 0.0 in `value`, strings go to
     /// `value_str`.
-    pub fn into_rows(self) -> impl Iterator<Item = TableRow> {
+    pub(super) fn into_rows(self) -> impl Iterator<Item = TableRow> {
         let reading_id: Arc<str> = self.reading_id.into();
         let ts_us = self.ts.timestamp_micros();
         let device_id = self.device_id;
@@ -53,7 +53,7 @@ impl Reading {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum ReadingValue {
+pub(super) enum ReadingValue {
     /// Always finite.
     Number(f64),
     Bool(bool),
@@ -71,7 +71,7 @@ const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::days(1);
 /// Validates one reading of `device_id`: the authenticated device, or the device a
 /// relay named (the reading id derived from it is then the same either way). `now`
 /// injected for tests.
-pub fn validate(
+pub(super) fn validate(
     value: Value,
     device_id: &Arc<str>,
     caps: &BodyCaps,
@@ -104,7 +104,7 @@ pub fn validate(
 /// `(device_id, reading_id, ts)`, as DuplicateId. The same id with another `ts` is
 /// another reading (a device whose counter restarted), as in the table; so is the same
 /// id of another device (in a relay's batch).
-pub fn reject_duplicate_ids(results: &mut [Result<Reading, Rejection>]) {
+pub(super) fn reject_duplicate_ids(results: &mut [Result<Reading, Rejection>]) {
     type Identity<'a> = (&'a str, &'a str, DateTime<Utc>);
     let mut first_seen: HashMap<Identity, usize> = HashMap::new();
     let mut duplicates = Vec::new();

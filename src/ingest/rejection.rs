@@ -5,13 +5,13 @@ use serde_json::Value;
 
 /// Why one reading was refused; `message` names the field and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Rejection {
+pub(super) struct Rejection {
     pub reason: RejectReason,
     pub message: String,
 }
 
 impl Rejection {
-    pub fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
+    pub(super) fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
         Rejection {
             reason,
             message: message.into(),
@@ -31,7 +31,7 @@ impl Rejection {
 
 #[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
-pub enum RejectReason {
+pub(crate) enum RejectReason {
     InvalidJson,
     NotAnObject,
     UnknownField,
@@ -62,7 +62,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, e.g. to register metric labels up front.
-    pub const ALL: [RejectReason; 21] = [
+    pub(crate) const ALL: [RejectReason; 21] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnObject,
         RejectReason::UnknownField,
@@ -87,7 +87,7 @@ impl RejectReason {
     ];
 
     /// The same snake_case name as in JSON reports; used as a metric label.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::NotAnObject => "not_an_object",

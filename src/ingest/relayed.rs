@@ -10,7 +10,7 @@ use super::rejection::{RejectReason, Rejection};
 use crate::devices::{Device, Registry, Relay, Relayed};
 
 /// The devices of one relay's request, as its readings name them.
-pub struct RelayedDevices<'a> {
+pub(super) struct RelayedDevices<'a> {
     relay: &'a Relay,
     registry: &'a Registry,
     /// The enabled devices named so far, looked up once per request.
@@ -19,7 +19,7 @@ pub struct RelayedDevices<'a> {
 
 impl<'a> RelayedDevices<'a> {
     /// `registry` is the one the relay was authenticated with.
-    pub fn new(relay: &'a Relay, registry: &'a Registry) -> Self {
+    pub(super) fn new(relay: &'a Relay, registry: &'a Registry) -> Self {
         RelayedDevices {
             relay,
             registry,
@@ -29,7 +29,7 @@ impl<'a> RelayedDevices<'a> {
 
     /// The device a reading names in `device_id`, or why the relay may not send it.
     /// Only a registered device's id is quoted back.
-    pub fn resolve(&mut self, device_id: &str) -> Result<Arc<str>, Rejection> {
+    pub(super) fn resolve(&mut self, device_id: &str) -> Result<Arc<str>, Rejection> {
         if let Some(device) = self.named.get(device_id) {
             return Ok(device.id.clone());
         }
@@ -61,7 +61,7 @@ impl<'a> RelayedDevices<'a> {
     }
 
     /// A device [`RelayedDevices::resolve`] let through.
-    pub fn device(&self, device_id: &str) -> Option<&Device> {
+    pub(super) fn device(&self, device_id: &str) -> Option<&Device> {
         self.named.get(device_id)
     }
 }

@@ -15,21 +15,21 @@ use crate::table::TableRow;
 
 /// A refused reading, by its position in the request.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RejectedReading {
+pub(crate) struct RejectedReading {
     pub index: usize,
     pub reason: RejectReason,
     pub message: String,
 }
 
 #[derive(Debug, Default)]
-pub struct ParsedRequest {
+pub(super) struct ParsedRequest {
     /// The valid readings, each with its position in the request.
     pub readings: Vec<(usize, Reading)>,
     pub rejected: Vec<RejectedReading>,
 }
 
 /// Splits and validates a decoded body for the authenticated `device_id`.
-pub fn parse_request(
+pub(super) fn parse_request(
     body: &[u8],
     format: BodyFormat,
     device_id: &Arc<str>,
@@ -45,7 +45,7 @@ pub fn parse_request(
 /// device in `device_id`; `resolve` decides from it which device the reading is of (or
 /// why the relay may not send it), and the reading is then validated as if that device
 /// had sent it, so that its derived id is the same.
-pub fn parse_relayed_request(
+pub(super) fn parse_relayed_request(
     body: &[u8],
     format: BodyFormat,
     caps: &BodyCaps,

@@ -14,14 +14,14 @@ const MAX_ERROR_MESSAGE: usize = 4000;
 
 /// Writes batches to the table through the Statement Execution API.
 #[derive(Clone)]
-pub struct StatementSink {
+pub(crate) struct StatementSink {
     statements: Statements,
     merge_sql: String,
     dead_letter_sql: String,
 }
 
 impl StatementSink {
-    pub fn new(statements: Statements, table: &TableName, dead_letter: &TableName) -> Self {
+    pub(crate) fn new(statements: Statements, table: &TableName, dead_letter: &TableName) -> Self {
         StatementSink {
             statements,
             merge_sql: table::merge_sql(table),

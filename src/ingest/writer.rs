@@ -42,7 +42,7 @@ pub(crate) const IMMEDIATE_CONFLICT_RETRIES: u32 = 3;
 
 /// Rows of one statement, encoded as the JSON array the statement expands.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EncodedBatch {
+pub(crate) struct EncodedBatch {
     pub json: String,
     /// Bytes `json` takes in the request, where it travels as a JSON string: every `"`
     /// and `\` is escaped once more. This, not `json.len()`, must fit the statement limit.
@@ -53,7 +53,7 @@ pub struct EncodedBatch {
 }
 
 /// Where batches go: the Databricks table in production.
-pub trait BatchSink: Send + Sync + 'static {
+pub(crate) trait BatchSink: Send + Sync + 'static {
     /// Must be idempotent: the writer calls it again with the same batch after a failure.
     fn write(
         &self,
@@ -71,7 +71,7 @@ pub trait BatchSink: Send + Sync + 'static {
 
 /// Rows of one statement and their encoding; the rows are kept to split the batch.
 #[derive(Debug, Clone)]
-pub struct RowBatch<'a> {
+pub(super) struct RowBatch<'a> {
     pub rows: Vec<&'a TableRow>,
     pub encoded: EncodedBatch,
 }
@@ -131,7 +131,7 @@ impl<'a> RowBatch<'a> {
 /// Splits rows into statement-sized batches, dropping rows that repeat a
 /// (device, reading, ts, metric) key already in this set: a MERGE that inserts
 /// only unmatched rows would otherwise insert both copies.
-pub fn batches_of<'a>(
+pub(super) fn batches_of<'a>(
     rows: impl IntoIterator<Item = &'a TableRow>,
     max_rows: usize,
     max_bytes: usize,
@@ -173,7 +173,7 @@ fn wire_len(json: &str) -> usize {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct BatchSettings {
+pub(crate) struct BatchSettings {
     /// Longest a reading that finds the writer idle waits for others to share its
     /// statement (the linger). Rows that queued while a statement ran wait for nothing.
     pub flush_interval: Duration,
@@ -183,7 +183,7 @@ pub struct BatchSettings {
     pub max_bytes: usize,
 }
 
-pub struct Writer<S> {
+pub(crate) struct Writer<S> {
     receiver: mpsc::UnboundedReceiver<Submission>,
     sink: S,
     settings: BatchSettings,
@@ -195,7 +195,7 @@ pub struct Writer<S> {
 }
 
 impl<S: BatchSink> Writer<S> {
-    pub fn new(
+    pub(crate) fn new(
         receiver: mpsc::UnboundedReceiver<Submission>,
         sink: S,
         settings: BatchSettings,
@@ -214,7 +214,7 @@ impl<S: BatchSink> Writer<S> {
     }
 
     /// Runs until `closing` is cancelled and every queued row is committed.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         while let Some(submissions) = self.collect().await {
             self.commit(submissions).await;
         }

@@ -9,7 +9,7 @@ use super::params::Bucket;
 
 /// `GET /api/devices`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceList {
+pub(crate) struct DeviceList {
     #[serde(serialize_with = "rfc3339")]
     pub generated_at: DateTime<Utc>,
     pub devices: Vec<DeviceSummary>,
@@ -18,7 +18,7 @@ pub struct DeviceList {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceSummary {
+pub(crate) struct DeviceSummary {
     pub device_id: String,
     #[serde(serialize_with = "rfc3339")]
     pub last_seen: DateTime<Utc>,
@@ -32,7 +32,7 @@ pub struct DeviceSummary {
 
 /// `GET /api/devices/{device_id}/series`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Series {
+pub(crate) struct Series {
     pub device_id: String,
     pub metric: String,
     pub bucket: Bucket,
@@ -45,7 +45,7 @@ pub struct Series {
 
 /// One bucket's numeric values; build it with [`Point::new`], which rounds the average.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Point {
+pub(crate) struct Point {
     /// The bucket's start.
     #[serde(serialize_with = "rfc3339")]
     pub t: DateTime<Utc>,
@@ -57,7 +57,7 @@ pub struct Point {
 }
 
 impl Point {
-    pub fn new(t: DateTime<Utc>, min: f64, avg: f64, max: f64, count: i64) -> Point {
+    pub(crate) fn new(t: DateTime<Utc>, min: f64, avg: f64, max: f64, count: i64) -> Point {
         Point {
             t,
             min,
@@ -90,14 +90,14 @@ fn round_average(avg: f64, min: f64, max: f64) -> f64 {
 
 /// `GET /api/devices/{device_id}/latest`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Latest {
+pub(crate) struct Latest {
     pub device_id: String,
     /// Newest first.
     pub readings: Vec<LatestReading>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LatestReading {
+pub(crate) struct LatestReading {
     pub reading_id: String,
     #[serde(serialize_with = "rfc3339")]
     pub ts: DateTime<Utc>,
@@ -109,7 +109,7 @@ pub struct LatestReading {
 /// Numbers (booleans were stored as 1.0 / 0.0) or strings, as the table holds them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum StoredValue {
+pub(crate) enum StoredValue {
     Number(f64),
     Text(String),
 }

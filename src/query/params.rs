@@ -20,7 +20,7 @@ const DEFAULT_LATEST: u32 = 20;
 
 /// A parameter that is missing or invalid; the message names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamError {
+pub(crate) struct ParamError {
     pub parameter: &'static str,
     pub problem: String,
 }
@@ -40,7 +40,7 @@ fn param_error(parameter: &'static str, problem: impl Into<String>) -> ParamErro
 
 /// Width of a series' time buckets; buckets start at multiples of it since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Bucket {
+pub(crate) enum Bucket {
     #[serde(rename = "1m")]
     Minute,
     #[serde(rename = "5m")]
@@ -60,7 +60,7 @@ impl Bucket {
         Bucket::Day,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Bucket::Minute => "1m",
             Bucket::FiveMinutes => "5m",
@@ -69,7 +69,7 @@ impl Bucket {
         }
     }
 
-    pub fn width(self) -> TimeDelta {
+    pub(crate) fn width(self) -> TimeDelta {
         match self {
             Bucket::Minute => TimeDelta::minutes(1),
             Bucket::FiveMinutes => TimeDelta::minutes(5),
@@ -83,7 +83,7 @@ impl Bucket {
     }
 
     /// The smallest bucket that gives at most [`AUTO_POINTS`] points over `range`.
-    pub fn auto(range: TimeDelta) -> Bucket {
+    pub(crate) fn auto(range: TimeDelta) -> Bucket {
         Bucket::ALL
             .into_iter()
             .find(|bucket| points(range, *bucket) <= AUTO_POINTS)
@@ -108,7 +108,7 @@ pub(crate) trait Described {
 
 /// `GET /api/devices/{device_id}/series` as sent; empty values count as absent.
 #[derive(Debug, Default, Deserialize)]
-pub struct SeriesParams {
+pub(crate) struct SeriesParams {
     pub metric: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
@@ -129,7 +129,7 @@ impl Described for SeriesParams {
 
 /// One device's metric, aggregated per bucket over `[from, to)`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SeriesQuery {
+pub(crate) struct SeriesQuery {
     pub device_id: String,
     pub metric: String,
     pub from: DateTime<Utc>,
@@ -138,7 +138,7 @@ pub struct SeriesQuery {
 }
 
 impl SeriesQuery {
-    pub fn new(
+    pub(crate) fn new(
         device_id: String,
         params: SeriesParams,
         now: DateTime<Utc>,
@@ -196,14 +196,14 @@ impl SeriesQuery {
 
     /// Most buckets `[from, to)` can touch: one more than it needs when it
     /// does not start on a bucket boundary.
-    pub fn max_rows(&self) -> u64 {
+    pub(crate) fn max_rows(&self) -> u64 {
         points(self.to - self.from, self.bucket) + 1
     }
 }
 
 /// `GET /api/devices/{device_id}/latest` as sent.
 #[derive(Debug, Default, Deserialize)]
-pub struct LatestParams {
+pub(crate) struct LatestParams {
     pub limit: Option<String>,
 }
 
@@ -215,13 +215,13 @@ impl Described for LatestParams {
 
 /// A device's newest readings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LatestQuery {
+pub(crate) struct LatestQuery {
     pub device_id: String,
     pub limit: u32,
 }
 
 impl LatestQuery {
-    pub fn new(device_id: String, params: LatestParams) -> Result<LatestQuery, ParamError> {
+    pub(crate) fn new(device_id: String, params: LatestParams) -> Result<LatestQuery, ParamError> {
         let device_id = valid_device_id(device_id)?;
         let limit = match present(params.limit) {
             None => DEFAULT_LATEST,

@@ -27,20 +27,20 @@ const INLINE_MAX_ROWS: u64 = 1000;
 /// Room for this many metrics per listed device, on average.
 const METRICS_PER_DEVICE: u64 = 100;
 
-pub struct TableReader<'a> {
+pub(crate) struct TableReader<'a> {
     statements: Statements,
     table: &'a TableName,
 }
 
 impl<'a> TableReader<'a> {
-    pub fn new(statements: Statements, table: &'a TableName) -> Self {
+    pub(crate) fn new(statements: Statements, table: &'a TableName) -> Self {
         TableReader { statements, table }
     }
 
     /// The first `max_devices` devices by id seen since `since`, with their metrics;
     /// `now` anchors "last hour" and "last day". Rejection counts are left at 0 for the
     /// caller.
-    pub async fn devices(
+    pub(crate) async fn devices(
         &self,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
@@ -85,7 +85,7 @@ impl<'a> TableReader<'a> {
         })
     }
 
-    pub async fn series(&self, query: SeriesQuery) -> Result<Series, Error> {
+    pub(crate) async fn series(&self, query: SeriesQuery) -> Result<Series, Error> {
         let bucket_us = query
             .bucket
             .width()
@@ -125,7 +125,11 @@ impl<'a> TableReader<'a> {
 
     /// `max_metrics` is the ingest limit of metrics per reading, which bounds the
     /// rows of one reading.
-    pub async fn latest(&self, query: LatestQuery, max_metrics: usize) -> Result<Latest, Error> {
+    pub(crate) async fn latest(
+        &self,
+        query: LatestQuery,
+        max_metrics: usize,
+    ) -> Result<Latest, Error> {
         let request = StatementRequest::new(reads::latest(self.table))
             .param(Param::string("device_id", query.device_id.as_str()))
             .param(Param::i64("limit", query.limit.into()));

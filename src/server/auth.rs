@@ -21,12 +21,12 @@ use crate::devices::{AuthFailure, KeyKind, Registry, Sender};
 use crate::error_code::ErrorCode;
 use crate::rate_limits::Credential;
 
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub(super) const API_KEY_HEADER: &str = "x-api-key";
 
 /// Who sent the request, and the registry that said so: a relay's readings name their
 /// devices, which are looked up in that same registry (a reload meanwhile does not
 /// change what the request sees).
-pub struct AuthenticatedSender {
+pub(super) struct AuthenticatedSender {
     pub sender: Sender,
     pub registry: Arc<Registry>,
 }
@@ -126,7 +126,7 @@ pub(super) fn client_of(parts: &Parts, app: &AppState) -> IpAddr {
 /// Who a key belongs to, as `GET /api/whoami` tells its holder: a site relay checks its
 /// key (and learns its patterns) at start-up with it, writing nothing.
 #[derive(serde::Serialize)]
-pub struct KeyHolder {
+pub(super) struct KeyHolder {
     sender: &'static str,
     id: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +134,7 @@ pub struct KeyHolder {
 }
 
 /// `GET /api/whoami`: the holder of the `X-API-Key`, or the same 401 as ingest.
-pub async fn whoami(
+pub(super) async fn whoami(
     AuthenticatedSender { sender, .. }: AuthenticatedSender,
 ) -> axum::Json<KeyHolder> {
     axum::Json(match sender {

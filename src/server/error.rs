@@ -17,7 +17,7 @@ use crate::relay::NotForwarded;
 use crate::uploads::UploadRefused;
 
 #[derive(Debug)]
-pub struct HttpError {
+pub(super) struct HttpError {
     code: ErrorCode,
     message: String,
     retry_after: Option<Duration>,

@@ -28,7 +28,7 @@ use error::HttpError;
 pub(crate) use error::body_error_code;
 pub(crate) use state::{AppState, Backend};
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     // Longest a request may take: a body trickling in, or waiting for its commit.
     let request_timeout = state.config.ack_timeout + Duration::from_secs(30);
     let ingest_and_ops = Router::new()

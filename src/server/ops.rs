@@ -13,7 +13,7 @@ use super::state::{AppState, Backend};
 use crate::databricks::{self, StatementRequest};
 
 /// The process is up and serving.
-pub async fn healthz() -> Response {
+pub(super) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
@@ -25,7 +25,7 @@ const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(30);
 /// obtainable, the warehouse answers and batches are being written; at a relay, the
 /// upstream answers and the spool can be written; never once shutdown has begun, so that
 /// the platform stops routing requests here at once.
-pub async fn readyz(State(app): State<AppState>) -> Response {
+pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     // A probe waiting on a slow check also hears at once that shutdown began.
     let readiness = tokio::select! {
         biased;
@@ -97,7 +97,7 @@ async fn gateway_checks(app: &AppState, client: &databricks::Client) -> Checks {
     }
 }
 
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.queue_rows.set(app.queue.depth() as i64);
     app.metrics.queue_bytes.set(app.queue.depth_bytes() as i64);
     app.metrics.upload_bytes.set(app.uploads.in_flight() as i64);

@@ -48,12 +48,12 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// `GET /`: the page itself.
-pub async fn index(headers: HeaderMap) -> Response {
+pub(super) async fn index(headers: HeaderMap) -> Response {
     serve(0, &headers)
 }
 
 /// `GET /static/{file}`: the page's script, style sheet and icon.
-pub async fn static_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
+pub(super) async fn static_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|asset| asset.name == file) {
         Some(index) => serve(index, &headers),
         None => {

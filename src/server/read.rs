@@ -39,7 +39,7 @@ const FORWARDED_ACCESS_TOKEN: &str = "x-forwarded-access-token";
 const APP_VIEW: &str = "app";
 
 /// Someone allowed to read, and the client their queries run with.
-pub struct Reader {
+pub(super) struct Reader {
     client: databricks::Client,
     /// Whose view of the table the client sees: `app`, or that of the user's token
     /// (Unity Catalog may show users different rows), for caching answers.
@@ -205,7 +205,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub async fn devices(
+pub(super) async fn devices(
     State(app): State<AppState>,
     reader: Reader,
 ) -> Result<Json<DeviceList>, HttpError> {
@@ -218,7 +218,7 @@ pub async fn devices(
 
 /// The `{device_id}` of the path and the query parameters of a per-device route;
 /// malformed ones are a JSON 400.
-pub struct DeviceRequest<P> {
+pub(super) struct DeviceRequest<P> {
     device_id: String,
     params: P,
 }
@@ -247,7 +247,7 @@ impl<P: DeserializeOwned + Described + Send> FromRequestParts<AppState> for Devi
     }
 }
 
-pub async fn series(
+pub(super) async fn series(
     State(app): State<AppState>,
     reader: Reader,
     DeviceRequest { device_id, params }: DeviceRequest<SeriesParams>,
@@ -262,7 +262,7 @@ pub async fn series(
     Ok(Json(series))
 }
 
-pub async fn latest(
+pub(super) async fn latest(
     State(app): State<AppState>,
     reader: Reader,
     DeviceRequest { device_id, params }: DeviceRequest<LatestParams>,
@@ -279,7 +279,7 @@ pub async fn latest(
 
 /// `GET /api/stats`: this gateway process since it started.
 #[derive(Debug, Serialize)]
-pub struct Stats {
+pub(super) struct Stats {
     uptime_secs: u64,
     readings_accepted_total: u64,
     readings_per_sec_1m: f64,
@@ -294,7 +294,10 @@ pub struct Stats {
     devices_in_registry: usize,
 }
 
-pub async fn stats(State(app): State<AppState>, reader: Reader) -> Result<Json<Stats>, HttpError> {
+pub(super) async fn stats(
+    State(app): State<AppState>,
+    reader: Reader,
+) -> Result<Json<Stats>, HttpError> {
     // Stats run no SQL, so a forwarded user token would be believed unchecked: it must
     // first read what `/api/devices` reads (cached per token), so the workspace and Unity
     // Catalog decide here as they do on every other read route.

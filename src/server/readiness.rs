@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Readiness {
+pub(super) struct Readiness {
     pub ready: bool,
     #[serde(flatten)]
     pub checks: Checks,
@@ -20,7 +20,7 @@ pub struct Readiness {
 /// What was checked: a gateway's warehouse and writes, or a relay's upstream and spool.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum Checks {
+pub(super) enum Checks {
     Gateway {
         /// `ok` when a token was obtained and the warehouse ran `SELECT 1`, else
         /// `unreachable` (the details go to the log: this route needs no credentials).

@@ -19,17 +19,17 @@ use crate::uploads::UploadBudget;
 
 /// Everything a request may need; cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<App>);
+pub(crate) struct AppState(Arc<App>);
 
 /// What the queue's rows go to.
-pub enum Backend {
+pub(crate) enum Backend {
     /// A gateway: the table, and the reads, through this client.
     Table(databricks::Client),
     /// A site relay: the spool, and the upstream it forwards to.
     Relay(Arc<Site>),
 }
 
-pub struct App {
+pub(crate) struct App {
     pub config: GatewayConfig,
     pub backend: Backend,
     pub keys: LiveRegistry,
@@ -50,7 +50,7 @@ pub struct App {
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         config: GatewayConfig,
         backend: Backend,
         keys: LiveRegistry,
@@ -91,7 +91,7 @@ impl App {
     }
 
     /// The relay's spool and upstream; `None` in a gateway.
-    pub fn site(&self) -> Option<&Arc<Site>> {
+    pub(crate) fn site(&self) -> Option<&Arc<Site>> {
         match &self.backend {
             Backend::Relay(site) => Some(site),
             Backend::Table(_) => None,

@@ -9,10 +9,10 @@ use tracing_subscriber::layer::{Layer, SubscriberExt};
 /// Everything the `lakegate` crate logs from now on, from every thread (the
 /// gateway's tasks run on the runtime's workers). Other tests' lines may be
 /// mixed in; each test looks for its own values.
-pub struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
     }
 }
@@ -44,7 +44,7 @@ impl<'a> MakeWriter<'a> for Sink {
 
 /// Installs the process-wide subscriber once (every level of `lakegate`'s own
 /// events, with their spans' fields) and returns the shared buffer.
-pub fn capture() -> Captured {
+pub(crate) fn capture() -> Captured {
     static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     let buffer = BUFFER.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));

@@ -14,7 +14,7 @@ use super::error::Error;
 use super::retry::{self, RetryPolicy};
 use super::transport::{MAX_TOKEN_BODY, read_response};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Hands out the bearer token for the next request.
 pub trait TokenSource: Send + Sync + std::fmt::Debug {

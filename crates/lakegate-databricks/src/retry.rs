@@ -141,14 +141,14 @@ impl Schedule {
 /// so the other callers, sending with the same token, would only be refused too (the
 /// AWS SDKs' adaptive retry mode shares its rate the same way).
 #[derive(Debug, Default)]
-pub struct SharedPause {
+pub(crate) struct SharedPause {
     until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl SharedPause {
     /// Pauses every caller until `wait` from now, unless a pause already runs longer.
     /// Callers cap `wait` (see [`RetryPolicy::max_retry_after`]).
-    pub fn announce(&self, wait: Duration) {
+    pub(crate) fn announce(&self, wait: Duration) {
         let now = tokio::time::Instant::now();
         let Some(end) = now.checked_add(wait) else {
             return;
@@ -160,13 +160,13 @@ impl SharedPause {
     }
 
     /// The end of the pause running now, if one is.
-    pub fn until(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn until(&self) -> Option<tokio::time::Instant> {
         let until = *self.until.lock().unwrap_or_else(PoisonError::into_inner);
         until.filter(|until| *until > tokio::time::Instant::now())
     }
 
     /// Returns once no pause runs; a pause announced meanwhile is waited out too.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         while let Some(until) = self.until() {
             tokio::time::sleep_until(until).await;
         }

@@ -20,7 +20,7 @@ use super::results::{Manifest, ResultData, StatementResult};
 use super::wire::{Disposition, Format, OnWaitTimeout, StatementState};
 
 /// Databricks refuses statements with more parameters (see facts §6).
-pub const MAX_PARAMETERS: usize = 255;
+pub(crate) const MAX_PARAMETERS: usize = 255;
 
 /// A named parameter, referenced as `:name` in the SQL text.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,16 +10,16 @@ use reqwest::header::RETRY_AFTER;
 use super::error::{Error, ErrorResponse};
 use super::retry::parse_retry_after;
 
-pub const USER_AGENT: &str = concat!("lakegate/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("lakegate/", env!("CARGO_PKG_VERSION"));
 
 /// Byte caps of what the workspace sends back, so that no answer, however long, can
 /// exhaust memory. API answers: INLINE results are at most 25 MiB of data.
-pub const MAX_API_BODY: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_API_BODY: usize = 64 * 1024 * 1024;
 /// OAuth token and discovery answers are a few hundred bytes.
-pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_TOKEN_BODY: usize = 1024 * 1024;
 /// External-link result chunks: Databricks documents no chunk size (observed chunks are
 /// tens of MiB at most), so this leaves a wide margin.
-pub const MAX_DOWNLOAD_BODY: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_DOWNLOAD_BODY: usize = 256 * 1024 * 1024;
 
 /// A reqwest client for Databricks and for a lakegate upstream. reqwest is built without
 /// a bundled crypto provider, so install ring once per process before the first client.

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A segment is closed and a new one started beyond this size.
-pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Bytes a record adds to its payload: length and CRC-32.
 pub const RECORD_HEADER: u64 = 8;

@@ -8,7 +8,7 @@ use crate::identity::TokenOwner;
 use crate::state::TokenStore;
 
 /// An admitted caller. Holds the presented token, so it is never printed.
-pub struct Caller {
+pub(super) struct Caller {
     /// The token the caller presented.
     pub token: String,
     /// The service principal's application id or the user's email.
@@ -17,7 +17,7 @@ pub struct Caller {
 
 /// Admits the bearer of `headers`' token, or answers 401 (no token, an unknown or
 /// expired one, a personal access token) or 403 (no CAN USE on the app).
-pub fn admit(
+pub(super) fn admit(
     tokens: &TokenStore,
     config: &AppsProxyConfig,
     headers: &HeaderMap,

@@ -16,7 +16,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client's request body on its way to the app; fails once more than `cap` bytes
 /// have passed, and says so through [`Capped::exceeded`].
-pub struct Capped {
+pub(super) struct Capped {
     inner: AxumBody,
     cap: u64,
     seen: u64,
@@ -24,7 +24,7 @@ pub struct Capped {
 }
 
 impl Capped {
-    pub fn new(inner: AxumBody, cap: u64) -> Self {
+    pub(super) fn new(inner: AxumBody, cap: u64) -> Self {
         Self {
             inner,
             cap,
@@ -34,7 +34,7 @@ impl Capped {
     }
 
     /// Set once the body has passed its cap.
-    pub fn exceeded(&self) -> Arc<AtomicBool> {
+    pub(super) fn exceeded(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.exceeded)
     }
 }
@@ -80,13 +80,13 @@ fn over_cap() -> BoxError {
 }
 
 /// The app's response body on its way to the client, cut off at `deadline`.
-pub struct Deadline<B> {
+pub(super) struct Deadline<B> {
     inner: B,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<B> Deadline<B> {
-    pub fn new(inner: B, deadline: Instant) -> Self {
+    pub(super) fn new(inner: B, deadline: Instant) -> Self {
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),

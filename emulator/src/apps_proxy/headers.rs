@@ -20,16 +20,16 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-pub const FORWARDED_HOST: &str = "x-forwarded-host";
-pub const FORWARDED_USER: &str = "x-forwarded-user";
-pub const FORWARDED_EMAIL: &str = "x-forwarded-email";
-pub const FORWARDED_PREFERRED_USERNAME: &str = "x-forwarded-preferred-username";
-pub const FORWARDED_ACCESS_TOKEN: &str = "x-forwarded-access-token";
-pub const REAL_IP: &str = "x-real-ip";
-pub const REQUEST_ID: &str = "x-request-id";
+pub(super) const FORWARDED_HOST: &str = "x-forwarded-host";
+pub(super) const FORWARDED_USER: &str = "x-forwarded-user";
+pub(super) const FORWARDED_EMAIL: &str = "x-forwarded-email";
+pub(super) const FORWARDED_PREFERRED_USERNAME: &str = "x-forwarded-preferred-username";
+pub(super) const FORWARDED_ACCESS_TOKEN: &str = "x-forwarded-access-token";
+pub(super) const REAL_IP: &str = "x-real-ip";
+pub(super) const REQUEST_ID: &str = "x-request-id";
 
 /// Who called, as the proxy tells the app.
-pub struct Identity<'a> {
+pub(super) struct Identity<'a> {
     /// The service principal's application id or the user's email.
     pub name: &'a str,
     pub client_ip: IpAddr,
@@ -38,7 +38,7 @@ pub struct Identity<'a> {
 }
 
 /// The headers for the app's request.
-pub fn to_app(request: &Parts, identity: &Identity<'_>, forward_custom: bool) -> HeaderMap {
+pub(super) fn to_app(request: &Parts, identity: &Identity<'_>, forward_custom: bool) -> HeaderMap {
     let incoming = &request.headers;
     let named_by_connection = connection_options(incoming);
     let mut headers = HeaderMap::new();
@@ -86,7 +86,7 @@ pub fn to_app(request: &Parts, identity: &Identity<'_>, forward_custom: bool) ->
 }
 
 /// Removes per-connection headers from the app's response.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_options(headers) {
         headers.remove(name.as_str());
     }

@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::BinaryOperator;
 use super::SqlError;
 
 /// The UDFs to register next to [`Operators`].
-pub fn functions() -> Vec<ScalarUDF> {
+pub(super) fn functions() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(Divide::new(DIVIDE, Op::Quotient, false)),
         ScalarUDF::from(Divide::new(REMAINDER, Op::Remainder, false)),
@@ -46,14 +46,14 @@ const REMAINDER: &str = "__databricks_remainder";
 
 /// Plans `/`, `div` and `%` the Databricks way.
 #[derive(Debug)]
-pub struct Operators {
+pub(super) struct Operators {
     divide: Arc<ScalarUDF>,
     remainder: Arc<ScalarUDF>,
     div: Arc<ScalarUDF>,
 }
 
 impl Operators {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             divide: Arc::new(ScalarUDF::from(Divide::new(DIVIDE, Op::Quotient, false))),
             remainder: Arc::new(ScalarUDF::from(Divide::new(

@@ -43,7 +43,7 @@ const CONFLICT_SQL_STATE: &str = "2D521";
 const CONFLICT_DOCS: &str = "https://docs.databricks.com/aws/en/optimizations/isolation-level";
 
 /// A write that has read: what it will commit. See [`Engine::stage`].
-pub struct Staged {
+pub(crate) struct Staged {
     inner: Inner,
 }
 
@@ -84,7 +84,7 @@ struct Snapshot {
 
 impl Staged {
     /// Rows the write will insert, as it read them (0 for DDL).
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         match &self.inner {
             Inner::Serial(_) => 0,
             Inner::Insert(insert) => insert.row_count,
@@ -95,7 +95,7 @@ impl Staged {
 impl Engine {
     /// The read phase of a write: the rows an INSERT (or MERGE) would insert, and the version
     /// of its target it read. Other statements are kept to run whole at commit.
-    pub async fn stage(&self, prepared: Prepared) -> Result<Staged, SqlError> {
+    pub(crate) async fn stage(&self, prepared: Prepared) -> Result<Staged, SqlError> {
         let Prepared { kind, state } = prepared;
         let Kind::Sql {
             statement,
@@ -154,7 +154,7 @@ impl Engine {
     /// The validate-and-commit phase: one write at a time, failing with
     /// `DELTA_CONCURRENT_APPEND` when `conflicts` says what was committed since it read
     /// conflicts with what it read.
-    pub async fn commit(
+    pub(crate) async fn commit(
         &self,
         staged: Staged,
         conflicts: WriteConflicts,

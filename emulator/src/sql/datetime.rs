@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 
 use super::{SqlError, types};
 
-pub fn functions() -> Vec<ScalarUDF> {
+pub(super) fn functions() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(DateFormat::new()),
         ScalarUDF::from(ParseDatetime::new(Parse::Timestamp)),
@@ -73,7 +73,7 @@ enum Item {
 
 /// A compiled Spark datetime pattern.
 #[derive(Clone, Debug)]
-pub struct Pattern {
+pub(super) struct Pattern {
     items: Vec<Item>,
     /// `G` appears, so `y` is the year of era rather than the proleptic year.
     era: bool,
@@ -93,7 +93,7 @@ fn invalid(pattern: &str) -> SqlError {
 
 impl Pattern {
     /// Checks and reads `pattern`; `parsing` adds the letters Spark refuses for parsing.
-    pub fn compile(pattern: &str, parsing: bool) -> Result<Self, SqlError> {
+    pub(super) fn compile(pattern: &str, parsing: bool) -> Result<Self, SqlError> {
         spark_checks(pattern, parsing)?;
         let chars: Vec<char> = pattern.chars().collect();
         let mut stack: Vec<Vec<Item>> = vec![Vec::new()];
@@ -176,7 +176,7 @@ impl Pattern {
     }
 
     /// Formats an instant, given as microseconds since the epoch, in UTC.
-    pub fn format(&self, micros: i64) -> Result<String, SqlError> {
+    pub(super) fn format(&self, micros: i64) -> Result<String, SqlError> {
         let time = DateTime::from_timestamp_micros(micros)
             .ok_or_else(|| SqlError::new("DATETIME_OVERFLOW", "22008", "Datetime overflow."))?
             .naive_utc();
@@ -186,7 +186,7 @@ impl Pattern {
     }
 
     /// Parses `text` into microseconds since the epoch; the error is Java's description.
-    pub fn parse(&self, text: &str) -> Result<i64, String> {
+    pub(super) fn parse(&self, text: &str) -> Result<i64, String> {
         let chars: Vec<char> = text.chars().collect();
         let mut parsed = Parsed::default();
         let end = parse_items(&self.items, &chars, 0, &mut parsed)

@@ -7,7 +7,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{IsOptional, Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-pub enum Ddl {
+pub(super) enum Ddl {
     CreateTable(CreateTable),
     CreateCatalog {
         name: ObjectName,
@@ -15,7 +15,7 @@ pub enum Ddl {
     },
 }
 
-pub struct CreateTable {
+pub(super) struct CreateTable {
     pub name: ObjectName,
     pub or_replace: bool,
     pub if_not_exists: bool,
@@ -25,7 +25,7 @@ pub struct CreateTable {
 }
 
 /// Parses `sql` when it is one of the statements handled here; `Ok(None)` otherwise.
-pub fn parse(sql: &str) -> Result<Option<Ddl>, ParserError> {
+pub(super) fn parse(sql: &str) -> Result<Option<Ddl>, ParserError> {
     let mut parser = Parser::new(&super::dialect::Databricks).try_with_sql(sql)?;
     if !parser.parse_keyword(Keyword::CREATE) {
         return Ok(None);

@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Databricks;
+pub(super) struct Databricks;
 
 const INNER: DatabricksDialect = DatabricksDialect;
 

@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::parser::ParserError;
 
 /// A statement that failed while being parsed, bound, planned or run.
 #[derive(Clone, Debug)]
-pub struct SqlError {
+pub(crate) struct SqlError {
     /// Databricks error class, e.g. `TABLE_OR_VIEW_NOT_FOUND`; `None` for engine errors that have no
     /// Databricks counterpart.
     pub class: Option<&'static str>,
@@ -20,7 +20,11 @@ pub struct SqlError {
 }
 
 impl SqlError {
-    pub fn new(class: &'static str, sql_state: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        class: &'static str,
+        sql_state: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             class: Some(class),
             sql_state: Some(sql_state),
@@ -28,7 +32,7 @@ impl SqlError {
         }
     }
 
-    pub fn syntax(detail: impl std::fmt::Display) -> Self {
+    pub(crate) fn syntax(detail: impl std::fmt::Display) -> Self {
         Self::new(
             "PARSE_SYNTAX_ERROR",
             "42601",
@@ -36,12 +40,12 @@ impl SqlError {
         )
     }
 
-    pub fn unsupported(detail: impl Into<String>) -> Self {
+    pub(crate) fn unsupported(detail: impl Into<String>) -> Self {
         Self::new("UNSUPPORTED_FEATURE", "0A000", detail)
     }
 
     /// A zero divisor, which Databricks SQL refuses in its default ANSI mode.
-    pub fn divide_by_zero() -> Self {
+    pub(crate) fn divide_by_zero() -> Self {
         Self::new(
             "DIVIDE_BY_ZERO",
             "22012",
@@ -51,13 +55,13 @@ impl SqlError {
     }
 
     /// Whether this is a Delta write conflict (`DELTA_CONCURRENT_APPEND` and its subclasses).
-    pub fn is_write_conflict(&self) -> bool {
+    pub(crate) fn is_write_conflict(&self) -> bool {
         self.class
             .is_some_and(|class| class.split('.').next() == Some("DELTA_CONCURRENT_APPEND"))
     }
 
     /// The text Databricks puts in `status.error.message`.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let mut message = match self.class {
             Some(class) => format!("[{class}] {}", self.detail),
             None => self.detail.clone(),
@@ -70,7 +74,7 @@ impl SqlError {
 
     /// The `ServiceErrorCode` for `status.error.error_code`: an error in the user's SQL is a
     /// `BAD_REQUEST`, anything else an `INTERNAL_ERROR`.
-    pub fn error_code(&self) -> &'static str {
+    pub(crate) fn error_code(&self) -> &'static str {
         if self.class.is_some() {
             "BAD_REQUEST"
         } else {
@@ -175,7 +179,7 @@ impl From<DataFusionError> for SqlError {
 }
 
 impl SqlError {
-    pub fn table_not_found(name: &str) -> Self {
+    pub(crate) fn table_not_found(name: &str) -> Self {
         Self::new(
             "TABLE_OR_VIEW_NOT_FOUND",
             "42P01",

@@ -23,7 +23,7 @@ use datafusion::sql::sqlparser::ast::{self, Ident, ObjectNamePart};
 
 use super::{SqlError, types};
 
-pub fn register(ctx: &SessionContext) {
+pub(super) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(FromJson::new()));
     ctx.register_udf(ScalarUDF::from(TimestampFrom::new(
         "timestamp_millis",
@@ -38,7 +38,7 @@ pub fn register(ctx: &SessionContext) {
 /// Renames a call to a Databricks function that DataFusion knows by another name, turns
 /// `from_json`'s options map into the one option the emulator implements, the parse mode, and
 /// `unix_timestamp()` into the current time's.
-pub fn rename(function: &mut ast::Function) {
+pub(super) fn rename(function: &mut ast::Function) {
     let [part] = function.name.0.as_mut_slice() else {
         return;
     };

@@ -34,12 +34,12 @@ use super::dialect::Databricks;
 /// The function behind `posexplode`'s positions.
 const POSITIONS: &str = "__positions";
 
-pub fn functions() -> Vec<ScalarUDF> {
+pub(super) fn functions() -> Vec<ScalarUDF> {
     vec![ScalarUDF::from(Positions::new())]
 }
 
 /// Rewrites the generators and table-valued functions in `node`.
-pub fn rewrite<N: VisitMut>(node: &mut N) -> Result<(), SqlError> {
+pub(super) fn rewrite<N: VisitMut>(node: &mut N) -> Result<(), SqlError> {
     match node.visit(&mut Rewriter) {
         ControlFlow::Break(err) => Err(*err),
         ControlFlow::Continue(()) => Ok(()),

@@ -29,7 +29,7 @@ use super::SqlError;
 
 /// sqlparser lacks Databricks' `INSERT *` and `UPDATE SET *`, so they are spelled with a column
 /// named `*`, which no real table has: `INSERT VALUES (`*`)` and `UPDATE SET `*` = `*``.
-pub fn spell_out_stars(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+pub(super) fn spell_out_stars(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut spelled: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
     for token in tokens {
         match (token.token == Token::Mul)
@@ -79,7 +79,7 @@ fn is_star(expr: &Expr) -> bool {
 
 /// Rewrites an insert-only MERGE into the equivalent INSERT; `target_columns` lists the target
 /// table's columns, for `INSERT *`.
-pub fn to_insert(
+pub(super) fn to_insert(
     merge: Merge,
     target_columns: impl FnOnce(&ObjectName) -> Result<Vec<String>, SqlError>,
 ) -> Result<Statement, SqlError> {
@@ -124,7 +124,7 @@ pub fn to_insert(
 /// condition's conjuncts that refer to the target's columns alone, `qualifier.column`; `None`
 /// when there are none, i.e. the MERGE reads the whole target. Conjuncts with unqualified
 /// columns or subqueries are left out, which only widens the range.
-pub fn read_range(merge: &Merge) -> Option<(Ident, Expr)> {
+pub(super) fn read_range(merge: &Merge) -> Option<(Ident, Expr)> {
     let TableFactor::Table { name, alias, .. } = &merge.table else {
         return None;
     };

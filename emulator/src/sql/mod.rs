@@ -52,25 +52,25 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
-pub use error::SqlError;
-pub use names::TableName;
+pub(crate) use error::SqlError;
+pub(crate) use names::TableName;
 use names::{INFORMATION_SCHEMA, column_name, normalize, table};
-pub use output::Output;
-pub use params::Parameter;
-pub use types::column_type;
+pub(crate) use output::Output;
+pub(crate) use params::Parameter;
+pub(crate) use types::column_type;
 
-pub const DEFAULT_CATALOG: &str = "main";
-pub const DEFAULT_SCHEMA: &str = "default";
+pub(crate) const DEFAULT_CATALOG: &str = "main";
+pub(crate) const DEFAULT_SCHEMA: &str = "default";
 
 /// A statement as the Statement Execution API receives it.
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     pub statement: &'a str,
     pub parameters: &'a [Parameter],
     pub catalog: Option<&'a str>,
     pub schema: Option<&'a str>,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     ctx: SessionContext,
     store: Option<store::Store>,
     writes: tokio::sync::Mutex<()>,
@@ -78,7 +78,7 @@ pub struct Engine {
 }
 
 /// A parsed and bound statement, ready to run.
-pub struct Prepared {
+pub(crate) struct Prepared {
     kind: Kind,
     state: SessionState,
 }
@@ -116,7 +116,7 @@ enum Effect {
 
 impl Engine {
     /// An engine with the `main.default` schema, plus whatever `data_dir` holds.
-    pub fn open(data_dir: Option<&Path>) -> io::Result<Self> {
+    pub(crate) fn open(data_dir: Option<&Path>) -> io::Result<Self> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA)
             .with_information_schema(true)
@@ -145,7 +145,7 @@ impl Engine {
     }
 
     /// Parses the statement and binds its parameters.
-    pub fn prepare(&self, request: &Request<'_>) -> Result<Prepared, SqlError> {
+    pub(crate) fn prepare(&self, request: &Request<'_>) -> Result<Prepared, SqlError> {
         let mut state = self.ctx.state();
         let options = state.config_mut().options_mut();
         if let Some(catalog) = request.catalog.filter(|c| !c.is_empty()) {
@@ -213,7 +213,7 @@ impl Engine {
     /// Runs a prepared statement, a write without conflicts. Dropping the future cancels a
     /// read; a write is short and callers let it finish (see [`Prepared::is_read_only`]).
     /// The statement runner calls [`Engine::stage`] and [`Engine::commit`] for writes instead.
-    pub async fn run(&self, prepared: Prepared) -> Result<Output, SqlError> {
+    pub(crate) async fn run(&self, prepared: Prepared) -> Result<Output, SqlError> {
         if prepared.is_read_only() {
             let Prepared {
                 kind: Kind::Sql { statement, .. },
@@ -291,7 +291,7 @@ impl Engine {
 
 impl Prepared {
     /// The table an INSERT (or MERGE) writes, as `catalog.schema.table`.
-    pub fn written_table(&self) -> Option<String> {
+    pub(crate) fn written_table(&self) -> Option<String> {
         match &self.kind {
             Kind::Sql {
                 statement,
@@ -303,7 +303,7 @@ impl Prepared {
     }
 
     /// Whether the statement only reads, so cancelling it midway leaves nothing half done.
-    pub fn is_read_only(&self) -> bool {
+    pub(crate) fn is_read_only(&self) -> bool {
         matches!(
             self.kind,
             Kind::Sql {

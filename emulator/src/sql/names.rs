@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::ast::{Ident, ObjectName};
 pub(super) const INFORMATION_SCHEMA: &str = "information_schema";
 
 /// A fully qualified, normalized table name.
-pub struct TableName {
+pub(crate) struct TableName {
     pub catalog: String,
     pub schema: String,
     pub table: String,

@@ -33,15 +33,15 @@ use datafusion::sql::sqlparser::ast::{
 use super::{Output, normalize, types};
 
 /// Separates a column name from the suffix that keeps it unique inside the engine.
-pub const MARKER: char = '\u{1F}';
+pub(super) const MARKER: char = '\u{1F}';
 
 /// Names the un-aliased select items of every SELECT in `node`.
-pub fn name_columns<N: VisitMut>(node: &mut N) {
+pub(super) fn name_columns<N: VisitMut>(node: &mut N) {
     let _ = node.visit(&mut Namer);
 }
 
 /// Removes the suffixes that kept duplicate column names apart.
-pub fn unmark(output: Output) -> Result<Output, ArrowError> {
+pub(super) fn unmark(output: Output) -> Result<Output, ArrowError> {
     if !output
         .schema
         .fields()
@@ -128,7 +128,7 @@ fn name_select(select: &mut Select) {
 }
 
 /// The name Spark prints for `expr`, when this module knows it.
-pub fn spark_name(expr: &Expr) -> Option<String> {
+pub(super) fn spark_name(expr: &Expr) -> Option<String> {
     Some(match expr {
         Expr::Identifier(ident) => normalize(ident),
         // A qualified column or a struct field: Spark names both after the last part.

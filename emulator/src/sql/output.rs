@@ -6,7 +6,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
 /// What a statement produced: its result set, empty for most DDL.
-pub struct Output {
+pub(crate) struct Output {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }

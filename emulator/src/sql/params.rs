@@ -30,7 +30,7 @@ use super::{SqlError, types};
 
 /// One entry of the request's `parameters` list.
 #[derive(Clone, Debug, Deserialize)]
-pub struct Parameter {
+pub(crate) struct Parameter {
     pub name: String,
     #[serde(default)]
     pub value: Option<String>,
@@ -44,7 +44,7 @@ const INLINE_MAX_BYTES: usize = 1024;
 
 /// Replaces every parameter marker in `node` with its bound value; registers in `state` the
 /// functions that return long values.
-pub fn bind<N: ast::VisitMut>(
+pub(super) fn bind<N: ast::VisitMut>(
     node: &mut N,
     parameters: &[Parameter],
     state: &mut SessionState,

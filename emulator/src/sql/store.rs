@@ -31,7 +31,7 @@ const MAX_SEGMENTS: u64 = 64;
 /// The base's footer entry naming the last segment it holds.
 const UPTO: &str = "lakegate.upto";
 
-pub struct Store {
+pub(super) struct Store {
     root: PathBuf,
     /// What is on disk of each table, by `catalog.schema.table`.
     saved: Mutex<HashMap<String, Saved>>,
@@ -50,7 +50,7 @@ struct Saved {
 }
 
 impl Store {
-    pub fn new(root: &Path) -> io::Result<Self> {
+    pub(super) fn new(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         Ok(Self {
             root: root.to_path_buf(),
@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// Registers every persisted catalog, schema and table in `ctx`.
-    pub fn load(&self, ctx: &SessionContext) -> io::Result<()> {
+    pub(super) fn load(&self, ctx: &SessionContext) -> io::Result<()> {
         for catalog_dir in subdirectories(&self.root)? {
             let catalog_name = file_name(&catalog_dir);
             let catalog = match ctx.catalog(&catalog_name) {
@@ -108,7 +108,11 @@ impl Store {
     /// Saves what was written to `table` since it was last saved: the new rows as a
     /// segment, or the whole table when it is new, was replaced, or has
     /// [`MAX_SEGMENTS`] segments.
-    pub async fn save_table(&self, ctx: &SessionContext, name: &TableName) -> io::Result<()> {
+    pub(super) async fn save_table(
+        &self,
+        ctx: &SessionContext,
+        name: &TableName,
+    ) -> io::Result<()> {
         let Some(provider) = super::table(ctx, name).await else {
             return Ok(());
         };
@@ -184,7 +188,7 @@ impl Store {
     }
 
     /// Makes the directory tree match the catalog: creates what exists, removes what was dropped.
-    pub async fn sync(&self, ctx: &SessionContext) -> io::Result<()> {
+    pub(super) async fn sync(&self, ctx: &SessionContext) -> io::Result<()> {
         for catalog_dir in subdirectories(&self.root)? {
             let catalog_name = file_name(&catalog_dir);
             let Some(catalog) = ctx.catalog(&catalog_name) else {

@@ -16,14 +16,14 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use super::SqlError;
 
 /// The time zone the engine runs in and stores TIMESTAMP values in.
-pub const UTC: &str = "UTC";
+pub(super) const UTC: &str = "UTC";
 
-pub fn timestamp() -> DataType {
+pub(super) fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)))
 }
 
 /// The Arrow type a Databricks column or parameter of this SQL type holds.
-pub fn arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
+pub(super) fn arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
     use ast::DataType as T;
     Ok(match data_type {
         T::String(_) | T::Varchar(_) | T::Text | T::Char(_) | T::Character(_) => DataType::Utf8,
@@ -65,7 +65,7 @@ pub fn arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
 
 /// Like [`arrow_type`], plus `ARRAY<...>` and `STRUCT<...>` (all nullable, as Spark makes them),
 /// for the values `from_json` produces; tables and parameters stay scalar.
-pub fn nested_arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
+pub(super) fn nested_arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError> {
     use ast::DataType as T;
     Ok(match data_type {
         T::Array(ArrayElemTypeDef::AngleBracket(item)) => {
@@ -92,7 +92,7 @@ pub fn nested_arrow_type(data_type: &ast::DataType) -> Result<DataType, SqlError
 }
 
 /// Parses a type in Databricks' SQL spelling, e.g. `DECIMAL(10,2)` or `ARRAY<STRUCT<a: INT>>`.
-pub fn parse(text: &str) -> Result<ast::DataType, String> {
+pub(super) fn parse(text: &str) -> Result<ast::DataType, String> {
     let mut parser = Parser::new(&DatabricksDialect {})
         .try_with_sql(text)
         .map_err(|e| e.to_string())?;
@@ -113,7 +113,7 @@ fn unsupported_type(data_type: &ast::DataType) -> SqlError {
 
 /// Rewrites a Databricks type spelling into one DataFusion's planner maps to the same Arrow type
 /// as [`arrow_type`]; `None` when DataFusion already understands it.
-pub fn engine_type(data_type: &ast::DataType) -> Option<ast::DataType> {
+pub(super) fn engine_type(data_type: &ast::DataType) -> Option<ast::DataType> {
     use ast::DataType as T;
     match data_type {
         // DataFusion reads a plain TIMESTAMP as zone-less nanoseconds; Databricks means an instant.
@@ -136,7 +136,7 @@ fn is_micros(data_type: &ast::DataType) -> bool {
 }
 
 /// A result column's type as the manifest describes it.
-pub struct ColumnType {
+pub(crate) struct ColumnType {
     pub name: &'static str,
     pub text: String,
     pub precision: Option<u8>,
@@ -155,7 +155,7 @@ impl ColumnType {
 }
 
 /// Maps an Arrow type to Databricks' `type_name` (the `ColumnInfoTypeName` enum) and `type_text`.
-pub fn column_type(data_type: &DataType) -> ColumnType {
+pub(crate) fn column_type(data_type: &DataType) -> ColumnType {
     match data_type {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
             ColumnType::simple("STRING", "STRING")

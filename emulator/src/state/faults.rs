@@ -13,7 +13,7 @@ use crate::error::ErrorReply;
 use crate::sql::SqlError;
 use crate::stats::{Counters, bump};
 
-pub struct FaultState {
+pub(crate) struct FaultState {
     active: Mutex<Active>,
 }
 
@@ -26,39 +26,43 @@ struct Active {
 }
 
 impl FaultState {
-    pub fn new(faults: Faults) -> Self {
+    pub(crate) fn new(faults: Faults) -> Self {
         Self {
             active: Mutex::new(Active::from(faults)),
         }
     }
 
-    pub fn set(&self, faults: Faults) {
+    pub(crate) fn set(&self, faults: Faults) {
         *self.lock() = Active::from(faults);
     }
 
-    pub fn statement_latency(&self) -> Duration {
+    pub(crate) fn statement_latency(&self) -> Duration {
         self.lock().faults.statement_latency
     }
 
-    pub fn write_conflicts(&self) -> WriteConflicts {
+    pub(crate) fn write_conflicts(&self) -> WriteConflicts {
         self.lock().faults.write_conflicts
     }
 
-    pub fn statement_cost(&self) -> Option<StatementCost> {
+    pub(crate) fn statement_cost(&self) -> Option<StatementCost> {
         self.lock().faults.statement_cost
     }
 
-    pub fn secrets_latency(&self) -> Duration {
+    pub(crate) fn secrets_latency(&self) -> Duration {
         self.lock().faults.secrets_latency
     }
 
-    pub fn token_expires_in(&self) -> Option<u64> {
+    pub(crate) fn token_expires_in(&self) -> Option<u64> {
         self.lock().faults.token_expires_in
     }
 
     /// Whether a write into `table` with these parameter values must fail as if a
     /// constraint refused one of its rows.
-    pub fn rejects_rows<'a>(&self, table: &str, mut values: impl Iterator<Item = &'a str>) -> bool {
+    pub(crate) fn rejects_rows<'a>(
+        &self,
+        table: &str,
+        mut values: impl Iterator<Item = &'a str>,
+    ) -> bool {
         let active = self.lock();
         let Some(reject) = &active.faults.reject_rows else {
             return false;
@@ -68,7 +72,7 @@ impl FaultState {
     }
 
     /// The error a write reaching its commit now must fail with, if any.
-    pub fn failing_write(&self) -> Option<SqlError> {
+    pub(crate) fn failing_write(&self) -> Option<SqlError> {
         let active = self.lock();
         let failing = active.faults.failing_writes.as_ref()?;
         active
@@ -78,17 +82,17 @@ impl FaultState {
     }
 
     /// Whether this token call must fail; counts the failure down.
-    pub fn take_token_failure(&self) -> bool {
+    pub(crate) fn take_token_failure(&self) -> bool {
         take(&mut self.lock().token_failures_left)
     }
 
     /// Whether this statement's answer must be lost; counts down.
-    pub fn take_lost_response(&self) -> bool {
+    pub(crate) fn take_lost_response(&self) -> bool {
         take(&mut self.lock().lost_responses_left)
     }
 
     /// The injected answer for an `/api/` request, if any, counted in `stats`.
-    pub fn api_fault(&self, stats: &Counters) -> Option<ErrorReply> {
+    pub(crate) fn api_fault(&self, stats: &Counters) -> Option<ErrorReply> {
         let active = self.lock();
         if active
             .unavailable_until

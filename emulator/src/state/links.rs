@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::results::ResultSet;
 
-pub struct LinkStore {
+pub(crate) struct LinkStore {
     lifetime: Duration,
     links: Mutex<HashMap<String, Link>>,
 }
@@ -22,14 +22,14 @@ struct Link {
 }
 
 /// A link as the response describes it.
-pub struct Issued {
+pub(crate) struct Issued {
     pub path: String,
     pub key: String,
     pub expiration: DateTime<Utc>,
 }
 
 /// Why a link cannot be downloaded.
-pub enum LinkRefusal {
+pub(crate) enum LinkRefusal {
     /// Unknown (never issued, or expired and forgotten).
     Unknown,
     Expired,
@@ -38,7 +38,7 @@ pub enum LinkRefusal {
 }
 
 impl LinkStore {
-    pub fn new(lifetime: Duration) -> Self {
+    pub(crate) fn new(lifetime: Duration) -> Self {
         Self {
             lifetime,
             links: Mutex::new(HashMap::new()),
@@ -46,7 +46,7 @@ impl LinkStore {
     }
 
     /// A fresh link to one chunk; every response hands out a new one, as Databricks does.
-    pub fn issue(&self, result: Arc<ResultSet>, chunk: usize) -> Issued {
+    pub(crate) fn issue(&self, result: Arc<ResultSet>, chunk: usize) -> Issued {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let key = uuid::Uuid::new_v4().simple().to_string();
         let now = Instant::now();
@@ -72,7 +72,7 @@ impl LinkStore {
     }
 
     /// The result and chunk the link `token` names, when it is live and `key` is its key.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         token: &str,
         key: Option<&str>,
@@ -90,7 +90,7 @@ impl LinkStore {
 }
 
 impl Issued {
-    pub fn expiration_text(&self) -> String {
+    pub(crate) fn expiration_text(&self) -> String {
         self.expiration.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 }

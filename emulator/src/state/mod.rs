@@ -15,16 +15,16 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 
-pub use self::faults::FaultState;
-pub use self::links::{LinkRefusal, LinkStore};
-pub use self::secrets::{Secret, SecretStore};
-pub use self::statements::{Phase, Statement, StatementStore};
-pub use self::tokens::TokenStore;
+pub(crate) use self::faults::FaultState;
+pub(crate) use self::links::{LinkRefusal, LinkStore};
+pub(crate) use self::secrets::{Secret, SecretStore};
+pub(crate) use self::statements::{Phase, Statement, StatementStore};
+pub(crate) use self::tokens::TokenStore;
 use crate::config::EmulatorConfig;
 use crate::sql::Engine;
 use crate::stats::Counters;
 
-pub struct App {
+pub(crate) struct App {
     /// The URL the emulator was started on; requests use their `Host` instead when they have one.
     pub url: String,
     pub warehouse_id: String,
@@ -39,7 +39,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: EmulatorConfig, engine: Engine, url: String) -> Self {
+    pub(crate) fn new(config: EmulatorConfig, engine: Engine, url: String) -> Self {
         Self {
             url,
             warehouse_id: config.warehouse_id,
@@ -60,7 +60,7 @@ impl App {
 }
 
 /// The workspace URL as the caller sees it (from `Host`), for links and OIDC metadata.
-pub struct BaseUrl(pub String);
+pub(crate) struct BaseUrl(pub String);
 
 impl FromRequestParts<Arc<App>> for BaseUrl {
     type Rejection = Infallible;

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Scopes by name, each with its secrets by key.
-pub type Scopes = BTreeMap<String, BTreeMap<String, Secret>>;
+pub(super) type Scopes = BTreeMap<String, BTreeMap<String, Secret>>;
 
 #[derive(Default)]
-pub struct SecretStore {
+pub(crate) struct SecretStore {
     scopes: Mutex<Scopes>,
 }
 
-pub struct Secret {
+pub(crate) struct Secret {
     pub value: Vec<u8>,
     pub last_updated_ms: i64,
 }
@@ -23,7 +23,7 @@ impl std::fmt::Debug for SecretStore {
 }
 
 impl SecretStore {
-    pub fn lock(&self) -> MutexGuard<'_, Scopes> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Scopes> {
         self.scopes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

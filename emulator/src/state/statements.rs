@@ -17,12 +17,12 @@ use crate::sql::SqlError;
 const RETENTION: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Default)]
-pub struct StatementStore {
+pub(crate) struct StatementStore {
     statements: Mutex<HashMap<String, Arc<Statement>>>,
 }
 
 impl StatementStore {
-    pub fn insert(&self, statement: Arc<Statement>) {
+    pub(crate) fn insert(&self, statement: Arc<Statement>) {
         let mut statements = self
             .statements
             .lock()
@@ -35,7 +35,7 @@ impl StatementStore {
         statements.insert(statement.id.clone(), statement);
     }
 
-    pub fn get(&self, id: &str) -> Result<Arc<Statement>, ErrorReply> {
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Statement>, ErrorReply> {
         let statements = self
             .statements
             .lock()
@@ -47,7 +47,7 @@ impl StatementStore {
     }
 }
 
-pub struct Statement {
+pub(crate) struct Statement {
     pub id: String,
     pub inline: bool,
     pub phase: watch::Sender<Phase>,
@@ -56,7 +56,7 @@ pub struct Statement {
 }
 
 #[derive(Clone)]
-pub enum Phase {
+pub(crate) enum Phase {
     Pending,
     Running,
     Succeeded(Arc<ResultSet>),
@@ -65,11 +65,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn is_terminal(&self) -> bool {
+    pub(crate) fn is_terminal(&self) -> bool {
         !matches!(self, Phase::Pending | Phase::Running)
     }
 
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         match self {
             Phase::Pending => "PENDING",
             Phase::Running => "RUNNING",
@@ -81,13 +81,13 @@ impl Phase {
 }
 
 impl Statement {
-    pub async fn finished(&self) {
+    pub(crate) async fn finished(&self) {
         // The sender lives in `self`, so waiting cannot fail.
         let _ = self.phase.subscribe().wait_for(Phase::is_terminal).await;
     }
 
     /// Waits until the statement has finished or `timeout` has passed; true if it finished.
-    pub async fn wait(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait(&self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.finished()).await.is_ok()
     }
 }

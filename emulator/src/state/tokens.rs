@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::clock::far_future;
 use crate::identity::TokenOwner;
 
-pub struct TokenStore {
+pub(crate) struct TokenStore {
     principals: HashMap<String, String>,
     personal_tokens: Vec<String>,
     issued: Mutex<Issued>,
@@ -25,7 +25,7 @@ struct Issued {
 
 /// What an accepted token stands for.
 #[derive(Clone)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub owner: TokenOwner,
     /// `None` for personal access tokens, which never expire.
     pub expires: Option<Instant>,
@@ -40,7 +40,7 @@ impl std::fmt::Debug for TokenStore {
 }
 
 impl TokenStore {
-    pub fn new(
+    pub(crate) fn new(
         principals: &[(String, String)],
         personal_tokens: &[String],
         lifetime: Duration,
@@ -53,7 +53,7 @@ impl TokenStore {
         }
     }
 
-    pub fn set_lifetime(&self, lifetime: Duration) {
+    pub(crate) fn set_lifetime(&self, lifetime: Duration) {
         self.lifetime_millis
             .store(millis(lifetime), Ordering::Relaxed);
     }
@@ -62,14 +62,14 @@ impl TokenStore {
         Duration::from_millis(self.lifetime_millis.load(Ordering::Relaxed))
     }
 
-    pub fn authenticate_client(&self, client_id: &str, client_secret: &str) -> bool {
+    pub(crate) fn authenticate_client(&self, client_id: &str, client_secret: &str) -> bool {
         self.principals
             .get(client_id)
             .is_some_and(|secret| secret == client_secret)
     }
 
     /// A new OAuth token for `owner` with the current lifetime.
-    pub fn issue(&self, owner: TokenOwner) -> (String, Duration) {
+    pub(crate) fn issue(&self, owner: TokenOwner) -> (String, Duration) {
         let lifetime = self.lifetime();
         let expires = Instant::now()
             .checked_add(lifetime)
@@ -80,7 +80,7 @@ impl TokenStore {
 
     /// What `token` stands for, if it is a configured PAT or an issued token that has
     /// not expired.
-    pub fn lookup(&self, token: &str) -> Option<Grant> {
+    pub(crate) fn lookup(&self, token: &str) -> Option<Grant> {
         if self.personal_tokens.iter().any(|t| t == token) {
             return Some(Grant {
                 owner: TokenOwner::PersonalAccessToken,
@@ -93,7 +93,7 @@ impl TokenStore {
     /// A token of the same owner as the live OAuth token `presented`, expiring with it,
     /// and the same one for every call with `presented`: what a proxy hands on to the
     /// app it fronts, instead of the caller's own token.
-    pub fn delegate(&self, presented: &str) -> Option<String> {
+    pub(crate) fn delegate(&self, presented: &str) -> Option<String> {
         let mut issued = self.lock();
         let grant = issued.live(presented)?.clone();
         if let Some(delegated) = issued.delegated.get(presented)

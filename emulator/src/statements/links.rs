@@ -15,10 +15,10 @@ use crate::state::{App, LinkRefusal};
 use crate::stats::bump;
 
 /// The header every link requires, listed in the link's `http_headers`.
-pub const KEY_HEADER: &str = "x-emulator-link-key";
+pub(super) const KEY_HEADER: &str = "x-emulator-link-key";
 
 /// `GET /external/{token}`
-pub async fn download(
+pub(crate) async fn download(
     State(app): State<Arc<App>>,
     Path(token): Path<String>,
     headers: HeaderMap,

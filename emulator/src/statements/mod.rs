@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-pub use self::links::download;
+pub(crate) use self::links::download;
 use crate::error::{ApiJson, ErrorReply};
 use crate::identity::TokenOwner;
 use crate::results::{self, Format, ResultSet};
@@ -37,7 +37,7 @@ const MAX_INLINE_BYTES: usize = 25 * 1024 * 1024;
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
-pub struct ExecuteRequest {
+pub(crate) struct ExecuteRequest {
     statement: Option<String>,
     warehouse_id: Option<String>,
     catalog: Option<String>,
@@ -64,7 +64,7 @@ struct Job {
 }
 
 /// `POST /api/2.0/sql/statements`
-pub async fn execute(
+pub(crate) async fn execute(
     State(app): State<Arc<App>>,
     Extension(owner): Extension<TokenOwner>,
     BaseUrl(url): BaseUrl,
@@ -108,7 +108,7 @@ fn broken_response() -> Response {
 }
 
 /// `GET /api/2.0/sql/statements/{id}`
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<Arc<App>>,
     BaseUrl(url): BaseUrl,
     Path(id): Path<String>,
@@ -118,7 +118,7 @@ pub async fn get(
 }
 
 /// `GET /api/2.0/sql/statements/{id}/result/chunks/{chunk_index}`
-pub async fn chunk(
+pub(crate) async fn chunk(
     State(app): State<Arc<App>>,
     BaseUrl(url): BaseUrl,
     Path((id, index)): Path<(String, String)>,
@@ -142,7 +142,7 @@ pub async fn chunk(
 }
 
 /// `POST /api/2.0/sql/statements/{id}/cancel`
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ErrorReply> {

@@ -8,14 +8,14 @@ use lakegate_emulator::{Emulator, EmulatorConfig};
 use lakegate_testkit::{fetch_token, http_client, poll, start_emulator};
 use serde_json::{Value, json};
 
-pub struct Workspace {
+pub(crate) struct Workspace {
     pub emulator: Emulator,
     pub http: reqwest::Client,
     pub token: String,
 }
 
 impl Workspace {
-    pub async fn start(config: EmulatorConfig) -> Self {
+    pub(crate) async fn start(config: EmulatorConfig) -> Self {
         let emulator = start_emulator(config).await;
         let http = http_client();
         let token = fetch_token(&http, &emulator.url()).await;
@@ -26,11 +26,11 @@ impl Workspace {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.emulator.url())
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
             .get(self.url(path))
@@ -44,7 +44,7 @@ impl Workspace {
         )
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
             .post(self.url(path))
@@ -60,7 +60,7 @@ impl Workspace {
     }
 
     /// Runs a statement (waiting up to 30 s) and returns the HTTP status and response.
-    pub async fn execute(&self, mut body: Value) -> (u16, Value) {
+    pub(crate) async fn execute(&self, mut body: Value) -> (u16, Value) {
         body["warehouse_id"] = self.emulator.warehouse_id().into();
         if body.get("wait_timeout").is_none() {
             body["wait_timeout"] = "30s".into();
@@ -69,7 +69,7 @@ impl Workspace {
     }
 
     /// Runs a statement that must succeed and returns its response.
-    pub async fn sql(&self, statement: &str) -> Value {
+    pub(crate) async fn sql(&self, statement: &str) -> Value {
         let (status, body) = self.execute(json!({ "statement": statement })).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"]["state"], "SUCCEEDED", "{statement}: {body}");
@@ -77,7 +77,7 @@ impl Workspace {
     }
 
     /// Polls the statement until it is neither PENDING nor RUNNING; returns its response.
-    pub async fn poll_until_done(&self, id: &str) -> Value {
+    pub(crate) async fn poll_until_done(&self, id: &str) -> Value {
         let path = format!("/api/2.0/sql/statements/{id}");
         let (within, every) = (Duration::from_secs(6), Duration::from_millis(20));
         let finished = |(_, body): &(u16, Value)| {
