@@ -18,7 +18,7 @@ use crate::devices::{KeySource, LiveRegistry, reload_loop};
 use crate::health::WriteHealth;
 use crate::ingest::{IngestQueue, StatementSink, Writer};
 use crate::metrics::Metrics;
-use crate::relay::{Site, forward_loop, spool_loop};
+use crate::relay::{RelayState, forward_loop, spool_loop};
 use crate::server::{self, AppState, Backend};
 use crate::table::ensure_tables;
 
@@ -75,7 +75,7 @@ impl Gateway {
         let background_stop = CancellationToken::new();
         let (backend, queue) = match (&config.relay, client) {
             (Some(relay), _) => {
-                let site = Site::open(relay, workspace.client.as_ref())
+                let site = RelayState::open(relay, workspace.client.as_ref())
                     .with_context(|| format!("opening the spool {}", relay.spool_dir.display()))?;
                 let site = Arc::new(site);
                 site.check_key().await.map_err(anyhow::Error::msg)?;
@@ -220,16 +220,24 @@ async fn start_table_writers(
     writers: &TaskTracker,
     closing: &CancellationToken,
 ) -> anyhow::Result<IngestQueue> {
-    ensure_tables(&client.statements(), &config.table, &config.rejected_table)
-        .await
-        .with_context(|| {
-            format!(
-                "creating tables {} and {}",
-                config.table, config.rejected_table
-            )
-        })?;
+    ensure_tables(
+        &client.statements(),
+        &config.table,
+        &config.dead_letter_table,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "creating tables {} and {}",
+            config.table, config.dead_letter_table
+        )
+    })?;
     let (queue, lanes) = IngestQueue::new(config.queue, config.writers);
-    let sink = StatementSink::new(client.statements(), &config.table, &config.rejected_table);
+    let sink = StatementSink::new(
+        client.statements(),
+        &config.table,
+        &config.dead_letter_table,
+    );
     for lane in lanes {
         writers.spawn(
             Writer::new(

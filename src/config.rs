@@ -68,7 +68,7 @@ pub struct GatewayConfig {
     pub(crate) workspace: Workspace,
     pub table: TableName,
     /// Where rows the table refuses for good go (same columns plus the error).
-    pub rejected_table: TableName,
+    pub dead_letter_table: TableName,
     /// `None` only in local mode, where a demo registry is created.
     pub(crate) device_keys: Option<KeySource>,
     pub(crate) keys_refresh: Duration,
@@ -341,7 +341,7 @@ struct WriterArgs {
     /// The dead-letter table for rows the table refuses (created at start-up); not the
     /// table itself. Default: LAKEGATE_TABLE + `_rejected`.
     #[arg(long = "rejected-table", env = "LAKEGATE_REJECTED_TABLE", value_name = "TABLE", value_parser = value::<TableName>)]
-    rejected_table: Option<TableName>,
+    dead_letter_table: Option<TableName>,
     /// Batch writers, each with one statement in flight (1 to 16); a warehouse runs
     /// about ten statements at once, more writers only queue there.
     #[arg(long = "writers", env = "LAKEGATE_WRITERS", default_value = "4", value_name = "N", value_parser = within::<1, 16>)]
@@ -853,7 +853,7 @@ impl GatewayConfig {
                 ));
             }
         };
-        let rejected_table = match writer.rejected_table {
+        let dead_letter_table = match writer.dead_letter_table {
             Some(table) => table,
             None => format!("{table}_rejected").parse().map_err(|p| {
                 invalid(
@@ -862,7 +862,7 @@ impl GatewayConfig {
                 )
             })?,
         };
-        if rejected_table == table {
+        if dead_letter_table == table {
             return Err(invalid(
                 "LAKEGATE_REJECTED_TABLE",
                 "must differ from LAKEGATE_TABLE",
@@ -913,7 +913,7 @@ impl GatewayConfig {
             // linger keeps a lone reading's commit near one statement; batches of 25,000
             // rows (about 3.5 MiB) let four writers land over 40,000 rows/s through
             // 1.5 s statements.
-            flush_interval: Duration::from_millis(linger_ms),
+            linger: Duration::from_millis(linger_ms),
             max_rows: writer.batch_max_rows,
             max_bytes: writer.batch_max_bytes,
         };
@@ -1060,7 +1060,7 @@ impl GatewayConfig {
             ),
             workspace,
             table,
-            rejected_table,
+            dead_letter_table,
             device_keys,
             keys_refresh: Duration::from_secs(registry.keys_refresh_secs),
             batch,
@@ -1208,10 +1208,10 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
         assert_eq!(config.table.to_string(), "iot.raw.readings");
         assert_eq!(
-            config.rejected_table.to_string(),
+            config.dead_letter_table.to_string(),
             "iot.raw.readings_rejected"
         );
-        assert_eq!(config.batch.flush_interval, Duration::from_millis(20));
+        assert_eq!(config.batch.linger, Duration::from_millis(20));
         assert_eq!(config.trusted_proxies, TrustedProxies::default());
         assert!(matches!(config.device_keys, Some(KeySource::Secret(_))));
         let Workspace::Remote { client } = config.workspace else {
@@ -1301,7 +1301,7 @@ mod tests {
         let mut pairs = remote();
         pairs.push(("LAKEGATE_FLUSH_MS", "70"));
         let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
-        assert_eq!(config.batch.flush_interval, Duration::from_millis(70));
+        assert_eq!(config.batch.linger, Duration::from_millis(70));
         let [warning] = config.deprecations() else {
             panic!("one warning: {:?}", config.deprecations());
         };
@@ -1313,7 +1313,7 @@ mod tests {
         // Both set: the new name wins, and the warning says so.
         pairs.push(("LAKEGATE_LINGER_MS", "30"));
         let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
-        assert_eq!(config.batch.flush_interval, Duration::from_millis(30));
+        assert_eq!(config.batch.linger, Duration::from_millis(30));
         let [warning] = config.deprecations() else {
             panic!("one warning: {:?}", config.deprecations());
         };
@@ -1326,14 +1326,14 @@ mod tests {
         pairs.extend([("LAKEGATE_WRITERS", "  "), ("LAKEGATE_LINGER_MS", " 40 ")]);
         let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
         assert_eq!(config.writers, 4);
-        assert_eq!(config.batch.flush_interval, Duration::from_millis(40));
+        assert_eq!(config.batch.linger, Duration::from_millis(40));
 
         let command_line = ServeArgs::augment_args(Command::new("serve"))
             .mut_args(|arg| arg.env(None))
             .try_get_matches_from(["serve", "--linger-ms", "5", "--writers=2"])
             .unwrap();
         let config = GatewayConfig::serve(Some(&command_line), &vars(&pairs)).unwrap();
-        assert_eq!(config.batch.flush_interval, Duration::from_millis(5));
+        assert_eq!(config.batch.linger, Duration::from_millis(5));
         assert_eq!(config.writers, 2);
         assert!(config.deprecations().is_empty());
     }
@@ -1386,7 +1386,7 @@ mod tests {
         let mut pairs = remote();
         pairs.push(("LAKEGATE_REJECTED_TABLE", "iot.errors.refused"));
         let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
-        assert_eq!(config.rejected_table.to_string(), "iot.errors.refused");
+        assert_eq!(config.dead_letter_table.to_string(), "iot.errors.refused");
 
         let mut pairs = remote();
         pairs.push(("LAKEGATE_DEVICE_KEYS_FILE", "/etc/keys.json"));

@@ -90,7 +90,7 @@
 //! then do devices hear 202; the forwarder (`relay/forwarder.rs`) sends the spool's
 //! oldest records upstream with the relay key, moves the spool's cursor past what the
 //! upstream took and puts back what it did not; both share the relay's spool and
-//! upstream client (`relay/site.rs`). At start-up the relay checks its key
+//! upstream client (`relay/state.rs`). At start-up the relay checks its key
 //! with the upstream's `GET /api/whoami` (`server/auth.rs`). The relay's
 //! [`app::Gateway`] holds a `Backend::Relay` in place of the table's client
 //! (`server/state.rs`), so the router serves no reads and `/readyz` checks the upstream

@@ -76,7 +76,7 @@ pub(crate) struct AuthFailureLabels {
 
 /// What a site relay (`lakegate relay`) adds: its spool and its forwarding.
 #[derive(Clone, Default)]
-pub(crate) struct SiteMetrics {
+pub(crate) struct RelayMetrics {
     /// Bytes and readings spooled and not yet committed upstream; set at scrape time.
     pub spool_bytes: Gauge,
     pub spool_readings: Gauge,
@@ -100,7 +100,7 @@ pub(crate) struct SiteMetrics {
 pub(crate) struct Metrics {
     prometheus: PrometheusRegistry,
     /// Registered only in a site relay.
-    pub site: SiteMetrics,
+    pub relay: RelayMetrics,
     pub connections: ConnectionMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub readings_accepted: Counter,
@@ -292,7 +292,7 @@ impl Default for Metrics {
             batch_conflicts,
             writes_unwritable,
             stats: GatewayStats::default(),
-            site: SiteMetrics::default(),
+            relay: RelayMetrics::default(),
         }
     }
 }
@@ -301,7 +301,7 @@ impl Metrics {
     /// A site relay's metrics: the gateway's, and the spool's and forwarding's.
     pub(crate) fn for_relay() -> Metrics {
         let mut metrics = Metrics::default();
-        let site = metrics.site.clone();
+        let site = metrics.relay.clone();
         let prometheus = &mut metrics.prometheus;
         prometheus.register(
             "spool_bytes",

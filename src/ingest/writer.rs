@@ -176,7 +176,7 @@ fn wire_len(json: &str) -> usize {
 pub(crate) struct BatchSettings {
     /// Longest a reading that finds the writer idle waits for others to share its
     /// statement (the linger). Rows that queued while a statement ran wait for nothing.
-    pub flush_interval: Duration,
+    pub linger: Duration,
     /// Rows (one per metric) per statement.
     pub max_rows: usize,
     /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
@@ -244,7 +244,7 @@ impl<S: BatchSink> Writer<S> {
                 return (!rest.is_empty()).then_some(rest);
             }
         };
-        let linger_until = tokio::time::Instant::now() + self.settings.flush_interval;
+        let linger_until = tokio::time::Instant::now() + self.settings.linger;
         rows = first.rows.len();
         submissions.push(first);
         while rows < self.settings.max_rows {
@@ -574,7 +574,7 @@ mod tests {
 
     fn settings(linger_ms: u64) -> BatchSettings {
         BatchSettings {
-            flush_interval: Duration::from_millis(linger_ms),
+            linger: Duration::from_millis(linger_ms),
             max_rows: 100,
             max_bytes: 1 << 20,
         }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::site::Site;
+use super::state::RelayState;
 use crate::databricks::RetryPolicy;
 use crate::metrics::Metrics;
 
@@ -34,7 +34,11 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Forwards until `stop` is cancelled. A batch in flight then is dropped: it stays
 /// spooled and goes again on the next start (the upstream writes it once).
-pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: CancellationToken) {
+pub(crate) async fn forward_loop(
+    site: Arc<RelayState>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let policy = RetryPolicy::batch_writes();
     let mut schedule = policy.schedule();
     let mut pacing = Pacing::default();
@@ -73,7 +77,7 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
                 }
                 schedule = policy.schedule();
                 site.turned_away.store(false, Ordering::Relaxed);
-                metrics.site.forwarded.inc_by(taken as u64);
+                metrics.relay.forwarded.inc_by(taken as u64);
                 if unreadable > 0 {
                     tracing::error!(
                         records = unreadable,
@@ -103,7 +107,7 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
             Ok(Forwarded::NotTaken {
                 why, retry_after, ..
             }) => {
-                metrics.site.upstream_failures.inc();
+                metrics.relay.upstream_failures.inc();
                 let failing_for = site.forwarding_failed();
                 tracing::warn!(%why, ?failing_for, "the upstream did not take a batch; it stays spooled");
                 schedule.next_wait(failing_for, retry_after)
@@ -124,12 +128,12 @@ pub(crate) async fn forward_loop(site: Arc<Site>, metrics: Arc<Metrics>, stop: C
 /// not speak for, a disabled device): appended to `refused.ndjson` in the spool
 /// directory with why, counted and logged, so that an operator can act and resend.
 fn keep_refused(
-    site: &Site,
+    site: &RelayState,
     metrics: &Metrics,
     readings: &[Value],
     refused: &[lakegate_device::Refused],
 ) {
-    metrics.site.refused_upstream.inc_by(refused.len() as u64);
+    metrics.relay.refused_upstream.inc_by(refused.len() as u64);
     let mut lines = Vec::new();
     for refusal in refused {
         let reading = readings.get(refusal.index).cloned().unwrap_or(Value::Null);
@@ -163,7 +167,7 @@ fn keep_refused(
     match rotate_if_full(dir, cap, lines.len() as u64) {
         Ok(0) => {}
         Ok(discarded) => {
-            metrics.site.refused_discarded.inc_by(discarded);
+            metrics.relay.refused_discarded.inc_by(discarded);
             tracing::warn!(
                 discarded,
                 "refused.ndjson reached its bound; the oldest refused readings were let go"

@@ -4,7 +4,7 @@
 //! A device's request goes through the same connection handling, authentication,
 //! limits, validation and queue as at the gateway (`server/`, `ingest/`), after
 //! `admission.rs` checked that the relay forwards that device at all. Then, over the
-//! spool and upstream the [`Site`] holds (`site.rs`):
+//! spool and upstream the [`RelayState`] holds (`state.rs`):
 //! 1. **Spooler** (`spooler.rs`): takes the queue's rows, turns each reading back into
 //!    one JSON record with its full identity (device, id — given or derived — and
 //!    microsecond `ts`) and appends what queued meanwhile with one fsync (group commit).
@@ -22,10 +22,10 @@
 
 mod admission;
 mod forwarder;
-mod site;
 mod spooler;
+mod state;
 
 pub(crate) use admission::NotForwarded;
 pub(crate) use forwarder::forward_loop;
-pub(crate) use site::Site;
 pub(crate) use spooler::spool_loop;
+pub(crate) use state::RelayState;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use lakegate_device::{Spool, SpoolError};
 
-use super::site::Site;
+use super::state::RelayState;
 use crate::ingest::{Submission, Unwritten};
 use crate::metrics::Metrics;
 use crate::table::TableRow;
@@ -29,7 +29,7 @@ const RETRY_APPEND: Duration = Duration::from_millis(500);
 /// Runs until `closing` is cancelled and every queued reading is on disk.
 pub(crate) async fn spool_loop(
     mut lane: mpsc::UnboundedReceiver<Submission>,
-    site: Arc<Site>,
+    site: Arc<RelayState>,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
 ) {
@@ -73,7 +73,7 @@ pub(crate) async fn spool_loop(
 /// up the others. Retries a failing disk until it works (it may come back). Says, by
 /// submission, whether its records are on disk (`false`: no room for them).
 async fn append_until_done(
-    site: &Arc<Site>,
+    site: &Arc<RelayState>,
     metrics: &Metrics,
     records: Vec<Vec<Vec<u8>>>,
 ) -> Vec<bool> {
@@ -95,7 +95,7 @@ async fn append_until_done(
             }
             Err(join) => tracing::error!(error = %join, "spool append task failed; retrying"),
         }
-        metrics.site.spool_write_failures.inc();
+        metrics.relay.spool_write_failures.inc();
         tokio::time::sleep(RETRY_APPEND).await;
     }
 }

@@ -29,7 +29,7 @@ pub(super) async fn ingest(
     let ack = ack_of(query)?;
     // Refused before the body is read: at a site relay, a device whose readings it would
     // not forward; anywhere, a sender over its request rate.
-    if let (Some(site), Sender::Device(device)) = (app.site(), &sender) {
+    if let (Some(site), Sender::Device(device)) = (app.relay_state(), &sender) {
         site.admission.check(&device.id, &registry)?;
     }
     let intake = app.intake();
@@ -39,7 +39,7 @@ pub(super) async fn ingest(
     let (raw, upload) = read_body(&app, &sender, body).await?;
     let decoded = decode(raw, encoding, &app.config.body)?;
     // A first look; the spooler checks again against the records it writes.
-    if let Some(site) = app.site()
+    if let Some(site) = app.relay_state()
         && !site.has_room_for(decoded.len() as u64)
     {
         return Err(HttpError::spool_full());
@@ -66,7 +66,7 @@ async fn answer(
 ) -> Result<Response, HttpError> {
     let notes = notes_on(&rows);
     // A relay answers once the readings are on disk, whatever the acknowledgement asked.
-    let relay = app.site().is_some();
+    let relay = app.relay_state().is_some();
     let committed = room.submit(rows, relay || ack == Ack::Commit)?;
     app.metrics.accept(accepted as u64);
     if let Sender::Relay(relay) = sender {

@@ -39,7 +39,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
     // A site relay takes readings only: the table and its page are the gateway's.
-    let routes = match state.site() {
+    let routes = match state.relay_state() {
         Some(_) => ingest_and_ops,
         None => ingest_and_ops
             .route("/api/devices", get(read::devices))

@@ -30,7 +30,7 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     let readiness = tokio::select! {
         biased;
         () = app.shutting_down.cancelled() => {
-            Readiness::shutting_down(app.keys.current().device_count(), app.site().is_some())
+            Readiness::shutting_down(app.keys.current().device_count(), app.relay_state().is_some())
         }
         readiness = app.readiness.get_or_check(check(&app)) => readiness,
     };
@@ -104,7 +104,7 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     let tokens = match &app.backend {
         Backend::Table(client) => client.token_fetches(),
         Backend::Relay(site) => {
-            site.observe(&app.metrics.site).await;
+            site.observe(&app.metrics.relay).await;
             site.token_fetches()
         }
     };

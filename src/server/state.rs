@@ -14,7 +14,7 @@ use crate::ingest::{IngestQueue, Intake};
 use crate::metrics::Metrics;
 use crate::query::ReadGate;
 use crate::rate_limits::RateLimits;
-use crate::relay::Site;
+use crate::relay::RelayState;
 use crate::uploads::UploadBudget;
 
 /// Everything a request may need; cheap to clone.
@@ -26,7 +26,7 @@ pub(crate) enum Backend {
     /// A gateway: the table, and the reads, through this client.
     Table(databricks::Client),
     /// A site relay: the spool, and the upstream it forwards to.
-    Relay(Arc<Site>),
+    Relay(Arc<RelayState>),
 }
 
 pub(crate) struct App {
@@ -91,7 +91,7 @@ impl App {
     }
 
     /// The relay's spool and upstream; `None` in a gateway.
-    pub(crate) fn site(&self) -> Option<&Arc<Site>> {
+    pub(crate) fn relay_state(&self) -> Option<&Arc<RelayState>> {
         match &self.backend {
             Backend::Relay(site) => Some(site),
             Backend::Table(_) => None,

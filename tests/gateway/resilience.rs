@@ -574,7 +574,7 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
     lakegate::table::ensure_tables(
         &gateway.reader().statements(),
         &config.table,
-        &config.rejected_table,
+        &config.dead_letter_table,
     )
     .await
     .unwrap();
@@ -621,7 +621,7 @@ async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() 
     lakegate::table::ensure_tables(
         &gateway.reader().statements(),
         &config.table,
-        &config.rejected_table,
+        &config.dead_letter_table,
     )
     .await
     .unwrap();

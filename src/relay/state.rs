@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::admission::Admission;
 use crate::config::RelaySettings;
 use crate::databricks;
-use crate::metrics::SiteMetrics;
+use crate::metrics::RelayMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SiteError {
@@ -24,7 +24,7 @@ pub(crate) enum SiteError {
 }
 
 /// A relay's spool and upstream, shared by the handlers, the spooler and the forwarder.
-pub(crate) struct Site {
+pub(crate) struct RelayState {
     /// Which devices' readings the relay takes.
     pub(crate) admission: Admission,
     /// Bytes `refused.ndjson` (and `refused.ndjson.1`) may each take.
@@ -48,7 +48,7 @@ pub(crate) struct Site {
 
 /// How the relay's two ends are doing, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SiteHealth {
+pub(crate) struct RelayHealth {
     /// `ok` or `unreachable` (the reason goes to the log).
     pub(crate) upstream: &'static str,
     /// `ok`, `full`, or `failing` (appends or a test write fail).
@@ -66,12 +66,12 @@ const REFUSED_SHARE: u64 = 16;
 /// Forwarding that keeps failing this long makes the relay unready; blips don't.
 const FORWARDING_GRACE: Duration = Duration::from_secs(30);
 
-impl Site {
+impl RelayState {
     /// Opens the spool (cutting a record torn by a crash) and the upstream client.
     pub(crate) fn open(
         settings: &RelaySettings,
         workspace: Option<&databricks::Config>,
-    ) -> Result<Site, SiteError> {
+    ) -> Result<RelayState, SiteError> {
         // The spool's budget holds the refused readings' files too: each takes at most a
         // sixteenth of it, and the readings not yet forwarded the rest.
         let refused_cap = settings.spool_max_bytes / REFUSED_SHARE;
@@ -80,7 +80,7 @@ impl Site {
             settings.spool_max_bytes - 2 * refused_cap,
         )?;
         let upstream = Upstream::new(&settings.upstream, settings.key.clone(), workspace)?;
-        Ok(Site {
+        Ok(RelayState {
             admission: Admission::new(settings.key.clone()),
             refused_cap,
             spool: Arc::new(spool),
@@ -151,7 +151,7 @@ impl Site {
     }
 
     /// Checks the upstream (its `/healthz`) and the spool (a test write in its directory).
-    pub(crate) async fn health(&self) -> SiteHealth {
+    pub(crate) async fn health(&self) -> RelayHealth {
         let upstream = match self.upstream.check_reachable().await {
             Ok(()) => "ok",
             Err(why) => {
@@ -180,7 +180,7 @@ impl Site {
             Some(since) if since.elapsed() > FORWARDING_GRACE => "failing",
             _ => "ok",
         };
-        SiteHealth {
+        RelayHealth {
             upstream,
             spool,
             forwarding,
@@ -188,7 +188,7 @@ impl Site {
     }
 
     /// Sets the spool's gauges (read at scrape time).
-    pub(crate) async fn observe(self: &Arc<Self>, metrics: &SiteMetrics) {
+    pub(crate) async fn observe(self: &Arc<Self>, metrics: &RelayMetrics) {
         let (bytes, readings) = self.spool.backlog();
         metrics.spool_bytes.set(bytes as i64);
         metrics.spool_readings.set(readings as i64);
