@@ -8,9 +8,11 @@
 //!
 //! ## Start-up (`main.rs`, `app.rs`)
 //!
-//! `main.rs` reads [`config::GatewayConfig`] from the environment (`config.rs`: every
-//! `LAKEGATE_*` setting, validated, with Databricks' unified configuration for the
-//! workspace in `crates/lakegate-databricks/src/config.rs`) and hands it to [`app::Gateway::start`]. That
+//! `main.rs` reads [`config::GatewayConfig`] from the environment and the command line
+//! (`config.rs`: every setting declared once with clap, its variable, flag, default and
+//! help, the cross-field checks in one `validate`; Databricks' unified configuration
+//! for the workspace in `crates/lakegate-databricks/src/config.rs`) and hands it to
+//! [`app::Gateway::start`]. That
 //! builds the workspace client (the `lakegate-databricks` crate in
 //! `crates/lakegate-databricks/`, re-exported here as [`databricks`]), loads the device registry
 //! (`devices/source.rs`), creates the tables when missing (`table.rs`), starts the
@@ -24,9 +26,11 @@
 //!    one port, with a connection cap (503 `overloaded` beyond it), header and idle
 //!    timeouts, and a graceful close at shutdown.
 //! 2. **Router and layers** (`server/mod.rs`): request ids, a time limit per
-//!    request, request metrics (`metrics.rs`), then `POST /ingest`.
+//!    request, request metrics (`metrics.rs`), a panic caught as that request's 500
+//!    (the process and every queued reading go on), then `POST /ingest`.
 //! 3. **Who is sending** (`server/auth.rs`): the `X-API-Key` is hashed and looked up
-//!    in the registry (`devices/registry.rs`, swapped whole by reloads in
+//!    in the registry (the JSON is `devices/document.rs`, one serde type; indexed by
+//!    key hash in `devices/registry.rs`, swapped whole by reloads in
 //!    `devices/live.rs`): a device, or a site relay forwarding readings for the devices
 //!    its patterns name (`devices/relays.rs`); failed attempts count against the client
 //!    address's budget (`rate_limits.rs`; which address a request comes from, behind
