@@ -706,3 +706,19 @@ fn loop_through(start: usize, edges: &[Vec<usize>], members: &BTreeSet<usize>) -
     }
     unreachable!("a strongly connected group has a loop through each member")
 }
+
+/// `panic = "abort"` would turn a bug in one request into the loss of every reading
+/// acknowledged with `ack=accept` and still queued; `tests/gateway/resilience.rs` proves
+/// that an unwinding panic fails only its request.
+#[test]
+fn release_builds_unwind_on_panic() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let aborting: Vec<&str> = manifest
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.replace(' ', "").starts_with("panic=\"abort\""))
+        .collect();
+    assert!(aborting.is_empty(), "Cargo.toml sets {aborting:?}");
+}
