@@ -1,6 +1,6 @@
 //! The batch writer, by group commit: one statement in flight; the rows that queue
 //! meanwhile make up the next batch, which starts as soon as the statement ends. A row
-//! that finds the writer idle waits at most the linger (`LAKEGATE_FLUSH_MS`) for
+//! that finds the writer idle waits at most the linger (`LAKEGATE_LINGER_MS`) for
 //! others to share its statement. Each batch is one statement, retried until the
 //! warehouse commits.
 //!
