@@ -831,6 +831,10 @@ impl GatewayConfig {
         let mut deprecations = Vec::new();
 
         let relay = relay.map(RelaySettings::validate).transpose()?;
+        // A throttling answer pauses the writers for its Retry-After, at most this long:
+        // the client's retries and the writers' own backoff alike.
+        let max_retry_after =
+            Duration::from_millis(workspace.max_retry_after_ms).min(databricks::MAX_RETRY_AFTER);
         let workspace = workspace.resolve(&server, relay.is_some(), vars)?;
         let local = !matches!(workspace, Workspace::Remote { .. } | Workspace::None);
         if matches!(workspace, Workspace::None) && registry.device_keys_secret.is_some() {
@@ -916,6 +920,7 @@ impl GatewayConfig {
             linger: Duration::from_millis(linger_ms),
             max_rows: writer.batch_max_rows,
             max_bytes: writer.batch_max_bytes,
+            max_retry_after,
         };
         if batch.max_bytes > MAX_BATCH_BYTES {
             return Err(invalid(
@@ -1347,6 +1352,7 @@ mod tests {
             panic!("expected a remote workspace");
         };
         assert_eq!(client.retry.max_retry_after, Duration::from_millis(1500));
+        assert_eq!(config.batch.max_retry_after, Duration::from_millis(1500));
         for beyond in ["0", "60001"] {
             let mut pairs = remote();
             pairs.push(("LAKEGATE_MAX_RETRY_AFTER_MS", beyond));

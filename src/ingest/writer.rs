@@ -181,6 +181,8 @@ pub(crate) struct BatchSettings {
     pub max_rows: usize,
     /// Size of the JSON parameter carrying a batch; Databricks allows 16 MiB per statement.
     pub max_bytes: usize,
+    /// The longest a `Retry-After` delays the next attempt (`LAKEGATE_MAX_RETRY_AFTER_MS`).
+    pub max_retry_after: Duration,
 }
 
 pub(crate) struct Writer<S> {
@@ -312,7 +314,7 @@ impl<S: BatchSink> Writer<S> {
     /// for [`databricks::Error::is_data_error`]: an internal error, an unknown class or a
     /// refused request keeps the rows and is retried).
     async fn write_until_settled(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(self.settings.max_retry_after);
         let mut conflicts_in_a_row = 0;
         loop {
             let started = Instant::now();
@@ -355,7 +357,7 @@ impl<S: BatchSink> Writer<S> {
 
     /// Stores a row the table refused in the dead-letter table, retrying until it is.
     async fn dead_letter(&self, batch: &RowBatch<'_>, refusal: &databricks::Error) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(self.settings.max_retry_after);
         loop {
             let err = match self.sink.write_dead_letter(&batch.encoded, refusal).await {
                 Ok(()) => {
@@ -404,8 +406,11 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new() -> Self {
-        let policy = RetryPolicy::batch_writes();
+    fn new(max_retry_after: Duration) -> Self {
+        let policy = RetryPolicy {
+            max_retry_after,
+            ..RetryPolicy::batch_writes()
+        };
         Backoff {
             schedule: policy.schedule(),
             policy,
@@ -493,6 +498,8 @@ mod tests {
     struct FlakySink {
         failures: std::sync::Mutex<u32>,
         conflicts: bool,
+        /// The `Retry-After` each failure carries.
+        retry_after: Option<Duration>,
         written: std::sync::Mutex<Vec<EncodedBatch>>,
     }
 
@@ -522,7 +529,7 @@ mod tests {
                     status: 503,
                     error_code: "TEMPORARILY_UNAVAILABLE".into(),
                     message: "injected".into(),
-                    retry_after: None,
+                    retry_after: self.retry_after,
                 }));
             }
             self.written.lock().unwrap().push(batch.clone());
@@ -577,6 +584,7 @@ mod tests {
             linger: Duration::from_millis(linger_ms),
             max_rows: 100,
             max_bytes: 1 << 20,
+            max_retry_after: Duration::from_secs(60),
         }
     }
 
@@ -603,6 +611,42 @@ mod tests {
             .unwrap();
         assert_eq!(sink.written.lock().unwrap().len(), 1);
         assert_eq!(queue.depth(), 0, "queue space is returned");
+        closing.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_waits_no_longer_than_the_setting() {
+        let sink = Arc::new(FlakySink {
+            failures: 1.into(),
+            retry_after: Some(Duration::from_secs(30)),
+            ..FlakySink::default()
+        });
+        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
+        let closing = CancellationToken::new();
+        let writer = Writer::new(
+            lanes.remove(0),
+            sink.clone(),
+            BatchSettings {
+                max_retry_after: Duration::from_millis(200),
+                ..settings(10)
+            },
+            Arc::new(Metrics::default()),
+            Arc::default(),
+            closing.clone(),
+        );
+        let task = tokio::spawn(writer.run());
+        let started = Instant::now();
+        let committed = queue
+            .submit(vec![row("d", "r", "t", 1)], true)
+            .unwrap()
+            .unwrap();
+        committed.await.unwrap().unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "waited {took:?} for a 30 s Retry-After"
+        );
         closing.cancel();
         task.await.unwrap();
     }
