@@ -632,7 +632,9 @@ fn reader_tokens(raw: &str) -> Result<ReaderTokens, String> {
             entry.parse().map_err(|err| {
                 let problem = match err {
                     BadHash::RawKey => match KeyKind::of(entry) {
-                        Some(kind @ (KeyKind::Device | KeyKind::Relay)) => format!(
+                        Some(
+                            kind @ (KeyKind::Device | KeyKind::Relay | KeyKind::LocalWorkspace),
+                        ) => format!(
                             "is {}, not a reader token's hash (see `lakegate keys new-reader`)",
                             kind.describe()
                         ),
@@ -652,7 +654,7 @@ fn reader_tokens(raw: &str) -> Result<ReaderTokens, String> {
 fn relay_key(raw: &str) -> Result<SecretString, String> {
     let key = raw.trim();
     match KeyKind::of(key) {
-        Some(kind @ (KeyKind::Device | KeyKind::Reader)) => Err(format!(
+        Some(kind @ (KeyKind::Device | KeyKind::Reader | KeyKind::LocalWorkspace)) => Err(format!(
             "is {}, not a relay's key (from `lakegate keys relay add`)",
             kind.describe()
         )),

@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{GatewayConfig, ReadIdentity, ReaderList};
 use crate::databricks;
-use crate::devices::{
-    DeviceEntry, KeyHash, KeyKind, KeySource, RegistryDocument, generate_key, generate_key_of,
-};
+use crate::devices::{DeviceEntry, KeyHash, KeyKind, KeySource, RegistryDocument, generate_key_of};
 
 const DEMO_DEVICE: &str = "demo-sensor-1";
 /// The app's service principal: it writes the table (and reads it for the page).
@@ -60,17 +58,16 @@ impl std::fmt::Debug for LocalState {
 
 impl LocalState {
     fn new() -> LocalState {
-        let secret = || generate_key().key.expose_secret().to_owned();
         let of = |kind| generate_key_of(kind).key.expose_secret().to_owned();
         LocalState {
             workspace_url: String::new(),
             client_id: CLIENT_ID.to_owned(),
-            client_secret: secret(),
+            client_secret: of(KeyKind::LocalWorkspace),
             warehouse_id: WAREHOUSE_ID.to_owned(),
             demo_key: of(KeyKind::Device),
             reader_token: of(KeyKind::Reader),
-            fleet_secret: secret(),
-            reader_secret: secret(),
+            fleet_secret: of(KeyKind::LocalWorkspace),
+            reader_secret: of(KeyKind::LocalWorkspace),
         }
     }
 

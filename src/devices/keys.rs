@@ -24,16 +24,25 @@ pub enum KeyKind {
     Relay,
     /// `lgt_`: a reader token, in `Authorization: Bearer` of the read API and the page.
     Reader,
+    /// `lgw_`: a client secret of local mode's workspace (DATABRICKS_CLIENT_SECRET), no key
+    /// of the gateway's at all.
+    LocalWorkspace,
 }
 
 impl KeyKind {
-    const ALL: [KeyKind; 3] = [KeyKind::Device, KeyKind::Relay, KeyKind::Reader];
+    const ALL: [KeyKind; 4] = [
+        KeyKind::Device,
+        KeyKind::Relay,
+        KeyKind::Reader,
+        KeyKind::LocalWorkspace,
+    ];
 
     fn prefix(self) -> &'static str {
         match self {
             KeyKind::Device => "lgd_",
             KeyKind::Relay => "lgr_",
             KeyKind::Reader => "lgt_",
+            KeyKind::LocalWorkspace => "lgw_",
         }
     }
 
@@ -51,6 +60,7 @@ impl KeyKind {
             KeyKind::Device => "a device key",
             KeyKind::Relay => "a site relay's key",
             KeyKind::Reader => "a reader token",
+            KeyKind::LocalWorkspace => "a client secret of local mode's workspace",
         };
         format!("{noun} ({}...)", self.prefix())
     }

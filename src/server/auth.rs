@@ -55,6 +55,14 @@ impl FromRequestParts<AppState> for AuthenticatedSender {
                             KeyKind::Reader.describe()
                         ),
                     ),
+                    Some(KeyKind::LocalWorkspace) => HttpError::new(
+                        ErrorCode::Unauthorized,
+                        format!(
+                            "this is {}, DATABRICKS_CLIENT_SECRET for `lakegate sql` and \
+                             the SDKs; X-API-Key takes a device or relay key",
+                            KeyKind::LocalWorkspace.describe()
+                        ),
+                    ),
                     _ => HttpError::unauthorized(),
                 };
                 Err(failed_authentication(

@@ -126,6 +126,11 @@ fn authenticate_reader(parts: &Parts, app: &AppState) -> Result<(Reader, Arc<str
              (`lakegate keys new-reader`) as Authorization: Bearer <token>",
             kind.describe()
         ),
+        Some(KeyKind::LocalWorkspace) => format!(
+            "this is {}, for the workspace's API: the read API takes a reader token \
+             (`lakegate keys new-reader`) as Authorization: Bearer <token>",
+            KeyKind::LocalWorkspace.describe()
+        ),
         _ => "a valid reader token is required: Authorization: Bearer <token>".into(),
     };
     Err(failed_authentication(

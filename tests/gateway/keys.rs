@@ -229,6 +229,19 @@ async fn a_key_of_the_wrong_kind_is_refused_saying_what_it_is() {
     );
     assert!(!message.contains(token));
 
+    // Local mode's workspace client secret, pasted as a device key.
+    let workspace = generate_key_of(KeyKind::LocalWorkspace);
+    let workspace = workspace.key.expose_secret();
+    assert!(workspace.starts_with("lgw_"));
+    let (status, body) = gateway.post_json(workspace, &reading("c", 1.0)).await;
+    assert_eq!(status, 401);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("this is a client secret of local mode's workspace (lgw_...)"),
+        "{body}"
+    );
+    assert!(!message.contains(workspace));
+
     let device = generate_key_of(KeyKind::Device);
     let device = device.key.expose_secret();
     let response = (gateway.http.get(format!("{}/api/devices", gateway.url)))
