@@ -181,6 +181,16 @@ mod sql;
 mod state;
 mod statements;
 mod stats;
+mod zerobus;
+
+/// The Zerobus protocol, generated from Databricks' `zerobus_service.proto`: the messages,
+/// the server the emulator runs and the client tests drive it with.
+#[allow(unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    pub mod zerobus {
+        tonic::include_proto!("databricks.zerobus");
+    }
+}
 
 use std::io;
 use std::net::SocketAddr;
@@ -193,7 +203,7 @@ use tokio::task::JoinHandle;
 
 pub use apps_proxy::{AppsProxy, AppsProxyConfig};
 pub use config::{
-    EmulatorConfig, FailingWrites, Faults, RejectRows, StatementCost, WriteConflicts,
+    EmulatorConfig, FailingWrites, Faults, RejectRows, StatementCost, WriteConflicts, ZerobusFaults,
 };
 pub use identity::TokenOwner;
 pub use stats::{LoggedRequest, Stats};
@@ -205,6 +215,14 @@ pub struct Emulator {
     app: Arc<state::App>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<io::Result<()>>,
+    zerobus: Option<ZerobusServer>,
+}
+
+/// The Zerobus gRPC listener, beside the REST one.
+struct ZerobusServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Emulator {
@@ -213,7 +231,14 @@ impl Emulator {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let engine = sql::Engine::open(config.data_dir.as_deref())?;
+        let zerobus_listener = match config.zerobus {
+            Some(at) => Some(TcpListener::bind(at).await?),
+            None => None,
+        };
         let app = Arc::new(state::App::new(config, engine, format!("http://{addr}")));
+        let zerobus = zerobus_listener
+            .map(|listener| serve_zerobus(listener, Arc::clone(&app)))
+            .transpose()?;
         let router = routes::router(Arc::clone(&app));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -228,7 +253,13 @@ impl Emulator {
             app,
             stop,
             server,
+            zerobus,
         })
+    }
+
+    /// Where the Zerobus service listens, when [`EmulatorConfig::zerobus`] asked for it.
+    pub fn zerobus_addr(&self) -> Option<SocketAddr> {
+        self.zerobus.as_ref().map(|z| z.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -273,6 +304,16 @@ impl Emulator {
 
     /// Stops accepting connections and waits for open requests to finish.
     pub async fn shutdown(self) {
+        if let Some(zerobus) = self.zerobus {
+            let _ = zerobus.stop.send(());
+            match zerobus.server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "zerobus server stopped with an error")
+                }
+                Err(err) => tracing::warn!(error = %err, "zerobus server task failed"),
+            }
+        }
         let _ = self.stop.send(());
         match self.server.await {
             Ok(Ok(())) => {}
@@ -280,4 +321,18 @@ impl Emulator {
             Err(err) => tracing::warn!(error = %err, "emulator server task failed"),
         }
     }
+}
+
+fn serve_zerobus(listener: TcpListener, app: Arc<state::App>) -> io::Result<ZerobusServer> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(zerobus::service(app))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    Ok(ZerobusServer { addr, stop, server })
 }
