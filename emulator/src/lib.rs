@@ -47,6 +47,11 @@
 //!   statement with `MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION` (SQLSTATE 22023); `explode(array)` in the select list (as
 //!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
 //!   `timestamp_micros`; `unix_seconds`, `unix_millis` and `unix_micros` (rounded down).
+//! - **Zerobus Ingest** (`zerobus/`, with [`EmulatorConfig::zerobus`]): the gRPC service
+//!   `databricks.zerobus.Zerobus/EphemeralStream` ([`proto`]) writing JSON records as rows
+//!   of the engine's tables, acknowledged cumulatively by offset, for tokens the token
+//!   endpoint scoped to the table (the SDKs' `resource` and `authorization_details`), with
+//!   errors as gRPC statuses and the faults of [`ZerobusFaults`]. See the README.
 //! - **A Databricks Apps proxy** ([`AppsProxy`], `apps_proxy/`), in front of an app on
 //!   a local port: it admits only live OAuth tokens this emulator issued (never PATs) of
 //!   principals with CAN USE on the app (401 `UNAUTHENTICATED`, 403
@@ -81,6 +86,9 @@
 //!                   [--throttle-share 0.0] [--throttle-retry-after-secs 1]
 //!                   [--token-failures 0] [--write-conflicts off|row-level|file-level]
 //!                   [--statement-cost-fixed-ms 0] [--statement-cost-per-row-us 0]
+//!                   [--zerobus-listen ADDR [--zerobus-stream-lifetime-secs F]
+//!                    [--zerobus-close-grace-secs 1] [--zerobus-lost-acks 0]
+//!                    [--zerobus-throttle-share 0.0] [--zerobus-durability-latency-ms 0]]
 //!                   [--apps-proxy-listen ADDR --apps-proxy-app http://HOST:PORT
 //!                    [--apps-proxy-user-authorization] [--apps-proxy-can-use PRINCIPAL]...
 //!                    [--apps-proxy-strip-custom-headers] [--apps-proxy-timeout-secs 120]
@@ -114,6 +122,8 @@
 //!   `secrets.rs` (the Secrets API), `faults.rs` (the middleware answering injected
 //!   failures), `statements/mod.rs` (the statement state machine: submit, wait, poll,
 //!   cancel) and `statements/links.rs` (external link downloads).
+//! - **Zerobus** (`zerobus/`), beside the routes over the same state, on its own
+//!   listener: the stream (`mod.rs`) and JSON records into INSERTs (`records.rs`).
 //! - **Routes** (`routes.rs`): mounts the handlers; a call under `/api/` meets
 //!   `faults.rs` first, then the bearer check, then its handler.
 //! - [`Emulator`] (this file) binds the socket and serves the routes.
