@@ -4,7 +4,8 @@ the emulator's Zerobus service.
 The SDK (a client nobody here wrote) fetches its table-scoped token from the emulator's
 /oidc/v1/token, streams JSON records over gRPC, and the rows are read back through the
 Statement Execution API with the official Databricks SDK. Each check starts its own emulator
-binary (with the faults it needs) on free loopback ports, and prints one line; a closing
+binary (with the faults it needs) on free loopback ports; records are JSON, and PROTO
+with a descriptor built at run time,, and prints one line; a closing
 'zerobus fidelity: N passed, M failed' line follows, and the exit code is non-zero on any
 failure.
 
@@ -17,6 +18,7 @@ import sys
 import time
 import traceback
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from zerobus import (
     RecordType,
     StreamConfigurationOptions,
@@ -92,6 +94,43 @@ def check_json_records_read_back_through_sql(binary: str):
         assert got == [["dev-1", "1", "0.5"], ["dev-2", "2", "1.0"], ["dev-2", "3", "1.5"]], got
 
 
+def reading_class():
+    """A protobuf message class for the readings table, built at run time (TIMESTAMP as
+    epoch microseconds in an int64, as Zerobus maps it)."""
+    fields = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="reading.proto", package="fidelity", syntax="proto2")
+    message = file.message_type.add(name="Reading")
+    for number, (name, kind) in enumerate(
+        [("device_id", fields.TYPE_STRING), ("reading_id", fields.TYPE_INT64),
+         ("value", fields.TYPE_DOUBLE), ("ts", fields.TYPE_INT64)],
+        start=1,
+    ):
+        message.field.add(name=name, number=number, type=kind, label=fields.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("fidelity.Reading"))
+
+
+def check_proto_records_read_back_through_sql(binary: str):
+    reading = reading_class()
+    with workspace(binary) as (sdk, w):
+        stream = sdk.create_stream(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            TableProperties(TABLE, reading.DESCRIPTOR),
+            StreamConfigurationOptions(record_type=RecordType.PROTO),
+        )
+        last = None
+        for reading_id in (1, 2):
+            record = reading(device_id="dev-p", reading_id=reading_id, value=reading_id * 1.5,
+                             ts=1_767_323_045_000_000)
+            last = stream.ingest_record_offset(record.SerializeToString())
+        stream.wait_for_offset(last)
+        stream.close()
+        got = rows(w)
+        assert got == [["dev-p", "1", "1.5"], ["dev-p", "2", "3.0"]], got
+
+
 def check_a_record_that_does_not_fit_is_refused(binary: str):
     with workspace(binary) as (sdk, w):
         stream = open_stream(sdk, recovery=False)
@@ -137,6 +176,7 @@ def check_a_lost_ack_is_resent_as_a_duplicate(binary: str):
 
 CHECKS = [
     check_json_records_read_back_through_sql,
+    check_proto_records_read_back_through_sql,
     check_a_record_that_does_not_fit_is_refused,
     check_the_sdk_recovers_from_server_closed_streams,
     check_a_lost_ack_is_resent_as_a_duplicate,

@@ -48,7 +48,7 @@
 //!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
 //!   `timestamp_micros`; `unix_seconds`, `unix_millis` and `unix_micros` (rounded down).
 //! - **Zerobus Ingest** (`zerobus/`, with [`EmulatorConfig::zerobus`]): the gRPC service
-//!   `databricks.zerobus.Zerobus/EphemeralStream` ([`proto`]) writing JSON records as rows
+//!   `databricks.zerobus.Zerobus/EphemeralStream` ([`proto`]) writing JSON and PROTO records as rows
 //!   of the engine's tables, acknowledged cumulatively by offset, for tokens the token
 //!   endpoint scoped to the table (the SDKs' `resource` and `authorization_details`), with
 //!   errors as gRPC statuses and the faults of [`ZerobusFaults`]. See the README.
@@ -123,7 +123,8 @@
 //!   failures), `statements/mod.rs` (the statement state machine: submit, wait, poll,
 //!   cancel) and `statements/links.rs` (external link downloads).
 //! - **Zerobus** (`zerobus/`), beside the routes over the same state, on its own
-//!   listener: the stream (`mod.rs`) and JSON records into INSERTs (`records.rs`).
+//!   listener: the stream (`mod.rs`) and records (JSON, or PROTO decoded with the stream's
+//!   descriptor) into INSERTs (`records.rs`).
 //! - **Routes** (`routes.rs`): mounts the handlers; a call under `/api/` meets
 //!   `faults.rs` first, then the bearer check, then its handler.
 //! - [`Emulator`] (this file) binds the socket and serves the routes.

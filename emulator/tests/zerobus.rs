@@ -14,10 +14,14 @@ use lakegate_emulator::proto::zerobus::ingest_record_request::Record;
 use lakegate_emulator::proto::zerobus::zerobus_client::ZerobusClient;
 use lakegate_emulator::proto::zerobus::{
     CreateIngestStreamRequest, EphemeralStreamRequest, EphemeralStreamResponse,
-    IngestRecordBatchRequest, IngestRecordRequest, JsonRecordBatch, RecordType,
+    IngestRecordBatchRequest, IngestRecordRequest, JsonRecordBatch, ProtoEncodedRecordBatch,
+    RecordType,
 };
 use lakegate_emulator::{EmulatorConfig, Faults, ZerobusFaults};
 use lakegate_testkit::{SP_ID, SP_SECRET, emulator_config};
+use prost::Message as _;
+use prost_types::field_descriptor_proto::{Label, Type};
+use prost_types::{DescriptorProto, FieldDescriptorProto};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -87,6 +91,21 @@ struct Stream {
 impl Stream {
     /// Opens a stream with `token` and sends `create_stream` for `table` (JSON records).
     async fn open(ws: &Workspace, token: &str, table: &str) -> Result<Stream, Status> {
+        let create = CreateIngestStreamRequest {
+            table_name: Some(table.to_owned()),
+            descriptor_proto: None,
+            record_type: Some(RecordType::Json as i32),
+        };
+        Stream::create(ws, token, create).await
+    }
+
+    /// Opens a stream with `token` and sends `create`.
+    async fn create(
+        ws: &Workspace,
+        token: &str,
+        create: CreateIngestStreamRequest,
+    ) -> Result<Stream, Status> {
+        let table = create.table_name.clone().unwrap();
         let addr = ws.emulator.zerobus_addr().unwrap();
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -101,13 +120,7 @@ impl Stream {
         request
             .metadata_mut()
             .insert("x-databricks-zerobus-table-name", table.parse().unwrap());
-        send.send(message(In::CreateStream(CreateIngestStreamRequest {
-            table_name: Some(table.to_owned()),
-            descriptor_proto: None,
-            record_type: Some(RecordType::Json as i32),
-        })))
-        .await
-        .unwrap();
+        send.send(message(In::CreateStream(create))).await.unwrap();
         let replies = ZerobusClient::new(channel)
             .ephemeral_stream(request)
             .await?
@@ -124,6 +137,16 @@ impl Stream {
         let request = In::IngestRecord(IngestRecordRequest {
             offset_id: Some(offset),
             record: Some(Record::JsonRecord(record.to_string())),
+        });
+        self.send.send(message(request)).await.unwrap();
+    }
+
+    async fn proto_batch(&self, offset: i64, records: Vec<Vec<u8>>) {
+        let request = In::IngestRecordBatch(IngestRecordBatchRequest {
+            offset_id: Some(offset),
+            batch: Some(Batch::ProtoEncodedBatch(ProtoEncodedRecordBatch {
+                records,
+            })),
         });
         self.send.send(message(request)).await.unwrap();
     }
@@ -338,4 +361,81 @@ async fn acknowledgements_wait_for_the_durability_latency() {
     stream.acked(0).await;
     assert!(sent.elapsed() >= latency, "{:?}", sent.elapsed());
     stream.acked(1).await;
+}
+
+/// A PROTO record of the readings table, as an SDK user's generated type would be.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Reading {
+    #[prost(string, optional, tag = "1")]
+    device_id: Option<String>,
+    #[prost(double, optional, tag = "2")]
+    value: Option<f64>,
+    /// Microseconds since the epoch, as Zerobus maps TIMESTAMP to protobuf.
+    #[prost(int64, optional, tag = "3")]
+    ts: Option<i64>,
+}
+
+/// [`Reading`]'s descriptor, as the SDKs send it in `create_stream`.
+fn reading_descriptor() -> Vec<u8> {
+    let field = |name: &str, number, kind: Type| FieldDescriptorProto {
+        name: Some(name.to_owned()),
+        number: Some(number),
+        label: Some(Label::Optional as i32),
+        r#type: Some(kind as i32),
+        ..FieldDescriptorProto::default()
+    };
+    DescriptorProto {
+        name: Some("Reading".to_owned()),
+        field: vec![
+            field("device_id", 1, Type::String),
+            field("value", 2, Type::Double),
+            field("ts", 3, Type::Int64),
+        ],
+        ..DescriptorProto::default()
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn proto_records_are_decoded_with_the_streams_descriptor() {
+    let ws = workspace(ZerobusFaults::default()).await;
+    let token = zerobus_token(&ws, TABLE).await;
+    let create = CreateIngestStreamRequest {
+        table_name: Some(TABLE.to_owned()),
+        descriptor_proto: Some(reading_descriptor()),
+        record_type: Some(RecordType::Proto as i32),
+    };
+    let mut stream = Stream::create(&ws, &token, create.clone()).await.unwrap();
+    let reading = |device: &str| Reading {
+        device_id: Some(device.to_owned()),
+        value: Some(2.5),
+        ts: Some(1_767_323_045_123_456),
+    };
+    stream
+        .proto_batch(
+            0,
+            vec![reading("p1").encode_to_vec(), reading("p2").encode_to_vec()],
+        )
+        .await;
+    stream.acked(0).await;
+    assert_eq!(
+        rows(&ws).await,
+        vec![
+            json!(["p1", "2.5", "2026-01-02T03:04:05.123Z"]),
+            json!(["p2", "2.5", "2026-01-02T03:04:05.123Z"]),
+        ]
+    );
+    // Bytes that are no Reading, and a Reading without its NOT NULL device, are refused.
+    for bad in [vec![0xff, 0xff, 0xff], Reading::default().encode_to_vec()] {
+        let mut stream = Stream::create(&ws, &token, create.clone()).await.unwrap();
+        stream.proto_batch(0, vec![bad]).await;
+        assert_eq!(stream.ended().await.code(), Code::InvalidArgument);
+    }
+    // A descriptor that is no DescriptorProto refuses the stream.
+    let broken = CreateIngestStreamRequest {
+        descriptor_proto: Some(vec![0xff; 4]),
+        ..create
+    };
+    let refused = Stream::create(&ws, &token, broken).await.err().unwrap();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }

@@ -31,6 +31,7 @@ use crate::proto::zerobus::{
     EphemeralStreamRequest, EphemeralStreamResponse, IngestRecordResponse, RecordType,
 };
 use crate::state::App;
+use records::{Format, Records};
 
 /// The gRPC service over the emulator's state.
 pub(crate) fn service(app: Arc<App>) -> ZerobusServer<Service> {
@@ -139,7 +140,7 @@ impl StreamTask {
             ));
         };
         self.throttle()?;
-        let table = self.open(&create).await?;
+        let (table, format) = self.open(&create).await?;
         self.send(
             Out::CreateStreamResponse(CreateIngestStreamResponse {
                 stream_id: Some(uuid::Uuid::new_v4().to_string()),
@@ -175,17 +176,17 @@ impl StreamTask {
                 Some(In::IngestRecord(request)) => (
                     request.offset_id,
                     match request.record {
-                        Some(Record::JsonRecord(json)) => vec![json],
-                        Some(Record::ProtoEncodedRecord(_)) => return Err(no_proto()),
-                        None => Vec::new(),
+                        Some(Record::JsonRecord(json)) => Records::Json(vec![json]),
+                        Some(Record::ProtoEncodedRecord(proto)) => Records::Proto(vec![proto]),
+                        None => Records::Json(Vec::new()),
                     },
                 ),
                 Some(In::IngestRecordBatch(request)) => (
                     request.offset_id,
                     match request.batch {
-                        Some(Batch::JsonBatch(batch)) => batch.records,
-                        Some(Batch::ProtoEncodedBatch(_)) => return Err(no_proto()),
-                        None => Vec::new(),
+                        Some(Batch::JsonBatch(batch)) => Records::Json(batch.records),
+                        Some(Batch::ProtoEncodedBatch(batch)) => Records::Proto(batch.records),
+                        None => Records::Json(Vec::new()),
                     },
                 ),
                 Some(In::CreateStream(_)) | None => {
@@ -202,7 +203,7 @@ impl StreamTask {
                 )));
             }
             self.throttle()?;
-            records::write_json(&self.app.engine, &table, &records).await?;
+            records::write(&self.app.engine, &table, &format, records).await?;
             if self.app.faults.take_lost_ack() {
                 return Err(Status::unavailable(
                     "The connection to the stream was lost (injected).",
@@ -219,8 +220,9 @@ impl StreamTask {
         }
     }
 
-    /// Checks the create request and the token's scope; the table to write.
-    async fn open(&self, create: &CreateIngestStreamRequest) -> Result<String, Status> {
+    /// Checks the create request and the token's scope; the table to write and how its
+    /// records are encoded.
+    async fn open(&self, create: &CreateIngestStreamRequest) -> Result<(String, Format), Status> {
         let table = create
             .table_name
             .clone()
@@ -244,19 +246,23 @@ impl StreamTask {
                 "The token does not grant Zerobus writes into '{table}'."
             )));
         }
-        match RecordType::try_from(create.record_type.unwrap_or(RecordType::Proto as i32)) {
-            Ok(RecordType::Json) => {}
-            Ok(RecordType::Proto) => return Err(no_proto()),
+        // Unset means PROTO, for older clients.
+        let record_type = create.record_type.unwrap_or(RecordType::Proto as i32);
+        let format = match RecordType::try_from(record_type) {
+            Ok(RecordType::Json) => Format::Json,
+            Ok(RecordType::Proto) => {
+                Format::proto(create.descriptor_proto.as_deref().unwrap_or_default())?
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "record_type must be JSON or PROTO.",
                 ));
             }
-        }
+        };
         if self.app.engine.columns(&table).await.is_none() {
             return Err(records::table_not_found(&table));
         }
-        Ok(table)
+        Ok((table, format))
     }
 
     fn throttle(&self) -> Result<(), Status> {
@@ -275,10 +281,6 @@ impl StreamTask {
         };
         let _ = self.queue.send(Outgoing::Message { reply, due });
     }
-}
-
-fn no_proto() -> Status {
-    Status::invalid_argument("The emulator accepts JSON records only (record_type JSON).")
 }
 
 fn far() -> Instant {

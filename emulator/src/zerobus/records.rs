@@ -1,7 +1,8 @@
-//! JSON records into table rows: one INSERT per message, so a batch is all or nothing.
+//! Records into table rows: one INSERT per message, so a batch is all or nothing.
 //!
-//! Each record is one JSON object whose fields name columns (any case); a missing field or
-//! `null` is NULL. Values are bound as typed parameters, so the engine's casts decide what a
+//! A JSON record is one JSON object, a PROTO record one message of the stream's descriptor
+//! (turned into the same object, by proto field name). Fields name columns (any case); a
+//! missing field or `null` is NULL. Values are bound as typed parameters, so the engine's casts decide what a
 //! column accepts: strings for every type (TIMESTAMP as `2024-01-01T00:00:00Z` or
 //! `2024-01-01 00:00:00`), numbers and booleans for their types, and, as Zerobus' JSON mapping
 //! does, an integer for a TIMESTAMP (microseconds since the epoch) or a DATE (days since it).
@@ -9,25 +10,90 @@
 // tonic's Status is the protocol's error and goes straight onto the wire; boxing it gains nothing.
 #![allow(clippy::result_large_err)]
 
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{Map, Value};
 use tonic::Status;
 
 use crate::sql::{Engine, Parameter, Request};
 
+/// How a stream's records are encoded.
+pub(super) enum Format {
+    Json,
+    Proto(MessageDescriptor),
+}
+
+/// A message's records, as they came.
+pub(super) enum Records {
+    Json(Vec<String>),
+    Proto(Vec<Vec<u8>>),
+}
+
+impl Format {
+    /// The PROTO format of a stream whose `descriptor_proto` is one message's
+    /// `DescriptorProto` (with its nested types), as the SDKs send it.
+    pub(super) fn proto(descriptor: &[u8]) -> Result<Format, Status> {
+        let refuse =
+            |why: String| Status::invalid_argument(format!("Invalid descriptor_proto: {why}"));
+        let message = prost_types::DescriptorProto::decode(descriptor)
+            .map_err(|err| refuse(err.to_string()))?;
+        let name = message
+            .name
+            .clone()
+            .ok_or_else(|| refuse("the message has no name".to_owned()))?;
+        let file = prost_types::FileDescriptorProto {
+            name: Some("record.proto".to_owned()),
+            syntax: Some("proto2".to_owned()),
+            message_type: vec![message],
+            ..Default::default()
+        };
+        let pool = DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet {
+            file: vec![file],
+        })
+        .map_err(|err| refuse(err.to_string()))?;
+        let message = pool
+            .get_message_by_name(&name)
+            .ok_or_else(|| refuse(format!("no message {name}")))?;
+        Ok(Format::Proto(message))
+    }
+
+    /// The records as JSON objects, refusing records of the other format.
+    fn objects(&self, records: Records) -> Result<Vec<Map<String, Value>>, Status> {
+        match (self, records) {
+            (Format::Json, Records::Json(records)) => records
+                .iter()
+                .enumerate()
+                .map(|(index, record)| parse_object(record).map_err(|why| invalid(index, &why)))
+                .collect(),
+            (Format::Proto(descriptor), Records::Proto(records)) => records
+                .iter()
+                .enumerate()
+                .map(|(index, record)| {
+                    proto_object(descriptor, record).map_err(|why| invalid(index, &why))
+                })
+                .collect(),
+            _ => Err(Status::invalid_argument(
+                "The records are not of the stream's record_type.",
+            )),
+        }
+    }
+}
+
 /// Writes `records` into `table` as one statement, or refuses them all.
-pub(super) async fn write_json(
+pub(super) async fn write(
     engine: &Engine,
     table: &str,
-    records: &[String],
+    format: &Format,
+    records: Records,
 ) -> Result<(), Status> {
     let columns = engine
         .columns(table)
         .await
         .ok_or_else(|| table_not_found(table))?;
-    let mut parameters = Vec::with_capacity(records.len() * columns.len());
-    let mut rows = Vec::with_capacity(records.len());
-    for (index, record) in records.iter().enumerate() {
-        let object = parse_object(record).map_err(|why| invalid(index, &why))?;
+    let objects = format.objects(records)?;
+    let mut parameters = Vec::with_capacity(objects.len() * columns.len());
+    let mut rows = Vec::with_capacity(objects.len());
+    for (index, object) in objects.iter().enumerate() {
         if let Some(unknown) = object.keys().find(|field| {
             !columns
                 .iter()
@@ -81,6 +147,24 @@ pub(super) async fn write_json(
 
 pub(super) fn table_not_found(table: &str) -> Status {
     Status::not_found(format!("Table '{table}' does not exist."))
+}
+
+/// A PROTO record as the JSON object of its set fields, by proto field name, 64-bit
+/// integers as numbers.
+fn proto_object(
+    descriptor: &MessageDescriptor,
+    record: &[u8],
+) -> Result<Map<String, Value>, String> {
+    let message = DynamicMessage::decode(descriptor.clone(), record)
+        .map_err(|err| format!("not a {}: {err}", descriptor.name()))?;
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false);
+    match message.serialize_with_options(serde_json::value::Serializer, &options) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err("the message is not an object".to_owned()),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 fn parse_object(record: &str) -> Result<Map<String, Value>, String> {
