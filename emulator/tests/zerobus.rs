@@ -306,6 +306,8 @@ async fn the_server_closes_a_stream_with_a_signal_then_error_6002() {
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("Error Code: 6002"), "{status:?}");
     assert_eq!(rows(&ws).await.len(), 1);
+    let stats = ws.emulator.stats();
+    assert_eq!((stats.zerobus_streams, stats.zerobus_timeouts), (1, 1));
 }
 
 #[tokio::test]
@@ -325,6 +327,8 @@ async fn a_lost_acknowledgement_leaves_the_rows_written_and_the_stream_broken() 
     again.record(0, reading("dup", 1.0)).await;
     again.acked(0).await;
     assert_eq!(rows(&ws).await.len(), 2);
+    let stats = ws.emulator.stats();
+    assert_eq!((stats.zerobus_records, stats.zerobus_lost_acks), (2, 1));
 }
 
 #[tokio::test]
@@ -343,6 +347,7 @@ async fn throttling_refuses_with_resource_exhausted_before_writing() {
     let status = stream.ended().await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(rows(&ws).await.is_empty());
+    assert_eq!(ws.emulator.stats().zerobus_throttled, 1);
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ use crate::proto::zerobus::{
     EphemeralStreamRequest, EphemeralStreamResponse, IngestRecordResponse, RecordType,
 };
 use crate::state::App;
+use crate::stats::bump;
 use records::{Format, Records};
 
 /// The gRPC service over the emulator's state.
@@ -141,6 +142,7 @@ impl StreamTask {
         };
         self.throttle()?;
         let (table, format) = self.open(&create).await?;
+        bump(&self.app.stats.zerobus_streams);
         self.send(
             Out::CreateStreamResponse(CreateIngestStreamResponse {
                 stream_id: Some(uuid::Uuid::new_v4().to_string()),
@@ -164,6 +166,7 @@ impl StreamTask {
                     continue;
                 }
                 () = sleep_until(end_at.unwrap_or_else(far)), if end_at.is_some() => {
+                    bump(&self.app.stats.zerobus_timeouts);
                     return Err(Status::unavailable(
                         "Stream timeout reached. Please recreate the stream. Error Code: 6002",
                     ));
@@ -203,8 +206,13 @@ impl StreamTask {
                 )));
             }
             self.throttle()?;
-            records::write(&self.app.engine, &table, &format, records).await?;
+            let written = records::write(&self.app.engine, &table, &format, records).await?;
+            self.app
+                .stats
+                .zerobus_records
+                .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
             if self.app.faults.take_lost_ack() {
+                bump(&self.app.stats.zerobus_lost_acks);
                 return Err(Status::unavailable(
                     "The connection to the stream was lost (injected).",
                 ));
@@ -268,6 +276,7 @@ impl StreamTask {
     fn throttle(&self) -> Result<(), Status> {
         let share = self.app.faults.zerobus().throttle_share;
         if share > 0.0 && rand::random_bool(share.clamp(0.0, 1.0)) {
+            bump(&self.app.stats.zerobus_throttled);
             return Err(Status::resource_exhausted(
                 "Too many requests: the stream is throttled (injected).",
             ));

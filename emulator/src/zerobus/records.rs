@@ -15,7 +15,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Serialize
 use serde_json::{Map, Value};
 use tonic::Status;
 
-use crate::sql::{Engine, Parameter, Request};
+use crate::sql::{Engine, Parameter, Request, SqlError};
 
 /// How a stream's records are encoded.
 pub(super) enum Format {
@@ -79,13 +79,13 @@ impl Format {
     }
 }
 
-/// Writes `records` into `table` as one statement, or refuses them all.
+/// Writes `records` into `table` as one statement, or refuses them all; how many it wrote.
 pub(super) async fn write(
     engine: &Engine,
     table: &str,
     format: &Format,
     records: Records,
-) -> Result<(), Status> {
+) -> Result<u64, Status> {
     let columns = engine
         .columns(table)
         .await
@@ -135,14 +135,13 @@ pub(super) async fn write(
         catalog: None,
         schema: None,
     };
-    let prepared = engine
-        .prepare(&request)
-        .map_err(|err| Status::invalid_argument(format!("Record does not fit the table: {err}")))?;
+    let refused =
+        |err: SqlError| Status::invalid_argument(format!("Record does not fit the table: {err}"));
     engine
-        .run(prepared)
+        .run(engine.prepare(&request).map_err(refused)?)
         .await
-        .map_err(|err| Status::invalid_argument(format!("Record does not fit the table: {err}")))?;
-    Ok(())
+        .map_err(refused)?;
+    Ok(u64::try_from(objects.len()).unwrap_or(u64::MAX))
 }
 
 pub(super) fn table_not_found(table: &str) -> Status {
