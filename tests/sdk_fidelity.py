@@ -40,7 +40,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_emulator(binary: str) -> tuple[subprocess.Popen, str]:
+def start_emulator(binary: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """Starts the emulator (plus the `extra` flags) and waits until it answers."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -49,6 +50,7 @@ def start_emulator(binary: str) -> tuple[subprocess.Popen, str]:
             "--service-principal", f"{CLIENT_ID}:{CLIENT_SECRET}",
             "--warehouse-id", WAREHOUSE,
             "--rows-per-chunk", "1000",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -55,6 +55,11 @@ pub(crate) struct TokenForm {
     scope: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    /// The Zerobus SDKs' table-scoped request: `api://databricks/workspaces/<id>/zerobusDirectWriteApi`.
+    resource: Option<String>,
+    /// With `resource`: a JSON list of Unity Catalog privileges, one entry granting MODIFY
+    /// on the table (`object_type` TABLE, `object_full_path` `catalog.schema.table`).
+    authorization_details: Option<String>,
 }
 
 /// `POST /oidc/v1/token`: client credentials by HTTP Basic or in the form body.
@@ -105,7 +110,18 @@ pub(crate) async fn token(
             "Only grant_type=client_credentials is supported.",
         );
     }
-    let (access_token, lifetime) = app.tokens.issue(TokenOwner::ServicePrincipal(client_id));
+    let zerobus_table = match form.resource.as_deref() {
+        None => None,
+        Some(resource) => match zerobus_table(resource, form.authorization_details.as_deref()) {
+            Ok(table) => Some(table),
+            Err(description) => {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description);
+            }
+        },
+    };
+    let (access_token, lifetime) = app
+        .tokens
+        .issue_scoped(TokenOwner::ServicePrincipal(client_id), zerobus_table);
     bump(&app.stats.tokens_issued);
     let body = json!({
         "access_token": access_token,
@@ -114,6 +130,35 @@ pub(crate) async fn token(
         "scope": form.scope.as_deref().unwrap_or(SCOPE),
     });
     Json(body).into_response()
+}
+
+/// The table a Zerobus token request is scoped to. The workspace id in `resource` is not
+/// checked: a local endpoint (`http://127.0.0.1:PORT`) gives the SDKs no real one.
+fn zerobus_table(resource: &str, details: Option<&str>) -> Result<String, &'static str> {
+    let valid_resource = resource
+        .strip_prefix("api://databricks/workspaces/")
+        .and_then(|rest| rest.strip_suffix("/zerobusDirectWriteApi"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    if !valid_resource {
+        return Err(
+            "Unknown resource: only the Zerobus API (api://databricks/workspaces/<id>/zerobusDirectWriteApi) is supported.",
+        );
+    }
+    let details: Vec<serde_json::Value> = details
+        .and_then(|text| serde_json::from_str(text).ok())
+        .ok_or("authorization_details must be a JSON list.")?;
+    details
+        .iter()
+        .find(|entry| {
+            entry["object_type"].as_str() == Some("TABLE")
+                && entry["privileges"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p.as_str() == Some("MODIFY")))
+        })
+        .and_then(|entry| entry["object_full_path"].as_str())
+        .filter(|path| path.split('.').count() == 3)
+        .map(str::to_owned)
+        .ok_or("authorization_details must grant MODIFY on a table (catalog.schema.table).")
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {

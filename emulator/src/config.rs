@@ -21,6 +21,9 @@ pub struct EmulatorConfig {
     pub rows_per_chunk: usize,
     /// Lifetime of external (presigned-style) result links.
     pub link_lifetime: Duration,
+    /// Where to serve the Zerobus gRPC service (`databricks.zerobus.Zerobus`); `None` serves
+    /// none. Port 0 picks one: [`crate::Emulator::zerobus_addr`] says which.
+    pub zerobus: Option<SocketAddr>,
     pub faults: Faults,
 }
 
@@ -35,6 +38,7 @@ impl Default for EmulatorConfig {
             token_lifetime: Duration::from_secs(3600),
             rows_per_chunk: 10_000,
             link_lifetime: Duration::from_secs(15 * 60),
+            zerobus: None,
             faults: Faults::default(),
         }
     }
@@ -56,6 +60,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("token_lifetime", &self.token_lifetime)
             .field("rows_per_chunk", &self.rows_per_chunk)
             .field("link_lifetime", &self.link_lifetime)
+            .field("zerobus", &self.zerobus)
             .field("faults", &self.faults)
             .finish()
     }
@@ -95,6 +100,27 @@ pub struct Faults {
     pub secrets_latency: Duration,
     /// A window in which every write ends FAILED with a given error: see [`FailingWrites`].
     pub failing_writes: Option<FailingWrites>,
+    /// Faults of the Zerobus service: see [`ZerobusFaults`].
+    pub zerobus: ZerobusFaults,
+}
+
+/// Faults of the Zerobus service, each as the real service shows it to a client.
+#[derive(Clone, Debug, Default)]
+pub struct ZerobusFaults {
+    /// Every stream is closed by the server this long after it was created: first a
+    /// `CloseStreamSignal` announcing `close_grace`, then, `close_grace` later (records sent
+    /// meanwhile are still written and acknowledged), gRPC UNAVAILABLE with
+    /// "Stream timeout reached ... Error Code: 6002", as the service ends long-lived streams.
+    pub stream_lifetime: Option<Duration>,
+    pub close_grace: Duration,
+    /// The next N record messages are written to the table, then the stream breaks
+    /// (UNAVAILABLE) without acknowledging them: the client must re-send, duplicating them.
+    pub lost_acks: u32,
+    /// Share (0.0..=1.0) of stream creations and record messages refused with
+    /// RESOURCE_EXHAUSTED before anything is written, ending the stream.
+    pub throttle_share: f64,
+    /// How long after a write its acknowledgement is sent (acknowledgements stay in order).
+    pub durability_latency: Duration,
 }
 
 /// For `window` after the faults are set, every write (INSERT, MERGE, DDL) that reaches its
@@ -210,6 +236,7 @@ impl Default for Faults {
             statement_cost: None,
             secrets_latency: Duration::ZERO,
             failing_writes: None,
+            zerobus: ZerobusFaults::default(),
         }
     }
 }

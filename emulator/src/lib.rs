@@ -47,6 +47,11 @@
 //!   statement with `MALFORMED_RECORD_IN_PARSING.WITHOUT_SUGGESTION` (SQLSTATE 22023); `explode(array)` in the select list (as
 //!   DataFusion's `unnest`, with `r.field` access on exploded structs); `timestamp_millis` and
 //!   `timestamp_micros`; `unix_seconds`, `unix_millis` and `unix_micros` (rounded down).
+//! - **Zerobus Ingest** (`zerobus/`, with [`EmulatorConfig::zerobus`]): the gRPC service
+//!   `databricks.zerobus.Zerobus/EphemeralStream` ([`proto`]) writing JSON and PROTO records as rows
+//!   of the engine's tables, acknowledged cumulatively by offset, for tokens the token
+//!   endpoint scoped to the table (the SDKs' `resource` and `authorization_details`), with
+//!   errors as gRPC statuses and the faults of [`ZerobusFaults`]. See the README.
 //! - **A Databricks Apps proxy** ([`AppsProxy`], `apps_proxy/`), in front of an app on
 //!   a local port: it admits only live OAuth tokens this emulator issued (never PATs) of
 //!   principals with CAN USE on the app (401 `UNAUTHENTICATED`, 403
@@ -81,6 +86,9 @@
 //!                   [--throttle-share 0.0] [--throttle-retry-after-secs 1]
 //!                   [--token-failures 0] [--write-conflicts off|row-level|file-level]
 //!                   [--statement-cost-fixed-ms 0] [--statement-cost-per-row-us 0]
+//!                   [--zerobus-listen ADDR [--zerobus-stream-lifetime-secs F]
+//!                    [--zerobus-close-grace-secs 1] [--zerobus-lost-acks 0]
+//!                    [--zerobus-throttle-share 0.0] [--zerobus-durability-latency-ms 0]]
 //!                   [--apps-proxy-listen ADDR --apps-proxy-app http://HOST:PORT
 //!                    [--apps-proxy-user-authorization] [--apps-proxy-can-use PRINCIPAL]...
 //!                    [--apps-proxy-strip-custom-headers] [--apps-proxy-timeout-secs 120]
@@ -114,6 +122,9 @@
 //!   `secrets.rs` (the Secrets API), `faults.rs` (the middleware answering injected
 //!   failures), `statements/mod.rs` (the statement state machine: submit, wait, poll,
 //!   cancel) and `statements/links.rs` (external link downloads).
+//! - **Zerobus** (`zerobus/`), beside the routes over the same state, on its own
+//!   listener: the stream (`mod.rs`) and records (JSON, or PROTO decoded with the stream's
+//!   descriptor) into INSERTs (`records.rs`).
 //! - **Routes** (`routes.rs`): mounts the handlers; a call under `/api/` meets
 //!   `faults.rs` first, then the bearer check, then its handler.
 //! - [`Emulator`] (this file) binds the socket and serves the routes.
@@ -181,6 +192,16 @@ mod sql;
 mod state;
 mod statements;
 mod stats;
+mod zerobus;
+
+/// The Zerobus protocol, generated from Databricks' `zerobus_service.proto`: the messages,
+/// the server the emulator runs and the client tests drive it with.
+#[allow(unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    pub mod zerobus {
+        tonic::include_proto!("databricks.zerobus");
+    }
+}
 
 use std::io;
 use std::net::SocketAddr;
@@ -193,7 +214,7 @@ use tokio::task::JoinHandle;
 
 pub use apps_proxy::{AppsProxy, AppsProxyConfig};
 pub use config::{
-    EmulatorConfig, FailingWrites, Faults, RejectRows, StatementCost, WriteConflicts,
+    EmulatorConfig, FailingWrites, Faults, RejectRows, StatementCost, WriteConflicts, ZerobusFaults,
 };
 pub use identity::TokenOwner;
 pub use stats::{LoggedRequest, Stats};
@@ -205,6 +226,14 @@ pub struct Emulator {
     app: Arc<state::App>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<io::Result<()>>,
+    zerobus: Option<ZerobusServer>,
+}
+
+/// The Zerobus gRPC listener, beside the REST one.
+struct ZerobusServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Emulator {
@@ -213,7 +242,14 @@ impl Emulator {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let engine = sql::Engine::open(config.data_dir.as_deref())?;
+        let zerobus_listener = match config.zerobus {
+            Some(at) => Some(TcpListener::bind(at).await?),
+            None => None,
+        };
         let app = Arc::new(state::App::new(config, engine, format!("http://{addr}")));
+        let zerobus = zerobus_listener
+            .map(|listener| serve_zerobus(listener, Arc::clone(&app)))
+            .transpose()?;
         let router = routes::router(Arc::clone(&app));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -228,7 +264,13 @@ impl Emulator {
             app,
             stop,
             server,
+            zerobus,
         })
+    }
+
+    /// Where the Zerobus service listens, when [`EmulatorConfig::zerobus`] asked for it.
+    pub fn zerobus_addr(&self) -> Option<SocketAddr> {
+        self.zerobus.as_ref().map(|z| z.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -273,6 +315,16 @@ impl Emulator {
 
     /// Stops accepting connections and waits for open requests to finish.
     pub async fn shutdown(self) {
+        if let Some(zerobus) = self.zerobus {
+            let _ = zerobus.stop.send(());
+            match zerobus.server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "zerobus server stopped with an error")
+                }
+                Err(err) => tracing::warn!(error = %err, "zerobus server task failed"),
+            }
+        }
         let _ = self.stop.send(());
         match self.server.await {
             Ok(Ok(())) => {}
@@ -280,4 +332,18 @@ impl Emulator {
             Err(err) => tracing::warn!(error = %err, "emulator server task failed"),
         }
     }
+}
+
+fn serve_zerobus(listener: TcpListener, app: Arc<state::App>) -> io::Result<ZerobusServer> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(zerobus::service(app))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    Ok(ZerobusServer { addr, stop, server })
 }

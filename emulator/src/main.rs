@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use lakegate_emulator::{
     AppsProxy, AppsProxyConfig, Emulator, EmulatorConfig, Faults, StatementCost, WriteConflicts,
+    ZerobusFaults,
 };
 
 /// A local Databricks workspace emulator (OAuth M2M, Secrets, SQL Statement Execution),
@@ -60,7 +61,47 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     token_failures: u32,
     #[command(flatten)]
+    zerobus: ZerobusArgs,
+    #[command(flatten)]
     apps_proxy: AppsProxyArgs,
+}
+
+/// The Zerobus Ingest service (gRPC, plain text) and its faults.
+#[derive(Args)]
+struct ZerobusArgs {
+    /// Also serve Zerobus (`databricks.zerobus.Zerobus`) on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    zerobus_listen: Option<SocketAddr>,
+    /// The server closes every Zerobus stream this many seconds after it opens
+    /// (a close signal, then UNAVAILABLE with error 6002).
+    #[arg(long, value_name = "SECS")]
+    zerobus_stream_lifetime_secs: Option<f64>,
+    /// Seconds between the close signal and the end of the stream.
+    #[arg(long, default_value_t = 1.0)]
+    zerobus_close_grace_secs: f64,
+    /// The first N Zerobus record messages are written but never acknowledged (the stream breaks).
+    #[arg(long, default_value_t = 0)]
+    zerobus_lost_acks: u32,
+    /// Share (0.0 to 1.0) of Zerobus requests refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 0.0)]
+    zerobus_throttle_share: f64,
+    /// Time between a Zerobus write and its acknowledgement, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    zerobus_durability_latency_ms: u64,
+}
+
+impl ZerobusArgs {
+    fn faults(&self) -> ZerobusFaults {
+        ZerobusFaults {
+            stream_lifetime: self
+                .zerobus_stream_lifetime_secs
+                .map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+            close_grace: Duration::from_secs_f64(self.zerobus_close_grace_secs.max(0.0)),
+            lost_acks: self.zerobus_lost_acks,
+            throttle_share: self.zerobus_throttle_share.clamp(0.0, 1.0),
+            durability_latency: Duration::from_millis(self.zerobus_durability_latency_ms),
+        }
+    }
 }
 
 /// The Apps proxy runs in this process, so it checks tokens against the token store
@@ -131,7 +172,9 @@ impl From<Cli> for EmulatorConfig {
             token_lifetime: Duration::from_secs(cli.token_lifetime_secs),
             rows_per_chunk: cli.rows_per_chunk,
             link_lifetime: Duration::from_secs(cli.link_lifetime_secs),
+            zerobus: cli.zerobus.zerobus_listen,
             faults: Faults {
+                zerobus: cli.zerobus.faults(),
                 statement_latency: Duration::from_millis(cli.statement_latency_ms),
                 throttle_share: cli.throttle_share.clamp(0.0, 1.0),
                 throttle_retry_after_secs: cli.throttle_retry_after_secs,
@@ -158,6 +201,9 @@ async fn main() -> std::io::Result<()> {
     let proxy_config = cli.apps_proxy.config();
     let emulator = Emulator::start(cli.into()).await?;
     println!("lakegate-emulator listening on {}", emulator.url());
+    if let Some(addr) = emulator.zerobus_addr() {
+        println!("lakegate-emulator zerobus listening on http://{addr}");
+    }
     let proxy = match proxy_config {
         Some(config) => {
             let app = config.app_url.clone();

@@ -36,6 +36,17 @@ pub struct Stats {
     pub write_conflicts: u64,
     /// Writes failed by the `failing_writes` fault.
     pub failed_writes: u64,
+    /// Zerobus streams created (their `create_stream` accepted).
+    pub zerobus_streams: u64,
+    /// Zerobus records written into tables (a re-sent record counts again).
+    pub zerobus_records: u64,
+    /// Zerobus stream creations and record messages refused RESOURCE_EXHAUSTED by the
+    /// throttling fault.
+    pub zerobus_throttled: u64,
+    /// Zerobus record messages written whose acknowledgement the `lost_acks` fault dropped.
+    pub zerobus_lost_acks: u64,
+    /// Zerobus streams the server ended with error 6002 (the `stream_lifetime` fault).
+    pub zerobus_timeouts: u64,
     /// The latest `/api/` calls (at most [`REQUEST_LOG_LEN`]), in the order they were
     /// answered, each with the time it arrived: to see when callers sent what.
     pub requests: Vec<LoggedRequest>,
@@ -76,6 +87,11 @@ pub(crate) struct Counters {
     pub commits: AtomicU64,
     pub write_conflicts: AtomicU64,
     pub failed_writes: AtomicU64,
+    pub zerobus_streams: AtomicU64,
+    pub zerobus_records: AtomicU64,
+    pub zerobus_throttled: AtomicU64,
+    pub zerobus_lost_acks: AtomicU64,
+    pub zerobus_timeouts: AtomicU64,
     requests: Mutex<VecDeque<LoggedRequest>>,
 }
 
@@ -131,6 +147,11 @@ impl Counters {
             commits: get(&self.commits),
             write_conflicts: get(&self.write_conflicts),
             failed_writes: get(&self.failed_writes),
+            zerobus_streams: get(&self.zerobus_streams),
+            zerobus_records: get(&self.zerobus_records),
+            zerobus_throttled: get(&self.zerobus_throttled),
+            zerobus_lost_acks: get(&self.zerobus_lost_acks),
+            zerobus_timeouts: get(&self.zerobus_timeouts),
             requests: self
                 .requests
                 .lock()

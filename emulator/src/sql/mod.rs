@@ -272,6 +272,30 @@ impl Engine {
         Ok(output)
     }
 
+    /// The columns of the table `catalog.schema.table` (unquoted, so any case) with their
+    /// Databricks type text; `None` if there is no such table.
+    pub(crate) async fn columns(&self, name: &str) -> Option<Vec<(String, String)>> {
+        let mut parts = name.split('.').map(str::to_lowercase);
+        let (catalog, schema, table_part) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let name = TableName {
+            catalog,
+            schema,
+            table: table_part,
+        };
+        let provider = table(&self.ctx, &name).await?;
+        Some(
+            provider
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), column_type(f.data_type()).text))
+                .collect(),
+        )
+    }
+
     async fn persist(&self, effect: &Effect) -> Result<(), SqlError> {
         let Some(store) = &self.store else {
             return Ok(());

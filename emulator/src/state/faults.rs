@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 
 use crate::clock::far_future;
-use crate::config::{Faults, StatementCost, WriteConflicts};
+use crate::config::{Faults, StatementCost, WriteConflicts, ZerobusFaults};
 use crate::error::ErrorReply;
 use crate::sql::SqlError;
 use crate::stats::{Counters, bump};
@@ -23,6 +23,7 @@ struct Active {
     writes_fail_until: Option<Instant>,
     token_failures_left: u32,
     lost_responses_left: u32,
+    lost_acks_left: u32,
 }
 
 impl FaultState {
@@ -91,6 +92,16 @@ impl FaultState {
         take(&mut self.lock().lost_responses_left)
     }
 
+    /// The Zerobus faults in force.
+    pub(crate) fn zerobus(&self) -> ZerobusFaults {
+        self.lock().faults.zerobus.clone()
+    }
+
+    /// Whether this Zerobus write's acknowledgement must be lost; counts down.
+    pub(crate) fn take_lost_ack(&self) -> bool {
+        take(&mut self.lock().lost_acks_left)
+    }
+
     /// The injected answer for an `/api/` request, if any, counted in `stats`.
     pub(crate) fn api_fault(&self, stats: &Counters) -> Option<ErrorReply> {
         let active = self.lock();
@@ -145,6 +156,7 @@ impl From<Faults> for Active {
             }),
             token_failures_left: faults.token_failures,
             lost_responses_left: faults.lost_statement_responses,
+            lost_acks_left: faults.zerobus.lost_acks,
             faults,
         }
     }

@@ -29,6 +29,9 @@ pub(crate) struct Grant {
     pub owner: TokenOwner,
     /// `None` for personal access tokens, which never expire.
     pub expires: Option<Instant>,
+    /// For a token requested for Zerobus (table-scoped), the one table (`catalog.schema.table`)
+    /// it may write there; `None` for every other token.
+    pub zerobus_table: Option<String>,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -70,11 +73,20 @@ impl TokenStore {
 
     /// A new OAuth token for `owner` with the current lifetime.
     pub(crate) fn issue(&self, owner: TokenOwner) -> (String, Duration) {
+        self.issue_scoped(owner, None)
+    }
+
+    /// A new OAuth token for `owner`, for Zerobus writes into `zerobus_table` when given.
+    pub(crate) fn issue_scoped(
+        &self,
+        owner: TokenOwner,
+        zerobus_table: Option<String>,
+    ) -> (String, Duration) {
         let lifetime = self.lifetime();
         let expires = Instant::now()
             .checked_add(lifetime)
             .unwrap_or_else(far_future);
-        let token = self.lock().insert(owner, expires);
+        let token = self.lock().insert(owner, expires, zerobus_table);
         (token, lifetime)
     }
 
@@ -85,6 +97,7 @@ impl TokenStore {
             return Some(Grant {
                 owner: TokenOwner::PersonalAccessToken,
                 expires: None,
+                zerobus_table: None,
             });
         }
         self.lock().live(token).cloned()
@@ -102,7 +115,7 @@ impl TokenStore {
             return Some(delegated.clone());
         }
         let expires = grant.expires.unwrap_or_else(far_future);
-        let delegated = issued.insert(grant.owner, expires);
+        let delegated = issued.insert(grant.owner, expires, grant.zerobus_table);
         issued
             .delegated
             .insert(presented.to_owned(), delegated.clone());
@@ -116,7 +129,12 @@ impl TokenStore {
 
 impl Issued {
     /// Stores a fresh token, forgetting expired ones first.
-    fn insert(&mut self, owner: TokenOwner, expires: Instant) -> String {
+    fn insert(
+        &mut self,
+        owner: TokenOwner,
+        expires: Instant,
+        zerobus_table: Option<String>,
+    ) -> String {
         let now = Instant::now();
         self.grants
             .retain(|_, grant| grant.expires.is_none_or(|at| at > now));
@@ -125,7 +143,14 @@ impl Issued {
             .retain(|presented, _| grants.contains_key(presented));
         let token = format!("emu{}", uuid::Uuid::new_v4().simple());
         let expires = Some(expires);
-        self.grants.insert(token.clone(), Grant { owner, expires });
+        self.grants.insert(
+            token.clone(),
+            Grant {
+                owner,
+                expires,
+                zerobus_table,
+            },
+        );
         token
     }
 
