@@ -252,11 +252,15 @@ impl Engine {
                 counts,
                 ..
             } => {
-                let insert_columns = match statement.as_ref() {
+                // Checked under the write lock, so two `IF NOT EXISTS` at once create one view.
+                let Some(statement) = view_to_create(*statement, &state)? else {
+                    return Ok(Output::empty());
+                };
+                let insert_columns = match &statement {
                     Statement::Insert(insert) => insert.columns.iter().map(column_name).collect(),
                     _ => Vec::new(),
                 };
-                let output = execute(&state, *statement)
+                let output = execute(&state, statement)
                     .await
                     .map_err(|err| name_not_null_column(err, &effect, &insert_columns, &state))?;
                 match counts {
@@ -500,6 +504,49 @@ fn name_not_null_column(
             column.as_deref().unwrap_or("?")
         ),
     )
+}
+
+/// A `CREATE VIEW` as Databricks runs it, which DataFusion plans only in part: `IF NOT
+/// EXISTS` is a no-op (`None`) when the name is taken, a taken name is refused without it,
+/// and `OR REPLACE` replaces views only, never a table. Other statements pass unchanged.
+/// Views are not persisted with the data directory; lakegate recreates its view at start.
+fn view_to_create(
+    statement: Statement,
+    state: &SessionState,
+) -> Result<Option<Statement>, SqlError> {
+    let Statement::CreateView(mut view) = statement else {
+        return Ok(Some(statement));
+    };
+    if view.or_replace && view.if_not_exists {
+        return Err(SqlError::syntax(
+            "CREATE OR REPLACE VIEW cannot be combined with IF NOT EXISTS",
+        ));
+    }
+    let name = resolve(&view.name, state)?;
+    let quoted = name.to_string().replace('.', "`.`");
+    if let Some(existing) = table_now(state, &name) {
+        if view.if_not_exists {
+            return Ok(None);
+        }
+        if !view.or_replace {
+            return Err(SqlError::new(
+                "TABLE_OR_VIEW_ALREADY_EXISTS",
+                "42P07",
+                format!("Cannot create table or view `{quoted}` because it already exists."),
+            ));
+        }
+        if existing.table_type() != datafusion::datasource::TableType::View {
+            return Err(SqlError::new(
+                "EXPECT_VIEW_NOT_TABLE.NO_ALTERNATIVE",
+                "42809",
+                format!(
+                    "The command CREATE OR REPLACE VIEW expects a view but `{quoted}` is a table."
+                ),
+            ));
+        }
+    }
+    view.if_not_exists = false;
+    Ok(Some(Statement::CreateView(view)))
 }
 
 async fn create_table(
