@@ -212,14 +212,57 @@ fn merge_into(table: &TableName, extra_columns: &str, extra_values: &str) -> Str
     )
 }
 
-/// Creates the schema, the table and its dead-letter table when missing. A service
-/// principal that may write the tables but not create schemas only gets a warning
-/// for the first step.
+/// The columns that name a reading's metric: a row's identity, the MERGE's key.
+const IDENTITY: &str = "device_id, reading_id, ts, metric";
+
+/// Which of an identity's rows is kept where a sink wrote it more than once: the earliest
+/// ingested, then by value, so the choice is the same on every run and every engine
+/// (NULLs placed explicitly: Databricks sorts them first, DataFusion last by default).
+/// Rows equal in all of these are the same row twice; either one is that row.
+const KEEP_ORDER: &str = "ingested_at, value ASC NULLS FIRST, value_str ASC NULLS FIRST";
+
+/// The name of the view next to `table` that keeps one row per identity:
+/// `<table>_dedup`, in the table's schema.
+pub fn dedup_view_name(table: &TableName) -> Result<TableName, String> {
+    format!("{table}_dedup").parse()
+}
+
+/// `CREATE VIEW IF NOT EXISTS`, not `OR REPLACE`: gateways starting together then never
+/// replace a view another is reading (nor reset what an administrator granted on it),
+/// and the definition depends only on the table's fixed columns.
+fn create_dedup_view_sql(table: &TableName, view: &TableName) -> String {
+    let columns: Vec<&str> = COLUMNS.iter().map(|column| column.name).collect();
+    format!(
+        "CREATE VIEW IF NOT EXISTS {view} AS SELECT {} FROM {table} \
+         QUALIFY row_number() OVER (PARTITION BY {IDENTITY} ORDER BY {KEEP_ORDER}) = 1",
+        columns.join(", ")
+    )
+}
+
+/// What `ensure_tables` creates: the table, its dead-letter table, and the view that
+/// keeps one row per identity (`required_view`: whether reads go to it, so that failing
+/// to create it fails the start).
+pub struct Tables<'a> {
+    pub table: &'a TableName,
+    pub dead_letter: &'a TableName,
+    pub dedup_view: &'a TableName,
+    pub required_view: bool,
+}
+
+/// Creates the schema, the table, its dead-letter table and the dedup view when
+/// missing. A service principal that may write the tables but not create schemas only
+/// gets a warning for the first step; one that may not create the view only a warning
+/// too, unless reads go to it.
 pub async fn ensure_tables(
     statements: &Statements,
-    table: &TableName,
-    dead_letter: &TableName,
+    tables: Tables<'_>,
 ) -> Result<(), databricks::Error> {
+    let Tables {
+        table,
+        dead_letter,
+        dedup_view,
+        required_view,
+    } = tables;
     let creates = [
         create_table_sql(
             table,
@@ -242,7 +285,17 @@ pub async fn ensure_tables(
         }
         statements.execute(StatementRequest::new(create)).await?;
     }
-    Ok(())
+    let view = create_dedup_view_sql(table, dedup_view);
+    match statements.execute(StatementRequest::new(view)).await {
+        Ok(_) => Ok(()),
+        // Another gateway created it between the check and the creation.
+        Err(err) if err.error_class() == Some("TABLE_OR_VIEW_ALREADY_EXISTS") => Ok(()),
+        Err(err) if required_view => Err(err),
+        Err(err) => {
+            tracing::warn!(error = %err, view = %dedup_view, "could not create the dedup view");
+            Ok(())
+        }
+    }
 }
 
 /// The read statements behind the dashboard API.

@@ -1,0 +1,124 @@
+//! The `<table>_dedup` view: created at start-up next to the table, and what reads query
+//! with `LAKEGATE_READ_FROM=dedup`, so a row a sink wrote twice is seen once.
+
+use chrono::{DurationRound, SecondsFormat, TimeDelta, Utc};
+use lakegate::databricks::Value;
+use lakegate::devices::{generate_key, hash_key};
+use lakegate_testkit::TABLE;
+use lakegate_testkit::gateway::{Harness, respond};
+use secrecy::ExposeSecret;
+use serde_json::{Value as Json, json};
+
+const VIEW: &str = "main.lakegate.readings_dedup";
+
+fn text(value: &str) -> Value {
+    Value::String(value.to_owned())
+}
+
+async fn read(gateway: &Harness, path: &str, token: &str) -> Json {
+    let response = (gateway.http.get(format!("{}{path}", gateway.url)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = respond(response).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_from_the_dedup_view_see_a_row_written_twice_once() {
+    let token = generate_key().key.expose_secret().to_owned();
+    let hash = hash_key(&token);
+    let mut gateway = Harness::builder()
+        .envs(&[
+            ("LAKEGATE_READER_TOKENS", hash.as_str()),
+            ("LAKEGATE_READ_FROM", "dedup"),
+        ])
+        .start()
+        .await;
+    let ts = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap() - TimeDelta::minutes(5);
+    let at = ts.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let body = json!([
+        {"id": "r-1", "ts": at, "metrics": {"temp": 1.0, "state": "ok"}},
+        {"id": "r-2", "ts": at, "metrics": {"temp": 2.0}},
+    ]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    // What a re-sent stream leaves: r-1's rows again, ingested later, one value changed.
+    gateway
+        .query(&format!(
+            "INSERT INTO {TABLE} SELECT device_id, reading_id, ts, metric, \
+             CASE WHEN value IS NULL THEN NULL ELSE value + 100 END, value_str, \
+             ingested_at + INTERVAL 1 SECOND FROM {TABLE} WHERE reading_id = 'r-1'"
+        ))
+        .await;
+    assert_eq!(gateway.row_count().await, 5);
+
+    // The view keeps each identity's earliest row.
+    let kept = gateway
+        .query(&format!(
+            "SELECT reading_id, metric, value, value_str FROM {VIEW} \
+             ORDER BY reading_id, metric"
+        ))
+        .await;
+    assert_eq!(
+        kept,
+        [
+            vec![text("r-1"), text("state"), Value::Null, text("ok")],
+            vec![text("r-1"), text("temp"), Value::Float(1.0), Value::Null],
+            vec![text("r-2"), text("temp"), Value::Float(2.0), Value::Null],
+        ]
+    );
+
+    // And the read API reads the view: the series holds 1.0 and 2.0, not 101.0.
+    let from = (ts - TimeDelta::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let series = read(
+        &gateway,
+        &format!("/api/devices/sensor-1/series?metric=temp&from={from}&bucket=1h"),
+        &token,
+    )
+    .await;
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{series}");
+    assert_eq!(points[0]["max"], json!(2.0), "{series}");
+    assert_eq!(points[0]["avg"], json!(1.5), "{series}");
+    let latest = read(&gateway, "/api/devices/sensor-1/latest", &token).await;
+    let metrics: Vec<&Json> = latest["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["metrics"])
+        .collect();
+    assert_eq!(
+        metrics,
+        [&json!({"temp": 2.0}), &json!({"state": "ok", "temp": 1.0})],
+        "{latest}"
+    );
+    gateway.stop().await;
+}
+
+/// Two gateways starting on one workspace both create the view if missing; neither fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_gateway_starts_on_an_existing_view() {
+    let mut first = Harness::start().await;
+    let config = lakegate::config::GatewayConfig::from_map(&lakegate_testkit::gateway_env(
+        &first.emulator,
+        &first.registry_file,
+        &[("LAKEGATE_READ_FROM", "dedup")],
+    ))
+    .unwrap();
+    lakegate::table::ensure_tables(&first.reader().statements(), config.tables())
+        .await
+        .expect("the view exists already, which is no failure");
+    let (status, answer) = first
+        .post_json(
+            &first.keys.sensor,
+            &json!({"id": "x", "ts": Utc::now().to_rfc3339(), "metrics": {"t": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let rows = first.query(&format!("SELECT count(*) FROM {VIEW}")).await;
+    assert_eq!(rows, [vec![Value::Int(1)]]);
+    first.stop().await;
+}
