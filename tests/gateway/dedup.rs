@@ -95,6 +95,23 @@ async fn reads_from_the_dedup_view_see_a_row_written_twice_once() {
         [&json!({"temp": 2.0}), &json!({"state": "ok", "temp": 1.0})],
         "{latest}"
     );
+
+    // The ready queries run on the view as they are, with the table's name replaced.
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/fleet_hourly_by_metric.sql");
+    let sql = std::fs::read_to_string(path)
+        .unwrap()
+        .replace(&format!("FROM {TABLE}"), &format!("FROM {VIEW}"));
+    let hourly = gateway.query(&sql).await;
+    let temp = hourly
+        .iter()
+        .find(|row| row[1] == text("temp"))
+        .expect("temp's hour");
+    assert_eq!(
+        temp[3],
+        Value::Int(2),
+        "two samples of temp, not three: {hourly:?}"
+    );
     gateway.stop().await;
 }
 
