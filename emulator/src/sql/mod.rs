@@ -89,6 +89,8 @@ enum Kind {
         name: String,
         if_not_exists: bool,
     },
+    /// A MERGE that deletes, run whole under the write lock.
+    Rewrite(Box<merge::Rewrite>),
     Sql {
         statement: Box<Statement>,
         effect: Effect,
@@ -175,6 +177,18 @@ impl Engine {
                     return Err(SqlError::syntax("exactly one statement is expected"));
                 }
                 let (mut statement, counts, mut range) = match statements.remove(0) {
+                    Statement::Merge(merge) if merge::deletes(&merge) => {
+                        let mut rewrite =
+                            merge::to_rewrite(merge, |name| table_columns(name, &state))?;
+                        databricks_dialect(rewrite.kept.as_mut())?;
+                        bind(rewrite.kept.as_mut(), request.parameters, &mut state)?;
+                        if let Some(insert) = &mut rewrite.insert {
+                            databricks_dialect(insert)?;
+                            bind(insert, request.parameters, &mut state)?;
+                        }
+                        let kind = Kind::Rewrite(Box::new(rewrite));
+                        return Ok(Prepared { kind, state });
+                    }
                     Statement::Merge(merge) => {
                         let range = merge::read_range(&merge);
                         (
@@ -245,6 +259,17 @@ impl Engine {
             } => {
                 create_catalog(&self.ctx, &name, if_not_exists)?;
                 (Output::empty(), Effect::Catalog)
+            }
+            Kind::Rewrite(rewrite) => {
+                let name = resolve(&rewrite.target, &state)?;
+                let (deleted, inserted) = self.rewrite(&state, *rewrite, &name).await?;
+                let output = count_output(&[
+                    ("num_affected_rows", deleted + inserted),
+                    ("num_updated_rows", 0),
+                    ("num_deleted_rows", deleted),
+                    ("num_inserted_rows", inserted),
+                ]);
+                (output, Effect::Table(name))
             }
             Kind::Sql {
                 statement,
@@ -431,34 +456,37 @@ impl Counts {
                     .map(|a| a.values().iter().sum::<u64>())
             })
             .sum::<u64>() as i64;
-        let counts: &[(&str, i64)] = match self {
-            Counts::Insert => &[
+        match self {
+            Counts::Insert => count_output(&[
                 ("num_affected_rows", inserted),
                 ("num_inserted_rows", inserted),
-            ],
-            Counts::Merge => &[
+            ]),
+            Counts::Merge => count_output(&[
                 ("num_affected_rows", inserted),
                 ("num_updated_rows", 0),
                 ("num_deleted_rows", 0),
                 ("num_inserted_rows", inserted),
-            ],
-        };
-        let schema = Arc::new(Schema::new(
-            counts
-                .iter()
-                .map(|(name, _)| Field::new(*name, DataType::Int64, false))
-                .collect::<Vec<_>>(),
-        ));
-        let columns = counts
-            .iter()
-            .map(|(_, count)| Arc::new(Int64Array::from(vec![*count])) as Arc<dyn Array>)
-            .collect();
-        let batch =
-            RecordBatch::try_new(Arc::clone(&schema), columns).expect("one Int64 per field");
-        Output {
-            schema,
-            batches: vec![batch],
+            ]),
         }
+    }
+}
+
+/// The one row of counts Databricks answers a DML statement with.
+fn count_output(counts: &[(&str, i64)]) -> Output {
+    let schema = Arc::new(Schema::new(
+        counts
+            .iter()
+            .map(|(name, _)| Field::new(*name, DataType::Int64, false))
+            .collect::<Vec<_>>(),
+    ));
+    let columns = counts
+        .iter()
+        .map(|(_, count)| Arc::new(Int64Array::from(vec![*count])) as Arc<dyn Array>)
+        .collect();
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns).expect("one Int64 per field");
+    Output {
+        schema,
+        batches: vec![batch],
     }
 }
 

@@ -188,6 +188,12 @@ impl Store {
     }
 
     /// Makes the directory tree match the catalog: creates what exists, removes what was dropped.
+    /// Forgets what was saved of a table whose rows were rewritten (not only appended), so
+    /// that its next save writes it whole.
+    pub(super) fn forget_table(&self, name: &TableName) {
+        self.saved().remove(&name.to_string());
+    }
+
     pub(super) async fn sync(&self, ctx: &SessionContext) -> io::Result<()> {
         for catalog_dir in subdirectories(&self.root)? {
             let catalog_name = file_name(&catalog_dir);
