@@ -298,6 +298,82 @@ pub async fn ensure_tables(
     }
 }
 
+/// Removes the rows [`create_dedup_view_sql`]'s view leaves out, from the table itself:
+/// for each identity with more than one row (measured at `:since` or later when
+/// `since`), every copy is deleted and the kept one inserted again, with its own
+/// `ingested_at`, in one MERGE. The source holds each such identity twice: once keyed, to
+/// match (and delete) its rows, once with NULL keys, which match nothing and so insert the
+/// kept row (a plain DELETE could not keep one of two identical rows). Only rows of the
+/// snapshot the MERGE read are deleted, so rows appended meanwhile stay; a concurrent
+/// compact deleting the same rows makes Delta refuse one of the two (a write conflict,
+/// retried by [`compact`]); a second run finds no identity twice and changes nothing.
+fn compact_sql(table: &TableName, since: bool) -> String {
+    let columns: Vec<&str> = COLUMNS.iter().map(|column| column.name).collect();
+    let columns = columns.join(", ");
+    let values: Vec<String> = COLUMNS.iter().map(|c| format!("s.{}", c.name)).collect();
+    let window = if since { "WHERE ts >= :since " } else { "" };
+    let key = |column: &str| format!("CASE WHEN keyed THEN {column} END AS k_{column}");
+    format!(
+        "MERGE INTO {table} AS t \
+         USING (SELECT {}, {}, {}, {}, {columns} \
+                FROM (SELECT {columns}, explode(array(TRUE, FALSE)) AS keyed \
+                      FROM (SELECT {columns} FROM {table} {window}\
+                            QUALIFY count(*) OVER (PARTITION BY {IDENTITY}) > 1 \
+                            AND row_number() OVER (PARTITION BY {IDENTITY} \
+                              ORDER BY {KEEP_ORDER}) = 1) AS kept) AS copies) AS s \
+         ON t.device_id = s.k_device_id AND t.reading_id = s.k_reading_id \
+            AND t.ts = s.k_ts AND t.metric = s.k_metric \
+         WHEN MATCHED THEN DELETE \
+         WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({})",
+        key("device_id"),
+        key("reading_id"),
+        key("ts"),
+        key("metric"),
+        values.join(", ")
+    )
+}
+
+/// How many times [`compact`] runs its MERGE when another writer's commit conflicts.
+const COMPACT_ATTEMPTS: u32 = 5;
+
+/// Removes duplicate rows from `table` (those measured at `since` or later, else all):
+/// see [`compact_sql`]. Returns the rows removed. A Delta write conflict is retried at
+/// once (the MERGE reads the table again, so it is idempotent); other errors end it.
+pub async fn compact(
+    statements: &Statements,
+    table: &TableName,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<u64, databricks::Error> {
+    let mut attempt = 1;
+    loop {
+        let mut request = StatementRequest::new(compact_sql(table, since.is_some()));
+        if let Some(since) = since {
+            request = request.params([databricks::Param::timestamp("since", since)]);
+        }
+        let result = match statements.execute(request).await {
+            Err(err) if err.is_write_conflict() && attempt < COMPACT_ATTEMPTS => {
+                tracing::info!(attempt, error = %err, "compact conflicted with another write; again");
+                attempt += 1;
+                continue;
+            }
+            result => result?,
+        };
+        let names: Vec<String> = result.columns().iter().map(|c| c.name.clone()).collect();
+        let rows = result.collect_rows().await?;
+        let count = |name: &str| {
+            let at = names.iter().position(|n| n == name);
+            match at.and_then(|at| rows.first()?.get(at)) {
+                Some(databricks::Value::Int(n)) => Ok(*n),
+                other => Err(databricks::Error::Decode(format!(
+                    "the MERGE's {name} is {other:?}"
+                ))),
+            }
+        };
+        let (deleted, inserted) = (count("num_deleted_rows")?, count("num_inserted_rows")?);
+        return Ok(u64::try_from(deleted - inserted).unwrap_or(0));
+    }
+}
+
 /// The read statements behind the dashboard API.
 pub(crate) mod reads {
     use super::TableName;
@@ -383,6 +459,23 @@ mod tests {
             // No quoted literals: every value is a parameter marker.
             assert!(!sql.contains('\''), "{sql}");
         }
+    }
+
+    /// The view and the compaction keep the same row of each identity, and name no value.
+    #[test]
+    fn the_view_and_compact_keep_the_same_row() {
+        let view = create_dedup_view_sql(&table(), &dedup_view_name(&table()).unwrap());
+        assert!(view.starts_with("CREATE VIEW IF NOT EXISTS iot.raw.readings_dedup AS"));
+        for sql in [
+            view,
+            compact_sql(&table(), false),
+            compact_sql(&table(), true),
+        ] {
+            assert!(sql.contains(&format!("ORDER BY {KEEP_ORDER}")), "{sql}");
+            assert!(sql.contains(&format!("PARTITION BY {IDENTITY}")), "{sql}");
+            assert!(!sql.contains('\''), "{sql}");
+        }
+        assert!(compact_sql(&table(), true).contains("WHERE ts >= :since"));
     }
 
     /// The batch JSON, the schema `from_json` reads it with and the table's columns

@@ -139,3 +139,140 @@ async fn a_second_gateway_starts_on_an_existing_view() {
     assert_eq!(rows, [vec![Value::Int(1)]]);
     first.stop().await;
 }
+
+/// Runs `lakegate compact` on the harness's workspace and table with `args`.
+fn compact_command(gateway: &Harness, args: &[&str]) -> std::process::Command {
+    let env = lakegate_testkit::gateway_env(&gateway.emulator, &gateway.registry_file, &[]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lakegate"));
+    command
+        .arg("compact")
+        .args(args)
+        .env_remove("DATABRICKS_CONFIG_PROFILE");
+    command.envs(env);
+    command
+}
+
+/// The rows a finished `lakegate compact` removed, from what it printed; panics unless it
+/// succeeded.
+fn removed(output: &std::process::Output) -> u64 {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{:?}: {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = stdout
+        .trim()
+        .strip_prefix("removed ")
+        .and_then(|rest| rest.split(' ').next());
+    count
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"))
+}
+
+/// (device, reading, ts, metric, value, value_str, ingested_at) of every row, in order.
+async fn all_rows(gateway: &Harness, from: &str) -> Vec<Vec<Value>> {
+    gateway
+        .query(&format!(
+            "SELECT device_id, reading_id, ts, metric, value, value_str, ingested_at FROM {from} \
+             ORDER BY device_id, reading_id, ts, metric"
+        ))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compact_removes_duplicates_while_ingest_goes_on_and_a_second_run_removes_none() {
+    let mut gateway = Harness::start().await;
+    let now = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap();
+    let at = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let body = json!([
+        {"id": "r-1", "ts": at(now - TimeDelta::minutes(5)), "metrics": {"temp": 1.0, "state": "ok"}},
+        {"id": "r-2", "ts": at(now - TimeDelta::minutes(4)), "metrics": {"temp": 2.0}},
+        {"id": "old", "ts": at(now - TimeDelta::days(2)), "metrics": {"temp": 9.0}},
+    ]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let kept = all_rows(&gateway, TABLE).await;
+    // r-1's rows again, ingested later with other values; r-2's and old's exactly again.
+    gateway
+        .query(&format!(
+            "INSERT INTO {TABLE} SELECT device_id, reading_id, ts, metric, \
+             CASE WHEN value IS NULL THEN NULL ELSE value + 100 END, value_str, \
+             ingested_at + INTERVAL 1 SECOND FROM {TABLE} WHERE reading_id = 'r-1'"
+        ))
+        .await;
+    for id in ["r-2", "old"] {
+        let copy = format!("INSERT INTO {TABLE} SELECT * FROM {TABLE} WHERE reading_id = '{id}'");
+        gateway.query(&copy).await;
+    }
+    assert_eq!(gateway.row_count().await, 8);
+
+    // Bounded by --since, the old reading's copy stays.
+    let since = at(now - TimeDelta::days(1));
+    let output = compact_command(&gateway, &["--since", &since])
+        .output()
+        .unwrap();
+    assert_eq!(removed(&output), 3);
+    assert_eq!(gateway.row_count().await, 5);
+
+    // Two compacts at once while the gateway writes new readings: the new readings all
+    // stay, once each, and the two remove the old copy once between them.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut command = compact_command(&gateway, &[]);
+            command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            command.spawn().unwrap()
+        })
+        .collect();
+    for n in 0..20 {
+        let reading = json!({"id": format!("new-{n}"), "ts": at(now), "metrics": {"temp": n}});
+        let (status, answer) = gateway.post_json(&gateway.keys.other, &reading).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let outputs: Vec<_> = runs
+        .into_iter()
+        .map(|run| run.wait_with_output().unwrap())
+        .collect();
+    assert_eq!(outputs.iter().map(removed).sum::<u64>(), 1);
+    assert_eq!(gateway.row_count().await, 4 + 20);
+
+    // The table now holds exactly what the view shows, and the first rows as written.
+    let table = all_rows(&gateway, TABLE).await;
+    assert_eq!(table, all_rows(&gateway, VIEW).await);
+    let first: Vec<_> = (table.iter())
+        .filter(|row| row[0] == text("sensor-1"))
+        .cloned()
+        .collect();
+    assert_eq!(first, kept);
+    let output = compact_command(&gateway, &[]).output().unwrap();
+    assert_eq!(removed(&output), 0);
+    assert_eq!(all_rows(&gateway, TABLE).await, table);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compact_exits_2_on_bad_options_and_1_when_the_workspace_fails() {
+    let mut gateway = Harness::start().await;
+    let output = compact_command(&gateway, &["--since", "yesterday"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--since"));
+    let output = compact_command(&gateway, &["--table", "main.lakegate.no-such"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let output = compact_command(&gateway, &["--table", "main.lakegate.missing"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("compacting main.lakegate.missing"),
+        "{stderr}"
+    );
+    gateway.stop().await;
+}
