@@ -65,3 +65,34 @@ async fn a_merge_deletes_what_it_matches_and_inserts_what_it_does_not() {
         .await;
     assert_eq!(body["status"]["state"], "FAILED", "{body}");
 }
+
+/// With a data directory, the rewritten table is saved whole: a restart reads it back as
+/// the MERGE left it, not the deleted rows with the inserted ones appended.
+#[tokio::test]
+async fn a_rewritten_table_is_saved_whole() {
+    let dir = lakegate_testkit::temp_dir();
+    let persistent = || lakegate_emulator::EmulatorConfig {
+        data_dir: Some(dir.path().to_owned()),
+        ..emulator_config()
+    };
+    let ws = Workspace::start(persistent()).await;
+    ws.sql("CREATE TABLE t (k STRING NOT NULL, v DOUBLE)").await;
+    ws.sql("INSERT INTO t VALUES ('a', 1.0), ('a', 1.0), ('b', 2.0)")
+        .await;
+    let body = ws
+        .sql(
+            "MERGE INTO t USING (SELECT CASE WHEN keyed THEN k END AS mk, k, v \
+             FROM (SELECT k, v, explode(array(TRUE, FALSE)) AS keyed FROM \
+               (SELECT k, v FROM t QUALIFY count(*) OVER (PARTITION BY k) > 1 \
+                AND row_number() OVER (PARTITION BY k ORDER BY v) = 1) AS kept) AS copies) AS s \
+             ON t.k = s.mk WHEN MATCHED THEN DELETE \
+             WHEN NOT MATCHED THEN INSERT (k, v) VALUES (s.k, s.v)",
+        )
+        .await;
+    assert_eq!(rows(&body)[0], json!(["3", "0", "2", "1"]));
+    ws.emulator.shutdown().await;
+
+    let ws = Workspace::start(persistent()).await;
+    let body = ws.sql("SELECT k, v FROM t ORDER BY k").await;
+    assert_eq!(rows(&body), &json!([["a", "1.0"], ["b", "2.0"]]));
+}

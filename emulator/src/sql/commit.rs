@@ -291,7 +291,7 @@ impl Engine {
         let counts = rewrite_table(state, rewrite, name).await?;
         self.versions.rewritten(name);
         if let Some(store) = &self.store {
-            store.forget_table(name);
+            store.rewritten(name);
         }
         Ok(counts)
     }
