@@ -276,3 +276,50 @@ async fn compact_exits_2_on_bad_options_and_1_when_the_workspace_fails() {
     );
     gateway.stop().await;
 }
+
+/// A Delta write conflict is retried (five attempts in all), any other failure is not; a
+/// run that gives up has removed nothing, and the next one does the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compact_retries_write_conflicts_only() {
+    use lakegate_emulator::{FailingWrites, Faults};
+    use std::time::Duration;
+
+    let mut gateway = Harness::start().await;
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let reading = json!({"id": "r-1", "ts": now, "metrics": {"temp": 1.0}});
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &reading).await;
+    assert_eq!(status, 200, "{answer}");
+    gateway
+        .query(&format!(
+            "INSERT INTO {TABLE} SELECT * FROM {TABLE} WHERE reading_id = 'r-1'"
+        ))
+        .await;
+
+    let failing = |failing_writes| Faults {
+        failing_writes: Some(failing_writes),
+        ..Faults::default()
+    };
+    let conflict = FailingWrites {
+        class: "DELTA_CONCURRENT_DELETE_DELETE",
+        sql_state: "2D521",
+        detail: "A concurrent MERGE deleted the same rows (injected).",
+        window: Duration::from_secs(60),
+    };
+    for (fault, attempts) in [
+        (conflict, 5),
+        (FailingWrites::internal_error(Duration::from_secs(60)), 1),
+    ] {
+        gateway.emulator.set_faults(failing(fault));
+        let before = gateway.emulator.stats().failed_writes;
+        let output = compact_command(&gateway, &[]).output().unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(gateway.emulator.stats().failed_writes - before, attempts);
+    }
+    gateway.emulator.set_faults(Faults::default());
+    assert_eq!(gateway.row_count().await, 2);
+    assert_eq!(
+        removed(&compact_command(&gateway, &[]).output().unwrap()),
+        1
+    );
+    gateway.stop().await;
+}
