@@ -1,6 +1,8 @@
 -- What lakegate committed per hour over the last day (by commit time): rows (one per
 -- metric), readings, and devices. Pair it with lakegate's /metrics for rejections,
 -- which are not stored in the table.
+-- Counts what was written, a row a sink wrote twice included (see docs/dedup.md);
+-- on main.lakegate.readings_dedup it counts each reading's metric once.
 SELECT
   date_trunc('HOUR', ingested_at) AS hour,
   count(*) AS rows_written,

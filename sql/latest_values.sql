@@ -1,5 +1,7 @@
 -- The latest value of every metric of every device seen in the last 7 days, numeric or
 -- text: the "current state" table of a fleet dashboard.
+-- Where a sink may write a row twice (LAKEGATE_READ_FROM=dedup, docs/dedup.md), read
+-- main.lakegate.readings_dedup instead: the same columns, one row per reading's metric.
 SELECT device_id, metric, ts, value, value_str
 FROM (
   SELECT

@@ -220,18 +220,14 @@ async fn start_table_writers(
     writers: &TaskTracker,
     closing: &CancellationToken,
 ) -> anyhow::Result<IngestQueue> {
-    ensure_tables(
-        &client.statements(),
-        &config.table,
-        &config.dead_letter_table,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "creating tables {} and {}",
-            config.table, config.dead_letter_table
-        )
-    })?;
+    ensure_tables(&client.statements(), config.tables())
+        .await
+        .with_context(|| {
+            format!(
+                "creating tables {} and {} and the view {}",
+                config.table, config.dead_letter_table, config.dedup_view
+            )
+        })?;
     let (queue, lanes) = IngestQueue::new(config.queue, config.writers);
     let sink = StatementSink::new(
         client.statements(),

@@ -69,6 +69,8 @@ pub struct GatewayConfig {
     pub table: TableName,
     /// Where rows the table refuses for good go (same columns plus the error).
     pub dead_letter_table: TableName,
+    /// The view next to the table with one row per reading's metric (`<table>_dedup`).
+    pub dedup_view: TableName,
     /// `None` only in local mode, where a demo registry is created.
     pub(crate) device_keys: Option<KeySource>,
     pub(crate) keys_refresh: Duration,
@@ -142,6 +144,8 @@ pub(crate) struct ReadSettings {
     pub(crate) identity: ReadIdentity,
     /// With `ReadIdentity::App`, who may read (everyone else gets 403).
     pub(crate) readers: ReaderList,
+    /// What the read API and the fleet page query: the table or its dedup view.
+    pub(crate) source: TableName,
     /// Devices listed by `GET /api/devices`.
     pub(crate) max_devices: usize,
     /// Points of one series.
@@ -154,6 +158,25 @@ pub(crate) struct ReadSettings {
     /// The device list covers devices seen within this window (no dashboard scans the
     /// whole table).
     pub(crate) device_list_window: Duration,
+}
+
+/// What reads query: the table, or the view that keeps one row per identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFrom {
+    Table,
+    Dedup,
+}
+
+impl FromStr for ReadFrom {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "table" => Ok(ReadFrom::Table),
+            "dedup" => Ok(ReadFrom::Dedup),
+            _ => Err("must be `table` or `dedup`".to_owned()),
+        }
+    }
 }
 
 /// Behind the Apps proxy, whose identity a signed-in user's queries run with.
@@ -462,6 +485,11 @@ struct ReadArgs {
     /// with LAKEGATE_READ_IDENTITY=app.
     #[arg(long = "readers", env = "LAKEGATE_READERS", value_name = "USERS", value_parser = readers)]
     readers: Option<ReaderList>,
+    /// What the read API and the fleet page query: `table`, or `dedup`, the view
+    /// LAKEGATE_TABLE + `_dedup` (created at start-up), which keeps one row per reading's
+    /// metric, the earliest ingested, where a sink may have written a row twice.
+    #[arg(long = "read-from", env = "LAKEGATE_READ_FROM", default_value = "table", value_name = "table|dedup", value_parser = value::<ReadFrom>)]
+    read_from: ReadFrom,
     /// Devices `GET /api/devices` lists (1 to 100000).
     #[arg(long = "query-max-devices", env = "LAKEGATE_QUERY_MAX_DEVICES", default_value = "1000", value_name = "N", value_parser = within::<1, 100_000>)]
     query_max_devices: u64,
@@ -775,6 +803,16 @@ impl GatewayConfig {
         self.relay.is_some()
     }
 
+    /// What start-up creates: the tables and the dedup view (required when reads go to it).
+    pub fn tables(&self) -> crate::table::Tables<'_> {
+        crate::table::Tables {
+            table: &self.table,
+            dead_letter: &self.dead_letter_table,
+            dedup_view: &self.dedup_view,
+            required_view: self.read.source == self.dedup_view,
+        }
+    }
+
     /// Former setting names in use, each with its replacement: for the start-up log.
     pub fn deprecations(&self) -> &[String] {
         &self.deprecations
@@ -872,6 +910,18 @@ impl GatewayConfig {
             return Err(invalid(
                 "LAKEGATE_REJECTED_TABLE",
                 "must differ from LAKEGATE_TABLE",
+            ));
+        }
+        let dedup_view = crate::table::dedup_view_name(&table).map_err(|p| {
+            invalid(
+                "LAKEGATE_TABLE",
+                format!("its dedup view (LAKEGATE_TABLE + \"_dedup\") is invalid: {p}"),
+            )
+        })?;
+        if dead_letter_table == dedup_view {
+            return Err(invalid(
+                "LAKEGATE_REJECTED_TABLE",
+                "must differ from the dedup view, LAKEGATE_TABLE + \"_dedup\"",
             ));
         }
         let device_keys = match (
@@ -1066,20 +1116,11 @@ impl GatewayConfig {
                 server.port,
             ),
             workspace,
-            table,
-            dead_letter_table,
-            device_keys,
-            keys_refresh: Duration::from_secs(registry.keys_refresh_secs),
-            batch,
-            writers: writer.writers as usize,
-            queue,
-            body,
-            uploads,
-            rate_limits,
-            trusted_proxies,
-            ack_timeout: Duration::from_secs(writer.ack_timeout_secs),
-            shutdown: ShutdownDeadlines::new(Duration::from_secs(server.shutdown_grace_secs)),
             read: ReadSettings {
+                source: match reads.read_from {
+                    ReadFrom::Table => table.clone(),
+                    ReadFrom::Dedup => dedup_view.clone(),
+                },
                 reader_tokens: reads.reader_tokens.map(|t| t.0).unwrap_or_default(),
                 apps_proxy_auth,
                 identity: reads.read_identity,
@@ -1091,6 +1132,20 @@ impl GatewayConfig {
                 device_list_ttl: Duration::from_secs(reads.device_list_cache_secs),
                 device_list_window: Duration::from_secs(24 * 3600 * reads.device_list_window_days),
             },
+            table,
+            dead_letter_table,
+            dedup_view,
+            device_keys,
+            keys_refresh: Duration::from_secs(registry.keys_refresh_secs),
+            batch,
+            writers: writer.writers as usize,
+            queue,
+            body,
+            uploads,
+            rate_limits,
+            trusted_proxies,
+            ack_timeout: Duration::from_secs(writer.ack_timeout_secs),
+            shutdown: ShutdownDeadlines::new(Duration::from_secs(server.shutdown_grace_secs)),
             connections: ConnectionLimits {
                 header_timeout: Duration::from_secs(connections.header_timeout_secs),
                 idle_timeout: Duration::from_secs(connections.idle_timeout_secs),
@@ -1364,6 +1419,28 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn reads_go_to_the_table_or_its_dedup_view() {
+        let config = GatewayConfig::from_map(&vars(&remote())).unwrap();
+        assert_eq!(config.read.source, config.table);
+        assert!(!config.tables().required_view);
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_READ_FROM", "dedup"));
+        let config = GatewayConfig::from_map(&vars(&pairs)).unwrap();
+        assert_eq!(config.read.source.to_string(), "iot.raw.readings_dedup");
+        assert!(config.tables().required_view);
+
+        pairs.push(("LAKEGATE_READ_FROM", "view"));
+        let message = error_of(&pairs);
+        assert!(
+            message.starts_with("LAKEGATE_READ_FROM:") && message.contains("`table` or `dedup`"),
+            "{message}"
+        );
+        let mut pairs = remote();
+        pairs.push(("LAKEGATE_REJECTED_TABLE", "iot.raw.readings_dedup"));
+        assert!(error_of(&pairs).contains("must differ from the dedup view"));
     }
 
     #[test]

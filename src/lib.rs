@@ -109,6 +109,13 @@
 //! (`upstream.rs`, which counts readings as taken only from a lakegate answer that says
 //! so and never follows a redirect).
 //!
+//! ## Rows written twice (`table.rs`)
+//!
+//! Next to the table, start-up creates the view `<table>_dedup`, one row per reading's
+//! metric (the earliest ingested); `LAKEGATE_READ_FROM=dedup` points the reads above at it.
+//! `lakegate compact` (`main.rs` over `table::compact`) removes the other rows from the
+//! table itself with one MERGE through the warehouse.
+//!
 //! ## Operations
 //!
 //! `/healthz`, `/readyz` (`server/ops.rs`, cached single-flight in

@@ -68,6 +68,24 @@ enum Command {
     /// DATABRICKS_* variables (or --profile), else on the one local mode runs (its
     /// address and credentials are in LAKEGATE_LOCAL_DIR, `.lakegate-local/`).
     Sql(SqlArgs),
+    /// Remove duplicate rows from the table (a row a sink wrote twice): for each reading's
+    /// metric, keep the row the `<table>_dedup` view keeps; safe while ingest goes on,
+    /// and a second run removes nothing. Prints how many rows it removed.
+    Compact(CompactArgs),
+}
+
+#[derive(clap::Args)]
+struct CompactArgs {
+    /// The table, `catalog.schema.table`.
+    #[arg(long, env = "LAKEGATE_TABLE")]
+    table: String,
+    /// Only rows measured (`ts`) at or after this time, RFC 3339 (e.g. 2026-12-01T00:00:00Z),
+    /// to bound the work; default: the whole table.
+    #[arg(long)]
+    since: Option<String>,
+    /// The ~/.databrickscfg profile of the workspace (with its warehouse_id).
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -347,6 +365,7 @@ fn main() -> ExitCode {
             relay(args, matches.subcommand_matches("relay")),
         ),
         Some(Command::Sql(args)) => sql(args),
+        Some(Command::Compact(args)) => compact(args),
     }
 }
 
@@ -737,24 +756,70 @@ fn sql(args: SqlArgs) -> ExitCode {
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<String> {
-    use lakegate::databricks::{Client, StatementRequest};
+    use lakegate::databricks::StatementRequest;
 
-    let mut vars: HashMap<String, String> = std::env::vars().collect();
-    if let Some(profile) = &args.profile {
-        vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile.clone());
-    }
-    let config = if vars.contains_key("DATABRICKS_HOST") || args.profile.is_some() {
-        lakegate::databricks::Config::resolve(Default::default(), &vars).context("the workspace")?
-    } else {
-        local_workspace_config(&vars)?
-    };
-    let result = Client::new(&config)?
+    let result = workspace_client(args.profile.as_deref())?
         .statements()
         .execute(StatementRequest::new(args.statement))
         .await?;
     let columns: Vec<String> = result.columns().iter().map(|c| c.name.clone()).collect();
     let rows = result.collect_rows().await?;
     Ok(text_table(&columns, &rows))
+}
+
+/// The workspace of the DATABRICKS_* variables or `profile`, else the local one.
+fn workspace_client(profile: Option<&str>) -> anyhow::Result<lakegate::databricks::Client> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    if let Some(profile) = profile {
+        vars.insert("DATABRICKS_CONFIG_PROFILE".into(), profile.to_owned());
+    }
+    let config = if vars.contains_key("DATABRICKS_HOST") || profile.is_some() {
+        lakegate::databricks::Config::resolve(Default::default(), &vars).context("the workspace")?
+    } else {
+        local_workspace_config(&vars)?
+    };
+    Ok(lakegate::databricks::Client::new(&config)?)
+}
+
+/// `lakegate compact`: 0 done, 1 the workspace failed, 2 bad options.
+fn compact(args: CompactArgs) -> ExitCode {
+    let table = match args.table.parse::<lakegate::table::TableName>() {
+        Ok(table) => table,
+        Err(err) => {
+            eprintln!("error: --table (LAKEGATE_TABLE): {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let since = match args
+        .since
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
+        None => None,
+        Some(Ok(since)) => Some(since.to_utc()),
+        Some(Err(err)) => {
+            eprintln!("error: --since: not an RFC 3339 time ({err}), e.g. 2026-12-01T00:00:00Z");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let run = async {
+        let client = workspace_client(args.profile.as_deref())?;
+        let removed = lakegate::table::compact(&client.statements(), &table, since)
+            .await
+            .with_context(|| format!("compacting {table}"))?;
+        anyhow::Ok(removed)
+    };
+    match runtime.block_on(run) {
+        Ok(removed) => {
+            println!("removed {removed} duplicate rows from {table}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Rows as a table of aligned columns, with a header and the row count.

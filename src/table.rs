@@ -212,14 +212,57 @@ fn merge_into(table: &TableName, extra_columns: &str, extra_values: &str) -> Str
     )
 }
 
-/// Creates the schema, the table and its dead-letter table when missing. A service
-/// principal that may write the tables but not create schemas only gets a warning
-/// for the first step.
+/// The columns that name a reading's metric: a row's identity, the MERGE's key.
+const IDENTITY: &str = "device_id, reading_id, ts, metric";
+
+/// Which of an identity's rows is kept where a sink wrote it more than once: the earliest
+/// ingested, then by value, so the choice is the same on every run and every engine
+/// (NULLs placed explicitly: Databricks sorts them first, DataFusion last by default).
+/// Rows equal in all of these are the same row twice; either one is that row.
+const KEEP_ORDER: &str = "ingested_at, value ASC NULLS FIRST, value_str ASC NULLS FIRST";
+
+/// The name of the view next to `table` that keeps one row per identity:
+/// `<table>_dedup`, in the table's schema.
+pub fn dedup_view_name(table: &TableName) -> Result<TableName, String> {
+    format!("{table}_dedup").parse()
+}
+
+/// `CREATE VIEW IF NOT EXISTS`, not `OR REPLACE`: gateways starting together then never
+/// replace a view another is reading (nor reset what an administrator granted on it),
+/// and the definition depends only on the table's fixed columns.
+fn create_dedup_view_sql(table: &TableName, view: &TableName) -> String {
+    let columns: Vec<&str> = COLUMNS.iter().map(|column| column.name).collect();
+    format!(
+        "CREATE VIEW IF NOT EXISTS {view} AS SELECT {} FROM {table} \
+         QUALIFY row_number() OVER (PARTITION BY {IDENTITY} ORDER BY {KEEP_ORDER}) = 1",
+        columns.join(", ")
+    )
+}
+
+/// What `ensure_tables` creates: the table, its dead-letter table, and the view that
+/// keeps one row per identity (`required_view`: whether reads go to it, so that failing
+/// to create it fails the start).
+pub struct Tables<'a> {
+    pub table: &'a TableName,
+    pub dead_letter: &'a TableName,
+    pub dedup_view: &'a TableName,
+    pub required_view: bool,
+}
+
+/// Creates the schema, the table, its dead-letter table and the dedup view when
+/// missing. A service principal that may write the tables but not create schemas only
+/// gets a warning for the first step; one that may not create the view only a warning
+/// too, unless reads go to it.
 pub async fn ensure_tables(
     statements: &Statements,
-    table: &TableName,
-    dead_letter: &TableName,
+    tables: Tables<'_>,
 ) -> Result<(), databricks::Error> {
+    let Tables {
+        table,
+        dead_letter,
+        dedup_view,
+        required_view,
+    } = tables;
     let creates = [
         create_table_sql(
             table,
@@ -242,7 +285,93 @@ pub async fn ensure_tables(
         }
         statements.execute(StatementRequest::new(create)).await?;
     }
-    Ok(())
+    let view = create_dedup_view_sql(table, dedup_view);
+    match statements.execute(StatementRequest::new(view)).await {
+        Ok(_) => Ok(()),
+        // Another gateway created it between the check and the creation.
+        Err(err) if err.error_class() == Some("TABLE_OR_VIEW_ALREADY_EXISTS") => Ok(()),
+        Err(err) if required_view => Err(err),
+        Err(err) => {
+            tracing::warn!(error = %err, view = %dedup_view, "could not create the dedup view");
+            Ok(())
+        }
+    }
+}
+
+/// Removes the rows [`create_dedup_view_sql`]'s view leaves out, from the table itself:
+/// for each identity with more than one row (measured at `:since` or later when
+/// `since`), every copy is deleted and the kept one inserted again, with its own
+/// `ingested_at`, in one MERGE. The source holds each such identity twice: once keyed, to
+/// match (and delete) its rows, once with NULL keys, which match nothing and so insert the
+/// kept row (a plain DELETE could not keep one of two identical rows). Only rows of the
+/// snapshot the MERGE read are deleted, so rows appended meanwhile stay; a concurrent
+/// compact deleting the same rows makes Delta refuse one of the two (a write conflict,
+/// retried by [`compact`]); a second run finds no identity twice and changes nothing.
+fn compact_sql(table: &TableName, since: bool) -> String {
+    let columns: Vec<&str> = COLUMNS.iter().map(|column| column.name).collect();
+    let columns = columns.join(", ");
+    let values: Vec<String> = COLUMNS.iter().map(|c| format!("s.{}", c.name)).collect();
+    let window = if since { "WHERE ts >= :since " } else { "" };
+    let key = |column: &str| format!("CASE WHEN keyed THEN {column} END AS k_{column}");
+    format!(
+        "MERGE INTO {table} AS t \
+         USING (SELECT {}, {}, {}, {}, {columns} \
+                FROM (SELECT {columns}, explode(array(TRUE, FALSE)) AS keyed \
+                      FROM (SELECT {columns} FROM {table} {window}\
+                            QUALIFY count(*) OVER (PARTITION BY {IDENTITY}) > 1 \
+                            AND row_number() OVER (PARTITION BY {IDENTITY} \
+                              ORDER BY {KEEP_ORDER}) = 1) AS kept) AS copies) AS s \
+         ON t.device_id = s.k_device_id AND t.reading_id = s.k_reading_id \
+            AND t.ts = s.k_ts AND t.metric = s.k_metric \
+         WHEN MATCHED THEN DELETE \
+         WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({})",
+        key("device_id"),
+        key("reading_id"),
+        key("ts"),
+        key("metric"),
+        values.join(", ")
+    )
+}
+
+/// How many times [`compact`] runs its MERGE when another writer's commit conflicts.
+const COMPACT_ATTEMPTS: u32 = 5;
+
+/// Removes duplicate rows from `table` (those measured at `since` or later, else all):
+/// see [`compact_sql`]. Returns the rows removed. A Delta write conflict is retried at
+/// once (the MERGE reads the table again, so it is idempotent); other errors end it.
+pub async fn compact(
+    statements: &Statements,
+    table: &TableName,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<u64, databricks::Error> {
+    let mut attempt = 1;
+    loop {
+        let mut request = StatementRequest::new(compact_sql(table, since.is_some()));
+        if let Some(since) = since {
+            request = request.params([databricks::Param::timestamp("since", since)]);
+        }
+        let result = match statements.execute(request).await {
+            Err(err) if err.is_write_conflict() && attempt < COMPACT_ATTEMPTS => {
+                tracing::info!(attempt, error = %err, "compact conflicted with another write; again");
+                attempt += 1;
+                continue;
+            }
+            result => result?,
+        };
+        let names: Vec<String> = result.columns().iter().map(|c| c.name.clone()).collect();
+        let rows = result.collect_rows().await?;
+        let count = |name: &str| {
+            let at = names.iter().position(|n| n == name);
+            match at.and_then(|at| rows.first()?.get(at)) {
+                Some(databricks::Value::Int(n)) => Ok(*n),
+                other => Err(databricks::Error::Decode(format!(
+                    "the MERGE's {name} is {other:?}"
+                ))),
+            }
+        };
+        let (deleted, inserted) = (count("num_deleted_rows")?, count("num_inserted_rows")?);
+        return Ok(u64::try_from(deleted - inserted).unwrap_or(0));
+    }
 }
 
 /// The read statements behind the dashboard API.
@@ -330,6 +459,23 @@ mod tests {
             // No quoted literals: every value is a parameter marker.
             assert!(!sql.contains('\''), "{sql}");
         }
+    }
+
+    /// The view and the compaction keep the same row of each identity, and name no value.
+    #[test]
+    fn the_view_and_compact_keep_the_same_row() {
+        let view = create_dedup_view_sql(&table(), &dedup_view_name(&table()).unwrap());
+        assert!(view.starts_with("CREATE VIEW IF NOT EXISTS iot.raw.readings_dedup AS"));
+        for sql in [
+            view,
+            compact_sql(&table(), false),
+            compact_sql(&table(), true),
+        ] {
+            assert!(sql.contains(&format!("ORDER BY {KEEP_ORDER}")), "{sql}");
+            assert!(sql.contains(&format!("PARTITION BY {IDENTITY}")), "{sql}");
+            assert!(!sql.contains('\''), "{sql}");
+        }
+        assert!(compact_sql(&table(), true).contains("WHERE ts >= :since"));
     }
 
     /// The batch JSON, the schema `from_json` reads it with and the table's columns

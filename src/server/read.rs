@@ -48,7 +48,7 @@ pub(super) struct Reader {
 
 impl Reader {
     fn table<'a>(&self, app: &'a App) -> TableReader<'a> {
-        TableReader::new(self.client.statements(), &app.config.table)
+        TableReader::new(self.client.statements(), &app.config.read.source)
     }
 
     /// Whether the queries run with a token the proxy forwarded (the signed-in user's),

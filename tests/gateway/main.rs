@@ -8,6 +8,7 @@ mod auth;
 mod conflicts;
 mod connections;
 mod dashboard_sql;
+mod dedup;
 mod ingest;
 mod key_commands;
 mod keys;

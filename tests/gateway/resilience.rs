@@ -571,13 +571,9 @@ async fn a_dropped_table_keeps_the_rows_turns_unready_and_recovers() {
         &[],
     ))
     .unwrap();
-    lakegate::table::ensure_tables(
-        &gateway.reader().statements(),
-        &config.table,
-        &config.dead_letter_table,
-    )
-    .await
-    .unwrap();
+    lakegate::table::ensure_tables(&gateway.reader().statements(), config.tables())
+        .await
+        .unwrap();
     gateway.wait_for_rows(1, Duration::from_secs(60)).await;
     let ids: Vec<String> = gateway.rows().await.into_iter().map(|r| r.1).collect();
     assert_eq!(ids, ["kept-1"]);
@@ -618,13 +614,9 @@ async fn a_refused_row_without_a_dead_letter_table_is_kept_until_there_is_one() 
         &[],
     ))
     .unwrap();
-    lakegate::table::ensure_tables(
-        &gateway.reader().statements(),
-        &config.table,
-        &config.dead_letter_table,
-    )
-    .await
-    .unwrap();
+    lakegate::table::ensure_tables(&gateway.reader().statements(), config.tables())
+        .await
+        .unwrap();
     let dead_lettered =
         async || count(&gateway, &format!("SELECT count(*) FROM {REJECTED}")).await >= 1;
     eventually_async(

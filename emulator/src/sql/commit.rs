@@ -214,6 +214,13 @@ impl Engine {
         match conflicts {
             // Read again, under the lock: the old, serialized behaviour.
             WriteConflicts::Off => execute(&insert.state, insert.statement.clone()).await,
+            WriteConflicts::FileLevel if now.rewritten > read.snapshot.version.version => {
+                Err(conflict(
+                    "DELTA_CONCURRENT_DELETE_READ",
+                    "This transaction attempted to read one or more files that were deleted \
+                     by a concurrent update. Please try the operation again.",
+                ))
+            }
             _ if replaced => Err(conflict(
                 "DELTA_CONCURRENT_APPEND.WHOLE_TABLE_REPLACE",
                 "The concurrent operation replaced all data in the table. Please retry the \
@@ -271,6 +278,22 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A MERGE that deletes, on the table `name` (see [`rewrite_table`]); under the write
+    /// lock. Returns the rows deleted and inserted.
+    pub(super) async fn rewrite(
+        &self,
+        state: &SessionState,
+        rewrite: super::merge::Rewrite,
+        name: &TableName,
+    ) -> Result<(i64, i64), SqlError> {
+        let counts = rewrite_table(state, rewrite, name).await?;
+        self.versions.rewritten(name);
+        if let Some(store) = &self.store {
+            store.rewritten(name);
+        }
+        Ok(counts)
     }
 
     async fn snapshot(&self, name: &TableName) -> Snapshot {
@@ -368,6 +391,58 @@ async fn append(
     let schema = physical.schema();
     let batches = datafusion::physical_plan::collect(physical, task).await?;
     Ok(Output { schema, batches })
+}
+
+/// Runs a MERGE that deletes on the table `name` as it is: the rows it inserts and the rows
+/// it keeps are both read first, then the kept rows replace the table's in place (the
+/// table object stays, so views over it see the change) and the inserted ones are appended.
+/// Returns the rows deleted and inserted. Called under the write lock.
+async fn rewrite_table(
+    state: &SessionState,
+    rewrite: super::merge::Rewrite,
+    name: &TableName,
+) -> Result<(i64, i64), SqlError> {
+    let provider = super::table_now(state, name)
+        .ok_or_else(|| SqlError::table_not_found(&name.to_string()))?;
+    let Some(table) = provider.downcast_ref::<MemTable>() else {
+        return Err(SqlError::unsupported("MERGE ... DELETE into a view"));
+    };
+    let inserted = match &rewrite.insert {
+        Some(insert) => Some(read_rows(state, insert).await?),
+        None => None,
+    };
+    let kept = execute(state, Statement::Query(rewrite.kept)).await?;
+    let schema = table.schema();
+    let mut kept = kept
+        .batches
+        .into_iter()
+        .map(|batch| RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(datafusion::error::DataFusionError::from)?;
+    let rows = |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    let kept_rows = rows(&kept);
+    let mut partitions = Vec::with_capacity(table.batches.len());
+    for partition in &table.batches {
+        partitions.push(partition.write().await);
+    }
+    let mut before = 0;
+    for (index, partition) in partitions.iter_mut().enumerate() {
+        before += rows(partition);
+        **partition = match index {
+            0 => std::mem::take(&mut kept),
+            _ => Vec::new(),
+        };
+    }
+    drop(partitions);
+    let inserted = match inserted {
+        Some((dml, schema, rows_in)) => {
+            let count = rows(&rows_in);
+            append(state, &dml, &schema, rows_in).await?;
+            count
+        }
+        None => 0,
+    };
+    Ok(((before - kept_rows) as i64, inserted as i64))
 }
 
 /// The batches appended to `table` since `snapshot`.

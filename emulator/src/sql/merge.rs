@@ -11,14 +11,19 @@
 //! the insert are one atomic step, as Delta's conflict detection makes them: concurrent MERGEs
 //! never duplicate a row. [`read_range`] is the part of the target a MERGE reads whatever its
 //! source holds: the ON condition's conjuncts on the target alone. As on Databricks, source rows that duplicate each
-//! other are all inserted. Other clauses (WHEN MATCHED, WHEN NOT MATCHED BY SOURCE) fail.
+//! other are all inserted.
+//!
+//! A MERGE that deletes (`WHEN MATCHED THEN DELETE`, with at most one insert clause) is a
+//! [`Rewrite`]: the target's rows no source row matches are kept, and the source rows that
+//! match no target row (both as the target was before) are inserted, in one step under the
+//! write lock. Other clauses (UPDATE, conditional DELETE, WHEN NOT MATCHED BY SOURCE) fail.
 
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, Ident, Merge, MergeAction, MergeClause, MergeClauseKind, MergeInsertExpr,
     MergeInsertKind, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
-    Value, Values, visit_expressions,
+    Value, Values, WildcardAdditionalOptions, visit_expressions,
 };
 use datafusion::sql::sqlparser::dialect::DatabricksDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -118,6 +123,82 @@ pub(super) fn to_insert(
         selection,
     ));
     Ok(Statement::Insert(insert_into))
+}
+
+/// A MERGE that deletes the target rows it matches: see the module's documentation.
+pub(super) struct Rewrite {
+    pub(super) target: ObjectName,
+    /// `SELECT * FROM target WHERE NOT EXISTS (matching source row)`: what stays.
+    pub(super) kept: Box<Query>,
+    /// The insert clause as [`to_insert`] makes it; `None` without one.
+    pub(super) insert: Option<Statement>,
+}
+
+/// Whether the MERGE has a `WHEN MATCHED THEN DELETE` clause.
+pub(super) fn deletes(merge: &Merge) -> bool {
+    (merge.clauses.iter()).any(|clause| matches!(clause.action, MergeAction::Delete { .. }))
+}
+
+/// A deleting MERGE as a [`Rewrite`]: one unconditional `WHEN MATCHED THEN DELETE`, and at
+/// most one `WHEN NOT MATCHED THEN INSERT`.
+pub(super) fn to_rewrite(
+    mut merge: Merge,
+    target_columns: impl FnOnce(&ObjectName) -> Result<Vec<String>, SqlError>,
+) -> Result<Rewrite, SqlError> {
+    let unsupported = |what: &str| {
+        SqlError::unsupported(format!(
+            "{what} is not supported by the emulator: a MERGE that deletes supports only \
+             WHEN MATCHED THEN DELETE and WHEN NOT MATCHED THEN INSERT."
+        ))
+    };
+    if merge.output.is_some() {
+        return Err(unsupported("MERGE ... OUTPUT"));
+    }
+    let TableFactor::Table { name: target, .. } = &merge.table else {
+        return Err(SqlError::syntax("MERGE INTO expects a table name"));
+    };
+    let target = target.clone();
+    let mut deletes = 0;
+    let mut inserts = Vec::new();
+    for clause in std::mem::take(&mut merge.clauses) {
+        match (&clause.clause_kind, &clause.action, &clause.predicate) {
+            (MergeClauseKind::Matched, MergeAction::Delete { .. }, None) => deletes += 1,
+            (
+                MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget,
+                MergeAction::Insert(_),
+                _,
+            ) => inserts.push(clause),
+            (kind, _, _) => return Err(unsupported(&format!("this WHEN {kind} clause"))),
+        }
+    }
+    if deletes != 1 || inserts.len() > 1 {
+        return Err(unsupported("more than one DELETE or INSERT clause"));
+    }
+    let matched = Expr::Exists {
+        subquery: select(
+            vec![SelectItem::UnnamedExpr(Expr::value(Value::Boolean(true)))],
+            merge.source.clone(),
+            (*merge.on).clone(),
+        ),
+        negated: true,
+    };
+    let kept = select(
+        vec![SelectItem::Wildcard(WildcardAdditionalOptions::default())],
+        merge.table.clone(),
+        matched,
+    );
+    let insert = match inserts.pop() {
+        Some(clause) => {
+            merge.clauses = vec![clause];
+            Some(to_insert(merge, target_columns)?)
+        }
+        None => None,
+    };
+    Ok(Rewrite {
+        target,
+        kept,
+        insert,
+    })
 }
 
 /// The target's qualifier in the ON condition (its alias, else its last name part) and the ON

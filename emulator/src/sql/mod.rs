@@ -89,6 +89,8 @@ enum Kind {
         name: String,
         if_not_exists: bool,
     },
+    /// A MERGE that deletes, run whole under the write lock.
+    Rewrite(Box<merge::Rewrite>),
     Sql {
         statement: Box<Statement>,
         effect: Effect,
@@ -175,6 +177,18 @@ impl Engine {
                     return Err(SqlError::syntax("exactly one statement is expected"));
                 }
                 let (mut statement, counts, mut range) = match statements.remove(0) {
+                    Statement::Merge(merge) if merge::deletes(&merge) => {
+                        let mut rewrite =
+                            merge::to_rewrite(merge, |name| table_columns(name, &state))?;
+                        databricks_dialect(rewrite.kept.as_mut())?;
+                        bind(rewrite.kept.as_mut(), request.parameters, &mut state)?;
+                        if let Some(insert) = &mut rewrite.insert {
+                            databricks_dialect(insert)?;
+                            bind(insert, request.parameters, &mut state)?;
+                        }
+                        let kind = Kind::Rewrite(Box::new(rewrite));
+                        return Ok(Prepared { kind, state });
+                    }
                     Statement::Merge(merge) => {
                         let range = merge::read_range(&merge);
                         (
@@ -246,17 +260,32 @@ impl Engine {
                 create_catalog(&self.ctx, &name, if_not_exists)?;
                 (Output::empty(), Effect::Catalog)
             }
+            Kind::Rewrite(rewrite) => {
+                let name = resolve(&rewrite.target, &state)?;
+                let (deleted, inserted) = self.rewrite(&state, *rewrite, &name).await?;
+                let output = count_output(&[
+                    ("num_affected_rows", deleted + inserted),
+                    ("num_updated_rows", 0),
+                    ("num_deleted_rows", deleted),
+                    ("num_inserted_rows", inserted),
+                ]);
+                (output, Effect::Table(name))
+            }
             Kind::Sql {
                 statement,
                 effect,
                 counts,
                 ..
             } => {
-                let insert_columns = match statement.as_ref() {
+                // Checked under the write lock, so two `IF NOT EXISTS` at once create one view.
+                let Some(statement) = view_to_create(*statement, &state)? else {
+                    return Ok(Output::empty());
+                };
+                let insert_columns = match &statement {
                     Statement::Insert(insert) => insert.columns.iter().map(column_name).collect(),
                     _ => Vec::new(),
                 };
-                let output = execute(&state, *statement)
+                let output = execute(&state, statement)
                     .await
                     .map_err(|err| name_not_null_column(err, &effect, &insert_columns, &state))?;
                 match counts {
@@ -451,34 +480,37 @@ impl Counts {
                     .map(|a| a.values().iter().sum::<u64>())
             })
             .sum::<u64>() as i64;
-        let counts: &[(&str, i64)] = match self {
-            Counts::Insert => &[
+        match self {
+            Counts::Insert => count_output(&[
                 ("num_affected_rows", inserted),
                 ("num_inserted_rows", inserted),
-            ],
-            Counts::Merge => &[
+            ]),
+            Counts::Merge => count_output(&[
                 ("num_affected_rows", inserted),
                 ("num_updated_rows", 0),
                 ("num_deleted_rows", 0),
                 ("num_inserted_rows", inserted),
-            ],
-        };
-        let schema = Arc::new(Schema::new(
-            counts
-                .iter()
-                .map(|(name, _)| Field::new(*name, DataType::Int64, false))
-                .collect::<Vec<_>>(),
-        ));
-        let columns = counts
-            .iter()
-            .map(|(_, count)| Arc::new(Int64Array::from(vec![*count])) as Arc<dyn Array>)
-            .collect();
-        let batch =
-            RecordBatch::try_new(Arc::clone(&schema), columns).expect("one Int64 per field");
-        Output {
-            schema,
-            batches: vec![batch],
+            ]),
         }
+    }
+}
+
+/// The one row of counts Databricks answers a DML statement with.
+fn count_output(counts: &[(&str, i64)]) -> Output {
+    let schema = Arc::new(Schema::new(
+        counts
+            .iter()
+            .map(|(name, _)| Field::new(*name, DataType::Int64, false))
+            .collect::<Vec<_>>(),
+    ));
+    let columns = counts
+        .iter()
+        .map(|(_, count)| Arc::new(Int64Array::from(vec![*count])) as Arc<dyn Array>)
+        .collect();
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns).expect("one Int64 per field");
+    Output {
+        schema,
+        batches: vec![batch],
     }
 }
 
@@ -524,6 +556,49 @@ fn name_not_null_column(
             column.as_deref().unwrap_or("?")
         ),
     )
+}
+
+/// A `CREATE VIEW` as Databricks runs it, which DataFusion plans only in part: `IF NOT
+/// EXISTS` is a no-op (`None`) when the name is taken, a taken name is refused without it,
+/// and `OR REPLACE` replaces views only, never a table. Other statements pass unchanged.
+/// Views are not persisted with the data directory; lakegate recreates its view at start.
+fn view_to_create(
+    statement: Statement,
+    state: &SessionState,
+) -> Result<Option<Statement>, SqlError> {
+    let Statement::CreateView(mut view) = statement else {
+        return Ok(Some(statement));
+    };
+    if view.or_replace && view.if_not_exists {
+        return Err(SqlError::syntax(
+            "CREATE OR REPLACE VIEW cannot be combined with IF NOT EXISTS",
+        ));
+    }
+    let name = resolve(&view.name, state)?;
+    let quoted = name.to_string().replace('.', "`.`");
+    if let Some(existing) = table_now(state, &name) {
+        if view.if_not_exists {
+            return Ok(None);
+        }
+        if !view.or_replace {
+            return Err(SqlError::new(
+                "TABLE_OR_VIEW_ALREADY_EXISTS",
+                "42P07",
+                format!("Cannot create table or view `{quoted}` because it already exists."),
+            ));
+        }
+        if existing.table_type() != datafusion::datasource::TableType::View {
+            return Err(SqlError::new(
+                "EXPECT_VIEW_NOT_TABLE.NO_ALTERNATIVE",
+                "42809",
+                format!(
+                    "The command CREATE OR REPLACE VIEW expects a view but `{quoted}` is a table."
+                ),
+            ));
+        }
+    }
+    view.if_not_exists = false;
+    Ok(Some(Statement::CreateView(view)))
 }
 
 async fn create_table(

@@ -187,6 +187,14 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a table whose rows were rewritten (not only appended) for its next save to write
+    /// its base whole, taking in (and deleting) the segments saved so far.
+    pub(super) fn rewritten(&self, name: &TableName) {
+        if let Some(saved) = self.saved().get_mut(&name.to_string()) {
+            saved.segments = MAX_SEGMENTS;
+        }
+    }
+
     /// Makes the directory tree match the catalog: creates what exists, removes what was dropped.
     pub(super) async fn sync(&self, ctx: &SessionContext) -> io::Result<()> {
         for catalog_dir in subdirectories(&self.root)? {

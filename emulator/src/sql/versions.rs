@@ -32,6 +32,9 @@ pub(super) struct TableVersion {
     pub(super) version: u64,
     /// Delta's name for the operation that committed it (`MERGE`, `WRITE`, ...).
     pub(super) operation: &'static str,
+    /// The version whose commit last removed rows (a MERGE that deletes), 0 if none: a
+    /// write that read before it cannot tell what was appended since by counting batches.
+    pub(super) rewritten: u64,
 }
 
 impl Versions {
@@ -48,6 +51,13 @@ impl Versions {
         let entry = tables.entry(table.to_string()).or_default();
         entry.version += 1;
         entry.operation = operation;
+    }
+
+    /// Marks the last commit into `table` as one that removed rows; under the write lock.
+    pub(super) fn rewritten(&self, table: &TableName) {
+        let mut tables = self.lock();
+        let entry = tables.entry(table.to_string()).or_default();
+        entry.rewritten = entry.version + 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TableVersion>> {
