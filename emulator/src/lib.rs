@@ -194,14 +194,7 @@ mod statements;
 mod stats;
 mod zerobus;
 
-/// The Zerobus protocol, generated from Databricks' `zerobus_service.proto`: the messages,
-/// the server the emulator runs and the client tests drive it with.
-#[allow(unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod proto {
-    pub mod zerobus {
-        tonic::include_proto!("databricks.zerobus");
-    }
-}
+pub mod proto;
 
 use std::io;
 use std::net::SocketAddr;
