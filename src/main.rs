@@ -392,10 +392,27 @@ fn parse_command_line() -> (Cli, ArgMatches) {
         {
             Cli::command().get_matches_from(args)
         }
+        // clap's own message quotes the value, which may be a secret (`--relay-key`).
+        Err(err) if err.kind() == clap::error::ErrorKind::ValueValidation => {
+            exit_without_the_value(&err)
+        }
         Err(err) => err.exit(),
     };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     (cli, matches)
+}
+
+/// Says which option's value is wrong and why (our parsers never quote it), then exits 2
+/// as clap does.
+fn exit_without_the_value(err: &clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    let option = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(option)) => option.clone(),
+        _ => "an option".to_owned(),
+    };
+    let why = std::error::Error::source(err).map_or_else(String::new, |why| format!(": {why}"));
+    eprintln!("error: the value of {option} is not valid{why}");
+    std::process::exit(2)
 }
 
 fn serve_or_stop(behind_apps_proxy: bool, command_line: Option<&ArgMatches>) -> ExitCode {

@@ -312,6 +312,9 @@ fn compact_sql(table: &TableName, since: bool) -> String {
     let columns = columns.join(", ");
     let values: Vec<String> = COLUMNS.iter().map(|c| format!("s.{}", c.name)).collect();
     let window = if since { "WHERE ts >= :since " } else { "" };
+    // The same bound on the table's side lets Delta prune the files it reads and the
+    // conflicts it can meet: a row matched has the identity's `ts`, so is within it.
+    let target_window = if since { " AND t.ts >= :since" } else { "" };
     let key = |column: &str| format!("CASE WHEN keyed THEN {column} END AS k_{column}");
     format!(
         "MERGE INTO {table} AS t \
@@ -322,7 +325,7 @@ fn compact_sql(table: &TableName, since: bool) -> String {
                             AND row_number() OVER (PARTITION BY {IDENTITY} \
                               ORDER BY {KEEP_ORDER}) = 1) AS kept) AS copies) AS s \
          ON t.device_id = s.k_device_id AND t.reading_id = s.k_reading_id \
-            AND t.ts = s.k_ts AND t.metric = s.k_metric \
+            AND t.ts = s.k_ts AND t.metric = s.k_metric{target_window} \
          WHEN MATCHED THEN DELETE \
          WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({})",
         key("device_id"),

@@ -124,3 +124,22 @@ fn the_former_linger_name_is_warned_about_once_at_start_up() {
         "{warnings:?}"
     );
 }
+
+/// clap's own message for a bad flag value quotes the value: a key given as a flag where
+/// it does not belong must be refused without it.
+#[test]
+fn a_secret_given_as_a_flag_is_refused_without_being_echoed() {
+    let device_key = lakegate::devices::generate_key_of(lakegate::devices::KeyKind::Device);
+    let device_key = secrecy::ExposeSecret::expose_secret(&device_key.key).to_owned();
+    let flag = format!("--relay-key={device_key}");
+    let refused = output(&["relay", &flag, "--upstream", "http://127.0.0.1:1"], &[]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(said.contains("--relay-key"), "{said}");
+    assert!(said.contains("is a device key (lgd_...)"), "{said}");
+    assert!(!said.contains(&device_key[4..]), "{said}");
+}

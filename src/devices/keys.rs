@@ -158,9 +158,23 @@ fn key_prefixes() -> impl Iterator<Item = &'static str> {
     std::iter::once(KEY_PREFIX).chain(KeyKind::ALL.iter().map(|kind| kind.prefix()))
 }
 
-/// Whether a registry string may hold a key, so must not be accepted or echoed.
+/// Whether a registry string may hold a key, so must not be accepted or echoed: a key's
+/// prefix followed by at least [`KEY_LIKE_TAIL`] key characters. A prefix alone is no key
+/// (`site3-lgw_01` and `lgw_0016c001f11d0d3a` are ids fleets use).
 pub(super) fn looks_like_key(s: &str) -> bool {
-    key_prefixes().any(|prefix| s.contains(prefix))
+    key_prefixes().any(|prefix| {
+        s.match_indices(prefix).any(|(at, _)| {
+            let tail = &s[at + prefix.len()..];
+            tail.chars().take_while(|&c| is_key_char(c)).count() >= KEY_LIKE_TAIL
+        })
+    })
+}
+
+/// A key's 32 random bytes are 43 characters of base64url; a few may have been cut off.
+const KEY_LIKE_TAIL: usize = 40;
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
 /// `text` with whatever follows a key's prefix cut out: for messages that quote input
@@ -176,9 +190,7 @@ pub(super) fn redact_keys(text: &str) -> String {
         redacted.push_str(&prefix[..3]);
         redacted.push_str("…(a key, not shown)");
         let after = &rest[at + prefix.len()..];
-        let key_len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .unwrap_or(after.len());
+        let key_len = after.find(|c: char| !is_key_char(c)).unwrap_or(after.len());
         rest = &after[key_len..];
     }
     redacted.push_str(rest);
@@ -288,6 +300,27 @@ mod tests {
         );
         assert!(!looks_like_key(&redacted));
         assert_eq!(redact_keys("no key here"), "no key here");
+    }
+
+    #[test]
+    fn a_prefix_alone_is_no_key_but_a_key_anywhere_is() {
+        for id in [
+            "site3-lgw_01",
+            "lgw_0016c001f11d0d3a",
+            "pump-lgd_7",
+            "lgk_",
+            "x_lgt_y",
+        ] {
+            assert!(!looks_like_key(id), "{id}");
+        }
+        for kind in KeyKind::ALL {
+            let new = generate_key_of(kind);
+            let key = new.key.expose_secret();
+            assert!(looks_like_key(key), "{kind:?}");
+            assert!(looks_like_key(&format!("pump-{key}")), "{kind:?}");
+            // A few characters cut off are still a key.
+            assert!(looks_like_key(&key[..key.len() - 3]), "{kind:?}");
+        }
     }
 
     #[test]

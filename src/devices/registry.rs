@@ -465,15 +465,16 @@ mod tests {
       "rate_per_sec": 5
     }},
     "pump-8": {{"disabled": true, "keys": []}},
-    "pump-9": {{"keys": [], "disabled": false}}
+    "pump-9": {{"keys": [], "disabled": false}},
+    "lgw_0016c001f11d0d3a": {{"keys": []}}
   }},
   "relays": {{
-    "site-a": {{"devices": ["pump-7", "line-3-*"], "disabled": true, "keys": ["{r}"]}}
+    "site-a": {{"devices": ["pump-7", "line-3-*", "lgw_*"], "disabled": true, "keys": ["{r}"]}}
   }}
 }}"#
         );
         let registry = registry(&written).unwrap();
-        assert_eq!((registry.device_count(), registry.relay_count()), (3, 1));
+        assert_eq!((registry.device_count(), registry.relay_count()), (4, 1));
         let Ok(Sender::Device(device)) = registry.authenticate("b") else {
             panic!("pump-7's second key");
         };

@@ -214,7 +214,13 @@ mod tests {
     fn a_key_is_refused_without_being_echoed() {
         let new = super::super::keys::generate_key();
         let key = secrecy::ExposeSecret::expose_secret(&new.key);
-        for text in [key.to_owned(), format!("{key}*"), format!("{}*", &key[..8])] {
+        // A key's prefix alone names ids (`lgk_abcd*`); a key, or most of one, is refused.
+        assert!(parse_pattern(&format!("{}*", &key[..8])).is_ok());
+        for text in [
+            key.to_owned(),
+            format!("{key}*"),
+            format!("{}*", &key[..44]),
+        ] {
             let error = parse_pattern(&text).unwrap_err();
             assert_eq!(error, BadPattern::LooksLikeKey);
             assert!(!error.to_string().contains(&key[4..12]));

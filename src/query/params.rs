@@ -386,7 +386,9 @@ mod tests {
             metric: Some("t".into()),
             ..SeriesParams::default()
         };
-        let err = SeriesQuery::new("lgk_x".into(), params, Utc::now(), 2000).unwrap_err();
+        let key = crate::devices::generate_key();
+        let key = secrecy::ExposeSecret::expose_secret(&key.key).to_owned();
+        let err = SeriesQuery::new(key, params, Utc::now(), 2000).unwrap_err();
         assert_eq!(
             err.to_string(),
             "device_id: must be 1 to 128 of A-Z a-z 0-9 . _ : -"
