@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lakegate::databricks::Value;
 use lakegate::devices::{generate_key, hash_key};
-use lakegate_emulator::{Faults, WriteConflicts};
+use lakegate_emulator::{Faults, StatementCost, WriteConflicts};
 use lakegate_testkit::TABLE;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -118,6 +118,12 @@ async fn parallel_writers_land_every_reading_once(
     gateway.emulator.set_faults(Faults {
         write_conflicts: mode,
         statement_latency: Duration::from_millis(150),
+        // Time between each write's read and its commit, so that writers' MERGEs overlap
+        // there whatever the machine's load (else a busy machine may run them apart).
+        statement_cost: Some(StatementCost {
+            fixed: Duration::from_millis(100),
+            per_row: Duration::ZERO,
+        }),
         lost_statement_responses: lost_answers,
         throttle_share: 0.05,
         // Group commit makes few statements, so some 5 % may never hit: the first half
