@@ -230,24 +230,30 @@ CHECKS = [
 ]
 
 
+def run_checks(checks, run) -> tuple[int, int]:
+    """Runs `run(check)` for each check, printing each outcome; returns (passed, failed)."""
+    passed = failed = 0
+    for check in checks:
+        try:
+            run(check)
+        except Exception:
+            failed += 1
+            print(f"FAIL {check.__name__}")
+            traceback.print_exc()
+        else:
+            passed += 1
+            print(f"ok   {check.__name__}")
+    return passed, failed
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     proc, url = start_emulator(sys.argv[1])
-    passed = failed = 0
     try:
         w = client(url)
-        for check in CHECKS:
-            try:
-                check(w, url)
-            except Exception:
-                failed += 1
-                print(f"FAIL {check.__name__}")
-                traceback.print_exc()
-            else:
-                passed += 1
-                print(f"ok   {check.__name__}")
+        passed, failed = run_checks(CHECKS, lambda check: check(w, url))
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 # The SDK's Rust core logs every stream event at INFO; keep the check's output to its lines.
 os.environ.setdefault("RUST_LOG", "warn")
@@ -31,7 +30,15 @@ from zerobus import (
     ZerobusSdk,
 )
 
-from sdk_fidelity import CLIENT_ID, CLIENT_SECRET, WAREHOUSE, client, free_port, start_emulator
+from sdk_fidelity import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    WAREHOUSE,
+    client,
+    free_port,
+    run_checks,
+    start_emulator,
+)
 
 TABLE = "main.zerobus.readings"
 JSON_OPTIONS = dict(record_type=RecordType.JSON)
@@ -191,17 +198,7 @@ def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    passed = failed = 0
-    for check in CHECKS:
-        try:
-            check(sys.argv[1])
-        except Exception:
-            failed += 1
-            print(f"FAIL {check.__name__}")
-            traceback.print_exc()
-        else:
-            passed += 1
-            print(f"ok   {check.__name__}")
+    passed, failed = run_checks(CHECKS, lambda check: check(sys.argv[1]))
     print(f"zerobus fidelity: {passed} passed, {failed} failed")
     return 1 if failed else 0
 

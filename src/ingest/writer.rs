@@ -559,13 +559,17 @@ mod tests {
     }
 
     fn start_writer<S: BatchSink>(sink: S, linger_ms: u64) -> Running {
+        start_writer_with(sink, settings(linger_ms))
+    }
+
+    fn start_writer_with<S: BatchSink>(sink: S, settings: BatchSettings) -> Running {
         let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
         let closing = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let writer = Writer::new(
             lanes.remove(0),
             sink,
-            settings(linger_ms),
+            settings,
             metrics.clone(),
             Arc::default(),
             closing.clone(),
@@ -622,20 +626,18 @@ mod tests {
             retry_after: Some(Duration::from_secs(30)),
             ..FlakySink::default()
         });
-        let (queue, mut lanes) = super::super::queue::IngestQueue::new(CAPACITY, 1);
-        let closing = CancellationToken::new();
-        let writer = Writer::new(
-            lanes.remove(0),
+        let Running {
+            queue,
+            closing,
+            task,
+            ..
+        } = start_writer_with(
             sink.clone(),
             BatchSettings {
                 max_retry_after: Duration::from_millis(200),
                 ..settings(10)
             },
-            Arc::new(Metrics::default()),
-            Arc::default(),
-            closing.clone(),
         );
-        let task = tokio::spawn(writer.run());
         let started = Instant::now();
         let committed = queue
             .submit(vec![row("d", "r", "t", 1)], true)
