@@ -12,11 +12,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{GatewayConfig, Workspace};
+use crate::config::{GatewayConfig, Sink, Workspace};
 use crate::databricks;
 use crate::devices::{KeySource, LiveRegistry, reload_loop};
 use crate::health::WriteHealth;
-use crate::ingest::{IngestQueue, StatementSink, Writer};
+use crate::ingest::{
+    BatchSettings, BatchSink, IngestQueue, Lane, StatementSink, Writer, ZerobusService, ZerobusSink,
+};
 use crate::metrics::Metrics;
 use crate::relay::{RelayState, forward_loop, spool_loop};
 use crate::server::{self, AppState, Backend};
@@ -107,6 +109,10 @@ impl Gateway {
             (None, Some(client)) => {
                 let queue = start_table_writers(
                     &config,
+                    workspace
+                        .client
+                        .as_ref()
+                        .expect("a client has its settings"),
                     &client,
                     &metrics,
                     &writes,
@@ -211,9 +217,11 @@ impl Gateway {
     }
 }
 
-/// Creates the tables when missing and starts one batch writer per queue lane.
+/// Creates the tables when missing and starts one batch writer per queue lane, each with
+/// its own sink: statements on the warehouse, or its own Zerobus streams.
 async fn start_table_writers(
     config: &GatewayConfig,
+    settings: &databricks::Config,
     client: &databricks::Client,
     metrics: &Arc<Metrics>,
     writes: &Arc<WriteHealth>,
@@ -229,25 +237,74 @@ async fn start_table_writers(
             )
         })?;
     let (queue, lanes) = IngestQueue::new(config.queue, config.writers);
-    let sink = StatementSink::new(
-        client.statements(),
-        &config.table,
-        &config.dead_letter_table,
-    );
-    for lane in lanes {
-        writers.spawn(
-            Writer::new(
-                lane,
-                sink.clone(),
-                config.batch.clone(),
-                metrics.clone(),
-                writes.clone(),
-                closing.clone(),
-            )
-            .run(),
-        );
+    let shared = WriterShared {
+        batch: &config.batch,
+        metrics,
+        writes,
+        writers,
+        closing,
+    };
+    match &config.sink {
+        Sink::Statements => {
+            let sink = StatementSink::new(
+                client.statements(),
+                &config.table,
+                &config.dead_letter_table,
+            );
+            shared.spawn(lanes, || sink.clone());
+        }
+        Sink::Zerobus { endpoint } => {
+            let endpoint = endpoint
+                .as_deref()
+                .context("no Zerobus endpoint (LAKEGATE_ZEROBUS_ENDPOINT)")?;
+            let databricks::Credentials::OAuthM2m {
+                client_id,
+                client_secret,
+            } = &settings.credentials
+            else {
+                anyhow::bail!("the Zerobus sink needs OAuth client credentials");
+            };
+            let service =
+                ZerobusService::new(endpoint, &settings.host, client_id, client_secret.clone())
+                    .context("connecting to Zerobus Ingest")?;
+            tracing::info!(endpoint, table = %config.table, "writing through Zerobus Ingest");
+            shared.spawn(lanes, || {
+                ZerobusSink::new(
+                    service.clone(),
+                    &config.table,
+                    &config.dead_letter_table,
+                    metrics.clone(),
+                )
+            });
+        }
     }
     Ok(queue)
+}
+
+/// What every writer shares, whatever its sink.
+struct WriterShared<'a> {
+    batch: &'a BatchSettings,
+    metrics: &'a Arc<Metrics>,
+    writes: &'a Arc<WriteHealth>,
+    writers: &'a TaskTracker,
+    closing: &'a CancellationToken,
+}
+
+impl WriterShared<'_> {
+    /// One writer per lane, each with the sink `sink_for_lane` makes.
+    fn spawn<S: BatchSink>(&self, lanes: Vec<Lane>, sink_for_lane: impl Fn() -> S) {
+        for lane in lanes {
+            let writer = Writer::new(
+                lane,
+                sink_for_lane(),
+                self.batch.clone(),
+                self.metrics.clone(),
+                self.writes.clone(),
+                self.closing.clone(),
+            );
+            self.writers.spawn(writer.run());
+        }
+    }
 }
 
 /// The workspace client's settings and the registry's source: the configured ones, or in

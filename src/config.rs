@@ -78,6 +78,7 @@ pub struct GatewayConfig {
     /// Batch writers, each with at most one statement in flight; a device's rows always
     /// go to the same one.
     pub(crate) writers: usize,
+    pub(crate) sink: Sink,
     /// Rows queued and not yet committed, and their bytes; beyond either, requests get 503.
     pub(crate) queue: QueueCapacity,
     pub(crate) body: BodyCaps,
@@ -177,6 +178,38 @@ impl FromStr for ReadFrom {
             _ => Err("must be `table` or `dedup`".to_owned()),
         }
     }
+}
+
+/// Where the writers send batches (`LAKEGATE_SINK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkKind {
+    Sql,
+    Zerobus,
+}
+
+impl FromStr for SinkKind {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "sql" => Ok(SinkKind::Sql),
+            "zerobus" => Ok(SinkKind::Zerobus),
+            _ => Err("must be `sql` or `zerobus`".to_owned()),
+        }
+    }
+}
+
+/// How batches reach the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sink {
+    /// MERGE statements on the SQL warehouse: each row exactly once in the table.
+    Statements,
+    /// Zerobus Ingest streams: no warehouse runs to write; at least once in the table,
+    /// exactly once in the `_dedup` view.
+    Zerobus {
+        /// `None` in local mode until the embedded workspace's service listens.
+        endpoint: Option<String>,
+    },
 }
 
 /// Behind the Apps proxy, whose identity a signed-in user's queries run with.
@@ -369,6 +402,21 @@ struct WriterArgs {
     /// about ten statements at once, more writers only queue there.
     #[arg(long = "writers", env = "LAKEGATE_WRITERS", default_value = "4", value_name = "N", value_parser = within::<1, 16>)]
     writers: u64,
+    /// Where batches go: `sql`, one MERGE statement per batch on the SQL warehouse (each
+    /// row exactly once in the table), or `zerobus`, Zerobus Ingest streams (no warehouse
+    /// runs to write; a row may be in the table twice after a broken stream, never in the
+    /// LAKEGATE_TABLE + `_dedup` view, which reads then use by default).
+    #[arg(long = "sink", env = "LAKEGATE_SINK", default_value = "sql", value_name = "sql|zerobus", value_parser = value::<SinkKind>)]
+    sink: SinkKind,
+    /// The workspace's Zerobus Ingest endpoint, `<workspace-id>.zerobus.<region>.<domain>`
+    /// (https), or `http://` on a loopback address; required with LAKEGATE_SINK=zerobus
+    /// and a workspace (local mode serves its own).
+    #[arg(
+        long = "zerobus-endpoint",
+        env = "LAKEGATE_ZEROBUS_ENDPOINT",
+        value_name = "URL"
+    )]
+    zerobus_endpoint: Option<String>,
     /// The linger: longest a reading that finds the writer idle waits for others to share
     /// its statement (formerly LAKEGATE_FLUSH_MS).
     #[arg(long = "linger-ms", env = LINGER, default_value = "20", value_name = "MS", value_parser = at_least_1::<u64>)]
@@ -791,6 +839,9 @@ fn named(err: &clap::Error, variables: &HashMap<String, String>) -> ConfigError 
 
 /// Most a batch's JSON may take: the statement limit is 16 MiB, SQL text included.
 const MAX_BATCH_BYTES: usize = 12 * 1024 * 1024;
+/// A batch's records grow a little over its statement JSON (a timestamp per row); this
+/// keeps them under Zerobus' 10 MiB per call.
+const MAX_ZEROBUS_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 impl GatewayConfig {
     /// Whether this runs on the embedded workspace (no workspace configured).
@@ -982,6 +1033,72 @@ impl GatewayConfig {
                 ),
             ));
         }
+        let sink = match (writer.sink, writer.zerobus_endpoint) {
+            (SinkKind::Sql, None) => Sink::Statements,
+            (SinkKind::Sql, Some(_)) => {
+                return Err(invalid(
+                    "LAKEGATE_ZEROBUS_ENDPOINT",
+                    "applies only with LAKEGATE_SINK=zerobus",
+                ));
+            }
+            (SinkKind::Zerobus, _) if relay.is_some() => {
+                return Err(invalid(
+                    "LAKEGATE_SINK",
+                    "a relay forwards to a gateway, which writes the table: set the sink there",
+                ));
+            }
+            (SinkKind::Zerobus, Some(_)) if local => {
+                return Err(invalid(
+                    "LAKEGATE_ZEROBUS_ENDPOINT",
+                    "local mode serves Zerobus from its embedded workspace: leave it unset, or \
+                     name the workspace with DATABRICKS_HOST",
+                ));
+            }
+            (SinkKind::Zerobus, endpoint) => {
+                if let Workspace::Remote { client } = &workspace
+                    && !matches!(client.credentials, databricks::Credentials::OAuthM2m { .. })
+                {
+                    return Err(invalid(
+                        "LAKEGATE_SINK",
+                        "`zerobus` needs the service principal's OAuth credentials \
+                         (DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET): Zerobus takes only \
+                         tokens scoped to the table, which a personal access token cannot get",
+                    ));
+                }
+                let endpoint = match endpoint {
+                    Some(raw) => Some(databricks::normalize_host(&raw).map_err(|_| {
+                        invalid(
+                            "LAKEGATE_ZEROBUS_ENDPOINT",
+                            "must be `<workspace-id>.zerobus.<region>.<domain>` (https), or an \
+                             http:// address on loopback",
+                        )
+                    })?),
+                    None if local => None,
+                    None => {
+                        return Err(invalid(
+                            "LAKEGATE_ZEROBUS_ENDPOINT",
+                            "is required with LAKEGATE_SINK=zerobus: the workspace's Zerobus \
+                             endpoint, `<workspace-id>.zerobus.<region>.<domain>`",
+                        ));
+                    }
+                };
+                if batch.max_bytes > MAX_ZEROBUS_BATCH_BYTES {
+                    return Err(invalid(
+                        "LAKEGATE_BATCH_MAX_BYTES",
+                        format!(
+                            "must be at most {MAX_ZEROBUS_BATCH_BYTES} with LAKEGATE_SINK=zerobus \
+                             (Zerobus takes at most 10 MiB of records per batch)"
+                        ),
+                    ));
+                }
+                Sink::Zerobus { endpoint }
+            }
+        };
+        // Where a sink may write a row twice, reads go through the view unless told otherwise.
+        let read_from = match (&sink, matches.value_source("read_from")) {
+            (Sink::Zerobus { .. }, Some(ValueSource::DefaultValue) | None) => ReadFrom::Dedup,
+            _ => reads.read_from,
+        };
         let queue = QueueCapacity {
             // Room for every writer's batch in flight and the next one filling.
             rows: writer.queue_max_rows,
@@ -1117,7 +1234,7 @@ impl GatewayConfig {
             ),
             workspace,
             read: ReadSettings {
-                source: match reads.read_from {
+                source: match read_from {
                     ReadFrom::Table => table.clone(),
                     ReadFrom::Dedup => dedup_view.clone(),
                 },
@@ -1139,6 +1256,7 @@ impl GatewayConfig {
             keys_refresh: Duration::from_secs(registry.keys_refresh_secs),
             batch,
             writers: writer.writers as usize,
+            sink,
             queue,
             body,
             uploads,

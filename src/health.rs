@@ -4,8 +4,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::databricks;
-
 /// Whether the table can be written, shared by the writer, `/readyz` and the ingest route.
 #[derive(Debug, Default)]
 pub(crate) struct WriteHealth {
@@ -30,8 +28,14 @@ impl WriteHealth {
 
     /// A write failed in a way retrying the same thing cannot fix. Logged at ERROR when
     /// the state begins, when the error class changes, and then once a minute.
-    pub(crate) fn failing(&self, err: &databricks::Error, what: &str, rows: usize) {
-        let class = err.error_class().unwrap_or("UNKNOWN").to_owned();
+    pub(crate) fn failing(
+        &self,
+        class: Option<&str>,
+        err: &dyn std::fmt::Display,
+        what: &str,
+        rows: usize,
+    ) {
+        let class = class.unwrap_or("UNKNOWN").to_owned();
         let now = Instant::now();
         let mut state = self.lock();
         let log = match state.as_mut() {

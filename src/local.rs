@@ -15,7 +15,7 @@ use lakegate_emulator::{AppsProxy, AppsProxyConfig, Emulator, EmulatorConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{GatewayConfig, ReadIdentity, ReaderList};
+use crate::config::{GatewayConfig, ReadIdentity, ReaderList, Sink};
 use crate::databricks;
 use crate::devices::{DeviceEntry, KeyHash, KeyKind, KeySource, RegistryDocument, generate_key_of};
 
@@ -135,7 +135,16 @@ pub(crate) async fn attach(
     data_dir: &Path,
     apps_proxy: bool,
 ) -> anyhow::Result<(LocalWorkspace, databricks::Config, KeySource)> {
-    let workspace = LocalWorkspace::start(data_dir, config.device_keys.clone(), apps_proxy).await?;
+    let zerobus = matches!(config.sink, Sink::Zerobus { .. });
+    let workspace =
+        LocalWorkspace::start(data_dir, config.device_keys.clone(), apps_proxy, zerobus).await?;
+    if let Sink::Zerobus { endpoint } = &mut config.sink {
+        let addr = workspace
+            .emulator
+            .zerobus_addr()
+            .context("the embedded workspace serves no Zerobus")?;
+        *endpoint = Some(format!("http://{addr}"));
+    }
     // The page link printed in local mode carries the stored reader token.
     config
         .read
@@ -155,12 +164,14 @@ pub(crate) async fn attach(
 
 impl LocalWorkspace {
     /// Starts the emulator on port 8787 of loopback (another free one if taken) with data
-    /// under `data_dir`. Without a configured key source, `data_dir/devices.json` holds
-    /// the demo device with the stored key.
+    /// under `data_dir`, and with `zerobus` its Zerobus service on another loopback port.
+    /// Without a configured key source, `data_dir/devices.json` holds the demo device
+    /// with the stored key.
     async fn start(
         data_dir: &Path,
         keys: Option<KeySource>,
         apps_proxy: bool,
+        zerobus: bool,
     ) -> anyhow::Result<LocalWorkspace> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -179,6 +190,7 @@ impl LocalWorkspace {
             service_principals: service_principals.clone(),
             warehouse_id: WAREHOUSE_ID.to_owned(),
             data_dir: Some(data_dir.join("workspace")),
+            zerobus: zerobus.then_some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             ..EmulatorConfig::default()
         };
         // A stable address, so what was printed (and `lakegate sql`) goes on working.

@@ -127,6 +127,11 @@ pub(crate) struct Metrics {
     pub rows_dead_lettered: Counter,
     /// Batch attempts that failed on a Delta write conflict (another writer committed first).
     pub batch_conflicts: Counter,
+    /// Zerobus streams opened (`LAKEGATE_SINK=zerobus`): one per writer, again after each break.
+    pub zerobus_streams_opened: Counter,
+    /// Rows sent again after a Zerobus stream broke before acknowledging them: each may be
+    /// in the table twice (never in the `_dedup` view).
+    pub zerobus_resent_records: Counter,
     /// 1 while the table refuses writes for good (see `WriteHealth`), read at scrape time.
     writes_unwritable: Gauge,
     pub stats: GatewayStats,
@@ -153,6 +158,8 @@ impl Default for Metrics {
         let auth_failures = Family::default();
         let rows_dead_lettered = Counter::default();
         let batch_conflicts = Counter::default();
+        let zerobus_streams_opened = Counter::default();
+        let zerobus_resent_records = Counter::default();
         let writes_unwritable = Gauge::default();
 
         let mut prometheus = PrometheusRegistry::with_prefix("lakegate");
@@ -254,6 +261,17 @@ impl Default for Metrics {
         );
 
         prometheus.register(
+            "zerobus_streams_opened",
+            "Zerobus streams opened by the writers (LAKEGATE_SINK=zerobus)",
+            zerobus_streams_opened.clone(),
+        );
+        prometheus.register(
+            "zerobus_resent_records",
+            "Rows sent again on a new Zerobus stream after one broke before acknowledging \
+             them; each may be in the table twice, never in the _dedup view",
+            zerobus_resent_records.clone(),
+        );
+        prometheus.register(
             "rows_dead_lettered",
             "Rows the table refused, written to the dead-letter table",
             rows_dead_lettered.clone(),
@@ -290,6 +308,8 @@ impl Default for Metrics {
             auth_failures,
             rows_dead_lettered,
             batch_conflicts,
+            zerobus_streams_opened,
+            zerobus_resent_records,
             writes_unwritable,
             stats: GatewayStats::default(),
             relay: RelayMetrics::default(),

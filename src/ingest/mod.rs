@@ -5,7 +5,8 @@
 //! (`relayed`), a whole request (`request`), admission of a sender's request
 //! (`intake`: what it may queue, or an `IntakeRefusal`), the bounded
 //! queue between handlers and the writer (`queue`), the batch writer with its
-//! retries and dead-lettering (`writer`) and the statements it runs (`sink`).
+//! retries and dead-lettering (`writer`) and the two sinks it writes through: MERGE
+//! statements on a warehouse (`sink`) or Zerobus Ingest streams (`zerobus`).
 
 mod body;
 mod intake;
@@ -16,11 +17,13 @@ mod relayed;
 mod request;
 mod sink;
 mod writer;
+mod zerobus;
 
 pub(crate) use body::{BodyCaps, BodyError, BodyFormat, Encoding, decode};
 pub(crate) use intake::{Intake, IntakeRefusal, Taken};
-pub(crate) use queue::{IngestQueue, QueueCapacity, QueueError, Submission, Unwritten};
+pub(crate) use queue::{IngestQueue, Lane, QueueCapacity, QueueError, Submission, Unwritten};
 pub(crate) use rejection::{RejectReason, excerpt};
 pub(crate) use request::{RejectedReading, notes_on};
 pub(crate) use sink::StatementSink;
-pub(crate) use writer::{BatchSettings, Writer};
+pub(crate) use writer::{BatchSettings, BatchSink, Writer};
+pub(crate) use zerobus::{ZerobusService, ZerobusSink};

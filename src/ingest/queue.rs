@@ -108,12 +108,12 @@ pub(crate) struct IngestQueue {
     capacity: QueueCapacity,
 }
 
+/// A lane's receiving end: what one writer takes its submissions from.
+pub(crate) type Lane = mpsc::UnboundedReceiver<Submission>;
+
 impl IngestQueue {
     /// An empty queue of `lanes` lanes, and their receiving ends, one per writer.
-    pub(crate) fn new(
-        capacity: QueueCapacity,
-        lanes: usize,
-    ) -> (IngestQueue, Vec<mpsc::UnboundedReceiver<Submission>>) {
+    pub(crate) fn new(capacity: QueueCapacity, lanes: usize) -> (IngestQueue, Vec<Lane>) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..lanes.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
         // A semaphore holds at most `MAX_PERMITS`; no real budget comes near it.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::DateTime;
 
-use super::writer::{BatchSink, EncodedBatch};
+use super::writer::{BatchSink, EncodedBatch, RowBatch};
 use crate::databricks::{self, OnWaitTimeout, Param, StatementRequest, Statements};
 use crate::table::{self, TableName};
 
@@ -47,14 +47,16 @@ impl StatementSink {
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(300);
 
 impl BatchSink for StatementSink {
-    async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
-        let request = self.request(&self.merge_sql, batch);
+    type Error = databricks::Error;
+
+    async fn write(&self, batch: &RowBatch<'_>) -> Result<(), databricks::Error> {
+        let request = self.request(&self.merge_sql, &batch.encoded);
         self.statements.execute(request).await.map(drop)
     }
 
     async fn write_dead_letter(
         &self,
-        batch: &EncodedBatch,
+        batch: &RowBatch<'_>,
         refusal: &databricks::Error,
     ) -> Result<(), databricks::Error> {
         let code = refusal.error_class().unwrap_or("UNKNOWN");
@@ -64,7 +66,7 @@ impl BatchSink for StatementSink {
             .take(MAX_ERROR_MESSAGE)
             .collect();
         let request = self
-            .request(&self.dead_letter_sql, batch)
+            .request(&self.dead_letter_sql, &batch.encoded)
             .param(Param::string("error_code", code))
             .param(Param::string("error_message", message));
         self.statements.execute(request).await.map(drop)

@@ -52,28 +52,66 @@ pub(crate) struct EncodedBatch {
     pub ts_max_us: i64,
 }
 
-/// Where batches go: the Databricks table in production.
+/// Why a sink's write failed, as far as the writer's retries need to know.
+pub(crate) trait WriteFailure: std::fmt::Display + Send + Sync {
+    /// What retrying can do.
+    fn kind(&self) -> FailureKind;
+    /// The rows' own fault (the batch is halved and the refused rows dead-lettered);
+    /// anything else keeps the rows and is retried.
+    fn is_data_error(&self) -> bool;
+    /// Another writer committed first: retrying at once is safe and soon succeeds.
+    fn is_write_conflict(&self) -> bool;
+    /// How long the server asked to wait.
+    fn retry_after(&self) -> Option<Duration>;
+    /// A short code for logs and the dead-letter table.
+    fn error_class(&self) -> Option<&str>;
+}
+
+impl WriteFailure for databricks::Error {
+    fn kind(&self) -> FailureKind {
+        databricks::Error::kind(self)
+    }
+    fn is_data_error(&self) -> bool {
+        databricks::Error::is_data_error(self)
+    }
+    fn is_write_conflict(&self) -> bool {
+        databricks::Error::is_write_conflict(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        databricks::Error::retry_after(self)
+    }
+    fn error_class(&self) -> Option<&str> {
+        databricks::Error::error_class(self)
+    }
+}
+
+/// Where batches go: MERGE statements on a warehouse (`sink.rs`) or Zerobus streams
+/// (`zerobus.rs`). One sink serves one writer, which calls it one batch at a time.
 pub(crate) trait BatchSink: Send + Sync + 'static {
-    /// Must be idempotent: the writer calls it again with the same batch after a failure.
-    fn write(
-        &self,
-        batch: &EncodedBatch,
-    ) -> impl Future<Output = Result<(), databricks::Error>> + Send;
+    type Error: WriteFailure;
+
+    /// Writes the batch; `Ok` once it is committed (or durable). The writer calls it again
+    /// with the same batch after a failure whose outcome it could not see.
+    fn write(&self, batch: &RowBatch<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Writes rows the table refused (`refusal` says why) to the dead-letter table.
-    /// Idempotent too.
     fn write_dead_letter(
         &self,
-        batch: &EncodedBatch,
-        refusal: &databricks::Error,
-    ) -> impl Future<Output = Result<(), databricks::Error>> + Send;
+        batch: &RowBatch<'_>,
+        refusal: &Self::Error,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Called once the writer is done: closes what the sink holds open.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Rows of one statement and their encoding; the rows are kept to split the batch.
 #[derive(Debug, Clone)]
-pub(super) struct RowBatch<'a> {
-    pub rows: Vec<&'a TableRow>,
-    pub encoded: EncodedBatch,
+pub(crate) struct RowBatch<'a> {
+    pub(super) rows: Vec<&'a TableRow>,
+    pub(super) encoded: EncodedBatch,
 }
 
 impl<'a> RowBatch<'a> {
@@ -220,6 +258,7 @@ impl<S: BatchSink> Writer<S> {
         while let Some(submissions) = self.collect().await {
             self.commit(submissions).await;
         }
+        self.sink.close().await;
     }
 
     /// The next batch's submissions, or `None` when closing with nothing left.
@@ -292,7 +331,7 @@ impl<S: BatchSink> Writer<S> {
     async fn write_isolating_refused_rows(&self, batch: RowBatch<'_>) {
         let mut pending = vec![batch];
         while let Some(batch) = pending.pop() {
-            let Err(refusal) = self.write_until_settled(&batch.encoded).await else {
+            let Err(refusal) = self.write_until_settled(&batch).await else {
                 continue;
             };
             if batch.rows.len() > 1 {
@@ -313,16 +352,17 @@ impl<S: BatchSink> Writer<S> {
     /// Retries until the batch is committed (`Ok`) or refused for its data (`Err`, only
     /// for [`databricks::Error::is_data_error`]: an internal error, an unknown class or a
     /// refused request keeps the rows and is retried).
-    async fn write_until_settled(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+    async fn write_until_settled(&self, batch: &RowBatch<'_>) -> Result<(), S::Error> {
+        let rows = batch.rows.len();
         let mut backoff = Backoff::new(self.settings.max_retry_after);
         let mut conflicts_in_a_row = 0;
         loop {
             let started = Instant::now();
             let err = match self.sink.write(batch).await {
                 Ok(()) => {
-                    self.metrics.batch_committed(batch.rows, started.elapsed());
+                    self.metrics.batch_committed(rows, started.elapsed());
                     self.writes.recovered();
-                    tracing::debug!(rows = batch.rows, "batch committed");
+                    tracing::debug!(rows, "batch committed");
                     return Ok(());
                 }
                 Err(err) => err,
@@ -332,7 +372,7 @@ impl<S: BatchSink> Writer<S> {
                 self.metrics.batch_conflicts.inc();
                 conflicts_in_a_row += 1;
                 if conflicts_in_a_row <= IMMEDIATE_CONFLICT_RETRIES {
-                    tracing::debug!(error = %err, rows = batch.rows, "write conflict; retrying at once");
+                    tracing::debug!(error = %err, rows, "write conflict; retrying at once");
                     continue;
                 }
             } else {
@@ -344,11 +384,15 @@ impl<S: BatchSink> Writer<S> {
             }
             match err.kind() {
                 FailureKind::Target | FailureKind::Request => {
-                    self.writes
-                        .failing(&err, "the table cannot be written", batch.rows);
+                    self.writes.failing(
+                        err.error_class(),
+                        &err,
+                        "the table cannot be written",
+                        rows,
+                    );
                 }
                 FailureKind::Transient => {
-                    tracing::warn!(error = %err, rows = batch.rows, "batch write failed; retrying");
+                    tracing::warn!(error = %err, rows, "batch write failed; retrying");
                 }
             }
             backoff.wait(&err).await;
@@ -356,10 +400,10 @@ impl<S: BatchSink> Writer<S> {
     }
 
     /// Stores a row the table refused in the dead-letter table, retrying until it is.
-    async fn dead_letter(&self, batch: &RowBatch<'_>, refusal: &databricks::Error) {
+    async fn dead_letter(&self, batch: &RowBatch<'_>, refusal: &S::Error) {
         let mut backoff = Backoff::new(self.settings.max_retry_after);
         loop {
-            let err = match self.sink.write_dead_letter(&batch.encoded, refusal).await {
+            let err = match self.sink.write_dead_letter(batch, refusal).await {
                 Ok(()) => {
                     self.metrics
                         .rows_dead_lettered
@@ -386,6 +430,7 @@ impl<S: BatchSink> Writer<S> {
                 }
                 FailureKind::Target | FailureKind::Request => {
                     self.writes.failing(
+                        err.error_class(),
                         &err,
                         "the table refuses a row and the dead-letter table cannot take it",
                         batch.rows.len(),
@@ -418,7 +463,7 @@ impl Backoff {
         }
     }
 
-    async fn wait(&mut self, err: &databricks::Error) {
+    async fn wait(&mut self, err: &impl WriteFailure) {
         let delay = self
             .schedule
             .next_wait(self.first_attempt.elapsed(), err.retry_after())
@@ -518,7 +563,9 @@ mod tests {
     }
 
     impl BatchSink for Arc<FlakySink> {
-        async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+        type Error = databricks::Error;
+
+        async fn write(&self, batch: &RowBatch<'_>) -> Result<(), databricks::Error> {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
@@ -532,13 +579,13 @@ mod tests {
                     retry_after: self.retry_after,
                 }));
             }
-            self.written.lock().unwrap().push(batch.clone());
+            self.written.lock().unwrap().push(batch.encoded.clone());
             Ok(())
         }
 
         async fn write_dead_letter(
             &self,
-            _: &EncodedBatch,
+            _: &RowBatch<'_>,
             _: &databricks::Error,
         ) -> Result<(), databricks::Error> {
             unreachable!("transient failures are never dead-lettered")
@@ -747,11 +794,13 @@ mod tests {
     }
 
     impl BatchSink for Arc<WarehouseSink> {
-        async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+        type Error = databricks::Error;
+
+        async fn write(&self, batch: &RowBatch<'_>) -> Result<(), databricks::Error> {
             if let Some(err) = WarehouseSink::internal_error(&self.internal_errors) {
                 return Err(err);
             }
-            let ids = WarehouseSink::reading_ids(batch);
+            let ids = WarehouseSink::reading_ids(&batch.encoded);
             if ids.iter().any(|id| id == self.bad) {
                 return Err(failed_statement(
                     "[DELTA_VIOLATE_CONSTRAINT_WITH_VALUES] CHECK constraint violated.",
@@ -764,7 +813,7 @@ mod tests {
 
         async fn write_dead_letter(
             &self,
-            batch: &EncodedBatch,
+            batch: &RowBatch<'_>,
             refusal: &databricks::Error,
         ) -> Result<(), databricks::Error> {
             assert!(refusal.is_data_error(), "dead-lettered for {refusal}");
@@ -774,7 +823,7 @@ mod tests {
             self.dead_lettered
                 .lock()
                 .unwrap()
-                .extend(WarehouseSink::reading_ids(batch));
+                .extend(WarehouseSink::reading_ids(&batch.encoded));
             Ok(())
         }
     }
@@ -820,16 +869,18 @@ mod tests {
     }
 
     impl BatchSink for Arc<GatedSink> {
-        async fn write(&self, batch: &EncodedBatch) -> Result<(), databricks::Error> {
+        type Error = databricks::Error;
+
+        async fn write(&self, batch: &RowBatch<'_>) -> Result<(), databricks::Error> {
             self.started.notify_one();
             self.release.acquire().await.unwrap().forget();
-            self.written.lock().unwrap().push(batch.clone());
+            self.written.lock().unwrap().push(batch.encoded.clone());
             Ok(())
         }
 
         async fn write_dead_letter(
             &self,
-            _: &EncodedBatch,
+            _: &RowBatch<'_>,
             _: &databricks::Error,
         ) -> Result<(), databricks::Error> {
             unreachable!("nothing is refused")

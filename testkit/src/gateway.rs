@@ -79,9 +79,17 @@ pub struct HarnessBuilder {
     env: Vec<(String, String)>,
     registry: Json,
     listener: Option<TcpListener>,
+    zerobus: bool,
 }
 
 impl HarnessBuilder {
+    /// Write through Zerobus Ingest (`LAKEGATE_SINK=zerobus`) into the emulator's Zerobus
+    /// service, which this starts on a loopback port of its own.
+    pub fn zerobus(mut self) -> Self {
+        self.zerobus = true;
+        self
+    }
+
     /// The workspace behind the gateway (faults, latency, refused values).
     pub fn emulator(mut self, config: EmulatorConfig) -> Self {
         self.emulator = config;
@@ -121,14 +129,25 @@ impl HarnessBuilder {
             Some(listener) => listener,
             None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
-        let emulator = start_emulator(self.emulator).await;
+        let mut emulator_config = self.emulator;
+        if self.zerobus {
+            emulator_config.zerobus = Some(([127, 0, 0, 1], 0).into());
+        }
+        let emulator = start_emulator(emulator_config).await;
         let keys = Keys::new();
         let dir = crate::temp_dir();
         let registry_file = dir.path().join("devices.json");
         let sensor_keys = [keys.sensor.as_str(), keys.sensor_next.as_str()];
         write_registry(&keys, &registry_file, &sensor_keys, &self.registry);
-        let overrides: Vec<(&str, &str)> = self
-            .env
+        let mut settings = self.env.clone();
+        if let Some(addr) = emulator.zerobus_addr().filter(|_| self.zerobus) {
+            settings.insert(0, ("LAKEGATE_SINK".into(), "zerobus".into()));
+            settings.insert(
+                1,
+                ("LAKEGATE_ZEROBUS_ENDPOINT".into(), format!("http://{addr}")),
+            );
+        }
+        let overrides: Vec<(&str, &str)> = settings
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
@@ -180,6 +199,7 @@ impl Harness {
             env: Vec::new(),
             registry: Json::Null,
             listener: None,
+            zerobus: false,
         }
     }
 

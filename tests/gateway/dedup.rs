@@ -141,7 +141,7 @@ async fn a_second_gateway_starts_on_an_existing_view() {
 }
 
 /// Runs `lakegate compact` on the harness's workspace and table with `args`.
-fn compact_command(gateway: &Harness, args: &[&str]) -> std::process::Command {
+pub(crate) fn compact_command(gateway: &Harness, args: &[&str]) -> std::process::Command {
     let env = lakegate_testkit::gateway_env(&gateway.emulator, &gateway.registry_file, &[]);
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lakegate"));
     command
@@ -154,7 +154,7 @@ fn compact_command(gateway: &Harness, args: &[&str]) -> std::process::Command {
 
 /// The rows a finished `lakegate compact` removed, from what it printed; panics unless it
 /// succeeded.
-fn removed(output: &std::process::Output) -> u64 {
+pub(crate) fn removed(output: &std::process::Output) -> u64 {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

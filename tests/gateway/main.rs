@@ -23,3 +23,4 @@ mod request_id;
 mod resilience;
 mod uploads;
 mod warehouse_failures;
+mod zerobus;

@@ -285,7 +285,7 @@ fn expand_home(path: &str, env: &HashMap<String, String>) -> PathBuf {
 /// trailing `/`, no default port, no path. `http://` is kept for local emulators, on a
 /// loopback address only: anywhere else the client secret and tokens would travel in
 /// cleartext.
-pub(crate) fn normalize_host(raw: &str) -> Result<String, ConfigError> {
+pub fn normalize_host(raw: &str) -> Result<String, ConfigError> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err(ConfigError::MissingHost);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 pub use auth::{OAuthM2m, OAuthSettings, Pat, TokenFetches, TokenSource};
-pub use config::{AuthType, Config, ConfigError, Credentials, Settings};
+pub use config::{AuthType, Config, ConfigError, Credentials, Settings, normalize_host};
 pub use error::{Error, ErrorResponse, FailureKind, StatementError};
 pub use http::{ApiClient, Call};
 #[cfg(feature = "sql")]

@@ -206,7 +206,9 @@ impl StreamTask {
                 )));
             }
             self.throttle()?;
-            let written = records::write(&self.app.engine, &table, &format, records).await?;
+            let written =
+                records::write(&self.app.engine, &self.app.faults, &table, &format, records)
+                    .await?;
             self.app
                 .stats
                 .zerobus_records

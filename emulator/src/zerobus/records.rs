@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tonic::Status;
 
 use crate::sql::{Engine, Parameter, Request, SqlError};
+use crate::state::FaultState;
 
 /// How a stream's records are encoded.
 pub(super) enum Format {
@@ -80,8 +81,11 @@ impl Format {
 }
 
 /// Writes `records` into `table` as one statement, or refuses them all; how many it wrote.
+/// The `reject_rows` fault refuses a message carrying its marker in the table, as the
+/// service refuses a record the table does not take.
 pub(super) async fn write(
     engine: &Engine,
+    faults: &FaultState,
     table: &str,
     format: &Format,
     records: Records,
@@ -135,6 +139,11 @@ pub(super) async fn write(
         catalog: None,
         schema: None,
     };
+    if faults.rejects_rows(table, parameters.iter().filter_map(|p| p.value.as_deref())) {
+        return Err(Status::invalid_argument(
+            "Record does not fit the table: a value breaks a constraint (injected).",
+        ));
+    }
     let refused =
         |err: SqlError| Status::invalid_argument(format!("Record does not fit the table: {err}"));
     engine

@@ -1,0 +1,175 @@
+//! The Zerobus sink (`LAKEGATE_SINK=zerobus`) against the emulator's Zerobus service: the
+//! same rows as the SQL sink, acknowledged once durable; re-sends after a broken stream
+//! counted and seen once through the `_dedup` view; `lakegate compact` cleans the table.
+
+use lakegate::databricks::Value;
+use lakegate_emulator::{Faults, RejectRows, ZerobusFaults};
+use lakegate_testkit::gateway::Harness;
+use lakegate_testkit::{TABLE, emulator_config};
+use serde_json::json;
+
+use super::dedup::{compact_command, removed};
+
+const VIEW: &str = "main.lakegate.readings_dedup";
+
+async fn count(gateway: &Harness, from: &str) -> i64 {
+    let rows = gateway.query(&format!("SELECT count(*) FROM {from}")).await;
+    match rows[0][0] {
+        Value::Int(n) => n,
+        ref other => panic!("not a count: {other:?}"),
+    }
+}
+
+fn readings(prefix: &str, n: usize) -> serde_json::Value {
+    let readings: Vec<_> = (0..n)
+        .map(|i| {
+            json!({
+                "id": format!("{prefix}-{i}"),
+                "ts": chrono::Utc::now().to_rfc3339(),
+                "metrics": {"temp": i as f64, "state": "ok"},
+            })
+        })
+        .collect();
+    json!(readings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commit_acks_come_once_the_rows_are_durable_and_the_table_holds_them() {
+    let mut gateway = Harness::builder().zerobus().start().await;
+    let statements = gateway.emulator.stats().statements;
+    let (status, body) = gateway
+        .post_json(&gateway.keys.sensor, &readings("a", 3))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["committed"], true, "{body}");
+    let stats = gateway.emulator.stats();
+    assert_eq!(stats.statements, statements, "no statement wrote the rows");
+    assert_eq!(stats.zerobus_records, 6);
+    // Acknowledged means durable: the rows are there now, with no wait.
+    assert_eq!(count(&gateway, TABLE).await, 6);
+    let rows = gateway
+        .query(&format!(
+            "SELECT device_id, reading_id, metric, value, value_str, ingested_at IS NOT NULL \
+             FROM {TABLE} WHERE reading_id = 'a-1' ORDER BY metric"
+        ))
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let text = |s: &str| Value::String(s.to_owned());
+    assert_eq!(rows[0][..3], [text("sensor-1"), text("a-1"), text("state")]);
+    assert_eq!(rows[0][3..], [Value::Null, text("ok"), Value::Bool(true)]);
+    assert_eq!(
+        rows[1][3..],
+        [Value::Float(1.0), Value::Null, Value::Bool(true)]
+    );
+    assert!(
+        gateway
+            .metric("lakegate_zerobus_streams_opened_total")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        gateway
+            .metric("lakegate_zerobus_resent_records_total")
+            .await,
+        0.0
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_acknowledgement_is_resent_counted_seen_once_in_the_view_and_compacted_away() {
+    let faults = Faults {
+        zerobus: ZerobusFaults {
+            lost_acks: 1,
+            ..ZerobusFaults::default()
+        },
+        ..Faults::default()
+    };
+    let mut gateway = Harness::builder()
+        .zerobus()
+        .emulator(lakegate_emulator::EmulatorConfig {
+            faults,
+            ..emulator_config()
+        })
+        .start()
+        .await;
+    let (status, body) = gateway
+        .post_json(&gateway.keys.sensor, &readings("b", 2))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gateway.emulator.stats().zerobus_lost_acks, 1);
+    // The batch was written, its acknowledgement lost, and written again on a new stream.
+    assert_eq!(count(&gateway, TABLE).await, 8);
+    assert_eq!(count(&gateway, VIEW).await, 4);
+    assert_eq!(
+        gateway
+            .metric("lakegate_zerobus_resent_records_total")
+            .await,
+        4.0
+    );
+    assert!(
+        gateway
+            .metric("lakegate_zerobus_streams_opened_total")
+            .await
+            >= 2.0
+    );
+
+    let output = compact_command(&gateway, &[]).output().unwrap();
+    assert_eq!(removed(&output), 4);
+    assert_eq!(count(&gateway, TABLE).await, 4);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_the_table_refuses_goes_to_the_dead_letter_table_and_the_rest_land() {
+    let faults = Faults {
+        reject_rows: Some(RejectRows {
+            table: TABLE.to_owned(),
+            marker: "refuse-me".to_owned(),
+        }),
+        ..Faults::default()
+    };
+    let mut gateway = Harness::builder()
+        .zerobus()
+        .emulator(lakegate_emulator::EmulatorConfig {
+            faults,
+            ..emulator_config()
+        })
+        .start()
+        .await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let body = json!([
+        {"id": "c-1", "ts": now, "metrics": {"temp": 1.0}},
+        {"id": "c-2", "ts": now, "metrics": {"note": "refuse-me"}},
+        {"id": "c-3", "ts": now, "metrics": {"temp": 3.0}},
+    ]);
+    let (status, answer) = gateway.post_json(&gateway.keys.sensor, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(count(&gateway, TABLE).await, 2);
+    let rejected = gateway
+        .query(&format!(
+            "SELECT reading_id, value_str, error_code FROM {TABLE}_rejected"
+        ))
+        .await;
+    let text = |s: &str| Value::String(s.to_owned());
+    assert_eq!(
+        rejected,
+        [vec![
+            text("c-2"),
+            text("refuse-me"),
+            text("INVALID_ARGUMENT")
+        ]]
+    );
+    assert_eq!(
+        gateway.metric("lakegate_rows_dead_lettered_total").await,
+        1.0
+    );
+    // Refused records were not written: nothing was re-sent.
+    assert_eq!(
+        gateway
+            .metric("lakegate_zerobus_resent_records_total")
+            .await,
+        0.0
+    );
+    gateway.stop().await;
+}
