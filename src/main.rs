@@ -680,8 +680,10 @@ fn log_format(local: bool) -> LogFormat {
 }
 
 fn init_logging(format: LogFormat) {
+    // The Zerobus SDK logs a routine stream end as an error; the writer logs every failed
+    // write itself, with the SDK's error (LAKEGATE_LOG can turn the SDK's own logs on).
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
-        .unwrap_or_else(|_| "info,lakegate=info".into());
+        .unwrap_or_else(|_| "info,lakegate=info,databricks_zerobus_ingest_sdk=off".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),

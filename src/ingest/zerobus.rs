@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use databricks_zerobus_ingest_sdk::{
-    GrpcCode, JsonString, NoTlsConfig, ZerobusError, ZerobusSdk, ZerobusStream,
+    GrpcCode, JsonString, NoTlsConfig, OffsetId, ZerobusError, ZerobusSdk, ZerobusStream,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -128,11 +128,11 @@ impl BatchSink for ZerobusSink {
 
     async fn write(&self, batch: &RowBatch<'_>) -> Result<(), ZerobusWriteError> {
         let ingested_at = now_micros();
-        let records = batch
-            .rows
-            .iter()
-            .map(|row| Record::of(row, ingested_at, None).json())
-            .collect();
+        let records = || {
+            (batch.rows.iter())
+                .map(|row| Record::of(row, ingested_at, None).json())
+                .collect()
+        };
         self.readings
             .send(&self.service, records, batch.rows.len(), &self.metrics)
             .await
@@ -153,11 +153,11 @@ impl BatchSink for ZerobusSink {
             error_message: &message,
         };
         let ingested_at = now_micros();
-        let records = batch
-            .rows
-            .iter()
-            .map(|row| Record::of(row, ingested_at, Some(&refusal)).json())
-            .collect();
+        let records = || {
+            (batch.rows.iter())
+                .map(|row| Record::of(row, ingested_at, Some(&refusal)).json())
+                .collect()
+        };
         self.rejected
             .send(&self.service, records, batch.rows.len(), &self.metrics)
             .await
@@ -187,29 +187,31 @@ impl Lane {
         }
     }
 
-    /// Sends `records` as one batch and waits until they are durable.
+    /// Sends the batch `records` makes and waits until it is durable.
     async fn send(
         &self,
         service: &ZerobusService,
-        records: Vec<JsonString>,
+        records: impl Fn() -> Vec<JsonString>,
         rows: usize,
         metrics: &Metrics,
     ) -> Result<(), ZerobusWriteError> {
         let mut slot = self.stream.lock().await;
-        let stream = match slot.take() {
-            Some(stream) => stream,
-            None => {
-                let stream = service.open(&self.table).await?;
-                metrics.zerobus_streams_opened.inc();
-                stream
-            }
-        };
         // Until the acknowledgement the batch may be written or not: a failure below drops
         // the stream, and the writer sends the batch again on a new one.
-        let offset = match stream.ingest_records_offset(records).await {
-            Ok(offset) => offset,
-            // Refused before it was queued: nothing was sent.
-            Err(err) => return Err(ZerobusWriteError::records(err)),
+        let (stream, offset) = match slot.take() {
+            Some(stream) => match stream.ingest_records_offset(records()).await {
+                Ok(offset) => (stream, offset),
+                // Refused before it was queued, so nothing was sent: the stream ended since
+                // the last batch (the service ends streams after some minutes). A new one
+                // at once, rather than after the writer's backoff.
+                Err(err) if !is_refused_batch(&err) => {
+                    tracing::debug!(table = %self.table, error = %err, "the Zerobus stream ended; opening another");
+                    drop(stream);
+                    self.open_and_ingest(service, records(), metrics).await?
+                }
+                Err(err) => return Err(ZerobusWriteError::records(err)),
+            },
+            None => self.open_and_ingest(service, records(), metrics).await?,
         };
         if self.outcome_unknown.swap(false, Ordering::Relaxed) {
             metrics.zerobus_resent_records.inc_by(rows as u64);
@@ -226,6 +228,21 @@ impl Lane {
         }
         *slot = Some(stream);
         Ok(())
+    }
+
+    /// Opens a stream and queues `records` on it.
+    async fn open_and_ingest(
+        &self,
+        service: &ZerobusService,
+        records: Vec<JsonString>,
+        metrics: &Metrics,
+    ) -> Result<(ZerobusStream, Option<OffsetId>), ZerobusWriteError> {
+        let stream = service.open(&self.table).await?;
+        metrics.zerobus_streams_opened.inc();
+        match stream.ingest_records_offset(records).await {
+            Ok(offset) => Ok((stream, offset)),
+            Err(err) => Err(ZerobusWriteError::records(err)),
+        }
     }
 
     /// Closes the stream gracefully, once every batch sent on it was acknowledged.
@@ -281,6 +298,11 @@ impl<'a> Record<'a> {
     fn json(&self) -> JsonString {
         JsonString(serde_json::to_string(self).expect("records serialize"))
     }
+}
+
+/// The SDK refused the batch itself (too large), not the stream.
+fn is_refused_batch(err: &ZerobusError) -> bool {
+    matches!(err, ZerobusError::InvalidArgument(_))
 }
 
 fn now_micros() -> i64 {

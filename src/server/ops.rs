@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::readiness::{Checks, Readiness};
 use super::state::{AppState, Backend};
+use crate::config::Sink;
 use crate::databricks::{self, StatementRequest};
 
 /// The process is up and serving.
@@ -17,12 +18,16 @@ pub(super) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// The warehouse check with the Zerobus sink.
+const NOT_PROBED: &str = "not_probed";
+
 /// Batch writes that keep failing this long make the gateway unready; shorter blips
 /// (a throttled statement, a token refresh) don't.
 const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(30);
 
 /// Ready when the registry has at least one device and, at a gateway, a token is
-/// obtainable, the warehouse answers and batches are being written; at a relay, the
+/// obtainable, the warehouse answers (not probed with the Zerobus sink, whose writes do not
+/// need it) and batches are being written; at a relay, the
 /// upstream answers and the spool can be written; never once shutdown has begun, so that
 /// the platform stops routing requests here at once.
 pub(super) async fn readyz(State(app): State<AppState>) -> Response {
@@ -58,7 +63,7 @@ async fn check(app: &AppState) -> Readiness {
         && match &checks {
             Checks::Gateway {
                 warehouse, writes, ..
-            } => *warehouse == "ok" && *writes == "ok",
+            } => matches!(*warehouse, "ok" | NOT_PROBED) && *writes == "ok",
             Checks::Relay {
                 upstream,
                 spool,
@@ -76,12 +81,19 @@ async fn check(app: &AppState) -> Readiness {
 }
 
 async fn gateway_checks(app: &AppState, client: &databricks::Client) -> Checks {
-    let probe = StatementRequest::new("SELECT 1").deadline(Duration::from_secs(10));
-    let warehouse = match client.statements().execute(probe).await {
-        Ok(_) => "ok",
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness: warehouse check failed");
-            "unreachable"
+    let warehouse = match app.config.sink {
+        // Writes do not need the warehouse, and a probe every few seconds would keep it
+        // running around the clock: what this sink exists to avoid.
+        Sink::Zerobus { .. } => NOT_PROBED,
+        Sink::Statements => {
+            let probe = StatementRequest::new("SELECT 1").deadline(Duration::from_secs(10));
+            match client.statements().execute(probe).await {
+                Ok(_) => "ok",
+                Err(err) => {
+                    tracing::warn!(error = %err, "readiness: warehouse check failed");
+                    "unreachable"
+                }
+            }
         }
     };
     let reason = match app.metrics.stats.writes_failing_for() {

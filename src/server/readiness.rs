@@ -23,7 +23,8 @@ pub(super) struct Readiness {
 pub(super) enum Checks {
     Gateway {
         /// `ok` when a token was obtained and the warehouse ran `SELECT 1`, else
-        /// `unreachable` (the details go to the log: this route needs no credentials).
+        /// `unreachable` (the details go to the log: this route needs no credentials);
+        /// `not_probed` with the Zerobus sink, whose writes do not need the warehouse.
         warehouse: &'static str,
         /// `ok`, or `failing` when batch writes have failed for longer than a grace
         /// period, or the table refuses them for good.

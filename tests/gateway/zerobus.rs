@@ -42,6 +42,11 @@ async fn commit_acks_come_once_the_rows_are_durable_and_the_table_holds_them() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["committed"], true, "{body}");
+    // Neither the writes nor readiness probes need the warehouse, which may stop.
+    let ready = gateway.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["warehouse"], "not_probed", "{ready}");
     let stats = gateway.emulator.stats();
     assert_eq!(stats.statements, statements, "no statement wrote the rows");
     assert_eq!(stats.zerobus_records, 6);
@@ -170,6 +175,57 @@ async fn a_record_the_table_refuses_goes_to_the_dead_letter_table_and_the_rest_l
             .metric("lakegate_zerobus_resent_records_total")
             .await,
         0.0
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_the_server_ended_between_batches_is_replaced_at_once_without_a_resend() {
+    let faults = Faults {
+        zerobus: ZerobusFaults {
+            stream_lifetime: Some(std::time::Duration::from_millis(200)),
+            close_grace: std::time::Duration::from_millis(50),
+            ..ZerobusFaults::default()
+        },
+        ..Faults::default()
+    };
+    let mut gateway = Harness::builder()
+        .zerobus()
+        .emulator(lakegate_emulator::EmulatorConfig {
+            faults,
+            ..emulator_config()
+        })
+        .start()
+        .await;
+    for round in 0..3 {
+        let (status, body) = gateway
+            .post_json(&gateway.keys.sensor, &readings(&format!("d{round}"), 1))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // The stream the batch went on ends meanwhile (error 6002).
+        lakegate_testkit::eventually(
+            std::time::Duration::from_secs(30),
+            "the server ended the stream",
+            || gateway.emulator.stats().zerobus_timeouts > round,
+        )
+        .await;
+    }
+    assert_eq!(count(&gateway, TABLE).await, 6);
+    // Each batch found its stream ended and went straight to a new one: no failed attempt
+    // (which would wait for the backoff), nothing re-sent.
+    let metrics = gateway.get("/metrics").await.text().await.unwrap();
+    assert!(!metrics.contains("failed_attempt"), "{metrics}");
+    assert_eq!(
+        gateway
+            .metric("lakegate_zerobus_resent_records_total")
+            .await,
+        0.0
+    );
+    assert!(
+        gateway
+            .metric("lakegate_zerobus_streams_opened_total")
+            .await
+            >= 3.0
     );
     gateway.stop().await;
 }
