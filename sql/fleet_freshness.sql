@@ -2,8 +2,9 @@
 -- last measured, how much it sent, and its state at a glance:
 -- reporting (last 5 minutes), quiet (last hour), silent (longer).
 -- Replace main.lakegate.readings with your LAKEGATE_TABLE.
--- Where a sink may write a row twice (LAKEGATE_READ_FROM=dedup, docs/dedup.md), read
--- main.lakegate.readings_dedup instead: the same columns, one row per reading's metric.
+-- With LAKEGATE_SINK=zerobus, whose streams may write a row twice (docs/zerobus.md), read
+-- main.lakegate.readings_dedup instead, as the API and the page do by default: the same
+-- columns, one row per reading's metric (docs/dedup.md).
 SELECT
   device_id,
   max(ts) AS last_seen,

@@ -1,7 +1,8 @@
 -- The whole fleet over the last day, per hour and metric: how many devices reported
 -- the metric, how many samples arrived, and the fleet-wide average and extremes.
--- Where a sink may write a row twice (LAKEGATE_READ_FROM=dedup, docs/dedup.md), read
--- main.lakegate.readings_dedup instead: the same columns, one row per reading's metric.
+-- With LAKEGATE_SINK=zerobus, whose streams may write a row twice (docs/zerobus.md), read
+-- main.lakegate.readings_dedup instead, as the API and the page do by default: the same
+-- columns, one row per reading's metric (docs/dedup.md).
 SELECT
   date_trunc('HOUR', ts) AS hour,
   metric,

@@ -1,8 +1,11 @@
 -- What lakegate committed per hour over the last day (by commit time): rows (one per
 -- metric), readings, and devices. Pair it with lakegate's /metrics for rejections,
 -- which are not stored in the table.
--- Counts what was written, a row a sink wrote twice included (see docs/dedup.md);
--- on main.lakegate.readings_dedup it counts each reading's metric once.
+-- Counts what was written, a row written twice included: with LAKEGATE_SINK=zerobus,
+-- whose streams may write a row twice (docs/zerobus.md), the API and the page read
+-- main.lakegate.readings_dedup by default; on that view this counts each reading's
+-- metric once (docs/dedup.md). With zerobus, ingested_at is when the gateway sent the
+-- batch, a moment before it was durable.
 SELECT
   date_trunc('HOUR', ingested_at) AS hour,
   count(*) AS rows_written,

@@ -1,7 +1,8 @@
 -- The latest value of every metric of every device seen in the last 7 days, numeric or
 -- text: the "current state" table of a fleet dashboard.
--- Where a sink may write a row twice (LAKEGATE_READ_FROM=dedup, docs/dedup.md), read
--- main.lakegate.readings_dedup instead: the same columns, one row per reading's metric.
+-- With LAKEGATE_SINK=zerobus, whose streams may write a row twice (docs/zerobus.md), read
+-- main.lakegate.readings_dedup instead, as the API and the page do by default: the same
+-- columns, one row per reading's metric (docs/dedup.md).
 SELECT device_id, metric, ts, value, value_str
 FROM (
   SELECT

@@ -6,8 +6,9 @@
 --   :from_ts    TIMESTAMP  start of the range (inclusive)
 --   :to_ts      TIMESTAMP  end of the range (exclusive)
 -- Only numeric values (and booleans, stored as 1.0 / 0.0) are charted.
--- Where a sink may write a row twice (LAKEGATE_READ_FROM=dedup, docs/dedup.md), read
--- main.lakegate.readings_dedup instead: the same columns, one row per reading's metric.
+-- With LAKEGATE_SINK=zerobus, whose streams may write a row twice (docs/zerobus.md), read
+-- main.lakegate.readings_dedup instead, as the API and the page do by default: the same
+-- columns, one row per reading's metric (docs/dedup.md).
 SELECT
   date_trunc(:bucket, ts) AS bucket_start,
   min(value) AS min_value,
