@@ -854,6 +854,16 @@ impl GatewayConfig {
         self.relay.is_some()
     }
 
+    /// What reads query: the table, or its `_dedup` view.
+    pub fn read_source(&self) -> &TableName {
+        &self.read.source
+    }
+
+    /// Whether the writers go through Zerobus Ingest rather than the warehouse.
+    pub fn writes_through_zerobus(&self) -> bool {
+        matches!(self.sink, Sink::Zerobus { .. })
+    }
+
     /// What start-up creates: the tables and the dedup view (required when reads go to it).
     pub fn tables(&self) -> crate::table::Tables<'_> {
         crate::table::Tables {

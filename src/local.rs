@@ -255,9 +255,16 @@ impl LocalWorkspace {
         self.emulator.shutdown().await;
     }
 
-    /// How to try the gateway listening at `gateway_url` that writes `table`, for the
-    /// console; `lakegate` is how to run this binary (its path).
-    pub fn instructions(&self, gateway_url: &str, table: &str, lakegate: &str) -> String {
+    /// How to try the gateway listening at `gateway_url` whose reads query `read_source`
+    /// (the table, or its `_dedup` view), for the console; `lakegate` is how to run this
+    /// binary (its path).
+    pub fn instructions(
+        &self,
+        gateway_url: &str,
+        read_source: &str,
+        zerobus: bool,
+        lakegate: &str,
+    ) -> String {
         let state = &self.state;
         let workspace = &state.workspace_url;
         let kept = match self.fresh {
@@ -292,10 +299,19 @@ impl LocalWorkspace {
         };
         text.push_str(&format!(
             "Workspace{port_note}: DATABRICKS_HOST={workspace} DATABRICKS_CLIENT_ID={} \
-             DATABRICKS_CLIENT_SECRET={} DATABRICKS_WAREHOUSE_ID={} (local and throwaway)\n\
-             Look at the table:\n  {lakegate} sql \"SELECT device_id, ts, metric, value, value_str \
-             FROM {table} ORDER BY ts DESC LIMIT 10\"\n",
+             DATABRICKS_CLIENT_SECRET={} DATABRICKS_WAREHOUSE_ID={} (local and throwaway)\n",
             state.client_id, state.client_secret, state.warehouse_id,
+        ));
+        if zerobus {
+            text.push_str(
+                "Writes go through the embedded workspace's Zerobus Ingest service \
+                 (LAKEGATE_SINK=zerobus): a row may be in the table twice, never in the view \
+                 below.\n",
+            );
+        }
+        text.push_str(&format!(
+            "Look at the table:\n  {lakegate} sql \"SELECT device_id, ts, metric, value, \
+             value_str FROM {read_source} ORDER BY ts DESC LIMIT 10\"\n"
         ));
         let key = match self.demo {
             DemoKey::Kept { .. } => &state.demo_key,

@@ -735,7 +735,10 @@ async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     #[cfg(feature = "local")]
-    let table = config.table.to_string();
+    let (read_source, zerobus) = (
+        config.read_source().to_string(),
+        config.writes_through_zerobus(),
+    );
     #[cfg_attr(not(feature = "local"), expect(unused_mut))]
     let mut gateway = Gateway::start(config).await?;
     tracing::info!(%address, "lakegate listening");
@@ -743,7 +746,10 @@ async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     if let Some(local) = gateway.local_workspace() {
         let url = format!("http://{address}");
         local.start_apps_proxy(&url).await?;
-        println!("{}", local.instructions(&url, &table, &this_binary()));
+        println!(
+            "{}",
+            local.instructions(&url, &read_source, zerobus, &this_binary())
+        );
     }
     gateway.run(listener, shutdown_signal()).await
 }
