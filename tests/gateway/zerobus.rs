@@ -183,8 +183,10 @@ async fn a_record_the_table_refuses_goes_to_the_dead_letter_table_and_the_rest_l
 async fn a_stream_the_server_ended_between_batches_is_replaced_at_once_without_a_resend() {
     let faults = Faults {
         zerobus: ZerobusFaults {
-            stream_lifetime: Some(std::time::Duration::from_millis(200)),
-            close_grace: std::time::Duration::from_millis(50),
+            // Long enough that a new stream takes its batch before it ends, however busy
+            // the machine.
+            stream_lifetime: Some(std::time::Duration::from_secs(1)),
+            close_grace: std::time::Duration::from_millis(200),
             ..ZerobusFaults::default()
         },
         ..Faults::default()
