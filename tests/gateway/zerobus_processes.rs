@@ -223,6 +223,7 @@ async fn sigkill_mid_stream_with_commit_acks_loses_nothing_acknowledged() {
     fleet.moved_to(&gateway.process.address);
     let at_kill = fleet.acknowledged();
     fleet.wait_for(at_kill + 40).await;
+    assert!(fleet.refused() > 0, "the kill cut no request off");
     let acks = fleet.stop().await;
 
     assert_each_once_in_the_view(&gateway.reader(), &acks).await;
@@ -259,6 +260,7 @@ async fn sigkill_mid_stream_with_accept_acks_loses_only_readings_still_queued() 
     fleet.moved_to(&gateway.process.address);
     let at_kill = fleet.acknowledged();
     fleet.wait_for(at_kill + 40).await;
+    assert!(fleet.refused() > 0, "the kill cut no request off");
     let acks = fleet.stop().await;
     // SIGTERM drains what the new process accepted.
     gateway.terminate().await;
