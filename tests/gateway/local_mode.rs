@@ -98,7 +98,7 @@ fn read_lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
 }
 
 /// `lakegate sql <statement>` with `env` besides the local folder.
-fn sql(dir: &Path, statement: &str, env: &[(&str, String)]) -> Output {
+pub(crate) fn sql(dir: &Path, statement: &str, env: &[(&str, String)]) -> Output {
     local_command(dir, 0)
         .args(["sql", statement])
         .envs(env.iter().map(|(name, value)| (name, value)))
@@ -128,7 +128,7 @@ fn fails_at_once(mut command: Command) -> Output {
     }
 }
 
-async fn ingest(url: &str, key: &str, id: &str) -> u16 {
+pub(crate) async fn ingest(url: &str, key: &str, id: &str) -> u16 {
     let now = chrono::Utc::now().to_rfc3339();
     lakegate_testkit::http_client()
         .post(format!("{url}/ingest"))

@@ -24,3 +24,4 @@ mod resilience;
 mod uploads;
 mod warehouse_failures;
 mod zerobus;
+mod zerobus_processes;

@@ -164,7 +164,7 @@ async fn batches_whose_answer_was_lost_are_not_written_twice() {
 
 /// The `lakegate` binary as its own process in front of `emulator`.
 /// Devices of a [`GatewayProcess`]: enough that every writer lane gets some.
-const FLEET: usize = 8;
+pub(crate) const FLEET: usize = 8;
 
 pub(crate) struct GatewayProcess {
     pub(crate) process: LakegateProcess,
@@ -215,8 +215,21 @@ impl GatewayProcess {
             .json(body)
     }
 
+    /// SIGKILL, then the same gateway (settings, keys) started again, on a new port.
+    pub(crate) fn kill_and_restart(&mut self) {
+        self.process.child.kill().unwrap(); // SIGKILL
+        self.process.child.wait().unwrap();
+        self.process =
+            LakegateProcess::spawn(env!("CARGO_BIN_EXE_lakegate"), &self.env, |_| {}).unwrap();
+    }
+
+    /// A client of the workspace, for checking what was written.
+    pub(crate) fn reader(&self) -> lakegate::databricks::Client {
+        workspace::reader(&self.env)
+    }
+
     /// Sends SIGTERM; returns how long the process took to exit (successfully).
-    async fn terminate(self) -> Duration {
+    pub(crate) async fn terminate(self) -> Duration {
         let (status, took) = self.process.terminate().await.unwrap();
         assert!(status.success(), "{status:?}");
         took
@@ -228,9 +241,24 @@ async fn sigterm_flushes_every_queued_reading() {
     let mut config = emulator_config();
     config.faults.statement_latency = Duration::from_millis(300);
     let emulator = start_emulator(config).await;
+    sigterm_flushes_queued_readings(&emulator, &[], TABLE).await;
+}
+
+/// Readings of every device queued (202) in a gateway (with `extra` settings), then
+/// SIGTERM: it exits 0 within 15 s and `from` (the table, or its `_dedup` view) holds
+/// every one of them.
+pub(crate) async fn sigterm_flushes_queued_readings(
+    emulator: &Emulator,
+    extra: &[(&str, &str)],
+    from: &str,
+) {
     // Long flush interval: the readings are surely still queued at SIGTERM, in every
     // writer's lane (the fleet's devices spread over the 4 default writers).
-    let gateway = GatewayProcess::start(&emulator, &[("LAKEGATE_LINGER_MS", "20000")]);
+    let settings: Vec<_> = [("LAKEGATE_LINGER_MS", "20000")]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let gateway = GatewayProcess::start(emulator, &settings);
 
     let http = lakegate::databricks::http_client().unwrap();
     for request in 0..10 {
@@ -248,15 +276,12 @@ async fn sigterm_flushes_every_queued_reading() {
             assert_eq!(response.status(), 202);
         }
     }
-    let reader = workspace::reader(&gateway.env);
+    let reader = gateway.reader();
     let took = gateway.terminate().await;
     assert!(took < Duration::from_secs(15), "{took:?}");
     let expected = (10 * FLEET * 3) as i64;
-    assert_eq!(
-        workspace::row_count(&reader, TABLE).await.unwrap(),
-        expected
-    );
-    let sql = format!("SELECT count(DISTINCT device_id) FROM {TABLE}");
+    assert_eq!(workspace::row_count(&reader, from).await.unwrap(), expected);
+    let sql = format!("SELECT count(DISTINCT device_id) FROM {from}");
     let devices = reader
         .statements()
         .execute(lakegate::databricks::StatementRequest::new(sql))

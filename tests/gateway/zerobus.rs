@@ -2,15 +2,17 @@
 //! same rows as the SQL sink, acknowledged once durable; re-sends after a broken stream
 //! counted and seen once through the `_dedup` view; `lakegate compact` cleans the table.
 
+use std::time::Duration;
+
 use lakegate::databricks::Value;
+use lakegate::devices::hash_key;
 use lakegate_emulator::{Faults, RejectRows, ZerobusFaults};
-use lakegate_testkit::gateway::Harness;
-use lakegate_testkit::{TABLE, emulator_config};
+use lakegate_testkit::gateway::{Harness, Keys};
+use lakegate_testkit::{TABLE, emulator_config, eventually_async};
 use serde_json::json;
 
 use super::dedup::{compact_command, removed};
-
-const VIEW: &str = "main.lakegate.readings_dedup";
+use super::zerobus_processes::{Fleet, VIEW, assert_each_once_in_the_view};
 
 async fn count(gateway: &Harness, from: &str) -> i64 {
     let rows = gateway.query(&format!("SELECT count(*) FROM {from}")).await;
@@ -176,6 +178,115 @@ async fn a_record_the_table_refuses_goes_to_the_dead_letter_table_and_the_rest_l
             .await,
         0.0
     );
+    gateway.stop().await;
+}
+
+/// `n` devices (`zb-1` ...) with fresh keys, and the registry entries that admit them.
+fn devices(n: usize) -> (Vec<(String, String)>, serde_json::Value) {
+    let devices: Vec<(String, String)> = (1..=n)
+        .map(|d| (format!("zb-{d}"), Keys::new().sensor))
+        .collect();
+    let entries: serde_json::Map<String, serde_json::Value> = (devices.iter())
+        .map(|(device, key)| (device.clone(), json!({"keys": [hash_key(key)]})))
+        .collect();
+    (devices, json!({ "devices": entries }))
+}
+
+fn zerobus_faults(faults: ZerobusFaults) -> lakegate_emulator::EmulatorConfig {
+    let mut config = emulator_config();
+    config.faults.zerobus = faults;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_the_server_closes_under_load_lose_nothing_and_duplicate_only_in_the_table() {
+    let (devices, registry) = devices(6);
+    let mut gateway = Harness::builder()
+        .zerobus()
+        .emulator(zerobus_faults(ZerobusFaults {
+            stream_lifetime: Some(Duration::from_secs(2)),
+            close_grace: Duration::from_millis(300),
+            durability_latency: Duration::from_millis(50),
+            // Besides: three batches written whose acknowledgement never comes.
+            lost_acks: 3,
+            ..ZerobusFaults::default()
+        }))
+        .registry(registry)
+        .start()
+        .await;
+    let address = gateway.url.trim_start_matches("http://").to_owned();
+    let fleet = Fleet::start(&address, &devices, |_| "?ack=commit");
+    // Load for as long as the server ends several streams (about 10 s).
+    let emulator = &gateway.emulator;
+    eventually_async(
+        Duration::from_secs(60),
+        "5 streams ended by the server",
+        async || emulator.stats().zerobus_timeouts >= 5,
+    )
+    .await;
+    let refused = fleet.refused();
+    let acks = fleet.stop().await;
+    assert_eq!(refused, 0, "a commit request was refused or cut off");
+    assert!(acks.len() >= 50, "only {} readings", acks.len());
+
+    assert_each_once_in_the_view(gateway.reader(), &acks).await;
+    let (table, view) = (count(&gateway, TABLE).await, count(&gateway, VIEW).await);
+    let resent = gateway
+        .metric("lakegate_zerobus_resent_records_total")
+        .await;
+    assert!(table > view, "no duplicate in the table");
+    assert!(
+        (table - view) as f64 <= resent,
+        "{table} rows, {view} in the view, {resent} resent"
+    );
+    let opened = gateway
+        .metric("lakegate_zerobus_streams_opened_total")
+        .await;
+    eprintln!("{table} rows, {view} in the view, {resent} resent, {opened} streams opened");
+    assert!(opened >= 5.0, "streams were not replaced: {opened} opened");
+
+    let output = compact_command(&gateway, &[]).output().unwrap();
+    assert_eq!(removed(&output) as i64, table - view);
+    assert_eq!(count(&gateway, TABLE).await, view);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttling_is_honoured_with_backoff_and_every_commit_still_gets_its_200() {
+    let (devices, registry) = devices(4);
+    let mut gateway = Harness::builder()
+        .zerobus()
+        .registry(registry)
+        .start()
+        .await;
+    let throttle = |share| Faults {
+        zerobus: ZerobusFaults {
+            throttle_share: share,
+            ..ZerobusFaults::default()
+        },
+        ..Faults::default()
+    };
+    // A storm: every stream creation and record refused for 2 s, then a third of them.
+    gateway.emulator.set_faults(throttle(1.0));
+    let address = gateway.url.trim_start_matches("http://").to_owned();
+    let fleet = Fleet::start(&address, &devices, |_| "?ack=commit");
+    // The storm's length, not a wait for anything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let in_storm = gateway.emulator.stats().zerobus_throttled;
+    gateway.emulator.set_faults(throttle(0.3));
+    fleet.wait_for(80).await;
+    let refused = fleet.refused();
+    let acks = fleet.stop().await;
+    eprintln!("{in_storm} refusals in the storm, {} readings", acks.len());
+
+    // The writers' lanes (4) retried with exponential backoff (200 ms, 400 ms, 800 ms ...):
+    // a handful of attempts each, not one per round trip.
+    assert!(in_storm >= 2, "the storm refused only {in_storm}");
+    assert!(in_storm <= 40, "{in_storm} refusals in 2 s: no backoff");
+    assert!(gateway.emulator.stats().zerobus_throttled > in_storm);
+    // Within the ack timeout (30 s), every commit request heard 200.
+    assert_eq!(refused, 0, "a commit request was refused or cut off");
+    assert_each_once_in_the_view(gateway.reader(), &acks).await;
     gateway.stop().await;
 }
 
