@@ -17,7 +17,8 @@ use crate::databricks;
 use crate::devices::{KeySource, LiveRegistry, reload_loop};
 use crate::health::WriteHealth;
 use crate::ingest::{
-    BatchSettings, BatchSink, IngestQueue, Lane, StatementSink, Writer, ZerobusService, ZerobusSink,
+    BatchSettings, BatchSink, IngestQueue, Lane, LayoutCheck, StatementSink, Writer,
+    ZerobusService, ZerobusSink,
 };
 use crate::metrics::Metrics;
 use crate::relay::{RelayState, forward_loop, spool_loop};
@@ -267,12 +268,20 @@ async fn start_table_writers(
             let service =
                 ZerobusService::new(endpoint, &settings.host, client_id, client_secret.clone())
                     .context("connecting to Zerobus Ingest")?;
+            // A wrong endpoint, grant or credential fails start-up, as a missing warehouse
+            // does for the SQL sink, rather than the first device's request.
+            service
+                .check(&config.table)
+                .await
+                .with_context(|| format!("opening a Zerobus stream to {}", config.table))?;
             tracing::info!(endpoint, table = %config.table, "writing through Zerobus Ingest");
+            let layout = Arc::new(LayoutCheck::new(client.statements(), &config.table));
             shared.spawn(lanes, || {
                 ZerobusSink::new(
                     service.clone(),
                     &config.table,
                     &config.dead_letter_table,
+                    layout.clone(),
                     metrics.clone(),
                 )
             });

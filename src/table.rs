@@ -129,6 +129,53 @@ const COLUMNS: [Column; 7] = [
     ),
 ];
 
+/// Whether `table`'s columns are still lakegate's, names and types, as a sink that sends
+/// whole rows (Zerobus) needs them: `Ok(Err(..))` names the difference. Reads no rows.
+pub(crate) async fn check_layout(
+    statements: &Statements,
+    table: &TableName,
+) -> Result<Result<(), String>, databricks::Error> {
+    let result = statements
+        .execute(StatementRequest::new(format!(
+            "SELECT * FROM {table} LIMIT 0"
+        )))
+        .await?;
+    let found: Vec<(String, String)> = (result.columns().iter())
+        .map(|c| {
+            (
+                c.name.to_ascii_lowercase(),
+                c.type_text.to_ascii_uppercase(),
+            )
+        })
+        .collect();
+    let expected = COLUMNS.iter().map(|c| {
+        let sql_type = c.sql_type.split(' ').next().unwrap_or_default();
+        (c.name, sql_type)
+    });
+    let mut differences = Vec::new();
+    for (name, sql_type) in expected.clone() {
+        match found.iter().find(|(found, _)| found == name) {
+            None => differences.push(format!("{name} is missing")),
+            Some((_, found)) if found != sql_type => {
+                differences.push(format!("{name} is {found}, not {sql_type}"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &found {
+        if !expected.clone().any(|(expected, _)| expected == name) {
+            differences.push(format!("{name} is not one of lakegate's columns"));
+        }
+    }
+    Ok(match differences.is_empty() {
+        true => Ok(()),
+        false => Err(format!(
+            "the columns of {table} are not lakegate's: {}",
+            differences.join(", ")
+        )),
+    })
+}
+
 /// The dead-letter table has the same columns, plus why the table refused the row.
 const DEAD_LETTER_COLUMNS: [Column; 2] = [
     column(

@@ -26,4 +26,4 @@ pub(crate) use rejection::{RejectReason, excerpt};
 pub(crate) use request::{RejectedReading, notes_on};
 pub(crate) use sink::StatementSink;
 pub(crate) use writer::{BatchSettings, BatchSink, Writer};
-pub(crate) use zerobus::{ZerobusService, ZerobusSink};
+pub(crate) use zerobus::{LayoutCheck, ZerobusService, ZerobusSink};

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use databricks_zerobus_ingest_sdk::{
     GrpcCode, JsonString, NoTlsConfig, OffsetId, ZerobusError, ZerobusSdk, ZerobusStream,
@@ -29,9 +29,9 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::writer::{BatchSink, RowBatch, WriteFailure};
-use crate::databricks::FailureKind;
+use crate::databricks::{FailureKind, Statements};
 use crate::metrics::Metrics;
-use crate::table::{TableName, TableRow};
+use crate::table::{self, TableName, TableRow};
 
 /// Longest error message kept in the dead-letter table (as the statement sink does).
 const MAX_ERROR_MESSAGE: usize = 4000;
@@ -77,6 +77,28 @@ impl ZerobusService {
         })
     }
 
+    /// Opens a stream to `table` and closes it: the endpoint answers, the credentials get
+    /// a token for the table, and the table takes streams. Transient failures are retried
+    /// a few times.
+    pub(crate) async fn check(&self, table: &TableName) -> Result<(), ZerobusWriteError> {
+        let mut attempt = 1;
+        loop {
+            match self.open(&table.to_string()).await {
+                Ok(mut stream) => {
+                    // Nothing was sent: a failed close loses nothing.
+                    let _ = stream.close().await;
+                    return Ok(());
+                }
+                Err(err) if err.kind() == FailureKind::Transient && attempt < CHECK_ATTEMPTS => {
+                    tracing::warn!(error = %err, attempt, "opening a Zerobus stream; trying again");
+                    tokio::time::sleep(Duration::from_secs(attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
     async fn open(&self, table: &str) -> Result<ZerobusStream, ZerobusWriteError> {
         self.sdk
             .stream_builder()
@@ -96,6 +118,9 @@ impl ZerobusService {
     }
 }
 
+/// Attempts of the start-up check before a transient failure fails start-up.
+const CHECK_ATTEMPTS: u64 = 4;
+
 /// A batch unacknowledged this long is taken for lost and sent again on a new stream.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -104,21 +129,69 @@ pub(crate) struct ZerobusSink {
     service: ZerobusService,
     readings: Lane,
     rejected: Lane,
+    layout: Arc<LayoutCheck>,
     metrics: Arc<Metrics>,
 }
 
 impl ZerobusSink {
+    /// `layout` is shared by every lane's sink.
     pub(crate) fn new(
         service: ZerobusService,
         table: &TableName,
         dead_letter: &TableName,
+        layout: Arc<LayoutCheck>,
         metrics: Arc<Metrics>,
     ) -> Self {
         ZerobusSink {
             service,
             readings: Lane::new(table),
             rejected: Lane::new(dead_letter),
+            layout,
             metrics,
+        }
+    }
+}
+
+/// Before refused records are taken for the rows' fault (and dead-lettered), whether the
+/// table still has lakegate's columns: a column dropped or retyped by hand makes Zerobus
+/// refuse every record, which is the table's fault, and its rows must be kept. Asks the
+/// warehouse (the only statement this sink runs), at most once a minute while the answer
+/// is yes.
+pub(crate) struct LayoutCheck {
+    statements: Statements,
+    table: TableName,
+    confirmed_at: Mutex<Option<Instant>>,
+}
+
+/// How long a confirmed layout is trusted.
+const LAYOUT_TRUSTED_FOR: Duration = Duration::from_secs(60);
+
+impl LayoutCheck {
+    pub(crate) fn new(statements: Statements, table: &TableName) -> Self {
+        LayoutCheck {
+            statements,
+            table: table.clone(),
+            confirmed_at: Mutex::new(None),
+        }
+    }
+
+    /// `refusal` (records the table refused) if the table is as lakegate made it; else why
+    /// the rows are not to blame.
+    async fn blame_rows(&self, refusal: ZerobusWriteError) -> ZerobusWriteError {
+        let mut confirmed_at = self.confirmed_at.lock().await;
+        if confirmed_at.is_some_and(|at| at.elapsed() < LAYOUT_TRUSTED_FOR) {
+            return refusal;
+        }
+        match table::check_layout(&self.statements, &self.table).await {
+            Ok(Ok(())) => {
+                *confirmed_at = Some(Instant::now());
+                refusal
+            }
+            Ok(Err(difference)) => ZerobusWriteError::Layout(difference),
+            Err(check) => ZerobusWriteError::Unverified {
+                refusal: refusal.to_string(),
+                check: Box::new(check),
+            },
         }
     }
 }
@@ -133,9 +206,13 @@ impl BatchSink for ZerobusSink {
                 .map(|row| Record::of(row, ingested_at, None).json())
                 .collect()
         };
-        self.readings
+        match (self.readings)
             .send(&self.service, records, batch.rows.len(), &self.metrics)
             .await
+        {
+            Err(refusal) if refusal.is_data_error() => Err(self.layout.blame_rows(refusal).await),
+            written => written,
+        }
     }
 
     async fn write_dead_letter(
@@ -196,38 +273,55 @@ impl Lane {
         metrics: &Metrics,
     ) -> Result<(), ZerobusWriteError> {
         let mut slot = self.stream.lock().await;
-        // Until the acknowledgement the batch may be written or not: a failure below drops
-        // the stream, and the writer sends the batch again on a new one.
-        let (stream, offset) = match slot.take() {
-            Some(stream) => match stream.ingest_records_offset(records()).await {
-                Ok(offset) => (stream, offset),
-                // Refused before it was queued, so nothing was sent: the stream ended since
-                // the last batch (the service ends streams after some minutes). A new one
-                // at once, rather than after the writer's backoff.
-                Err(err) if !is_refused_batch(&err) => {
-                    tracing::debug!(table = %self.table, error = %err, "the Zerobus stream ended; opening another");
-                    drop(stream);
-                    self.open_and_ingest(service, records(), metrics).await?
+        // The service ends every stream after some minutes (error 6002): a batch caught by
+        // that goes again at once on a new stream, not after the writer's backoff.
+        let mut rotations_left = 1;
+        loop {
+            let (stream, offset) = match slot.take() {
+                Some(stream) => match stream.ingest_records_offset(records()).await {
+                    Ok(offset) => (stream, offset),
+                    Err(err) if is_refused_batch(&err) => {
+                        // Refused before it was sent; the stream is fine.
+                        *slot = Some(stream);
+                        return Err(ZerobusWriteError::records(err));
+                    }
+                    // Refused before it was queued, so nothing was sent: the stream ended
+                    // since the last batch. A new one at once.
+                    Err(err) => {
+                        tracing::debug!(table = %self.table, error = %err, "the Zerobus stream ended; opening another");
+                        drop(stream);
+                        self.open_and_ingest(service, records(), metrics).await?
+                    }
+                },
+                None => self.open_and_ingest(service, records(), metrics).await?,
+            };
+            // Sent: until the acknowledgement the batch may be written or not.
+            if self.outcome_unknown.swap(false, Ordering::Relaxed) {
+                metrics.zerobus_resent_records.inc_by(rows as u64);
+            }
+            let Some(offset) = offset else {
+                *slot = Some(stream);
+                return Ok(());
+            };
+            let err = match stream.wait_for_offset(offset).await {
+                Ok(()) => {
+                    *slot = Some(stream);
+                    return Ok(());
                 }
-                Err(err) => return Err(ZerobusWriteError::records(err)),
-            },
-            None => self.open_and_ingest(service, records(), metrics).await?,
-        };
-        if self.outcome_unknown.swap(false, Ordering::Relaxed) {
-            metrics.zerobus_resent_records.inc_by(rows as u64);
-        }
-        if let Some(offset) = offset
-            && let Err(err) = stream.wait_for_offset(offset).await
-        {
-            let err = ZerobusWriteError::records(err);
-            // Refused records were not written; anything else may have been.
+                Err(err) => ZerobusWriteError::records(err),
+            };
+            // The stream is dropped here; refused records were not written, anything
+            // else may have been.
             if !err.is_data_error() {
                 self.outcome_unknown.store(true, Ordering::Relaxed);
             }
+            if err.is_stream_rotation() && rotations_left > 0 {
+                rotations_left -= 1;
+                tracing::debug!(table = %self.table, "the service ended the stream under a batch; sending it again");
+                continue;
+            }
             return Err(err);
         }
-        *slot = Some(stream);
-        Ok(())
     }
 
     /// Opens a stream and queues `records` on it.
@@ -309,48 +403,99 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// A Zerobus write that failed, and whether it failed opening a stream or on its records.
+/// A Zerobus write that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("Zerobus: {source}")]
-pub(crate) struct ZerobusWriteError {
-    source: ZerobusError,
-    /// While opening a stream, an invalid argument is the table's or the request's (the
-    /// table's layout, its name), never the rows'.
-    opening: bool,
+pub(crate) enum ZerobusWriteError {
+    /// The SDK's error, opening a stream or on a batch's records.
+    #[error("Zerobus: {source}")]
+    Sdk {
+        source: ZerobusError,
+        /// While opening a stream, an invalid argument is the table's or the request's
+        /// (its layout, its name), never the rows'.
+        opening: bool,
+    },
+    /// Records were refused, and the table's columns are not lakegate's: the table's
+    /// fault, not the rows'.
+    #[error("Zerobus refused the records: {0}")]
+    Layout(String),
+    /// Records were refused, and whether the table is to blame could not be checked.
+    #[error(
+        "Zerobus refused the records ({refusal}), and the table's columns could not be checked: {check}"
+    )]
+    Unverified {
+        refusal: String,
+        check: Box<crate::databricks::Error>,
+    },
 }
 
 impl ZerobusWriteError {
     fn opening(source: ZerobusError) -> Self {
-        ZerobusWriteError {
+        ZerobusWriteError::Sdk {
             source,
             opening: true,
         }
     }
 
     fn records(source: ZerobusError) -> Self {
-        ZerobusWriteError {
+        ZerobusWriteError::Sdk {
             source,
             opening: false,
         }
     }
 
+    fn sdk(&self) -> Option<&ZerobusError> {
+        match self {
+            ZerobusWriteError::Sdk { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
     /// The gRPC status the server ended the stream with (or refused to open it with).
     fn status_code(&self) -> Option<GrpcCode> {
-        match &self.source {
+        match self.sdk()? {
             ZerobusError::CreateStreamError(status) | ZerobusError::StreamClosedError(status) => {
                 Some(status.code())
             }
             _ => None,
         }
     }
+
+    /// The service ended the stream as it ends every stream after some minutes.
+    fn is_stream_rotation(&self) -> bool {
+        matches!(self.sdk(), Some(ZerobusError::StreamClosedError(status))
+            if status.code() == GrpcCode::Unavailable && status.message().contains("6002"))
+    }
 }
+
+/// What the SDK reports as an invalid argument of its own (an acknowledgement it cannot
+/// place), not the server's refusal of records: the batch may well be written.
+const SDK_PROTOCOL_ERRORS: [&str; 3] = [
+    "Invalid durability ACK offset",
+    "Pending batch count",
+    "Greatest sent offset",
+];
+
+/// The token endpoint's answers the SDK calls invalid credentials though retrying may
+/// work: throttling, a timeout, a connection cut or an answer that did not parse.
+const TRANSIENT_TOKEN_ERRORS: [&str; 4] = ["(429)", "(408)", "Request failed", "Parse failed"];
 
 impl WriteFailure for ZerobusWriteError {
     fn kind(&self) -> FailureKind {
         if self.is_data_error() {
             return FailureKind::Request;
         }
-        match &self.source {
+        let (source, opening) = match self {
+            ZerobusWriteError::Layout(_) => return FailureKind::Target,
+            ZerobusWriteError::Unverified { check, .. } => {
+                return match check.kind() {
+                    // The check itself was refused: the warehouse is for the operator to fix.
+                    FailureKind::Target | FailureKind::Request => FailureKind::Target,
+                    FailureKind::Transient => FailureKind::Transient,
+                };
+            }
+            ZerobusWriteError::Sdk { source, opening } => (source, *opening),
+        };
+        match source {
             ZerobusError::CreateStreamError(_) | ZerobusError::StreamClosedError(_) => {
                 match self.status_code() {
                     Some(
@@ -366,25 +511,38 @@ impl WriteFailure for ZerobusWriteError {
                     _ => FailureKind::Transient,
                 }
             }
+            ZerobusError::InvalidUCTokenError(message)
+                if TRANSIENT_TOKEN_ERRORS.iter().any(|m| message.contains(m)) =>
+            {
+                FailureKind::Transient
+            }
             ZerobusError::InvalidTableName(_)
             | ZerobusError::InvalidZerobusEndpointError(_)
             | ZerobusError::InvalidUCEndpointError(_)
             | ZerobusError::InvalidUCTokenError(_)
             | ZerobusError::InvalidSchema { .. } => FailureKind::Target,
-            ZerobusError::InvalidArgument(_) if self.opening => FailureKind::Target,
+            ZerobusError::InvalidArgument(_) if opening => FailureKind::Target,
             _ => FailureKind::Transient,
         }
     }
 
     fn is_data_error(&self) -> bool {
-        if self.opening {
-            return false;
-        }
-        match &self.source {
-            // Too large a batch, refused before it was sent: halving it helps.
-            ZerobusError::InvalidArgument(_) => true,
-            // The server refused a record of the batch (a value the column does not take).
-            ZerobusError::StreamClosedError(status) => status.code() == GrpcCode::InvalidArgument,
+        match self {
+            // The SDK's too-large batch (halving helps), or the server's refusal of a
+            // record (the SDK reports a stream ended with INVALID_ARGUMENT so too).
+            ZerobusWriteError::Sdk {
+                source: ZerobusError::InvalidArgument(message),
+                opening: false,
+            } => !SDK_PROTOCOL_ERRORS.iter().any(|m| message.contains(m)),
+            ZerobusWriteError::Sdk {
+                source: ZerobusError::StreamClosedError(status),
+                opening: false,
+            } => {
+                status.code() == GrpcCode::InvalidArgument
+                    && !SDK_PROTOCOL_ERRORS
+                        .iter()
+                        .any(|m| status.message().contains(m))
+            }
             _ => false,
         }
     }
@@ -398,9 +556,14 @@ impl WriteFailure for ZerobusWriteError {
     }
 
     fn error_class(&self) -> Option<&str> {
+        let source = match self {
+            ZerobusWriteError::Layout(_) => return Some("TABLE_LAYOUT_CHANGED"),
+            ZerobusWriteError::Unverified { .. } => return Some("INVALID_ARGUMENT"),
+            ZerobusWriteError::Sdk { source, .. } => source,
+        };
         Some(match self.status_code() {
             Some(code) => grpc_code_name(code),
-            None => match &self.source {
+            None => match source {
                 ZerobusError::InvalidArgument(_) => "INVALID_ARGUMENT",
                 ZerobusError::InvalidUCTokenError(_) | ZerobusError::TokenFetchError(_) => {
                     "TOKEN_REFUSED"
@@ -436,5 +599,119 @@ fn grpc_code_name(code: GrpcCode) -> &'static str {
         GrpcCode::Unauthenticated => "UNAUTHENTICATED",
         #[allow(unreachable_patterns)]
         _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use databricks_zerobus_ingest_sdk::GrpcStatus;
+
+    use super::*;
+
+    fn on_records(source: ZerobusError) -> ZerobusWriteError {
+        ZerobusWriteError::records(source)
+    }
+
+    fn closed(code: GrpcCode, message: &str) -> ZerobusError {
+        ZerobusError::StreamClosedError(GrpcStatus::new(code, message))
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_records_is_the_rows_fault() {
+        let refused = on_records(ZerobusError::InvalidArgument(
+            "Record 3 of the message is invalid: column value: not a number".into(),
+        ));
+        assert!(refused.is_data_error());
+        assert_eq!(refused.kind(), FailureKind::Request);
+        let too_large = on_records(ZerobusError::InvalidArgument(
+            "Ingest payload too large: 11000000 bytes".into(),
+        ));
+        assert!(too_large.is_data_error());
+        // The SDK's own complaints about acknowledgements: the batch may be written.
+        for message in [
+            "Invalid durability ACK offset 7; expected 2..=3",
+            "Pending batch count exceeds the supported offset range",
+        ] {
+            for source in [
+                ZerobusError::InvalidArgument(message.into()),
+                closed(GrpcCode::InvalidArgument, message),
+            ] {
+                let err = on_records(source);
+                assert!(!err.is_data_error(), "{err}");
+            }
+        }
+        // Opening a stream, an invalid argument is the table's (its layout, its name).
+        let opening = ZerobusWriteError::opening(ZerobusError::InvalidArgument("x".into()));
+        assert!(!opening.is_data_error());
+        assert_eq!(opening.kind(), FailureKind::Target);
+        let layout = ZerobusWriteError::Layout("value_str is missing".into());
+        assert!(!layout.is_data_error());
+        assert_eq!(layout.kind(), FailureKind::Target);
+    }
+
+    #[test]
+    fn throttling_and_unavailability_are_transient_refusals_of_access_are_not() {
+        let transient = [
+            closed(GrpcCode::ResourceExhausted, "Too many requests"),
+            closed(
+                GrpcCode::Unavailable,
+                "Stream timeout reached. Please recreate the stream. Error Code: 6002",
+            ),
+            ZerobusError::TokenFetchError("Unity catalog server error (503): busy".into()),
+            ZerobusError::InvalidUCTokenError("Client error (429): slow down".into()),
+            ZerobusError::InvalidUCTokenError("Request failed: connection reset".into()),
+        ];
+        for source in transient {
+            let err = on_records(source);
+            assert_eq!(err.kind(), FailureKind::Transient, "{err}");
+        }
+        let target = [
+            closed(GrpcCode::PermissionDenied, "no MODIFY"),
+            closed(GrpcCode::NotFound, "Table 'a.b.c' does not exist."),
+            ZerobusError::InvalidUCTokenError("Client error (401): invalid_client".into()),
+        ];
+        for source in target {
+            let err = ZerobusWriteError::opening(source);
+            assert_eq!(err.kind(), FailureKind::Target, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_stream_ended_by_the_service_is_told_apart() {
+        let rotation = on_records(closed(
+            GrpcCode::Unavailable,
+            "Stream timeout reached. Please recreate the stream. Error Code: 6002",
+        ));
+        assert!(rotation.is_stream_rotation());
+        let dropped = on_records(closed(GrpcCode::Unavailable, "connection reset"));
+        assert!(!dropped.is_stream_rotation());
+    }
+
+    #[test]
+    fn records_leave_absent_values_out_and_carry_microseconds() {
+        let row = TableRow {
+            device_id: "d-1".into(),
+            reading_id: "r-1".into(),
+            ts_us: 1_700_000_000_123_456,
+            metric: "temp".into(),
+            value: Some(21.5),
+            value_str: None,
+        };
+        let json = Record::of(&row, 42, None).json().0;
+        assert_eq!(
+            json,
+            r#"{"device_id":"d-1","reading_id":"r-1","ts":1700000000123456,"metric":"temp","value":21.5,"ingested_at":42}"#
+        );
+        let refusal = Refusal {
+            error_code: "INVALID_ARGUMENT",
+            error_message: "no",
+        };
+        let json = Record::of(&row, 42, Some(&refusal)).json().0;
+        assert!(
+            json.ends_with(
+                r#""ingested_at":42,"error_code":"INVALID_ARGUMENT","error_message":"no"}"#
+            ),
+            "{json}"
+        );
     }
 }
