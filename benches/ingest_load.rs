@@ -5,11 +5,16 @@
 //! here with concurrent keep-alive connections. For each scenario it prints
 //! requests and readings per second and latency percentiles, next to the bare
 //! `GET /healthz` route of the same binary, then checks that the table holds
-//! exactly the rows of every acknowledged reading. A last pass overloads a second
-//! gateway (slow statements, 100-metric readings) and samples its resident memory
-//! against the write queue's byte budget. When `wrk` is installed, the bare route and
-//! the one-reading ingest are also measured from a second process, in alternating
-//! rounds. See docs/benchmark.md.
+//! exactly the rows of every acknowledged reading. The writers' passes then put each sink
+//! (`LAKEGATE_SINK=sql`, MERGE statements slowed to a warehouse's latency, and `zerobus`,
+//! acknowledgements held back by Zerobus' durability latency) under low load and under
+//! saturation, side by side, and compare them. Last, an overload pass per sink floods a
+//! gateway (slow writes, 100-metric readings) and samples its resident memory against
+//! the write queue's byte budget. When `wrk` is installed, the bare route and the
+//! one-reading ingest are also measured from a second process, in alternating rounds.
+//! See docs/benchmark.md.
+//!
+//! `cargo bench --bench ingest_load -- sinks` runs only the sinks' passes.
 //!
 //! Settings (environment): `BENCH_CONCURRENCY` (32 connections), `BENCH_SECS`
 //! (5 s measured per scenario), `BENCH_WARMUP_SECS` (1 s, discarded),
@@ -38,7 +43,8 @@ const METRICS: [&str; 2] = ["temperature", "humidity"];
 const WIDE_METRICS: usize = 100;
 const WIDE_READINGS: usize = 10;
 const OVERLOAD_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
-const OVERLOAD_STATEMENT_LATENCY: Duration = Duration::from_secs(2);
+/// How slow each backend's writes are in the overload pass, so that the queue fills.
+const OVERLOAD_LATENCY: Duration = Duration::from_secs(2);
 /// What the gateway may hold beyond its queue: code, runtime, buffers of requests in flight.
 const MEMORY_HEADROOM: u64 = 64 * 1024 * 1024;
 /// Longer than the gateway's commit wait (30 s), so its own 503 comes first.
@@ -50,6 +56,8 @@ struct Settings {
     measure: Duration,
     warmup: Duration,
     max_requests: u64,
+    /// Only the sinks' passes (`cargo bench --bench ingest_load -- sinks`).
+    sinks_only: bool,
 }
 
 impl Settings {
@@ -68,6 +76,7 @@ impl Settings {
             measure: Duration::from_secs(number("BENCH_SECS", 5)?),
             warmup: Duration::from_secs(number("BENCH_WARMUP_SECS", 1)?),
             max_requests: number("BENCH_MAX_REQUESTS", 200_000)?,
+            sinks_only: false,
         })
     }
 }
@@ -576,7 +585,8 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut total = Tally::default();
-    for scenario in &SCENARIOS {
+    let scenarios: &[Scenario] = if settings.sinks_only { &[] } else { &SCENARIOS };
+    for scenario in scenarios {
         eprintln!("running: {}", scenario.name);
         wait_for_empty_queue(&gateway).await?;
         let (warmup, _) = pass(&gateway, scenario.target, &settings, settings.warmup).await;
@@ -605,10 +615,12 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
         });
         total.merge(tally);
     }
-    print_table(&rows, &settings);
-    // One reading a round, sent again and again: written once.
-    total.to_be_written +=
-        second_process(&gateway, process.child.id(), dir.path(), &settings).await?;
+    if !settings.sinks_only {
+        print_table(&rows, &settings);
+        // One reading a round, sent again and again: written once.
+        total.to_be_written +=
+            second_process(&gateway, process.child.id(), dir.path(), &settings).await?;
+    }
     let fleet = LoadClient {
         honours_retry_after: true,
         keys: fleet_keys
@@ -617,13 +629,19 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
             .collect(),
         ..gateway.clone()
     };
-    writers(emulator, &registry, &fleet, &settings).await?;
-    let overload = overload(emulator, &registry, &gateway, &settings).await?;
+    let passes = write_passes(settings.sinks_only);
+    let written = writers(emulator, &registry, &fleet, &settings, &passes).await?;
+    let mut within_budget = Vec::new();
+    for sink in [SQL_SINK, Backend::Zerobus(ZEROBUS_DURABILITY)] {
+        let slow = sink.with_latency(OVERLOAD_LATENCY);
+        let fits = overload(emulator, &registry, &gateway, &settings, slow).await?;
+        within_budget.push((sink, fits));
+    }
+    print_sinks(&written, &within_budget);
 
     // Every acknowledged reading must reach the table exactly once.
     let reader = workspace::reader(&gateway_env(emulator, &registry, &[]));
-    let expected = (total.to_be_written * METRICS.len() as u64
-        + overload.to_be_written * WIDE_METRICS as u64) as i64;
+    let expected = (total.to_be_written * METRICS.len() as u64) as i64;
     let waited = Instant::now();
     let (within, every) = (Duration::from_secs(30), Duration::from_millis(200));
     let count = async || workspace::row_count(&reader, TABLE).await;
@@ -638,14 +656,12 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     .unwrap_or_else(|last| last)?;
     println!(
         "\nCheck: {} readings acknowledged ({} more queued behind a 503 not_yet_committed, \
-         {} with no answer) x {} metrics, and {} x {WIDE_METRICS} in the overload pass = \
-         {expected} rows expected; the table holds {count} (after waiting {:.1} s for the \
+         {} with no answer) x {} metrics = {expected} rows expected; the table holds {count} (after waiting {:.1} s for the \
          last flush): {}",
         total.acknowledged,
         total.to_be_written - total.acknowledged,
         total.unknown_fate,
         METRICS.len(),
-        overload.to_be_written,
         waited.elapsed().as_secs_f64(),
         if count == expected { "OK" } else { "MISMATCH" }
     );
@@ -673,8 +689,8 @@ async fn run(settings: Settings, emulator: &Emulator) -> anyhow::Result<()> {
     if count != expected || after_stop != expected || !status.success() {
         bail!("the final check failed");
     }
-    if !overload.within_budget {
-        bail!("the overloaded gateway's memory went past its queue budget + headroom");
+    if within_budget.iter().any(|(_, fits)| !fits) {
+        bail!("an overloaded gateway's memory went past its queue budget + headroom");
     }
     Ok(())
 }
@@ -839,153 +855,261 @@ Second process: wrk, 1 thread, {} connections, {} s a run, alternating rounds; \
 
 /// Devices of the writers' passes (one connection each at most).
 const FLEET: usize = 32;
-/// Statement latencies of the writers' passes: a fast warehouse, and a realistic MERGE
-/// into a growing Delta table.
-const WRITER_LATENCIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(1500)];
 /// The emulator's injected cost of each row a write inserts, on top of the latency.
 const PER_ROW_COST: Duration = Duration::from_micros(5);
+/// Zerobus' published durable acknowledgement (~150 ms): the Zerobus passes' model.
+const ZEROBUS_DURABILITY: Duration = Duration::from_millis(150);
 /// Requests of the low-load pass (one at a time, one reading, commit acknowledgement).
 const LOW_LOAD_REQUESTS: u64 = 10;
 
-/// What one writers' pass measured.
-struct WriterFigures {
-    latency: Duration,
-    writers: &'static str,
-    low_load: Vec<Duration>,
-    landed_rows_per_sec: f64,
-    accepted_rows_per_sec: f64,
-    statements_per_1000_rows: f64,
-    rows_per_statement: f64,
-    refusals: BTreeMap<String, u64>,
-    high_water: u64,
-    /// Mean statement time beyond the injected latency and per-row cost: the emulator's
-    /// own work (a real warehouse's would be in the latency).
-    beyond_model: Duration,
+/// Where the gateway writes, and how slow the emulator makes that backend.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    /// The SQL sink: MERGE statements through the warehouse, each taking this long plus
+    /// [`PER_ROW_COST`] a row.
+    Warehouse(Duration),
+    /// The Zerobus sink: each write acknowledged as durable this long after it.
+    Zerobus(Duration),
 }
 
-/// The writers under statement latency: for each of [`WRITER_LATENCIES`], a gateway with
-/// one writer and one with the default number (its other settings the defaults too).
-/// First a low-load pass (one request at a time, one reading, commit acknowledgement)
-/// for the commit latency, then `FLEET` devices saturating it with 100-reading requests
-/// (`ack=accept`), each waiting as `Retry-After` says when refused, as devices do: rows committed per second, rows accepted per second, statements per
-/// 1,000 rows and peak memory. Each pass writes a table of its own, so that what the
-/// earlier passes wrote does not slow the emulator's MERGEs, and checks it holds every
-/// acknowledged reading once.
-async fn writers(
-    emulator: &Emulator,
-    registry: &Path,
-    fleet: &LoadClient,
-    settings: &Settings,
-) -> anyhow::Result<()> {
-    let mut figures = Vec::new();
-    let reader = workspace::reader(&gateway_env(emulator, registry, &[]));
-    for (n, latency) in WRITER_LATENCIES.into_iter().enumerate() {
-        for (writers, count) in [("1", "1"), ("default", "")] {
-            eprintln!("running: writers {writers}, statements of {latency:?}");
-            let table = format!("{TABLE}_writers_{n}_{writers}");
-            let mut extra = vec![("LAKEGATE_TABLE", table.as_str())];
-            if !count.is_empty() {
-                extra.push(("LAKEGATE_WRITERS", count));
-            }
-            let (process, _) = spawn_gateway_with_defaults(emulator, registry, &extra)?;
-            let gateway = LoadClient {
-                url: format!("http://{}", process.address),
-                ..fleet.clone()
-            };
-            wait_until_ready(&gateway).await?;
-            emulator.set_faults(lakegate_emulator::Faults {
+impl Backend {
+    /// The gateway's settings for this sink.
+    fn settings(self, emulator: &Emulator) -> Vec<(&'static str, String)> {
+        match (self, emulator.zerobus_addr()) {
+            (Backend::Warehouse(_), _) => vec![],
+            (Backend::Zerobus(_), Some(addr)) => vec![
+                ("LAKEGATE_SINK", "zerobus".to_owned()),
+                ("LAKEGATE_ZEROBUS_ENDPOINT", format!("http://{addr}")),
+            ],
+            (Backend::Zerobus(_), None) => panic!("the bench's emulator serves Zerobus"),
+        }
+    }
+
+    /// The emulator's faults that model this backend.
+    fn faults(self) -> lakegate_emulator::Faults {
+        match self {
+            Backend::Warehouse(latency) => lakegate_emulator::Faults {
                 statement_latency: latency,
                 statement_cost: Some(lakegate_emulator::StatementCost {
                     fixed: Duration::ZERO,
                     per_row: PER_ROW_COST,
                 }),
                 ..Default::default()
-            });
-            let one_at_a_time = Settings {
-                concurrency: 1,
-                max_requests: LOW_LOAD_REQUESTS,
-                ..settings.clone()
-            };
-            let low = Target::Ingest {
-                wait_for_commit: true,
-                readings: 1,
-            };
-            let (mut low_load, _) =
-                pass(&gateway, low, &one_at_a_time, Duration::from_secs(120)).await;
-            low_load.latencies.sort_unstable();
-            let saturated = Settings {
-                concurrency: FLEET,
-                ..settings.clone()
-            };
-            let flood = Target::Ingest {
-                wait_for_commit: false,
-                readings: BATCH,
-            };
-            // A warm-up that fills the writers' pipeline, then the measured pass.
-            let (warmup, _) = pass(&gateway, flood, &saturated, latency * 2).await;
-            let before = batch_stats(&gateway).await?;
-            let (tally, elapsed) = pass(&gateway, flood, &saturated, settings.measure * 2).await;
-            let after = batch_stats(&gateway).await?;
-            let (_, high_water) = memory_of(process.child.id())?;
-            emulator.set_faults(lakegate_emulator::Faults::default());
-            wait_for_empty_queue(&gateway).await?;
-            let to_be_written = low_load.to_be_written + warmup.to_be_written + tally.to_be_written;
-            let expected = (to_be_written * METRICS.len() as u64) as i64;
-            let held = workspace::row_count(&reader, &table).await?;
-            if held != expected {
-                bail!("{table} holds {held} rows, {expected} acknowledged");
-            }
-            let secs = elapsed.as_secs_f64();
-            let rows = after.rows - before.rows;
-            let statements = after.statements - before.statements;
-            let modelled =
-                latency.as_secs_f64() + PER_ROW_COST.as_secs_f64() * rows / statements.max(1.0);
-            let statement_mean =
-                (after.statement_seconds - before.statement_seconds) / statements.max(1.0);
-            figures.push(WriterFigures {
-                latency,
-                writers,
-                low_load: low_load.latencies.clone(),
-                landed_rows_per_sec: rows / secs,
-                accepted_rows_per_sec: (tally.acknowledged * METRICS.len() as u64) as f64 / secs,
-                statements_per_1000_rows: statements / (rows / 1000.0).max(f64::MIN_POSITIVE),
-                rows_per_statement: rows / statements.max(1.0),
-                refusals: tally.errors.clone(),
-                high_water,
-                beyond_model: Duration::from_secs_f64((statement_mean - modelled).max(0.0)),
-            });
-            let (status, _) = process.terminate().await?;
-            if !status.success() {
-                bail!("the gateway did not stop cleanly: {status}");
+            },
+            Backend::Zerobus(durability_latency) => lakegate_emulator::Faults {
+                zerobus: lakegate_emulator::ZerobusFaults {
+                    durability_latency,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The same sink with writes taking `latency`.
+    fn with_latency(self, latency: Duration) -> Backend {
+        match self {
+            Backend::Warehouse(_) => Backend::Warehouse(latency),
+            Backend::Zerobus(_) => Backend::Zerobus(latency),
+        }
+    }
+
+    fn sink(self) -> &'static str {
+        match self {
+            Backend::Warehouse(_) => "sql",
+            Backend::Zerobus(_) => "zerobus",
+        }
+    }
+
+    /// The model, as the tables state it.
+    fn describe(self) -> String {
+        match self {
+            Backend::Warehouse(latency) => format!(
+                "sql: {:.1} s statements + {} µs a row",
+                latency.as_secs_f64(),
+                PER_ROW_COST.as_micros()
+            ),
+            Backend::Zerobus(latency) => {
+                format!("zerobus: durable ack {} ms", latency.as_millis())
             }
         }
     }
+}
+
+/// The writers' passes: a fast warehouse and a realistic MERGE into a growing Delta table
+/// (1.5 s), then Zerobus at its published durability latency; each with one writer and
+/// with the default number. `sinks_only` keeps the two sinks' realistic models.
+fn write_passes(sinks_only: bool) -> Vec<(Backend, &'static str)> {
+    let backends = [
+        Backend::Warehouse(Duration::from_millis(200)),
+        SQL_SINK,
+        Backend::Zerobus(ZEROBUS_DURABILITY),
+    ];
+    backends
+        .into_iter()
+        .filter(|backend| !sinks_only || *backend != Backend::Warehouse(Duration::from_millis(200)))
+        .flat_map(|backend| [(backend, "1"), (backend, "default")])
+        .collect()
+}
+
+/// The SQL sink as the sink comparison models it: the writers' realistic statements.
+const SQL_SINK: Backend = Backend::Warehouse(Duration::from_millis(1500));
+
+/// What one writers' pass measured.
+struct WriterFigures {
+    backend: Backend,
+    writers: &'static str,
+    low_load: Vec<Duration>,
+    landed_rows_per_sec: f64,
+    accepted_rows_per_sec: f64,
+    /// Gateway CPU (user + system) during the saturated pass, per reading landed.
+    cpu_per_reading: Duration,
+    statements_per_1000_rows: f64,
+    rows_per_statement: f64,
+    refusals: BTreeMap<String, u64>,
+    high_water: u64,
+    /// Mean write time beyond the injected latency and per-row cost: the emulator's own
+    /// work (a real warehouse's or Zerobus' would be in the latency).
+    beyond_model: Duration,
+}
+
+/// The writers under each pass's backend (see [`write_passes`]), a fresh gateway each (its
+/// other settings the defaults). First a low-load pass (one request at a time, one
+/// reading, commit acknowledgement) for the commit latency, then `FLEET` devices
+/// saturating it with 100-reading requests (`ack=accept`), each waiting as `Retry-After`
+/// says when refused, as devices do: rows committed per second, rows accepted per second,
+/// gateway CPU per reading, writes per 1,000 rows and peak memory. Each pass writes a
+/// table of its own, so that what the earlier passes wrote does not slow the emulator's
+/// writes, and checks it holds every acknowledged reading once.
+async fn writers(
+    emulator: &Emulator,
+    registry: &Path,
+    fleet: &LoadClient,
+    settings: &Settings,
+    passes: &[(Backend, &'static str)],
+) -> anyhow::Result<Vec<WriterFigures>> {
+    let mut figures = Vec::new();
+    let reader = workspace::reader(&gateway_env(emulator, registry, &[]));
+    for (n, &(backend, writers)) in passes.iter().enumerate() {
+        eprintln!("running: writers {writers}, {}", backend.describe());
+        let table = format!("{TABLE}_writers_{n}_{}_{writers}", backend.sink());
+        let sink = backend.settings(emulator);
+        let mut extra: Vec<(&str, &str)> = sink.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        extra.push(("LAKEGATE_TABLE", table.as_str()));
+        if writers == "1" {
+            extra.push(("LAKEGATE_WRITERS", "1"));
+        }
+        let (process, _) = spawn_gateway_with_defaults(emulator, registry, &extra)?;
+        let gateway = LoadClient {
+            url: format!("http://{}", process.address),
+            ..fleet.clone()
+        };
+        wait_until_ready(&gateway).await?;
+        emulator.set_faults(backend.faults());
+        let one_at_a_time = Settings {
+            concurrency: 1,
+            max_requests: LOW_LOAD_REQUESTS,
+            ..settings.clone()
+        };
+        let low = Target::Ingest {
+            wait_for_commit: true,
+            readings: 1,
+        };
+        let (mut low_load, _) = pass(&gateway, low, &one_at_a_time, Duration::from_secs(120)).await;
+        low_load.latencies.sort_unstable();
+        let saturated = Settings {
+            concurrency: FLEET,
+            ..settings.clone()
+        };
+        let flood = Target::Ingest {
+            wait_for_commit: false,
+            readings: BATCH,
+        };
+        // A warm-up that fills the writers' pipeline, then the measured pass.
+        let warmup_length = match backend {
+            Backend::Warehouse(latency) | Backend::Zerobus(latency) => latency * 2,
+        };
+        let (warmup, _) = pass(
+            &gateway,
+            flood,
+            &saturated,
+            warmup_length.max(settings.warmup),
+        )
+        .await;
+        let pid = process.child.id().to_string();
+        let before = batch_stats(&gateway).await?;
+        let cpu_before = cpu_seconds(&pid)?;
+        let (tally, elapsed) = pass(&gateway, flood, &saturated, settings.measure * 2).await;
+        let cpu = cpu_seconds(&pid)? - cpu_before;
+        let after = batch_stats(&gateway).await?;
+        let (_, high_water) = memory_of(process.child.id())?;
+        emulator.set_faults(lakegate_emulator::Faults::default());
+        wait_for_empty_queue(&gateway).await?;
+        let to_be_written = low_load.to_be_written + warmup.to_be_written + tally.to_be_written;
+        let expected = (to_be_written * METRICS.len() as u64) as i64;
+        let held = workspace::row_count(&reader, &table).await?;
+        if held != expected {
+            bail!("{table} holds {held} rows, {expected} acknowledged");
+        }
+        let secs = elapsed.as_secs_f64();
+        let rows = after.rows - before.rows;
+        let statements = after.statements - before.statements;
+        let modelled = match backend {
+            Backend::Warehouse(latency) => {
+                latency.as_secs_f64() + PER_ROW_COST.as_secs_f64() * rows / statements.max(1.0)
+            }
+            Backend::Zerobus(latency) => latency.as_secs_f64(),
+        };
+        let statement_mean =
+            (after.statement_seconds - before.statement_seconds) / statements.max(1.0);
+        let readings = rows / METRICS.len() as f64;
+        figures.push(WriterFigures {
+            backend,
+            writers,
+            low_load: low_load.latencies.clone(),
+            landed_rows_per_sec: rows / secs,
+            accepted_rows_per_sec: (tally.acknowledged * METRICS.len() as u64) as f64 / secs,
+            cpu_per_reading: Duration::from_secs_f64(cpu / readings.max(1.0)),
+            statements_per_1000_rows: statements / (rows / 1000.0).max(f64::MIN_POSITIVE),
+            rows_per_statement: rows / statements.max(1.0),
+            refusals: tally.errors.clone(),
+            high_water,
+            beyond_model: Duration::from_secs_f64((statement_mean - modelled).max(0.0)),
+        });
+        let (status, _) = process.terminate().await?;
+        if !status.success() {
+            bail!("the gateway did not stop cleanly: {status}");
+        }
+    }
     print_writers(&figures);
-    Ok(())
+    Ok(figures)
 }
 
 fn print_writers(figures: &[WriterFigures]) {
     println!(
-        "\nWriters under statement latency (each write also costs {} µs a row in the \
-         emulator); low load: one request at a time, 1 reading, ack=commit; saturated: \
-         {FLEET} devices, {BATCH}-reading requests, ack=accept, waiting as Retry-After \
-         says when refused. Rows committed are counted \
-         by the gateway as its statements succeed (the final check confirms the table).\n",
+        "\nWriters under each backend's model (sql: MERGE statements slowed by the emulator \
+         to the latency, plus {} µs a row; zerobus: acknowledgements held back by the \
+         emulator's durability latency); low load: one request at a time, 1 reading, \
+         ack=commit; saturated: {FLEET} devices, {BATCH}-reading requests, ack=accept, \
+         waiting as Retry-After says when refused. Rows committed are counted by the \
+         gateway as its writes succeed (the final check confirms the table); a write is \
+         a MERGE statement (sql) or a batch acknowledged durable (zerobus).\n",
         PER_ROW_COST.as_micros()
     );
     println!(
-        "| statement latency | writers | commit-ack p50 (low load) | p99 | landed rows/s | accepted rows/s | statements per 1,000 rows | rows per statement | emulator's own time per statement (ms) | peak RSS (MiB) | refusals |"
+        "| backend | writers | commit-ack p50 (low load) | p99 | landed rows/s | accepted rows/s | gateway CPU µs a reading | writes per 1,000 rows | rows per write | emulator's own time per write (ms) | peak RSS (MiB) | refusals |"
     );
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for row in figures {
         println!(
-            "| {:.1} s | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.0} | {} | {:.0} | {:?} |",
-            row.latency.as_secs_f64(),
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.3} | {:.0} | {} | {:.0} | {:?} |",
+            row.backend.describe(),
             row.writers,
             ms(percentile(&row.low_load, 0.50)),
             ms(percentile(&row.low_load, 0.99)),
             row.landed_rows_per_sec,
             row.accepted_rows_per_sec,
+            row.cpu_per_reading.as_secs_f64() * 1e6,
             row.statements_per_1000_rows,
             row.rows_per_statement,
             ms(row.beyond_model),
@@ -993,14 +1117,69 @@ fn print_writers(figures: &[WriterFigures]) {
             row.refusals,
         );
     }
-    for pair in figures.chunks(2) {
-        if let [one, many] = pair {
+    for one in figures.iter().filter(|row| row.writers == "1") {
+        let many = figures
+            .iter()
+            .find(|row| row.backend == one.backend && row.writers == "default");
+        if let Some(many) = many {
             println!(
-                "at {:.1} s: the default writers land {:.2}x one writer",
-                one.latency.as_secs_f64(),
+                "{}: the default writers land {:.2}x one writer",
+                one.backend.describe(),
                 many.landed_rows_per_sec / one.landed_rows_per_sec.max(f64::MIN_POSITIVE)
             );
         }
+    }
+}
+
+/// The issue's targets for the Zerobus sink against the SQL sink, from the default
+/// writers' passes of both and the overload passes.
+fn print_sinks(figures: &[WriterFigures], within_budget: &[(Backend, bool)]) {
+    let default_of = |backend: Backend| {
+        figures
+            .iter()
+            .find(|row| row.backend == backend && row.writers == "default")
+    };
+    let zerobus = Backend::Zerobus(ZEROBUS_DURABILITY);
+    let (Some(sql), Some(zb)) = (default_of(SQL_SINK), default_of(zerobus)) else {
+        return;
+    };
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!("\nZerobus sink against the SQL sink (default writers, same machine, same load):");
+    let ratio = zb.landed_rows_per_sec / sql.landed_rows_per_sec.max(f64::MIN_POSITIVE);
+    println!(
+        "  landed rows/s: {:.0} ({}) against {:.0} ({}): {ratio:.2}x; target >= 2x: {}",
+        zb.landed_rows_per_sec,
+        zb.backend.describe(),
+        sql.landed_rows_per_sec,
+        sql.backend.describe(),
+        verdict(ratio >= 2.0)
+    );
+    let p50 = percentile(&zb.low_load, 0.50);
+    let bound = Duration::from_millis(100) + ZEROBUS_DURABILITY;
+    println!(
+        "  commit-ack at low load: p50 {} ms, p99 {} ms (sql: p50 {} ms); target p50 < \
+         100 ms + {} ms durability = {} ms: {}",
+        ms(p50),
+        ms(percentile(&zb.low_load, 0.99)),
+        ms(percentile(&sql.low_load, 0.50)),
+        ZEROBUS_DURABILITY.as_millis(),
+        bound.as_millis(),
+        verdict(p50 < bound)
+    );
+    println!(
+        "  gateway CPU a reading landed: {:.1} µs (zerobus) against {:.1} µs (sql); peak \
+         RSS {:.0} MiB against {:.0} MiB",
+        zb.cpu_per_reading.as_secs_f64() * 1e6,
+        sql.cpu_per_reading.as_secs_f64() * 1e6,
+        zb.high_water as f64 / (1024.0 * 1024.0),
+        sql.high_water as f64 / (1024.0 * 1024.0),
+    );
+    for (backend, fits) in within_budget {
+        println!(
+            "  memory flat under overload, {}: {}",
+            backend.sink(),
+            verdict(*fits)
+        );
     }
 }
 
@@ -1042,31 +1221,33 @@ fn memory_of(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((kib("VmRSS:")?, kib("VmHWM:")?))
 }
 
-struct Overload {
-    to_be_written: u64,
-    within_budget: bool,
-}
-
-/// A second gateway, its queue capped at `OVERLOAD_QUEUE_BYTES`, flooded with wide readings
-/// while every statement takes `OVERLOAD_STATEMENT_LATENCY`: its resident memory must stay
-/// within the queue budget plus `MEMORY_HEADROOM`.
+/// A second gateway writing through `sink`, its queue capped at `OVERLOAD_QUEUE_BYTES`,
+/// flooded with wide readings while every write takes `OVERLOAD_LATENCY` (statements, or
+/// durable acknowledgements): its resident memory must stay within the queue budget plus
+/// `MEMORY_HEADROOM`, and its table must hold every acknowledged reading once. Whether
+/// memory stayed within the budget.
 async fn overload(
     emulator: &Emulator,
     registry: &Path,
     first: &LoadClient,
     settings: &Settings,
-) -> anyhow::Result<Overload> {
-    eprintln!("running: overload");
+    sink: Backend,
+) -> anyhow::Result<bool> {
+    eprintln!("running: overload, {}", sink.sink());
     let queue_bytes = OVERLOAD_QUEUE_BYTES.to_string();
-    let (process, _) = spawn_gateway(
-        emulator,
-        registry,
+    let table = format!("{TABLE}_overload_{}", sink.sink());
+    let sink_settings = sink.settings(emulator);
+    let mut extra: Vec<(&str, &str)> = sink_settings
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    extra.extend([
+        ("LAKEGATE_TABLE", table.as_str()),
+        ("LAKEGATE_QUEUE_MAX_BYTES", queue_bytes.as_str()),
         // Smaller requests than the default 1000 x 100 rows, so that one fits the budget.
-        &[
-            ("LAKEGATE_QUEUE_MAX_BYTES", queue_bytes.as_str()),
-            ("LAKEGATE_MAX_READINGS_PER_REQUEST", "100"),
-        ],
-    )?;
+        ("LAKEGATE_MAX_READINGS_PER_REQUEST", "100"),
+    ]);
+    let (process, _) = spawn_gateway(emulator, registry, &extra)?;
     let gateway = LoadClient {
         url: format!("http://{}", process.address),
         metrics: (0..WIDE_METRICS).map(|i| format!("m{i:03}")).collect(),
@@ -1075,10 +1256,7 @@ async fn overload(
     wait_until_ready(&gateway).await?;
     let pid = process.child.id();
     let (idle, _) = memory_of(pid)?;
-    emulator.set_faults(lakegate_emulator::Faults {
-        statement_latency: OVERLOAD_STATEMENT_LATENCY,
-        ..Default::default()
-    });
+    emulator.set_faults(sink.faults());
 
     let sampling = Arc::new(AtomicU64::new(1));
     let sampler = {
@@ -1128,12 +1306,11 @@ async fn overload(
     let budget = OVERLOAD_QUEUE_BYTES + MEMORY_HEADROOM;
     let within_budget = high_water <= budget;
     println!(
-        "\nOverload: {} connections for {:.1} s, requests of {WIDE_READINGS} readings x \
-         {WIDE_METRICS} metrics (ack=accept), statements slowed to {:.1} s, queue budget \
-         {:.0} MiB",
+        "\nOverload, {}: {} connections for {:.1} s, requests of {WIDE_READINGS} readings x \
+         {WIDE_METRICS} metrics (ack=accept), queue budget {:.0} MiB",
+        sink.describe(),
         settings.concurrency,
         elapsed.as_secs_f64(),
-        OVERLOAD_STATEMENT_LATENCY.as_secs_f64(),
         mib(OVERLOAD_QUEUE_BYTES as f64),
     );
     println!(
@@ -1161,19 +1338,35 @@ async fn overload(
     if !status.success() {
         bail!("the overloaded gateway did not stop cleanly: {status}");
     }
-    Ok(Overload {
-        to_be_written: tally.to_be_written,
-        within_budget,
-    })
+    let reader = workspace::reader(&gateway_env(emulator, registry, &[]));
+    let expected = (tally.to_be_written * WIDE_METRICS as u64) as i64;
+    let held = workspace::row_count(&reader, &table).await?;
+    if held != expected {
+        bail!("{table} holds {held} rows, {expected} acknowledged");
+    }
+    Ok(within_budget)
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; there is nothing to filter, so arguments are ignored.
-    let settings = Settings::from_env()?;
+    // `cargo bench` passes `--bench`; the one filter is `sinks`.
+    let mut settings = Settings::from_env()?;
+    for arg in std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+    {
+        match arg.as_str() {
+            "sinks" => settings.sinks_only = true,
+            _ => bail!("unknown filter {arg:?}: the one filter is `sinks`"),
+        }
+    }
     // The emulator gets its own runtime: DataFusion runs statements on its
     // worker threads, and must not stall the load generator's timers and sockets.
     let workspace = tokio::runtime::Runtime::new()?;
-    let emulator = workspace.block_on(Emulator::start(emulator_config()))?;
+    let config = lakegate_emulator::EmulatorConfig {
+        zerobus: Some(([127, 0, 0, 1], 0).into()),
+        ..emulator_config()
+    };
+    let emulator = workspace.block_on(Emulator::start(config))?;
     let outcome = tokio::runtime::Runtime::new()?.block_on(run(settings, &emulator));
     workspace.block_on(emulator.shutdown());
     outcome
