@@ -95,8 +95,11 @@ pub(super) async fn write(
         .await
         .ok_or_else(|| table_not_found(table))?;
     let objects = format.objects(records)?;
-    let mut parameters = Vec::with_capacity(objects.len() * columns.len());
-    let mut rows = Vec::with_capacity(objects.len());
+    // Every cell as the text of its column's type, cast on the engine as a typed
+    // parameter would be: the whole message travels as one JSON parameter (as the SQL
+    // sink's batches do), which the engine expands with `from_json`; a statement with a
+    // parameter per cell would cost more to plan than to run.
+    let mut cells = Vec::with_capacity(objects.len());
     for (index, object) in objects.iter().enumerate() {
         if let Some(unknown) = object.keys().find(|field| {
             !columns
@@ -105,45 +108,59 @@ pub(super) async fn write(
         }) {
             return Err(invalid(index, &format!("no column named {unknown:?}")));
         }
-        let mut markers = Vec::with_capacity(columns.len());
+        let mut row = Map::with_capacity(columns.len());
         for (position, (name, type_text)) in columns.iter().enumerate() {
             let value = object
                 .iter()
                 .find(|(field, _)| field.eq_ignore_ascii_case(name))
                 .map(|(_, value)| value);
-            let marker = format!("r{index}c{position}");
-            parameters.push(Parameter {
-                name: marker.clone(),
-                value: value
-                    .map(|v| text_of(v, type_text))
-                    .transpose()
-                    .map_err(|why| invalid(index, &format!("column {name}: {why}")))?
-                    .flatten(),
-                type_name: Some(type_text.clone()),
-            });
-            markers.push(format!(":{marker}"));
+            let text = value
+                .map(|v| text_of(v, type_text))
+                .transpose()
+                .map_err(|why| invalid(index, &format!("column {name}: {why}")))?
+                .flatten();
+            row.insert(
+                format!("c{position}"),
+                text.map_or(Value::Null, Value::String),
+            );
         }
-        rows.push(format!("({})", markers.join(", ")));
+        cells.push(Value::Object(row));
     }
     let column_list: Vec<String> = columns.iter().map(|(name, _)| quote(name)).collect();
+    let casts: Vec<String> = (columns.iter().enumerate())
+        .map(|(position, (_, type_text))| format!("CAST(r.c{position} AS {type_text})"))
+        .collect();
+    let fields: Vec<String> = (0..columns.len())
+        .map(|position| format!("c{position}: STRING"))
+        .collect();
     let target: Vec<String> = table.split('.').map(quote).collect();
     let statement = format!(
-        "INSERT INTO {} ({}) VALUES {}",
+        "INSERT INTO {} ({}) SELECT {} FROM (SELECT explode(from_json(:rows, \
+         'ARRAY<STRUCT<{}>>', map('mode', 'FAILFAST'))) AS r)",
         target.join("."),
         column_list.join(", "),
-        rows.join(", ")
+        casts.join(", "),
+        fields.join(", ")
     );
+    let texts = (cells.iter())
+        .flat_map(|row| row.as_object().into_iter().flat_map(|row| row.values()))
+        .filter_map(Value::as_str);
+    if faults.rejects_rows(table, texts) {
+        return Err(Status::invalid_argument(
+            "Record does not fit the table: a value breaks a constraint (injected).",
+        ));
+    }
+    let parameters = [Parameter {
+        name: "rows".to_owned(),
+        value: Some(Value::Array(cells).to_string()),
+        type_name: Some("STRING".to_owned()),
+    }];
     let request = Request {
         statement: &statement,
         parameters: &parameters,
         catalog: None,
         schema: None,
     };
-    if faults.rejects_rows(table, parameters.iter().filter_map(|p| p.value.as_deref())) {
-        return Err(Status::invalid_argument(
-            "Record does not fit the table: a value breaks a constraint (injected).",
-        ));
-    }
     let refused =
         |err: SqlError| Status::invalid_argument(format!("Record does not fit the table: {err}"));
     engine
