@@ -54,7 +54,8 @@
 //!    With `?ack=accept` the device hears 202 now; by default it waits for step 8.
 //! 7. **Writers** (`ingest/writer.rs`, one per queue lane; a device's rows always in
 //!    the same lane): group commit, one statement in flight each; batches sized as
-//!    they travel, writes each through a sink (`ingest/sink.rs`) and retries by what
+//!    they travel, writes each through a sink (`ingest/sink.rs` or `ingest/zerobus.rs`,
+//!    behind the `BatchSink` trait) and retries by what
 //!    failed: transient errors again, refused rows isolated and dead-lettered, an
 //!    unwritable table kept and reported (`health.rs`'s `WriteHealth`, shared through
 //!    the state: `/readyz` and admission read it).
@@ -64,6 +65,10 @@
 //!    The client (`crates/lakegate-databricks/src/http.rs`) keeps the OAuth token fresh
 //!    (`crates/lakegate-databricks/src/auth.rs`), retries 429/503 by its policy (`crates/lakegate-databricks/src/retry.rs`)
 //!    and polls the statement to its end. On commit the waiting request answers 200.
+//!    With `LAKEGATE_SINK=zerobus` (`ingest/zerobus.rs`) the batch is instead one call on
+//!    the lane's Zerobus Ingest stream (Databricks' SDK), and the request answers once
+//!    Zerobus acknowledged it durable; a stream that broke first has its batch sent again
+//!    (counted), so reads go through the `<table>_dedup` view (`table.rs`).
 //!
 //! Every refusal on the way is a JSON body with a code from `error_code.rs`; the
 //! domain's refusals (`IntakeRefusal`, `BodyError`, rate limits, a full queue) become
