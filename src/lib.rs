@@ -27,7 +27,8 @@
 //!    timeouts, and a graceful close at shutdown.
 //! 2. **Router and layers** (`server/mod.rs`): request ids, a time limit per
 //!    request, request metrics (`metrics.rs`), a panic caught as that request's 500
-//!    (the process and every queued reading go on), then `POST /ingest`.
+//!    (the process and every queued reading go on), then `POST /ingest` (and
+//!    `POST /api/v2/write`, the same way in for InfluxDB line protocol).
 //! 3. **Who is sending** (`server/auth.rs`): the `X-API-Key` is hashed and looked up
 //!    in the registry (the JSON is `devices/document.rs`, one serde type; indexed by
 //!    key hash in `devices/registry.rs`, swapped whole by reloads in
@@ -41,7 +42,9 @@
 //!    the bytes the body may take are reserved from the sender's and the gateway's
 //!    budgets of bodies in flight (`server/upload.rs` over `uploads.rs`; 429 or 503
 //!    unread beyond them); the body is decoded and split into readings
-//!    (`ingest/body.rs`: size caps, gzip, JSON or NDJSON).
+//!    (`ingest/body.rs`: size caps, gzip, JSON or NDJSON; or InfluxDB line protocol on
+//!    `POST /api/v2/write`, each line turned into the JSON reading it stands for by
+//!    `ingest/line_protocol.rs`).
 //! 5. **Admission** (`ingest/intake.rs`): each reading is validated and turned into
 //!    rows, one per metric (`ingest/reading.rs`, `ingest/request.rs`, reasons in
 //!    `ingest/rejection.rs`; the row is [`table`]'s `TableRow`, and the characters a

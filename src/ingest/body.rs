@@ -9,10 +9,12 @@ use std::fmt;
 use std::io::Read;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::line_protocol::{Precision, line_readings};
 use super::rejection::{RejectReason, Rejection, excerpt};
 
 /// Caps on what one request may carry.
@@ -53,11 +55,13 @@ impl Encoding {
     }
 }
 
-/// The body's `Content-Type`: one JSON document, or newline-delimited JSON.
+/// The body's `Content-Type`: one JSON document, or newline-delimited JSON; or, on
+/// `POST /api/v2/write`, InfluxDB line protocol with its timestamps' precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFormat {
     Json,
     NdJson,
+    LineProtocol(Precision),
 }
 
 impl BodyFormat {
@@ -156,13 +160,15 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, BodyError> {
 /// The value at one reading position, or why that position was rejected.
 type Entry = Result<Value, Rejection>;
 
-/// One JSON object, a JSON array of objects, or NDJSON. Returns one entry per
-/// reading position: the object, or the rejection of that position (a bad NDJSON
-/// line, an array element that is not an object).
+/// One JSON object, a JSON array of objects, NDJSON, or line protocol (whose lines
+/// without a timestamp take `now`). Returns one entry per reading position: the
+/// object, or the rejection of that position (a bad NDJSON line or line of line
+/// protocol, an array element that is not an object).
 pub(super) fn split_readings(
     body: &[u8],
     format: BodyFormat,
     caps: &BodyCaps,
+    now: DateTime<Utc>,
 ) -> Result<Vec<Result<Value, Rejection>>, BodyError> {
     // RFC 8259 lets parsers ignore a BOM; some Windows tools write one.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
@@ -172,11 +178,31 @@ pub(super) fn split_readings(
     let entries = match format {
         BodyFormat::Json => split_json(body, caps.max_readings)?,
         BodyFormat::NdJson => split_ndjson(body, caps.max_readings)?,
+        BodyFormat::LineProtocol(precision) => {
+            capped(line_readings(body, precision, now), caps.max_readings)?
+        }
     };
     if entries.is_empty() {
         return Err(BodyError::Empty);
     }
     Ok(entries)
+}
+
+/// Every entry, or TooManyReadings as soon as there are more than `max_readings`.
+fn capped(
+    entries: impl Iterator<Item = Entry>,
+    max_readings: usize,
+) -> Result<Vec<Entry>, BodyError> {
+    let mut taken = Vec::new();
+    for entry in entries {
+        if taken.len() == max_readings {
+            return Err(BodyError::TooManyReadings {
+                limit: max_readings,
+            });
+        }
+        taken.push(entry);
+    }
+    Ok(taken)
 }
 
 fn split_json(body: &[u8], max_readings: usize) -> Result<Vec<Entry>, BodyError> {
@@ -446,7 +472,7 @@ mod tests {
     }
 
     fn split(body: &str, format: BodyFormat) -> Result<Vec<Entry>, BodyError> {
-        split_readings(body.as_bytes(), format, &BodyCaps::for_tests())
+        split_readings(body.as_bytes(), format, &BodyCaps::for_tests(), Utc::now())
     }
 
     fn rejection(entry: &Entry) -> &Rejection {
@@ -787,15 +813,30 @@ mod tests {
     fn too_many_readings() {
         let caps = BodyCaps::for_tests();
         let objects = |n: usize| vec!["{}"; n];
-        for format in [BodyFormat::Json, BodyFormat::NdJson] {
+        let line_protocol = BodyFormat::LineProtocol(Precision::Nanoseconds);
+        for format in [BodyFormat::Json, BodyFormat::NdJson, line_protocol] {
             let body = |n| match format {
                 BodyFormat::Json => format!("[{}]", objects(n).join(",")),
                 BodyFormat::NdJson => objects(n).join("\n"),
+                // Comments and blank lines are no readings.
+                BodyFormat::LineProtocol(_) => {
+                    format!("# header\n\n{}", vec!["m f=1"; n].join("\n"))
+                }
             };
-            let at_cap = split_readings(body(caps.max_readings).as_bytes(), format, &caps);
+            let at_cap = split_readings(
+                body(caps.max_readings).as_bytes(),
+                format,
+                &caps,
+                Utc::now(),
+            );
             assert_eq!(at_cap.unwrap().len(), caps.max_readings);
-            let err =
-                split_readings(body(caps.max_readings + 1).as_bytes(), format, &caps).unwrap_err();
+            let err = split_readings(
+                body(caps.max_readings + 1).as_bytes(),
+                format,
+                &caps,
+                Utc::now(),
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, BodyError::TooManyReadings { limit: 5 }),
                 "{err:?}"
@@ -815,6 +856,13 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn line_protocol_of_only_comments_holds_no_readings() {
+        let format = BodyFormat::LineProtocol(Precision::Nanoseconds);
+        let err = split("# a comment\n\n  # another\n", format).unwrap_err();
+        assert!(matches!(err, BodyError::Empty), "{err:?}");
     }
 
     #[test]

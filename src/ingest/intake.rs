@@ -224,6 +224,7 @@ impl Intake<'_> {
                     );
                     rate_limited.push(RejectedReading {
                         index,
+                        line: None,
                         reason: RejectReason::DeviceRateLimited,
                         message: format!(
                             "device {:?} sends faster than its rate limit; send this reading again later",

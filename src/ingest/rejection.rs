@@ -58,11 +58,13 @@ pub(crate) enum RejectReason {
     DeviceDisabled,
     /// From a relay: the device is over its own rate; the reading may be sent again later.
     DeviceRateLimited,
+    /// A line of `POST /api/v2/write` that is not valid line protocol.
+    InvalidLineProtocol,
 }
 
 impl RejectReason {
     /// Every reason, e.g. to register metric labels up front.
-    pub(crate) const ALL: [RejectReason; 21] = [
+    pub(crate) const ALL: [RejectReason; 22] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnObject,
         RejectReason::UnknownField,
@@ -84,6 +86,7 @@ impl RejectReason {
         RejectReason::UnknownDevice,
         RejectReason::DeviceDisabled,
         RejectReason::DeviceRateLimited,
+        RejectReason::InvalidLineProtocol,
     ];
 
     /// The same snake_case name as in JSON reports; used as a metric label.
@@ -110,6 +113,7 @@ impl RejectReason {
             RejectReason::UnknownDevice => "unknown_device",
             RejectReason::DeviceDisabled => "device_disabled",
             RejectReason::DeviceRateLimited => "device_rate_limited",
+            RejectReason::InvalidLineProtocol => "invalid_line_protocol",
         }
     }
 }

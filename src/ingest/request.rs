@@ -17,6 +17,9 @@ use crate::table::TableRow;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub(crate) struct RejectedReading {
     pub index: usize,
+    /// Line protocol's line number (1-based), which its clients report by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
     pub reason: RejectReason,
     pub message: String,
 }
@@ -36,7 +39,7 @@ pub(super) fn parse_request(
     caps: &BodyCaps,
     now: DateTime<Utc>,
 ) -> Result<ParsedRequest, BodyError> {
-    parse_with(body, format, caps, |value| {
+    parse_with(body, format, caps, now, |value| {
         validate(value, device_id, caps, now)
     })
 }
@@ -52,7 +55,7 @@ pub(super) fn parse_relayed_request(
     now: DateTime<Utc>,
     mut resolve: impl FnMut(&str) -> Result<Arc<str>, Rejection>,
 ) -> Result<ParsedRequest, BodyError> {
-    parse_with(body, format, caps, |value| {
+    parse_with(body, format, caps, now, |value| {
         let Value::Object(fields) = &value else {
             return Err(Rejection::not_an_object(&value));
         };
@@ -82,9 +85,10 @@ fn parse_with(
     body: &[u8],
     format: BodyFormat,
     caps: &BodyCaps,
+    now: DateTime<Utc>,
     mut check: impl FnMut(Value) -> Result<Reading, Rejection>,
 ) -> Result<ParsedRequest, BodyError> {
-    let mut results: Vec<Result<Reading, Rejection>> = split_readings(body, format, caps)?
+    let mut results: Vec<Result<Reading, Rejection>> = split_readings(body, format, caps, now)?
         .into_iter()
         .map(|item| item.and_then(&mut check))
         .collect();
@@ -95,6 +99,7 @@ fn parse_with(
             Ok(reading) => parsed.readings.push((index, reading)),
             Err(rejection) => parsed.rejected.push(RejectedReading {
                 index,
+                line: None,
                 reason: rejection.reason,
                 message: rejection.message,
             }),

@@ -35,11 +35,7 @@ impl FromRequestParts<AppState> for AuthenticatedSender {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, HttpError> {
-        let key = parts
-            .headers
-            .get(API_KEY_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
+        let key = sender_key(&parts.headers);
         let registry = app.keys.current();
         match registry.authenticate(key) {
             Ok(sender) => Ok(AuthenticatedSender { sender, registry }),
@@ -88,6 +84,20 @@ impl FromRequestParts<AppState> for AuthenticatedSender {
             }
         }
     }
+}
+
+/// The key in `X-API-Key`, or else in `Authorization: Token <key>`, the header
+/// InfluxDB's clients and Telegraf send (`POST /api/v2/write`).
+fn sender_key(headers: &axum::http::HeaderMap) -> &str {
+    if let Some(key) = headers.get(API_KEY_HEADER) {
+        return key.to_str().unwrap_or_default();
+    }
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("token"))
+        .map_or("", |(_, key)| key.trim())
 }
 
 /// A credential that matched nothing: charged to the failure budget of the

@@ -34,6 +34,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let ingest_and_ops = Router::new()
         .route("/ingest", post(ingest::ingest))
         .route("/api/ingest", post(ingest::ingest))
+        .route("/api/v2/write", post(ingest::write_lines))
         .route("/api/whoami", get(auth::whoami))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

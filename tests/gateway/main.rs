@@ -12,6 +12,7 @@ mod dedup;
 mod ingest;
 mod key_commands;
 mod keys;
+mod line_protocol;
 mod local_mode;
 mod logs;
 mod operations;

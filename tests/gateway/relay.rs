@@ -23,15 +23,15 @@ use lakegate_testkit::gateway::{Harness, respond};
 
 /// The site: `pump-1` … `pump-4` and `other-9` with their own keys, and relay `site-a`
 /// that the gateway lets speak for `pump-*` only.
-struct Site {
-    relay_key: String,
+pub(crate) struct Site {
+    pub(crate) relay_key: String,
     /// (device id, key), the pumps first, `other-9` last.
     devices: Vec<(String, String)>,
     dir: TempDir,
 }
 
 impl Site {
-    fn new() -> Site {
+    pub(crate) fn new() -> Site {
         let key = || generate_key().key.expose_secret().to_owned();
         let mut devices: Vec<(String, String)> =
             (1..=4).map(|n| (format!("pump-{n}"), key())).collect();
@@ -66,12 +66,12 @@ impl Site {
         self.dir.path().join("spool")
     }
 
-    fn key(&self, device: &str) -> &str {
+    pub(crate) fn key(&self, device: &str) -> &str {
         &self.devices.iter().find(|(id, _)| id == device).unwrap().1
     }
 
     /// A gateway whose registry knows the site's devices and relay.
-    async fn gateway(&self) -> Harness {
+    pub(crate) async fn gateway(&self) -> Harness {
         Harness::builder().registry(self.registry()).start().await
     }
 
@@ -98,7 +98,7 @@ impl Site {
     }
 
     /// Starts `lakegate relay` in front of `upstream`, on this site's spool.
-    fn relay(&self, upstream: &str, extra: &[(&str, &str)]) -> Relay {
+    pub(crate) fn relay(&self, upstream: &str, extra: &[(&str, &str)]) -> Relay {
         let spool = self.spool().display().to_string();
         let args = ["relay", "--upstream", upstream, "--spool", &spool];
         let process = LakegateProcess::spawn_command(
@@ -132,10 +132,10 @@ impl Site {
     }
 }
 
-struct Relay {
+pub(crate) struct Relay {
     process: LakegateProcess,
-    url: String,
-    http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Relay {
