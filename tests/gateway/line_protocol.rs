@@ -51,6 +51,13 @@ fn gzip(text: &str) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
+/// (line number, reason) of each line an answer lists as rejected.
+fn refused_lines(body: &Json) -> Vec<(u64, &str)> {
+    (body["rejected"].as_array().unwrap().iter())
+        .map(|r| (r["line"].as_u64().unwrap(), r["reason"].as_str().unwrap()))
+        .collect()
+}
+
 /// Rows of the table: (device, metric, value, value_str, ts as RFC 3339).
 async fn rows(gateway: &Harness) -> Vec<(String, String, Value, Value, Value)> {
     let sql = format!(
@@ -200,12 +207,7 @@ async fn a_partial_write_lands_its_valid_lines_and_names_the_others_by_line() {
         (body["accepted"].as_u64(), &body["committed"]),
         (Some(2), &Json::Bool(true))
     );
-    let refused: Vec<(u64, &str)> = body["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["line"].as_u64().unwrap(), r["reason"].as_str().unwrap()))
-        .collect();
+    let refused = refused_lines(&body);
     assert_eq!(
         refused,
         [
@@ -373,12 +375,7 @@ async fn a_relay_takes_lines_from_devices_and_from_a_relay_key_naming_them() {
         (body["accepted"].as_u64(), &body["spooled"]),
         (Some(1), &Json::Bool(true))
     );
-    let refused: Vec<(u64, &str)> = body["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["line"].as_u64().unwrap(), r["reason"].as_str().unwrap()))
-        .collect();
+    let refused = refused_lines(&body);
     assert_eq!(
         refused,
         [(2, "device_not_allowed"), (3, "missing_device_id")]

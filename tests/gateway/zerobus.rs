@@ -85,19 +85,12 @@ async fn commit_acks_come_once_the_rows_are_durable_and_the_table_holds_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_acknowledgement_is_resent_counted_seen_once_in_the_view_and_compacted_away() {
-    let faults = Faults {
-        zerobus: ZerobusFaults {
-            lost_acks: 1,
-            ..ZerobusFaults::default()
-        },
-        ..Faults::default()
-    };
     let mut gateway = Harness::builder()
         .zerobus()
-        .emulator(lakegate_emulator::EmulatorConfig {
-            faults,
-            ..emulator_config()
-        })
+        .emulator(zerobus_faults(ZerobusFaults {
+            lost_acks: 1,
+            ..ZerobusFaults::default()
+        }))
         .start()
         .await;
     let (status, body) = gateway
@@ -129,21 +122,12 @@ async fn a_lost_acknowledgement_is_resent_counted_seen_once_in_the_view_and_comp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_the_table_refuses_goes_to_the_dead_letter_table_and_the_rest_land() {
-    let faults = Faults {
-        reject_rows: Some(RejectRows {
-            table: TABLE.to_owned(),
-            marker: "refuse-me".to_owned(),
-        }),
-        ..Faults::default()
-    };
-    let mut gateway = Harness::builder()
-        .zerobus()
-        .emulator(lakegate_emulator::EmulatorConfig {
-            faults,
-            ..emulator_config()
-        })
-        .start()
-        .await;
+    let mut config = emulator_config();
+    config.faults.reject_rows = Some(RejectRows {
+        table: TABLE.to_owned(),
+        marker: "refuse-me".to_owned(),
+    });
+    let mut gateway = Harness::builder().zerobus().emulator(config).start().await;
     let now = chrono::Utc::now().to_rfc3339();
     let body = json!([
         {"id": "c-1", "ts": now, "metrics": {"temp": 1.0}},
@@ -295,22 +279,15 @@ async fn throttling_is_honoured_with_backoff_and_every_commit_still_gets_its_200
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_the_server_ended_between_batches_is_replaced_at_once_without_a_resend() {
-    let faults = Faults {
-        zerobus: ZerobusFaults {
-            // Long enough that a new stream takes its batch before it ends, however busy
-            // the machine.
-            stream_lifetime: Some(std::time::Duration::from_secs(1)),
-            close_grace: std::time::Duration::from_millis(200),
-            ..ZerobusFaults::default()
-        },
-        ..Faults::default()
-    };
     let mut gateway = Harness::builder()
         .zerobus()
-        .emulator(lakegate_emulator::EmulatorConfig {
-            faults,
-            ..emulator_config()
-        })
+        .emulator(zerobus_faults(ZerobusFaults {
+            // Long enough that a new stream takes its batch before it ends, however busy
+            // the machine.
+            stream_lifetime: Some(Duration::from_secs(1)),
+            close_grace: Duration::from_millis(200),
+            ..ZerobusFaults::default()
+        }))
         .start()
         .await;
     for round in 0..3 {
@@ -320,7 +297,7 @@ async fn a_stream_the_server_ended_between_batches_is_replaced_at_once_without_a
         assert_eq!(status, 200, "{body}");
         // The stream the batch went on ends meanwhile (error 6002).
         lakegate_testkit::eventually(
-            std::time::Duration::from_secs(30),
+            Duration::from_secs(30),
             "the server ended the stream",
             || gateway.emulator.stats().zerobus_timeouts > round,
         )
