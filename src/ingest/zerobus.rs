@@ -653,6 +653,10 @@ mod tests {
     fn throttling_and_unavailability_are_transient_refusals_of_access_are_not() {
         let transient = [
             closed(GrpcCode::ResourceExhausted, "Too many requests"),
+            // Whatever the server answers that says nothing against the table: retried.
+            closed(GrpcCode::Unknown, "something new"),
+            closed(GrpcCode::Internal, "oops"),
+            closed(GrpcCode::Ok, "Stream closed by server without errors."),
             closed(
                 GrpcCode::Unavailable,
                 "Stream timeout reached. Please recreate the stream. Error Code: 6002",
